@@ -1,0 +1,269 @@
+//! Engine settings, with the names FastDeploy and vLLM use for them, and the environment
+//! switches the engine reads. Flags and environment are each parsed in exactly one place here.
+
+use std::path::PathBuf;
+
+use super::model::ModelConfig;
+use super::ConfigError;
+use crate::runtime::DType;
+
+/// Upper bound of `--max-num-seqs`; the decode batch (and CUDA graph buckets) are sized for it.
+pub const MAX_NUM_SEQS_LIMIT: usize = 256;
+
+const DTYPE_VALID: &str = "bfloat16, auto";
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct EngineConfig {
+    /// Longest sequence (prompt + output) the engine accepts; sizes the KV cache block tables.
+    pub max_model_len: usize,
+    /// Most sequences running at once (1..=256).
+    pub max_num_seqs: usize,
+    /// Token budget of one engine step, prefill chunks and decodes together. The default 8192
+    /// fits a full-page image prompt (at most 1280 image tokens plus text) several times over
+    /// while keeping one step's activations a few hundred MB; it must be at least
+    /// `max_num_seqs` so that every running sequence can decode one token per step.
+    pub max_num_batched_tokens: usize,
+    /// Fraction of GPU memory the engine may use (weights, activations, KV cache), in (0, 1].
+    pub gpu_memory_utilization: f64,
+    /// Always BF16: the checkpoint is bf16 and the kernels are bf16 only, so "auto" resolves
+    /// to it and nothing else is accepted.
+    pub dtype: DType,
+    pub enable_prefix_caching: bool,
+    /// Run every step eagerly instead of replaying CUDA graphs.
+    pub enforce_eager: bool,
+    pub model: Option<PathBuf>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            max_model_len: 16384,
+            max_num_seqs: 256,
+            max_num_batched_tokens: 8192,
+            gpu_memory_utilization: 0.9,
+            dtype: DType::BF16,
+            enable_prefix_caching: true,
+            enforce_eager: false,
+            model: None,
+        }
+    }
+}
+
+impl EngineConfig {
+    /// Parses engine flags out of `args` (without the program name), starting from the
+    /// defaults. Accepts `--flag value` and `--flag=value`; a repeated flag takes its last
+    /// value. Anything this parser does not know (other `--flags`, their values, positional
+    /// arguments) is returned in order for the caller to parse.
+    pub fn parse_args(args: &[String]) -> Result<(EngineConfig, Vec<String>), ConfigError> {
+        let mut cfg = EngineConfig::default();
+        let mut rest = Vec::new();
+        let mut i = 0;
+        while i < args.len() {
+            let arg = &args[i];
+            i += 1;
+            let (flag, inline) = match arg.split_once('=') {
+                Some((flag, value)) if arg.starts_with("--") => (flag, Some(value)),
+                _ => (arg.as_str(), None),
+            };
+            match flag {
+                "--enable-prefix-caching" | "--no-enable-prefix-caching" | "--enforce-eager" => {
+                    if let Some(value) = inline {
+                        return Err(ConfigError::FlagValue {
+                            flag: flag.into(),
+                            value: value.into(),
+                            reason: "this switch takes no value".into(),
+                        });
+                    }
+                    match flag {
+                        "--enable-prefix-caching" => cfg.enable_prefix_caching = true,
+                        "--no-enable-prefix-caching" => cfg.enable_prefix_caching = false,
+                        _ => cfg.enforce_eager = true,
+                    }
+                }
+                "--max-model-len"
+                | "--max-num-seqs"
+                | "--max-num-batched-tokens"
+                | "--gpu-memory-utilization"
+                | "--dtype"
+                | "--model" => {
+                    let value = match inline {
+                        Some(value) => value.to_string(),
+                        // A following `--flag` means the value was forgotten.
+                        None => match args.get(i) {
+                            Some(next) if !next.starts_with("--") => {
+                                i += 1;
+                                next.clone()
+                            }
+                            _ => return Err(ConfigError::FlagMissingValue { flag: flag.into() }),
+                        },
+                    };
+                    cfg.set(flag, &value)?;
+                }
+                _ => rest.push(arg.clone()),
+            }
+        }
+        Ok((cfg, rest))
+    }
+
+    /// Sets one valued flag; range checks that do not need the model happen here, so the
+    /// message names the flag as typed.
+    fn set(&mut self, flag: &str, value: &str) -> Result<(), ConfigError> {
+        let bad = |reason: String| ConfigError::FlagValue {
+            flag: flag.into(),
+            value: value.into(),
+            reason,
+        };
+        let count = |min: usize, max: usize| -> Result<usize, ConfigError> {
+            match value.parse::<usize>() {
+                Ok(n) if (min..=max).contains(&n) => Ok(n),
+                Ok(_) if max == usize::MAX => Err(bad(format!("must be at least {min}"))),
+                Ok(_) => Err(bad(format!("must be in {min}..={max}"))),
+                Err(_) => Err(bad("expected a whole number".into())),
+            }
+        };
+        match flag {
+            "--max-model-len" => self.max_model_len = count(1, usize::MAX)?,
+            "--max-num-seqs" => self.max_num_seqs = count(1, MAX_NUM_SEQS_LIMIT)?,
+            "--max-num-batched-tokens" => self.max_num_batched_tokens = count(1, usize::MAX)?,
+            "--gpu-memory-utilization" => {
+                let fraction: f64 = value.parse().map_err(|_| bad("expected a number".into()))?;
+                if !(fraction > 0.0 && fraction <= 1.0) {
+                    return Err(bad("must be in (0, 1]".into()));
+                }
+                self.gpu_memory_utilization = fraction;
+            }
+            "--dtype" => {
+                self.dtype = match value {
+                    "bfloat16" | "auto" => DType::BF16,
+                    _ => return Err(bad(format!("valid values: {DTYPE_VALID}"))),
+                }
+            }
+            "--model" => self.model = Some(PathBuf::from(value)),
+            _ => unreachable!("parse_args only routes valued flags here"),
+        }
+        Ok(())
+    }
+
+    /// Checks the settings against each other and against the model.
+    pub fn validate(&self, model: &ModelConfig) -> Result<(), ConfigError> {
+        let invalid = |field: &str, reason: String| ConfigError::Invalid {
+            origin: "engine config".into(),
+            field: field.into(),
+            reason,
+        };
+        if self.max_model_len == 0 {
+            return Err(invalid("--max-model-len", "must be at least 1".into()));
+        }
+        let max_pos = model.text.max_position_embeddings;
+        if self.max_model_len > max_pos {
+            return Err(invalid(
+                "--max-model-len",
+                format!(
+                    "({}) exceeds the model's max_position_embeddings ({max_pos})",
+                    self.max_model_len
+                ),
+            ));
+        }
+        if !(1..=MAX_NUM_SEQS_LIMIT).contains(&self.max_num_seqs) {
+            return Err(invalid(
+                "--max-num-seqs",
+                format!("({}) must be in 1..={MAX_NUM_SEQS_LIMIT}", self.max_num_seqs),
+            ));
+        }
+        if self.max_num_batched_tokens < self.max_num_seqs {
+            return Err(invalid(
+                "--max-num-batched-tokens",
+                format!(
+                    "({}) must be at least --max-num-seqs ({}) so every running sequence can \
+                     decode a token each step",
+                    self.max_num_batched_tokens, self.max_num_seqs
+                ),
+            ));
+        }
+        if !(self.gpu_memory_utilization > 0.0 && self.gpu_memory_utilization <= 1.0) {
+            return Err(invalid(
+                "--gpu-memory-utilization",
+                format!("({}) must be in (0, 1]", self.gpu_memory_utilization),
+            ));
+        }
+        if self.dtype != DType::BF16 {
+            return Err(invalid(
+                "--dtype",
+                format!("({}) is not supported; valid values: {DTYPE_VALID}", self.dtype),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Which FlashAttention generation runs the attention kernels (`FLAGS_flash_attn_version`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlashAttnVersion {
+    /// Unset or empty: the engine picks by GPU (FA3 on sm_90 when compiled, else FA2).
+    Auto,
+    Fa2,
+    Fa3,
+}
+
+/// Which sampler runs (`FD_SAMPLING_CLASS`, FastDeploy's name).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SamplingClass {
+    /// Unset, empty, or "base": softmax then top-k/top-p sampling.
+    Base,
+    /// "rejection": sort-free rejection sampling for top-k/top-p.
+    Rejection,
+}
+
+/// Environment switches, read once at startup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EnvFlags {
+    pub flash_attn_version: FlashAttnVersion,
+    pub sampling_class: SamplingClass,
+}
+
+impl EnvFlags {
+    pub const FLASH_ATTN_VERSION: &'static str = "FLAGS_flash_attn_version";
+    pub const SAMPLING_CLASS: &'static str = "FD_SAMPLING_CLASS";
+
+    pub fn from_env() -> Result<EnvFlags, ConfigError> {
+        Self::from_lookup(|name| {
+            // A value that is not UTF-8 cannot be valid; show it lossily in the error.
+            std::env::var_os(name).map(|v| v.to_string_lossy().into_owned())
+        })
+    }
+
+    /// Same as [`EnvFlags::from_env`] with `lookup` standing in for the process environment,
+    /// so tests never touch (racy, process-wide) environment variables.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<EnvFlags, ConfigError> {
+        // Empty counts as unset for both: `FOO= cmd` is how shells clear a variable.
+        let read = |name: &str| lookup(name).filter(|v| !v.is_empty());
+
+        let flash_attn_version = match read(Self::FLASH_ATTN_VERSION).as_deref() {
+            None => FlashAttnVersion::Auto,
+            Some("2") => FlashAttnVersion::Fa2,
+            Some("3") => FlashAttnVersion::Fa3,
+            Some(other) => {
+                return Err(ConfigError::EnvValue {
+                    name: Self::FLASH_ATTN_VERSION,
+                    value: other.into(),
+                    valid: "2, 3 (or unset/empty for automatic)",
+                })
+            }
+        };
+        let sampling_class = match read(Self::SAMPLING_CLASS).as_deref() {
+            None | Some("base") => SamplingClass::Base,
+            Some("rejection") => SamplingClass::Rejection,
+            Some(other) => {
+                return Err(ConfigError::EnvValue {
+                    name: Self::SAMPLING_CLASS,
+                    value: other.into(),
+                    valid: "base, rejection (or unset for base)",
+                })
+            }
+        };
+        Ok(EnvFlags {
+            flash_attn_version,
+            sampling_class,
+        })
+    }
+}

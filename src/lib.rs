@@ -1,0 +1,17 @@
+//! ocrvl: an inference engine for PaddleOCR-VL-0.9B with hand-written CUDA kernels.
+//!
+//! Layers, from the bottom up:
+//! - `sys`: bindgen output for the pure-C kernel launchers in `kernels/include/`.
+//! - `kernels`: safe wrappers that check shapes and dtypes, then call `sys`.
+//! - `runtime`: CUDA context and streams (cudarc, loaded at run time), typed device tensors,
+//!   a workspace arena, event timing and the cuBLASLt GEMM.
+//! - `config` and `model`: the hub config, engine flags, weights and synthetic checkpoints.
+
+pub mod config;
+pub mod error;
+pub mod kernels;
+pub mod model;
+pub mod runtime;
+pub mod sys;
+
+pub use error::{Error, Result};

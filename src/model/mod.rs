@@ -1,0 +1,7 @@
+//! Model-specific knowledge: tensor names and shapes, host-side weight loading and synthetic
+//! checkpoints. Model quirks live here, never inside kernel dispatch.
+
+pub mod device_weights;
+pub mod names;
+pub mod synthetic;
+pub mod weights;

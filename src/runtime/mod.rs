@@ -1,0 +1,17 @@
+//! The CUDA runtime layer: device and stream, typed tensors, a workspace arena, event timing
+//! and the cuBLASLt GEMM. cudarc loads libcuda and libcublasLt at run time, so everything
+//! here builds without a CUDA toolkit and reports "no CUDA device" where there is none.
+
+pub mod device;
+pub mod dtype;
+pub mod gemm;
+pub mod tensor;
+pub mod timing;
+pub mod workspace;
+
+pub use device::Gpu;
+pub use dtype::DType;
+pub use gemm::{Epilogue, Gemm};
+pub use tensor::{DeviceTensor, Element, Shape, TensorView, TensorViewMut};
+pub use timing::GpuTimer;
+pub use workspace::Workspace;

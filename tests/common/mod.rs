@@ -1,0 +1,43 @@
+//! Shared by the test targets: seeded inputs, the GPU opener, f64 references, tolerances.
+#![allow(dead_code)]
+
+pub mod reference;
+pub mod tol;
+
+use half::bf16;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use ocrvl::runtime::Gpu;
+
+/// Opens GPU 0 or fails the test: a GPU test never passes by returning early.
+pub fn gpu() -> Gpu {
+    match Gpu::new(0) {
+        Ok(g) => g,
+        Err(e) => panic!("this test needs a GPU ({e}); run it on the GPU host with --include-ignored"),
+    }
+}
+
+/// A seeded generator; the seed is printed so that a failure can be replayed.
+pub fn rng(seed: u64) -> ChaCha8Rng {
+    eprintln!("seed {seed}");
+    ChaCha8Rng::seed_from_u64(seed)
+}
+
+/// Uniform in [-scale, scale), rounded to bf16. Tests keep the bf16 values and feed exactly
+/// those to the f64 reference, so input rounding is not mistaken for kernel error.
+pub fn rand_bf16(rng: &mut ChaCha8Rng, n: usize, scale: f32) -> Vec<bf16> {
+    (0..n).map(|_| bf16::from_f32(rng.random_range(-scale..scale))).collect()
+}
+
+pub fn rand_f32(rng: &mut ChaCha8Rng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-scale..scale)).collect()
+}
+
+pub fn to_f64<T: Copy + Into<f64>>(v: &[T]) -> Vec<f64> {
+    v.iter().map(|&x| x.into()).collect()
+}
+
+pub fn bf16_to_f64(v: &[bf16]) -> Vec<f64> {
+    v.iter().map(|x| x.to_f64()).collect()
+}

@@ -1,0 +1,9 @@
+//! GPU tests, in one test target so the GPU bundle ships one executable for them.
+//! Every test is `#[ignore = "needs GPU"]`: `cargo test` on a machine without a GPU passes
+//! honestly, and the GPU host runs them with `--include-ignored`.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod cast;
+mod gemm;
