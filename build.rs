@@ -10,7 +10,9 @@
 //!    loads, the checked-in `kernels/include/bindings.rs` is used instead and a warning says so;
 //!    `tests/bindings_fresh.rs` compares the two wherever bindgen did run.
 
+use std::collections::hash_map::DefaultHasher;
 use std::env;
+use std::hash::{Hash, Hasher};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -35,6 +37,7 @@ fn main() {
         "OCRVL_CUDA_ARCHS",
         "OCRVL_CUDA_CACHE",
         "OCRVL_PTXAS_VERBOSE",
+        "OCRVL_KERNEL_BUILD_DIR",
         "LIBCLANG_PATH",
     ] {
         println!("cargo:rerun-if-env-changed={var}");
@@ -57,7 +60,7 @@ fn main() {
 
     let nvcc = find_or_provision_nvcc();
     let cuda_root = nvcc.parent().and_then(Path::parent).expect("nvcc lies in <root>/bin");
-    compile_kernels(&nvcc, cuda_root, &sources);
+    compile_kernels(&nvcc, cuda_root, &sources, &all_files);
     generate_bindings(kernels);
 }
 
@@ -110,7 +113,11 @@ fn find_or_provision_nvcc() -> PathBuf {
     }
     let site = provision_wheels("cuda-13.0", CUDA_WHEELS);
     let nvcc = site.join("nvidia/cu13/bin/nvcc");
-    assert!(nvcc.is_file(), "the CUDA wheels installed but {} is missing", nvcc.display());
+    assert!(
+        nvcc.is_file(),
+        "the CUDA wheels installed but {} is missing",
+        nvcc.display()
+    );
     println!(
         "cargo:warning=no nvcc found (NVCC, CUDA_HOME, CUDA_PATH, PATH, /usr/local/cuda): using the \
          CUDA 13.0 compiler from PyPI at {}",
@@ -161,7 +168,7 @@ fn run(cmd: &mut Command, what: &str) {
     assert!(status.success(), "`{what}` failed with {status}");
 }
 
-fn compile_kernels(nvcc: &Path, cuda_root: &Path, sources: &[PathBuf]) {
+fn compile_kernels(nvcc: &Path, cuda_root: &Path, sources: &[PathBuf], all_files: &[PathBuf]) {
     // cc finds the CUDA compiler as `nvcc` on PATH; naming it by full path made cc pass gcc
     // flags that nvcc refuses.
     let bin = nvcc.parent().unwrap();
@@ -171,41 +178,95 @@ fn compile_kernels(nvcc: &Path, cuda_root: &Path, sources: &[PathBuf]) {
     env::set_var("PATH", env::join_paths(dirs).unwrap());
 
     let archs = env::var("OCRVL_CUDA_ARCHS").unwrap_or_else(|_| DEFAULT_ARCHS.into());
-    let archs: Vec<&str> = archs.split([';', ',', ' ']).filter(|a| !a.is_empty()).collect();
+    let archs: Vec<String> =
+        archs.split([';', ',', ' ']).filter(|a| !a.is_empty()).map(|a| a.trim_start_matches("sm_").to_string()).collect();
     assert!(!archs.is_empty(), "OCRVL_CUDA_ARCHS names no architecture");
-
-    let mut build = cc::Build::new();
-    build
-        .cuda(true)
-        .cudart("static")
-        .include("kernels/include")
-        .include("kernels")
-        .flag("-std=c++17")
-        .flag("-O3")
-        .flag("--expt-relaxed-constexpr")
-        .flag("-lineinfo")
-        .flag("-Xcompiler=-fPIC")
-        .debug(false)
-        .warnings(false);
     for arch in &archs {
-        let digits = arch.trim_start_matches("sm_");
         assert!(
-            matches!(digits, "80" | "86" | "89" | "90" | "90a" | "100a" | "120"),
+            matches!(arch.as_str(), "80" | "86" | "89" | "90" | "90a" | "100a" | "120"),
             "OCRVL_CUDA_ARCHS: unsupported architecture `{arch}` (valid: 80, 86, 89, 90, 90a, 100a, 120)"
         );
-        build.flag(format!("-gencode=arch=compute_{digits},code=sm_{digits}"));
-        if digits == "90a" {
-            build.define("OCRVL_HAS_SM90A", None);
+        if arch == "90a" {
             println!("cargo:rustc-cfg=ocrvl_has_sm90a");
         }
     }
-    if env::var_os("OCRVL_PTXAS_VERBOSE").is_some() {
-        build.flag("--ptxas-options=-v");
+    let verbose = env::var_os("OCRVL_PTXAS_VERBOSE").is_some();
+    let base = || {
+        let mut build = cc::Build::new();
+        build
+            .cuda(true)
+            .cudart("static")
+            .include("kernels/include")
+            .include("kernels")
+            .flag("-std=c++17")
+            .flag("-O3")
+            .flag("--expt-relaxed-constexpr")
+            .flag("-lineinfo")
+            .flag("-Xcompiler=-fPIC")
+            // cc adds -G (device debug, very slow code) in debug profiles; kernels are always
+            // built optimised.
+            .debug(false)
+            .warnings(false);
+        for arch in &archs {
+            build.flag(format!("-gencode=arch=compute_{arch},code=sm_{arch}"));
+            if arch == "90a" {
+                build.define("OCRVL_HAS_SM90A", None);
+            }
+        }
+        if verbose {
+            build.flag("--ptxas-options=-v");
+        }
+        build
+    };
+
+    // Object cache: each .cu is compiled once per (its text, every header's text, nvcc, flags)
+    // and reused by later builds and by every profile, so editing one kernel family does not
+    // rebuild the others. A header edit changes every key, since any .cu may include it.
+    let mut common = DefaultHasher::new();
+    format!("{}|{:?}|{verbose}", nvcc.display(), archs).hash(&mut common);
+    for f in all_files.iter().filter(|f| f.extension().is_some_and(|e| e != "cu")) {
+        f.hash(&mut common);
+        fs::read(f).expect("reading a kernel header").hash(&mut common);
     }
+    let cache = kernel_object_cache();
+    fs::create_dir_all(&cache).unwrap_or_else(|e| panic!("creating {}: {e}", cache.display()));
+    let mut objects = Vec::new();
+    let mut stale = Vec::new();
     for src in sources {
-        build.file(src);
+        let mut h = common.clone();
+        src.hash(&mut h);
+        fs::read(src).expect("reading a kernel source").hash(&mut h);
+        let stem = src.file_stem().unwrap().to_string_lossy();
+        let obj = cache.join(format!("{stem}-{:016x}.o", h.finish()));
+        if !obj.is_file() {
+            stale.push((src.clone(), obj.clone()));
+        }
+        objects.push(obj);
     }
-    build.compile("ocrvl_kernels");
+    if !stale.is_empty() {
+        let mut build = base();
+        for (src, _) in &stale {
+            build.file(src);
+        }
+        // Objects come back in the order the files were added.
+        for (built, (_, obj)) in build.compile_intermediates().iter().zip(&stale) {
+            let tmp = obj.with_extension(format!("tmp{}", std::process::id()));
+            fs::copy(built, &tmp).expect("copying a kernel object into the cache");
+            fs::rename(&tmp, obj).expect("moving a kernel object into the cache");
+        }
+    }
+    // cc compiles CUDA with --device-c (relocatable device code), so the objects need nvcc's
+    // device-link step before a host linker can use them; cc does it only for sources it
+    // compiled itself, so it is done here for the cached objects.
+    let dlink = PathBuf::from(env::var("OUT_DIR").unwrap()).join("ocrvl_kernels_dlink.o");
+    let mut cmd = base().get_compiler().to_command();
+    cmd.arg("--device-link").arg("-o").arg(&dlink).args(&objects);
+    run(&mut cmd, "nvcc --device-link");
+    let mut archive = base();
+    for obj in objects.iter().chain([&dlink]) {
+        archive.object(obj);
+    }
+    archive.compile("ocrvl_kernels");
 
     for lib in ["lib64", "lib"] {
         let dir = cuda_root.join(lib);
@@ -217,6 +278,17 @@ fn compile_kernels(nvcc: &Path, cuda_root: &Path, sources: &[PathBuf]) {
     for lib in ["dl", "rt", "pthread", "stdc++"] {
         println!("cargo:rustc-link-lib={lib}");
     }
+}
+
+/// `OCRVL_KERNEL_BUILD_DIR`, else `<target>/ocrvl-kernels` (found from OUT_DIR, which is
+/// `<target>/<profile>/build/ocrvl-<hash>/out`).
+fn kernel_object_cache() -> PathBuf {
+    if let Some(dir) = env::var_os("OCRVL_KERNEL_BUILD_DIR") {
+        return PathBuf::from(dir);
+    }
+    let out = PathBuf::from(env::var("OUT_DIR").unwrap());
+    let target = out.ancestors().nth(4).expect("OUT_DIR is <target>/<profile>/build/<pkg>/out");
+    target.join("ocrvl-kernels")
 }
 
 fn generate_bindings(kernels: &Path) {

@@ -16,7 +16,9 @@ fn elementwise_benches(c: &mut Criterion) {
         ("cast_f32_to_bf16_logits_b256", 256 * 103424, DType::F32, DType::BF16),
     ] {
         // Non-zero data: zeros can hide unwritten outputs and time faster than real data.
-        let vals: Vec<f32> = (0..n).map(|i| ((i as u32).wrapping_mul(2654435761) % 2001) as f32 / 1000.0 - 1.0).collect();
+        let vals: Vec<f32> = (0..n)
+            .map(|i| ((i as u32).wrapping_mul(2654435761) % 2001) as f32 / 1000.0 - 1.0)
+            .collect();
         let src = DeviceTensor::from_host(&gpu, &[n], &vals).unwrap();
         let mut x = DeviceTensor::alloc(&gpu, din, &[n]).unwrap();
         cast_scale(&gpu, &mut x.view_mut(), &src.view(), 1.0).unwrap();
@@ -31,7 +33,12 @@ fn elementwise_benches(c: &mut Criterion) {
         })
         .unwrap();
         let gbps = bytes as f64 / (ms * 1e-3) / 1e9;
-        println!("{name}: {:.1} us, {gbps:.0} GB/s ({:.0}% of {} GB/s copy)", ms * 1e3, 100.0 * gbps / common::H100_COPY_GBPS, common::H100_COPY_GBPS);
+        println!(
+            "{name}: {:.1} us, {gbps:.0} GB/s ({:.0}% of {} GB/s copy)",
+            ms * 1e3,
+            100.0 * gbps / common::H100_COPY_GBPS,
+            common::H100_COPY_GBPS
+        );
         group.bench_function(name, |b| b.iter_custom(|iters| common::time_gpu(&gpu, iters, &mut run)));
     }
     group.finish();

@@ -26,15 +26,32 @@ fn gemm_benches(c: &mut Criterion) {
     let mut group = c.benchmark_group("gemm");
     for (name, m, n, k) in shapes {
         let fill = |len: usize, seed: u32| -> Vec<bf16> {
-            (0..len).map(|i| bf16::from_f32((((i as u32).wrapping_mul(2654435761) ^ seed) % 2001) as f32 / 1000.0 - 1.0)).collect()
+            (0..len)
+                .map(|i| bf16::from_f32((((i as u32).wrapping_mul(2654435761) ^ seed) % 2001) as f32 / 1000.0 - 1.0))
+                .collect()
         };
         let x = DeviceTensor::from_host(&gpu, &[m, k], &fill(m * k, 1)).unwrap();
         let w = DeviceTensor::from_host(&gpu, &[n, k], &fill(n * k, 2)).unwrap();
-        let out_dtype = if name.starts_with("lm_head") { DType::F32 } else { DType::BF16 };
+        let out_dtype = if name.starts_with("lm_head") {
+            DType::F32
+        } else {
+            DType::BF16
+        };
         let mut out = DeviceTensor::alloc(&gpu, out_dtype, &[m, n]).unwrap();
         let flops = 2.0 * (m * n * k) as f64;
         group.throughput(Throughput::Elements(flops as u64));
-        let mut run = || gemm.matmul(&gpu, &mut out.view_mut(), &x.view(), &w.view(), None, Epilogue::None, false).unwrap();
+        let mut run = || {
+            gemm.matmul(
+                &gpu,
+                &mut out.view_mut(),
+                &x.view(),
+                &w.view(),
+                None,
+                Epilogue::None,
+                false,
+            )
+            .unwrap()
+        };
         run();
         let ms = GpuTimer::time_mean_ms(&gpu, 3, 20, || {
             run();

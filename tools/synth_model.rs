@@ -74,10 +74,18 @@ fn main() -> ExitCode {
                 eprintln!("synth-model: {msg}");
             }
             eprintln!("{USAGE}");
-            return if msg.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(2) };
+            return if msg.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            };
         }
     };
-    let cfg = if args.tiny { ModelConfig::tiny() } else { ModelConfig::paddleocr_vl_0_9b() };
+    let cfg = if args.tiny {
+        ModelConfig::tiny()
+    } else {
+        ModelConfig::paddleocr_vl_0_9b()
+    };
     let start = Instant::now();
     match write_synthetic_model(&args.out, &cfg, &args.opts) {
         Ok(report) => {

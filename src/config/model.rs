@@ -263,8 +263,12 @@ impl ModelConfig {
         let vision = parse_vision(&vision_fields)?;
 
         // v5 moves pad/bos/eos into text_config; the hub file has them at the top.
-        let pad = top.token_opt("pad_token_id")?.or(text_fields.token_opt("pad_token_id")?);
-        let bos = top.token_opt("bos_token_id")?.or(text_fields.token_opt("bos_token_id")?);
+        let pad = top
+            .token_opt("pad_token_id")?
+            .or(text_fields.token_opt("pad_token_id")?);
+        let bos = top
+            .token_opt("bos_token_id")?
+            .or(text_fields.token_opt("bos_token_id")?);
         let eos = match top.token_list_opt("eos_token_id")? {
             Some(ids) => ids,
             None => text_fields
@@ -350,7 +354,10 @@ impl ModelConfig {
             ));
         }
         if t.head_dim % 2 != 0 {
-            return Err(invalid("head_dim", format!("must be even (neox RoPE), found {}", t.head_dim)));
+            return Err(invalid(
+                "head_dim",
+                format!("must be even (neox RoPE), found {}", t.head_dim),
+            ));
         }
         let mrope_sum: usize = t.mrope_section.iter().sum();
         if mrope_sum != t.head_dim / 2 {
@@ -419,9 +426,7 @@ impl ModelConfig {
                 ));
             }
         }
-        if tok.image_token_id == tok.vision_start_token_id
-            || tok.image_token_id == tok.vision_end_token_id
-        {
+        if tok.image_token_id == tok.vision_start_token_id || tok.image_token_id == tok.vision_end_token_id {
             return Err(invalid(
                 "image_token_id",
                 format!("({}) must differ from the vision start/end ids", tok.image_token_id),
@@ -677,7 +682,10 @@ impl<'a> Fields<'a> {
 
     fn f64_opt(&self, key: &str) -> Result<Option<f64>, ConfigError> {
         let Some(value) = self.get(key) else { return Ok(None) };
-        value.as_f64().map(Some).ok_or_else(|| self.wrong_type(key, "a number", value))
+        value
+            .as_f64()
+            .map(Some)
+            .ok_or_else(|| self.wrong_type(key, "a number", value))
     }
 
     fn f64_req(&self, key: &str) -> Result<f64, ConfigError> {
@@ -686,12 +694,18 @@ impl<'a> Fields<'a> {
 
     fn bool_opt(&self, key: &str) -> Result<Option<bool>, ConfigError> {
         let Some(value) = self.get(key) else { return Ok(None) };
-        value.as_bool().map(Some).ok_or_else(|| self.wrong_type(key, "true or false", value))
+        value
+            .as_bool()
+            .map(Some)
+            .ok_or_else(|| self.wrong_type(key, "true or false", value))
     }
 
     fn str_opt(&self, key: &str) -> Result<Option<&'a str>, ConfigError> {
         let Some(value) = self.get(key) else { return Ok(None) };
-        value.as_str().map(Some).ok_or_else(|| self.wrong_type(key, "a string", value))
+        value
+            .as_str()
+            .map(Some)
+            .ok_or_else(|| self.wrong_type(key, "a string", value))
     }
 
     fn obj_opt(&self, key: &str) -> Result<Option<Fields<'a>>, ConfigError> {

@@ -11,14 +11,20 @@ use super::{c_dtype, check};
 pub fn cast_scale(gpu: &Gpu, out: &mut TensorViewMut<'_>, x: &TensorView<'_>, scale: f32) -> Result<()> {
     const OP: &str = "cast_scale";
     if out.numel() != x.numel() {
-        return Err(Error::invalid(OP, format!("out {:?} and x {:?} differ in size", out.dims(), x.dims())));
+        return Err(Error::invalid(
+            OP,
+            format!("out {:?} and x {:?} differ in size", out.dims(), x.dims()),
+        ));
     }
     if !out.is_contiguous() || !x.is_contiguous() {
         return Err(Error::invalid(OP, "out and x must be contiguous"));
     }
     for (what, dt) in [("out", out.dtype()), ("x", x.dtype())] {
         if dt == DType::I32 {
-            return Err(Error::invalid(OP, format!("{what} is i32; only bf16, f16 and f32 are supported")));
+            return Err(Error::invalid(
+                OP,
+                format!("{what} is i32; only bf16, f16 and f32 are supported"),
+            ));
         }
     }
     // SAFETY: both views address numel elements of their dtype on this GPU, and the stream is

@@ -19,7 +19,10 @@ pub(crate) fn check(op: &'static str, status: i32) -> Result<()> {
     if status == OcrvlStatus::OCRVL_STATUS_CUDA_ERROR {
         // SAFETY: returns a pointer to a static, NUL-terminated string.
         let name = unsafe { std::ffi::CStr::from_ptr(crate::sys::ocrvl_last_cuda_error()) };
-        return Err(Error::invalid(op, format!("CUDA error at launch: {}", name.to_string_lossy())));
+        return Err(Error::invalid(
+            op,
+            format!("CUDA error at launch: {}", name.to_string_lossy()),
+        ));
     }
     Err(Error::Kernel { op, status })
 }

@@ -25,12 +25,20 @@ impl DeviceWeights {
             total_bytes += dev.nbytes();
             tensors.insert(t.name.to_string(), dev);
         }
-        Ok(DeviceWeights { tensors, lm_head_tied: weights.lm_head_tied(), total_bytes })
+        Ok(DeviceWeights {
+            tensors,
+            lm_head_tied: weights.lm_head_tied(),
+            total_bytes,
+        })
     }
 
     /// The tensor named `name` (hub layout); `lm_head.weight` is the embedding when tied.
     pub fn get(&self, name: &str) -> Result<TensorView<'_>> {
-        let key = if name == LM_HEAD && self.lm_head_tied { EMBED_TOKENS } else { name };
+        let key = if name == LM_HEAD && self.lm_head_tied {
+            EMBED_TOKENS
+        } else {
+            name
+        };
         self.tensors
             .get(key)
             .map(DeviceTensor::view)

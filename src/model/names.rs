@@ -24,7 +24,9 @@ pub const PACKING_POSITIONS: usize = 32768;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TensorKind {
     /// Weight of a matmul or convolution; `fan_in` is the length of the dot product.
-    Linear { fan_in: usize },
+    Linear {
+        fan_in: usize,
+    },
     Bias,
     /// LayerNorm / RMSNorm scale (≈ 1).
     NormWeight,
@@ -77,7 +79,11 @@ impl Inventory {
 
     /// `{prefix}weight [out, in]` and `{prefix}bias [out]`.
     fn linear_with_bias(&mut self, prefix: &str, out: usize, inp: usize) {
-        self.push(format!("{prefix}weight"), &[out, inp], TensorKind::Linear { fan_in: inp });
+        self.push(
+            format!("{prefix}weight"),
+            &[out, inp],
+            TensorKind::Linear { fan_in: inp },
+        );
         self.push(format!("{prefix}bias"), &[out], TensorKind::Bias);
     }
 
@@ -131,12 +137,20 @@ pub fn expected_tensors(cfg: &ModelConfig) -> Vec<TensorSpec> {
     let d = t.hidden_size;
     inv.push(EMBED_TOKENS.to_string(), &[t.vocab_size, d], TensorKind::Embedding);
     for layer in 0..t.num_hidden_layers {
-        inv.push(text_layer(layer, "input_layernorm.weight"), &[d], TensorKind::NormWeight);
+        inv.push(
+            text_layer(layer, "input_layernorm.weight"),
+            &[d],
+            TensorKind::NormWeight,
+        );
         inv.linear(text_layer(layer, "self_attn.q_proj.weight"), t.q_width(), d);
         inv.linear(text_layer(layer, "self_attn.k_proj.weight"), t.kv_width(), d);
         inv.linear(text_layer(layer, "self_attn.v_proj.weight"), t.kv_width(), d);
         inv.linear(text_layer(layer, "self_attn.o_proj.weight"), d, t.q_width());
-        inv.push(text_layer(layer, "post_attention_layernorm.weight"), &[d], TensorKind::NormWeight);
+        inv.push(
+            text_layer(layer, "post_attention_layernorm.weight"),
+            &[d],
+            TensorKind::NormWeight,
+        );
         inv.linear(text_layer(layer, "mlp.gate_proj.weight"), t.intermediate_size, d);
         inv.linear(text_layer(layer, "mlp.up_proj.weight"), t.intermediate_size, d);
         inv.linear(text_layer(layer, "mlp.down_proj.weight"), d, t.intermediate_size);
@@ -227,12 +241,18 @@ mod tests {
             canonical_name("model.visual.vision_model.post_layernorm.bias"),
             "visual.vision_model.post_layernorm.bias"
         );
-        assert_eq!(canonical_name("model.projector.linear_1.weight"), "mlp_AR.linear_1.weight");
+        assert_eq!(
+            canonical_name("model.projector.linear_1.weight"),
+            "mlp_AR.linear_1.weight"
+        );
         assert_eq!(
             canonical_name("model.language_model.layers.3.mlp.up_proj.weight"),
             "model.layers.3.mlp.up_proj.weight"
         );
-        assert!(matches!(canonical_name("model.norm.weight"), Cow::Borrowed("model.norm.weight")));
+        assert!(matches!(
+            canonical_name("model.norm.weight"),
+            Cow::Borrowed("model.norm.weight")
+        ));
         assert_eq!(canonical_name(LM_HEAD), LM_HEAD);
     }
 }

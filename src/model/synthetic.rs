@@ -82,18 +82,18 @@ pub fn synthetic_tensor_specs(cfg: &ModelConfig, opts: &SyntheticOptions) -> Vec
 
 /// Writes `config.json` (hub flat form), `preprocessor_config.json` (hub values) and the
 /// weights into `dir`, creating it if needed.
-pub fn write_synthetic_model(
-    dir: &Path,
-    cfg: &ModelConfig,
-    opts: &SyntheticOptions,
-) -> Result<SyntheticReport> {
+pub fn write_synthetic_model(dir: &Path, cfg: &ModelConfig, opts: &SyntheticOptions) -> Result<SyntheticReport> {
     const OP: &str = "write_synthetic_model";
     cfg.validate()?;
     let specs = synthetic_tensor_specs(cfg, opts);
     if opts.shards == 0 || opts.shards > specs.len() {
         return Err(Error::invalid(
             OP,
-            format!("shards must be in 1..={} (one tensor per shard at least), got {}", specs.len(), opts.shards),
+            format!(
+                "shards must be in 1..={} (one tensor per shard at least), got {}",
+                specs.len(),
+                opts.shards
+            ),
         ));
     }
     // The loader prefers model.safetensors over an index, so a leftover single file would
@@ -101,7 +101,10 @@ pub fn write_synthetic_model(
     if opts.shards > 1 && dir.join(SINGLE_FILE).exists() {
         return Err(Error::invalid(
             OP,
-            format!("{} already holds {SINGLE_FILE}, which would shadow the shards; remove it", dir.display()),
+            format!(
+                "{} already holds {SINGLE_FILE}, which would shadow the shards; remove it",
+                dir.display()
+            ),
         ));
     }
     std::fs::create_dir_all(dir).map_err(|source| io_error(dir, source))?;

@@ -283,12 +283,10 @@ impl Checkpoint {
 
     fn view<'a>(&'a self, name: &'a str, entry: &'a Entry) -> Result<HostTensor<'a>, WeightsError> {
         let shard = &self.shards[entry.shard];
-        let dtype = DType::from_safetensors(entry.dtype).ok_or_else(|| {
-            WeightsError::UnsupportedDtype {
-                file: shard.path.clone(),
-                tensor: entry.stored_name.clone(),
-                dtype: format!("{:?}", entry.dtype),
-            }
+        let dtype = DType::from_safetensors(entry.dtype).ok_or_else(|| WeightsError::UnsupportedDtype {
+            file: shard.path.clone(),
+            tensor: entry.stored_name.clone(),
+            dtype: format!("{:?}", entry.dtype),
         })?;
         Ok(HostTensor {
             name,
@@ -378,7 +376,11 @@ impl<'a> ValidatedWeights<'a> {
     /// A used tensor by hub name. `lm_head.weight` resolves to the token embedding when tied
     /// (the returned view then carries the embedding's name).
     pub fn get(&self, name: &str) -> Option<HostTensor<'a>> {
-        let name = if name == LM_HEAD && self.lm_head_tied { EMBED_TOKENS } else { name };
+        let name = if name == LM_HEAD && self.lm_head_tied {
+            EMBED_TOKENS
+        } else {
+            name
+        };
         self.position.get(name).map(|&i| self.tensors[i])
     }
 
@@ -450,6 +452,8 @@ fn read_index(path: &Path) -> Result<BTreeMap<String, Vec<String>>, WeightsError
     if by_file.is_empty() {
         return Err(malformed("`weight_map` is empty".into()));
     }
+    // serde_json's map is sorted unless some crate in the build turns on `preserve_order`;
+    // sort anyway so error order never depends on feature unification.
     for tensors in by_file.values_mut() {
         tensors.sort();
     }

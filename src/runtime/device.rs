@@ -31,8 +31,8 @@ impl Gpu {
                 "libcuda.so could not be loaded (no NVIDIA driver on this machine)".into(),
             ));
         }
-        let count = CudaContext::device_count()
-            .map_err(|e| Error::NoDevice(format!("the CUDA driver did not start: {e}")))?;
+        let count =
+            CudaContext::device_count().map_err(|e| Error::NoDevice(format!("the CUDA driver did not start: {e}")))?;
         if ordinal >= count.max(0) as usize {
             return Err(Error::NoDevice(format!(
                 "device {ordinal} requested but the driver sees {count} device(s)"
@@ -47,7 +47,13 @@ impl Gpu {
         let sm_count = ctx
             .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .op("cuDeviceGetAttribute")? as usize;
-        Ok(Gpu { ctx, stream, name, compute_capability, sm_count })
+        Ok(Gpu {
+            ctx,
+            stream,
+            name,
+            compute_capability,
+            sm_count,
+        })
     }
 
     pub fn context(&self) -> &Arc<CudaContext> {

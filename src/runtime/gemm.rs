@@ -92,9 +92,17 @@ impl Gemm {
         gpu.context().bind_to_thread().op("cuCtxSetCurrent")?;
         let handle = lt::create_handle().op("cublasLtCreate")?;
         // NVIDIA's recommended workspace: 32 MiB on Hopper, 4 MiB before it.
-        let ws_bytes = if gpu.compute_capability().0 >= 9 { 32 << 20 } else { 4 << 20 };
+        let ws_bytes = if gpu.compute_capability().0 >= 9 {
+            32 << 20
+        } else {
+            4 << 20
+        };
         let workspace = DeviceTensor::alloc(gpu, DType::BF16, &[ws_bytes / 2])?;
-        Ok(Gemm { handle, workspace, plans: HashMap::new() })
+        Ok(Gemm {
+            handle,
+            workspace,
+            plans: HashMap::new(),
+        })
     }
 
     /// `out[M,N] = x[M,K] · w[N,K]ᵀ` with the epilogue; `accumulate` adds the old `out`.
@@ -114,13 +122,27 @@ impl Gemm {
         let (n, kw) = dims2(OP, "w", w.dims())?;
         let (mo, no) = dims2(OP, "out", out.dims())?;
         if kw != k || mo != m || no != n {
-            return Err(Error::invalid(OP, format!("x {:?} · w {:?}ᵀ does not give out {:?}", x.dims(), w.dims(), out.dims())));
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "x {:?} · w {:?}ᵀ does not give out {:?}",
+                    x.dims(),
+                    w.dims(),
+                    out.dims()
+                ),
+            ));
         }
         if x.dtype() != DType::BF16 || w.dtype() != DType::BF16 {
-            return Err(Error::invalid(OP, format!("x and w must be bf16, got {} and {}", x.dtype(), w.dtype())));
+            return Err(Error::invalid(
+                OP,
+                format!("x and w must be bf16, got {} and {}", x.dtype(), w.dtype()),
+            ));
         }
         if !matches!(out.dtype(), DType::BF16 | DType::F32) {
-            return Err(Error::invalid(OP, format!("out must be bf16 or f32, got {}", out.dtype())));
+            return Err(Error::invalid(
+                OP,
+                format!("out must be bf16 or f32, got {}", out.dtype()),
+            ));
         }
         match (epilogue, bias) {
             (Epilogue::None, None) => {}
@@ -129,7 +151,10 @@ impl Gemm {
             (_, Some(b)) => b.expect(OP, "bias", out.dtype(), &[n])?,
         }
         if accumulate && epilogue == Epilogue::GeluTanhBias {
-            return Err(Error::invalid(OP, "accumulate with a GELU epilogue would apply GELU to the sum"));
+            return Err(Error::invalid(
+                OP,
+                "accumulate with a GELU epilogue would apply GELU to the sum",
+            ));
         }
         if m == 0 || n == 0 {
             return Ok(());
@@ -162,7 +187,12 @@ impl Gemm {
             let ptr = b.device_ptr();
             // SAFETY: the descriptor is live; the attribute is a device pointer by value.
             unsafe {
-                lt::set_matmul_desc_attribute(plan.desc, DescAttr::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &ptr as *const u64 as *const c_void, size_of::<u64>())
+                lt::set_matmul_desc_attribute(
+                    plan.desc,
+                    DescAttr::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                    &ptr as *const u64 as *const c_void,
+                    size_of::<u64>(),
+                )
             }
             .op("cublasLtMatmulDescSetAttribute(BIAS_POINTER)")?;
         }
@@ -200,14 +230,24 @@ impl Gemm {
             DType::F32 => sys::cudaDataType::CUDA_R_32F,
             _ => bf16,
         };
-        let desc = lt::create_matmul_desc(sys::cublasComputeType_t::CUBLAS_COMPUTE_32F, sys::cudaDataType::CUDA_R_32F)
-            .op("cublasLtMatmulDescCreate")?;
-        let mut plan = Plan { desc, layouts: [std::ptr::null_mut(); 3], algo: unsafe { std::mem::zeroed() } };
+        let desc = lt::create_matmul_desc(
+            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            sys::cudaDataType::CUDA_R_32F,
+        )
+        .op("cublasLtMatmulDescCreate")?;
+        let mut plan = Plan {
+            desc,
+            layouts: [std::ptr::null_mut(); 3],
+            algo: unsafe { std::mem::zeroed() },
+        };
         // Column-major views (see the module doc): w' is [K, N] ld ld_w, x' is [K, M] ld ld_x,
         // out' is [N, M] ld ld_out.
-        plan.layouts[0] = lt::create_matrix_layout(bf16, key.k as u64, key.n as u64, key.ld_w as i64).op("cublasLtMatrixLayoutCreate(w)")?;
-        plan.layouts[1] = lt::create_matrix_layout(bf16, key.k as u64, key.m as u64, key.ld_x as i64).op("cublasLtMatrixLayoutCreate(x)")?;
-        plan.layouts[2] = lt::create_matrix_layout(out_t, key.n as u64, key.m as u64, key.ld_out as i64).op("cublasLtMatrixLayoutCreate(out)")?;
+        plan.layouts[0] = lt::create_matrix_layout(bf16, key.k as u64, key.n as u64, key.ld_w as i64)
+            .op("cublasLtMatrixLayoutCreate(w)")?;
+        plan.layouts[1] = lt::create_matrix_layout(bf16, key.k as u64, key.m as u64, key.ld_x as i64)
+            .op("cublasLtMatrixLayoutCreate(x)")?;
+        plan.layouts[2] = lt::create_matrix_layout(out_t, key.n as u64, key.m as u64, key.ld_out as i64)
+            .op("cublasLtMatrixLayoutCreate(out)")?;
 
         let trans_a: i32 = 1; // CUBLAS_OP_T
         let trans_b: i32 = 0; // CUBLAS_OP_N
@@ -232,12 +272,36 @@ impl Gemm {
             // SAFETY: as above; `pref` lives until the destroy below.
             unsafe {
                 set_pref(pref, PrefAttr::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws)?;
-                set_pref(pref, PrefAttr::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &key.align[0])?;
-                set_pref(pref, PrefAttr::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &key.align[1])?;
-                set_pref(pref, PrefAttr::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &key.align[2])?;
-                set_pref(pref, PrefAttr::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &key.align[2])?;
-                lt::get_matmul_algo_heuristic(self.handle, desc, plan.layouts[0], plan.layouts[1], plan.layouts[2], plan.layouts[2], pref)
-                    .op("cublasLtMatmulAlgoGetHeuristic")
+                set_pref(
+                    pref,
+                    PrefAttr::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                    &key.align[0],
+                )?;
+                set_pref(
+                    pref,
+                    PrefAttr::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                    &key.align[1],
+                )?;
+                set_pref(
+                    pref,
+                    PrefAttr::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                    &key.align[2],
+                )?;
+                set_pref(
+                    pref,
+                    PrefAttr::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+                    &key.align[2],
+                )?;
+                lt::get_matmul_algo_heuristic(
+                    self.handle,
+                    desc,
+                    plan.layouts[0],
+                    plan.layouts[1],
+                    plan.layouts[2],
+                    plan.layouts[2],
+                    pref,
+                )
+                .op("cublasLtMatmulAlgoGetHeuristic")
             }
         })();
         // SAFETY: created above, destroyed once.
@@ -245,7 +309,12 @@ impl Gemm {
             let _ = lt::destroy_matmul_pref(pref);
         }
         plan.algo = heuristic
-            .map_err(|e| Error::invalid("gemm", format!("no cuBLASLt algorithm for M={} N={} K={} ({e})", key.m, key.n, key.k)))?
+            .map_err(|e| {
+                Error::invalid(
+                    "gemm",
+                    format!("no cuBLASLt algorithm for M={} N={} K={} ({e})", key.m, key.n, key.k),
+                )
+            })?
             .algo;
         Ok(plan)
     }
@@ -262,11 +331,13 @@ impl Drop for Gemm {
 }
 
 unsafe fn set_desc<T>(desc: sys::cublasLtMatmulDesc_t, attr: DescAttr, value: &T) -> Result<()> {
-    lt::set_matmul_desc_attribute(desc, attr, value as *const T as *const c_void, size_of::<T>()).op("cublasLtMatmulDescSetAttribute")
+    lt::set_matmul_desc_attribute(desc, attr, value as *const T as *const c_void, size_of::<T>())
+        .op("cublasLtMatmulDescSetAttribute")
 }
 
 unsafe fn set_pref<T>(pref: sys::cublasLtMatmulPreference_t, attr: PrefAttr, value: &T) -> Result<()> {
-    lt::set_matmul_pref_attribute(pref, attr, value as *const T as *const c_void, size_of::<T>()).op("cublasLtMatmulPreferenceSetAttribute")
+    lt::set_matmul_pref_attribute(pref, attr, value as *const T as *const c_void, size_of::<T>())
+        .op("cublasLtMatmulPreferenceSetAttribute")
 }
 
 fn dims2(op: &'static str, what: &str, dims: &[usize]) -> Result<(usize, usize)> {

@@ -47,7 +47,10 @@ impl Shape {
         }
         let mut d = [0; MAX_RANK];
         d[..dims.len()].copy_from_slice(dims);
-        Ok(Shape { dims: d, rank: dims.len() })
+        Ok(Shape {
+            dims: d,
+            rank: dims.len(),
+        })
     }
 
     pub fn dims(&self) -> &[usize] {
@@ -92,14 +95,18 @@ impl DeviceTensor {
         // SAFETY: u8 has no invalid bit patterns; callers treat the contents as undefined.
         let buf = unsafe { gpu.stream().alloc::<u8>(bytes) }.op("cuMemAllocAsync")?;
         let (ptr, _) = buf.device_ptr(gpu.stream());
-        Ok(DeviceTensor { _buf: buf, ptr, dtype, shape })
+        Ok(DeviceTensor {
+            _buf: buf,
+            ptr,
+            dtype,
+            shape,
+        })
     }
 
     pub fn zeros(gpu: &Gpu, dtype: DType, dims: &[usize]) -> Result<DeviceTensor> {
         let t = Self::alloc(gpu, dtype, dims)?;
         // SAFETY: the range lies inside the allocation made above.
-        unsafe { cu::memset_d8_async(t.ptr, 0, t.nbytes(), gpu.stream().cu_stream()) }
-            .op("cuMemsetD8Async")?;
+        unsafe { cu::memset_d8_async(t.ptr, 0, t.nbytes(), gpu.stream().cu_stream()) }.op("cuMemsetD8Async")?;
         Ok(t)
     }
 
@@ -120,11 +127,23 @@ impl DeviceTensor {
     }
 
     pub fn view(&self) -> TensorView<'_> {
-        TensorView { ptr: self.ptr, dtype: self.dtype, shape: self.shape, stride0: self.shape.inner(), _borrow: PhantomData }
+        TensorView {
+            ptr: self.ptr,
+            dtype: self.dtype,
+            shape: self.shape,
+            stride0: self.shape.inner(),
+            _borrow: PhantomData,
+        }
     }
 
     pub fn view_mut(&mut self) -> TensorViewMut<'_> {
-        TensorViewMut { ptr: self.ptr, dtype: self.dtype, shape: self.shape, stride0: self.shape.inner(), _borrow: PhantomData }
+        TensorViewMut {
+            ptr: self.ptr,
+            dtype: self.dtype,
+            shape: self.shape,
+            stride0: self.shape.inner(),
+            _borrow: PhantomData,
+        }
     }
 
     pub fn dtype(&self) -> DType {
@@ -165,9 +184,18 @@ macro_rules! view_common {
             pub unsafe fn from_raw(ptr: u64, dtype: DType, dims: &[usize], stride0: usize) -> Result<Self> {
                 let shape = Shape::new(dims)?;
                 if shape.rank() > 0 && stride0 < shape.inner() {
-                    return Err(Error::invalid("view", format!("stride0 {stride0} under the row size {}", shape.inner())));
+                    return Err(Error::invalid(
+                        "view",
+                        format!("stride0 {stride0} under the row size {}", shape.inner()),
+                    ));
                 }
-                Ok($t { ptr, dtype, shape, stride0, _borrow: PhantomData })
+                Ok($t {
+                    ptr,
+                    dtype,
+                    shape,
+                    stride0,
+                    _borrow: PhantomData,
+                })
             }
 
             pub fn dtype(&self) -> DType {
@@ -204,7 +232,11 @@ macro_rules! view_common {
                 if self.dtype != dtype || self.dims() != dims {
                     return Err(Error::invalid(
                         op,
-                        format!("{what}: expected {dtype} {dims:?}, got {} {:?}", self.dtype, self.dims()),
+                        format!(
+                            "{what}: expected {dtype} {dims:?}, got {} {:?}",
+                            self.dtype,
+                            self.dims()
+                        ),
                     ));
                 }
                 Ok(())
@@ -213,11 +245,18 @@ macro_rules! view_common {
             /// Copies the view to the host (waits for the stream).
             pub fn to_host<T: Element>(&self, gpu: &Gpu) -> Result<Vec<T>> {
                 if T::DTYPE != self.dtype {
-                    return Err(Error::invalid("to_host", format!("view is {}, asked for {}", self.dtype, T::DTYPE)));
+                    return Err(Error::invalid(
+                        "to_host",
+                        format!("view is {}, asked for {}", self.dtype, T::DTYPE),
+                    ));
                 }
                 let mut out = vec![T::default(); self.numel()];
                 let inner = self.shape.inner();
-                let rows = if self.shape.rank() == 0 { 1 } else { self.shape.dims()[0] };
+                let rows = if self.shape.rank() == 0 {
+                    1
+                } else {
+                    self.shape.dims()[0]
+                };
                 let s = gpu.stream().cu_stream();
                 if self.is_contiguous() {
                     // SAFETY: the view's memory holds numel contiguous elements.
@@ -237,7 +276,15 @@ macro_rules! view_common {
 
         impl fmt::Debug for $t<'_> {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, "{}({} {:?} stride0 {} @0x{:x})", stringify!($t), self.dtype, self.shape, self.stride0, self.ptr)
+                write!(
+                    f,
+                    "{}({} {:?} stride0 {} @0x{:x})",
+                    stringify!($t),
+                    self.dtype,
+                    self.shape,
+                    self.stride0,
+                    self.ptr
+                )
             }
         }
     };
@@ -281,13 +328,23 @@ impl<'a> TensorView<'a> {
     /// The same elements under other dims; the view must be contiguous.
     pub fn reshape(&self, dims: &[usize]) -> Result<TensorView<'a>> {
         let shape = reshape(self.shape, self.is_contiguous(), dims)?;
-        Ok(TensorView { shape, stride0: shape.inner(), ..*self })
+        Ok(TensorView {
+            shape,
+            stride0: shape.inner(),
+            ..*self
+        })
     }
 }
 
 impl<'a> TensorViewMut<'a> {
     pub fn as_view(&self) -> TensorView<'_> {
-        TensorView { ptr: self.ptr, dtype: self.dtype, shape: self.shape, stride0: self.stride0, _borrow: PhantomData }
+        TensorView {
+            ptr: self.ptr,
+            dtype: self.dtype,
+            shape: self.shape,
+            stride0: self.stride0,
+            _borrow: PhantomData,
+        }
     }
 
     pub fn narrow0(self, start: usize, len: usize) -> Result<TensorViewMut<'a>> {
@@ -302,14 +359,21 @@ impl<'a> TensorViewMut<'a> {
 
     pub fn reshape(self, dims: &[usize]) -> Result<TensorViewMut<'a>> {
         let shape = reshape(self.shape, self.is_contiguous(), dims)?;
-        Ok(TensorViewMut { shape, stride0: shape.inner(), ..self })
+        Ok(TensorViewMut {
+            shape,
+            stride0: shape.inner(),
+            ..self
+        })
     }
 
     /// Copies host data into a contiguous view (queued on the stream; `data` must outlive
     /// nothing, since the copy from pageable memory completes before this returns).
     pub fn copy_from_host<T: Element>(&mut self, gpu: &Gpu, data: &[T]) -> Result<()> {
         if T::DTYPE != self.dtype {
-            return Err(Error::invalid("copy_from_host", format!("view is {}, data is {}", self.dtype, T::DTYPE)));
+            return Err(Error::invalid(
+                "copy_from_host",
+                format!("view is {}, data is {}", self.dtype, T::DTYPE),
+            ));
         }
         self.copy_from_bytes(gpu, bytemuck::cast_slice(data))
     }
@@ -319,7 +383,13 @@ impl<'a> TensorViewMut<'a> {
         if bytes.len() != want || !self.is_contiguous() {
             return Err(Error::invalid(
                 "copy_from_host",
-                format!("{} bytes for a {} {:?} view of {want} bytes (contiguous: {})", bytes.len(), self.dtype, self.shape, self.is_contiguous()),
+                format!(
+                    "{} bytes for a {} {:?} view of {want} bytes (contiguous: {})",
+                    bytes.len(),
+                    self.dtype,
+                    self.shape,
+                    self.is_contiguous()
+                ),
             ));
         }
         if want == 0 {
@@ -333,7 +403,11 @@ impl<'a> TensorViewMut<'a> {
 
     /// Fills every byte with `byte` (tests poison outputs with 0xFF: NaN in every float type).
     pub fn fill_bytes(&mut self, gpu: &Gpu, byte: u8) -> Result<()> {
-        let rows = if self.shape.rank() == 0 { 1 } else { self.shape.dims()[0] };
+        let rows = if self.shape.rank() == 0 {
+            1
+        } else {
+            self.shape.dims()[0]
+        };
         let es = self.dtype.size_bytes();
         let s = gpu.stream().cu_stream();
         if self.is_contiguous() {
@@ -353,7 +427,10 @@ impl<'a> TensorViewMut<'a> {
 fn narrow0(ptr: u64, dtype: DType, shape: Shape, stride0: usize, start: usize, len: usize) -> Result<(u64, Shape)> {
     let dims = shape.dims();
     if dims.is_empty() || start + len > dims[0] {
-        return Err(Error::invalid("narrow0", format!("rows {start}..{} of {:?}", start + len, dims)));
+        return Err(Error::invalid(
+            "narrow0",
+            format!("rows {start}..{} of {:?}", start + len, dims),
+        ));
     }
     let mut new = dims.to_vec();
     new[0] = len;
@@ -363,7 +440,10 @@ fn narrow0(ptr: u64, dtype: DType, shape: Shape, stride0: usize, start: usize, l
 fn columns(ptr: u64, dtype: DType, shape: Shape, start: usize, len: usize) -> Result<(u64, Shape)> {
     let dims = shape.dims();
     if dims.len() != 2 || start + len > dims[1] {
-        return Err(Error::invalid("columns", format!("columns {start}..{} of {:?}", start + len, dims)));
+        return Err(Error::invalid(
+            "columns",
+            format!("columns {start}..{} of {:?}", start + len, dims),
+        ));
     }
     Ok((ptr + (start * dtype.size_bytes()) as u64, Shape::new(&[dims[0], len])?))
 }
@@ -371,7 +451,10 @@ fn columns(ptr: u64, dtype: DType, shape: Shape, start: usize, len: usize) -> Re
 fn reshape(shape: Shape, contiguous: bool, dims: &[usize]) -> Result<Shape> {
     let new = Shape::new(dims)?;
     if !contiguous || new.numel() != shape.numel() {
-        return Err(Error::invalid("reshape", format!("{shape:?} to {dims:?} (contiguous: {contiguous})")));
+        return Err(Error::invalid(
+            "reshape",
+            format!("{shape:?} to {dims:?} (contiguous: {contiguous})"),
+        ));
     }
     Ok(new)
 }

@@ -16,8 +16,12 @@ impl GpuTimer {
     pub fn new(gpu: &Gpu) -> Result<GpuTimer> {
         let ctx = gpu.context();
         // The default flags keep timing on (cudarc's own default disables it).
-        let start = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).op("cuEventCreate")?;
-        let stop = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).op("cuEventCreate")?;
+        let start = ctx
+            .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .op("cuEventCreate")?;
+        let stop = ctx
+            .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .op("cuEventCreate")?;
         Ok(GpuTimer { start, stop })
     }
 

@@ -21,7 +21,12 @@ pub struct Workspace {
 impl Workspace {
     pub fn new(gpu: &Gpu, capacity_bytes: usize) -> Result<Workspace> {
         let buf = DeviceTensor::alloc(gpu, DType::BF16, &[capacity_bytes.div_ceil(2)])?;
-        Ok(Workspace { buf, capacity: capacity_bytes, used: Cell::new(0), high_water: Cell::new(0) })
+        Ok(Workspace {
+            buf,
+            capacity: capacity_bytes,
+            used: Cell::new(0),
+            high_water: Cell::new(0),
+        })
     }
 
     /// A fresh contiguous tensor of `dims`; contents undefined.
@@ -32,7 +37,10 @@ impl Workspace {
         if end > self.capacity {
             return Err(Error::invalid(
                 "workspace",
-                format!("{bytes} bytes for {dtype} {dims:?} do not fit: {start} of {} used", self.capacity),
+                format!(
+                    "{bytes} bytes for {dtype} {dims:?} do not fit: {start} of {} used",
+                    self.capacity
+                ),
             ));
         }
         self.used.set(end);

@@ -27,7 +27,9 @@ pub fn rng(seed: u64) -> ChaCha8Rng {
 /// Uniform in [-scale, scale), rounded to bf16. Tests keep the bf16 values and feed exactly
 /// those to the f64 reference, so input rounding is not mistaken for kernel error.
 pub fn rand_bf16(rng: &mut ChaCha8Rng, n: usize, scale: f32) -> Vec<bf16> {
-    (0..n).map(|_| bf16::from_f32(rng.random_range(-scale..scale))).collect()
+    (0..n)
+        .map(|_| bf16::from_f32(rng.random_range(-scale..scale)))
+        .collect()
 }
 
 pub fn rand_f32(rng: &mut ChaCha8Rng, n: usize, scale: f32) -> Vec<f32> {

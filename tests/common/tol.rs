@@ -33,7 +33,12 @@ pub fn compare(got: &[f64], want: &[f64]) -> Report {
         ref2 += w * w;
     }
     let n = got.len().max(1) as f64;
-    Report { max_abs, mean_abs: sum_abs / n, nmse: err2 / ref2.max(f64::MIN_POSITIVE), worst_index }
+    Report {
+        max_abs,
+        mean_abs: sum_abs / n,
+        nmse: err2 / ref2.max(f64::MIN_POSITIVE),
+        worst_index,
+    }
 }
 
 /// Asserts `|got - want| <= atol + rtol·|want|` everywhere, and that nothing is NaN.
@@ -41,9 +46,16 @@ pub fn assert_close(what: &str, got: &[f64], want: &[f64], atol: f64, rtol: f64)
     let report = compare(got, want);
     eprintln!("{what}: {report:?}");
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        assert!(!g.is_nan(), "{what}: element {i} is NaN (unwritten or invalid); want {w}");
+        assert!(
+            !g.is_nan(),
+            "{what}: element {i} is NaN (unwritten or invalid); want {w}"
+        );
         let bound = atol + rtol * w.abs();
-        assert!((g - w).abs() <= bound, "{what}: element {i}: got {g}, want {w}, |diff| {} > {bound}; {report:?}", (g - w).abs());
+        assert!(
+            (g - w).abs() <= bound,
+            "{what}: element {i}: got {g}, want {w}, |diff| {} > {bound}; {report:?}",
+            (g - w).abs()
+        );
     }
 }
 

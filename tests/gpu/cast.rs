@@ -20,11 +20,17 @@ fn upload(g: &ocrvl::runtime::Gpu, dtype: DType, vals: &[f32]) -> (DeviceTensor,
     match dtype {
         DType::BF16 => {
             let v: Vec<bf16> = vals.iter().map(|&x| bf16::from_f32(x)).collect();
-            (DeviceTensor::from_host(g, &[v.len()], &v).unwrap(), v.iter().map(|x| x.to_f32()).collect())
+            (
+                DeviceTensor::from_host(g, &[v.len()], &v).unwrap(),
+                v.iter().map(|x| x.to_f32()).collect(),
+            )
         }
         DType::F16 => {
             let v: Vec<f16> = vals.iter().map(|&x| f16::from_f32(x)).collect();
-            (DeviceTensor::from_host(g, &[v.len()], &v).unwrap(), v.iter().map(|x| x.to_f32()).collect())
+            (
+                DeviceTensor::from_host(g, &[v.len()], &v).unwrap(),
+                v.iter().map(|x| x.to_f32()).collect(),
+            )
         }
         _ => (DeviceTensor::from_host(g, &[vals.len()], vals).unwrap(), vals.to_vec()),
     }
@@ -62,8 +68,15 @@ fn cast_scale_matches_f64_reference_every_dtype_pair() {
                     assert!(!got[i].is_nan(), "{din}->{dout} n={n}: element {i} unwritten");
                     assert_eq!(got[i], model, "{din}->{dout} n={n}: element {i} (exact {exact})");
                     // The model itself is within one rounding of the f64 value.
-                    let ulp = match dout { DType::BF16 => 1.0 / 128.0, DType::F16 => 1.0 / 1024.0, _ => 1e-6 };
-                    assert!((got[i] - exact).abs() <= ulp * exact.abs() + 1e-30, "{din}->{dout}: {i}");
+                    let ulp = match dout {
+                        DType::BF16 => 1.0 / 128.0,
+                        DType::F16 => 1.0 / 1024.0,
+                        _ => 1e-6,
+                    };
+                    assert!(
+                        (got[i] - exact).abs() <= ulp * exact.abs() + 1e-30,
+                        "{din}->{dout}: {i}"
+                    );
                 }
             }
         }

@@ -38,7 +38,10 @@ fn download_f64(g: &Gpu, t: &DeviceTensor) -> Vec<f64> {
 }
 
 fn run_case(g: &Gpu, gemm: &mut Gemm, c: &Case, seed: u64) {
-    let what = format!("gemm M={} N={} K={} {:?} out={} acc={}", c.m, c.n, c.k, c.epilogue, c.out, c.accumulate);
+    let what = format!(
+        "gemm M={} N={} K={} {:?} out={} acc={}",
+        c.m, c.n, c.k, c.epilogue, c.out, c.accumulate
+    );
     let mut r = rng(seed);
     // Scales keep |out| around 1, so bf16 rounding is relative to values of order 1.
     let xs = 1.0 / (c.k as f32).sqrt().sqrt();
@@ -50,11 +53,15 @@ fn run_case(g: &Gpu, gemm: &mut Gemm, c: &Case, seed: u64) {
     let dx = DeviceTensor::from_host(g, &[c.m, c.k], &x).unwrap();
     let dw = DeviceTensor::from_host(g, &[c.n, c.k], &w).unwrap();
     let dbias = match c.out {
-        DType::F32 => DeviceTensor::from_host(g, &[c.n], &bias.iter().map(|b| b.to_f32()).collect::<Vec<f32>>()).unwrap(),
+        DType::F32 => {
+            DeviceTensor::from_host(g, &[c.n], &bias.iter().map(|b| b.to_f32()).collect::<Vec<f32>>()).unwrap()
+        }
         _ => DeviceTensor::from_host(g, &[c.n], &bias).unwrap(),
     };
     let mut out = match (c.accumulate, c.out) {
-        (true, DType::F32) => DeviceTensor::from_host(g, &[c.m, c.n], &init.iter().map(|b| b.to_f32()).collect::<Vec<f32>>()).unwrap(),
+        (true, DType::F32) => {
+            DeviceTensor::from_host(g, &[c.m, c.n], &init.iter().map(|b| b.to_f32()).collect::<Vec<f32>>()).unwrap()
+        }
         (true, _) => DeviceTensor::from_host(g, &[c.m, c.n], &init).unwrap(),
         (false, dt) => {
             let mut t = DeviceTensor::alloc(g, dt, &[c.m, c.n]).unwrap();
@@ -63,9 +70,21 @@ fn run_case(g: &Gpu, gemm: &mut Gemm, c: &Case, seed: u64) {
         }
     };
     let bias_view = (c.epilogue != Epilogue::None).then(|| dbias.view());
-    gemm.matmul(g, &mut out.view_mut(), &dx.view(), &dw.view(), bias_view.as_ref(), c.epilogue, c.accumulate).unwrap();
+    gemm.matmul(
+        g,
+        &mut out.view_mut(),
+        &dx.view(),
+        &dw.view(),
+        bias_view.as_ref(),
+        c.epilogue,
+        c.accumulate,
+    )
+    .unwrap();
     let got = download_f64(g, &out);
-    assert!(got.iter().all(|v| !v.is_nan()), "{what}: an output element was left unwritten (NaN)");
+    assert!(
+        got.iter().all(|v| !v.is_nan()),
+        "{what}: an output element was left unwritten (NaN)"
+    );
 
     let rows = sample_rows(c.m);
     let bias64 = bf16_to_f64(&bias);
@@ -102,19 +121,82 @@ fn gemm_matches_f64_reference_at_model_and_odd_shapes() {
     use Epilogue::*;
     let cases = [
         // Decode: one token through q_proj, and a full batch through gate/up.
-        Case { m: 1, n: 2048, k: 1024, epilogue: None, out: BF16, accumulate: false },
-        Case { m: 256, n: 3072, k: 1024, epilogue: None, out: BF16, accumulate: false },
+        Case {
+            m: 1,
+            n: 2048,
+            k: 1024,
+            epilogue: None,
+            out: BF16,
+            accumulate: false,
+        },
+        Case {
+            m: 256,
+            n: 3072,
+            k: 1024,
+            epilogue: None,
+            out: BF16,
+            accumulate: false,
+        },
         // o_proj adding into the residual stream.
-        Case { m: 256, n: 1024, k: 2048, epilogue: None, out: BF16, accumulate: true },
+        Case {
+            m: 256,
+            n: 1024,
+            k: 2048,
+            epilogue: None,
+            out: BF16,
+            accumulate: true,
+        },
         // lm_head logits in f32.
-        Case { m: 7, n: 103424, k: 1024, epilogue: None, out: F32, accumulate: false },
+        Case {
+            m: 7,
+            n: 103424,
+            k: 1024,
+            epilogue: None,
+            out: F32,
+            accumulate: false,
+        },
         // Vision MLP at 5040 patches: fc1 with the fused GELU, fc2 with bias.
-        Case { m: 5040, n: 4304, k: 1152, epilogue: GeluTanhBias, out: BF16, accumulate: false },
-        Case { m: 5040, n: 1152, k: 4304, epilogue: Bias, out: BF16, accumulate: false },
+        Case {
+            m: 5040,
+            n: 4304,
+            k: 1152,
+            epilogue: GeluTanhBias,
+            out: BF16,
+            accumulate: false,
+        },
+        Case {
+            m: 5040,
+            n: 1152,
+            k: 4304,
+            epilogue: Bias,
+            out: BF16,
+            accumulate: false,
+        },
         // Odd neighbours: nothing a multiple of 8.
-        Case { m: 83, n: 769, k: 1153, epilogue: Bias, out: BF16, accumulate: false },
-        Case { m: 1, n: 5, k: 7, epilogue: Bias, out: F32, accumulate: true },
-        Case { m: 17, n: 1152, k: 1152, epilogue: Bias, out: F32, accumulate: false },
+        Case {
+            m: 83,
+            n: 769,
+            k: 1153,
+            epilogue: Bias,
+            out: BF16,
+            accumulate: false,
+        },
+        Case {
+            m: 1,
+            n: 5,
+            k: 7,
+            epilogue: Bias,
+            out: F32,
+            accumulate: true,
+        },
+        Case {
+            m: 17,
+            n: 1152,
+            k: 1152,
+            epilogue: Bias,
+            out: F32,
+            accumulate: false,
+        },
     ];
     for (i, c) in cases.iter().enumerate() {
         run_case(&g, &mut gemm, c, 1000 + i as u64);
@@ -136,14 +218,34 @@ fn gemm_on_strided_views_equals_dense() {
     let dw = DeviceTensor::from_host(&g, &[n, k], &w).unwrap();
     let kcols: TensorView = dqkv.view().columns(2048, k).unwrap();
 
-    let dense_x: Vec<bf16> = (0..m).flat_map(|i| qkv[i * wide + 2048..i * wide + 2048 + k].to_vec()).collect();
+    let dense_x: Vec<bf16> = (0..m)
+        .flat_map(|i| qkv[i * wide + 2048..i * wide + 2048 + k].to_vec())
+        .collect();
     let ddense = DeviceTensor::from_host(&g, &[m, k], &dense_x).unwrap();
     let mut want = DeviceTensor::zeros(&g, DType::BF16, &[m, n]).unwrap();
-    gemm.matmul(&g, &mut want.view_mut(), &ddense.view(), &dw.view(), None, Epilogue::None, false).unwrap();
+    gemm.matmul(
+        &g,
+        &mut want.view_mut(),
+        &ddense.view(),
+        &dw.view(),
+        None,
+        Epilogue::None,
+        false,
+    )
+    .unwrap();
 
     let mut wide_out = DeviceTensor::alloc(&g, DType::BF16, &[m, 3 * n]).unwrap();
     wide_out.view_mut().fill_bytes(&g, 0xFF).unwrap();
-    gemm.matmul(&g, &mut wide_out.view_mut().columns(n, n).unwrap(), &kcols, &dw.view(), None, Epilogue::None, false).unwrap();
+    gemm.matmul(
+        &g,
+        &mut wide_out.view_mut().columns(n, n).unwrap(),
+        &kcols,
+        &dw.view(),
+        None,
+        Epilogue::None,
+        false,
+    )
+    .unwrap();
     let got = wide_out.to_host::<bf16>(&g).unwrap();
     let want = want.to_host::<bf16>(&g).unwrap();
     for i in 0..m {
@@ -166,9 +268,29 @@ fn gemm_rejects_mismatched_shapes() {
     let x = DeviceTensor::zeros(&g, DType::BF16, &[4, 64]).unwrap();
     let w = DeviceTensor::zeros(&g, DType::BF16, &[32, 63]).unwrap();
     let mut out = DeviceTensor::zeros(&g, DType::BF16, &[4, 32]).unwrap();
-    let err = gemm.matmul(&g, &mut out.view_mut(), &x.view(), &w.view(), None, Epilogue::None, false).unwrap_err();
+    let err = gemm
+        .matmul(
+            &g,
+            &mut out.view_mut(),
+            &x.view(),
+            &w.view(),
+            None,
+            Epilogue::None,
+            false,
+        )
+        .unwrap_err();
     assert!(err.to_string().contains("does not give out"), "{err}");
     let w = DeviceTensor::zeros(&g, DType::BF16, &[32, 64]).unwrap();
-    let err = gemm.matmul(&g, &mut out.view_mut(), &x.view(), &w.view(), None, Epilogue::Bias, false).unwrap_err();
+    let err = gemm
+        .matmul(
+            &g,
+            &mut out.view_mut(),
+            &x.view(),
+            &w.view(),
+            None,
+            Epilogue::Bias,
+            false,
+        )
+        .unwrap_err();
     assert!(err.to_string().contains("needs a bias"), "{err}");
 }
