@@ -59,6 +59,24 @@ pub fn assert_close(what: &str, got: &[f64], want: &[f64], atol: f64, rtol: f64)
     }
 }
 
+/// Like [`assert_close`] with the relative part taken against `scale[i]` instead of
+/// `|want[i]|`: for results that are sums of rounded terms (a GEMM that rounds its product to
+/// the output type before adding the old output), the rounding error follows the terms'
+/// magnitude, not the sum's.
+pub fn assert_close_scaled(what: &str, got: &[f64], want: &[f64], scale: &[f64], atol: f64, rtol: f64) {
+    let report = compare(got, want);
+    eprintln!("{what}: {report:?}");
+    for (i, ((&g, &w), &s)) in got.iter().zip(want).zip(scale).enumerate() {
+        assert!(!g.is_nan(), "{what}: element {i} is NaN (unwritten or invalid); want {w}");
+        let bound = atol + rtol * s.abs();
+        assert!(
+            (g - w).abs() <= bound,
+            "{what}: element {i}: got {g}, want {w}, |diff| {} > {bound}; {report:?}",
+            (g - w).abs()
+        );
+    }
+}
+
 /// Root mean square, used to scale absolute tolerances to the data.
 pub fn rms(v: &[f64]) -> f64 {
     (v.iter().map(|x| x * x).sum::<f64>() / v.len().max(1) as f64).sqrt()
