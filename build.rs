@@ -12,8 +12,8 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::env;
-use std::hash::{Hash, Hasher};
 use std::fs;
+use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -178,8 +178,11 @@ fn compile_kernels(nvcc: &Path, cuda_root: &Path, sources: &[PathBuf], all_files
     env::set_var("PATH", env::join_paths(dirs).unwrap());
 
     let archs = env::var("OCRVL_CUDA_ARCHS").unwrap_or_else(|_| DEFAULT_ARCHS.into());
-    let archs: Vec<String> =
-        archs.split([';', ',', ' ']).filter(|a| !a.is_empty()).map(|a| a.trim_start_matches("sm_").to_string()).collect();
+    let archs: Vec<String> = archs
+        .split([';', ',', ' '])
+        .filter(|a| !a.is_empty())
+        .map(|a| a.trim_start_matches("sm_").to_string())
+        .collect();
     assert!(!archs.is_empty(), "OCRVL_CUDA_ARCHS names no architecture");
     for arch in &archs {
         assert!(
@@ -287,7 +290,10 @@ fn kernel_object_cache() -> PathBuf {
         return PathBuf::from(dir);
     }
     let out = PathBuf::from(env::var("OUT_DIR").unwrap());
-    let target = out.ancestors().nth(4).expect("OUT_DIR is <target>/<profile>/build/<pkg>/out");
+    let target = out
+        .ancestors()
+        .nth(4)
+        .expect("OUT_DIR is <target>/<profile>/build/<pkg>/out");
     target.join("ocrvl-kernels")
 }
 

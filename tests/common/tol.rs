@@ -67,7 +67,10 @@ pub fn assert_close_scaled(what: &str, got: &[f64], want: &[f64], scale: &[f64],
     let report = compare(got, want);
     eprintln!("{what}: {report:?}");
     for (i, ((&g, &w), &s)) in got.iter().zip(want).zip(scale).enumerate() {
-        assert!(!g.is_nan(), "{what}: element {i} is NaN (unwritten or invalid); want {w}");
+        assert!(
+            !g.is_nan(),
+            "{what}: element {i} is NaN (unwritten or invalid); want {w}"
+        );
         let bound = atol + rtol * s.abs();
         assert!(
             (g - w).abs() <= bound,
