@@ -35,5 +35,6 @@ PY
 strip "$bundle"/bin/*
 cp tools/gpu_run.sh "$bundle/run.sh"
 cp tools/gpu/*.py "$bundle/tools/" 2>/dev/null || true
+cp tools/make_model_fixture.py "$bundle/"
 du -sh "$bundle"
 ls -la "$bundle/bin"

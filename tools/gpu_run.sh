@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs the GPU bundle on the GPU host: every test executable with --include-ignored, the
 # criterion benches, then the bench binary. Full logs go to LOGDIR (default $OUT, else
-# ./logs); a short summary table is printed last. At most 8 log files, since the device tool
-# brings back no more.
+# ./logs); a short summary table is printed last. It writes at most 5 files (tests.log,
+# benches.log, bench.log, bench.json, fixture.tar), since the device tool brings back 8 at most.
 #   bash target/gpu-bundle/run.sh [LOGDIR]
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -21,7 +21,7 @@ run_step() { # name logfile command...
     rows+=("$(printf '| %-28s | %3s | %6s s | %s |' "$name" "$rc" "$secs" "${what:-}")")
 }
 
-{ nvidia-smi; nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv; } > "$logs/device.log" 2>&1
+{ nvidia-smi; nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv; } > "$logs/tests.log" 2>&1
 
 for t in "$here"/bin/test-*; do
     # One thread: GPU tests share one device and time nothing, but parallel runs would
@@ -34,16 +34,22 @@ done
 run_step "bench (binary)" "$logs/bench.log" "$here/bin/bench" --json "$logs/bench.json"
 for py in "$here"/tools/*.py; do
     [ -e "$py" ] || continue
-    run_step "$(basename "$py")" "$logs/baselines.log" python3 "$py"
+    run_step "$(basename "$py")" "$logs/benches.log" python3 "$py"
 done
+if [ -e "$here/make_model_fixture.py" ]; then
+    fx=$(mktemp -d)
+    run_step "make_model_fixture.py" "$logs/tests.log" python3 "$here/make_model_fixture.py" "$fx/tiny_model"
+    tar -C "$fx" -cf "$logs/fixture.tar" tiny_model
+fi
 
 echo
 echo "== failures (first lines) =="
 grep -hE '^(test .* FAILED|failures:|---- |thread .* panicked)' "$logs/tests.log" | head -n 20
 echo
 echo "== benches =="
-grep -hE '(TFLOP/s|GB/s)' "$logs/benches.log" "$logs/baselines.log" 2>/dev/null | grep -vE '^\s*(thrpt|time):' | head -n 30
+grep -hE '(TFLOP/s|GB/s)' "$logs/benches.log" 2>/dev/null | grep -vE '^\s*(thrpt|time):' | head -n 80
 grep -E '^\|' "$logs/bench.log"
+grep -h '^fixture:' "$logs/tests.log"
 echo
 echo "== summary =="
 printf '| %-28s | %3s | %8s | %s |\n' step rc time result
