@@ -8,9 +8,11 @@
 //! - `config` and `model`: the hub config, engine flags, weights and synthetic checkpoints.
 
 pub mod config;
+pub mod engine;
 pub mod error;
 pub mod kernels;
 pub mod model;
+pub mod preprocess;
 pub mod runtime;
 pub mod sys;
 

@@ -2,3 +2,10 @@
 #pragma once
 #include "common.h"
 #include "elementwise.h"
+#include "norm.h"
+#include "embedding.h"
+#include "rope.h"
+#include "kv_cache.h"
+#include "decode.h"
+#include "attention.h"
+#include "sampling.h"

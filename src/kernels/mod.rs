@@ -3,6 +3,13 @@
 //! Model code calls these, never `sys` directly.
 
 pub mod elementwise;
+pub mod norm;
+pub mod embedding;
+pub mod rope;
+pub mod kv_cache;
+pub mod decode;
+pub mod attention;
+pub mod sampling;
 
 use crate::error::{Error, Result};
 use crate::runtime::DType;

@@ -88,21 +88,24 @@ fn run_case(g: &Gpu, gemm: &mut Gemm, c: &Case, seed: u64) {
 
     let rows = sample_rows(c.m);
     let bias64 = bf16_to_f64(&bias);
-    let with_bias = (c.epilogue != Epilogue::None).then_some(&bias64[..]);
-    let want_rows = matmul_xwt(&bf16_to_f64(&x), &bf16_to_f64(&w), with_bias, c.k, c.n, &rows);
+    let with_bias = c.epilogue != Epilogue::None;
+    let want_rows = matmul_xwt(&bf16_to_f64(&x), &bf16_to_f64(&w), None, c.k, c.n, &rows);
     let mut want = Vec::new();
     let mut got_s = Vec::new();
-    // The magnitude each element's rounding scales with: cuBLASLt may round the product (with
-    // bias and GELU) to the output type before it adds the old output, so with `accumulate`
-    // the error follows |product| + |old|, not |sum|.
+    // The magnitude each element's rounding scales with: cuBLASLt may round the product to the
+    // output type before it adds the bias and again before it adds the old output (seen on the
+    // H100: 1.4 ulp of the result at M=83 N=769 K=1153), so the error follows
+    // |product| + |bias| + |old|, not |result|.
     let mut scale = Vec::new();
     for (ri, &m) in rows.iter().enumerate() {
         for j in 0..c.n {
-            let mut v = want_rows[ri][j];
+            let ab = want_rows[ri][j];
+            let b = if with_bias { bias64[j] } else { 0.0 };
+            let mut v = ab + b;
             if c.epilogue == Epilogue::GeluTanhBias {
                 v = gelu_tanh(v);
             }
-            let mut s = v.abs();
+            let mut s = v.abs().max(ab.abs() + b.abs());
             if c.accumulate {
                 let old = init[m * c.n + j].to_f64();
                 v += old;

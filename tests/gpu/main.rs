@@ -7,3 +7,11 @@ mod common;
 
 mod cast;
 mod gemm;
+mod norm;
+mod rope;
+mod kv_cache;
+mod activation;
+mod embedding;
+mod attention;
+mod decode;
+mod sampling;

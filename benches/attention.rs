@@ -1,0 +1,147 @@
+//! Prefill attention in TFLOP/s, FLOPs counted as FlashAttention does: 4 · s_q · s_k · heads · d
+//! per sequence, halved when causal, d = 72 counted as 72 (not the padded width), against the
+//! measured bf16 GEMM rate. Text: 16 query heads over 2 kv heads, d = 128, q a column slice
+//! of the fused qkv buffer, K/V in the paged cache (block_size 64). Vision: 16 heads, d = 72,
+//! q/k/v column slices of the fused [total, 3456] buffer.
+//! `tools/gpu/baseline_attention.py` times torch's SDPA (flash and cuDNN) on the same shapes.
+
+mod common;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use half::bf16;
+use ocrvl::kernels::attention::{
+    prefill_paged_with, vision_varlen_tile, PagedKv, PrefillOptions, Varlen, VisionQkv, VisionTile,
+};
+use ocrvl::runtime::{DeviceTensor, Gpu, GpuTimer};
+
+const HQ: usize = 16;
+const HKV: usize = 2;
+const D: usize = 128;
+const BLOCK_SIZE: usize = 64;
+const HV: usize = 16;
+const DV: usize = 72;
+
+/// Deterministic non-zero values in [-1, 1) (zeros would time unlike real data).
+fn filler(n: usize, salt: u32) -> Vec<bf16> {
+    (0..n)
+        .map(|i| {
+            let h = (i as u32).wrapping_mul(2654435761).wrapping_add(salt.wrapping_mul(40503)) >> 8;
+            bf16::from_f32((h % 2001) as f32 / 1000.0 - 1.0)
+        })
+        .collect()
+}
+
+fn cu_seqlens(lens: &[usize]) -> Vec<i32> {
+    let mut cu = vec![0i32];
+    for &l in lens {
+        cu.push(cu.last().unwrap() + l as i32);
+    }
+    cu
+}
+
+fn report(name: &str, ms: f64, flops: f64) {
+    let tflops = flops / (ms * 1e-3) / 1e12;
+    println!(
+        "attention {name}: {:.1} us, {tflops:.1} TFLOP/s ({:.0}% of {} TFLOP/s bf16)",
+        ms * 1e3,
+        100.0 * tflops / common::H100_BF16_TFLOPS,
+        common::H100_BF16_TFLOPS
+    );
+}
+
+/// Fresh prompts (q_len == seqused_k) of `lens`, identity block tables.
+fn bench_text(c: &mut Criterion, gpu: &Gpu, name: &str, lens: &[usize], causal: bool) {
+    let total: usize = lens.iter().sum();
+    let fused_cols = (HQ + 2 * HKV) * D;
+    let qkv = DeviceTensor::from_host(gpu, &[total, fused_cols], &filler(total * fused_cols, 1)).unwrap();
+    let blocks_per_seq: Vec<usize> = lens.iter().map(|l| l.div_ceil(BLOCK_SIZE)).collect();
+    let num_blocks: usize = blocks_per_seq.iter().sum();
+    let max_blocks = blocks_per_seq.iter().copied().max().unwrap();
+    let cache_len = num_blocks * HKV * BLOCK_SIZE * D;
+    let dims = [num_blocks, HKV, BLOCK_SIZE, D];
+    let kc = DeviceTensor::from_host(gpu, &dims, &filler(cache_len, 2)).unwrap();
+    let vc = DeviceTensor::from_host(gpu, &dims, &filler(cache_len, 3)).unwrap();
+    let mut tables = vec![0i32; lens.len() * max_blocks];
+    let mut next = 0;
+    for (s, &nb) in blocks_per_seq.iter().enumerate() {
+        for j in 0..nb {
+            tables[s * max_blocks + j] = next;
+            next += 1;
+        }
+    }
+    let bt = DeviceTensor::from_host(gpu, &[lens.len(), max_blocks], &tables).unwrap();
+    let used: Vec<i32> = lens.iter().map(|&l| l as i32).collect();
+    let used = DeviceTensor::from_host(gpu, &[lens.len()], &used).unwrap();
+    let cu = DeviceTensor::from_host(gpu, &[lens.len() + 1], &cu_seqlens(lens)).unwrap();
+    let mut out = DeviceTensor::alloc(gpu, ocrvl::runtime::DType::BF16, &[total, HQ * D]).unwrap();
+    let q = qkv.view().columns(0, HQ * D).unwrap();
+    let kv = PagedKv {
+        k_cache: kc.view(),
+        v_cache: vc.view(),
+        block_tables: bt.view(),
+        seqused_k: used.view(),
+    };
+    let queries = Varlen {
+        cu_seqlens: cu.view(),
+        max_seqlen: lens.iter().copied().max().unwrap(),
+    };
+    let opts = PrefillOptions {
+        scale: 1.0 / (D as f32).sqrt(),
+        causal,
+    };
+    let mut run = || prefill_paged_with(gpu, &mut out.view_mut(), None, &q, &queries, &kv, opts).unwrap();
+    let flops: f64 = lens
+        .iter()
+        .map(|&l| 4.0 * (l * l * HQ * D) as f64 * if causal { 0.5 } else { 1.0 })
+        .sum();
+    let ms = GpuTimer::time_mean_ms(gpu, 3, 20, || {
+        run();
+        Ok(())
+    })
+    .unwrap();
+    report(name, ms, flops);
+    c.bench_function(name, |b| b.iter_custom(|iters| common::time_gpu(gpu, iters, &mut run)));
+}
+
+fn bench_vision(c: &mut Criterion, gpu: &Gpu, name: &str, lens: &[usize], tile: VisionTile) {
+    let total: usize = lens.iter().sum();
+    let cols = HV * DV;
+    let qkv = DeviceTensor::from_host(gpu, &[total, 3 * cols], &filler(total * 3 * cols, 4)).unwrap();
+    let cu = DeviceTensor::from_host(gpu, &[lens.len() + 1], &cu_seqlens(lens)).unwrap();
+    let mut out = DeviceTensor::alloc(gpu, ocrvl::runtime::DType::BF16, &[total, cols]).unwrap();
+    let all = qkv.view();
+    let views = VisionQkv {
+        q: all.columns(0, cols).unwrap(),
+        k: all.columns(cols, cols).unwrap(),
+        v: all.columns(2 * cols, cols).unwrap(),
+        num_heads: HV,
+    };
+    let images = Varlen {
+        cu_seqlens: cu.view(),
+        max_seqlen: lens.iter().copied().max().unwrap(),
+    };
+    let scale = 1.0 / (DV as f32).sqrt();
+    let mut run = || vision_varlen_tile(gpu, &mut out.view_mut(), &views, &images, scale, tile).unwrap();
+    let flops: f64 = lens.iter().map(|&l| 4.0 * (l * l * HV * DV) as f64).sum();
+    let ms = GpuTimer::time_mean_ms(gpu, 3, 20, || {
+        run();
+        Ok(())
+    })
+    .unwrap();
+    report(name, ms, flops);
+    c.bench_function(name, |b| b.iter_custom(|iters| common::time_gpu(gpu, iters, &mut run)));
+}
+
+fn attention_benches(c: &mut Criterion) {
+    let gpu = common::gpu();
+    bench_text(c, &gpu, "prefill_causal_1x8192", &[8192], true);
+    bench_text(c, &gpu, "prefill_causal_4x2048", &[2048; 4], true);
+    bench_text(c, &gpu, "prefill_noncausal_1x8192", &[8192], false);
+    bench_text(c, &gpu, "prefill_noncausal_4x2048", &[2048; 4], false);
+    bench_vision(c, &gpu, "vision_4x5040_d72_qk80", &[5040; 4], VisionTile::Qk80);
+    bench_vision(c, &gpu, "vision_4x5040_d72_pad96", &[5040; 4], VisionTile::Pad96);
+    bench_vision(c, &gpu, "vision_1x576_d72_qk80", &[576], VisionTile::Qk80);
+}
+
+criterion_group! { name = benches; config = common::criterion(); targets = attention_benches }
+criterion_main!(benches);

@@ -1,0 +1,94 @@
+//! The sampling kernel at the model's vocab (103424), f32 logits: both classes at batch 1, 32
+//! and 256 with top_k = 50, top_p = 0.9, temperature 0.7, and greedy, in GB/s counting one read
+//! of the logits against the measured copy rate.
+
+mod common;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use ocrvl::config::SamplingClass;
+use ocrvl::kernels::sampling::{Sampler, SamplingOutputs, SamplingParams};
+use ocrvl::runtime::{DType, DeviceTensor, GpuTimer};
+
+const VOCAB: usize = 103424;
+
+/// Logits like a language model's: a standard-normal bulk from a hash (not zeros: timing on
+/// zeros is not timing real data), scaled by 2 so that the softmax is peaked but not one-hot.
+fn logits(batch: usize) -> Vec<f32> {
+    (0..batch * VOCAB)
+        .map(|i| {
+            let mut h = (i as u64).wrapping_mul(0x9E3779B97F4A7C15);
+            h ^= h >> 29;
+            h = h.wrapping_mul(0xBF58476D1CE4E5B9);
+            h ^= h >> 32;
+            // Sum of 4 uniforms, centred: close enough to a normal for a benchmark.
+            let u = (0..4).map(|k| ((h >> (16 * k)) & 0xFFFF) as f32 / 65536.0).sum::<f32>() - 2.0;
+            2.0 * u * 1.732
+        })
+        .collect()
+}
+
+fn sampling_benches(c: &mut Criterion) {
+    let gpu = common::gpu();
+    let mut group = c.benchmark_group("sampling");
+    let mut sampler = Sampler::new(&gpu, 256, 0).unwrap();
+    for batch in [1usize, 32, 256] {
+        let host = logits(batch);
+        let mut x = DeviceTensor::from_host(&gpu, &[batch, VOCAB], &host).unwrap();
+        let mut token = DeviceTensor::alloc(&gpu, DType::I32, &[batch]).unwrap();
+        let mut logprob = DeviceTensor::alloc(&gpu, DType::F32, &[batch]).unwrap();
+        let mut status = DeviceTensor::alloc(&gpu, DType::I32, &[batch]).unwrap();
+        let bytes = batch * VOCAB * 4;
+        group.throughput(Throughput::Bytes(bytes as u64));
+        for (name, class, greedy) in [
+            ("exact", SamplingClass::Base, false),
+            ("rejection", SamplingClass::Rejection, false),
+            ("greedy", SamplingClass::Base, true),
+        ] {
+            let params: Vec<SamplingParams> = (0..batch)
+                .map(|b| {
+                    if greedy {
+                        SamplingParams::greedy()
+                    } else {
+                        SamplingParams {
+                            temperature: 0.7,
+                            top_k: 50,
+                            top_p: 0.9,
+                            seed: 1234 + b as u64,
+                            step: 7,
+                            ..Default::default()
+                        }
+                    }
+                })
+                .collect();
+            sampler.set_batch(&gpu, &params, &[]).unwrap();
+            let mut run = || {
+                let mut out = SamplingOutputs {
+                    token: token.view_mut(),
+                    logprob: logprob.view_mut(),
+                    status: status.view_mut(),
+                    top: None,
+                };
+                sampler.sample(&gpu, class, &mut x.view_mut(), &mut out).unwrap();
+            };
+            let ms = GpuTimer::time_mean_ms(&gpu, 3, 50, || {
+                run();
+                Ok(())
+            })
+            .unwrap();
+            let gbps = bytes as f64 / (ms * 1e-3) / 1e9;
+            println!(
+                "sampling {name} b{batch}: {:.1} us, {gbps:.0} GB/s ({:.0}% of {} GB/s copy)",
+                ms * 1e3,
+                100.0 * gbps / common::H100_COPY_GBPS,
+                common::H100_COPY_GBPS
+            );
+            group.bench_function(format!("{name}_b{batch}"), |b| {
+                b.iter_custom(|iters| common::time_gpu(&gpu, iters, &mut run))
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group! { name = benches; config = common::criterion(); targets = sampling_benches }
+criterion_main!(benches);

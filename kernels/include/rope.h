@@ -1,0 +1,68 @@
+/* Rotary position embedding, neox (rotate-half) style, applied in place to q and k in one
+ * launch. Two position schemes, one kernel each:
+ *   - M-RoPE (text): each frequency takes its position from one of three axes (T, H, W);
+ *   - 2-D vision rope: the first half of the frequencies rotate by the patch row, the second
+ *     half by the patch column.
+ *
+ * Shared conventions:
+ *   - q is [num_tokens, num_q_heads, head_dim] and k is [num_tokens, num_kv_heads, head_dim];
+ *     heads and head_dim are contiguous, tokens are `q_stride` / `k_stride` elements apart
+ *     (so q and k may be column slices of one fused qkv buffer). q and k must not overlap.
+ *   - Rotation: with h = head_dim / 2 and angle a_j for pair j in [0, h), elements j and
+ *     j + h become (x_j cos a_j - x_{j+h} sin a_j, x_{j+h} cos a_j + x_j sin a_j).
+ *   - Arithmetic is f32: inv_freq[i] = 1 / powf(theta, (float)(2 i) / (float)rot), as
+ *     transformers computes it; angle = (float)pos * inv_freq in f32; accurate sincosf (the
+ *     angles reach ~16k rad, where the fast intrinsics are off by far more than bf16's ulp);
+ *     one rounding to the storage dtype at the end.
+ *   - Dtypes: bf16 and f16 (q and k the same).
+ *   - Alignment: q, k, and their strides in bytes, must be multiples of the vector width the
+ *     head_dim selects (16 bytes for M-RoPE; 8 bytes for the 72-d vision head, see below);
+ *     otherwise OCRVL_STATUS_UNSUPPORTED.
+ *   - num_tokens 0 launches nothing.
+ */
+#pragma once
+#include "common.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* M-RoPE (Qwen2-VL / ERNIE-4.5-VL multimodal rope), neox style, in place on q and k.
+ * q         [num_tokens, num_q_heads, head_dim]  token stride q_stride (elements)
+ * k         [num_tokens, num_kv_heads, head_dim] token stride k_stride (elements)
+ * positions [3, num_tokens] int32 (rows T, H, W)  row stride pos_stride (elements); 0 makes
+ *           all three axes read row 0 (plain 1-D rope for text-only batches).
+ * Frequency j in [0, head_dim/2) takes the T position for j < section_t, H for
+ * j < section_t + section_h, else W; the sections must sum to head_dim/2 (rotary dim =
+ * head_dim). inv_freq[j] = theta^(-2j/head_dim).
+ * head_dim: 64 or 128 (others OCRVL_STATUS_UNSUPPORTED). q, k: 16-byte aligned, strides
+ * multiples of 8 elements.
+ * Grid: (ceil(num_tokens * (num_q_heads + num_kv_heads) * head_dim / 16 / 1024)): one work
+ * item per 8 pairs of a head, 1024 items per block; Block: (256). */
+int32_t ocrvl_rope_mrope(void* q, int64_t q_stride, void* k, int64_t k_stride,
+                         const int32_t* positions, int64_t pos_stride, int64_t num_tokens,
+                         int32_t num_q_heads, int32_t num_kv_heads, int32_t head_dim,
+                         int32_t section_t, int32_t section_h, int32_t section_w, float theta,
+                         OcrvlDType dtype, ocrvl_stream_t stream);
+
+/* 2-D vision rope (SigLIP/NaViT axial rope), neox style, in place on q and k. The kernel
+ * knows nothing of images: each token brings its own (row, col).
+ * q    [num_tokens, num_q_heads, head_dim]  token stride q_stride (elements)
+ * k    [num_tokens, num_kv_heads, head_dim] token stride k_stride (elements)
+ * rows [num_tokens] int32
+ * cols [num_tokens] int32
+ * With h = head_dim / 2 and f = head_dim / 4 frequencies inv_freq[i] = theta^(-2i/h):
+ * pair j < f rotates by rows[t] * inv_freq[j], pair f <= j < h by cols[t] * inv_freq[j - f].
+ * head_dim: 72 (others OCRVL_STATUS_UNSUPPORTED). A 72-d head is 144 bytes, whose halves
+ * (72 bytes) are not whole 16-byte vectors, so each thread moves 4 pairs as two 8-byte
+ * vectors: q, k 8-byte aligned, strides multiples of 4 elements.
+ * Grid: (ceil(num_tokens * (num_q_heads + num_kv_heads) * head_dim / 8 / 1024)): one work
+ * item per 4 pairs of a head, 1024 items per block; Block: (256). */
+int32_t ocrvl_rope_vision(void* q, int64_t q_stride, void* k, int64_t k_stride,
+                          const int32_t* rows, const int32_t* cols, int64_t num_tokens,
+                          int32_t num_q_heads, int32_t num_kv_heads, int32_t head_dim,
+                          float theta, OcrvlDType dtype, ocrvl_stream_t stream);
+
+#ifdef __cplusplus
+}
+#endif

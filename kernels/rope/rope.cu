@@ -1,0 +1,76 @@
+// extern "C" launchers for kernels/include/rope.h: argument checks, dtype and head_dim dispatch.
+#include <math.h>
+
+#include "common/check.cuh"
+#include "rope.h"
+#include "rope/mrope.cuh"
+#include "rope/vision_rope.cuh"
+
+namespace {
+
+// Checks shared by both launchers. Returns OCRVL_STATUS_OK when the arguments are consistent.
+int32_t check_common(const void* q, int64_t q_stride, const void* k, int64_t k_stride, int64_t num_tokens,
+                     int32_t num_q_heads, int32_t num_kv_heads, int32_t head_dim, float theta) {
+    OCRVL_CHECK_ARG(num_tokens >= 0 && num_tokens <= INT32_MAX);
+    OCRVL_CHECK_ARG(q != nullptr && k != nullptr);
+    OCRVL_CHECK_ARG(num_q_heads > 0 && num_kv_heads > 0 && head_dim > 0 && head_dim % 2 == 0);
+    // Work items of one token are counted in int.
+    OCRVL_CHECK_ARG(((int64_t)num_q_heads + num_kv_heads) * head_dim <= INT32_MAX);
+    OCRVL_CHECK_ARG(q_stride >= (int64_t)num_q_heads * head_dim && k_stride >= (int64_t)num_kv_heads * head_dim);
+    OCRVL_CHECK_ARG(theta > 0.0f && isfinite(theta));
+    return OCRVL_STATUS_OK;
+}
+
+}  // namespace
+
+extern "C" int32_t ocrvl_rope_mrope(void* q, int64_t q_stride, void* k, int64_t k_stride, const int32_t* positions,
+                                    int64_t pos_stride, int64_t num_tokens, int32_t num_q_heads,
+                                    int32_t num_kv_heads, int32_t head_dim, int32_t section_t, int32_t section_h,
+                                    int32_t section_w, float theta, OcrvlDType dtype, ocrvl_stream_t stream) {
+    const int32_t st = check_common(q, q_stride, k, k_stride, num_tokens, num_q_heads, num_kv_heads, head_dim, theta);
+    if (st != OCRVL_STATUS_OK) return st;
+    OCRVL_CHECK_ARG(positions != nullptr);
+    OCRVL_CHECK_ARG(pos_stride == 0 || pos_stride >= num_tokens);
+    OCRVL_CHECK_ARG(section_t >= 0 && section_h >= 0 && section_w >= 0);
+    OCRVL_CHECK_ARG((int64_t)section_t + section_h + section_w == head_dim / 2);
+    if (num_tokens == 0) return OCRVL_STATUS_OK;
+    cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
+    return ocrvl::rope::dispatch_16bit(dtype, [&](auto tag) -> int32_t {
+        using T = decltype(tag);
+        T* qt = static_cast<T*>(q);
+        T* kt = static_cast<T*>(k);
+        switch (head_dim) {
+            case 64:
+                return ocrvl::rope::launch_mrope<T, 64>(qt, q_stride, kt, k_stride, positions, pos_stride,
+                                                        num_tokens, num_q_heads, num_kv_heads, section_t,
+                                                        section_h, theta, s);
+            case 128:
+                return ocrvl::rope::launch_mrope<T, 128>(qt, q_stride, kt, k_stride, positions, pos_stride,
+                                                         num_tokens, num_q_heads, num_kv_heads, section_t,
+                                                         section_h, theta, s);
+            default: return OCRVL_STATUS_UNSUPPORTED;
+        }
+    });
+}
+
+extern "C" int32_t ocrvl_rope_vision(void* q, int64_t q_stride, void* k, int64_t k_stride, const int32_t* rows,
+                                     const int32_t* cols, int64_t num_tokens, int32_t num_q_heads,
+                                     int32_t num_kv_heads, int32_t head_dim, float theta, OcrvlDType dtype,
+                                     ocrvl_stream_t stream) {
+    const int32_t st = check_common(q, q_stride, k, k_stride, num_tokens, num_q_heads, num_kv_heads, head_dim, theta);
+    if (st != OCRVL_STATUS_OK) return st;
+    OCRVL_CHECK_ARG(rows != nullptr && cols != nullptr);
+    if (num_tokens == 0) return OCRVL_STATUS_OK;
+    cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
+    return ocrvl::rope::dispatch_16bit(dtype, [&](auto tag) -> int32_t {
+        using T = decltype(tag);
+        T* qt = static_cast<T*>(q);
+        T* kt = static_cast<T*>(k);
+        switch (head_dim) {
+            case 72:
+                return ocrvl::rope::launch_vision_rope<T, 72>(qt, q_stride, kt, k_stride, rows, cols, num_tokens,
+                                                              num_q_heads, num_kv_heads, theta, s);
+            default: return OCRVL_STATUS_UNSUPPORTED;
+        }
+    });
+}

@@ -1,0 +1,205 @@
+// Rotate-half (neox) rope applied in place to q and k in one launch; the position scheme is a
+// policy (mrope.cuh, vision_rope.cuh) that says, per token and pair j in [0, head_dim/2), which
+// angle the pair turns by.
+//
+// Work items are (token, head, chunk of VEC pairs), q heads before k heads within a token, in
+// one flat sequence; block b takes items [b * kItemsPerBlock, (b + 1) * kItemsPerBlock), each
+// thread kUnroll of them (exactly one round: a fixed-size share of tokens per block left the
+// last round of the vision case 1/8 full and ran at 65% of the copy rate). Per block:
+//   1. load each item's VEC elements x_j and their partners x_{j+h} (two vectors of VEC * 2
+//      bytes; 2 * kUnroll loads in flight per thread), before anything else, so that the memory
+//      latency hides steps 2 and 3;
+//   2. inv_freq[i] for the policy's frequencies, into shared memory;
+//   3. cos and sin of every (token, pair) angle of the tokens the block touches, into shared
+//      memory: an angle is computed once per block and shared by all q and k heads of its token
+//      (18 heads for the text model, 32 for the vision tower) instead of once per head;
+//   4. rotate in f32, round once to the storage type, store both vectors.
+// Constraints: HD even, (HD / 2) % VEC == 0; q, k and their token strides aligned to
+// VEC * 2 bytes (checked by the launchers); q and k do not overlap.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+#include "common/check.cuh"
+
+namespace ocrvl {
+namespace rope {
+
+constexpr int kThreads = 256;
+constexpr int kUnroll = 4;
+constexpr int kItemsPerBlock = kThreads * kUnroll;
+
+// Tokens whose items one block can touch, for `per_token` items per token: a window of
+// kItemsPerBlock items spans at most ceil((kItemsPerBlock - 1) / per_token) + 1 tokens.
+inline int max_tokens_per_block(int per_token) { return (kItemsPerBlock - 1) / per_token + 2; }
+
+// Calls f(T{}) for the 16-bit float types, or returns OCRVL_STATUS_UNSUPPORTED.
+template <typename F>
+inline int32_t dispatch_16bit(OcrvlDType dtype, F&& f) {
+    switch (dtype) {
+        case OCRVL_DTYPE_BF16: return f(__nv_bfloat16{});
+        case OCRVL_DTYPE_F16: return f(__half{});
+        default: return OCRVL_STATUS_UNSUPPORTED;
+    }
+}
+
+inline bool aligned_to(const void* p, int bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
+
+// W 32-bit words: 2 * W 16-bit elements, element 2w in the low half of word w.
+template <int W>
+struct Words {
+    uint32_t w[W];
+};
+
+template <int W> __device__ __forceinline__ Words<W> load_words(const void* p);
+template <> __device__ __forceinline__ Words<4> load_words<4>(const void* p) {
+    uint4 v = *reinterpret_cast<const uint4*>(p);
+    return Words<4>{{v.x, v.y, v.z, v.w}};
+}
+template <> __device__ __forceinline__ Words<2> load_words<2>(const void* p) {
+    uint2 v = *reinterpret_cast<const uint2*>(p);
+    return Words<2>{{v.x, v.y}};
+}
+
+template <int W> __device__ __forceinline__ void store_words(void* p, const Words<W>& v);
+template <> __device__ __forceinline__ void store_words<4>(void* p, const Words<4>& v) {
+    *reinterpret_cast<uint4*>(p) = make_uint4(v.w[0], v.w[1], v.w[2], v.w[3]);
+}
+template <> __device__ __forceinline__ void store_words<2>(void* p, const Words<2>& v) {
+    *reinterpret_cast<uint2*>(p) = make_uint2(v.w[0], v.w[1]);
+}
+
+// Two 16-bit floats in one word <-> two f32.
+template <typename T> struct Pack2;
+template <> struct Pack2<__nv_bfloat16> {
+    static __device__ __forceinline__ float2 unpack(uint32_t w) {
+        return make_float2(__uint_as_float(w << 16), __uint_as_float(w & 0xffff0000u));
+    }
+    static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+        __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+        return *reinterpret_cast<uint32_t*>(&h);
+    }
+};
+template <> struct Pack2<__half> {
+    static __device__ __forceinline__ float2 unpack(uint32_t w) {
+        return __half22float2(*reinterpret_cast<__half2*>(&w));
+    }
+    static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+        __half2 h = __floats2half2_rn(lo, hi);
+        return *reinterpret_cast<uint32_t*>(&h);
+    }
+};
+
+// inv_freq[i] = 1 / theta^(2i / rot_dim) with transformers' f32 steps: the exponent is the f32
+// quotient (float)(2i) / (float)rot_dim, theta^e is rounded to f32 (computed in f64 and
+// rounded once, standing in for the host's powf, which is within an ulp; CUDA's powf may be
+// off by more), and the reciprocal is an f32 division.
+__device__ __forceinline__ float inv_freq_f32(int i, int rot_dim, float theta) {
+    float e = (float)(2 * i) / (float)rot_dim;
+    float p = (float)pow((double)theta, (double)e);
+    return 1.0f / p;
+}
+
+// Grid: (ceil(num_tokens * (num_q_heads + num_kv_heads) * HD / 2 / VEC / kItemsPerBlock)),
+// Block: (kThreads). Dynamic shared memory: Angles::kFreqs + 2 * max_tokens_per_block * HD / 2
+// floats.
+template <typename T, int HD, int VEC, typename Angles>
+__global__ void __launch_bounds__(kThreads) rotate_half_kernel(T* __restrict__ q,  // [num_tokens, num_q_heads, HD]
+                                                               int64_t q_stride,
+                                                               T* __restrict__ k,  // [num_tokens, num_kv_heads, HD]
+                                                               int64_t k_stride, int num_tokens, int num_q_heads,
+                                                               int num_kv_heads, float theta, Angles angles) {
+    constexpr int kHalf = HD / 2;
+    constexpr int kChunks = kHalf / VEC;  // work items per head
+    constexpr int kWords = VEC / 2;
+    static_assert(kHalf % VEC == 0 && VEC % 2 == 0, "a chunk is whole words inside one half");
+
+    const int per_token = (num_q_heads + num_kv_heads) * kChunks;
+    const int64_t first = (int64_t)blockIdx.x * kItemsPerBlock;
+    const int64_t total = (int64_t)num_tokens * per_token;
+    const int n_items = (int)min((int64_t)kItemsPerBlock, total - first);
+    const int tok0 = (int)(first / per_token);
+    const int skip = (int)(first - (int64_t)tok0 * per_token);  // items of token tok0 before the block's
+    const int ntok = (skip + n_items - 1) / per_token + 1;
+
+    // 1. Issue every load first.
+    T* ptr[kUnroll];
+    int tab[kUnroll];  // the item's first pair in the cos/sin tables
+    Words<kWords> lo[kUnroll], hi[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+        const int local = threadIdx.x + u * kThreads;
+        ptr[u] = nullptr;
+        if (local < n_items) {
+            const int idx = skip + local;
+            const int t = idx / per_token;
+            const int r = idx - t * per_token;
+            const int h = r / kChunks;
+            const int c = r - h * kChunks;
+            const int64_t tok = tok0 + t;
+            T* head = h < num_q_heads ? q + tok * q_stride + (int64_t)h * HD
+                                      : k + tok * k_stride + (int64_t)(h - num_q_heads) * HD;
+            ptr[u] = head + c * VEC;
+            tab[u] = t * kHalf + c * VEC;
+            lo[u] = load_words<kWords>(ptr[u]);
+            hi[u] = load_words<kWords>(ptr[u] + kHalf);
+        }
+    }
+
+    // 2, 3. The block's cos/sin tables, while the loads are in flight.
+    extern __shared__ float smem[];
+    float* inv_freq = smem;                // [Angles::kFreqs]
+    float* cos_t = smem + Angles::kFreqs;  // [ntok, kHalf]
+    float* sin_t = cos_t + ntok * kHalf;   // [ntok, kHalf]
+    for (int i = threadIdx.x; i < Angles::kFreqs; i += kThreads) inv_freq[i] = angles.inv_freq(i, theta);
+    __syncthreads();
+    for (int i = threadIdx.x; i < ntok * kHalf; i += kThreads) {
+        const int t = i / kHalf;
+        const int j = i - t * kHalf;
+        float s, c;
+        // Accurate sincosf: text angles reach ~16k rad.
+        sincosf(angles.angle(tok0 + t, j, inv_freq), &s, &c);
+        cos_t[i] = c;
+        sin_t[i] = s;
+    }
+    __syncthreads();
+
+    // 4. Rotate and store.
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+        if (ptr[u] == nullptr) continue;
+#pragma unroll
+        for (int w = 0; w < kWords; ++w) {
+            const float2 a = Pack2<T>::unpack(lo[u].w[w]);  // x_j, x_{j+1}
+            const float2 b = Pack2<T>::unpack(hi[u].w[w]);  // x_{j+h}, x_{j+1+h}
+            const float2 c = *reinterpret_cast<const float2*>(cos_t + tab[u] + 2 * w);
+            const float2 s = *reinterpret_cast<const float2*>(sin_t + tab[u] + 2 * w);
+            lo[u].w[w] = Pack2<T>::pack(a.x * c.x - b.x * s.x, a.y * c.y - b.y * s.y);
+            hi[u].w[w] = Pack2<T>::pack(b.x * c.x + a.x * s.x, b.y * c.y + a.y * s.y);
+        }
+        store_words<kWords>(ptr[u], lo[u]);
+        store_words<kWords>(ptr[u] + kHalf, hi[u]);
+    }
+}
+
+// Checks alignment for VEC, then launches rotate_half_kernel on `stream`.
+template <typename T, int HD, int VEC, typename Angles>
+int32_t launch_rotate_half(T* q, int64_t q_stride, T* k, int64_t k_stride, int64_t num_tokens, int num_q_heads,
+                           int num_kv_heads, float theta, const Angles& angles, cudaStream_t stream) {
+    constexpr int kVecBytes = VEC * (int)sizeof(T);
+    if (!aligned_to(q, kVecBytes) || !aligned_to(k, kVecBytes) || q_stride % VEC != 0 || k_stride % VEC != 0) {
+        return OCRVL_STATUS_UNSUPPORTED;
+    }
+    const int per_token = (num_q_heads + num_kv_heads) * (HD / 2 / VEC);
+    const int64_t blocks = (num_tokens * per_token + kItemsPerBlock - 1) / kItemsPerBlock;
+    if (blocks > INT32_MAX) return OCRVL_STATUS_INVALID_ARGUMENT;
+    const int span = max_tokens_per_block(per_token);
+    const size_t smem = (size_t)(Angles::kFreqs + 2 * span * (HD / 2)) * sizeof(float);
+    rotate_half_kernel<T, HD, VEC, Angles><<<(unsigned)blocks, kThreads, smem, stream>>>(
+        q, q_stride, k, k_stride, (int)num_tokens, num_q_heads, num_kv_heads, theta, angles);
+    return launch_status();
+}
+
+}  // namespace rope
+}  // namespace ocrvl

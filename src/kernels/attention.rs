@@ -1,0 +1,360 @@
+//! Wrappers for `kernels/include/attention.h`: FlashAttention-2-style prefill attention.
+//!
+//! - [`prefill_paged`]: text prefill, queries of several sequences packed, K/V from the
+//!   block-paged cache (`kv_cache.h` layout), causal with the queries being the last `q_len`
+//!   of the `seqused_k` keys of their sequence (fresh prompt, chunk of a long prompt, or a
+//!   prompt with a cached prefix: one rule), GQA.
+//! - [`vision_varlen`]: vision attention, packed images, bidirectional within each image,
+//!   q/k/v token-strided (column slices of the fused qkv output).
+//!
+//! The C parameter struct is filled in one place, [`launch`]. Checked here: dtypes, ranks,
+//! dims that must agree, 16-byte alignment and token strides that are multiples of 8 elements.
+//! Checked by the launcher, as `Error::Kernel` with `OCRVL_STATUS_UNSUPPORTED`: the built set
+//! (bf16; paged head_dim 128; vision head_dim 72; block_size a power of two in 16..=256).
+//! Trusted (device data, not checked): `cu_seqlens` non-decreasing from 0 with no run longer
+//! than `max_seqlen`; `seqused_k[s] >= q_len[s]`; the block-table entries of the blocks that
+//! hold positions below `seqused_k[s]` lie in `[0, num_blocks)`. Outputs must not overlap
+//! inputs.
+
+use crate::error::{Error, Result};
+use crate::runtime::{DType, Gpu, TensorView, TensorViewMut};
+use crate::sys;
+
+use super::{c_dtype, check};
+
+/// Packed variable-length runs: `cu_seqlens` is i32 `[num_seqs + 1]`, the token offsets of
+/// each run (`cu_seqlens[0] == 0`); `max_seqlen` bounds every run and sizes the grid (the
+/// host knows it: the scheduler built the batch).
+#[derive(Clone, Copy, Debug)]
+pub struct Varlen<'a> {
+    pub cu_seqlens: TensorView<'a>,
+    pub max_seqlen: usize,
+}
+
+/// The paged K/V of one layer and the batch's view of it.
+#[derive(Clone, Copy, Debug)]
+pub struct PagedKv<'a> {
+    /// bf16 `[num_blocks, num_kv_heads, block_size, head_dim]`, contiguous.
+    pub k_cache: TensorView<'a>,
+    /// Same dims and dtype as `k_cache`.
+    pub v_cache: TensorView<'a>,
+    /// i32 `[num_seqs, max_blocks_per_seq]` (dim 0 may be strided): sequence `s`'s key at
+    /// position `p` lives in block `block_tables[s][p / block_size]`, offset `p % block_size`.
+    pub block_tables: TensorView<'a>,
+    /// i32 `[num_seqs]`: keys of each sequence in the cache, the new tokens included (their
+    /// K/V are written before attention runs).
+    pub seqused_k: TensorView<'a>,
+}
+
+/// Options of [`prefill_paged_with`].
+#[derive(Clone, Copy, Debug)]
+pub struct PrefillOptions {
+    /// Softmax scale, `1 / sqrt(head_dim)` for the model; must be positive.
+    pub scale: f32,
+    /// `false` lets every query see all `seqused_k` keys (benchmarks; the model is causal).
+    pub causal: bool,
+}
+
+/// q, k and v of the vision tower: each `[total, num_heads * 72]` (or `[total, num_heads, 72]`),
+/// any token stride, so they can be column slices of the fused qkv output.
+#[derive(Clone, Copy, Debug)]
+pub struct VisionQkv<'a> {
+    pub q: TensorView<'a>,
+    pub k: TensorView<'a>,
+    pub v: TensorView<'a>,
+    pub num_heads: usize,
+}
+
+/// How head_dim 72 is tiled (see `kernels/attention/fwd_d72_qk80.cu`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum VisionTile {
+    /// Q·Kᵀ over 80 (zero-padded), P·V over 72: 5.6% more MMA work than the useful 72.
+    #[default]
+    Qk80,
+    /// Everything padded to 96, as FA2's d96 kernel would run it: 33% more. Kept to measure.
+    Pad96,
+}
+
+/// Causal text prefill over the paged cache, no LSE: see [`prefill_paged_with`].
+pub fn prefill_paged(
+    gpu: &Gpu,
+    out: &mut TensorViewMut<'_>,
+    q: &TensorView<'_>,
+    queries: &Varlen<'_>,
+    kv: &PagedKv<'_>,
+    scale: f32,
+) -> Result<()> {
+    prefill_paged_with(gpu, out, None, q, queries, kv, PrefillOptions { scale, causal: true })
+}
+
+/// Text prefill over the paged cache:
+/// `out[t, h] = softmax_j(scale · q[t, h] · K[s, j, h / group]) · V[s, j, h / group]` over the
+/// keys `j` that query `t` sees (causal: `j <= seqused_k[s] - q_len[s] + i` for the `i`-th
+/// query of sequence `s`).
+///
+/// - `q`, `out`: bf16 `[total_q, num_heads * head_dim]` or `[total_q, num_heads, head_dim]`, any
+///   token stride (a multiple of 8), `head_dim` from the cache; `num_heads` a multiple of the
+///   cache's kv heads.
+/// - `lse`: optional f32 `[num_heads, total_q]`, contiguous: `ln Σ_j exp(scale · q·k_j)`.
+/// - `queries`: the query runs of the sequences in `q`; `kv`: see [`PagedKv`].
+pub fn prefill_paged_with(
+    gpu: &Gpu,
+    out: &mut TensorViewMut<'_>,
+    lse: Option<&mut TensorViewMut<'_>>,
+    q: &TensorView<'_>,
+    queries: &Varlen<'_>,
+    kv: &PagedKv<'_>,
+    opts: PrefillOptions,
+) -> Result<()> {
+    const OP: &str = "attention_prefill_paged";
+    let cd = kv.k_cache.dims().to_vec();
+    let &[num_blocks, num_kv_heads, block_size, head_dim] = cd.as_slice() else {
+        return Err(Error::invalid(
+            OP,
+            format!("k_cache must be [num_blocks, num_kv_heads, block_size, head_dim], got {cd:?}"),
+        ));
+    };
+    kv.k_cache.expect(OP, "k_cache", DType::BF16, &cd)?;
+    kv.v_cache.expect(OP, "v_cache", DType::BF16, &cd)?;
+    if !kv.k_cache.is_contiguous() || !kv.v_cache.is_contiguous() {
+        return Err(Error::invalid(OP, "k_cache and v_cache must be contiguous"));
+    }
+    if cd.contains(&0) {
+        return Err(Error::invalid(OP, format!("empty cache dims {cd:?}")));
+    }
+    aligned(OP, "k_cache", kv.k_cache.device_ptr())?;
+    aligned(OP, "v_cache", kv.v_cache.device_ptr())?;
+    let heads = q_heads(OP, q, head_dim)?;
+    let total_q = token_rows(OP, "q", q, heads, head_dim)?;
+    let out_rows = token_rows(OP, "out", &out.as_view(), heads, head_dim)?;
+    if out_rows != total_q {
+        return Err(Error::invalid(OP, format!("out has {out_rows} rows, q {total_q}")));
+    }
+    if heads % num_kv_heads != 0 {
+        return Err(Error::invalid(
+            OP,
+            format!("{heads} query heads are not a multiple of {num_kv_heads} kv heads"),
+        ));
+    }
+    let num_seqs = seq_count(OP, queries, total_q)?;
+    let bt = kv.block_tables.dims().to_vec();
+    let &[bt_seqs, max_blocks_per_seq] = bt.as_slice() else {
+        return Err(Error::invalid(OP, format!("block_tables must be [num_seqs, max_blocks_per_seq], got {bt:?}")));
+    };
+    kv.block_tables.expect(OP, "block_tables", DType::I32, &[num_seqs, max_blocks_per_seq])?;
+    if bt_seqs != num_seqs || max_blocks_per_seq == 0 {
+        return Err(Error::invalid(OP, format!("block_tables {bt:?} needs at least one column")));
+    }
+    kv.seqused_k.expect(OP, "seqused_k", DType::I32, &[num_seqs])?;
+    let lse_ptr = lse_ptr(OP, lse, heads, total_q)?;
+
+    let params = sys::OcrvlAttnParams {
+        q: q.device_ptr() as *const _,
+        k: kv.k_cache.device_ptr() as *const _,
+        v: kv.v_cache.device_ptr() as *const _,
+        o: out.device_ptr() as *mut _,
+        lse: lse_ptr,
+        cu_seqlens_q: queries.cu_seqlens.device_ptr() as *const i32,
+        cu_seqlens_k: std::ptr::null(),
+        seqused_k: kv.seqused_k.device_ptr() as *const i32,
+        block_tables: kv.block_tables.device_ptr() as *const i32,
+        q_stride: q.stride0() as i64,
+        k_stride: 0,
+        v_stride: 0,
+        o_stride: out.stride0() as i64,
+        block_table_stride: kv.block_tables.stride0() as i64,
+        num_seqs: as_i32(OP, "num_seqs", num_seqs)?,
+        total_q: as_i32(OP, "total_q", total_q)?,
+        max_seqlen_q: as_i32(OP, "max_seqlen", queries.max_seqlen)?,
+        num_heads: as_i32(OP, "num_heads", heads)?,
+        num_kv_heads: as_i32(OP, "num_kv_heads", num_kv_heads)?,
+        head_dim: as_i32(OP, "head_dim", head_dim)?,
+        block_size: as_i32(OP, "block_size", block_size)?,
+        num_blocks: as_i32(OP, "num_blocks", num_blocks)?,
+        max_blocks_per_seq: as_i32(OP, "max_blocks_per_seq", max_blocks_per_seq)?,
+        scale: opts.scale,
+        causal: i32::from(opts.causal),
+        padded_head_dim: 0,
+        dtype: c_dtype(DType::BF16),
+    };
+    launch(OP, gpu, &params, true)
+}
+
+/// Vision attention with the default tile: see [`vision_varlen_tile`].
+pub fn vision_varlen(
+    gpu: &Gpu,
+    out: &mut TensorViewMut<'_>,
+    qkv: &VisionQkv<'_>,
+    images: &Varlen<'_>,
+    scale: f32,
+) -> Result<()> {
+    vision_varlen_tile(gpu, out, qkv, images, scale, VisionTile::default())
+}
+
+/// Vision attention: `out[t, h] = softmax_j(scale · q[t, h] · k[j, h]) · v[j, h]` over the keys
+/// `j` of `t`'s own image (bidirectional; images packed by `images.cu_seqlens`).
+///
+/// - `qkv`: see [`VisionQkv`]; `out`: bf16 `[total, num_heads * head_dim]` or
+///   `[total, num_heads, head_dim]`, any token stride (a multiple of 8).
+/// - `tile`: [`VisionTile::Qk80`] for the model; [`VisionTile::Pad96`] for comparison.
+pub fn vision_varlen_tile(
+    gpu: &Gpu,
+    out: &mut TensorViewMut<'_>,
+    qkv: &VisionQkv<'_>,
+    images: &Varlen<'_>,
+    scale: f32,
+    tile: VisionTile,
+) -> Result<()> {
+    const OP: &str = "attention_vision_varlen";
+    let heads = qkv.num_heads;
+    let q_inner = qkv.q.shape().inner();
+    if heads == 0 || q_inner % heads != 0 {
+        return Err(Error::invalid(
+            OP,
+            format!("q {:?} does not split into {heads} heads", qkv.q.dims()),
+        ));
+    }
+    let head_dim = q_inner / heads;
+    let total = token_rows(OP, "q", &qkv.q, heads, head_dim)?;
+    for (what, v) in [("k", &qkv.k), ("v", &qkv.v), ("out", &out.as_view())] {
+        let rows = token_rows(OP, what, v, heads, head_dim)?;
+        if rows != total {
+            return Err(Error::invalid(OP, format!("{what} has {rows} rows, q {total}")));
+        }
+    }
+    let num_seqs = seq_count(OP, images, total)?;
+    let params = sys::OcrvlAttnParams {
+        q: qkv.q.device_ptr() as *const _,
+        k: qkv.k.device_ptr() as *const _,
+        v: qkv.v.device_ptr() as *const _,
+        o: out.device_ptr() as *mut _,
+        lse: std::ptr::null_mut(),
+        cu_seqlens_q: images.cu_seqlens.device_ptr() as *const i32,
+        cu_seqlens_k: images.cu_seqlens.device_ptr() as *const i32,
+        seqused_k: std::ptr::null(),
+        block_tables: std::ptr::null(),
+        q_stride: qkv.q.stride0() as i64,
+        k_stride: qkv.k.stride0() as i64,
+        v_stride: qkv.v.stride0() as i64,
+        o_stride: out.stride0() as i64,
+        block_table_stride: 0,
+        num_seqs: as_i32(OP, "num_seqs", num_seqs)?,
+        total_q: as_i32(OP, "total", total)?,
+        max_seqlen_q: as_i32(OP, "max_seqlen", images.max_seqlen)?,
+        num_heads: as_i32(OP, "num_heads", heads)?,
+        num_kv_heads: as_i32(OP, "num_heads", heads)?,
+        head_dim: as_i32(OP, "head_dim", head_dim)?,
+        block_size: 0,
+        num_blocks: 0,
+        max_blocks_per_seq: 0,
+        scale,
+        causal: 0,
+        padded_head_dim: match tile {
+            VisionTile::Qk80 => 80,
+            VisionTile::Pad96 => 96,
+        },
+        dtype: c_dtype(DType::BF16),
+    };
+    launch(OP, gpu, &params, false)
+}
+
+/// The one place a launcher is called.
+fn launch(op: &'static str, gpu: &Gpu, params: &sys::OcrvlAttnParams, paged: bool) -> Result<()> {
+    if !(params.scale.is_finite() && params.scale > 0.0) {
+        return Err(Error::invalid(op, format!("scale {} must be finite and positive", params.scale)));
+    }
+    // SAFETY: every pointer in `params` addresses a view whose dims were checked against the
+    // sizes in `params` on this GPU (device contents are trusted as documented above), and the
+    // stream is the one all other work on these views is queued on.
+    let status = unsafe {
+        if paged {
+            sys::ocrvl_attention_prefill_paged(params, gpu.raw_stream())
+        } else {
+            sys::ocrvl_attention_varlen(params, gpu.raw_stream())
+        }
+    };
+    check(op, status)
+}
+
+/// Query heads of `q` given the head dim: `q` is `[tokens, heads * head_dim]` or
+/// `[tokens, heads, head_dim]`.
+fn q_heads(op: &'static str, q: &TensorView<'_>, head_dim: usize) -> Result<usize> {
+    let inner = q.shape().inner();
+    if inner == 0 || inner % head_dim != 0 {
+        return Err(Error::invalid(
+            op,
+            format!("q {:?} is not [tokens, heads * {head_dim}] or [tokens, heads, {head_dim}]", q.dims()),
+        ));
+    }
+    Ok(inner / head_dim)
+}
+
+/// Rows of a bf16 `[tokens, heads * head_dim]` or `[tokens, heads, head_dim]` view whose rows
+/// 16-byte copies can read: the token stride a multiple of 8 elements, the base 16-byte
+/// aligned.
+fn token_rows(op: &'static str, what: &str, v: &TensorView<'_>, heads: usize, head_dim: usize) -> Result<usize> {
+    let d = v.dims();
+    let shape_ok = match d.len() {
+        2 => d[1] == heads * head_dim,
+        3 => d[1] == heads && d[2] == head_dim,
+        _ => false,
+    };
+    if v.dtype() != DType::BF16 || !shape_ok {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "{what}: expected bf16 [tokens, {}] or [tokens, {heads}, {head_dim}], got {} {d:?}",
+                heads * head_dim,
+                v.dtype()
+            ),
+        ));
+    }
+    if v.stride0() % 8 != 0 {
+        return Err(Error::invalid(
+            op,
+            format!("{what}: token stride {} is not a multiple of 8 elements (16-byte loads)", v.stride0()),
+        ));
+    }
+    aligned(op, what, v.device_ptr())?;
+    Ok(d[0])
+}
+
+fn aligned(op: &'static str, what: &str, ptr: u64) -> Result<()> {
+    if ptr % 16 != 0 {
+        return Err(Error::invalid(op, format!("{what} at 0x{ptr:x} is not 16-byte aligned")));
+    }
+    Ok(())
+}
+
+/// Sequences in a [`Varlen`] over `total` tokens.
+fn seq_count(op: &'static str, runs: &Varlen<'_>, total: usize) -> Result<usize> {
+    let d = runs.cu_seqlens.dims();
+    if runs.cu_seqlens.dtype() != DType::I32 || d.len() != 1 || d[0] == 0 {
+        return Err(Error::invalid(
+            op,
+            format!("cu_seqlens: expected i32 [num_seqs + 1], got {} {d:?}", runs.cu_seqlens.dtype()),
+        ));
+    }
+    if runs.max_seqlen > total {
+        return Err(Error::invalid(
+            op,
+            format!("max_seqlen {} exceeds the {total} tokens", runs.max_seqlen),
+        ));
+    }
+    Ok(d[0] - 1)
+}
+
+fn lse_ptr(op: &'static str, lse: Option<&mut TensorViewMut<'_>>, heads: usize, total_q: usize) -> Result<*mut f32> {
+    let Some(l) = lse else {
+        return Ok(std::ptr::null_mut());
+    };
+    l.as_view().expect(op, "lse", DType::F32, &[heads, total_q])?;
+    if !l.is_contiguous() {
+        return Err(Error::invalid(op, "lse must be contiguous"));
+    }
+    Ok(l.device_ptr() as *mut f32)
+}
+
+fn as_i32(op: &'static str, what: &str, v: usize) -> Result<i32> {
+    i32::try_from(v).map_err(|_| Error::invalid(op, format!("{what} {v} does not fit in i32")))
+}

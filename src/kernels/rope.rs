@@ -1,0 +1,194 @@
+//! Wrappers for `kernels/include/rope.h`: rotate-half (neox) rope, in place on q and k in one
+//! launch, computed in f32 with one rounding to the storage dtype.
+//!
+//! q and k are 2-D views `[tokens, heads * head_dim]`: the last dim contiguous, any token stride
+//! (`stride0`), so they may be column slices of one fused qkv buffer. The head counts are the
+//! widths over `head_dim`. q and k must not share elements. Dtypes: bf16 or f16, the same for
+//! both. Which head dims have a kernel is the launcher's choice (M-RoPE 64 and 128, vision 72);
+//! others return `Error::Kernel` with `OCRVL_STATUS_UNSUPPORTED`.
+
+use crate::error::{Error, Result};
+use crate::runtime::{DType, Gpu, TensorView, TensorViewMut};
+use crate::sys;
+
+use super::{c_dtype, check};
+
+/// Text M-RoPE (§3.10 of the model spec): pair `j` of each head (elements `j` and
+/// `j + head_dim/2`) turns by `pos_axis(j) * theta^(-2j/head_dim)`, where frequency `j` takes
+/// its position from axis T for `j < sections[0]`, H for `j < sections[0] + sections[1]`, else
+/// W. `sections` must sum to `head_dim / 2` (the rotary dim is the head dim).
+///
+/// `positions` is i32 `[3, tokens]` (rows T, H, W; any row stride, e.g. the first `tokens`
+/// columns of a larger buffer), or i32 `[tokens]`, which serves all three axes (plain 1-D
+/// rope, as for text-only batches). q and k: 16-byte aligned, token strides multiples of 8
+/// elements.
+pub fn mrope(
+    gpu: &Gpu,
+    q: &mut TensorViewMut<'_>,
+    k: &mut TensorViewMut<'_>,
+    positions: &TensorView<'_>,
+    head_dim: usize,
+    sections: [u32; 3],
+    theta: f32,
+) -> Result<()> {
+    const OP: &str = "mrope";
+    let qk = check_qk(OP, q, k, head_dim, 16, theta)?;
+    let sum: u64 = sections.iter().map(|&s| s as u64).sum();
+    if sum * 2 != head_dim as u64 {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "sections {sections:?} sum to {sum}, not head_dim / 2 = {}",
+                head_dim / 2
+            ),
+        ));
+    }
+    if positions.dtype() != DType::I32 {
+        return Err(Error::invalid(
+            OP,
+            format!("positions must be i32, got {}", positions.dtype()),
+        ));
+    }
+    let pos_stride = match positions.dims() {
+        [n] if *n == qk.tokens => 0,
+        [3, n] if *n == qk.tokens => positions.stride0(),
+        d => {
+            return Err(Error::invalid(
+                OP,
+                format!("positions must be [3, {t}] or [{t}], got {d:?}", t = qk.tokens),
+            ))
+        }
+    };
+    // SAFETY: the views were checked above: q and k address `tokens` rows of their widths at
+    // their strides, positions 3 rows (or one) of `tokens` i32; all on this GPU, ordered on its
+    // stream.
+    let status = unsafe {
+        sys::ocrvl_rope_mrope(
+            q.device_ptr() as *mut _,
+            q.stride0() as i64,
+            k.device_ptr() as *mut _,
+            k.stride0() as i64,
+            positions.device_ptr() as *const i32,
+            pos_stride as i64,
+            qk.tokens as i64,
+            qk.q_heads,
+            qk.kv_heads,
+            head_dim as i32,
+            sections[0] as i32,
+            sections[1] as i32,
+            sections[2] as i32,
+            theta,
+            c_dtype(q.dtype()),
+            gpu.raw_stream(),
+        )
+    };
+    check(OP, status)
+}
+
+/// 2-D vision rope (§3.4 of the model spec): with `f = head_dim / 4` frequencies
+/// `theta^(-2i / (head_dim/2))`, pair `j < f` of each head turns by `rows[t] * inv_freq[j]` and
+/// pair `f <= j < head_dim/2` by `cols[t] * inv_freq[j - f]`; pair `j` couples elements `j` and
+/// `j + head_dim/2`. `rows` and `cols` are i32 `[tokens]` (each token's patch row and column in
+/// its image). q and k: 8-byte aligned, token strides multiples of 4 elements.
+pub fn vision_rope(
+    gpu: &Gpu,
+    q: &mut TensorViewMut<'_>,
+    k: &mut TensorViewMut<'_>,
+    rows: &TensorView<'_>,
+    cols: &TensorView<'_>,
+    head_dim: usize,
+    theta: f32,
+) -> Result<()> {
+    const OP: &str = "vision_rope";
+    let qk = check_qk(OP, q, k, head_dim, 8, theta)?;
+    for (what, p) in [("rows", rows), ("cols", cols)] {
+        p.expect(OP, what, DType::I32, &[qk.tokens])?;
+    }
+    // SAFETY: as in `mrope`; rows and cols hold `tokens` i32 each.
+    let status = unsafe {
+        sys::ocrvl_rope_vision(
+            q.device_ptr() as *mut _,
+            q.stride0() as i64,
+            k.device_ptr() as *mut _,
+            k.stride0() as i64,
+            rows.device_ptr() as *const i32,
+            cols.device_ptr() as *const i32,
+            qk.tokens as i64,
+            qk.q_heads,
+            qk.kv_heads,
+            head_dim as i32,
+            theta,
+            c_dtype(q.dtype()),
+            gpu.raw_stream(),
+        )
+    };
+    check(OP, status)
+}
+
+struct QkShape {
+    tokens: usize,
+    q_heads: i32,
+    kv_heads: i32,
+}
+
+/// Checks q and k against the module's contract; `align` is the vector width in bytes the
+/// kernel moves (pointers and token strides must be multiples of it).
+fn check_qk(
+    op: &'static str,
+    q: &TensorViewMut<'_>,
+    k: &TensorViewMut<'_>,
+    head_dim: usize,
+    align: usize,
+    theta: f32,
+) -> Result<QkShape> {
+    if !matches!(q.dtype(), DType::BF16 | DType::F16) || k.dtype() != q.dtype() {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "q and k must both be bf16 or both f16, got {} and {}",
+                q.dtype(),
+                k.dtype()
+            ),
+        ));
+    }
+    let (qd, kd) = (q.dims(), k.dims());
+    if qd.len() != 2 || kd.len() != 2 || qd[0] != kd[0] {
+        return Err(Error::invalid(
+            op,
+            format!("q and k must be [tokens, heads * head_dim] with equal tokens, got {qd:?} and {kd:?}"),
+        ));
+    }
+    if head_dim == 0 || qd[1] == 0 || kd[1] == 0 || qd[1] % head_dim != 0 || kd[1] % head_dim != 0 {
+        return Err(Error::invalid(
+            op,
+            format!("widths of q {qd:?} and k {kd:?} must be non-zero multiples of head_dim {head_dim}"),
+        ));
+    }
+    if !(theta.is_finite() && theta > 0.0) {
+        return Err(Error::invalid(
+            op,
+            format!("theta must be positive and finite, got {theta}"),
+        ));
+    }
+    let es = q.dtype().size_bytes();
+    for (what, ptr, stride) in [("q", q.device_ptr(), q.stride0()), ("k", k.device_ptr(), k.stride0())] {
+        if ptr % align as u64 != 0 || (stride * es) % align != 0 {
+            return Err(Error::invalid(
+                op,
+                format!(
+                    "{what} must be {align}-byte aligned with a token stride of a multiple of {} elements \
+                     (address 0x{ptr:x}, stride {stride})",
+                    align / es
+                ),
+            ));
+        }
+    }
+    let heads = |w: usize| {
+        i32::try_from(w / head_dim).map_err(|_| Error::invalid(op, format!("{} heads is too many", w / head_dim)))
+    };
+    Ok(QkShape {
+        tokens: qd[0],
+        q_heads: heads(qd[1])?,
+        kv_heads: heads(kd[1])?,
+    })
+}

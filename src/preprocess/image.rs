@@ -1,0 +1,461 @@
+//! Image bytes → `pixel_values` and grid (MODEL_SPEC §3.1, §5).
+//!
+//! Per image: decode (PNG, JPEG, WebP, BMP, TIFF, GIF first frame), apply the EXIF orientation,
+//! convert to RGB8 compositing alpha on white, `smart_resize` the size to multiples of 28, resize
+//! with the PIL-exact bicubic ([`super::resample`]), rescale by 1/255, normalise with mean/std,
+//! and cut into 14×14 patches in raster order, each flattened `(c, ky, kx)`.
+
+use std::io::Cursor;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use image::{DynamicImage, ImageDecoder, ImageReader, Limits};
+
+use super::processor_config::ProcessorConfig;
+use super::resample::resize_bicubic;
+use super::{PreprocessError, Result};
+
+/// Default cap on the decoded size of one image: Pillow's `Image.MAX_IMAGE_PIXELS`
+/// (about 89.5 Mpx, where PIL starts warning of a decompression bomb). An A4 page at 600 dpi
+/// is 35 Mpx, so real documents stay well below it.
+pub const DEFAULT_MAX_DECODED_PIXELS: u64 = 89_478_485;
+
+/// The reference rejects images whose long side is over 200 times the short one.
+const MAX_ASPECT_RATIO: f64 = 200.0;
+
+/// A decoded image: `height` rows of `width` interleaved RGB pixels.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rgb8Image {
+    pub width: usize,
+    pub height: usize,
+    /// `[height, width, 3]`, row-major.
+    pub data: Vec<u8>,
+}
+
+impl Rgb8Image {
+    /// `None` when `data` is not `width * height * 3` bytes.
+    pub fn from_raw(width: usize, height: usize, data: Vec<u8>) -> Option<Self> {
+        (data.len() == width * height * 3).then_some(Rgb8Image { width, height, data })
+    }
+}
+
+/// The patch grid of one image, in patches (`image_grid_thw`): t is always 1 for images.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ImageGrid {
+    pub t: usize,
+    pub h: usize,
+    pub w: usize,
+}
+
+impl ImageGrid {
+    pub fn num_patches(&self) -> usize {
+        self.t * self.h * self.w
+    }
+
+    /// Rows and columns of merged tokens after the projector's `merge`×`merge` merge.
+    pub fn merged_hw(&self, merge: usize) -> (usize, usize) {
+        (self.h / merge, self.w / merge)
+    }
+
+    /// Errors unless this is one frame of whole `merge`×`merge` blocks (what the projector
+    /// and the position ids assume); `image` is the index named in the error.
+    pub fn check(&self, image: usize, merge: usize) -> Result<()> {
+        if self.t != 1 || merge == 0 || self.h % merge != 0 || self.w % merge != 0 || self.h == 0 || self.w == 0 {
+            return Err(PreprocessError::InvalidGrid {
+                image,
+                t: self.t,
+                h: self.h,
+                w: self.w,
+                merge,
+            });
+        }
+        Ok(())
+    }
+
+    /// Number of LLM tokens (placeholders) this image becomes: t·h·w / merge².
+    pub fn num_merged_tokens(&self, merge: usize) -> usize {
+        self.num_patches() / (merge * merge)
+    }
+}
+
+/// One image ready for the vision tower.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProcessedImage {
+    /// `[grid.num_patches(), 3 * patch * patch]` f32, patches in raster order over the grid,
+    /// each flattened `(c, ky, kx)`: the K order of the patch-embedding GEMM.
+    pub pixel_values: Vec<f32>,
+    pub grid: ImageGrid,
+    /// Size after `smart_resize`, in pixels.
+    pub resized_height: usize,
+    pub resized_width: usize,
+}
+
+impl ProcessedImage {
+    /// The same values in bf16 (round to nearest even), the dtype the vision tower runs in.
+    pub fn pixel_values_bf16(&self) -> Vec<half::bf16> {
+        self.pixel_values.iter().map(|&v| half::bf16::from_f32(v)).collect()
+    }
+}
+
+/// `smart_resize` of MODEL_SPEC §5.2, exactly as the hub code: sizes are multiples of `factor`,
+/// the area within `[min_pixels, max_pixels]`, the aspect ratio nearly kept. Python's `round`
+/// (half to even) and float divisions are reproduced operation for operation. Returns
+/// `(height, width)`.
+pub fn smart_resize(
+    height: usize,
+    width: usize,
+    factor: usize,
+    min_pixels: u64,
+    max_pixels: u64,
+) -> Result<(usize, usize)> {
+    if height == 0 || width == 0 {
+        return Err(PreprocessError::ZeroSizedImage {
+            width: width as u64,
+            height: height as u64,
+        });
+    }
+    let f = factor as f64;
+    let (mut h, mut w) = (height as f64, width as f64);
+    // Sides shorter than one factor are first stretched to it, keeping the ratio.
+    if h < f {
+        w = (w * f / h).round_ties_even();
+        h = f;
+    }
+    if w < f {
+        h = (h * f / w).round_ties_even();
+        w = f;
+    }
+    let ratio = h.max(w) / h.min(w);
+    if ratio > MAX_ASPECT_RATIO {
+        return Err(PreprocessError::AspectRatio {
+            height: h as u64,
+            width: w as u64,
+            ratio,
+        });
+    }
+    let mut h_bar = (h / f).round_ties_even() * f;
+    let mut w_bar = (w / f).round_ties_even() * f;
+    if h_bar * w_bar > max_pixels as f64 {
+        let beta = (h * w / max_pixels as f64).sqrt();
+        h_bar = (h / beta / f).floor() * f;
+        w_bar = (w / beta / f).floor() * f;
+    } else if h_bar * w_bar < min_pixels as f64 {
+        let beta = (min_pixels as f64 / (h * w)).sqrt();
+        h_bar = (h * beta / f).ceil() * f;
+        w_bar = (w * beta / f).ceil() * f;
+    }
+    if h_bar < 1.0 || w_bar < 1.0 {
+        return Err(PreprocessError::ResizeToZero {
+            height: height as u64,
+            width: width as u64,
+            min_pixels,
+            max_pixels,
+        });
+    }
+    Ok((h_bar as usize, w_bar as usize))
+}
+
+/// Decodes one image file held in memory to RGB8, the way the reference prepares it:
+/// EXIF orientation applied (transformers' `load_image` and OpenCV's `imread` both do),
+/// alpha composited on white (transformers' `convert_to_rgb`), 16-bit samples reduced to their
+/// high byte (what Pillow's PNG decoder does for 16-bit RGB), the first frame of a GIF.
+///
+/// The header's dimensions are checked against `max_pixels` before any pixel is decoded.
+pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<Rgb8Image> {
+    let reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| PreprocessError::Decode {
+            format: "unknown".into(),
+            message: e.to_string(),
+        })?;
+    let format = reader.format().ok_or(PreprocessError::UnknownImageFormat)?;
+    let format_name = format!("{format:?}").to_uppercase();
+    let decode_error = |e: image::ImageError| match e {
+        image::ImageError::Unsupported(_) if !format_compiled_in(format) => PreprocessError::UnsupportedImageFormat {
+            format: format_name.clone(),
+        },
+        other => PreprocessError::Decode {
+            format: format_name.clone(),
+            message: other.to_string(),
+        },
+    };
+
+    // No allocation limit while reading the header, so that an oversized image gets our
+    // `TooManyPixels` (with its dimensions) rather than the decoder's generic limit error.
+    let mut reader = reader;
+    reader.limits(Limits::no_limits());
+    let mut decoder = reader.into_decoder().map_err(decode_error)?;
+    let (width, height) = decoder.dimensions();
+    let (width, height) = (u64::from(width), u64::from(height));
+    if width == 0 || height == 0 {
+        return Err(PreprocessError::ZeroSizedImage { width, height });
+    }
+    let pixels = width * height;
+    if pixels > max_pixels {
+        return Err(PreprocessError::TooManyPixels {
+            width,
+            height,
+            pixels,
+            limit: max_pixels,
+        });
+    }
+    // Now bound the decoder's own allocations: the widest output (RGBA f32) plus slack for
+    // its working buffers.
+    let mut limits = Limits::no_limits();
+    limits.max_alloc = Some(pixels.saturating_mul(16).saturating_add(64 << 20));
+    decoder.set_limits(limits).map_err(decode_error)?;
+    // A broken EXIF block must not reject an otherwise good image: no rotation then.
+    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder).map_err(decode_error)?;
+    img.apply_orientation(orientation);
+    Ok(to_rgb8_on_white(&img))
+}
+
+/// The formats this build decodes (the `image` features in Cargo.toml).
+fn format_compiled_in(format: image::ImageFormat) -> bool {
+    use image::ImageFormat as F;
+    matches!(format, F::Png | F::Jpeg | F::WebP | F::Bmp | F::Tiff | F::Gif)
+}
+
+/// Pillow's `alpha_composite` of an RGBA pixel over opaque white, then `convert("RGB")`:
+/// the integer formula of `libImaging/AlphaComposite.c` (7 extra bits of precision, rounded
+/// divisions by 255), kept literal so the result matches transformers' `convert_to_rgb`.
+fn composite_on_white(rgb: [u8; 3], alpha: u8) -> [u8; 3] {
+    const BITS: u32 = 7;
+    const WHITE: u32 = 255;
+    if alpha == 0 {
+        return [255; 3];
+    }
+    let a = u32::from(alpha);
+    let blend = WHITE * (255 - a); // the background's alpha (255) times the source's transparency
+    let out_alpha_255 = a * 255 + blend;
+    let coef1 = a * 255 * 255 * (1 << BITS) / out_alpha_255;
+    let coef2 = 255 * (1 << BITS) - coef1;
+    // x / 255 rounded, for x < 2^16 · 255: ((x >> 8) + x) >> 8 after adding half.
+    let div255 = |x: u32| (((x >> 8) + x) >> 8) >> BITS;
+    rgb.map(|v| div255(u32::from(v) * coef1 + WHITE * coef2 + (0x80 << BITS)) as u8)
+}
+
+/// Any decoded layout to RGB8 on white. Grey replicates to the three channels; 16-bit samples
+/// keep their high byte; float samples are clipped to [0, 1] and rounded.
+fn to_rgb8_on_white(img: &DynamicImage) -> Rgb8Image {
+    let (width, height) = (img.width() as usize, img.height() as usize);
+    let mut data = Vec::with_capacity(width * height * 3);
+    let hi = |v: u16| (v >> 8) as u8;
+    match img {
+        DynamicImage::ImageRgb8(im) => data.extend_from_slice(im.as_raw()),
+        DynamicImage::ImageLuma8(im) => im.as_raw().iter().for_each(|&l| data.extend_from_slice(&[l; 3])),
+        DynamicImage::ImageLumaA8(im) => {
+            for p in im.as_raw().chunks_exact(2) {
+                data.extend_from_slice(&composite_on_white([p[0]; 3], p[1]));
+            }
+        }
+        DynamicImage::ImageRgba8(im) => {
+            for p in im.as_raw().chunks_exact(4) {
+                data.extend_from_slice(&composite_on_white([p[0], p[1], p[2]], p[3]));
+            }
+        }
+        DynamicImage::ImageLuma16(im) => im.as_raw().iter().for_each(|&l| data.extend_from_slice(&[hi(l); 3])),
+        DynamicImage::ImageLumaA16(im) => {
+            for p in im.as_raw().chunks_exact(2) {
+                data.extend_from_slice(&composite_on_white([hi(p[0]); 3], hi(p[1])));
+            }
+        }
+        DynamicImage::ImageRgb16(im) => data.extend(im.as_raw().iter().map(|&v| hi(v))),
+        DynamicImage::ImageRgba16(im) => {
+            for p in im.as_raw().chunks_exact(4) {
+                data.extend_from_slice(&composite_on_white([hi(p[0]), hi(p[1]), hi(p[2])], hi(p[3])));
+            }
+        }
+        // Float images (TIFF) and any layout a later `image` version adds.
+        other => {
+            let rgba = other.to_rgba32f();
+            let q = |v: f32| (v.clamp(0.0, 1.0) * 255.0).round() as u8;
+            for p in rgba.as_raw().chunks_exact(4) {
+                data.extend_from_slice(&composite_on_white([q(p[0]), q(p[1]), q(p[2])], q(p[3])));
+            }
+        }
+    }
+    Rgb8Image { width, height, data }
+}
+
+/// The image half of the model's processor: `preprocessor_config.json` plus the decode limit.
+#[derive(Clone, Debug)]
+pub struct ImageProcessor {
+    pub config: ProcessorConfig,
+    /// Images whose header announces more pixels than this are rejected before decoding.
+    pub max_decoded_pixels: u64,
+}
+
+impl ImageProcessor {
+    pub fn new(config: ProcessorConfig) -> Self {
+        ImageProcessor {
+            config,
+            max_decoded_pixels: DEFAULT_MAX_DECODED_PIXELS,
+        }
+    }
+
+    pub fn with_max_decoded_pixels(mut self, limit: u64) -> Self {
+        self.max_decoded_pixels = limit;
+        self
+    }
+
+    /// The size `smart_resize` gives an image of this size, `(height, width)`.
+    pub fn target_size(&self, height: usize, width: usize) -> Result<(usize, usize)> {
+        let c = &self.config;
+        smart_resize(height, width, c.factor(), c.min_pixels, c.max_pixels)
+    }
+
+    /// Decodes, resizes, normalises and patchifies one encoded image.
+    pub fn process_bytes(&self, bytes: &[u8]) -> Result<ProcessedImage> {
+        let rgb = decode_rgb(bytes, self.max_decoded_pixels)?;
+        self.process_rgb(&rgb)
+    }
+
+    /// Resizes, normalises and patchifies an already decoded image.
+    pub fn process_rgb(&self, img: &Rgb8Image) -> Result<ProcessedImage> {
+        let resized = self.resize(img)?;
+        Ok(self.normalize_patchify(&resized))
+    }
+
+    /// `smart_resize` then the PIL bicubic resize (or, with `do_resize` off, a check that the
+    /// image already fits the patch grid).
+    pub fn resize(&self, img: &Rgb8Image) -> Result<Rgb8Image> {
+        let (h, w) = self.target_size(img.height, img.width)?;
+        if !self.config.do_resize {
+            let factor = self.config.factor();
+            if img.height % factor != 0 || img.width % factor != 0 {
+                return Err(PreprocessError::NotResizedToGrid {
+                    height: img.height as u64,
+                    width: img.width as u64,
+                    factor: factor as u64,
+                });
+            }
+            return Ok(img.clone());
+        }
+        let data = resize_bicubic(&img.data, img.width, img.height, 3, w, h);
+        Ok(Rgb8Image {
+            width: w,
+            height: h,
+            data,
+        })
+    }
+
+    /// Rescale, normalise and cut a resized image into patches. The sides must be multiples of
+    /// the patch size (`resize` guarantees it).
+    pub fn normalize_patchify(&self, img: &Rgb8Image) -> ProcessedImage {
+        let ps = self.config.patch_size;
+        assert!(
+            img.height % ps == 0 && img.width % ps == 0,
+            "normalize_patchify: {}x{} is not a multiple of the patch size {ps}",
+            img.height,
+            img.width
+        );
+        let lut = self.level_table();
+        let (gh, gw) = (img.height / ps, img.width / ps);
+        let patch_dim = self.config.patch_dim();
+        let mut out = vec![0f32; gh * gw * patch_dim];
+        for (p, patch) in out.chunks_exact_mut(patch_dim).enumerate() {
+            let (py, px) = (p / gw, p % gw);
+            for c in 0..3 {
+                for ky in 0..ps {
+                    let row = (py * ps + ky) * img.width + px * ps;
+                    let dst = &mut patch[(c * ps + ky) * ps..(c * ps + ky + 1) * ps];
+                    for (kx, d) in dst.iter_mut().enumerate() {
+                        *d = lut[c][usize::from(img.data[(row + kx) * 3 + c])];
+                    }
+                }
+            }
+        }
+        ProcessedImage {
+            pixel_values: out,
+            grid: ImageGrid { t: 1, h: gh, w: gw },
+            resized_height: img.height,
+            resized_width: img.width,
+        }
+    }
+
+    /// The value of every uint8 level per channel, computed as transformers does:
+    /// `rescale` multiplies in f64 and stores f32, `normalize` subtracts and divides in f32.
+    fn level_table(&self) -> [[f32; 256]; 3] {
+        let c = &self.config;
+        let mut lut = [[0f32; 256]; 3];
+        for (ch, table) in lut.iter_mut().enumerate() {
+            for (level, v) in table.iter_mut().enumerate() {
+                let mut x = if c.do_rescale {
+                    (level as f64 * c.rescale_factor) as f32
+                } else {
+                    level as f32
+                };
+                if c.do_normalize {
+                    x = (x - c.image_mean[ch]) / c.image_std[ch];
+                }
+                *v = x;
+            }
+        }
+        lut
+    }
+
+    /// Processes many encoded images on up to `max_threads` CPU threads (each takes the next
+    /// unclaimed image, so one large page does not hold up the rest). Results are in input
+    /// order; one bad image fails only its own entry.
+    pub fn process_many<B: AsRef<[u8]> + Sync>(&self, images: &[B], max_threads: usize) -> Vec<Result<ProcessedImage>> {
+        let threads = max_threads.clamp(1, images.len().max(1));
+        if threads == 1 {
+            return images.iter().map(|b| self.process_bytes(b.as_ref())).collect();
+        }
+        let next = AtomicUsize::new(0);
+        let mut slots: Vec<Option<Result<ProcessedImage>>> = (0..images.len()).map(|_| None).collect();
+        let done: Vec<Vec<(usize, Result<ProcessedImage>)>> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut mine = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            if i >= images.len() {
+                                break mine;
+                            }
+                            mine.push((i, self.process_bytes(images[i].as_ref())));
+                        }
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().expect("preprocessing worker panicked"))
+                .collect()
+        });
+        for (i, result) in done.into_iter().flatten() {
+            slots[i] = Some(result);
+        }
+        slots
+            .into_iter()
+            .map(|r| r.expect("every index is claimed by exactly one worker"))
+            .collect()
+    }
+
+    /// The default thread count for [`Self::process_many`]: the machine's parallelism.
+    pub fn default_threads() -> usize {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn composite_matches_the_closed_form() {
+        // Opaque pixels are unchanged; transparent ones become white; in between the result
+        // is within one level of v·a/255 + 255·(1 − a/255).
+        for v in 0..=255u8 {
+            assert_eq!(composite_on_white([v; 3], 255), [v; 3]);
+            assert_eq!(composite_on_white([v; 3], 0), [255; 3]);
+            for a in 1..255u8 {
+                let exact = f64::from(v) * f64::from(a) / 255.0 + 255.0 * (1.0 - f64::from(a) / 255.0);
+                let got = f64::from(composite_on_white([v; 3], a)[0]);
+                assert!((got - exact).abs() <= 1.0, "v {v} a {a}: {got} vs {exact}");
+            }
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! `preprocessor_config.json` (MODEL_SPEC §5.1).
+//!
+//! The hub file carries the values that matter (mean/std 0.5, min/max pixels 112896/1003520);
+//! the processor *class* defaults differ (CLIP mean/std, other pixel bounds) and are overridden
+//! by the file (MODEL_SPEC §12.5). So a missing file, or a missing field, falls back to the hub
+//! file's value, never to a class default. The transformers v5 spelling of the pixel bounds,
+//! `size: {shortest_edge, longest_edge}`, is read when `min_pixels`/`max_pixels` are absent.
+
+use std::path::Path;
+
+use serde_json::{Map, Value};
+
+use super::{PreprocessError, Result};
+use crate::config::ModelConfig;
+
+/// PIL's `Image.BICUBIC`, the only resampling filter implemented (and the one the hub uses).
+const PIL_BICUBIC: u64 = 3;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProcessorConfig {
+    pub do_convert_rgb: bool,
+    pub do_resize: bool,
+    pub do_rescale: bool,
+    /// 1/255 in the hub file. Applied in f64 and rounded to f32, as transformers' `rescale`.
+    pub rescale_factor: f64,
+    pub do_normalize: bool,
+    pub image_mean: [f32; 3],
+    pub image_std: [f32; 3],
+    /// Lower bound on the resized area, in pixels (`smart_resize`).
+    pub min_pixels: u64,
+    /// Upper bound on the resized area, in pixels (`smart_resize`).
+    pub max_pixels: u64,
+    pub patch_size: usize,
+    /// Always 1 for this model: no temporal duplication of patches (MODEL_SPEC §5.3).
+    pub temporal_patch_size: usize,
+    /// Side of the spatial merge done by the projector (2).
+    pub merge_size: usize,
+}
+
+impl Default for ProcessorConfig {
+    /// The hub `preprocessor_config.json` of PaddlePaddle/PaddleOCR-VL.
+    fn default() -> Self {
+        ProcessorConfig {
+            do_convert_rgb: true,
+            do_resize: true,
+            do_rescale: true,
+            rescale_factor: 1.0 / 255.0,
+            do_normalize: true,
+            image_mean: [0.5; 3],
+            image_std: [0.5; 3],
+            min_pixels: 112_896,
+            max_pixels: 1_003_520,
+            patch_size: 14,
+            temporal_patch_size: 1,
+            merge_size: 2,
+        }
+    }
+}
+
+impl ProcessorConfig {
+    /// `smart_resize`'s factor: resized sides are multiples of patch × merge (28).
+    pub fn factor(&self) -> usize {
+        self.patch_size * self.merge_size
+    }
+
+    /// Length of one flattened patch (3 × 14 × 14 = 588).
+    pub fn patch_dim(&self) -> usize {
+        3 * self.patch_size * self.patch_size
+    }
+
+    /// Reads `dir/preprocessor_config.json`; the hub defaults when the file does not exist.
+    pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self> {
+        let path = dir.as_ref().join("preprocessor_config.json");
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Self::from_json_str(&text, &path.display().to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(source) => Err(PreprocessError::Io { path, source }),
+        }
+    }
+
+    /// Parses the json; `origin` names the source in error messages.
+    pub fn from_json_str(text: &str, origin: &str) -> Result<Self> {
+        let value: Value = serde_json::from_str(text).map_err(|e| PreprocessError::ProcessorConfig {
+            origin: origin.to_string(),
+            field: "(file)".into(),
+            reason: format!("is not valid JSON: {e}"),
+        })?;
+        let Value::Object(obj) = &value else {
+            return Err(invalid(origin, "(top level)", "must be a JSON object".into()));
+        };
+        let f = Fields { obj, origin };
+        let mut cfg = Self::default();
+
+        if let Some(resample) = f.u64("resample")? {
+            if resample != PIL_BICUBIC {
+                return Err(invalid(
+                    origin,
+                    "resample",
+                    format!("is {resample}; only 3 (PIL BICUBIC) is implemented"),
+                ));
+            }
+        }
+        cfg.do_convert_rgb = f.bool("do_convert_rgb")?.unwrap_or(cfg.do_convert_rgb);
+        cfg.do_resize = f.bool("do_resize")?.unwrap_or(cfg.do_resize);
+        cfg.do_rescale = f.bool("do_rescale")?.unwrap_or(cfg.do_rescale);
+        cfg.rescale_factor = f.f64("rescale_factor")?.unwrap_or(cfg.rescale_factor);
+        cfg.do_normalize = f.bool("do_normalize")?.unwrap_or(cfg.do_normalize);
+        if let Some(mean) = f.triple("image_mean")? {
+            cfg.image_mean = mean;
+        }
+        if let Some(std) = f.triple("image_std")? {
+            cfg.image_std = std;
+        }
+        // v5 nests the bounds in `size`; the flat keys win when both are present, as in the
+        // v5 class's backward-compatibility path.
+        let size = match obj.get("size") {
+            Some(Value::Object(size)) => Some(Fields { obj: size, origin }),
+            _ => None,
+        };
+        let nested = |key: &str| -> Result<Option<u64>> {
+            match &size {
+                Some(s) => s.u64(key),
+                None => Ok(None),
+            }
+        };
+        cfg.min_pixels = match f.u64("min_pixels")? {
+            Some(v) => v,
+            None => nested("shortest_edge")?.unwrap_or(cfg.min_pixels),
+        };
+        cfg.max_pixels = match f.u64("max_pixels")? {
+            Some(v) => v,
+            None => nested("longest_edge")?.unwrap_or(cfg.max_pixels),
+        };
+        cfg.patch_size = f.u64("patch_size")?.map_or(cfg.patch_size, |v| v as usize);
+        cfg.temporal_patch_size = f
+            .u64("temporal_patch_size")?
+            .map_or(cfg.temporal_patch_size, |v| v as usize);
+        cfg.merge_size = f.u64("merge_size")?.map_or(cfg.merge_size, |v| v as usize);
+        cfg.validate_in(origin)?;
+        Ok(cfg)
+    }
+
+    /// Checks the rules the preprocessing relies on.
+    pub fn validate(&self) -> Result<()> {
+        self.validate_in("processor config")
+    }
+
+    fn validate_in(&self, origin: &str) -> Result<()> {
+        if self.patch_size == 0 {
+            return Err(invalid(origin, "patch_size", "must be positive".into()));
+        }
+        if self.merge_size == 0 {
+            return Err(invalid(origin, "merge_size", "must be positive".into()));
+        }
+        if self.temporal_patch_size != 1 {
+            return Err(invalid(
+                origin,
+                "temporal_patch_size",
+                format!("is {}; only 1 is implemented (images only)", self.temporal_patch_size),
+            ));
+        }
+        if self.min_pixels > self.max_pixels {
+            return Err(invalid(
+                origin,
+                "min_pixels",
+                format!("({}) is above max_pixels ({})", self.min_pixels, self.max_pixels),
+            ));
+        }
+        if self.max_pixels < (self.factor() * self.factor()) as u64 {
+            return Err(invalid(
+                origin,
+                "max_pixels",
+                format!("({}) is below one {0}x{0} block", self.factor()),
+            ));
+        }
+        if !(self.rescale_factor.is_finite() && self.rescale_factor > 0.0) {
+            return Err(invalid(origin, "rescale_factor", "must be a positive number".into()));
+        }
+        if self.image_std.iter().any(|s| !(s.is_finite() && *s != 0.0)) {
+            return Err(invalid(origin, "image_std", "must be finite and non-zero".into()));
+        }
+        Ok(())
+    }
+
+    /// Checks that this processor produces what the model's config expects: the vision
+    /// tower's patch size and the projector's merge.
+    pub fn check_model(&self, model: &ModelConfig) -> Result<()> {
+        let origin = "preprocessor_config.json vs config.json";
+        if self.patch_size != model.vision.patch_size {
+            return Err(invalid(
+                origin,
+                "patch_size",
+                format!("is {} but vision_config.patch_size is {}", self.patch_size, model.vision.patch_size),
+            ));
+        }
+        if self.merge_size != model.vision.spatial_merge_size {
+            return Err(invalid(
+                origin,
+                "merge_size",
+                format!(
+                    "is {} but vision_config.spatial_merge_size is {}",
+                    self.merge_size, model.vision.spatial_merge_size
+                ),
+            ));
+        }
+        if model.vision.num_channels != 3 {
+            return Err(invalid(
+                origin,
+                "num_channels",
+                format!("is {} in vision_config; preprocessing produces RGB", model.vision.num_channels),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn invalid(origin: &str, field: &str, reason: String) -> PreprocessError {
+    PreprocessError::ProcessorConfig {
+        origin: origin.to_string(),
+        field: field.to_string(),
+        reason,
+    }
+}
+
+/// Typed, optional access to the json's fields; `null` counts as absent.
+struct Fields<'a> {
+    obj: &'a Map<String, Value>,
+    origin: &'a str,
+}
+
+impl Fields<'_> {
+    fn get(&self, key: &str) -> Option<&Value> {
+        self.obj.get(key).filter(|v| !v.is_null())
+    }
+
+    fn wrong(&self, key: &str, expected: &str, found: &Value) -> PreprocessError {
+        invalid(self.origin, key, format!("must be {expected}, found {found}"))
+    }
+
+    fn u64(&self, key: &str) -> Result<Option<u64>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v.as_u64().map(Some).ok_or_else(|| self.wrong(key, "a non-negative integer", v)),
+        }
+    }
+
+    fn f64(&self, key: &str) -> Result<Option<f64>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v.as_f64().map(Some).ok_or_else(|| self.wrong(key, "a number", v)),
+        }
+    }
+
+    fn bool(&self, key: &str) -> Result<Option<bool>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v.as_bool().map(Some).ok_or_else(|| self.wrong(key, "true or false", v)),
+        }
+    }
+
+    /// A per-channel list of 3 numbers; a single number applies to all channels (HF allows it).
+    fn triple(&self, key: &str) -> Result<Option<[f32; 3]>> {
+        let Some(v) = self.get(key) else { return Ok(None) };
+        if let Some(x) = v.as_f64() {
+            return Ok(Some([x as f32; 3]));
+        }
+        let nums: Option<Vec<f32>> = v
+            .as_array()
+            .map(|items| items.iter().filter_map(|x| x.as_f64().map(|x| x as f32)).collect());
+        match nums {
+            Some(n) if n.len() == 3 && v.as_array().is_some_and(|a| a.len() == 3) => Ok(Some([n[0], n[1], n[2]])),
+            _ => Err(self.wrong(key, "a list of 3 numbers", v)),
+        }
+    }
+}
