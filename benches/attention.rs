@@ -25,7 +25,10 @@ const DV: usize = 72;
 fn filler(n: usize, salt: u32) -> Vec<bf16> {
     (0..n)
         .map(|i| {
-            let h = (i as u32).wrapping_mul(2654435761).wrapping_add(salt.wrapping_mul(40503)) >> 8;
+            let h = (i as u32)
+                .wrapping_mul(2654435761)
+                .wrapping_add(salt.wrapping_mul(40503))
+                >> 8;
             bf16::from_f32((h % 2001) as f32 / 1000.0 - 1.0)
         })
         .collect()

@@ -5,7 +5,9 @@
 //! Shapes: 256 sequences at 1024 and 4096 keys (the serving shape; 268 MB and 1.07 GB of K/V,
 //! far beyond the 50 MB L2), and 1 sequence of 16384 keys, which needs split-KV to fill the
 //! GPU; its 16.8 MB would sit in L2, so 8 copies of it in disjoint blocks are rotated
-//! (134 MB). Block size 64, blocks in a shuffled order, non-zero random data.
+//! (134 MB); and 16 sequences of 4096 keys (67 MB, 2 rotations), a small batch that splits.
+//! Block size 64, blocks in a shuffled order, non-zero random data. Each case prints the
+//! heuristic's split count and a few others around it.
 
 mod common;
 
@@ -127,12 +129,30 @@ fn decode_benches(cr: &mut Criterion) {
         ("b256_ctx1024", case(&gpu, &p, 256, 1024, 1)),
         ("b256_ctx4096", case(&gpu, &p, 256, 4096, 1)),
         ("b1_ctx16384", case(&gpu, &p, 1, 16384, 8)),
+        ("b16_ctx4096", case(&gpu, &p, 16, 4096, 2)),
     ];
+    if std::env::var_os("OCRVL_DECODE_SWEEP").is_some() {
+        // Tuning aid for the split heuristic (not part of the regular run): batch x splits.
+        for &n in &[32usize, 64, 100, 128, 200] {
+            let c = case(&gpu, &p, n, 2048, 1);
+            for s in [1usize, 2, 3, 4, 8] {
+                measure(&gpu, &p, &c, &format!("sweep b{n}_ctx2048"), Some(s));
+            }
+            println!(
+                "sweep b{n}_ctx2048 heuristic: {}",
+                decode_num_splits(n, HKV, 2048, gpu.sm_count())
+            );
+        }
+    }
     let mut group = cr.benchmark_group("decode");
     for (name, c) in &cases {
         measure(&gpu, &p, c, name, None);
         // The split choice, around the heuristic's pick.
-        let alternatives: &[usize] = if c.num_seqs == 1 { &[16, 32, 128] } else { &[2] };
+        let alternatives: &[usize] = match c.num_seqs {
+            1 => &[16, 32, 128],
+            16 => &[1, 4, 16],
+            _ => &[2],
+        };
         for &s in alternatives {
             measure(&gpu, &p, c, name, Some(s));
         }

@@ -28,7 +28,11 @@ fn reference(ids: &[u32], image_id: u32, grids: &[ImageGrid]) -> ([Vec<i64>; 3],
         }
     }
     for grid in grids {
-        let first = seg_start + ids[seg_start..].iter().position(|&id| id == image_id).expect("placeholder");
+        let first = seg_start
+            + ids[seg_start..]
+                .iter()
+                .position(|&id| id == image_id)
+                .expect("placeholder");
         push_text(&mut rows, first - seg_start, &mut max_so_far);
         let start = max_so_far.map_or(0, |m| m + 1);
         let (gh, gw) = (grid.h / MERGE, grid.w / MERGE);
@@ -121,7 +125,11 @@ fn tall_image_advances_by_rows() {
 #[test]
 fn several_images_and_back_to_back_images() {
     let img = 1000;
-    let g = [ImageGrid { t: 1, h: 2, w: 6 }, ImageGrid { t: 1, h: 4, w: 2 }, ImageGrid { t: 1, h: 2, w: 2 }];
+    let g = [
+        ImageGrid { t: 1, h: 2, w: 6 },
+        ImageGrid { t: 1, h: 4, w: 2 },
+        ImageGrid { t: 1, h: 2, w: 2 },
+    ];
     // Text, image 0 (3 tokens), text, images 1 and 2 back to back (2 + 1 tokens), text.
     let ids = [1, 2, img, img, img, 3, img, img, img, 4, 5];
     let pos = mrope_positions(&ids, img, &g, MERGE).unwrap();

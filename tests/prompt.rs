@@ -27,7 +27,8 @@ fn builder() -> PromptBuilder {
 
 /// Id of an ordinary word of the fixture vocabulary.
 fn word(tok: &Tokenizer, w: &str) -> u32 {
-    tok.token_to_id(w).unwrap_or_else(|| panic!("fixture vocab lacks {w:?}"))
+    tok.token_to_id(w)
+        .unwrap_or_else(|| panic!("fixture vocab lacks {w:?}"))
 }
 
 #[test]
@@ -42,7 +43,11 @@ fn builtin_template_renders_the_spec_prompt() {
     // The fixture (spec layout) and the built-in (one tag per line) agree on other inputs too.
     let f = builder();
     for (n, text) in [(0, "OCR:"), (2, "Table Recognition:"), (3, "hello world")] {
-        assert_eq!(b.render(n, text).unwrap(), f.render(n, text).unwrap(), "{n} images, {text:?}");
+        assert_eq!(
+            b.render(n, text).unwrap(),
+            f.render(n, text).unwrap(),
+            "{n} images, {text:?}"
+        );
     }
 }
 
@@ -66,7 +71,15 @@ fn several_images_come_before_the_text() {
 #[test]
 fn task_prompts_are_the_exact_strings() {
     let texts: Vec<&str> = Task::ALL.iter().map(|t| t.prompt()).collect();
-    assert_eq!(texts, ["OCR:", "Table Recognition:", "Formula Recognition:", "Chart Recognition:"]);
+    assert_eq!(
+        texts,
+        [
+            "OCR:",
+            "Table Recognition:",
+            "Formula Recognition:",
+            "Chart Recognition:"
+        ]
+    );
     assert_eq!(Task::from_name("OCR"), Some(Task::Ocr));
     assert_eq!(Task::from_name("chart"), Some(Task::Chart));
     assert_eq!(Task::from_name("seal"), None);
@@ -124,7 +137,14 @@ fn literal_placeholder_in_user_text_is_rejected() {
         .build(&[ImageGrid { t: 1, h: 2, w: 2 }], "OCR: <|IMAGE_PLACEHOLDER|>")
         .unwrap_err();
     assert!(
-        matches!(err, PreprocessError::PlaceholderCount { expected: 1, found: 2, .. }),
+        matches!(
+            err,
+            PreprocessError::PlaceholderCount {
+                expected: 1,
+                found: 2,
+                ..
+            }
+        ),
         "{err}"
     );
 }
@@ -140,9 +160,17 @@ fn special_ids_come_from_the_config() {
     // Ids that are not added tokens of the tokenizer are caught at load time.
     let mut cfg = ModelConfig::tiny();
     cfg.tokens.image_token_id = word(&fixture_tokenizer(), "hello");
-    let err = PromptBuilder::from_dir(fixture_dir(), &cfg).err().expect("ordinary token as image id");
+    let err = PromptBuilder::from_dir(fixture_dir(), &cfg)
+        .err()
+        .expect("ordinary token as image id");
     assert!(
-        matches!(err, PreprocessError::SpecialTokenMismatch { role: "image_token_id", .. }),
+        matches!(
+            err,
+            PreprocessError::SpecialTokenMismatch {
+                role: "image_token_id",
+                ..
+            }
+        ),
         "{err}"
     );
     let mut cfg = ModelConfig::tiny();
@@ -157,7 +185,14 @@ fn special_ids_come_from_the_config() {
     let b = PromptBuilder::from_dir(fixture_dir(), &cfg).unwrap();
     let err = b.build(&[ImageGrid { t: 1, h: 2, w: 2 }], "OCR:").unwrap_err();
     assert!(
-        matches!(err, PreprocessError::PlaceholderCount { found: 0, token_id: 1003, .. }),
+        matches!(
+            err,
+            PreprocessError::PlaceholderCount {
+                found: 0,
+                token_id: 1003,
+                ..
+            }
+        ),
         "{err}"
     );
 }

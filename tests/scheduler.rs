@@ -273,8 +273,9 @@ fn a_repeated_prompt_reuses_the_cached_prefix() {
             assert_eq!((e.start, e.num_tokens), (0, 100));
         }
         let done = run_to_completion(&mut s);
-        // Same prompt, same positions: the fake model gives the same tokens, cached or not.
-        assert_eq!(done[&2].output_token_ids(), first[&1].output_token_ids());
+        for (id, seq) in [(1, &first[&1]), (2, &done[&2])] {
+            assert_eq!(seq.output_token_ids(), expected_output(id, 100, &StopConditions::max_tokens(4)).0);
+        }
         assert_eq!(s.pool().num_free(), 64);
     }
 }
@@ -470,3 +471,312 @@ fn cached_image_blocks_need_no_encoding() {
     assert_eq!(out.encoder_inputs, vec![(3, 0)]);
 }
 
+// ---- randomized soak ----
+
+/// A request as the test follows it: its tokens as streamed to a client (prompt, then every
+/// token the step loop sampled for it, appended once), and for each position a fingerprint
+/// of the whole prefix up to it, which is what the fake KV cache stores. A slot holding the
+/// right fingerprint holds the right KV for that position in that context.
+struct Tracked {
+    tokens: Vec<u32>,
+    fingerprints: Vec<u64>,
+    prompt_len: usize,
+    images: Vec<ImageSpan>,
+    stop: StopConditions,
+}
+
+impl Tracked {
+    fn new(prompt: Vec<u32>, images: Vec<ImageSpan>, stop: StopConditions) -> Self {
+        let mut t = Tracked {
+            tokens: Vec::new(),
+            fingerprints: Vec::new(),
+            prompt_len: prompt.len(),
+            images,
+            stop,
+        };
+        for tok in prompt {
+            t.push(tok);
+        }
+        t
+    }
+
+    fn push(&mut self, token: u32) {
+        let p = self.tokens.len();
+        let image = self.images.iter().find(|i| i.start <= p && p < i.end());
+        let image = image.map_or(0, |i| splitmix(i.content_hash ^ ((p - i.start) as u64) << 32));
+        let prev = self.fingerprints.last().copied().unwrap_or(0);
+        self.fingerprints.push(splitmix(prev ^ splitmix(token as u64 ^ image)));
+        self.tokens.push(token);
+    }
+}
+
+struct SoakCase {
+    seed: u64,
+    block_size: usize,
+    num_blocks: usize,
+    max_num_seqs: usize,
+    budget: usize,
+    prefix_caching: bool,
+    num_requests: u64,
+}
+
+/// A prompt: maybe one of a few shared templates (text with an image), then a random suffix
+/// that may hold an image; placeholder tokens are `IMAGE_TOKEN`.
+fn random_prompt(rng: &mut ChaCha8Rng, templates: &[(Vec<u32>, Vec<ImageSpan>)], max_len: usize) -> (Vec<u32>, Vec<ImageSpan>) {
+    let (mut toks, mut images) = if rng.random_bool(0.5) {
+        templates[rng.random_range(0..templates.len())].clone()
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    let suffix = if !toks.is_empty() && rng.random_bool(0.2) { 0 } else { rng.random_range(1..150) };
+    for _ in 0..suffix {
+        toks.push(rng.random_range(10..60_000));
+    }
+    if suffix > 2 && rng.random_bool(0.3) {
+        let len = rng.random_range(1..=48.min(suffix - 1));
+        let start = toks.len() - suffix + rng.random_range(0..=suffix - len);
+        toks[start..start + len].fill(IMAGE_TOKEN);
+        images.push(image(start, len, rng.random_range(10..13), 4 * len));
+    }
+    toks.truncate(max_len);
+    images.retain(|i| i.end() <= toks.len());
+    (toks, images)
+}
+
+fn soak(case: SoakCase) {
+    let max_model_len = case.num_blocks * case.block_size;
+    let encoder_budget = 256;
+    let cfg = SchedulerConfig {
+        max_model_len,
+        max_num_seqs: case.max_num_seqs,
+        max_num_batched_tokens: case.budget,
+        enable_prefix_caching: case.prefix_caching,
+        block_size: case.block_size,
+        num_blocks: case.num_blocks,
+        max_encoder_patches_per_step: encoder_budget,
+    };
+    let bs = case.block_size;
+    let mut s = Scheduler::new(cfg).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(case.seed);
+    let templates: Vec<(Vec<u32>, Vec<ImageSpan>)> = (0..4)
+        .map(|_| {
+            let len = rng.random_range(1..200);
+            let mut toks: Vec<u32> = (0..len).map(|_| rng.random_range(10..60_000)).collect();
+            let mut images = Vec::new();
+            if len > 10 && rng.random_bool(0.7) {
+                let ilen = rng.random_range(1..=48.min(len - 1));
+                let start = rng.random_range(0..=len - ilen);
+                toks[start..start + ilen].fill(IMAGE_TOKEN);
+                images.push(image(start, ilen, rng.random_range(1..3), 4 * ilen));
+            }
+            (toks, images)
+        })
+        .collect();
+
+    let mut tracked: HashMap<u64, Tracked> = HashMap::new();
+    let mut live: Vec<u64> = Vec::new();
+    let mut kv: Vec<Option<(usize, u64)>> = vec![None; case.num_blocks * bs];
+    let mut encoded: HashSet<(u64, usize)> = HashSet::new();
+    let mut preempted: HashSet<u64> = HashSet::new();
+    let (mut added, mut finished, mut aborted, mut finished_after_preemption) = (0u64, 0u64, 0u64, 0u64);
+    let mut abort = |id: u64, s: &mut Scheduler, tracked: &mut HashMap<u64, Tracked>, live: &mut Vec<u64>| {
+        let seq = s.abort(id).expect("a live sequence");
+        assert_eq!(seq.finish_reason(), Some(FinishReason::Aborted));
+        tracked.remove(&id);
+        live.retain(|&l| l != id);
+        aborted += 1;
+    };
+
+    for step_no in 0.. {
+        assert!(step_no < 2_000_000, "soak did not finish");
+        if step_no % 200_000 == 0 || step_no > 1_999_990 {
+            let r: Vec<_> = live.iter().filter_map(|&id| s.sequence(id)).take(6).map(|q| (q.id(), q.status(), q.total_len(), q.num_computed_tokens(), q.images().len(), q.block_table().len())).collect();
+            eprintln!("DBG step {step_no} added {added} running {} waiting {} free {} {r:?} {:?}", s.num_running(), s.num_waiting(), s.pool().num_free(), s.stats());
+        }
+        if added < case.num_requests {
+            for _ in 0..rng.random_range(0..=3) {
+                let (prompt, images) = random_prompt(&mut rng, &templates, max_model_len - 1);
+                let max_tokens = rng.random_range(1..=200.min(max_model_len - prompt.len()));
+                let stop = StopConditions {
+                    max_tokens,
+                    eos_token_id: Some(EOS),
+                    stop_token_ids: if rng.random_bool(0.1) { vec![rng.random_range(10..60_000)] } else { vec![] },
+                    ignore_eos: rng.random_bool(0.2),
+                };
+                s.add(Sequence::new(added, prompt.clone(), images.clone(), stop.clone())).unwrap();
+                tracked.insert(added, Tracked::new(prompt, images, stop));
+                live.push(added);
+                added += 1;
+            }
+        }
+        if !live.is_empty() && rng.random_bool(0.01) {
+            let id = live[rng.random_range(0..live.len())];
+            encoded.retain(|&(sid, _)| sid != id);
+            abort(id, &mut s, &mut tracked, &mut live);
+        }
+        if !s.has_unfinished() {
+            if added == case.num_requests {
+                break;
+            }
+            continue; // idle until the next arrival
+        }
+
+        let out = s.schedule();
+        assert!(!out.is_empty(), "step {step_no}: nothing scheduled with work queued");
+        assert!(out.num_tokens() <= case.budget);
+        assert!(out.scheduled.len() <= case.max_num_seqs);
+        assert!(out.scheduled.iter().enumerate().all(|(i, e)| e.is_decode == (i < out.num_decodes)));
+        for &(sid, k) in &out.freed_encoder_outputs {
+            assert!(out.preempted.contains(&sid));
+            assert!(encoded.remove(&(sid, k)), "freed an encoder output never made");
+        }
+        let mut patches = 0;
+        for &(sid, k) in &out.encoder_inputs {
+            assert!(encoded.insert((sid, k)), "step {step_no}: image ({sid}, {k}) re-encoded while held");
+            patches += tracked[&sid].images[k].num_patches;
+        }
+        assert!(patches <= encoder_budget);
+        for &id in &out.preempted {
+            assert!(out.scheduled.iter().all(|e| e.seq_id != id));
+            preempted.insert(id);
+        }
+
+        // The fake model writes the KV of every scheduled token ...
+        let slot = |table: &[u32], p: usize| table[p / bs] as usize * bs + p % bs;
+        let mut cursor = 0;
+        for e in &out.scheduled {
+            let t = &tracked[&e.seq_id];
+            let end = e.start + e.num_tokens;
+            assert!(end <= t.tokens.len());
+            assert_eq!(e.needs_logits, end == t.tokens.len());
+            for p in e.start..end {
+                assert_eq!(out.input_ids[cursor], t.tokens[p], "step {step_no}: seq {} position {p}", e.seq_id);
+                let sl = slot(&e.block_table, p);
+                assert_eq!(out.slot_mapping[cursor], sl as i32);
+                // Written blocks belong to this sequence alone and are not in the cache.
+                let block = e.block_table[p / bs];
+                assert_eq!(s.pool().ref_count(block), 1, "step {step_no}: writing a shared block");
+                assert_eq!(s.pool().block_hash(block), None, "step {step_no}: writing a cached block");
+                kv[sl] = Some((p, t.fingerprints[p]));
+                cursor += 1;
+            }
+            for (k, img) in t.images.iter().enumerate() {
+                if img.intersects(e.start, end) {
+                    assert!(encoded.contains(&(e.seq_id, k)), "step {step_no}: image span scheduled unencoded");
+                }
+            }
+        }
+        assert_eq!(cursor, out.num_tokens());
+        // ... then, where it produces logits, "attends" over the whole context: every
+        // position must hold the KV of its own prefix (shared prefix blocks included).
+        // Checking at logits only keeps the soak quick; every chunk's tokens are read again
+        // when the sequence reaches its end.
+        for e in out.scheduled.iter().filter(|e| e.needs_logits) {
+            let t = &tracked[&e.seq_id];
+            for p in 0..e.start + e.num_tokens {
+                let got = kv[slot(&e.block_table, p)];
+                assert_eq!(got, Some((p, t.fingerprints[p])), "step {step_no}: seq {} reads bad KV at {p}", e.seq_id);
+            }
+        }
+
+        let sampled: Vec<(u64, u32)> = out
+            .scheduled
+            .iter()
+            .filter(|e| e.needs_logits)
+            .map(|e| (e.seq_id, fake_token(e.seq_id, e.start + e.num_tokens)))
+            .collect();
+        // Now and then a client disconnects while the step runs.
+        if rng.random_bool(0.005) {
+            let id = out.scheduled[rng.random_range(0..out.scheduled.len())].seq_id;
+            encoded.retain(|&(sid, _)| sid != id);
+            abort(id, &mut s, &mut tracked, &mut live);
+        }
+        let upd = s.update(&out, &sampled);
+        for &(sid, k) in &upd.freed_encoder_outputs {
+            assert!(encoded.remove(&(sid, k)), "step {step_no}: freed an encoder output never made");
+        }
+        for &(sid, tok) in &sampled {
+            if let Some(t) = tracked.get_mut(&sid) {
+                t.push(tok); // streamed to the client exactly once
+            }
+        }
+        for seq in upd.finished {
+            let id = seq.id();
+            let t = tracked.remove(&id).expect("finished a tracked sequence");
+            live.retain(|&l| l != id);
+            assert_eq!(seq.output_token_ids(), &t.tokens[t.prompt_len..], "seq {id}: output differs from the stream");
+            let (want, reason) = expected_output(id, t.prompt_len, &t.stop);
+            assert_eq!(seq.output_token_ids(), want, "seq {id}: output differs from an undisturbed run");
+            assert_eq!(seq.finish_reason(), Some(reason), "seq {id}");
+            finished += 1;
+            finished_after_preemption += preempted.contains(&id) as u64;
+        }
+        if let Err(e) = s.check_invariants() {
+            panic!("step {step_no}: {e}");
+        }
+        assert!(encoded.iter().all(|(sid, _)| tracked.contains_key(sid)));
+    }
+
+    assert_eq!(s.pool().num_free(), case.num_blocks, "blocks leaked");
+    assert!(encoded.is_empty(), "encoder outputs leaked: {encoded:?}");
+    assert_eq!(finished + aborted, case.num_requests);
+    assert!(finished_after_preemption > 0, "the soak forced no preemption: shrink the pool");
+    let stats = s.stats();
+    assert_eq!(case.prefix_caching, stats.prefix_cache_hit_tokens > 0, "{stats:?}");
+    println!(
+        "seed {}: {finished} finished ({finished_after_preemption} after preemption), {aborted} aborted, {stats:?}",
+        case.seed
+    );
+}
+
+#[test]
+fn soak_small_pool_prefix_caching() {
+    soak(SoakCase {
+        seed: 1,
+        block_size: 16,
+        num_blocks: 40,
+        max_num_seqs: 16,
+        budget: 128,
+        prefix_caching: true,
+        num_requests: 3000,
+    });
+}
+
+#[test]
+fn soak_tiny_blocks_no_prefix_caching() {
+    soak(SoakCase {
+        seed: 2,
+        block_size: 4,
+        num_blocks: 150,
+        max_num_seqs: 32,
+        budget: 96,
+        prefix_caching: false,
+        num_requests: 3000,
+    });
+}
+
+#[test]
+fn soak_budget_below_max_num_seqs() {
+    soak(SoakCase {
+        seed: 3,
+        block_size: 8,
+        num_blocks: 80,
+        max_num_seqs: 64,
+        budget: 24,
+        prefix_caching: true,
+        num_requests: 2000,
+    });
+}
+
+#[test]
+fn soak_many_seqs_large_budget() {
+    soak(SoakCase {
+        seed: 4,
+        block_size: 16,
+        num_blocks: 64,
+        max_num_seqs: 256,
+        budget: 512,
+        prefix_caching: true,
+        num_requests: 3000,
+    });
+}

@@ -137,6 +137,8 @@ def main():
     grad = np.stack([x * 255 // 199, y * 255 // 12, (x + 3 * y) % 256], axis=-1).astype(np.uint8)
     add_resize_case("gradient_rgb", Image.fromarray(grad, "RGB"), SMALL_MIN, SMALL_MAX)
     # 3. RGBA with every kind of alpha (0, partial, 255): composited on white, then downscaled.
+    #    The height loses more than twice as many pixels as the width (92 vs 34), so Pillow 13
+    #    runs the vertical pass first here (Pillow 12 and earlier: horizontal first).
     y, x = np.mgrid[0:260, 0:90]
     rgba = np.stack([(x * 3) % 256, (y * 7) % 256, (x * y) % 256,
                      np.clip((x - 10) * 4, 0, 255) * ((y // 20) % 2) + ((y // 20 + 1) % 2) * 255],

@@ -78,10 +78,9 @@ int32_t ocrvl_decode_num_splits(int32_t num_seqs, int32_t num_kv_heads, int32_t 
 /* Runs decode attention (see the top of this file). workspace may be null when
  * p->num_splits == 1; else it must hold ocrvl_decode_workspace_size(...) bytes
  * (workspace_bytes says how many it holds). num_seqs 0 launches nothing.
- * Attention kernel: Grid: (num_splits, num_kv_heads, num_seqs), Block: (128), 97 KB of
+ * Attention kernel: Grid: (num_splits, num_kv_heads, num_seqs), Block: (128), 96 KB of
  *   dynamic shared memory (a 3-stage ring of 64-key K and V tiles).
- * Combine kernel (num_splits > 1 only): Grid: (ceil(num_seqs * num_q_heads / 4)), Block: (128),
- *   one warp per (sequence, query head). */
+ * Combine kernel (num_splits > 1 only): Grid: (num_seqs * num_q_heads), Block: (128). */
 int32_t ocrvl_decode_paged(const OcrvlDecodeParams* p, void* workspace, int64_t workspace_bytes,
                            ocrvl_stream_t stream);
 

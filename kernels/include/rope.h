@@ -37,8 +37,8 @@ extern "C" {
  * head_dim). inv_freq[j] = theta^(-2j/head_dim).
  * head_dim: 64 or 128 (others OCRVL_STATUS_UNSUPPORTED). q, k: 16-byte aligned, strides
  * multiples of 8 elements.
- * Grid: (ceil(num_tokens * (num_q_heads + num_kv_heads) * head_dim / 16 / 1024)): one work
- * item per 8 pairs of a head, 1024 items per block; Block: (256). */
+ * Grid: (ceil(num_tokens / tokens_per_block)), tokens_per_block = 640 / (8-pair work items
+ * per token) clamped to [1, 16] (4 for the text model); Block: (256). */
 int32_t ocrvl_rope_mrope(void* q, int64_t q_stride, void* k, int64_t k_stride,
                          const int32_t* positions, int64_t pos_stride, int64_t num_tokens,
                          int32_t num_q_heads, int32_t num_kv_heads, int32_t head_dim,
@@ -56,8 +56,8 @@ int32_t ocrvl_rope_mrope(void* q, int64_t q_stride, void* k, int64_t k_stride,
  * head_dim: 72 (others OCRVL_STATUS_UNSUPPORTED). A 72-d head is 144 bytes, whose halves
  * (72 bytes) are not whole 16-byte vectors, so each thread moves 4 pairs as two 8-byte
  * vectors: q, k 8-byte aligned, strides multiples of 4 elements.
- * Grid: (ceil(num_tokens * (num_q_heads + num_kv_heads) * head_dim / 8 / 1024)): one work
- * item per 4 pairs of a head, 1024 items per block; Block: (256). */
+ * Grid: (ceil(num_tokens / tokens_per_block)), tokens_per_block = 640 / (4-pair work items
+ * per token) clamped to [1, 16] (2 for the vision tower); Block: (256). */
 int32_t ocrvl_rope_vision(void* q, int64_t q_stride, void* k, int64_t k_stride,
                           const int32_t* rows, const int32_t* cols, int64_t num_tokens,
                           int32_t num_q_heads, int32_t num_kv_heads, int32_t head_dim,

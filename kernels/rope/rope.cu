@@ -14,8 +14,8 @@ int32_t check_common(const void* q, int64_t q_stride, const void* k, int64_t k_s
     OCRVL_CHECK_ARG(num_tokens >= 0 && num_tokens <= INT32_MAX);
     OCRVL_CHECK_ARG(q != nullptr && k != nullptr);
     OCRVL_CHECK_ARG(num_q_heads > 0 && num_kv_heads > 0 && head_dim > 0 && head_dim % 2 == 0);
-    // Work items of one token are counted in int.
-    OCRVL_CHECK_ARG(((int64_t)num_q_heads + num_kv_heads) * head_dim <= INT32_MAX);
+    // Work items of a block are counted in int.
+    OCRVL_CHECK_ARG(((int64_t)num_q_heads + num_kv_heads) * head_dim * ocrvl::rope::kMaxTokensPerBlock <= INT32_MAX);
     OCRVL_CHECK_ARG(q_stride >= (int64_t)num_q_heads * head_dim && k_stride >= (int64_t)num_kv_heads * head_dim);
     OCRVL_CHECK_ARG(theta > 0.0f && isfinite(theta));
     return OCRVL_STATUS_OK;

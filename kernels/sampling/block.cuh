@@ -92,7 +92,7 @@ struct Shared {
     float list_z[kCap];
     int list_idx[kCap];
     uint32_t hist_cnt[kBins];
-    u64 red[kWarps];
+    u64 red[kWarps * 4];
     u64 bc_u[2];
     float bc_f[2];
     int bc_i[4];
@@ -157,6 +157,80 @@ __device__ inline u64 block_exclusive_scan(u64 v, u64& total, Shared& sh) {
     return before + incl - v;
 }
 
+// K values reduced at once with the same op: one pair of barriers instead of K.
+template <int K, typename Op>
+__device__ inline void block_allreduce_array(u64 (&v)[K], Op op, Shared& sh) {
+    static_assert(K <= 4, "reduction scratch holds 4 values per warp");
+#pragma unroll
+    for (int k = 0; k < K; ++k) v[k] = warp_allreduce(v[k], op);
+    if (lane_id() == 0) {
+#pragma unroll
+        for (int k = 0; k < K; ++k) sh.red[warp_id() * K + k] = v[k];
+    }
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+        u64 r = sh.red[k];
+#pragma unroll
+        for (int w = 1; w < kWarps; ++w) r = op(r, sh.red[w * K + k]);
+        v[k] = r;
+    }
+    __syncthreads();
+}
+
+template <int K>
+__device__ inline void block_allreduce_sum(u64 (&v)[K], Shared& sh) {
+    block_allreduce_array(v, SumOp{}, sh);
+}
+
+// The threads that work on the candidate list: the whole block, or warp 0 alone when the list
+// is short (then barriers are __syncwarp and scans are shuffles, which is what makes the
+// common case cheap: a block barrier costs about as much as a warp's whole scan).
+struct BlockGroup {
+    static constexpr int kSize = kThreads;
+    static __device__ __forceinline__ int rank() { return threadIdx.x; }
+    static __device__ __forceinline__ void sync() { __syncthreads(); }
+    template <typename V, typename Op>
+    static __device__ __forceinline__ V allreduce(V v, Op op, Shared& sh) {
+        return block_allreduce(v, op, sh);
+    }
+    template <int K>
+    static __device__ __forceinline__ void allreduce_sum(u64 (&v)[K], Shared& sh) {
+        block_allreduce_sum(v, sh);
+    }
+    static __device__ __forceinline__ u64 exclusive_scan(u64 v, u64& total, Shared& sh) {
+        return block_exclusive_scan(v, total, sh);
+    }
+};
+
+struct WarpGroup {
+    static constexpr int kSize = 32;
+    static __device__ __forceinline__ int rank() { return lane_id(); }
+    static __device__ __forceinline__ void sync() { __syncwarp(); }
+    template <typename V, typename Op>
+    static __device__ __forceinline__ V allreduce(V v, Op op, Shared&) {
+        return warp_allreduce(v, op);
+    }
+    template <int K>
+    static __device__ __forceinline__ void allreduce_sum(u64 (&v)[K], Shared&) {
+#pragma unroll
+        for (int k = 0; k < K; ++k) v[k] = warp_allreduce(v[k], SumOp{});
+    }
+    static __device__ __forceinline__ u64 exclusive_scan(u64 v, u64& total, Shared&) {
+        u64 incl = v;
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            const u64 n = __shfl_up_sync(0xffffffffu, incl, o);
+            if (lane_id() >= o) incl += n;
+        }
+        total = __shfl_sync(0xffffffffu, incl, 31);
+        return incl - v;
+    }
+};
+
+// Lists up to this long are handled by warp 0 alone.
+constexpr int kWarpList = 256;
+
 // The list order: z descending, then index ascending (a total order on distinct indices).
 __device__ __forceinline__ bool goes_before(float za, int ia, float zb, int ib) {
     const uint32_t ka = fkey(za), kb = fkey(zb);
@@ -164,18 +238,19 @@ __device__ __forceinline__ bool goes_before(float za, int ia, float zb, int ib) 
 }
 
 // Sorts list[0, n) into the list order, n <= kCap. Pads to a power of two with (-inf, INT_MAX)
-// sentinels, which sort after every real entry. Bitonic network; ends with a barrier.
+// sentinels, which sort after every real entry. Bitonic network; ends with G's barrier.
+template <typename G>
 __device__ inline void sort_list(Shared& sh, int n) {
     int p = 1;
     while (p < n) p <<= 1;
-    for (int i = n + threadIdx.x; i < p; i += kThreads) {
+    for (int i = n + G::rank(); i < p; i += G::kSize) {
         sh.list_z[i] = -INFINITY;
         sh.list_idx[i] = INT_MAX;
     }
-    __syncthreads();
+    G::sync();
     for (int size = 2; size <= p; size <<= 1) {
         for (int stride = size >> 1; stride > 0; stride >>= 1) {
-            for (int i = threadIdx.x; i < (p >> 1); i += kThreads) {
+            for (int i = G::rank(); i < (p >> 1); i += G::kSize) {
                 const int lo = 2 * stride * (i / stride) + (i % stride);
                 const int hi = lo + stride;
                 const float za = sh.list_z[lo], zb = sh.list_z[hi];
@@ -188,7 +263,7 @@ __device__ inline void sort_list(Shared& sh, int n) {
                     sh.list_idx[hi] = ia;
                 }
             }
-            __syncthreads();
+            G::sync();
         }
     }
 }

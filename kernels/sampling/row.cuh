@@ -165,18 +165,33 @@ __device__ bool apply_penalties(const Row<T, VEC>& row, Shared& sh, const int32_
     return true;
 }
 
-// First pass: per-thread max of z (lowest index on ties), online sum of exp(z - max), and
-// whether the row holds a NaN or +inf.
+// First pass: per-thread max of z (lowest index on ties), online sum of exp(z - max), whether
+// the row holds a NaN or +inf, and the thread's kTop largest values (descending; -inf where the
+// thread has fewer finite ones). Every element the thread did not keep is <= top[kTop - 1], so
+// the union of the 512 lists holds every token above the largest of those (select.cuh).
+constexpr int kTop = 4;
+
 struct Stats {
     float m_t;
     float s_t;
     int am_t;
     bool bad;
+    float top[kTop];
+    int top_idx[kTop];
 };
 
 template <typename T, int VEC>
 __device__ Stats pass_stats(const Row<T, VEC>& row) {
-    Stats r{-INFINITY, 0.0f, INT_MAX, false};
+    Stats r;
+    r.m_t = -INFINITY;
+    r.s_t = 0.0f;
+    r.am_t = INT_MAX;
+    r.bad = false;
+#pragma unroll
+    for (int j = 0; j < kTop; ++j) {
+        r.top[j] = -INFINITY;
+        r.top_idx[j] = -1;
+    }
     for_each_element<false>(row, [&](float x, int idx) {
         const float z = x * row.inv_t;
         r.bad |= !(z <= FLT_MAX) && z != -INFINITY;
@@ -186,6 +201,21 @@ __device__ Stats pass_stats(const Row<T, VEC>& row) {
             r.am_t = idx;
         } else if (z > -INFINITY) {
             r.s_t += __expf(z - r.m_t);
+        }
+        if (z > r.top[kTop - 1]) {  // rare after the first few elements: insertion, unrolled
+            float v = z;
+            int vi = idx;
+#pragma unroll
+            for (int j = 0; j < kTop; ++j) {
+                if (v > r.top[j]) {
+                    const float tv = r.top[j];
+                    const int ti = r.top_idx[j];
+                    r.top[j] = v;
+                    r.top_idx[j] = vi;
+                    v = tv;
+                    vi = ti;
+                }
+            }
         }
     });
     return r;
@@ -256,11 +286,13 @@ __device__ PassState interval_pass(const Row<T, VEC>& row, Shared& sh, uint32_t 
     });
     st.th_above = t_above;
     st.th_in = t_in;
-    // The reductions' barriers also order the list and histogram writes before later reads.
-    st.cnt_above = block_allreduce(c_above, SumOp{}, sh);
-    st.cnt_in = block_allreduce(c_in, SumOp{}, sh);
-    st.mass_above = block_allreduce(t_above, SumOp{}, sh);
-    st.mass_in = block_allreduce(t_in, SumOp{}, sh);
+    // The reduction's barriers also order the list and histogram writes before later reads.
+    u64 v[4] = {c_above, c_in, t_above, t_in};
+    block_allreduce_sum(v, sh);
+    st.cnt_above = v[0];
+    st.cnt_in = v[1];
+    st.mass_above = v[2];
+    st.mass_in = v[3];
     st.complete = st.cnt_in <= (u64)cap;
     st.n_list = st.complete ? (int)st.cnt_in : cap;
     return st;
@@ -293,10 +325,12 @@ __device__ Check check_pass(const Row<T, VEC>& row, Shared& sh, uint32_t k1, uin
     Check r;
     r.th1 = s1;
     r.th2 = s2;
-    r.c1 = block_allreduce(c1, SumOp{}, sh);
-    r.c2 = block_allreduce(c2, SumOp{}, sh);
-    r.m1 = block_allreduce(s1, SumOp{}, sh);
-    r.m2 = block_allreduce(s2, SumOp{}, sh);
+    u64 v[4] = {c1, c2, s1, s2};
+    block_allreduce_sum(v, sh);
+    r.c1 = v[0];
+    r.c2 = v[1];
+    r.m1 = v[2];
+    r.m2 = v[3];
     return r;
 }
 

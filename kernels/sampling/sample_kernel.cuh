@@ -3,25 +3,32 @@
 // Per row:
 //   0. penalties in place (row.cuh, apply_penalties), only for rows that have them;
 //   1. pass 1 over the row (HBM): NaN/+inf check, max and argmax (lowest index), the softmax
-//      denominator S (online, per thread), and each thread's max;
+//      denominator S (online, per thread), and each thread's 4 largest values;
 //   greedy rows stop here (one read of the logits);
 //   untruncated rows draw in two stages without another pass: a thread by its share of S
 //      (fixed point), then one warp re-walks that thread's ~200 elements (row_draw's machinery);
-//   truncated rows (and rows asking for top-n) bound the allowed set from the sorted 512 thread
-//      maxima and gather it in pass 2 (select.cuh); the classes then differ as described there.
+//   truncated rows (and rows asking for top-n) gather the union of the per-thread top-4 lists:
+//      it holds every token above r_max (the largest per-thread 4th value), and when the
+//      allowed-set test already fails for all of it, nothing below can be allowed, so the list
+//      is the whole problem and there is NO second pass (top_k = 50 or a peaked top-p: nearly
+//      always). Both classes then work on the list in shared memory, by warp 0 alone when it
+//      holds at most 256 entries (no block barriers). Otherwise a second pass gathers the
+//      tokens above a bound from the sorted thread maxima, and overflowing rows narrow further
+//      (select.cuh).
 //
-// Bytes: with top_k <= 512 (or a top-p set that the thread maxima bound tightly) a truncated row
-// reads its logits twice: at batch 256 x 103424 f32 that is 2 x 106 MB, 72 us at 2.96 TB/s if
-// both came from HBM. Pass 2 runs backwards so that it starts on the tail of the row that pass 1
-// left in the 50 MB L2, which brings its HBM traffic to roughly (106 - 50) MB: about 55 us in
-// all. The design reason: a rejection round over the whole row costs a full pass (the row is 404
-// KB, far over shared memory), and FlashInfer-style rounds from low = 0 take 5-10 rounds on flat
-// distributions with top_k = 50; gathering the candidates once makes every round a shared-memory
-// scan instead. Rows whose candidates overflow the 4096-entry list (large top_k, flat top-p
-// sets, massive ties) stay correct and take one pass per rejection round or per radix digit.
+// Bytes: a row reads its logits once in the common cases (greedy, untruncated, top-k <= ~500
+// or a peaked top-p): at batch 256 x 103424 f32, 106 MB, 36 us at 2.96 TB/s. The design reason:
+// the 404 KB row cannot stay in shared memory, and at batch 256 the 106 MB of logits are twice
+// the 50 MB L2, so every pass after the first costs most of an HBM read; FlashInfer-style
+// rounds from low = 0 would take 5-10 such passes with top_k = 50 on flat distributions.
+// Keeping 4 values per thread in registers costs one compare per element. Rows that need the
+// second pass read the row twice (it runs backwards, starting on the tail that pass 1 left in
+// L2); overflowing rows (large top_k, flat top-p sets, massive ties) take one more pass per
+// rejection round or per radix digit.
 //
 // Occupancy: 512 threads, ~45 KB static shared memory and at most 64 registers per thread, so
-// two blocks per SM: batch 256 runs in one wave on 132 SMs.
+// two blocks per SM: batch 256 runs in one wave on 132 SMs. A single row is streamed by one
+// block (~32 KB of loads in flight), so small batches are latency-bound, not bandwidth-bound.
 #pragma once
 #include "common/check.cuh"
 #include "sampling/select.cuh"
@@ -104,6 +111,31 @@ __device__ void full_draw(const Row<T, VEC>& row, Shared& sh, const Stats& st1, 
     __syncthreads();
 }
 
+// Sorts the complete list and, for a truncated row, draws from it: rejection rounds (then the
+// exact draw after kMaxRounds) or the exact draw. Run by group G (warp 0 for short lists);
+// member 0 leaves the token in sh.bc_i[2] / sh.bc_f[1].
+template <typename G>
+__device__ void list_phase(Shared& sh, int n, bool trunc, bool rejection, const Crit& crit, uint32_t lo, float m,
+                           const RowRng& rng) {
+    sort_list<G>(sh, n);
+    if (!trunc) return;
+    int idx = -1;
+    float z = 0.0f;
+    bool done = false;
+    if (rejection) {
+        ListSource<G> src{sh, n, m};
+        done = rejection_rounds(src, crit, lo, m, rng, idx, z);
+    }
+    if (!done) {
+        const uint4 rnd = rng.draw(rejection ? kPurposeFallback : kPurposeExact);
+        list_exact_draw<G>(sh, n, crit, m, bits64(rnd.x, rnd.y), idx, z);
+    }
+    if (G::rank() == 0) {
+        sh.bc_i[2] = idx;
+        sh.bc_f[1] = z;
+    }
+}
+
 // Grid: (batch), Block: (kThreads). One block per row.
 template <typename T, int VEC>
 __global__ void __launch_bounds__(kThreads, 2) sample_kernel(const KernelArgs a) {
@@ -135,20 +167,24 @@ __global__ void __launch_bounds__(kThreads, 2) sample_kernel(const KernelArgs a)
                          pres)) {
         status = 2;
     }
-    Stats st1{-INFINITY, 0.0f, INT_MAX, false};
-    float m = -INFINITY;
-    if (status == 0) {
-        st1 = pass_stats(row);
-        const bool bad = __syncthreads_or(st1.bad) != 0;
-        m = block_allreduce(st1.m_t, MaxOp{}, sh);
-        if (bad || !(m > -INFINITY)) status = 1;
-    }
     if (status != 0) {
         write_invalid(a, b, status);
         return;
     }
+    const Stats st1 = pass_stats(row);
+    // One reduction for the max with its lowest index (packed: key above, inverted index
+    // below), the largest 4th-value of the per-thread lists, and the NaN/+inf flag.
+    u64 red[3] = {((u64)fkey(st1.m_t) << 32) | (u64)(0xFFFFFFFFu - (uint32_t)st1.am_t),
+                  (u64)fkey(st1.top[kTop - 1]), (u64)st1.bad};
+    block_allreduce_array(red, MaxOp{}, sh);
+    const float m = key_float((uint32_t)(red[0] >> 32));
+    const int am = (int)(0xFFFFFFFFu - (uint32_t)red[0]);
+    const float r_max = key_float((uint32_t)red[1]);
+    if (red[2] != 0 || !(m > -INFINITY)) {
+        write_invalid(a, b, 1);
+        return;
+    }
     row.m = m;
-    const int am = block_allreduce(st1.m_t == m ? st1.am_t : INT_MAX, MinOp{}, sh);
     const float s_sum = block_allreduce(st1.m_t > -INFINITY ? st1.s_t * __expf(st1.m_t - m) : 0.0f, SumOp{}, sh);
     const float log_s = logf(s_sum);
     const RowRng rng{make_uint2(a.seed[2 * b], a.seed[2 * b + 1]), a.step[2 * b], a.step[2 * b + 1]};
@@ -170,80 +206,111 @@ __global__ void __launch_bounds__(kThreads, 2) sample_kernel(const KernelArgs a)
 
     if (!greedy && !trunc) full_draw(row, sh, st1, rng, tok, tok_z);
 
-    // Lower bounds from the sorted thread maxima (select.cuh).
-    float t0 = -INFINITY, tn = -INFINITY;
-    if (trunc || n_top > 0) {
-        sh.list_z[tid] = st1.m_t;
-        sh.list_idx[tid] = tid;
-        sort_list(sh, kThreads);
-        if (trunc) {
-            float tk = -INFINITY, tp = -INFINITY;
-            if (k_on && top_k <= kThreads) tk = sh.list_z[top_k - 1];
-            if (p_on) {
-                const u64 w = weight_fx(sh.list_z[tid], m);
-                u64 tot;
-                const u64 ex = block_exclusive_scan(w, tot, sh);
-                const int cand = (ex < crit.p_fx && ex + w >= crit.p_fx) ? tid : kThreads;
-                const int j = block_allreduce(cand, MinOp{}, sh);
-                if (j < kThreads) tp = sh.list_z[j];
-            }
-            t0 = fmaxf(tk, tp);
-        }
-        if (n_top > 0) tn = sh.list_z[n_top - 1];
-        __syncthreads();  // the list is overwritten next
-    }
-
     PassState st{};
-    bool sorted = false;
-    bool fast = false;  // the list holds every token >= the bounds of both sampling and top-n
+    bool fast = false;  // the list holds every token that sampling and top-n can need
+    float tn = -INFINITY;
     if (trunc || n_top > 0) {
-        float glo = trunc ? t0 : INFINITY;
-        if (n_top > 0) glo = fminf(glo, tn);
-        uint32_t klo = fkey(glo);
-        if (klo < kMinFiniteKey) klo = kMinFiniteKey;
-        st = interval_pass(row, sh, klo, kMaxKey, 0, kCap, true, (npass++ & 1) != 0);
-        fast = st.complete;
-    }
-
-    if (trunc) {
-        bool done = false;
-        if (a.rejection) {
-            if (st.complete) {
-                sort_list(sh, st.n_list);
-                sorted = true;
-                ListSource src{sh, st.n_list, m};
-                done = rejection_rounds(src, crit, st.klo, m, rng, tok, tok_z);
+        // Every token above r_max is in the per-thread lists: gather those. The list is enough
+        // when the test fails for the whole of it (so nothing below it is allowed) and it holds
+        // n_top tokens; r_max = -inf means the lists hold every finite token.
+        const uint32_t kr = fkey(r_max);
+        int c = 0;
+        u64 mass = 0;
+#pragma unroll
+        for (int j = 0; j < kTop; ++j) {
+            if (fkey(st1.top[j]) > kr) {
+                ++c;
+                mass += weight_fx(st1.top[j], m);
+            }
+        }
+        // Count and mass in one scan: the mass (< 2048 * 2^40) stays below bit 52.
+        u64 total;
+        const int pos = (int)(block_exclusive_scan(((u64)c << 52) | mass, total, sh) >> 52);
+#pragma unroll
+        for (int j = 0; j < kTop; ++j) {
+            if (j < c) {
+                sh.list_z[pos + j] = st1.top[j];
+                sh.list_idx[pos + j] = st1.top_idx[j];
+            }
+        }
+        __syncthreads();
+        const int n_c = (int)(total >> 52);
+        const u64 m_in = total & ((1ull << 52) - 1);
+        const bool all_in = !(r_max > -INFINITY);
+        if ((!trunc || all_in || !crit.ok((u64)n_c, m_in)) && (n_top == 0 || all_in || n_c >= n_top)) {
+            fast = true;
+            st.klo = all_in ? kMinFiniteKey : kr + 1;
+            st.khi = kMaxKey;
+            st.cnt_in = (u64)n_c;
+            st.mass_in = m_in;
+            st.n_list = n_c;
+            st.complete = true;
+        } else {
+            // Bounds from the sorted thread maxima (select.cuh), then a second pass.
+            sh.list_z[tid] = st1.m_t;
+            sh.list_idx[tid] = tid;
+            sort_list<BlockGroup>(sh, kThreads);
+            float t0 = -INFINITY;
+            if (trunc) {
+                float tk = -INFINITY, tp = -INFINITY;
+                if (k_on && top_k <= kThreads) tk = sh.list_z[top_k - 1];
+                if (p_on) {
+                    const u64 w = weight_fx(sh.list_z[tid], m);
+                    u64 tot;
+                    const u64 ex = block_exclusive_scan(w, tot, sh);
+                    const int cand = (ex < crit.p_fx && ex + w >= crit.p_fx) ? tid : kThreads;
+                    const int j = block_allreduce(cand, MinOp{}, sh);
+                    if (j < kThreads) tp = sh.list_z[j];
+                }
+                t0 = fmaxf(tk, tp);
+            }
+            if (n_top > 0) tn = sh.list_z[n_top - 1];
+            __syncthreads();  // the list is overwritten next
+            float glo = trunc ? t0 : INFINITY;
+            if (n_top > 0) glo = fminf(glo, tn);
+            uint32_t klo = fkey(glo);
+            if (klo < kMinFiniteKey) klo = kMinFiniteKey;
+            st = interval_pass(row, sh, klo, kMaxKey, 0, kCap, true, (npass++ & 1) != 0);
+            fast = st.complete;
+        }
+        if (st.complete) {
+            // Everything from here works on the list (no tokens above it).
+            if (st.n_list <= kWarpList) {
+                if (warp_id() == 0) list_phase<WarpGroup>(sh, st.n_list, trunc, a.rejection, crit, st.klo, m, rng);
             } else {
+                list_phase<BlockGroup>(sh, st.n_list, trunc, a.rejection, crit, st.klo, m, rng);
+            }
+            __syncthreads();
+            if (trunc && sh.bc_i[2] >= 0) {
+                tok = sh.bc_i[2];
+                tok_z = sh.bc_f[1];
+            }
+        } else if (trunc) {
+            // The list overflowed: rejection rounds over the row, then (or for the exact class)
+            // radix narrowing; row rounds leave the pass's list and histogram untouched.
+            bool done = false;
+            if (a.rejection) {
                 RowSource<T, VEC> src{row, sh, st.th_in + st.th_above, 0, 0, (npass & 1) != 0};
                 done = rejection_rounds(src, crit, st.klo, m, rng, tok, tok_z);
             }
-        }
-        if (!done) {
-            // The exact class, or the rejection class after kMaxRounds; row rounds leave the
-            // list and histogram of pass 2 untouched, so narrowing resumes from them.
-            if (narrow(row, sh, crit, st, kCap, npass)) {
-                sorted = false;
-                fast = false;
-            }
-            const uint4 rnd = rng.draw(a.rejection ? kPurposeFallback : kPurposeExact);
-            int idx;
-            float z;
-            exact_draw(row, sh, st, crit, bits64(rnd.x, rnd.y), sorted, idx, z);
-            if (idx >= 0) {
-                tok = idx;
-                tok_z = z;
+            if (!done) {
+                narrow(row, sh, crit, st, kCap, npass);
+                const uint4 rnd = rng.draw(a.rejection ? kPurposeFallback : kPurposeExact);
+                bool sorted = false;
+                int idx;
+                float z;
+                exact_draw(row, sh, st, crit, bits64(rnd.x, rnd.y), sorted, idx, z);
+                if (idx >= 0) {
+                    tok = idx;
+                    tok_z = z;
+                }
             }
         }
     }
 
     if (n_top > 0) {
-        int count;
-        if (fast) {
-            if (!sorted) sort_list(sh, st.n_list);
-            count = st.n_list;
-        } else {
-            count = topn_select(row, sh, n_top, tn, npass);
-        }
+        // With `fast`, the list is sorted and holds the top n; otherwise narrow for them.
+        const int count = fast ? st.n_list : topn_select(row, sh, n_top, tn, npass);
         if (tid < n_top) {
             const bool ok = tid < count;
             a.top_ids[(int64_t)b * n_top + tid] = ok ? sh.list_idx[tid] : -1;

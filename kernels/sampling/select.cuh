@@ -5,14 +5,15 @@
 // masses being 2^-40 fixed-point weights exp(z - max), so both tests are exact integer
 // comparisons and the allowed set is {z >= tau} for one value tau. The pieces:
 //
-// * Candidate bound (kernel, from the first pass): the k-th largest of the 512 per-thread maxima
-//   is <= the k-th largest logit, and the first sorted thread maximum at which the maxima's own
-//   mass reaches top_p * S bounds tau from below the same way. So every allowed token has
-//   z >= t0 = max of the two, and for top-k up to 512 or a peaked top-p the set {z >= t0} is a
-//   few more tokens than the allowed set.
-// * interval_pass (row.cuh) gathers {key >= t0} into the shared list (4096 entries) in the same
-//   pass that histograms it. If everything fits, both classes work on the list alone: no more
-//   passes over the row (the batch-256 target rests on this: two reads of the logits in all).
+// * Candidates from the first pass (kernel): each thread keeps its 4 largest values, so the
+//   union of those lists holds every token above r_max, the largest per-thread 4th value. If
+//   the test already fails for (count, mass) of that whole list, nothing below it is allowed
+//   and the list alone decides: no second pass.
+// * Otherwise a bound from the sorted 512 per-thread maxima: the k-th largest of them is <= the
+//   k-th largest logit, and the first sorted thread maximum at which the maxima's own mass
+//   reaches top_p * S bounds tau from below the same way. So every allowed token has
+//   z >= t0 = max of the two, and interval_pass (row.cuh) gathers {key >= t0} into the shared
+//   list (4096 entries) in the same pass that histograms it.
 // * Exact class: sort the list (bitonic), find the first tie group whose count and mass above
 //   fail the test (list_resolve), and draw once among the entries before it. When the list
 //   overflows, narrow: pick the histogram bin holding the boundary (exact, integer counts and
@@ -40,12 +41,18 @@ struct Scan {
     u64 excl, total;
 };
 
-// Mass of this thread's list entries [kPerThread * t, ...) with key >= lo.
-__device__ inline u64 list_thread_mass(const Shared& sh, int n, uint32_t lo, float m) {
+// Entries per member when group G splits list[0, n): member r owns [r * span, (r + 1) * span).
+template <typename G>
+__device__ __forceinline__ int list_span(int n) {
+    return (n + G::kSize - 1) / G::kSize;
+}
+
+// This member's mass of list entries with key >= lo.
+template <typename G>
+__device__ inline u64 list_member_mass(const Shared& sh, int n, uint32_t lo, float m) {
+    const int span = list_span<G>(n), first = G::rank() * span;
     u64 s = 0;
-    const int first = threadIdx.x * kPerThread;
-#pragma unroll
-    for (int i = 0; i < kPerThread; ++i) {
+    for (int i = 0; i < span; ++i) {
         const int p = first + i;
         if (p < n) {
             const float z = sh.list_z[p];
@@ -55,47 +62,46 @@ __device__ inline u64 list_thread_mass(const Shared& sh, int n, uint32_t lo, flo
     return s;
 }
 
+template <typename G>
 __device__ inline Scan list_scan(Shared& sh, int n, uint32_t lo, float m) {
-    if (threadIdx.x == 0) sh.bc_i[0] = -1;
     Scan s;
-    s.excl = block_exclusive_scan(list_thread_mass(sh, n, lo, m), s.total, sh);
+    s.excl = G::exclusive_scan(list_member_mass<G>(sh, n, lo, m), s.total, sh);
     return s;
 }
 
 // The list entry (key >= lo) where the running mass, in list order, first exceeds r < total.
-// Uses the Scan of the same (n, lo); every thread gets the token.
+// Uses the Scan of the same (n, lo); every member gets the token (idx -1 if none).
+template <typename G>
 __device__ inline void list_pick(Shared& sh, int n, uint32_t lo, float m, u64 excl, u64 r, int& idx, float& z) {
+    const int span = list_span<G>(n), first = G::rank() * span;
     u64 acc = excl;
-    const int first = threadIdx.x * kPerThread;
-#pragma unroll
-    for (int i = 0; i < kPerThread; ++i) {
+    int cand = INT_MAX;
+    for (int i = 0; i < span; ++i) {
         const int p = first + i;
         if (p < n) {
             const float zz = sh.list_z[p];
             if (fkey(zz) >= lo) {
                 const u64 w = weight_fx(zz, m);
-                if (w > 0 && r >= acc && r - acc < w) sh.bc_i[0] = p;
+                if (w > 0 && r >= acc && r - acc < w) cand = p;
                 acc += w;
             }
         }
     }
-    __syncthreads();
-    const int p = sh.bc_i[0];
-    idx = p >= 0 ? sh.list_idx[p] : -1;
-    z = p >= 0 ? sh.list_z[p] : 0.0f;
-    __syncthreads();
+    const int p = G::allreduce(cand, MinOp{}, sh);
+    idx = p < n ? sh.list_idx[p] : -1;
+    z = p < n ? sh.list_z[p] : 0.0f;
 }
 
 // On a sorted list holding every token of its interval, with c0 / m0 the count and mass of the
 // tokens above the interval: the number L >= 1 of allowed entries (a prefix, since the test is
 // monotone and ties share a test at their group's first entry).
+template <typename G>
 __device__ inline int list_resolve(Shared& sh, int n, const Crit& crit, u64 c0, u64 m0, float m) {
-    const Scan s = list_scan(sh, n, 0u, m);
+    const Scan s = list_scan<G>(sh, n, 0u, m);
+    const int span = list_span<G>(n), first = G::rank() * span;
     int first_bad = n;
     u64 acc = s.excl;
-    const int first = threadIdx.x * kPerThread;
-#pragma unroll
-    for (int i = 0; i < kPerThread; ++i) {
+    for (int i = 0; i < span; ++i) {
         const int p = first + i;
         if (p < n) {
             const float z = sh.list_z[p];
@@ -104,8 +110,18 @@ __device__ inline int list_resolve(Shared& sh, int n, const Crit& crit, u64 c0, 
             acc += weight_fx(z, m);
         }
     }
-    const int L = block_allreduce(first_bad, MinOp{}, sh);
+    const int L = G::allreduce(first_bad, MinOp{}, sh);
     return L > 0 ? L : 1;
+}
+
+// The exact draw on a sorted list that holds every token that can be allowed and every token
+// above them: one inverse-transform draw over the allowed prefix.
+template <typename G>
+__device__ inline void list_exact_draw(Shared& sh, int n, const Crit& crit, float m, u64 bits, int& idx, float& z) {
+    const int allowed = list_resolve<G>(sh, n, crit, 0, 0, m);
+    const uint32_t lo = fkey(sh.list_z[allowed - 1]);
+    const Scan s = list_scan<G>(sh, n, lo, m);
+    list_pick<G>(sh, n, lo, m, s.excl, scale_random(bits, s.total), idx, z);
 }
 
 // Radix narrowing from `st`, whose histogram is in shared memory, until the interval's tokens
@@ -151,17 +167,17 @@ __device__ void exact_draw(const Row<T, VEC>& row, Shared& sh, const PassState& 
     if (st.complete) {
         const int n = st.n_list;
         if (!sorted) {
-            sort_list(sh, n);
+            sort_list<BlockGroup>(sh, n);
             sorted = true;
         }
-        const int allowed = list_resolve(sh, n, crit, st.cnt_above, st.mass_above, m);
+        const int allowed = list_resolve<BlockGroup>(sh, n, crit, st.cnt_above, st.mass_above, m);
         const uint32_t lo = fkey(sh.list_z[allowed - 1]);
-        const Scan s = list_scan(sh, n, lo, m);
+        const Scan s = list_scan<BlockGroup>(sh, n, lo, m);
         const u64 r = scale_random(bits, st.mass_above + s.total);
         if (r < st.mass_above) {
             row_draw(row, sh, st.th_above, false, r, st.khi + 1, idx, z);
         } else {
-            list_pick(sh, n, lo, m, s.excl, r - st.mass_above, idx, z);
+            list_pick<BlockGroup>(sh, n, lo, m, s.excl, r - st.mass_above, idx, z);
         }
     } else {
         // One key left: all its tokens are allowed (the invariant), like everything above.
@@ -173,41 +189,37 @@ struct Counts {
     u64 c1, c2, m1, m2;
 };
 
-// Rejection rounds on the complete, sorted list.
+// Rejection rounds on the complete, sorted list, by group G.
+template <typename G>
 struct ListSource {
     Shared& sh;
     int n;
     float m;
     __device__ void draw(uint32_t lo, u64 bits, int& idx, float& z) {
-        const Scan s = list_scan(sh, n, lo, m);
-        list_pick(sh, n, lo, m, s.excl, scale_random(bits, s.total), idx, z);
+        const Scan s = list_scan<G>(sh, n, lo, m);
+        list_pick<G>(sh, n, lo, m, s.excl, scale_random(bits, s.total), idx, z);
     }
     __device__ Counts check(uint32_t k1, uint32_t k2) {
-        u64 c1 = 0, c2 = 0, s1 = 0, s2 = 0;
-        const int first = threadIdx.x * kPerThread;
-#pragma unroll
-        for (int i = 0; i < kPerThread; ++i) {
+        u64 v[4] = {0, 0, 0, 0};  // count > k1, count > k2, mass > k1, mass > k2
+        const int span = list_span<G>(n), first = G::rank() * span;
+        for (int i = 0; i < span; ++i) {
             const int p = first + i;
             if (p < n) {
                 const float z = sh.list_z[p];
                 const uint32_t k = fkey(z);
                 if (k > k1) {
                     const u64 w = weight_fx(z, m);
-                    ++c1;
-                    s1 += w;
+                    ++v[0];
+                    v[2] += w;
                     if (k > k2) {
-                        ++c2;
-                        s2 += w;
+                        ++v[1];
+                        v[3] += w;
                     }
                 }
             }
         }
-        Counts c;
-        c.c1 = block_allreduce(c1, SumOp{}, sh);
-        c.c2 = block_allreduce(c2, SumOp{}, sh);
-        c.m1 = block_allreduce(s1, SumOp{}, sh);
-        c.m2 = block_allreduce(s2, SumOp{}, sh);
-        return c;
+        G::allreduce_sum(v, sh);
+        return Counts{v[0], v[1], v[2], v[3]};
     }
     __device__ void keep(bool) {}
 };
@@ -317,7 +329,7 @@ __device__ int topn_select(const Row<T, VEC>& row, Shared& sh, int n, float t_n,
         count += above.n_list;
     }
     if (!st.complete) count = collect_lowest(row, sh, st.klo, (u64)n - st.cnt_above, count);
-    sort_list(sh, count);
+    sort_list<BlockGroup>(sh, count);
     return count;
 }
 

@@ -139,11 +139,18 @@ pub fn prefill_paged_with(
     let num_seqs = seq_count(OP, queries, total_q)?;
     let bt = kv.block_tables.dims().to_vec();
     let &[bt_seqs, max_blocks_per_seq] = bt.as_slice() else {
-        return Err(Error::invalid(OP, format!("block_tables must be [num_seqs, max_blocks_per_seq], got {bt:?}")));
+        return Err(Error::invalid(
+            OP,
+            format!("block_tables must be [num_seqs, max_blocks_per_seq], got {bt:?}"),
+        ));
     };
-    kv.block_tables.expect(OP, "block_tables", DType::I32, &[num_seqs, max_blocks_per_seq])?;
+    kv.block_tables
+        .expect(OP, "block_tables", DType::I32, &[num_seqs, max_blocks_per_seq])?;
     if bt_seqs != num_seqs || max_blocks_per_seq == 0 {
-        return Err(Error::invalid(OP, format!("block_tables {bt:?} needs at least one column")));
+        return Err(Error::invalid(
+            OP,
+            format!("block_tables {bt:?} needs at least one column"),
+        ));
     }
     kv.seqused_k.expect(OP, "seqused_k", DType::I32, &[num_seqs])?;
     let lse_ptr = lse_ptr(OP, lse, heads, total_q)?;
@@ -260,8 +267,11 @@ pub fn vision_varlen_tile(
 
 /// The one place a launcher is called.
 fn launch(op: &'static str, gpu: &Gpu, params: &sys::OcrvlAttnParams, paged: bool) -> Result<()> {
-    if !(params.scale.is_finite() && params.scale > 0.0) {
-        return Err(Error::invalid(op, format!("scale {} must be finite and positive", params.scale)));
+    if !params.scale.is_finite() || params.scale <= 0.0 {
+        return Err(Error::invalid(
+            op,
+            format!("scale {} must be finite and positive", params.scale),
+        ));
     }
     // SAFETY: every pointer in `params` addresses a view whose dims were checked against the
     // sizes in `params` on this GPU (device contents are trusted as documented above), and the
@@ -283,7 +293,10 @@ fn q_heads(op: &'static str, q: &TensorView<'_>, head_dim: usize) -> Result<usiz
     if inner == 0 || inner % head_dim != 0 {
         return Err(Error::invalid(
             op,
-            format!("q {:?} is not [tokens, heads * {head_dim}] or [tokens, heads, {head_dim}]", q.dims()),
+            format!(
+                "q {:?} is not [tokens, heads * {head_dim}] or [tokens, heads, {head_dim}]",
+                q.dims()
+            ),
         ));
     }
     Ok(inner / head_dim)
@@ -312,7 +325,10 @@ fn token_rows(op: &'static str, what: &str, v: &TensorView<'_>, heads: usize, he
     if v.stride0() % 8 != 0 {
         return Err(Error::invalid(
             op,
-            format!("{what}: token stride {} is not a multiple of 8 elements (16-byte loads)", v.stride0()),
+            format!(
+                "{what}: token stride {} is not a multiple of 8 elements (16-byte loads)",
+                v.stride0()
+            ),
         ));
     }
     aligned(op, what, v.device_ptr())?;
@@ -321,7 +337,10 @@ fn token_rows(op: &'static str, what: &str, v: &TensorView<'_>, heads: usize, he
 
 fn aligned(op: &'static str, what: &str, ptr: u64) -> Result<()> {
     if ptr % 16 != 0 {
-        return Err(Error::invalid(op, format!("{what} at 0x{ptr:x} is not 16-byte aligned")));
+        return Err(Error::invalid(
+            op,
+            format!("{what} at 0x{ptr:x} is not 16-byte aligned"),
+        ));
     }
     Ok(())
 }
@@ -332,7 +351,10 @@ fn seq_count(op: &'static str, runs: &Varlen<'_>, total: usize) -> Result<usize>
     if runs.cu_seqlens.dtype() != DType::I32 || d.len() != 1 || d[0] == 0 {
         return Err(Error::invalid(
             op,
-            format!("cu_seqlens: expected i32 [num_seqs + 1], got {} {d:?}", runs.cu_seqlens.dtype()),
+            format!(
+                "cu_seqlens: expected i32 [num_seqs + 1], got {} {d:?}",
+                runs.cu_seqlens.dtype()
+            ),
         ));
     }
     if runs.max_seqlen > total {

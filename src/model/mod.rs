@@ -2,6 +2,10 @@
 //! checkpoints. Model quirks live here, never inside kernel dispatch.
 
 pub mod device_weights;
+pub mod gpu_weights;
 pub mod names;
+pub mod step;
 pub mod synthetic;
+pub mod text;
+pub mod vision;
 pub mod weights;

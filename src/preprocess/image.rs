@@ -11,8 +11,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use image::{DynamicImage, ImageDecoder, ImageReader, Limits};
 
 use super::processor_config::ProcessorConfig;
-use super::resample::resize_bicubic;
+use super::resample::{resize_bicubic_with_order, PassOrder};
 use super::{PreprocessError, Result};
+use crate::config::ModelConfig;
 
 /// Default cap on the decoded size of one image: Pillow's `Image.MAX_IMAGE_PIXELS`
 /// (about 89.5 Mpx, where PIL starts warning of a decompression bomb). An A4 page at 600 dpi
@@ -159,6 +160,10 @@ pub fn smart_resize(
 /// alpha composited on white (transformers' `convert_to_rgb`), 16-bit samples reduced to their
 /// high byte (what Pillow's PNG decoder does for 16-bit RGB), the first frame of a GIF.
 ///
+/// One deliberate difference from Pillow: a 16-bit *grey* PNG opens in Pillow as mode `I;16`,
+/// whose conversion to RGB clips every value above 255 to white; here it keeps its high byte
+/// like the 16-bit colour layouts (the clipping would wash out any real 16-bit scan).
+///
 /// The header's dimensions are checked against `max_pixels` before any pixel is decoded.
 pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<Rgb8Image> {
     let reader = ImageReader::new(Cursor::new(bytes))
@@ -204,7 +209,9 @@ pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<Rgb8Image> {
     limits.max_alloc = Some(pixels.saturating_mul(16).saturating_add(64 << 20));
     decoder.set_limits(limits).map_err(decode_error)?;
     // A broken EXIF block must not reject an otherwise good image: no rotation then.
-    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut img = DynamicImage::from_decoder(decoder).map_err(decode_error)?;
     img.apply_orientation(orientation);
     Ok(to_rgb8_on_white(&img))
@@ -284,6 +291,8 @@ pub struct ImageProcessor {
     pub config: ProcessorConfig,
     /// Images whose header announces more pixels than this are rejected before decoding.
     pub max_decoded_pixels: u64,
+    /// Which Pillow release's resize to reproduce (they differ by a level here and there).
+    pub pass_order: PassOrder,
 }
 
 impl ImageProcessor {
@@ -291,7 +300,16 @@ impl ImageProcessor {
         ImageProcessor {
             config,
             max_decoded_pixels: DEFAULT_MAX_DECODED_PIXELS,
+            pass_order: PassOrder::default(),
         }
+    }
+
+    /// The processor of a model directory: its `preprocessor_config.json` (hub values when
+    /// absent), checked against the model's patch size and merge.
+    pub fn from_model_dir(dir: impl AsRef<std::path::Path>, model: &ModelConfig) -> Result<Self> {
+        let config = ProcessorConfig::from_dir(dir)?;
+        config.check_model(model)?;
+        Ok(Self::new(config))
     }
 
     pub fn with_max_decoded_pixels(mut self, limit: u64) -> Self {
@@ -332,7 +350,7 @@ impl ImageProcessor {
             }
             return Ok(img.clone());
         }
-        let data = resize_bicubic(&img.data, img.width, img.height, 3, w, h);
+        let data = resize_bicubic_with_order(&img.data, img.width, img.height, 3, w, h, self.pass_order);
         Ok(Rgb8Image {
             width: w,
             height: h,

@@ -1,11 +1,13 @@
 //! Host-side preprocessing: everything between a user's request (image bytes and a task) and
 //! the tensors the model consumes (MODEL_SPEC §3.8, §3.9, §5, §6).
 //!
-//! - [`image`]: decode any supported format to RGB8 (alpha composited on white), `smart_resize`,
-//!   the PIL-exact bicubic resize ([`resample`]), rescale and normalise, patchify.
-//! - [`processor_config`]: `preprocessor_config.json`.
-//! - [`prompt`]: `tokenizer.json`, the chat template, the task prompts and placeholder expansion.
-//! - [`mrope`]: the 3-D M-RoPE position ids and `rope_delta` of one sequence.
+//! - [`image`] decodes any supported format to RGB8 (alpha composited on white), computes
+//!   `smart_resize`, resizes with the PIL-exact bicubic of [`resample`], rescales, normalises
+//!   and patchifies.
+//! - [`processor_config`] reads `preprocessor_config.json`.
+//! - [`prompt`] loads `tokenizer.json` and the chat template, renders the task prompts and
+//!   expands the image placeholders.
+//! - [`mrope`] computes the 3-D M-RoPE position ids and `rope_delta` of one sequence.
 //!
 //! Everything here is plain CPU code with no CUDA dependency, so it is tested in CI.
 
@@ -21,7 +23,7 @@ pub use self::image::{
 pub use mrope::{decode_position, mrope_positions, MropePositions};
 pub use processor_config::ProcessorConfig;
 pub use prompt::{Prompt, PromptBuilder, Task};
-pub use resample::resize_bicubic;
+pub use resample::{resize_bicubic, resize_bicubic_with_order, PassOrder};
 
 use std::path::PathBuf;
 

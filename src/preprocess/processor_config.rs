@@ -190,7 +190,10 @@ impl ProcessorConfig {
             return Err(invalid(
                 origin,
                 "patch_size",
-                format!("is {} but vision_config.patch_size is {}", self.patch_size, model.vision.patch_size),
+                format!(
+                    "is {} but vision_config.patch_size is {}",
+                    self.patch_size, model.vision.patch_size
+                ),
             ));
         }
         if self.merge_size != model.vision.spatial_merge_size {
@@ -207,7 +210,10 @@ impl ProcessorConfig {
             return Err(invalid(
                 origin,
                 "num_channels",
-                format!("is {} in vision_config; preprocessing produces RGB", model.vision.num_channels),
+                format!(
+                    "is {} in vision_config; preprocessing produces RGB",
+                    model.vision.num_channels
+                ),
             ));
         }
         Ok(())
@@ -240,7 +246,10 @@ impl Fields<'_> {
     fn u64(&self, key: &str) -> Result<Option<u64>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v.as_u64().map(Some).ok_or_else(|| self.wrong(key, "a non-negative integer", v)),
+            Some(v) => v
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| self.wrong(key, "a non-negative integer", v)),
         }
     }
 

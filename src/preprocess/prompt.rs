@@ -156,19 +156,21 @@ impl PromptBuilder {
 
         let tok_config = read_optional(&dir.join("tokenizer_config.json"))?;
         let tok_config: Option<Value> = match tok_config {
-            Some(text) => Some(
-                serde_json::from_str(&text).map_err(|e| PreprocessError::Tokenizer {
-                    origin: dir.join("tokenizer_config.json").display().to_string(),
-                    message: format!("not valid JSON: {e}"),
-                })?,
-            ),
+            Some(text) => Some(serde_json::from_str(&text).map_err(|e| PreprocessError::Tokenizer {
+                origin: dir.join("tokenizer_config.json").display().to_string(),
+                message: format!("not valid JSON: {e}"),
+            })?),
             None => None,
         };
 
         let jinja_path = dir.join("chat_template.jinja");
         let (template, template_origin) = match read_optional(&jinja_path)? {
             Some(text) => (text, jinja_path.display().to_string()),
-            None => match tok_config.as_ref().and_then(|c| c.get("chat_template")).and_then(Value::as_str) {
+            None => match tok_config
+                .as_ref()
+                .and_then(|c| c.get("chat_template"))
+                .and_then(Value::as_str)
+            {
                 Some(text) => (
                     text.to_string(),
                     format!("{}: chat_template", dir.join("tokenizer_config.json").display()),
@@ -188,7 +190,10 @@ impl PromptBuilder {
     pub fn new(tokenizer: Tokenizer, chat_template: Option<String>, model: &ModelConfig) -> Result<Self> {
         let (template, origin) = match chat_template {
             Some(t) => (t, "given template".to_string()),
-            None => (DEFAULT_CHAT_TEMPLATE.to_string(), "built-in (MODEL_SPEC §6.3)".to_string()),
+            None => (
+                DEFAULT_CHAT_TEMPLATE.to_string(),
+                "built-in (MODEL_SPEC §6.3)".to_string(),
+            ),
         };
         Self::with_origins(tokenizer, "given tokenizer".into(), template, origin, model)
     }
@@ -214,9 +219,12 @@ impl PromptBuilder {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
-        env.add_function("raise_exception", |message: String| -> std::result::Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, message))
-        });
+        env.add_function(
+            "raise_exception",
+            |message: String| -> std::result::Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, message))
+            },
+        );
         env.add_template_owned(TEMPLATE_NAME, template)
             .map_err(|e| PreprocessError::ChatTemplate {
                 origin: template_origin.clone(),
@@ -246,7 +254,10 @@ impl PromptBuilder {
         let mut ctx = self.template_tokens.clone();
         ctx.insert("messages".into(), json!([{"role": "user", "content": content}]));
         ctx.insert("add_generation_prompt".into(), Value::Bool(true));
-        let template = self.env.get_template(TEMPLATE_NAME).map_err(|e| self.template_error(e))?;
+        let template = self
+            .env
+            .get_template(TEMPLATE_NAME)
+            .map_err(|e| self.template_error(e))?;
         template.render(Value::Object(ctx)).map_err(|e| self.template_error(e))
     }
 
@@ -277,8 +288,8 @@ impl PromptBuilder {
             });
         }
 
-        let expanded_len = short_ids.len() - grids.len()
-            + grids.iter().map(|g| g.num_merged_tokens(self.merge)).sum::<usize>();
+        let expanded_len =
+            short_ids.len() - grids.len() + grids.iter().map(|g| g.num_merged_tokens(self.merge)).sum::<usize>();
         let mut ids = Vec::with_capacity(expanded_len);
         let mut image_spans = Vec::with_capacity(grids.len());
         let mut next = grids.iter();
@@ -330,8 +341,14 @@ fn check_special_token(tokenizer: &Tokenizer, origin: &str, role: &'static str, 
     let Some(token) = tokenizer.id_to_token(id) else {
         return Err(mismatch("the tokenizer has no token with that id".into()));
     };
-    if !tokenizer.get_added_vocabulary().get_added_tokens_decoder().contains_key(&id) {
-        return Err(mismatch(format!("in the tokenizer it is the ordinary token {token:?}, not an added token")));
+    if !tokenizer
+        .get_added_vocabulary()
+        .get_added_tokens_decoder()
+        .contains_key(&id)
+    {
+        return Err(mismatch(format!(
+            "in the tokenizer it is the ordinary token {token:?}, not an added token"
+        )));
     }
     match tokenizer.token_to_id(&token) {
         Some(back) if back == id => Ok(()),

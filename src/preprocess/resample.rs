@@ -14,14 +14,18 @@
 //!    at the borders, where taps were clipped).
 //! 2. The weights become fixed point with 22 fractional bits (`32 - 8 - 2`: 8 bits of pixel,
 //!    2 of headroom for kernels whose partial sums leave [0, 1]), rounded half away from zero.
-//! 3. Two separable passes, horizontal first. Each output sample is
-//!    `clamp((2^21 + Σ pixel · weight) >> 22, 0, 255)`: round half up, then clip. The horizontal
-//!    pass writes **uint8** rows (this intermediate rounding is part of PIL's result), and only
-//!    for the source rows the vertical pass will read. A pass whose size does not change is
-//!    skipped.
+//! 3. Two separable passes. Each output sample is
+//!    `clamp((2^21 + Σ pixel · weight) >> 22, 0, 255)`: round half up, then clip. The first
+//!    pass writes **uint8** rows (this intermediate rounding is part of PIL's result), so
+//!    the order matters: horizontal first (over only the source rows the vertical pass will
+//!    read), except that Pillow 13 runs the vertical pass first when the height shrinks by more
+//!    than twice as many pixels as the width ([`PassOrder`]). A pass whose size does not change
+//!    is skipped.
 //!
 //! Only the arithmetic of the 8-bit path is reproduced; the 16-bit and float paths of Pillow are
 //! not needed because images are converted to RGB8 first.
+
+use std::ops::Range;
 
 /// Bits of fraction in the fixed-point weights (Pillow's `PRECISION_BITS`).
 const PRECISION_BITS: u32 = 32 - 8 - 2;
@@ -116,43 +120,101 @@ fn clip8(acc: i32) -> u8 {
     (acc >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
+/// Which Pillow release's choice of pass order to reproduce. The two orders round the
+/// intermediate image differently, so they differ by a level here and there.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum PassOrder {
+    /// Pillow 13 and later: the vertical pass runs first when the height loses more than twice
+    /// as many pixels as the width does (`in_h - out_h > 2 * (in_w - out_w)`, height shrinking);
+    /// otherwise horizontal first.
+    #[default]
+    Pillow13,
+    /// Pillow 12 and earlier: always horizontal first.
+    Pillow12,
+}
+
+impl PassOrder {
+    fn vertical_first(self, in_w: usize, in_h: usize, out_w: usize, out_h: usize) -> bool {
+        let shrink_h = in_h as i64 - out_h as i64;
+        let shrink_w = in_w as i64 - out_w as i64;
+        self == PassOrder::Pillow13 && shrink_h > 0 && shrink_h > 2 * shrink_w
+    }
+}
+
 /// Resizes an interleaved 8-bit image with `channels` samples per pixel (1 to 4) from
-/// `in_w`×`in_h` to `out_w`×`out_h` exactly as Pillow's BICUBIC resize.
+/// `in_w`×`in_h` to `out_w`×`out_h` exactly as the current Pillow's BICUBIC resize.
 ///
 /// Panics when the buffer length does not match the sizes or a size is zero: callers own
 /// the validation (decoding checks for empty images).
 pub fn resize_bicubic(src: &[u8], in_w: usize, in_h: usize, channels: usize, out_w: usize, out_h: usize) -> Vec<u8> {
-    assert!((1..=4).contains(&channels), "resize_bicubic: {channels} channels (1 to 4 supported)");
-    assert!(in_w > 0 && in_h > 0 && out_w > 0 && out_h > 0, "resize_bicubic: empty image");
+    resize_bicubic_with_order(src, in_w, in_h, channels, out_w, out_h, PassOrder::default())
+}
+
+/// [`resize_bicubic`] reproducing a chosen Pillow release's pass order.
+pub fn resize_bicubic_with_order(
+    src: &[u8],
+    in_w: usize,
+    in_h: usize,
+    channels: usize,
+    out_w: usize,
+    out_h: usize,
+    order: PassOrder,
+) -> Vec<u8> {
+    assert!(
+        (1..=4).contains(&channels),
+        "resize_bicubic: {channels} channels (1 to 4 supported)"
+    );
+    assert!(
+        in_w > 0 && in_h > 0 && out_w > 0 && out_h > 0,
+        "resize_bicubic: empty image"
+    );
     assert_eq!(src.len(), in_w * in_h * channels, "resize_bicubic: buffer size");
+    let vertical_first = order.vertical_first(in_w, in_h, out_w, out_h);
     match channels {
-        1 => resize_channels::<1>(src, in_w, in_h, out_w, out_h),
-        2 => resize_channels::<2>(src, in_w, in_h, out_w, out_h),
-        3 => resize_channels::<3>(src, in_w, in_h, out_w, out_h),
-        _ => resize_channels::<4>(src, in_w, in_h, out_w, out_h),
+        1 => resize_channels::<1>(src, in_w, in_h, out_w, out_h, vertical_first),
+        2 => resize_channels::<2>(src, in_w, in_h, out_w, out_h, vertical_first),
+        3 => resize_channels::<3>(src, in_w, in_h, out_w, out_h, vertical_first),
+        _ => resize_channels::<4>(src, in_w, in_h, out_w, out_h, vertical_first),
     }
 }
 
-fn resize_channels<const C: usize>(src: &[u8], in_w: usize, in_h: usize, out_w: usize, out_h: usize) -> Vec<u8> {
+fn resize_channels<const C: usize>(
+    src: &[u8],
+    in_w: usize,
+    in_h: usize,
+    out_w: usize,
+    out_h: usize,
+    vertical_first: bool,
+) -> Vec<u8> {
     let need_horizontal = out_w != in_w;
     let need_vertical = out_h != in_h;
-    if !need_horizontal && !need_vertical {
-        return src.to_vec();
+    match (need_horizontal, need_vertical) {
+        (false, false) => src.to_vec(),
+        (false, true) => vertical_pass::<C>(src, in_w, &AxisTaps::new(in_h, out_h), 0, out_h),
+        (true, false) => horizontal_pass::<C>(src, in_w, &AxisTaps::new(in_w, out_w), 0..in_h),
+        (true, true) if vertical_first => {
+            let rows = vertical_pass::<C>(src, in_w, &AxisTaps::new(in_h, out_h), 0, out_h);
+            horizontal_pass::<C>(&rows, in_w, &AxisTaps::new(in_w, out_w), 0..out_h)
+        }
+        (true, true) => {
+            // Only the source rows some output row reads go through the horizontal pass.
+            let vertical = AxisTaps::new(in_h, out_h);
+            let row_first = vertical.first[0];
+            let row_last = vertical.first[out_h - 1] + vertical.count[out_h - 1];
+            let rows = horizontal_pass::<C>(src, in_w, &AxisTaps::new(in_w, out_w), row_first..row_last);
+            vertical_pass::<C>(&rows, out_w, &vertical, row_first, out_h)
+        }
     }
-    let vertical = AxisTaps::new(in_h, out_h);
-    if !need_horizontal {
-        return vertical_pass::<C>(src, in_w, &vertical, 0, out_h);
-    }
+}
 
-    // Only the source rows some output row reads go through the horizontal pass.
-    let row_first = vertical.first[0];
-    let row_last = vertical.first[out_h - 1] + vertical.count[out_h - 1];
-    let horizontal = AxisTaps::new(in_w, out_w);
-    let mut rows = vec![0u8; (row_last - row_first) * out_w * C];
-    for (r, out_row) in rows.chunks_exact_mut(out_w * C).enumerate() {
-        let in_row = &src[(row_first + r) * in_w * C..(row_first + r + 1) * in_w * C];
+/// The horizontal pass over rows `rows` of `src` (width `in_w`): one output row per row.
+fn horizontal_pass<const C: usize>(src: &[u8], in_w: usize, taps: &AxisTaps, rows: Range<usize>) -> Vec<u8> {
+    let out_w = taps.first.len();
+    let mut out = vec![0u8; rows.len() * out_w * C];
+    for (out_row, r) in out.chunks_exact_mut(out_w * C).zip(rows) {
+        let in_row = &src[r * in_w * C..(r + 1) * in_w * C];
         for (x, out_px) in out_row.chunks_exact_mut(C).enumerate() {
-            let (lo, weights) = horizontal.taps(x);
+            let (lo, weights) = taps.taps(x);
             let mut acc = [HALF; C];
             for (i, &w) in weights.iter().enumerate() {
                 let px = &in_row[(lo + i) * C..(lo + i + 1) * C];
@@ -165,10 +227,7 @@ fn resize_channels<const C: usize>(src: &[u8], in_w: usize, in_h: usize, out_w: 
             }
         }
     }
-    if !need_vertical {
-        return rows;
-    }
-    vertical_pass::<C>(&rows, out_w, &vertical, row_first, out_h)
+    out
 }
 
 /// The vertical pass over `src` (width `w`), whose row 0 is source row `row_offset`.
@@ -222,7 +281,10 @@ mod tests {
             for x in 0..o {
                 let (_, w) = taps.taps(x);
                 let sum: i32 = w.iter().sum();
-                assert!((sum - (1 << PRECISION_BITS)).abs() <= w.len() as i32, "{i}->{o} at {x}: {sum}");
+                assert!(
+                    (sum - (1 << PRECISION_BITS)).abs() <= w.len() as i32,
+                    "{i}->{o} at {x}: {sum}"
+                );
             }
         }
     }

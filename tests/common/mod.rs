@@ -49,3 +49,4 @@ pub fn to_f64<T: Copy + Into<f64>>(v: &[T]) -> Vec<f64> {
 pub fn bf16_to_f64(v: &[bf16]) -> Vec<f64> {
     v.iter().map(|x| x.to_f64()).collect()
 }
+pub mod ref_model;

@@ -26,10 +26,7 @@ pub fn attention_rows(a: &SeqInputs<'_>, rows: &[usize]) -> (Vec<f64>, Vec<f64>)
     assert_eq!(a.q.len(), a.q_len * a.hq * a.d);
     assert_eq!(a.k.len(), a.k_len * a.hkv * a.d);
     assert_eq!(a.v.len(), a.k_len * a.hkv * a.d);
-    let pairs: Vec<(usize, usize)> = rows
-        .iter()
-        .flat_map(|&r| (0..a.hq).map(move |h| (r, h)))
-        .collect();
+    let pairs: Vec<(usize, usize)> = rows.iter().flat_map(|&r| (0..a.hq).map(move |h| (r, h))).collect();
     let threads = std::thread::available_parallelism().map_or(4, |t| t.get()).min(16);
     let chunk = pairs.len().div_ceil(threads).max(1);
     let results: Vec<(Vec<f64>, f64)> = std::thread::scope(|s| {

@@ -16,8 +16,8 @@
 
 use half::bf16;
 use ocrvl::kernels::attention::{
-    prefill_paged, prefill_paged_with, vision_varlen, vision_varlen_tile, PagedKv, PrefillOptions, Varlen,
-    VisionQkv, VisionTile,
+    prefill_paged, prefill_paged_with, vision_varlen, vision_varlen_tile, PagedKv, PrefillOptions, Varlen, VisionQkv,
+    VisionTile,
 };
 use ocrvl::runtime::{DType, DeviceTensor, Gpu};
 use ocrvl::sys::OcrvlStatus;
@@ -165,7 +165,11 @@ impl Pool {
     /// The table rows of sequences `seqs`, in that order.
     fn rows(&self, seqs: &[usize]) -> Vec<i32> {
         seqs.iter()
-            .flat_map(|&s| self.tables[s * self.max_blocks..(s + 1) * self.max_blocks].iter().copied())
+            .flat_map(|&s| {
+                self.tables[s * self.max_blocks..(s + 1) * self.max_blocks]
+                    .iter()
+                    .copied()
+            })
             .collect()
     }
 }
@@ -270,7 +274,11 @@ fn check_text(label: &str, b: &TextBatch, run: &TextRun, causal: bool) {
         let (want, want_lse) = attention_rows(&inputs, &rows);
         let got: Vec<f64> = rows
             .iter()
-            .flat_map(|&r| run.out[(q0 + r) * Q_COLS..(q0 + r + 1) * Q_COLS].iter().map(|x| x.to_f64()))
+            .flat_map(|&r| {
+                run.out[(q0 + r) * Q_COLS..(q0 + r + 1) * Q_COLS]
+                    .iter()
+                    .map(|x| x.to_f64())
+            })
             .collect();
         let what = format!("{label}: seq {s} (q_len {ql}, keys {kl})");
         assert_close(&what, &got, &want, 2e-2 * rms(&want), BF16_RTOL);
@@ -343,7 +351,11 @@ fn prefill_peaked_softmax_matches_reference() {
     // steps between tiles and most probabilities underflow.
     let g = gpu();
     let mut r = rng(0xA77E_0003);
-    let b = TextBatch::new(&mut r, &[(128, 128), (1000, 1000), (17, 300), (1, 5000), (300, 4000)], 24.0);
+    let b = TextBatch::new(
+        &mut r,
+        &[(128, 128), (1000, 1000), (17, 300), (1, 5000), (300, 4000)],
+        24.0,
+    );
     let pool = Pool::new(&mut r, &b, 64);
     let run = run_text(&g, &b, &pool, &pool.tables, causal(), true);
     check_text("peaked softmax", &b, &run, true);
@@ -515,7 +527,13 @@ fn check_vision(label: &str, b: &VisionBatch, got: &[bf16]) {
             .iter()
             .flat_map(|&r| got[(t0 + r) * V_COLS..(t0 + r + 1) * V_COLS].iter().map(|x| x.to_f64()))
             .collect();
-        assert_close(&format!("{label}: image {i} ({n} patches)"), &g, &want, 2e-2 * rms(&want), BF16_RTOL);
+        assert_close(
+            &format!("{label}: image {i} ({n} patches)"),
+            &g,
+            &want,
+            2e-2 * rms(&want),
+            BF16_RTOL,
+        );
         t0 += n;
     }
 }
@@ -550,7 +568,10 @@ fn vision_mixed_batch_matches_reference_and_single_runs() {
             let one = run_vision(&g, &b.single(i), tile);
             let want = &got[t0 * V_COLS..(t0 + n) * V_COLS];
             let same = one.iter().zip(want).all(|(x, y)| x.to_bits() == y.to_bits());
-            assert!(same, "{tile:?} image {i} ({n} patches): single run differs from the batch");
+            assert!(
+                same,
+                "{tile:?} image {i} ({n} patches): single run differs from the batch"
+            );
             t0 += n;
         }
     }

@@ -7,6 +7,7 @@ mod common;
 
 mod cast;
 mod gemm;
+mod model;
 mod norm;
 mod rope;
 mod kv_cache;

@@ -1,0 +1,199 @@
+//! The ERNIE-4.5-0.3B decoder on the GPU (MODEL_SPEC.md §3.8–§3.11), one engine step over a
+//! flat batch of tokens: first the decode tokens (one per decoding sequence), then the prefill
+//! chunks (a run of tokens per sequence). K/V go to the block-paged cache before attention; the
+//! decode tokens use the paged decode kernel and the chunks the paged prefill kernel, so one
+//! step mixes both.
+//!
+//! Per layer (pre-norm, residual stream `res` in bf16):
+//! ```text
+//! qkv = y·Wqkvᵀ                          one GEMM               [T, 2048+256+256]
+//! mrope(q, k); write_kv(k, v → cache)
+//! o   = attention(q, cache)              decode | prefill       [T, 2048]
+//! d   = o·Woᵀ
+//! y   = rmsnorm(res += d, post_ln)       fused add + RMSNorm
+//! a   = silu(g) * u,  [g|u] = y·Wguᵀ     one GEMM + silu_mul    [T, 3072]
+//! d   = a·Wdᵀ
+//! y   = rmsnorm(res += d, next in_ln)    or the final norm after the last layer
+//! ```
+//! Then the rows that need logits are gathered and multiplied by lm_head into f32 logits.
+
+use super::gpu_weights::ModelWeights;
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::kernels::attention::{prefill_paged, PagedKv, Varlen};
+use crate::kernels::decode::{self, decode_paged};
+use crate::kernels::elementwise::silu_mul;
+use crate::kernels::embedding::{embedding_gather, scatter_rows};
+use crate::kernels::kv_cache::write_kv;
+use crate::kernels::norm::{rmsnorm, rmsnorm_add};
+use crate::kernels::rope::mrope;
+use crate::runtime::{DType, DeviceTensor, Epilogue, Gemm, Gpu, TensorView, TensorViewMut, Workspace};
+
+use super::vision::reborrow;
+
+/// The block-paged KV cache of every layer: K and V each
+/// `[num_blocks, num_kv_heads, block_size, head_dim]` bf16 (layout in kernels/include/kv_cache.h).
+pub struct KvCache {
+    pub k: Vec<DeviceTensor>,
+    pub v: Vec<DeviceTensor>,
+    pub num_blocks: usize,
+    pub block_size: usize,
+}
+
+impl KvCache {
+    pub fn new(gpu: &Gpu, cfg: &ModelConfig, num_blocks: usize, block_size: usize) -> Result<KvCache> {
+        let t = &cfg.text;
+        let dims = [num_blocks, t.num_key_value_heads, block_size, t.head_dim];
+        let mut k = Vec::with_capacity(t.num_hidden_layers);
+        let mut v = Vec::with_capacity(t.num_hidden_layers);
+        for _ in 0..t.num_hidden_layers {
+            k.push(DeviceTensor::alloc(gpu, DType::BF16, &dims)?);
+            v.push(DeviceTensor::alloc(gpu, DType::BF16, &dims)?);
+        }
+        Ok(KvCache { k, v, num_blocks, block_size })
+    }
+
+    /// Bytes one block takes over all layers, K and V.
+    pub fn bytes_per_block(cfg: &ModelConfig, block_size: usize) -> usize {
+        let t = &cfg.text;
+        2 * t.num_hidden_layers * t.num_key_value_heads * block_size * t.head_dim * 2
+    }
+}
+
+/// Device views of one step's inputs, built and uploaded by the caller (the engine).
+pub struct StepInputs<'a> {
+    /// i32 [T]: token ids; image placeholder rows are overwritten by `image_rows`.
+    pub ids: TensorView<'a>,
+    /// i32 [3, T]: M-RoPE positions (T, H, W rows).
+    pub positions: TensorView<'a>,
+    /// i32 [T]: cache slot of each token.
+    pub slot_mapping: TensorView<'a>,
+    /// The first `num_decode` tokens are single decode tokens of `num_decode` sequences.
+    pub num_decode: usize,
+    /// i32 [num_decode, max_blocks]; i32 [num_decode] keys per sequence (the new one included).
+    pub decode_block_tables: Option<TensorView<'a>>,
+    pub decode_seq_lens: Option<TensorView<'a>>,
+    pub decode_max_len: usize,
+    /// Prefill chunks over tokens `num_decode..T`: i32 [num_prefill + 1] offsets relative to
+    /// `num_decode`, i32 [num_prefill, max_blocks], i32 [num_prefill] keys per sequence.
+    pub prefill_cu_seqlens: Option<TensorView<'a>>,
+    pub prefill_max_q: usize,
+    pub prefill_block_tables: Option<TensorView<'a>>,
+    pub prefill_seqused_k: Option<TensorView<'a>>,
+    /// Image tokens to place: i32 [n] rows of the batch, bf16 [n, hidden] features.
+    pub image_rows: Option<(TensorView<'a>, TensorView<'a>)>,
+    /// i32 [S]: the rows whose logits are wanted, in output order.
+    pub logits_rows: TensorView<'a>,
+}
+
+/// Bytes of workspace [`forward`] needs for `tokens` tokens and `logit_rows` logits rows.
+pub fn workspace_bytes(cfg: &ModelConfig, tokens: usize, logit_rows: usize, decode_seqs: usize) -> usize {
+    let t = &cfg.text;
+    let qkv = t.q_width() + 2 * t.kv_width();
+    let elems = tokens * (t.hidden_size * 3 + qkv + t.q_width() + 3 * t.intermediate_size) + logit_rows * t.hidden_size;
+    let decode_ws = decode::decode_workspace_bytes(decode_seqs.max(1), t.num_attention_heads, t.head_dim, decode::MAX_SPLITS);
+    elems * 2 + logit_rows * t.vocab_size * 4 + decode_ws + 16 * 256
+}
+
+/// One decoder step: writes f32 logits [S, vocab] for `inputs.logits_rows` into `logits`.
+/// `embed_error`: i32 [1], set to an out-of-range token id if the batch had one (checked by
+/// the caller with `take_embedding_error`).
+#[allow(clippy::too_many_arguments)]
+pub fn forward(
+    gpu: &Gpu,
+    gemm: &mut Gemm,
+    ws: &Workspace,
+    cfg: &ModelConfig,
+    w: &ModelWeights,
+    cache: &mut KvCache,
+    inputs: &StepInputs<'_>,
+    embed_error: &mut TensorViewMut<'_>,
+    logits: &mut TensorViewMut<'_>,
+) -> Result<()> {
+    const OP: &str = "text forward";
+    let t = &cfg.text;
+    let (hidden, hd) = (t.hidden_size, t.head_dim);
+    let (qw, kvw) = (t.q_width(), t.kv_width());
+    let tokens = inputs.ids.numel();
+    let s = inputs.logits_rows.numel();
+    logits.expect(OP, "logits", DType::F32, &[s, t.vocab_size])?;
+    if tokens == 0 {
+        return Err(Error::invalid(OP, "a step with no tokens"));
+    }
+    if inputs.num_decode > tokens {
+        return Err(Error::invalid(OP, format!("{} decode tokens in a batch of {tokens}", inputs.num_decode)));
+    }
+    let eps = t.rms_norm_eps as f32;
+    let sections = t.mrope_section.map(|v| v as u32);
+    let scale = 1.0 / (hd as f32).sqrt();
+
+    let mut res = ws.alloc(DType::BF16, &[tokens, hidden])?;
+    embedding_gather(gpu, &mut res, &w.embed.view(), &inputs.ids, embed_error)?;
+    if let Some((rows, feats)) = &inputs.image_rows {
+        scatter_rows(gpu, &mut res, feats, rows)?;
+    }
+    let mut y = ws.alloc(DType::BF16, &[tokens, hidden])?;
+    let mut qkv = ws.alloc(DType::BF16, &[tokens, qw + 2 * kvw])?;
+    let mut o = ws.alloc(DType::BF16, &[tokens, qw])?;
+    let mut delta = ws.alloc(DType::BF16, &[tokens, hidden])?;
+    let mut gate_up = ws.alloc(DType::BF16, &[tokens, 2 * t.intermediate_size])?;
+    let mut act = ws.alloc(DType::BF16, &[tokens, t.intermediate_size])?;
+    let nd = inputs.num_decode;
+    let decode_ws_bytes = if nd > 0 {
+        decode::decode_workspace_bytes(nd, t.num_attention_heads, hd, decode::MAX_SPLITS)
+    } else {
+        0
+    };
+    let mut decode_ws = ws.alloc(DType::F32, &[decode_ws_bytes.div_ceil(4).max(1)])?;
+
+    rmsnorm(gpu, &mut y, &res.as_view(), &w.text[0].input_ln.view(), eps)?;
+    for (l, lw) in w.text.iter().enumerate() {
+        gemm.matmul(gpu, &mut qkv, &y.as_view(), &lw.qkv_w.view(), None, Epilogue::None, false)?;
+        {
+            let [mut q, mut k, v] = reborrow(&mut qkv).split_columns([qw, kvw, kvw])?;
+            mrope(gpu, &mut q, &mut k, &inputs.positions, hd, sections, t.rope_theta as f32)?;
+            let (kc, vc) = (&mut cache.k[l], &mut cache.v[l]);
+            write_kv(gpu, &mut kc.view_mut(), &mut vc.view_mut(), &k.as_view(), &v.as_view(), &inputs.slot_mapping)?;
+        }
+        let q_all = qkv.as_view().columns(0, qw)?;
+        if nd > 0 {
+            let kv = decode::PagedKv {
+                k_cache: cache.k[l].view(),
+                v_cache: cache.v[l].view(),
+                block_tables: inputs.decode_block_tables.ok_or_else(|| Error::invalid(OP, "decode tokens without block tables"))?,
+                seq_lens: inputs.decode_seq_lens.ok_or_else(|| Error::invalid(OP, "decode tokens without seq lens"))?,
+                max_seq_len: inputs.decode_max_len,
+            };
+            let mut o_dec = reborrow(&mut o).narrow0(0, nd)?;
+            decode_paged(gpu, &mut o_dec, &q_all.narrow0(0, nd)?, &kv, scale, None, Some(&mut reborrow(&mut decode_ws)))?;
+        }
+        if nd < tokens {
+            let kv = PagedKv {
+                k_cache: cache.k[l].view(),
+                v_cache: cache.v[l].view(),
+                block_tables: inputs.prefill_block_tables.ok_or_else(|| Error::invalid(OP, "prefill without block tables"))?,
+                seqused_k: inputs.prefill_seqused_k.ok_or_else(|| Error::invalid(OP, "prefill without seqused_k"))?,
+            };
+            let queries = Varlen {
+                cu_seqlens: inputs.prefill_cu_seqlens.ok_or_else(|| Error::invalid(OP, "prefill without cu_seqlens"))?,
+                max_seqlen: inputs.prefill_max_q,
+            };
+            let mut o_pre = reborrow(&mut o).narrow0(nd, tokens - nd)?;
+            prefill_paged(gpu, &mut o_pre, &q_all.narrow0(nd, tokens - nd)?, &queries, &kv, scale)?;
+        }
+        gemm.matmul(gpu, &mut delta, &o.as_view(), &lw.o_w.view(), None, Epilogue::None, false)?;
+        rmsnorm_add(gpu, &mut y, &delta.as_view(), &mut res, &lw.post_ln.view(), eps)?;
+        gemm.matmul(gpu, &mut gate_up, &y.as_view(), &lw.gate_up_w.view(), None, Epilogue::None, false)?;
+        silu_mul(gpu, &mut act, &gate_up.as_view())?;
+        gemm.matmul(gpu, &mut delta, &act.as_view(), &lw.down_w.view(), None, Epilogue::None, false)?;
+        let next_norm = w.text.get(l + 1).map_or(&w.norm, |n| &n.input_ln);
+        rmsnorm_add(gpu, &mut y, &delta.as_view(), &mut res, &next_norm.view(), eps)?;
+    }
+
+    // Only the rows that need logits go through lm_head (the last token of each sequence).
+    let mut last = ws.alloc(DType::BF16, &[s, hidden])?;
+    let mut gather_error = ws.alloc(DType::I32, &[1])?;
+    gather_error.fill_bytes(gpu, 0)?;
+    embedding_gather(gpu, &mut last, &y.as_view(), &inputs.logits_rows, &mut gather_error)?;
+    gemm.matmul(gpu, logits, &last.as_view(), &w.lm_head(), None, Epilogue::None, false)
+}
