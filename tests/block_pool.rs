@@ -107,8 +107,14 @@ fn register_keeps_the_first_block_for_a_hash() {
     let mut pool = BlockPool::new(2);
     let (a, b) = (pool.allocate().unwrap(), pool.allocate().unwrap());
     assert!(pool.register(a, BlockHash(7)));
-    assert!(pool.register(a, BlockHash(7)), "re-registering the same hash is a no-op");
-    assert!(!pool.register(b, BlockHash(7)), "a second block with the same content stays unregistered");
+    assert!(
+        pool.register(a, BlockHash(7)),
+        "re-registering the same hash is a no-op"
+    );
+    assert!(
+        !pool.register(b, BlockHash(7)),
+        "a second block with the same content stays unregistered"
+    );
     assert_eq!(pool.block_hash(b), None);
     assert_eq!(pool.num_cached(), 1);
     check(&pool);
@@ -135,7 +141,11 @@ fn random_operations_keep_invariants() {
             match rng.random_range(0..4) {
                 0 => match pool.allocate() {
                     Some(b) => {
-                        assert_eq!(model_refs.get(&b).copied().unwrap_or(0), 0, "seed {seed} op {op}: used block reallocated");
+                        assert_eq!(
+                            model_refs.get(&b).copied().unwrap_or(0),
+                            0,
+                            "seed {seed} op {op}: used block reallocated"
+                        );
                         assert_eq!(pool.block_hash(b), None);
                         model_refs.insert(b, 1);
                         held.push(b);

@@ -19,7 +19,10 @@ fn philox_matches_the_papers_known_answers() {
         [0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd]
     );
     assert_eq!(
-        rs::philox4x32_10([0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344], [0xa4093822, 0x299f31d0]),
+        rs::philox4x32_10(
+            [0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344],
+            [0xa4093822, 0x299f31d0]
+        ),
         [0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1]
     );
 }
@@ -29,22 +32,56 @@ fn params_are_checked_like_the_kernel_does() {
     assert!(SamplingParams::default().validate().is_ok());
     assert!(SamplingParams::greedy().validate().is_ok());
     let bad = [
-        SamplingParams { temperature: -0.1, ..Default::default() },
-        SamplingParams { temperature: f32::INFINITY, ..Default::default() },
-        SamplingParams { top_k: -1, ..Default::default() },
-        SamplingParams { top_p: 0.0, ..Default::default() },
-        SamplingParams { top_p: f32::NAN, ..Default::default() },
-        SamplingParams { repetition_penalty: 0.0, ..Default::default() },
-        SamplingParams { frequency_penalty: f32::NAN, ..Default::default() },
-        SamplingParams { presence_penalty: f32::NEG_INFINITY, ..Default::default() },
+        SamplingParams {
+            temperature: -0.1,
+            ..Default::default()
+        },
+        SamplingParams {
+            temperature: f32::INFINITY,
+            ..Default::default()
+        },
+        SamplingParams {
+            top_k: -1,
+            ..Default::default()
+        },
+        SamplingParams {
+            top_p: 0.0,
+            ..Default::default()
+        },
+        SamplingParams {
+            top_p: f32::NAN,
+            ..Default::default()
+        },
+        SamplingParams {
+            repetition_penalty: 0.0,
+            ..Default::default()
+        },
+        SamplingParams {
+            frequency_penalty: f32::NAN,
+            ..Default::default()
+        },
+        SamplingParams {
+            presence_penalty: f32::NEG_INFINITY,
+            ..Default::default()
+        },
     ];
     for p in bad {
         assert!(p.validate().is_err(), "{p:?} should be rejected");
     }
     // top_p above 1 and top_k above the vocab mean "off", not an error.
-    assert!(SamplingParams { top_p: 1.5, top_k: 1 << 20, ..Default::default() }.validate().is_ok());
+    assert!(SamplingParams {
+        top_p: 1.5,
+        top_k: 1 << 20,
+        ..Default::default()
+    }
+    .validate()
+    .is_ok());
     assert!(!SamplingParams::default().has_penalties());
-    assert!(SamplingParams { presence_penalty: 0.5, ..Default::default() }.has_penalties());
+    assert!(SamplingParams {
+        presence_penalty: 0.5,
+        ..Default::default()
+    }
+    .has_penalties());
 }
 
 #[test]

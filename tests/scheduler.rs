@@ -3,7 +3,8 @@
 //! spans and the encoder budget; and a randomized soak against a fake model that checks the
 //! KV bookkeeping token by token.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::Range;
 
 use ocrvl::engine::{
     AdmissionError, FinishReason, ImageSpan, Scheduler, SchedulerConfig, SchedulerOutput, Sequence, StopConditions,
@@ -47,11 +48,18 @@ fn fake_token(id: u64, position: usize) -> u32 {
 }
 
 fn prompt(id: u64, len: usize) -> Vec<u32> {
-    (0..len).map(|i| 10 + (splitmix(id ^ (i as u64) << 20) % 50_000) as u32).collect()
+    (0..len)
+        .map(|i| 10 + (splitmix(id ^ (i as u64) << 20) % 50_000) as u32)
+        .collect()
 }
 
 fn text_seq(id: u64, prompt_len: usize, max_tokens: usize) -> Sequence {
-    Sequence::new(id, prompt(id, prompt_len), Vec::new(), StopConditions::max_tokens(max_tokens))
+    Sequence::new(
+        id,
+        prompt(id, prompt_len),
+        Vec::new(),
+        StopConditions::max_tokens(max_tokens),
+    )
 }
 
 fn check(s: &Scheduler) {
@@ -119,21 +127,23 @@ fn admission_rejects_what_can_never_run() {
     assert!(s.add(text_seq(4, 100, 29)).is_ok());
     assert!(matches!(
         s.add(text_seq(5, 100, 30)),
-        Err(AdmissionError::ExceedsCache { needed: 9, num_blocks: 8, .. })
+        Err(AdmissionError::ExceedsCache {
+            needed: 9,
+            num_blocks: 8,
+            ..
+        })
     ));
     assert_eq!(s.add(text_seq(4, 10, 1)), Err(AdmissionError::DuplicateId(4)));
 
     let with_images = |images: Vec<ImageSpan>| Sequence::new(9, prompt(9, 50), images, StopConditions::max_tokens(1));
-    let img = |start, len, num_patches| ImageSpan {
-        start,
-        len,
-        content_hash: 1,
-        num_patches,
-    };
+    let img = |start, len, num_patches| image(start, len, 1, num_patches);
     for (images, reason) in [
         (vec![img(40, 11, 4)], "ends past the prompt"),
         (vec![img(10, 0, 4)], "is empty"),
-        (vec![img(10, 10, 4), img(15, 5, 4)], "overlaps or precedes the previous image"),
+        (
+            vec![img(10, 10, 4), img(15, 5, 4)],
+            "overlaps or precedes the previous image",
+        ),
     ] {
         match s.add(with_images(images)) {
             Err(AdmissionError::BadImageSpan { reason: r, .. }) => assert_eq!(r, reason),
@@ -142,7 +152,11 @@ fn admission_rejects_what_can_never_run() {
     }
     assert!(matches!(
         s.add(with_images(vec![img(0, 10, 1025)])),
-        Err(AdmissionError::ImageOverEncoderBudget { num_patches: 1025, budget: 1024, .. })
+        Err(AdmissionError::ImageOverEncoderBudget {
+            num_patches: 1025,
+            budget: 1024,
+            ..
+        })
     ));
     assert_eq!(s.num_waiting(), 1, "only the valid sequence was queued");
     check(&s);
@@ -186,9 +200,15 @@ fn a_long_prompt_is_prefilled_in_chunks_within_the_budget() {
         let e = &out.scheduled[0];
         chunks.push((e.start, e.num_tokens, e.needs_logits));
         assert_eq!(out.slot_mapping.len(), e.num_tokens);
-        assert_eq!(out.input_ids, s.sequence(1).unwrap().token_ids()[e.start..e.start + e.num_tokens]);
+        assert_eq!(
+            out.input_ids,
+            s.sequence(1).unwrap().token_ids()[e.start..e.start + e.num_tokens]
+        );
     }
-    assert_eq!(chunks, vec![(0, 256, false), (256, 256, false), (512, 256, false), (768, 232, true)]);
+    assert_eq!(
+        chunks,
+        vec![(0, 256, false), (256, 256, false), (512, 256, false), (768, 232, true)]
+    );
     let seq = s.sequence(1).unwrap();
     assert_eq!(seq.output_token_ids(), [fake_token(1, 1000)]);
     assert_eq!(seq.block_table().len(), 1000usize.div_ceil(16));
@@ -203,17 +223,23 @@ fn decodes_come_first_then_prefill_chunks() {
     // budget with the first), which leaves budget for B's short prompt in the same step.
     // In the next step B decodes while A is still prefilling.
     let images = vec![image(10, 10, 1, 200), image(30, 40, 2, 200)];
-    s.add(Sequence::new(1, image_prompt(200, &images), images, StopConditions::max_tokens(5))).unwrap();
+    s.add(image_seq(1, 200, &images, 5)).unwrap();
     s.add(text_seq(2, 10, 5)).unwrap();
     let (out, _) = step(&mut s);
-    assert_eq!(out.scheduled.iter().map(|e| (e.seq_id, e.num_tokens)).collect::<Vec<_>>(), vec![(1, 30), (2, 10)]);
+    assert_eq!(entries(&out), vec![(1, 0, 30), (2, 0, 10)]);
     assert_eq!(out.num_decodes, 0);
     let (out, _) = step(&mut s);
     assert_eq!(out.num_decodes, 1);
     let first = &out.scheduled[0];
-    assert_eq!((first.seq_id, first.start, first.num_tokens, first.is_decode), (2, 10, 1, true));
+    assert_eq!(
+        (first.seq_id, first.start, first.num_tokens, first.is_decode),
+        (2, 10, 1, true)
+    );
     let second = &out.scheduled[1];
-    assert_eq!((second.seq_id, second.start, second.num_tokens, second.is_decode), (1, 30, 170, false));
+    assert_eq!(
+        (second.seq_id, second.start, second.num_tokens, second.is_decode),
+        (1, 30, 170, false)
+    );
     // The batch's token order follows the entries: B's one token, then A's chunk.
     assert_eq!(out.input_ids[0], s.sequence(2).unwrap().token_ids()[10]);
     assert_eq!(out.logits_token_indices(), vec![0, 170]);
@@ -255,42 +281,29 @@ fn preemption_frees_blocks_and_recompute_keeps_outputs() {
 
 #[test]
 fn a_repeated_prompt_reuses_the_cached_prefix() {
-    for enable in [true, false] {
+    // (prefix caching, prompt length, where the repeat starts and how much it computes). A
+    // 96-token prompt is six full blocks, but its last token must be computed for logits and
+    // a cached block is never written: five blocks are reused and the sixth recomputed.
+    for (enable, len, want) in [(true, 100, (96, 4)), (true, 96, (80, 16)), (false, 100, (0, 100))] {
         let mut c = config(16, 64, 4, 512);
         c.enable_prefix_caching = enable;
         let mut s = Scheduler::new(c).unwrap();
-        let same_prompt = |id| Sequence::new(id, prompt(99, 100), Vec::new(), StopConditions::max_tokens(4));
+        let same_prompt = |id| Sequence::new(id, prompt(99, len), Vec::new(), StopConditions::max_tokens(4));
         s.add(same_prompt(1)).unwrap();
         let first = run_to_completion(&mut s);
         s.add(same_prompt(2)).unwrap();
         let (out, _) = step(&mut s);
-        let e = &out.scheduled[0];
-        if enable {
-            // (100 - 1) / 16 = 6 full blocks reused; 4 tokens computed.
-            assert_eq!((e.start, e.num_tokens), (96, 4));
-            assert_eq!(s.stats().prefix_cache_hit_tokens, 96);
-        } else {
-            assert_eq!((e.start, e.num_tokens), (0, 100));
-        }
+        assert_eq!(entries(&out), vec![(2, want.0, want.1)]);
+        assert_eq!(s.stats().prefix_cache_hit_tokens, want.0 as u64);
         let done = run_to_completion(&mut s);
         for (id, seq) in [(1, &first[&1]), (2, &done[&2])] {
-            assert_eq!(seq.output_token_ids(), expected_output(id, 100, &StopConditions::max_tokens(4)).0);
+            assert_eq!(
+                seq.output_token_ids(),
+                expected_output(id, len, &StopConditions::max_tokens(4)).0
+            );
         }
         assert_eq!(s.pool().num_free(), 64);
     }
-}
-
-#[test]
-fn a_prompt_of_whole_blocks_recomputes_its_last_block() {
-    let mut s = Scheduler::new(config(16, 64, 4, 512)).unwrap();
-    let same = |id| Sequence::new(id, prompt(5, 96), Vec::new(), StopConditions::max_tokens(2));
-    s.add(same(1)).unwrap();
-    run_to_completion(&mut s);
-    s.add(same(2)).unwrap();
-    let (out, _) = step(&mut s);
-    // Six full blocks, but the last token must be computed for logits, and a cached block is
-    // never written: five blocks reused, the sixth recomputed.
-    assert_eq!((out.scheduled[0].start, out.scheduled[0].num_tokens), (80, 16));
 }
 
 #[test]
@@ -328,7 +341,11 @@ fn abort_frees_everything_from_any_state() {
         s.add(text_seq(id, 100, 10)).unwrap();
     }
     step(&mut s);
-    assert_eq!((s.num_running(), s.num_waiting()), (1, 3), "a 100-token prompt uses the 64-token budget");
+    assert_eq!(
+        (s.num_running(), s.num_waiting()),
+        (1, 3),
+        "a 100-token prompt uses the 64-token budget"
+    );
     let running = s.abort(0).unwrap();
     assert_eq!(running.finish_reason(), Some(FinishReason::Aborted));
     let waiting = s.abort(3).unwrap();
@@ -354,7 +371,9 @@ fn abort_frees_everything_from_any_state() {
 fn stop_conditions_finish_sequences() {
     let mut s = Scheduler::new(config(16, 64, 4, 512)).unwrap();
     // Find a sequence id whose fake output hits EOS within a few tokens.
-    let id = (0..10_000u64).find(|&id| (0..5).any(|k| fake_token(id, 20 + k) == EOS)).unwrap();
+    let id = (0..10_000u64)
+        .find(|&id| (0..5).any(|k| fake_token(id, 20 + k) == EOS))
+        .unwrap();
     let eos_stop = StopConditions {
         max_tokens: 50,
         eos_token_id: Some(EOS),
@@ -369,9 +388,12 @@ fn stop_conditions_finish_sequences() {
         stop_token_ids: vec![fake_token(id + 1, 22)],
         ..StopConditions::max_tokens(50)
     };
-    s.add(Sequence::new(id, prompt(id, 20), Vec::new(), eos_stop.clone())).unwrap();
-    s.add(Sequence::new(id + 1, prompt(id, 20), Vec::new(), stop_id.clone())).unwrap();
-    s.add(Sequence::new(id + 2, prompt(id, 20), Vec::new(), ignore.clone())).unwrap();
+    s.add(Sequence::new(id, prompt(id, 20), Vec::new(), eos_stop.clone()))
+        .unwrap();
+    s.add(Sequence::new(id + 1, prompt(id, 20), Vec::new(), stop_id.clone()))
+        .unwrap();
+    s.add(Sequence::new(id + 2, prompt(id, 20), Vec::new(), ignore.clone()))
+        .unwrap();
     let done = run_to_completion(&mut s);
     for (sid, stop) in [(id, &eos_stop), (id + 1, &stop_id), (id + 2, &ignore)] {
         let (want, reason) = expected_output(sid, 20, stop);
@@ -399,12 +421,25 @@ fn image_prompt(len: usize, images: &[ImageSpan]) -> Vec<u32> {
     p
 }
 
+fn image_seq(id: u64, prompt_len: usize, images: &[ImageSpan], max_tokens: usize) -> Sequence {
+    let p = image_prompt(prompt_len, images);
+    Sequence::new(id, p, images.to_vec(), StopConditions::max_tokens(max_tokens))
+}
+
+/// `(seq_id, start, num_tokens)` of each scheduled entry, in batch order.
+fn entries(out: &SchedulerOutput) -> Vec<(u64, usize, usize)> {
+    out.scheduled
+        .iter()
+        .map(|e| (e.seq_id, e.start, e.num_tokens))
+        .collect()
+}
+
 #[test]
 fn a_chunk_splitting_an_image_comes_with_its_encoder_input() {
     let mut s = Scheduler::new(config(16, 64, 4, 32)).unwrap();
     // The image covers 20..70: chunks 0..32, 32..64, 64..96 all meet it.
     let images = vec![image(20, 50, 9, 200)];
-    s.add(Sequence::new(1, image_prompt(100, &images), images, StopConditions::max_tokens(2))).unwrap();
+    s.add(image_seq(1, 100, &images, 2)).unwrap();
     let (out, upd) = step(&mut s);
     assert_eq!(out.encoder_inputs, vec![(1, 0)]);
     assert!(upd.freed_encoder_outputs.is_empty(), "the span is only partly computed");
@@ -422,7 +457,7 @@ fn the_encoder_budget_stops_a_chunk_before_the_image() {
     c.max_encoder_patches_per_step = 300;
     let mut s = Scheduler::new(c).unwrap();
     let images = vec![image(10, 40, 1, 200), image(60, 40, 2, 200)];
-    s.add(Sequence::new(1, image_prompt(120, &images), images.clone(), StopConditions::max_tokens(2))).unwrap();
+    s.add(image_seq(1, 120, &images, 2)).unwrap();
     let (out, upd) = step(&mut s);
     // 200 + 200 patches > 300: the chunk stops at the second image's first token.
     assert_eq!(out.encoder_inputs, vec![(1, 0)]);
@@ -432,20 +467,20 @@ fn the_encoder_budget_stops_a_chunk_before_the_image() {
     assert_eq!(out.encoder_inputs, vec![(1, 1)]);
     assert_eq!((out.scheduled[0].start, out.scheduled[0].num_tokens), (60, 60));
 
-    // With the budget taken by an earlier sequence, a later one waits (first come, first
-    // served) even if its own chunk would start with text.
+    // With the budget taken by an earlier sequence's image, a later one computes only the
+    // text before its own image, and encodes it next step.
     let mut c = config(16, 64, 4, 512);
     c.max_encoder_patches_per_step = 250;
     let mut s = Scheduler::new(c).unwrap();
     let a = vec![image(0, 40, 1, 200)];
     let b = vec![image(5, 40, 2, 200)];
-    s.add(Sequence::new(1, image_prompt(50, &a), a, StopConditions::max_tokens(3))).unwrap();
-    s.add(Sequence::new(2, image_prompt(50, &b), b, StopConditions::max_tokens(3))).unwrap();
+    s.add(image_seq(1, 50, &a, 3)).unwrap();
+    s.add(image_seq(2, 50, &b, 3)).unwrap();
     let (out, _) = step(&mut s);
     assert_eq!(out.encoder_inputs, vec![(1, 0)]);
     assert_eq!(
-        out.scheduled.iter().map(|e| (e.seq_id, e.num_tokens)).collect::<Vec<_>>(),
-        vec![(1, 50), (2, 5)],
+        entries(&out),
+        vec![(1, 0, 50), (2, 0, 5)],
         "sequence 2 computes the text before its image"
     );
     let (out, _) = step(&mut s);
@@ -456,19 +491,36 @@ fn the_encoder_budget_stops_a_chunk_before_the_image() {
 fn cached_image_blocks_need_no_encoding() {
     let mut s = Scheduler::new(config(16, 64, 4, 512)).unwrap();
     let images = vec![image(4, 40, 5, 160)];
-    let p = image_prompt(100, &images);
-    s.add(Sequence::new(1, p.clone(), images.clone(), StopConditions::max_tokens(1))).unwrap();
+    s.add(image_seq(1, 100, &images, 1)).unwrap();
     run_to_completion(&mut s);
-    s.add(Sequence::new(2, p.clone(), images.clone(), StopConditions::max_tokens(1))).unwrap();
+    s.add(image_seq(2, 100, &images, 1)).unwrap();
     let (out, _) = step(&mut s);
     assert_eq!(out.scheduled[0].start, 96);
     assert!(out.encoder_inputs.is_empty(), "the whole span is in cached blocks");
-    // Another image content at the same place shares only the blocks before it.
-    let other = vec![image(4, 40, 6, 160)];
-    s.add(Sequence::new(3, p, other, StopConditions::max_tokens(1))).unwrap();
+    // Other image content at the same place shares nothing: block 0 holds image tokens.
+    s.add(image_seq(3, 100, &[image(4, 40, 6, 160)], 1)).unwrap();
     let (out, _) = step(&mut s);
-    assert_eq!(out.scheduled[0].start, 0, "block 0 holds image tokens, so nothing is shared");
+    assert_eq!(out.scheduled[0].start, 0);
     assert_eq!(out.encoder_inputs, vec![(3, 0)]);
+}
+
+#[test]
+fn a_span_partly_in_cached_blocks_is_encoded() {
+    // Sequence 1 computes 0..64 in two chunks and is aborted: blocks 0..4 stay cached.
+    let mut s = Scheduler::new(config(16, 64, 4, 32)).unwrap();
+    let images = vec![image(40, 50, 5, 200)];
+    s.add(image_seq(1, 100, &images, 1)).unwrap();
+    step(&mut s);
+    step(&mut s);
+    s.abort(1).unwrap();
+    s.add(image_seq(2, 100, &images, 1)).unwrap();
+    let (out, _) = step(&mut s);
+    assert_eq!(entries(&out), vec![(2, 64, 32)]);
+    assert_eq!(
+        out.encoder_inputs,
+        vec![(2, 0)],
+        "tokens 64..90 of the span still need the features"
+    );
 }
 
 // ---- randomized soak ----
@@ -486,20 +538,6 @@ struct Tracked {
 }
 
 impl Tracked {
-    fn new(prompt: Vec<u32>, images: Vec<ImageSpan>, stop: StopConditions) -> Self {
-        let mut t = Tracked {
-            tokens: Vec::new(),
-            fingerprints: Vec::new(),
-            prompt_len: prompt.len(),
-            images,
-            stop,
-        };
-        for tok in prompt {
-            t.push(tok);
-        }
-        t
-    }
-
     fn push(&mut self, token: u32) {
         let p = self.tokens.len();
         let image = self.images.iter().find(|i| i.start <= p && p < i.end());
@@ -510,129 +548,133 @@ impl Tracked {
     }
 }
 
-struct SoakCase {
-    seed: u64,
-    block_size: usize,
-    num_blocks: usize,
-    max_num_seqs: usize,
-    budget: usize,
-    prefix_caching: bool,
-    num_requests: u64,
+/// Appends `len` random tokens, maybe with an image (content hash from `contents`) in them.
+fn push_random_text(rng: &mut ChaCha8Rng, p: &mut (Vec<u32>, Vec<ImageSpan>), len: usize, contents: Range<u64>) {
+    let from = p.0.len();
+    p.0.extend((0..len).map(|_| rng.random_range(10..60_000u32)));
+    if len > 2 && rng.random_bool(0.5) {
+        let ilen = rng.random_range(1..=48.min(len - 1));
+        let start = from + rng.random_range(0..=len - ilen);
+        p.0[start..start + ilen].fill(IMAGE_TOKEN);
+        p.1.push(image(start, ilen, rng.random_range(contents), 4 * ilen));
+    }
 }
 
-/// A prompt: maybe one of a few shared templates (text with an image), then a random suffix
-/// that may hold an image; placeholder tokens are `IMAGE_TOKEN`.
-fn random_prompt(rng: &mut ChaCha8Rng, templates: &[(Vec<u32>, Vec<ImageSpan>)], max_len: usize) -> (Vec<u32>, Vec<ImageSpan>) {
-    let (mut toks, mut images) = if rng.random_bool(0.5) {
-        templates[rng.random_range(0..templates.len())].clone()
+/// A prompt: maybe one of a few shared templates, then a random suffix.
+fn random_prompt(rng: &mut ChaCha8Rng, templates: &[(Vec<u32>, Vec<ImageSpan>)], max_len: usize) -> Tracked {
+    let mut p = match rng.random_bool(0.5) {
+        true => templates[rng.random_range(0..templates.len())].clone(),
+        false => (Vec::new(), Vec::new()),
+    };
+    let suffix = if !p.0.is_empty() && rng.random_bool(0.2) {
+        0
     } else {
-        (Vec::new(), Vec::new())
+        rng.random_range(1..150)
     };
-    let suffix = if !toks.is_empty() && rng.random_bool(0.2) { 0 } else { rng.random_range(1..150) };
-    for _ in 0..suffix {
-        toks.push(rng.random_range(10..60_000));
-    }
-    if suffix > 2 && rng.random_bool(0.3) {
-        let len = rng.random_range(1..=48.min(suffix - 1));
-        let start = toks.len() - suffix + rng.random_range(0..=suffix - len);
-        toks[start..start + len].fill(IMAGE_TOKEN);
-        images.push(image(start, len, rng.random_range(10..13), 4 * len));
-    }
-    toks.truncate(max_len);
-    images.retain(|i| i.end() <= toks.len());
-    (toks, images)
+    push_random_text(rng, &mut p, suffix, 10..13);
+    p.0.truncate(max_len);
+    p.1.retain(|i| i.end() <= p.0.len());
+    let max_tokens = rng.random_range(1..=200.min(max_len + 1 - p.0.len()));
+    let stop_token_ids = (0..rng.random_bool(0.1) as usize)
+        .map(|_| rng.random_range(10..60_000))
+        .collect();
+    let ignore_eos = rng.random_bool(0.2);
+    let (eos_token_id, prompt_len, images) = (Some(EOS), p.0.len(), p.1);
+    let stop = StopConditions {
+        max_tokens,
+        eos_token_id,
+        stop_token_ids,
+        ignore_eos,
+    };
+    let mut t = Tracked {
+        tokens: vec![],
+        fingerprints: vec![],
+        prompt_len,
+        images,
+        stop,
+    };
+    p.0.into_iter().for_each(|tok| t.push(tok));
+    t
 }
 
-fn soak(case: SoakCase) {
-    let max_model_len = case.num_blocks * case.block_size;
-    let encoder_budget = 256;
-    let cfg = SchedulerConfig {
-        max_model_len,
-        max_num_seqs: case.max_num_seqs,
-        max_num_batched_tokens: case.budget,
-        enable_prefix_caching: case.prefix_caching,
-        block_size: case.block_size,
-        num_blocks: case.num_blocks,
-        max_encoder_patches_per_step: encoder_budget,
-    };
-    let bs = case.block_size;
+/// Thousands of random requests (shared prefixes, images, random lengths, EOS, aborts at any
+/// time) through a pool small enough to force preemptions, against a fake model that keeps
+/// a fake KV cache and checks every token it reads. Arguments: the seed, the block size and
+/// count, `max_num_seqs`, `max_num_batched_tokens`, prefix caching, the number of requests.
+fn soak(seed: u64, bs: usize, num_blocks: usize, max_num_seqs: usize, budget: usize, prefix: bool, n: u64) {
+    let (max_model_len, encoder_budget) = (num_blocks * bs, 256);
+    let mut cfg = config(bs, num_blocks, max_num_seqs, budget);
+    (
+        cfg.max_model_len,
+        cfg.enable_prefix_caching,
+        cfg.max_encoder_patches_per_step,
+    ) = (max_model_len, prefix, 256);
     let mut s = Scheduler::new(cfg).unwrap();
-    let mut rng = ChaCha8Rng::seed_from_u64(case.seed);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let templates: Vec<(Vec<u32>, Vec<ImageSpan>)> = (0..4)
         .map(|_| {
+            let mut p = (Vec::new(), Vec::new());
             let len = rng.random_range(1..200);
-            let mut toks: Vec<u32> = (0..len).map(|_| rng.random_range(10..60_000)).collect();
-            let mut images = Vec::new();
-            if len > 10 && rng.random_bool(0.7) {
-                let ilen = rng.random_range(1..=48.min(len - 1));
-                let start = rng.random_range(0..=len - ilen);
-                toks[start..start + ilen].fill(IMAGE_TOKEN);
-                images.push(image(start, ilen, rng.random_range(1..3), 4 * ilen));
-            }
-            (toks, images)
+            push_random_text(&mut rng, &mut p, len, 1..3);
+            p
         })
         .collect();
 
-    let mut tracked: HashMap<u64, Tracked> = HashMap::new();
-    let mut live: Vec<u64> = Vec::new();
-    let mut kv: Vec<Option<(usize, u64)>> = vec![None; case.num_blocks * bs];
+    let mut tracked: BTreeMap<u64, Tracked> = BTreeMap::new();
+    let mut kv: Vec<Option<(usize, u64)>> = vec![None; num_blocks * bs];
     let mut encoded: HashSet<(u64, usize)> = HashSet::new();
     let mut preempted: HashSet<u64> = HashSet::new();
     let (mut added, mut finished, mut aborted, mut finished_after_preemption) = (0u64, 0u64, 0u64, 0u64);
-    let mut abort = |id: u64, s: &mut Scheduler, tracked: &mut HashMap<u64, Tracked>, live: &mut Vec<u64>| {
+    let mut abort = |id: u64, s: &mut Scheduler, tracked: &mut BTreeMap<u64, Tracked>, enc: &mut HashSet<_>| {
         let seq = s.abort(id).expect("a live sequence");
         assert_eq!(seq.finish_reason(), Some(FinishReason::Aborted));
         tracked.remove(&id);
-        live.retain(|&l| l != id);
+        enc.retain(|&(sid, _): &(u64, usize)| sid != id);
         aborted += 1;
     };
 
-    for step_no in 0.. {
-        assert!(step_no < 2_000_000, "soak did not finish");
-        if step_no % 200_000 == 0 || step_no > 1_999_990 {
-            let r: Vec<_> = live.iter().filter_map(|&id| s.sequence(id)).take(6).map(|q| (q.id(), q.status(), q.total_len(), q.num_computed_tokens(), q.images().len(), q.block_table().len())).collect();
-            eprintln!("DBG step {step_no} added {added} running {} waiting {} free {} {r:?} {:?}", s.num_running(), s.num_waiting(), s.pool().num_free(), s.stats());
-        }
-        if added < case.num_requests {
-            for _ in 0..rng.random_range(0..=3) {
-                let (prompt, images) = random_prompt(&mut rng, &templates, max_model_len - 1);
-                let max_tokens = rng.random_range(1..=200.min(max_model_len - prompt.len()));
-                let stop = StopConditions {
-                    max_tokens,
-                    eos_token_id: Some(EOS),
-                    stop_token_ids: if rng.random_bool(0.1) { vec![rng.random_range(10..60_000)] } else { vec![] },
-                    ignore_eos: rng.random_bool(0.2),
-                };
-                s.add(Sequence::new(added, prompt.clone(), images.clone(), stop.clone())).unwrap();
-                tracked.insert(added, Tracked::new(prompt, images, stop));
-                live.push(added);
+    let mut steps = 0;
+    while steps < 2_000_000 {
+        steps += 1;
+        // Arrivals in bursts, keeping a queue (a bounded one: a long queue adds nothing the
+        // scheduler looks at, and slows the invariant walk).
+        for _ in 0..rng.random_range(0..=3) {
+            if added < n && s.num_waiting() < 48 {
+                let t = random_prompt(&mut rng, &templates, max_model_len - 1);
+                let seq = Sequence::new(added, t.tokens.clone(), t.images.clone(), t.stop.clone());
+                s.add(seq).unwrap();
+                tracked.insert(added, t);
                 added += 1;
             }
         }
-        if !live.is_empty() && rng.random_bool(0.01) {
-            let id = live[rng.random_range(0..live.len())];
-            encoded.retain(|&(sid, _)| sid != id);
-            abort(id, &mut s, &mut tracked, &mut live);
+        if !tracked.is_empty() && rng.random_bool(0.01) {
+            let id = *tracked.keys().nth(rng.random_range(0..tracked.len())).unwrap();
+            abort(id, &mut s, &mut tracked, &mut encoded);
         }
         if !s.has_unfinished() {
-            if added == case.num_requests {
+            if added == n {
                 break;
             }
             continue; // idle until the next arrival
         }
 
         let out = s.schedule();
-        assert!(!out.is_empty(), "step {step_no}: nothing scheduled with work queued");
-        assert!(out.num_tokens() <= case.budget);
-        assert!(out.scheduled.len() <= case.max_num_seqs);
-        assert!(out.scheduled.iter().enumerate().all(|(i, e)| e.is_decode == (i < out.num_decodes)));
+        assert!(!out.is_empty(), "step {steps}: nothing scheduled with work queued");
+        assert!(out.num_tokens() <= budget && out.scheduled.len() <= max_num_seqs);
+        assert!(out
+            .scheduled
+            .iter()
+            .enumerate()
+            .all(|(i, e)| e.is_decode == (i < out.num_decodes)));
         for &(sid, k) in &out.freed_encoder_outputs {
-            assert!(out.preempted.contains(&sid));
-            assert!(encoded.remove(&(sid, k)), "freed an encoder output never made");
+            assert!(out.preempted.contains(&sid) && encoded.remove(&(sid, k)));
         }
         let mut patches = 0;
         for &(sid, k) in &out.encoder_inputs {
-            assert!(encoded.insert((sid, k)), "step {step_no}: image ({sid}, {k}) re-encoded while held");
+            assert!(
+                encoded.insert((sid, k)),
+                "step {steps}: image ({sid}, {k}) re-encoded while held"
+            );
             patches += tracked[&sid].images[k].num_patches;
         }
         assert!(patches <= encoder_budget);
@@ -647,23 +689,28 @@ fn soak(case: SoakCase) {
         for e in &out.scheduled {
             let t = &tracked[&e.seq_id];
             let end = e.start + e.num_tokens;
-            assert!(end <= t.tokens.len());
-            assert_eq!(e.needs_logits, end == t.tokens.len());
+            assert!(end <= t.tokens.len() && e.needs_logits == (end == t.tokens.len()));
             for p in e.start..end {
-                assert_eq!(out.input_ids[cursor], t.tokens[p], "step {step_no}: seq {} position {p}", e.seq_id);
-                let sl = slot(&e.block_table, p);
-                assert_eq!(out.slot_mapping[cursor], sl as i32);
+                let (block, sl) = (e.block_table[p / bs], slot(&e.block_table, p));
+                assert_eq!(
+                    (out.input_ids[cursor], out.slot_mapping[cursor]),
+                    (t.tokens[p], sl as i32)
+                );
                 // Written blocks belong to this sequence alone and are not in the cache.
-                let block = e.block_table[p / bs];
-                assert_eq!(s.pool().ref_count(block), 1, "step {step_no}: writing a shared block");
-                assert_eq!(s.pool().block_hash(block), None, "step {step_no}: writing a cached block");
+                let pool = s.pool();
+                assert!(
+                    pool.ref_count(block) == 1 && pool.block_hash(block).is_none(),
+                    "step {steps}"
+                );
                 kv[sl] = Some((p, t.fingerprints[p]));
                 cursor += 1;
             }
             for (k, img) in t.images.iter().enumerate() {
-                if img.intersects(e.start, end) {
-                    assert!(encoded.contains(&(e.seq_id, k)), "step {step_no}: image span scheduled unencoded");
-                }
+                let held = encoded.contains(&(e.seq_id, k));
+                assert!(
+                    held || !img.intersects(e.start, end),
+                    "step {steps}: span scheduled unencoded"
+                );
             }
         }
         assert_eq!(cursor, out.num_tokens());
@@ -675,7 +722,12 @@ fn soak(case: SoakCase) {
             let t = &tracked[&e.seq_id];
             for p in 0..e.start + e.num_tokens {
                 let got = kv[slot(&e.block_table, p)];
-                assert_eq!(got, Some((p, t.fingerprints[p])), "step {step_no}: seq {} reads bad KV at {p}", e.seq_id);
+                assert_eq!(
+                    got,
+                    Some((p, t.fingerprints[p])),
+                    "step {steps}: seq {} at {p}",
+                    e.seq_id
+                );
             }
         }
 
@@ -688,12 +740,14 @@ fn soak(case: SoakCase) {
         // Now and then a client disconnects while the step runs.
         if rng.random_bool(0.005) {
             let id = out.scheduled[rng.random_range(0..out.scheduled.len())].seq_id;
-            encoded.retain(|&(sid, _)| sid != id);
-            abort(id, &mut s, &mut tracked, &mut live);
+            abort(id, &mut s, &mut tracked, &mut encoded);
         }
         let upd = s.update(&out, &sampled);
         for &(sid, k) in &upd.freed_encoder_outputs {
-            assert!(encoded.remove(&(sid, k)), "step {step_no}: freed an encoder output never made");
+            assert!(
+                encoded.remove(&(sid, k)),
+                "step {steps}: freed an encoder output never made"
+            );
         }
         for &(sid, tok) in &sampled {
             if let Some(t) = tracked.get_mut(&sid) {
@@ -701,82 +755,54 @@ fn soak(case: SoakCase) {
             }
         }
         for seq in upd.finished {
-            let id = seq.id();
+            let (id, got) = (seq.id(), seq.output_token_ids());
             let t = tracked.remove(&id).expect("finished a tracked sequence");
-            live.retain(|&l| l != id);
-            assert_eq!(seq.output_token_ids(), &t.tokens[t.prompt_len..], "seq {id}: output differs from the stream");
+            assert_eq!(
+                got,
+                &t.tokens[t.prompt_len..],
+                "seq {id}: output differs from the stream"
+            );
             let (want, reason) = expected_output(id, t.prompt_len, &t.stop);
-            assert_eq!(seq.output_token_ids(), want, "seq {id}: output differs from an undisturbed run");
+            assert_eq!(got, want, "seq {id}: output differs from an undisturbed run");
             assert_eq!(seq.finish_reason(), Some(reason), "seq {id}");
             finished += 1;
             finished_after_preemption += preempted.contains(&id) as u64;
         }
         if let Err(e) = s.check_invariants() {
-            panic!("step {step_no}: {e}");
+            panic!("step {steps}: {e}");
         }
         assert!(encoded.iter().all(|(sid, _)| tracked.contains_key(sid)));
     }
 
-    assert_eq!(s.pool().num_free(), case.num_blocks, "blocks leaked");
+    assert!(added == n && !s.has_unfinished(), "soak did not finish");
+    assert_eq!(s.pool().num_free(), num_blocks, "blocks leaked");
     assert!(encoded.is_empty(), "encoder outputs leaked: {encoded:?}");
-    assert_eq!(finished + aborted, case.num_requests);
-    assert!(finished_after_preemption > 0, "the soak forced no preemption: shrink the pool");
-    let stats = s.stats();
-    assert_eq!(case.prefix_caching, stats.prefix_cache_hit_tokens > 0, "{stats:?}");
-    println!(
-        "seed {}: {finished} finished ({finished_after_preemption} after preemption), {aborted} aborted, {stats:?}",
-        case.seed
+    assert_eq!(finished + aborted, n);
+    assert!(
+        finished_after_preemption > 0,
+        "the soak forced no preemption: shrink the pool"
     );
+    let stats = s.stats();
+    assert_eq!(prefix, stats.prefix_cache_hit_tokens > 0, "{stats:?}");
+    println!("seed {seed}, {steps} steps: {finished} finished ({finished_after_preemption} after preemption), {aborted} aborted, {stats:?}");
 }
 
 #[test]
 fn soak_small_pool_prefix_caching() {
-    soak(SoakCase {
-        seed: 1,
-        block_size: 16,
-        num_blocks: 40,
-        max_num_seqs: 16,
-        budget: 128,
-        prefix_caching: true,
-        num_requests: 3000,
-    });
+    soak(1, 16, 40, 16, 128, true, 3000);
 }
 
 #[test]
 fn soak_tiny_blocks_no_prefix_caching() {
-    soak(SoakCase {
-        seed: 2,
-        block_size: 4,
-        num_blocks: 150,
-        max_num_seqs: 32,
-        budget: 96,
-        prefix_caching: false,
-        num_requests: 3000,
-    });
+    soak(2, 4, 150, 32, 96, false, 3000);
 }
 
 #[test]
 fn soak_budget_below_max_num_seqs() {
-    soak(SoakCase {
-        seed: 3,
-        block_size: 8,
-        num_blocks: 80,
-        max_num_seqs: 64,
-        budget: 24,
-        prefix_caching: true,
-        num_requests: 2000,
-    });
+    soak(3, 8, 80, 64, 24, true, 2000);
 }
 
 #[test]
 fn soak_many_seqs_large_budget() {
-    soak(SoakCase {
-        seed: 4,
-        block_size: 16,
-        num_blocks: 64,
-        max_num_seqs: 256,
-        budget: 512,
-        prefix_caching: true,
-        num_requests: 3000,
-    });
+    soak(4, 16, 64, 256, 512, true, 3000);
 }

@@ -70,6 +70,14 @@ def main():
         tie_word_embeddings=False,
     )
     model = PaddleOCRVLForConditionalGeneration(cfg).eval().float()
+    # The original model resizes its position table with align_corners=False (MODEL_SPEC.md
+    # §3.3, §12.1); some transformers releases (5.17 among them) use True. Pin False.
+    patched = 0
+    for module in model.modules():
+        if hasattr(module, "interpolation_align_corners"):
+            module.interpolation_align_corners = False
+            patched += 1
+    assert patched == 1, f"expected one vision embeddings module, found {patched}"
     with torch.no_grad():
         # transformers initialises norms to 1 and biases to 0; perturb them so that a kernel
         # that ignored a weight or bias would be caught.
@@ -82,6 +90,10 @@ def main():
             elif name.endswith(".bias"):
                 p.copy_(0.05 * torch.randn_like(p))
         model.model.language_model.norm.weight.mul_(LOGIT_SCALE)
+        # transformers draws embeddings with std 0.02, which leaves the residual stream to the
+        # norms' and biases' constants and makes greedy decoding repeat one token; a unit-scale
+        # embedding lets each input token steer the next.
+        model.model.language_model.embed_tokens.weight.normal_(0.0, 1.0)
         # The hub stores bf16: round every weight to bf16 now, so the oracle below is exactly
         # the saved checkpoint evaluated in float32.
         for p in model.parameters():

@@ -40,9 +40,9 @@ extern "C" int32_t ocrvl_decode_num_splits(int32_t num_seqs, int32_t num_kv_head
     using namespace ocrvl::decode;
     if (num_seqs <= 0 || num_kv_heads <= 0 || sm_count <= 0) return 1;
     const int64_t ctas = (int64_t)num_seqs * num_kv_heads;
-    const int64_t slots = (int64_t)sm_count * kCtasPerSm;
-    if (ctas >= slots) return 1;
-    int64_t splits = (slots + ctas - 1) / ctas;
+    // Measurements behind these rules: paged_decode.cuh, above kMinKeysPerSplit.
+    if (2 * ctas >= sm_count) return 1;
+    int64_t splits = (sm_count + ctas - 1) / ctas;
     const int64_t by_len = max_seq_len / kMinKeysPerSplit;
     if (splits > by_len) splits = by_len;
     if (splits > OCRVL_DECODE_MAX_SPLITS) splits = OCRVL_DECODE_MAX_SPLITS;

@@ -63,9 +63,16 @@ constexpr int kLoadRows = kTileKeys / kRowStep;
 constexpr int kOStride = kHeadDim + 4;
 constexpr int kEpilogueBytes = (kWarps * kGroup * kOStride + 2 * kWarps * kGroup) * 4;
 constexpr int kSmemBytes = kStages * kStageBytes > kEpilogueBytes ? kStages * kStageBytes : kEpilogueBytes;
-// Resident CTAs per SM on the H100 (shared memory bound: 2 x 96 KB); the split heuristic
-// fills this many slots.
-constexpr int kCtasPerSm = 2;
+// The split heuristic (ocrvl_decode_num_splits) splits only when there are fewer CTAs than
+// half the SMs, and then aims at about one CTA per SM. Measured on the H100 (132 SMs), batch x
+// 2048 keys, microseconds for 1 / 2 / 3 / 4 / 8 splits:
+//   b32 (64 CTAs): 33.2 / 32.9 / 33.8 / 32.7 / 34.7      b64 (128): 51.4 / 54.9 / 56.8 / 56.5 / 59.4
+//   b100 (200):    77.9 / 83.8 / 86.9 / 84.5 / 87.7     b128 (256): 94.5 / 102 / 105 / 105 / 109
+// and 16 x 4096: 58.2 unsplit, 32.6 with 4 splits; 1 x 16384: 21.2 / 15.4 / 15.3 / 17.0 with
+// 16 / 32 / 64 / 128 splits. A lone CTA streams ~32-36 GB/s (two tiles in flight), so
+// splitting pays only when most SMs would otherwise be idle; past that the partials' traffic
+// and the combine launch cost more than the better fill gains.
+//
 // A split shorter than this streams too little to pay for its start-up (the ring's first
 // tiles) and for its share of the combine traffic.
 constexpr int kMinKeysPerSplit = 256;

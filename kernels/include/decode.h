@@ -68,10 +68,11 @@ typedef struct OcrvlDecodeParams {
 int64_t ocrvl_decode_workspace_size(int32_t num_seqs, int32_t num_q_heads, int32_t head_dim,
                                     int32_t num_splits);
 
-/* The split count that fills the GPU, from host-known sizes: 1 when num_seqs * num_kv_heads
- * CTAs already fill every resident CTA slot (2 per SM), else enough splits to fill them, but
- * no split shorter than 256 keys of max_seq_len (shorter ones cost more in per-CTA start-up
- * and combine traffic than they win) and at most OCRVL_DECODE_MAX_SPLITS. Always >= 1. */
+/* The split count that fills the GPU, from host-known sizes: 1 when the num_seqs *
+ * num_kv_heads CTAs number at least half the SMs (splitting further costs more in partials
+ * and the combine than it gains; measured, see paged_decode.cuh), else about one CTA per SM,
+ * ceil(sm_count / CTAs) splits, but no split shorter than 256 keys of max_seq_len and at most
+ * OCRVL_DECODE_MAX_SPLITS. Always >= 1. */
 int32_t ocrvl_decode_num_splits(int32_t num_seqs, int32_t num_kv_heads, int32_t max_seq_len,
                                 int32_t sm_count);
 

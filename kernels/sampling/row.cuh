@@ -76,9 +76,10 @@ struct Row {
     }
 };
 
-// Calls f(x, index) for every element this thread owns, kUnroll vector loads in flight.
+// Calls f(raw vector, index of its first element, j) for the j-th vector this thread owns
+// (vector t + 512 j), for every one, kUnroll vector loads in flight.
 template <bool kReverse, typename T, int VEC, typename F>
-__device__ __forceinline__ void for_each_element(const Row<T, VEC>& row, F&& f) {
+__device__ __forceinline__ void for_each_vec(const Row<T, VEC>& row, F&& f) {
     const int t = threadIdx.x;
     const int nv = row.thread_vecs(t);
     int j = 0;
@@ -88,17 +89,23 @@ __device__ __forceinline__ void for_each_element(const Row<T, VEC>& row, F&& f) 
         for (int u = 0; u < kUnroll; ++u) q[u] = row.load(t + (kReverse ? nv - 1 - (j + u) : j + u) * kThreads);
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
-            const int base = (t + (kReverse ? nv - 1 - (j + u) : j + u) * kThreads) * VEC;
-#pragma unroll
-            for (int e = 0; e < VEC; ++e) f(Row<T, VEC>::L::elem(q[u], e), base + e);
+            const int jj = kReverse ? nv - 1 - (j + u) : j + u;
+            f(q[u], (t + jj * kThreads) * VEC, jj);
         }
     }
     for (; j < nv; ++j) {
-        const int vi = t + (kReverse ? nv - 1 - j : j) * kThreads;
-        const typename Row<T, VEC>::L::Raw q = row.load(vi);
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) f(Row<T, VEC>::L::elem(q, e), vi * VEC + e);
+        const int jj = kReverse ? nv - 1 - j : j;
+        f(row.load(t + jj * kThreads), (t + jj * kThreads) * VEC, jj);
     }
+}
+
+// Calls f(x, index) for every element this thread owns.
+template <bool kReverse, typename T, int VEC, typename F>
+__device__ __forceinline__ void for_each_element(const Row<T, VEC>& row, F&& f) {
+    for_each_vec<kReverse>(row, [&](const typename Row<T, VEC>::L::Raw& q, int base, int) {
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) f(Row<T, VEC>::L::elem(q, e), base + e);
+    });
 }
 
 template <typename T, int VEC, typename F>
@@ -166,9 +173,12 @@ __device__ bool apply_penalties(const Row<T, VEC>& row, Shared& sh, const int32_
 }
 
 // First pass: per-thread max of z (lowest index on ties), online sum of exp(z - max), whether
-// the row holds a NaN or +inf, and the thread's kTop largest values (descending; -inf where the
-// thread has fewer finite ones). Every element the thread did not keep is <= top[kTop - 1], so
-// the union of the 512 lists holds every token above the largest of those (select.cuh).
+// the row holds a NaN or +inf, and (kTopK) the thread's 4 largest elements by a 32-bit key:
+// the top 16 bits of the element's order-preserving key over its position in the thread
+// (j * VEC + e). Every element the thread did not keep has a key <= top[3], so every token
+// whose key's top 16 bits exceed those of r_max = max over threads of top[3] is in the union
+// of the lists (select.cuh). Whole keys would need 64-bit compares; 16 bits cost nothing but
+// a coarser boundary.
 constexpr int kTop = 4;
 
 struct Stats {
@@ -176,48 +186,67 @@ struct Stats {
     float s_t;
     int am_t;
     bool bad;
-    float top[kTop];
-    int top_idx[kTop];
+    uint32_t top[kTop];  // descending; 0 where the thread has fewer elements
 };
 
-template <typename T, int VEC>
+// fkey without the -0 fix-up (the caller adds +0.0f, which turns -0 into +0).
+__device__ __forceinline__ uint32_t fkey_raw(float f) {
+    const uint32_t b = __float_as_uint(f);
+    return b ^ ((uint32_t)((int32_t)b >> 31) | 0x80000000u);
+}
+
+// Branch-free per element: the running max moves once per vector (by the vector's max, rarely
+// after the first few), the sum gains one exp per element, a NaN or +inf shows up at the end
+// as a NaN sum or an infinite max, and the top-4 list takes a 7-instruction min/max insertion
+// network (a branch on "would it insert" diverges in nearly every warp step).
+template <bool kTopK, typename T, int VEC>
 __device__ Stats pass_stats(const Row<T, VEC>& row) {
     Stats r;
-    r.m_t = -INFINITY;
-    r.s_t = 0.0f;
-    r.am_t = INT_MAX;
-    r.bad = false;
+    // -FLT_MAX, not -inf, so that exp(-inf - m) is 0 and never NaN; am == INT_MAX marks a
+    // thread that has seen no finite value yet.
+    float m = -FLT_MAX, s = 0.0f;
+    int am = INT_MAX;
+    uint32_t t0 = 0, t1 = 0, t2 = 0, t3 = 0;
+    for_each_vec<false>(row, [&](const typename Row<T, VEC>::L::Raw& q, int base, int j) {
+        float z[VEC];
+        float vmax = -INFINITY;
 #pragma unroll
-    for (int j = 0; j < kTop; ++j) {
-        r.top[j] = -INFINITY;
-        r.top_idx[j] = -1;
-    }
-    for_each_element<false>(row, [&](float x, int idx) {
-        const float z = x * row.inv_t;
-        r.bad |= !(z <= FLT_MAX) && z != -INFINITY;
-        if (z > r.m_t) {  // indices rise within a thread, so the first maximum is kept
-            r.s_t = r.s_t * __expf(r.m_t - z) + 1.0f;
-            r.m_t = z;
-            r.am_t = idx;
-        } else if (z > -INFINITY) {
-            r.s_t += __expf(z - r.m_t);
+        for (int e = 0; e < VEC; ++e) {
+            z[e] = Row<T, VEC>::L::elem(q, e) * row.inv_t;
+            vmax = fmaxf(vmax, z[e]);  // fmaxf ignores NaN
         }
-        if (z > r.top[kTop - 1]) {  // rare after the first few elements: insertion, unrolled
-            float v = z;
-            int vi = idx;
+        if (vmax > m || (am == INT_MAX && vmax > -INFINITY)) {
+            s *= exp_neg(m - vmax);
+            m = vmax;
 #pragma unroll
-            for (int j = 0; j < kTop; ++j) {
-                if (v > r.top[j]) {
-                    const float tv = r.top[j];
-                    const int ti = r.top_idx[j];
-                    r.top[j] = v;
-                    r.top_idx[j] = vi;
-                    v = tv;
-                    vi = ti;
-                }
+            for (int e = VEC - 1; e >= 0; --e) {  // the first element equal to the new max
+                if (z[e] == vmax) am = base + e;
+            }
+        }
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) s += exp_neg(z[e] - m);
+        if (kTopK) {
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) {
+                const uint32_t a = (fkey_raw(z[e] + 0.0f) & 0xFFFF0000u) | (uint32_t)(j * VEC + e);
+                const uint32_t l0 = min(t0, a);
+                t0 = max(t0, a);
+                const uint32_t l1 = min(t1, l0);
+                t1 = max(t1, l0);
+                const uint32_t l2 = min(t2, l1);
+                t2 = max(t2, l1);
+                t3 = max(t3, l2);
             }
         }
     });
+    r.bad = !(s == s) || m == INFINITY;
+    r.m_t = am == INT_MAX ? -INFINITY : m;
+    r.s_t = am == INT_MAX ? 0.0f : s;
+    r.am_t = am;
+    r.top[0] = t0;
+    r.top[1] = t1;
+    r.top[2] = t2;
+    r.top[3] = t3;
     return r;
 }
 

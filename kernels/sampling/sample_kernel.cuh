@@ -3,15 +3,16 @@
 // Per row:
 //   0. penalties in place (row.cuh, apply_penalties), only for rows that have them;
 //   1. pass 1 over the row (HBM): NaN/+inf check, max and argmax (lowest index), the softmax
-//      denominator S (online, per thread), and each thread's 4 largest values;
+//      denominator S (online, per thread), and each thread's 4 largest elements (only for rows
+//      that truncate or want top-n);
 //   greedy rows stop here (one read of the logits);
 //   untruncated rows draw in two stages without another pass: a thread by its share of S
 //      (fixed point), then one warp re-walks that thread's ~200 elements (row_draw's machinery);
-//   truncated rows (and rows asking for top-n) gather the union of the per-thread top-4 lists:
-//      it holds every token above r_max (the largest per-thread 4th value), and when the
-//      allowed-set test already fails for all of it, nothing below can be allowed, so the list
-//      is the whole problem and there is NO second pass (top_k = 50 or a peaked top-p: nearly
-//      always). Both classes then work on the list in shared memory, by warp 0 alone when it
+//   truncated rows (and rows asking for top-n) gather the union of the per-thread top-4 lists
+//      (re-reading those ~250 values): it holds every token above r_max's bucket (r_max: the
+//      largest per-thread 4th key), and when the allowed-set test already fails for all of it,
+//      nothing below can be allowed, so the list is the whole problem and there is NO second
+//      pass (top_k = 50 or a peaked top-p: nearly always). Both classes then work on the list in shared memory, by warp 0 alone when it
 //      holds at most 256 entries (no block barriers). Otherwise a second pass gathers the
 //      tokens above a bound from the sorted thread maxima, and overflowing rows narrow further
 //      (select.cuh).
@@ -21,7 +22,8 @@
 // the 404 KB row cannot stay in shared memory, and at batch 256 the 106 MB of logits are twice
 // the 50 MB L2, so every pass after the first costs most of an HBM read; FlashInfer-style
 // rounds from low = 0 would take 5-10 such passes with top_k = 50 on flat distributions.
-// Keeping 4 values per thread in registers costs one compare per element. Rows that need the
+// Keeping 4 keys per thread in registers costs a 7-instruction min/max network per element,
+// which the memory-bound pass hides at batch 256. Rows that need the
 // second pass read the row twice (it runs backwards, starting on the tail that pass 1 left in
 // L2); overflowing rows (large top_k, flat top-p sets, massive ties) take one more pass per
 // rejection round or per radix digit.
@@ -79,7 +81,7 @@ __device__ inline void write_invalid(const KernelArgs& a, int b, int status) {
 template <typename T, int VEC>
 __device__ void full_draw(const Row<T, VEC>& row, Shared& sh, const Stats& st1, const RowRng& rng, int& tok,
                           float& tok_z) {
-    const float q = st1.m_t > -INFINITY ? st1.s_t * __expf(st1.m_t - row.m) : 0.0f;
+    const float q = st1.m_t > -INFINITY ? st1.s_t * exp_neg(st1.m_t - row.m) : 0.0f;
     const u64 qf = __float2ull_rz(q * kFxScale);
     const uint4 rnd = rng.draw(kPurposeFull);
     if (threadIdx.x == 0) sh.bc_i[0] = -1;
@@ -171,27 +173,27 @@ __global__ void __launch_bounds__(kThreads, 2) sample_kernel(const KernelArgs a)
         write_invalid(a, b, status);
         return;
     }
-    const Stats st1 = pass_stats(row);
+    const bool k_on = top_k > 0 && top_k < a.vocab;
+    const bool p_on = top_p < 1.0f;
+    const bool trunc = !greedy && (k_on || p_on);
+    const int n_top = a.num_top;
+    const Stats st1 = (trunc || n_top > 0) ? pass_stats<true>(row) : pass_stats<false>(row);
     // One reduction for the max with its lowest index (packed: key above, inverted index
     // below), the largest 4th-value of the per-thread lists, and the NaN/+inf flag.
-    u64 red[3] = {((u64)fkey(st1.m_t) << 32) | (u64)(0xFFFFFFFFu - (uint32_t)st1.am_t),
-                  (u64)fkey(st1.top[kTop - 1]), (u64)st1.bad};
+    u64 red[3] = {((u64)fkey(st1.m_t) << 32) | (u64)(0xFFFFFFFFu - (uint32_t)st1.am_t), (u64)st1.top[kTop - 1],
+                  (u64)st1.bad};
     block_allreduce_array(red, MaxOp{}, sh);
     const float m = key_float((uint32_t)(red[0] >> 32));
     const int am = (int)(0xFFFFFFFFu - (uint32_t)red[0]);
-    const float r_max = key_float((uint32_t)red[1]);
     if (red[2] != 0 || !(m > -INFINITY)) {
         write_invalid(a, b, 1);
         return;
     }
     row.m = m;
-    const float s_sum = block_allreduce(st1.m_t > -INFINITY ? st1.s_t * __expf(st1.m_t - m) : 0.0f, SumOp{}, sh);
+    const float s_sum = block_allreduce(st1.m_t > -INFINITY ? st1.s_t * exp_neg(st1.m_t - m) : 0.0f, SumOp{}, sh);
     const float log_s = logf(s_sum);
     const RowRng rng{make_uint2(a.seed[2 * b], a.seed[2 * b + 1]), a.step[2 * b], a.step[2 * b + 1]};
 
-    const bool k_on = top_k > 0 && top_k < a.vocab;
-    const bool p_on = top_p < 1.0f;
-    const bool trunc = !greedy && (k_on || p_on);
     Crit crit;
     crit.k = k_on ? (u64)top_k : 0;
     crit.p_fx = ~0ull;
@@ -202,7 +204,6 @@ __global__ void __launch_bounds__(kThreads, 2) sample_kernel(const KernelArgs a)
     int tok = am;
     float tok_z = m;
     int npass = 1;  // passes made so far, for the direction of the next
-    const int n_top = a.num_top;
 
     if (!greedy && !trunc) full_draw(row, sh, st1, rng, tok, tok_z);
 
@@ -210,18 +211,30 @@ __global__ void __launch_bounds__(kThreads, 2) sample_kernel(const KernelArgs a)
     bool fast = false;  // the list holds every token that sampling and top-n can need
     float tn = -INFINITY;
     if (trunc || n_top > 0) {
-        // Every token above r_max is in the per-thread lists: gather those. The list is enough
-        // when the test fails for the whole of it (so nothing below it is allowed) and it holds
-        // n_top tokens; r_max = -inf means the lists hold every finite token.
-        const uint32_t kr = fkey(r_max);
+        // Every token whose key lies above r_max's 16-bit bucket is in the per-thread lists:
+        // gather those, with their exact values. The list is enough when the test fails for
+        // the whole of it (so nothing below it is allowed) and it holds n_top tokens; a
+        // bucket at or below -inf means the lists hold every finite token.
+        const u64 lo64 = ((red[1] >> 16) + 1) << 16;
+        const bool all_in = lo64 <= kMinFiniteKey;
+        const uint32_t klo = all_in ? kMinFiniteKey : (uint32_t)lo64;
+        float zc[kTop];
+        int ic[kTop];
         int c = 0;
+#pragma unroll
+        for (int j = 0; j < kTop; ++j) {  // the list is descending, so the kept ones are a prefix
+            ic[j] = -1;
+            if (st1.top[j] >= klo) {
+                const int pos = (int)(st1.top[j] & 0xFFFFu);
+                ic[j] = (tid + (pos / VEC) * kThreads) * VEC + pos % VEC;
+                ++c;
+            }
+        }
         u64 mass = 0;
 #pragma unroll
         for (int j = 0; j < kTop; ++j) {
-            if (fkey(st1.top[j]) > kr) {
-                ++c;
-                mass += weight_fx(st1.top[j], m);
-            }
+            zc[j] = ic[j] >= 0 ? row.load_one(ic[j]) * row.inv_t : 0.0f;
+            if (ic[j] >= 0) mass += weight_fx(zc[j], m);
         }
         // Count and mass in one scan: the mass (< 2048 * 2^40) stays below bit 52.
         u64 total;
@@ -229,17 +242,16 @@ __global__ void __launch_bounds__(kThreads, 2) sample_kernel(const KernelArgs a)
 #pragma unroll
         for (int j = 0; j < kTop; ++j) {
             if (j < c) {
-                sh.list_z[pos + j] = st1.top[j];
-                sh.list_idx[pos + j] = st1.top_idx[j];
+                sh.list_z[pos + j] = zc[j];
+                sh.list_idx[pos + j] = ic[j];
             }
         }
         __syncthreads();
         const int n_c = (int)(total >> 52);
         const u64 m_in = total & ((1ull << 52) - 1);
-        const bool all_in = !(r_max > -INFINITY);
         if ((!trunc || all_in || !crit.ok((u64)n_c, m_in)) && (n_top == 0 || all_in || n_c >= n_top)) {
             fast = true;
-            st.klo = all_in ? kMinFiniteKey : kr + 1;
+            st.klo = klo;
             st.khi = kMaxKey;
             st.cnt_in = (u64)n_c;
             st.mass_in = m_in;

@@ -5,10 +5,11 @@
 // masses being 2^-40 fixed-point weights exp(z - max), so both tests are exact integer
 // comparisons and the allowed set is {z >= tau} for one value tau. The pieces:
 //
-// * Candidates from the first pass (kernel): each thread keeps its 4 largest values, so the
-//   union of those lists holds every token above r_max, the largest per-thread 4th value. If
-//   the test already fails for (count, mass) of that whole list, nothing below it is allowed
-//   and the list alone decides: no second pass.
+// * Candidates from the first pass (kernel): each thread keeps its 4 largest elements (by the
+//   top 16 bits of their keys, row.cuh), so the union of those lists holds every token whose
+//   key lies above the 16-bit bucket of r_max, the largest per-thread 4th key. If the test
+//   already fails for (count, mass) of that whole list, nothing below it is allowed and the
+//   list alone decides: no second pass.
 // * Otherwise a bound from the sorted 512 per-thread maxima: the k-th largest of them is <= the
 //   k-th largest logit, and the first sorted thread maximum at which the maxima's own mass
 //   reaches top_p * S bounds tau from below the same way. So every allowed token has
@@ -247,7 +248,7 @@ struct RowSource {
 // FlashInfer's second pivot: the key of the probability midpoint of pivot1 and high, kept
 // strictly above pivot1 and at most high (k1 < hi).
 __device__ inline uint32_t pivot_midpoint(uint32_t k1, uint32_t hi, float m) {
-    const float w1 = __expf(key_float(k1) - m), wh = __expf(key_float(hi) - m);
+    const float w1 = exp_neg(key_float(k1) - m), wh = exp_neg(key_float(hi) - m);
     uint32_t k2 = fkey(m + __logf(0.5f * (w1 + wh)));
     if (k2 <= k1) k2 = k1 + 1;
     if (k2 > hi) k2 = hi;

@@ -149,7 +149,10 @@ impl BlockPool {
             "BlockPool::register: block {block} is free"
         );
         if let Some(existing) = self.hashes[block as usize] {
-            assert_eq!(existing, hash, "BlockPool::register: block {block} already holds another hash");
+            assert_eq!(
+                existing, hash,
+                "BlockPool::register: block {block} already holds another hash"
+            );
             return true;
         }
         match self.cached.get(&hash) {
@@ -209,12 +212,18 @@ impl BlockPool {
         }
         for (&h, &b) in &self.cached {
             if self.hashes.get(b as usize) != Some(&Some(h)) {
-                return Err(format!("prefix cache maps {h:?} to block {b}, which holds {:?}", self.hashes.get(b as usize)));
+                return Err(format!(
+                    "prefix cache maps {h:?} to block {b}, which holds {:?}",
+                    self.hashes.get(b as usize)
+                ));
             }
         }
         let hashed = self.hashes.iter().filter(|h| h.is_some()).count();
         if hashed != self.cached.len() {
-            return Err(format!("{hashed} blocks carry a hash, the prefix cache has {}", self.cached.len()));
+            return Err(format!(
+                "{hashed} blocks carry a hash, the prefix cache has {}",
+                self.cached.len()
+            ));
         }
         Ok(())
     }

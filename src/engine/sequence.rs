@@ -199,12 +199,22 @@ impl Sequence {
 
     /// Images whose encoder output the engine holds for this sequence.
     pub fn encoded_images(&self) -> impl Iterator<Item = usize> + '_ {
-        self.image_encoded.iter().enumerate().filter(|(_, &e)| e).map(|(i, _)| i)
+        self.image_encoded
+            .iter()
+            .enumerate()
+            .filter(|(_, &e)| e)
+            .map(|(i, _)| i)
     }
 
     /// Extends `block_hashes` to this sequence's first `num_blocks` full blocks.
     pub(super) fn extend_block_hashes(&mut self, block_size: usize, num_blocks: usize) {
-        prefix_hash::extend_block_hashes(&mut self.block_hashes, &self.token_ids, &self.images, block_size, num_blocks);
+        prefix_hash::extend_block_hashes(
+            &mut self.block_hashes,
+            &self.token_ids,
+            &self.images,
+            block_size,
+            num_blocks,
+        );
     }
 
     /// Forgets the encoder outputs of images whose spans are fully computed (of every image

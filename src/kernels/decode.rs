@@ -29,9 +29,10 @@ pub struct PagedKv<'a> {
     pub max_seq_len: usize,
 }
 
-/// The split count the kernel's heuristic picks (`ocrvl_decode_num_splits`): 1 when
-/// `num_seqs * num_kv_heads` CTAs fill the GPU's resident slots, else enough splits to fill
-/// them, with no split under 256 keys of `max_seq_len`.
+/// The split count the kernel's heuristic picks (`ocrvl_decode_num_splits`): 1 when the
+/// `num_seqs * num_kv_heads` CTAs number at least half the SMs, else about one CTA per SM,
+/// with no split under 256 keys of `max_seq_len` (decode.h and paged_decode.cuh give the
+/// measurements behind it).
 pub fn decode_num_splits(num_seqs: usize, num_kv_heads: usize, max_seq_len: usize, sm_count: usize) -> usize {
     let c = |v: usize| i32::try_from(v).unwrap_or(i32::MAX);
     // SAFETY: a pure host function of its integer arguments.

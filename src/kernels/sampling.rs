@@ -93,11 +93,15 @@ impl SamplingParams {
         if self.top_k < 0 {
             return bad(format!("top_k {} must be >= 0", self.top_k));
         }
-        if !(self.top_p > 0.0) {
+        // NaN fails too.
+        if self.top_p.is_nan() || self.top_p <= 0.0 {
             return bad(format!("top_p {} must be > 0", self.top_p));
         }
         if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
-            return bad(format!("repetition_penalty {} must be finite and > 0", self.repetition_penalty));
+            return bad(format!(
+                "repetition_penalty {} must be finite and > 0",
+                self.repetition_penalty
+            ));
         }
         if !self.frequency_penalty.is_finite() || !self.presence_penalty.is_finite() {
             return bad("frequency and presence penalties must be finite".into());
@@ -199,7 +203,10 @@ pub fn sample(
     const OP: &str = "sampling";
     let dims = logits.dims().to_vec();
     if dims.len() != 2 {
-        return Err(Error::invalid(OP, format!("logits must be [batch, vocab], got {dims:?}")));
+        return Err(Error::invalid(
+            OP,
+            format!("logits must be [batch, vocab], got {dims:?}"),
+        ));
     }
     let (batch, vocab) = (dims[0], dims[1]);
     if !matches!(logits.dtype(), DType::F32 | DType::BF16) {
@@ -285,7 +292,10 @@ pub fn sample(
             if have < need || !ws.is_contiguous() {
                 return Err(Error::invalid(
                     OP,
-                    format!("workspace of {have} bytes (contiguous: {}); {need} needed", ws.is_contiguous()),
+                    format!(
+                        "workspace of {have} bytes (contiguous: {}); {need} needed",
+                        ws.is_contiguous()
+                    ),
                 ));
             }
             ws_ptr = ws.device_ptr() as *mut std::ffi::c_void;
@@ -390,10 +400,16 @@ impl Sampler {
         const OP: &str = "Sampler::set_batch";
         let n = params.len();
         if n > self.max_batch {
-            return Err(Error::invalid(OP, format!("{n} rows over max_batch {}", self.max_batch)));
+            return Err(Error::invalid(
+                OP,
+                format!("{n} rows over max_batch {}", self.max_batch),
+            ));
         }
         if !histories.is_empty() && histories.len() != n {
-            return Err(Error::invalid(OP, format!("{} histories for {n} rows", histories.len())));
+            return Err(Error::invalid(
+                OP,
+                format!("{} histories for {n} rows", histories.len()),
+            ));
         }
         self.batch = n;
         self.penalties = !histories.is_empty() && params.iter().any(SamplingParams::has_penalties);
@@ -412,14 +428,26 @@ impl Sampler {
         put_f32(&mut self.buf.presence, &mut self.host_f32, &|p| p.presence_penalty)?;
         self.host_i32.clear();
         self.host_i32.extend(params.iter().map(|p| p.top_k));
-        self.buf.top_k.view_mut().narrow0(0, n)?.copy_from_host(gpu, &self.host_i32)?;
+        self.buf
+            .top_k
+            .view_mut()
+            .narrow0(0, n)?
+            .copy_from_host(gpu, &self.host_i32)?;
         let words = |v: u64| [v as u32 as i32, (v >> 32) as u32 as i32];
         self.host_i32.clear();
         self.host_i32.extend(params.iter().flat_map(|p| words(p.seed)));
-        self.buf.seed.view_mut().narrow0(0, n)?.copy_from_host(gpu, &self.host_i32)?;
+        self.buf
+            .seed
+            .view_mut()
+            .narrow0(0, n)?
+            .copy_from_host(gpu, &self.host_i32)?;
         self.host_i32.clear();
         self.host_i32.extend(params.iter().flat_map(|p| words(p.step)));
-        self.buf.step.view_mut().narrow0(0, n)?.copy_from_host(gpu, &self.host_i32)?;
+        self.buf
+            .step
+            .view_mut()
+            .narrow0(0, n)?
+            .copy_from_host(gpu, &self.host_i32)?;
         if self.penalties {
             pack_history(histories, &mut self.host_i32, &mut self.host_cu)?;
             if self.host_i32.len() > self.history_capacity {
@@ -433,8 +461,16 @@ impl Sampler {
                 ));
             }
             let len = self.host_i32.len();
-            self.buf.history.view_mut().narrow0(0, len)?.copy_from_host(gpu, &self.host_i32)?;
-            self.buf.cu_history.view_mut().narrow0(0, n + 1)?.copy_from_host(gpu, &self.host_cu)?;
+            self.buf
+                .history
+                .view_mut()
+                .narrow0(0, len)?
+                .copy_from_host(gpu, &self.host_i32)?;
+            self.buf
+                .cu_history
+                .view_mut()
+                .narrow0(0, n + 1)?
+                .copy_from_host(gpu, &self.host_cu)?;
         }
         Ok(())
     }

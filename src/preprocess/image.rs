@@ -166,7 +166,7 @@ pub fn smart_resize(
 ///
 /// The header's dimensions are checked against `max_pixels` before any pixel is decoded.
 pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<Rgb8Image> {
-    let reader = ImageReader::new(Cursor::new(bytes))
+    let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| PreprocessError::Decode {
             format: "unknown".into(),
@@ -186,7 +186,6 @@ pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<Rgb8Image> {
 
     // No allocation limit while reading the header, so that an oversized image gets our
     // `TooManyPixels` (with its dimensions) rather than the decoder's generic limit error.
-    let mut reader = reader;
     reader.limits(Limits::no_limits());
     let mut decoder = reader.into_decoder().map_err(decode_error)?;
     let (width, height) = decoder.dimensions();

@@ -93,7 +93,12 @@ impl Out {
             token: poisoned(DType::I32, &[batch]),
             logprob: poisoned(DType::F32, &[batch]),
             status: poisoned(DType::I32, &[batch]),
-            top: (n_top > 0).then(|| (poisoned(DType::I32, &[batch, n_top]), poisoned(DType::F32, &[batch, n_top]))),
+            top: (n_top > 0).then(|| {
+                (
+                    poisoned(DType::I32, &[batch, n_top]),
+                    poisoned(DType::F32, &[batch, n_top]),
+                )
+            }),
         }
     }
 
@@ -137,7 +142,9 @@ fn run(
 ) -> Host {
     sampler.set_batch(g, params, histories).unwrap();
     let mut out = Out::new(g, params.len(), n_top);
-    sampler.sample(g, class, &mut logits.view_mut(), &mut out.views()).unwrap();
+    sampler
+        .sample(g, class, &mut logits.view_mut(), &mut out.views())
+        .unwrap();
     out.read(g)
 }
 
@@ -155,7 +162,11 @@ fn check_top(what: &str, h: &Host, row: usize, n: usize, z: &[f64]) {
                 ls[order[j]]
             );
         } else {
-            assert_eq!((id, lp), (-1, f32::NEG_INFINITY), "{what}: row {row} top {j} past the finite logits");
+            assert_eq!(
+                (id, lp),
+                (-1, f32::NEG_INFINITY),
+                "{what}: row {row} top {j} past the finite logits"
+            );
         }
     }
 }
@@ -213,7 +224,11 @@ fn greedy_is_the_lowest_index_argmax() {
                     assert_eq!(h.status[b], STATUS_OK, "{what}");
                     assert_eq!(h.token[b], want as i32, "{what}");
                     let lp = rs::log_softmax(&z)[want];
-                    assert!((h.logprob[b] as f64 - lp).abs() <= LOGPROB_ATOL, "{what}: logprob {} vs {lp}", h.logprob[b]);
+                    assert!(
+                        (h.logprob[b] as f64 - lp).abs() <= LOGPROB_ATOL,
+                        "{what}: logprob {} vs {lp}",
+                        h.logprob[b]
+                    );
                 }
             }
         }
@@ -237,7 +252,9 @@ fn statistics_for_vocab(vocab: usize) {
     // A: continuous logits, no ties; B: logits on a 0.25 grid, so that the top-p boundary falls
     // between tie groups whose mass is large against f32 error.
     let a: Vec<f32> = (0..vocab).map(|_| (2.0 * normal(&mut r)) as f32).collect();
-    let b: Vec<f32> = (0..vocab).map(|_| ((normal(&mut r) * 8.0).round() / 4.0) as f32).collect();
+    let b: Vec<f32> = (0..vocab)
+        .map(|_| ((normal(&mut r) * 8.0).round() / 4.0) as f32)
+        .collect();
     let small = vocab < 1000;
     let rep = |v: &[f32]| -> Vec<f32> { (0..ROWS).flat_map(|_| v.iter().cloned()).collect() };
     let (mut dev_a, _) = device_logits(&g, DType::F32, &[ROWS, vocab], &rep(&a));
@@ -255,7 +272,10 @@ fn statistics_for_vocab(vocab: usize) {
     let (p_90, m_90) = rs::safe_top_p(&zb7, 0.9);
     let (p_95, m_95) = rs::safe_top_p(&zb, 0.95);
     for (p, margin) in [(p_small, m_small), (p_90, m_90), (p_95, m_95)] {
-        assert!(margin > 2e-4, "test distribution: top_p {p} has a margin of only {margin}");
+        assert!(
+            margin > 2e-4,
+            "test distribution: top_p {p} has a margin of only {margin}"
+        );
     }
     // The first k from 20 (50) whose boundary gap dwarfs f32 error.
     let k0 = if small { 20 } else { 50 };
@@ -263,11 +283,51 @@ fn statistics_for_vocab(vocab: usize) {
         .find(|&k| rs::top_k_gap(&za, k) > 1e-3)
         .expect("test distribution: no top-k boundary with a gap");
     let cases = [
-        (StatCase { name: "none", temperature: 1.0, top_k: 0, top_p: 1.0 }, false),
-        (StatCase { name: "top_k", temperature: 1.0, top_k: k_small, top_p: 1.0 }, false),
-        (StatCase { name: "top_p small", temperature: 0.7, top_k: 0, top_p: p_small }, false),
-        (StatCase { name: "top_p", temperature: 0.7, top_k: 0, top_p: p_90 }, true),
-        (StatCase { name: "top_k and top_p", temperature: 1.0, top_k: if small { 60 } else { 1000 }, top_p: p_95 }, true),
+        (
+            StatCase {
+                name: "none",
+                temperature: 1.0,
+                top_k: 0,
+                top_p: 1.0,
+            },
+            false,
+        ),
+        (
+            StatCase {
+                name: "top_k",
+                temperature: 1.0,
+                top_k: k_small,
+                top_p: 1.0,
+            },
+            false,
+        ),
+        (
+            StatCase {
+                name: "top_p small",
+                temperature: 0.7,
+                top_k: 0,
+                top_p: p_small,
+            },
+            false,
+        ),
+        (
+            StatCase {
+                name: "top_p",
+                temperature: 0.7,
+                top_k: 0,
+                top_p: p_90,
+            },
+            true,
+        ),
+        (
+            StatCase {
+                name: "top_k and top_p",
+                temperature: 1.0,
+                top_k: if small { 60 } else { 1000 },
+                top_p: p_95,
+            },
+            true,
+        ),
     ];
     for (case, on_b) in &cases {
         let x = if *on_b { &b } else { &a };
@@ -279,10 +339,22 @@ fn statistics_for_vocab(vocab: usize) {
             let what = format!("vocab {vocab} {} {class:?}", case.name);
             // "none" also checks that top_k >= vocab and top_p >= 1 mean no truncation.
             let top_k: Vec<i32> = (0..ROWS)
-                .map(|i| if case.name == "none" && i % 2 == 1 { vocab as i32 } else { case.top_k as i32 })
+                .map(|i| {
+                    if case.name == "none" && i % 2 == 1 {
+                        vocab as i32
+                    } else {
+                        case.top_k as i32
+                    }
+                })
                 .collect();
             let top_p: Vec<f32> = (0..ROWS)
-                .map(|i| if case.name == "none" && i % 2 == 1 { 1.5 } else { case.top_p as f32 })
+                .map(|i| {
+                    if case.name == "none" && i % 2 == 1 {
+                        1.5
+                    } else {
+                        case.top_p as f32
+                    }
+                })
                 .collect();
             let temperature = DeviceTensor::from_host(&g, &[ROWS], &vec![case.temperature; ROWS]).unwrap();
             let top_k = DeviceTensor::from_host(&g, &[ROWS], &top_k).unwrap();
@@ -316,14 +388,23 @@ fn statistics_for_vocab(vocab: usize) {
             for (i, (&t, &s)) in toks.iter().zip(&sts).enumerate() {
                 assert_eq!(s, STATUS_OK, "{what}: draw {i}");
                 assert!(t >= 0 && (t as usize) < vocab, "{what}: draw {i} is token {t}");
-                assert!(allowed[t as usize], "{what}: draw {i} is token {t}, outside the allowed set");
+                assert!(
+                    allowed[t as usize],
+                    "{what}: draw {i} is token {t}, outside the allowed set"
+                );
                 hist[t as usize] += 1.0;
                 if i % 997 == 0 {
-                    assert!((lps[i] as f64 - ls[t as usize]).abs() <= LOGPROB_ATOL, "{what}: draw {i} logprob");
+                    assert!(
+                        (lps[i] as f64 - ls[t as usize]).abs() <= LOGPROB_ATOL,
+                        "{what}: draw {i} logprob"
+                    );
                 }
             }
             let cos = rs::cosine(&hist, &target);
-            eprintln!("{what}: cosine {cos:.5}, {} allowed", allowed.iter().filter(|&&x| x).count());
+            eprintln!(
+                "{what}: cosine {cos:.5}, {} allowed",
+                allowed.iter().filter(|&&x| x).count()
+            );
             assert!(cos > 0.99, "{what}: histogram cosine {cos}");
         }
     }
@@ -356,7 +437,9 @@ fn same_seed_and_step_give_the_same_token_in_any_batch() {
     for &vocab in &[32000usize, 103424] {
         // The target row: grid logits (large tie groups, top-p sets that overflow the list)
         // in half the trials' parameters, continuous ones otherwise.
-        let target: Vec<f32> = (0..vocab).map(|_| ((normal(&mut r) * 8.0).round() / 4.0) as f32).collect();
+        let target: Vec<f32> = (0..vocab)
+            .map(|_| ((normal(&mut r) * 8.0).round() / 4.0) as f32)
+            .collect();
         let mut big: Vec<f32> = (0..256 * vocab).map(|_| (3.0 * normal(&mut r)) as f32).collect();
         big[200 * vocab..201 * vocab].copy_from_slice(&target);
         let mut seven: Vec<f32> = big[..7 * vocab].to_vec();
@@ -463,7 +546,10 @@ fn nan_and_inf_rows_are_reported_and_other_rows_unaffected() {
                 if s != STATUS_OK {
                     assert_eq!((h.token[b], h.logprob[b]), (-1, f32::NEG_INFINITY), "{what}: row {b}");
                     assert!(h.top_ids[b * 4..b * 4 + 4].iter().all(|&t| t == -1), "{what}: row {b}");
-                    assert!(h.top_lps[b * 4..b * 4 + 4].iter().all(|&v| v == f32::NEG_INFINITY), "{what}: row {b}");
+                    assert!(
+                        h.top_lps[b * 4..b * 4 + 4].iter().all(|&v| v == f32::NEG_INFINITY),
+                        "{what}: row {b}"
+                    );
                 }
             }
             assert!(h.token[3] % 2 == 0, "{what}: a -inf token was drawn");
@@ -497,7 +583,9 @@ fn penalties_match_the_cpu_processed_logits() {
     for dtype in [DType::F32, DType::BF16] {
         // Multiples of 1/8 in [-4, 4): exact in bf16, and every penalty step below is exact in
         // f32 (dyadic penalties), so the CPU's f32 model is bit-exact.
-        let vals: Vec<f32> = (0..batch * vocab).map(|_| r.random_range(-32i32..32) as f32 / 8.0).collect();
+        let vals: Vec<f32> = (0..batch * vocab)
+            .map(|_| r.random_range(-32i32..32) as f32 / 8.0)
+            .collect();
         let held: Vec<f32> = match dtype {
             DType::BF16 => vals.iter().map(|&x| bf16::from_f32(x).to_f32()).collect(),
             _ => vals.clone(),
@@ -513,12 +601,26 @@ fn penalties_match_the_cpu_processed_logits() {
                     .map(|&i| i as i32)
                     .collect();
                 (0..lengths[b])
-                    .map(|i| if i % 2 == 0 { hot[r.random_range(0..20)] } else { r.random_range(0..vocab as i32) })
+                    .map(|i| {
+                        if i % 2 == 0 {
+                            hot[r.random_range(0..20)]
+                        } else {
+                            r.random_range(0..vocab as i32)
+                        }
+                    })
                     .collect()
             })
             .collect();
-        let pen = [(2.0f32, 0.0f32, 0.0f32), (0.5, 0.25, 1.0), (1.0, 0.0, 0.0), (2.0, 0.5, 0.125), (1.0, 0.25, 0.0),
-            (0.5, 0.0, 1.0), (2.0, 0.25, 0.5), (1.0, 0.5, 0.25)];
+        let pen = [
+            (2.0f32, 0.0f32, 0.0f32),
+            (0.5, 0.25, 1.0),
+            (1.0, 0.0, 0.0),
+            (2.0, 0.5, 0.125),
+            (1.0, 0.25, 0.0),
+            (0.5, 0.0, 1.0),
+            (2.0, 0.25, 0.5),
+            (1.0, 0.5, 0.25),
+        ];
         let params: Vec<SamplingParams> = (0..batch)
             .map(|b| SamplingParams {
                 temperature: if b < 6 { 0.0 } else { 0.9 },
@@ -548,7 +650,12 @@ fn penalties_match_the_cpu_processed_logits() {
             let h = run(&g, &mut sampler, class, &mut fresh, &params, &hist_refs, 0);
             let got = read_logits(&g, &fresh);
             for (i, (&a, &b)) in got.iter().zip(&want).enumerate() {
-                assert_eq!(a.to_bits(), b.to_bits(), "{what}: processed logit {i} (row {})", i / vocab);
+                assert_eq!(
+                    a.to_bits(),
+                    b.to_bits(),
+                    "{what}: processed logit {i} (row {})",
+                    i / vocab
+                );
             }
             for b in 0..batch {
                 let z = kernel_z(&want[b * vocab..(b + 1) * vocab], params[b].temperature);
@@ -613,8 +720,16 @@ fn logprobs_and_top_n_match_f64_log_softmax() {
             }
             rows.push(tied_top);
             rows.push(nrm(&mut r, 3.0));
-            let settings = [(0.7f32, 50, 1.0f32), (1.0, 0, 1.0), (1.0, 5, 1.0), (0.0, 0, 1.0), (0.7, 0, 0.9),
-                (0.0, 0, 1.0), (1.0, 0, 0.5), (1.5, 1000, 0.95)];
+            let settings = [
+                (0.7f32, 50, 1.0f32),
+                (1.0, 0, 1.0),
+                (1.0, 5, 1.0),
+                (0.0, 0, 1.0),
+                (0.7, 0, 0.9),
+                (0.0, 0, 1.0),
+                (1.0, 0, 0.5),
+                (1.5, 1000, 0.95),
+            ];
             let params: Vec<SamplingParams> = settings
                 .iter()
                 .enumerate()
@@ -657,24 +772,37 @@ fn bad_arguments_are_errors() {
     let mut out = Out::new(&g, 4, 0);
     // f16 logits are not supported.
     let mut half = DeviceTensor::zeros(&g, DType::F16, &[4, 100]).unwrap();
-    let err = sampler.sample(&g, SamplingClass::Base, &mut half.view_mut(), &mut out.views()).unwrap_err();
+    let err = sampler
+        .sample(&g, SamplingClass::Base, &mut half.view_mut(), &mut out.views())
+        .unwrap_err();
     assert!(err.to_string().contains("f32 and bf16"), "{err}");
     // Logits must be [batch, vocab] with the batch of set_batch.
     let mut flat = DeviceTensor::zeros(&g, DType::F32, &[400]).unwrap();
-    assert!(sampler.sample(&g, SamplingClass::Base, &mut flat.view_mut(), &mut out.views()).is_err());
+    assert!(sampler
+        .sample(&g, SamplingClass::Base, &mut flat.view_mut(), &mut out.views())
+        .is_err());
     let mut three = DeviceTensor::zeros(&g, DType::F32, &[3, 100]).unwrap();
-    assert!(sampler.sample(&g, SamplingClass::Base, &mut three.view_mut(), &mut out.views()).is_err());
+    assert!(sampler
+        .sample(&g, SamplingClass::Base, &mut three.view_mut(), &mut out.views())
+        .is_err());
     // More than 20 alternatives.
     let mut x = DeviceTensor::zeros(&g, DType::F32, &[4, 100]).unwrap();
     let mut wide = Out::new(&g, 4, 21);
-    let err = sampler.sample(&g, SamplingClass::Base, &mut x.view_mut(), &mut wide.views()).unwrap_err();
+    let err = sampler
+        .sample(&g, SamplingClass::Base, &mut x.view_mut(), &mut wide.views())
+        .unwrap_err();
     assert!(err.to_string().contains("20"), "{err}");
     // Outputs of the wrong size.
     let mut short = Out::new(&g, 3, 0);
-    assert!(sampler.sample(&g, SamplingClass::Base, &mut x.view_mut(), &mut short.views()).is_err());
+    assert!(sampler
+        .sample(&g, SamplingClass::Base, &mut x.view_mut(), &mut short.views())
+        .is_err());
     // Too many rows, histories that do not fit, a history count that does not match.
     assert!(sampler.set_batch(&g, &vec![SamplingParams::default(); 5], &[]).is_err());
-    let pen = SamplingParams { repetition_penalty: 2.0, ..Default::default() };
+    let pen = SamplingParams {
+        repetition_penalty: 2.0,
+        ..Default::default()
+    };
     let long = [0i32; 17];
     assert!(sampler.set_batch(&g, &[pen], &[&long]).is_err());
     assert!(sampler.set_batch(&g, &[pen, pen], &[&long[..2]]).is_err());
@@ -698,7 +826,15 @@ fn bad_arguments_are_errors() {
             cu_history: cu.view(),
         }),
     };
-    let err = sample(&g, SamplingClass::Base, &mut x.view_mut(), &batch, &mut out.views(), None).unwrap_err();
+    let err = sample(
+        &g,
+        SamplingClass::Base,
+        &mut x.view_mut(),
+        &batch,
+        &mut out.views(),
+        None,
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("workspace"), "{err}");
     // Invalid parameters are a per-row status, not an error: the other rows are sampled.
     let mut mixed = params.clone();
