@@ -11,6 +11,18 @@ use ocrvl::runtime::{DType, DeviceTensor, GpuTimer};
 
 const VOCAB: usize = 103424;
 
+/// The setting: temperature 0.7, top_k 50, top_p 0.9.
+const TOPK_TOPP: SamplingParams = SamplingParams {
+    temperature: 0.7,
+    top_k: 50,
+    top_p: 0.9,
+    seed: 0,
+    step: 7,
+    repetition_penalty: 1.0,
+    frequency_penalty: 0.0,
+    presence_penalty: 0.0,
+};
+
 /// Logits like a language model's: a standard-normal bulk from a hash (not zeros: timing on
 /// zeros is not timing real data), scaled by 2 so that the softmax is peaked but not one-hot.
 fn logits(batch: usize) -> Vec<f32> {
@@ -39,34 +51,55 @@ fn sampling_benches(c: &mut Criterion) {
         let mut status = DeviceTensor::alloc(&gpu, DType::I32, &[batch]).unwrap();
         let bytes = batch * VOCAB * 4;
         group.throughput(Throughput::Bytes(bytes as u64));
-        for (name, class, greedy) in [
-            ("exact", SamplingClass::Base, false),
-            ("rejection", SamplingClass::Rejection, false),
-            ("greedy", SamplingClass::Base, true),
-        ] {
+        // The configuration for both classes (criterion-measured too), then greedy and
+        // three cheaper or simpler settings for context (printed only).
+        let configs: [(&str, SamplingClass, SamplingParams, usize, bool); 6] = [
+            ("exact", SamplingClass::Base, TOPK_TOPP, 0, true),
+            ("rejection", SamplingClass::Rejection, TOPK_TOPP, 0, true),
+            ("greedy", SamplingClass::Base, SamplingParams::greedy(), 0, true),
+            ("greedy+top5", SamplingClass::Base, SamplingParams::greedy(), 5, false),
+            (
+                "exact top_k=50 only",
+                SamplingClass::Base,
+                SamplingParams {
+                    top_p: 1.0,
+                    ..TOPK_TOPP
+                },
+                0,
+                false,
+            ),
+            (
+                "temperature only",
+                SamplingClass::Base,
+                SamplingParams {
+                    top_k: 0,
+                    top_p: 1.0,
+                    ..TOPK_TOPP
+                },
+                0,
+                false,
+            ),
+        ];
+        for (name, class, base, n_top, criterion) in configs {
             let params: Vec<SamplingParams> = (0..batch)
-                .map(|b| {
-                    if greedy {
-                        SamplingParams::greedy()
-                    } else {
-                        SamplingParams {
-                            temperature: 0.7,
-                            top_k: 50,
-                            top_p: 0.9,
-                            seed: 1234 + b as u64,
-                            step: 7,
-                            ..Default::default()
-                        }
-                    }
+                .map(|b| SamplingParams {
+                    seed: 1234 + b as u64,
+                    ..base
                 })
                 .collect();
             sampler.set_batch(&gpu, &params, &[]).unwrap();
+            let mut top = (n_top > 0).then(|| {
+                (
+                    DeviceTensor::alloc(&gpu, DType::I32, &[batch, n_top]).unwrap(),
+                    DeviceTensor::alloc(&gpu, DType::F32, &[batch, n_top]).unwrap(),
+                )
+            });
             let mut run = || {
                 let mut out = SamplingOutputs {
                     token: token.view_mut(),
                     logprob: logprob.view_mut(),
                     status: status.view_mut(),
-                    top: None,
+                    top: top.as_mut().map(|(a, b)| (a.view_mut(), b.view_mut())),
                 };
                 sampler.sample(&gpu, class, &mut x.view_mut(), &mut out).unwrap();
             };
@@ -82,9 +115,11 @@ fn sampling_benches(c: &mut Criterion) {
                 100.0 * gbps / common::H100_COPY_GBPS,
                 common::H100_COPY_GBPS
             );
-            group.bench_function(format!("{name}_b{batch}"), |b| {
-                b.iter_custom(|iters| common::time_gpu(&gpu, iters, &mut run))
-            });
+            if criterion {
+                group.bench_function(format!("{name}_b{batch}"), |b| {
+                    b.iter_custom(|iters| common::time_gpu(&gpu, iters, &mut run))
+                });
+            }
         }
     }
     group.finish();

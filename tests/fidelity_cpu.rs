@@ -79,3 +79,32 @@ fn reference_forward_matches_transformers() {
         assert_eq!(best as u32, ids[t], "greedy token {} differs", t - prompt_len);
     }
 }
+
+#[test]
+fn preprocessing_matches_transformers_pixel_values() {
+    use ocrvl::config::ModelConfig;
+    use ocrvl::preprocess::image::ImageProcessor;
+
+    let dir = fixture_dir();
+    let cfg = ModelConfig::from_dir(&dir).unwrap();
+    let processor = ImageProcessor::from_model_dir(&dir, &cfg).unwrap();
+    let bytes = std::fs::read(dir.join("expected.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let (_, want) = read(&st, "pixel_values");
+    let (_, grid) = read(&st, "image_grid_thw");
+    let mut got = Vec::new();
+    for (i, g) in grid.chunks(3).enumerate() {
+        let png = std::fs::read(dir.join(format!("image{i}.png"))).unwrap();
+        let p = processor.process_bytes(&png).unwrap();
+        assert_eq!((p.grid.h, p.grid.w), (g[1] as usize, g[2] as usize), "image {i}: grid");
+        got.extend(p.pixel_values.iter().map(|&v| v as f64));
+    }
+    assert_eq!(got.len(), want.len(), "pixel value count");
+    // One uint8 level after (x/255 - 0.5)/0.5 is 2/255. Pillow's resize is matched exactly
+    // (tests/preprocess.rs); allow one level for a Pillow whose pass order differs.
+    let level = 2.0 / 255.0;
+    let off = got.iter().zip(&want).filter(|(a, b)| (*a - *b).abs() > 1e-6).count();
+    let worst = max_abs_diff(&got, &want);
+    eprintln!("pixel values: {off} of {} differ, max |diff| {worst:.5} ({:.2} levels)", got.len(), worst / level);
+    assert!(worst <= level + 1e-6, "pixel values differ by more than one uint8 level: {worst}");
+}

@@ -41,6 +41,5 @@ tar -C "$bundle" -cf - bin | xz -T1 -6e --lzma2=dict=192MiB > "$bundle/bin.tar.x
 rm -rf "$bundle/bin"
 cp tools/gpu_run.sh "$bundle/run.sh"
 cp tools/gpu/*.py "$bundle/tools/" 2>/dev/null || true
-cp tools/make_model_fixture.py "$bundle/"
 du -sh "$bundle"
 ls -la "$bundle"

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs the GPU bundle on the GPU host: every test executable with --include-ignored, the
 # criterion benches, then the bench binary. Full logs go to LOGDIR (default $OUT, else
-# ./logs); a short summary table is printed last. It writes at most 5 files (tests.log,
-# benches.log, bench.log, bench.json, fixture.tar), since the device tool brings back 8 at most.
+# ./logs); a short summary table is printed last. It writes 4 files (tests.log, benches.log,
+# bench.log, bench.json), since the device tool brings back 8 at most.
 #   bash target/gpu-bundle/run.sh [LOGDIR]
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -45,11 +45,6 @@ for py in "$here"/tools/*.py; do
     [ -e "$py" ] || continue
     run_step "$(basename "$py")" "$logs/benches.log" python3 "$py"
 done
-if [ -e "$here/make_model_fixture.py" ]; then
-    fx=$(mktemp -d)
-    run_step "make_model_fixture.py" "$logs/tests.log" python3 "$here/make_model_fixture.py" "$fx/tiny_model"
-    tar -C "$fx" -cf "$logs/fixture.tar" tiny_model
-fi
 
 echo
 echo "== failures (first lines) =="
@@ -58,7 +53,6 @@ echo
 echo "== benches =="
 grep -hE '(TFLOP/s|GB/s)' "$logs/benches.log" 2>/dev/null | grep -vE '^\s*(thrpt|time):' | head -n 80
 grep -E '^\|' "$logs/bench.log"
-grep -h '^fixture:' "$logs/tests.log"
 echo
 echo "== summary =="
 printf '| %-28s | %3s | %8s | %s |\n' step rc time result

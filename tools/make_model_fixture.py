@@ -11,10 +11,12 @@ Random weights give nearly flat logits, so the final RMSNorm weight is scaled up
 by the same factor and greedy choices get margins that survive bf16 (the minimum margin is
 printed and stored).
 
-Needs torch, transformers >= 5 (PaddleOCR-VL built in), safetensors, numpy, Pillow: the GPU
-host has them; it runs on the CPU in a few seconds.
+Needs torch, transformers >= 5 (PaddleOCR-VL built in), safetensors, numpy, Pillow; it runs on
+the CPU in a few seconds. The committed fixture was made with transformers 5.17.0, torch 2.15
+and Pillow 13.0.0:
 
-    python3 tools/make_model_fixture.py OUT_DIR
+    python3 -m venv /tmp/tf && /tmp/tf/bin/pip install torch transformers==5.17.0 safetensors pillow numpy
+    /tmp/tf/bin/python tools/make_model_fixture.py tests/fixtures/tiny_model
 """
 import json
 import os

@@ -260,7 +260,9 @@ __device__ inline void sort_list(Shared& sh, int n) {
     for (int size = 2; size <= p; size <<= 1) {
         for (int stride = size >> 1; stride > 0; stride >>= 1) {
             for (int i = G::rank(); i < (p >> 1); i += G::kSize) {
-                const int lo = 2 * stride * (i / stride) + (i % stride);
+                // stride is a power of two: shifts and masks, not a division (which would
+                // cost more than the compare-exchange itself).
+                const int lo = ((i & ~(stride - 1)) << 1) | (i & (stride - 1));
                 const int hi = lo + stride;
                 const float za = sh.list_z[lo], zb = sh.list_z[hi];
                 const int ia = sh.list_idx[lo], ib = sh.list_idx[hi];

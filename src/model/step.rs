@@ -83,8 +83,8 @@ impl HostStep {
                 let p = c.start + j;
                 s.slot_mapping.push(c.block_table[p / block_size] * block_size as i32 + (p % block_size) as i32);
             }
-            for a in 0..3 {
-                pos[a].extend_from_slice(&c.positions[a]);
+            for (axis, src) in pos.iter_mut().zip(&c.positions) {
+                axis.extend_from_slice(src);
             }
             for &slot in &c.image_slots {
                 if slot >= len {

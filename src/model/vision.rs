@@ -115,6 +115,7 @@ pub fn workspace_bytes(cfg: &ModelConfig, patches: usize) -> usize {
 
 /// Encodes a packed batch of images: `pixels` bf16 [P, 3·14·14] in patch order, into `out` bf16
 /// [P/4, text hidden] (the image tokens, images in batch order).
+#[allow(clippy::too_many_arguments)]
 pub fn encode(
     gpu: &Gpu,
     gemm: &mut Gemm,

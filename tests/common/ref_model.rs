@@ -240,13 +240,13 @@ pub fn bilinear(table: &[f64], side: usize, d: usize, h: usize, w: usize, y: usi
 /// Rotate-half rotary on x [n, heads, hd] with per-token angles [n][hd].
 pub fn rope_neox(x: &mut [f64], n: usize, heads: usize, hd: usize, angles: &[Vec<f64>]) {
     let half = hd / 2;
-    for t in 0..n {
+    for (t, ang) in angles.iter().enumerate().take(n) {
         for h in 0..heads {
             let base = (t * heads + h) * hd;
             let row: Vec<f64> = x[base..base + hd].to_vec();
             for i in 0..hd {
                 let rot = if i < half { -row[i + half] } else { row[i - half] };
-                x[base + i] = row[i] * angles[t][i].cos() + rot * angles[t][i].sin();
+                x[base + i] = row[i] * ang[i].cos() + rot * ang[i].sin();
             }
         }
     }

@@ -8,6 +8,7 @@ mod common;
 mod cast;
 mod gemm;
 mod model;
+mod fidelity;
 mod norm;
 mod rope;
 mod kv_cache;
