@@ -20,8 +20,14 @@ fn read(st: &SafeTensors<'_>, name: &str) -> (Vec<usize>, Vec<f64>) {
     let t = st.tensor(name).unwrap_or_else(|e| panic!("fixture tensor {name}: {e}"));
     let data = t.data();
     let v = match t.dtype() {
-        safetensors::Dtype::F32 => data.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
-        safetensors::Dtype::I64 => data.chunks(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
+        safetensors::Dtype::F32 => data
+            .chunks(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+            .collect(),
+        safetensors::Dtype::I64 => data
+            .chunks(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64)
+            .collect(),
         other => panic!("fixture tensor {name}: unexpected dtype {other:?}"),
     };
     (t.shape().to_vec(), v)
@@ -35,7 +41,8 @@ fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
 #[test]
 fn reference_forward_matches_transformers() {
     let dir = fixture_dir();
-    let bytes = std::fs::read(dir.join("expected.safetensors")).expect("tests/fixtures/tiny_model/expected.safetensors");
+    let bytes =
+        std::fs::read(dir.join("expected.safetensors")).expect("tests/fixtures/tiny_model/expected.safetensors");
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let model = RefModel::load(&dir);
 
@@ -59,7 +66,10 @@ fn reference_forward_matches_transformers() {
     let feat_scale = feats_want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
     eprintln!("image features: max |diff| {feat_err:.3e} (max |value| {feat_scale:.3})");
     // transformers ran in f32: its rounding, not ours, bounds the difference.
-    assert!(feat_err <= 1e-4 * feat_scale.max(1.0), "image features differ: {feat_err}");
+    assert!(
+        feat_err <= 1e-4 * feat_scale.max(1.0),
+        "image features differ: {feat_err}"
+    );
 
     let logits = model.logits(&ids, &img, &pos);
     let (shape, want) = read(&st, "logits");
@@ -71,11 +81,19 @@ fn reference_forward_matches_transformers() {
 
     // Greedy tokens: the argmax of each position before a generated token is that token.
     let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
-    let prompt_len: usize = header.metadata().as_ref().and_then(|m| m.get("prompt_len")).unwrap().parse().unwrap();
+    let prompt_len: usize = header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("prompt_len"))
+        .unwrap()
+        .parse()
+        .unwrap();
     let vocab = model.cfg.text.vocab_size;
     for t in prompt_len..ids.len() {
         let row = &logits[(t - 1) * vocab..t * vocab];
-        let best = (0..vocab).max_by(|&a, &b| row[a].total_cmp(&row[b]).then(b.cmp(&a))).unwrap();
+        let best = (0..vocab)
+            .max_by(|&a, &b| row[a].total_cmp(&row[b]).then(b.cmp(&a)))
+            .unwrap();
         assert_eq!(best as u32, ids[t], "greedy token {} differs", t - prompt_len);
     }
 }
@@ -105,6 +123,13 @@ fn preprocessing_matches_transformers_pixel_values() {
     let level = 2.0 / 255.0;
     let off = got.iter().zip(&want).filter(|(a, b)| (*a - *b).abs() > 1e-6).count();
     let worst = max_abs_diff(&got, &want);
-    eprintln!("pixel values: {off} of {} differ, max |diff| {worst:.5} ({:.2} levels)", got.len(), worst / level);
-    assert!(worst <= level + 1e-6, "pixel values differ by more than one uint8 level: {worst}");
+    eprintln!(
+        "pixel values: {off} of {} differ, max |diff| {worst:.5} ({:.2} levels)",
+        got.len(),
+        worst / level
+    );
+    assert!(
+        worst <= level + 1e-6,
+        "pixel values differ by more than one uint8 level: {worst}"
+    );
 }

@@ -113,25 +113,37 @@ __device__ void full_draw(const Row<T, VEC>& row, Shared& sh, const Stats& st1, 
     __syncthreads();
 }
 
-// Sorts the complete list and, for a truncated row, draws from it: rejection rounds (then the
-// exact draw after kMaxRounds) or the exact draw. Run by group G (warp 0 for short lists);
-// member 0 leaves the token in sh.bc_i[2] / sh.bc_f[1].
+// Draws from the complete list (for a truncated row) and leaves it sorted when top-n needs
+// it: rejection rounds in list order (sorted first only if `ordered` is false, i.e. the list
+// was gathered with atomics), then the exact draw after kMaxRounds; or the exact draw, which
+// sorts. Run by group G (warp 0 for short lists); member 0 leaves the token in sh.bc_i[2] /
+// sh.bc_f[1].
 template <typename G>
-__device__ void list_phase(Shared& sh, int n, bool trunc, bool rejection, const Crit& crit, uint32_t lo, float m,
-                           const RowRng& rng) {
-    sort_list<G>(sh, n);
-    if (!trunc) return;
+__device__ void list_phase(Shared& sh, int n, bool trunc, bool rejection, bool ordered, bool want_sorted,
+                           const Crit& crit, uint32_t lo, float m, const RowRng& rng) {
+    bool sorted = false;
     int idx = -1;
     float z = 0.0f;
-    bool done = false;
-    if (rejection) {
-        ListSource<G> src{sh, n, m};
-        done = rejection_rounds(src, crit, lo, m, rng, idx, z);
+    if (trunc) {
+        bool done = false;
+        if (rejection) {
+            if (!ordered) {
+                sort_list<G>(sh, n);
+                sorted = true;
+            }
+            ListSource<G> src(sh, n, m);
+            done = rejection_rounds(src, crit, lo, m, rng, idx, z);
+        }
+        if (!done) {
+            if (!sorted) {
+                sort_list<G>(sh, n);
+                sorted = true;
+            }
+            const uint4 rnd = rng.draw(rejection ? kPurposeFallback : kPurposeExact);
+            list_exact_draw<G>(sh, n, crit, m, bits64(rnd.x, rnd.y), idx, z);
+        }
     }
-    if (!done) {
-        const uint4 rnd = rng.draw(rejection ? kPurposeFallback : kPurposeExact);
-        list_exact_draw<G>(sh, n, crit, m, bits64(rnd.x, rnd.y), idx, z);
-    }
+    if (want_sorted && !sorted) sort_list<G>(sh, n);
     if (G::rank() == 0) {
         sh.bc_i[2] = idx;
         sh.bc_f[1] = z;
@@ -209,6 +221,7 @@ __global__ void __launch_bounds__(kThreads, 2) sample_kernel(const KernelArgs a)
 
     PassState st{};
     bool fast = false;  // the list holds every token that sampling and top-n can need
+    bool second_pass = false;
     float tn = -INFINITY;
     if (trunc || n_top > 0) {
         // Every token whose key lies above r_max's 16-bit bucket is in the per-thread lists:
@@ -283,14 +296,21 @@ __global__ void __launch_bounds__(kThreads, 2) sample_kernel(const KernelArgs a)
             uint32_t klo = fkey(glo);
             if (klo < kMinFiniteKey) klo = kMinFiniteKey;
             st = interval_pass(row, sh, klo, kMaxKey, 0, kCap, true, (npass++ & 1) != 0);
+            second_pass = true;
             fast = st.complete;
         }
         if (st.complete) {
             // Everything from here works on the list (no tokens above it).
+            // The list from the top-4 lists is in thread order; one from interval_pass is in
+            // the order of shared-memory atomics.
+            const bool ordered = !second_pass;
             if (st.n_list <= kWarpList) {
-                if (warp_id() == 0) list_phase<WarpGroup>(sh, st.n_list, trunc, a.rejection, crit, st.klo, m, rng);
+                if (warp_id() == 0) {
+                    list_phase<WarpGroup>(sh, st.n_list, trunc, a.rejection, ordered, n_top > 0, crit, st.klo, m,
+                                          rng);
+                }
             } else {
-                list_phase<BlockGroup>(sh, st.n_list, trunc, a.rejection, crit, st.klo, m, rng);
+                list_phase<BlockGroup>(sh, st.n_list, trunc, a.rejection, ordered, n_top > 0, crit, st.klo, m, rng);
             }
             __syncthreads();
             if (trunc && sh.bc_i[2] >= 0) {

@@ -190,34 +190,54 @@ struct Counts {
     u64 c1, c2, m1, m2;
 };
 
-// Rejection rounds on the complete, sorted list, by group G.
+// Rejection rounds on the complete list, by group G, in list order (which must not depend on
+// scheduling). Each member keeps the keys and weights of its (at most kPerThread) entries in
+// registers, so a round is two scans and a reduction with no exp and no shared-memory reads.
 template <typename G>
 struct ListSource {
     Shared& sh;
-    int n;
-    float m;
+    int n, first;
+    uint32_t key[kPerThread];  // 0 past the list: below every finite key
+    u64 w[kPerThread];
+    __device__ ListSource(Shared& s, int n_, float m) : sh(s), n(n_) {
+        const int span = list_span<G>(n);
+        first = G::rank() * span;
+#pragma unroll
+        for (int i = 0; i < kPerThread; ++i) {
+            const int p = first + i;
+            const bool ok = i < span && p < n;
+            const float z = ok ? sh.list_z[p] : -INFINITY;
+            key[i] = ok ? fkey(z) : 0u;
+            w[i] = ok ? weight_fx(z, m) : 0;
+        }
+    }
     __device__ void draw(uint32_t lo, u64 bits, int& idx, float& z) {
-        const Scan s = list_scan<G>(sh, n, lo, m);
-        list_pick<G>(sh, n, lo, m, s.excl, scale_random(bits, s.total), idx, z);
+        u64 mass = 0;
+#pragma unroll
+        for (int i = 0; i < kPerThread; ++i) mass += key[i] >= lo ? w[i] : 0;
+        u64 total;
+        u64 acc = G::exclusive_scan(mass, total, sh);
+        const u64 r = scale_random(bits, total);
+        int cand = INT_MAX;
+#pragma unroll
+        for (int i = 0; i < kPerThread; ++i) {
+            if (key[i] >= lo) {
+                if (w[i] > 0 && r >= acc && r - acc < w[i] && cand == INT_MAX) cand = first + i;
+                acc += w[i];
+            }
+        }
+        const int p = G::allreduce(cand, MinOp{}, sh);
+        idx = p < n ? sh.list_idx[p] : -1;
+        z = p < n ? sh.list_z[p] : 0.0f;
     }
     __device__ Counts check(uint32_t k1, uint32_t k2) {
         u64 v[4] = {0, 0, 0, 0};  // count > k1, count > k2, mass > k1, mass > k2
-        const int span = list_span<G>(n), first = G::rank() * span;
-        for (int i = 0; i < span; ++i) {
-            const int p = first + i;
-            if (p < n) {
-                const float z = sh.list_z[p];
-                const uint32_t k = fkey(z);
-                if (k > k1) {
-                    const u64 w = weight_fx(z, m);
-                    ++v[0];
-                    v[2] += w;
-                    if (k > k2) {
-                        ++v[1];
-                        v[3] += w;
-                    }
-                }
-            }
+#pragma unroll
+        for (int i = 0; i < kPerThread; ++i) {
+            v[0] += key[i] > k1 ? 1 : 0;
+            v[1] += key[i] > k2 ? 1 : 0;
+            v[2] += key[i] > k1 ? w[i] : 0;
+            v[3] += key[i] > k2 ? w[i] : 0;
         }
         G::allreduce_sum(v, sh);
         return Counts{v[0], v[1], v[2], v[3]};

@@ -1,17 +1,20 @@
 //! `bench`: throughput measurements on a PaddleOCR-VL-0.9B model directory, or on a full-size
 //! synthetic one (random weights with the real names and shapes) when `--model` is not given.
 //!
-//! What it measures today (the serving engine that generates tokens arrives with the engine
-//! issue; until then this binary says so and measures what exists):
-//! - checkpoint open + validation + upload time and bandwidth;
-//! - the GEMM part of one decode step of the text decoder at batch `--max-num-seqs`, with the
-//!   real weights, against the HBM floor of reading those weights once;
-//! - the GEMM part of the vision tower and projector for `--vision-patches` patches, against
-//!   the measured bf16 tensor-core rate.
+//! What it measures today (the serving engine that schedules requests, samples and streams
+//! tokens arrives with the engine issue; until then this binary says so and measures the model
+//! steps that exist, which bound what the engine can reach):
+//! - checkpoint open + validation + upload (with the q/k/v and gate/up fusion) time;
+//! - one vision-tower + projector pass over `--vision-patches` patches (one image of that many
+//!   patches; 5040 is an A4 page at 150 dpi);
+//! - one decoder decode step at batch `--max-num-seqs` with `--context` tokens already cached
+//!   per sequence (paged cache, lm_head included), against the HBM floor of reading the text
+//!   weights and the KV cache once;
+//! - one decoder prefill step of `--max-num-batched-tokens` tokens (sequences of `--context`).
 //!
 //! Flags: the engine flags (`--model`, `--max-num-seqs`, ...), plus `--synthetic-dir DIR`
 //! (where the synthetic model is written once and reused), `--vision-patches N` (default
-//! 5040: a 1080p-class page) and `--json PATH`.
+//! 5040), `--context N` (default 1024) and `--json PATH`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,11 +26,13 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use ocrvl::config::{EngineConfig, EnvFlags, ModelConfig};
-use ocrvl::model::device_weights::DeviceWeights;
-use ocrvl::model::names::{text_layer, vision_layer, LM_HEAD};
+use ocrvl::model::gpu_weights::ModelWeights;
+use ocrvl::model::step::{HostStep, SeqChunk};
 use ocrvl::model::synthetic::{write_synthetic_model, SyntheticOptions};
+use ocrvl::model::text::{self, KvCache};
+use ocrvl::model::vision::{self, VisionBatch, VisionBatchHost};
 use ocrvl::model::weights::Checkpoint;
-use ocrvl::runtime::{DType, DeviceTensor, Epilogue, Gemm, Gpu, GpuTimer, TensorView};
+use ocrvl::runtime::{DType, DeviceTensor, Gemm, Gpu, GpuTimer, Workspace};
 
 /// The ceilings measured on the GPU host's H100 (GPU_WORKFLOW.md, KINDS.md).
 const H100_COPY_GBPS: f64 = 2960.0;
@@ -37,6 +42,7 @@ struct BenchArgs {
     engine: EngineConfig,
     synthetic_dir: Option<PathBuf>,
     vision_patches: usize,
+    context: usize,
     json: Option<PathBuf>,
 }
 
@@ -57,6 +63,7 @@ fn parse_args() -> anyhow::Result<BenchArgs> {
         engine,
         synthetic_dir: None,
         vision_patches: 5040,
+        context: 1024,
         json: None,
     };
     let mut it = rest.into_iter();
@@ -81,9 +88,17 @@ fn parse_args() -> anyhow::Result<BenchArgs> {
                     .filter(|&n: &usize| n > 0)
                     .with_context(|| format!("--vision-patches: `{v}` is not a positive integer"))?;
             }
+            "--context" => {
+                let v = value()?;
+                out.context = v
+                    .parse()
+                    .ok()
+                    .filter(|&n: &usize| n > 0)
+                    .with_context(|| format!("--context: `{v}` is not a positive integer"))?;
+            }
             "--json" => out.json = Some(PathBuf::from(value()?)),
             "-h" | "--help" => {
-                println!("usage: bench [--model DIR] [--max-num-seqs N] [--max-model-len N] [--max-num-batched-tokens N] [--gpu-memory-utilization F] [--synthetic-dir DIR] [--vision-patches N] [--json PATH]");
+                println!("usage: bench [--model DIR] [--max-num-seqs N] [--max-model-len N] [--max-num-batched-tokens N] [--gpu-memory-utilization F] [--synthetic-dir DIR] [--vision-patches N] [--context N] [--json PATH]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument `{other}` (see --help)"),
@@ -127,57 +142,41 @@ fn random_bf16(gpu: &Gpu, dims: &[usize], seed: u64) -> anyhow::Result<DeviceTen
     Ok(DeviceTensor::from_host(gpu, dims, &v)?)
 }
 
-/// One GEMM of a timed sequence: out = x · wᵀ (+ bias), with `x` and `out` sized for it.
-struct Step<'w> {
-    w: TensorView<'w>,
-    bias: Option<TensorView<'w>>,
-    epilogue: Epilogue,
-    x: DeviceTensor,
-    out: DeviceTensor,
-}
-
-impl<'w> Step<'w> {
-    fn new(
-        gpu: &Gpu,
-        m: usize,
-        w: TensorView<'w>,
-        bias: Option<TensorView<'w>>,
-        epilogue: Epilogue,
-        out_dtype: DType,
-        seed: u64,
-    ) -> anyhow::Result<Self> {
-        let (n, k) = (w.dims()[0], w.dims()[1]);
-        Ok(Step {
-            w,
-            bias,
-            epilogue,
-            x: random_bf16(gpu, &[m, k], seed)?,
-            out: DeviceTensor::alloc(gpu, out_dtype, &[m, n])?,
-        })
-    }
-
-    fn flops(&self) -> f64 {
-        2.0 * (self.x.dims()[0] * self.w.dims()[0] * self.w.dims()[1]) as f64
-    }
-}
-
-/// Mean milliseconds of one pass over `steps`.
-fn time_steps(gpu: &Gpu, gemm: &mut Gemm, steps: &mut [Step<'_>]) -> anyhow::Result<f64> {
-    let mut pass = || -> ocrvl::Result<()> {
-        for s in steps.iter_mut() {
-            gemm.matmul(
-                gpu,
-                &mut s.out.view_mut(),
-                &s.x.view(),
-                &s.w,
-                s.bias.as_ref(),
-                s.epilogue,
-                false,
-            )?;
+/// An even×even patch grid with `patches` patches, as square as possible.
+fn grid_for(patches: usize) -> anyhow::Result<(usize, usize)> {
+    let mut h = (patches as f64).sqrt() as usize;
+    while h >= 2 {
+        if h % 2 == 0 && patches % h == 0 && (patches / h) % 2 == 0 {
+            return Ok((patches / h, h));
         }
-        Ok(())
-    };
-    Ok(GpuTimer::time_mean_ms(gpu, 3, 20, &mut pass)?)
+        h -= 1;
+    }
+    bail!("--vision-patches {patches}: no even x even patch grid has that many patches")
+}
+
+/// Random token ids, decode or prefill chunks of `n` sequences of `context` cached tokens each.
+fn chunks(
+    n: usize,
+    context: usize,
+    decode: bool,
+    block_size: usize,
+    vocab: usize,
+    rng: &mut ChaCha8Rng,
+) -> Vec<SeqChunk> {
+    let len = if decode { 1 } else { context };
+    let start = if decode { context } else { 0 };
+    let blocks = (start + len).div_ceil(block_size);
+    (0..n)
+        .map(|s| SeqChunk {
+            ids: (0..len).map(|_| rng.random_range(0..vocab as u32)).collect(),
+            positions: [0, 1, 2].map(|_| (start..start + len).map(|p| p as i32).collect()),
+            start,
+            block_table: ((s * blocks) as i32..((s + 1) * blocks) as i32).collect(),
+            is_decode: decode,
+            wants_logits: true,
+            image_slots: Vec::new(),
+        })
+        .collect()
 }
 
 fn run() -> anyhow::Result<()> {
@@ -211,125 +210,119 @@ fn run() -> anyhow::Result<()> {
     let t = Instant::now();
     let ckpt = Checkpoint::open(&dir)?;
     let valid = ckpt.validate(&cfg)?;
-    let open_s = t.elapsed().as_secs_f64();
-    let weights = DeviceWeights::upload(&gpu, &valid)?;
+    let weights = ModelWeights::upload(&gpu, &cfg, &valid)?;
     gpu.synchronize()?;
     let load_s = t.elapsed().as_secs_f64();
     println!(
-        "weights: {} tensors, {:.2} GB on the GPU; open+validate {:.2} s, total load {:.2} s ({:.1} GB/s){}",
-        weights.len(),
-        weights.total_bytes() as f64 / 1e9,
-        open_s,
-        load_s,
-        weights.total_bytes() as f64 / 1e9 / load_s,
-        if weights.lm_head_tied() {
-            "; lm_head tied to embed_tokens"
-        } else {
-            ""
-        }
+        "weights: {:.2} GB on the GPU in {load_s:.2} s",
+        weights.total_bytes() as f64 / 1e9
     );
 
     let mut gemm = Gemm::new(&gpu)?;
-
-    // Decode step: every text GEMM of every layer once, at batch max_num_seqs, plus lm_head.
-    let b = args.engine.max_num_seqs;
-    let mut decode = Vec::new();
-    for l in 0..cfg.text.num_hidden_layers {
-        for (i, name) in [
-            "self_attn.q_proj.weight",
-            "self_attn.k_proj.weight",
-            "self_attn.v_proj.weight",
-            "self_attn.o_proj.weight",
-            "mlp.gate_proj.weight",
-            "mlp.up_proj.weight",
-            "mlp.down_proj.weight",
-        ]
-        .iter()
-        .enumerate()
-        {
-            decode.push(Step::new(
-                &gpu,
-                b,
-                weights.get(&text_layer(l, name))?,
-                None,
-                Epilogue::None,
-                DType::BF16,
-                (l * 16 + i) as u64,
-            )?);
-        }
-    }
-    decode.push(Step::new(
-        &gpu,
-        b,
-        weights.get(LM_HEAD)?,
-        None,
-        Epilogue::None,
-        DType::F32,
-        999,
-    )?);
-    let decode_ms = time_steps(&gpu, &mut gemm, &mut decode)?;
-    let decode_weight_bytes: usize = decode.iter().map(|s| s.w.numel() * 2).sum();
-    let decode_floor_ms = decode_weight_bytes as f64 / (H100_COPY_GBPS * 1e9) * 1e3;
-    let decode_flops: f64 = decode.iter().map(Step::flops).sum();
-    drop(decode);
-
-    // Vision tower and projector GEMMs for one packed batch of patches.
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let (b, c) = (args.engine.max_num_seqs, args.context);
+    let block_size = 64;
+    let prefill_seqs = (args.engine.max_num_batched_tokens / c).max(1);
+    let prefill_tokens = prefill_seqs * c;
     let p = args.vision_patches;
-    let merged = p / 4;
-    let mut vision = Vec::new();
-    for l in 0..cfg.vision.num_hidden_layers {
-        for (i, (name, epi)) in [
-            ("self_attn.q_proj", Epilogue::Bias),
-            ("self_attn.k_proj", Epilogue::Bias),
-            ("self_attn.v_proj", Epilogue::Bias),
-            ("self_attn.out_proj", Epilogue::Bias),
-            ("mlp.fc1", Epilogue::GeluTanhBias),
-            ("mlp.fc2", Epilogue::Bias),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let w = weights.get(&vision_layer(l, &format!("{name}.weight")))?;
-            let bias = weights.get(&vision_layer(l, &format!("{name}.bias")))?;
-            vision.push(Step::new(
-                &gpu,
-                p,
-                w,
-                Some(bias),
-                epi,
-                DType::BF16,
-                (5000 + l * 16 + i) as u64,
-            )?);
-        }
-    }
-    for (i, name) in ["mlp_AR.linear_1", "mlp_AR.linear_2"].iter().enumerate() {
-        vision.push(Step::new(
-            &gpu,
-            merged,
-            weights.get(&format!("{name}.weight"))?,
-            Some(weights.get(&format!("{name}.bias"))?),
-            Epilogue::Bias,
-            DType::BF16,
-            (9000 + i) as u64,
-        )?);
-    }
-    let vision_ms = time_steps(&gpu, &mut gemm, &mut vision)?;
-    let vision_flops: f64 = vision.iter().map(Step::flops).sum();
-    drop(vision);
+    let ws_bytes = vision::workspace_bytes(&cfg, p)
+        .max(text::workspace_bytes(&cfg, b, b, b))
+        .max(text::workspace_bytes(&cfg, prefill_tokens, prefill_seqs, 0));
+    let mut ws = Workspace::new(&gpu, ws_bytes)?;
 
-    let decode_tflops = decode_flops / (decode_ms * 1e-3) / 1e12;
-    let vision_tflops = vision_flops / (vision_ms * 1e-3) / 1e12;
+    // Vision: one image of `p` patches (values do not change the speed of dense kernels, but
+    // random data keeps the GEMMs honest).
+    let (gh, gw) = grid_for(p)?;
+    let batch = VisionBatch::upload(&gpu, VisionBatchHost::new(&[(gh, gw)])?)?;
+    let pixels = random_bf16(&gpu, &[p, cfg.vision.patch_dim()], 3)?;
+    let mut image_tokens = DeviceTensor::alloc(&gpu, DType::BF16, &[p / 4, cfg.text.hidden_size])?;
+    let vision_ms = GpuTimer::time_mean_ms(&gpu, 2, 10, || {
+        ws.reset();
+        vision::encode(
+            &gpu,
+            &mut gemm,
+            &ws,
+            &cfg,
+            &weights,
+            &batch,
+            &pixels.view(),
+            &mut image_tokens.view_mut(),
+        )
+    })?;
+    let v = &cfg.vision;
+    let linear_per_patch = 2.0
+        * (v.patch_dim() * v.hidden_size
+            + v.num_hidden_layers * (4 * v.hidden_size * v.hidden_size + 2 * v.hidden_size * v.intermediate_size))
+            as f64;
+    let attn = 4.0 * (p * p * v.hidden_size * v.num_hidden_layers) as f64;
+    let proj = 2.0 * (p / 4) as f64 * (v.merged_width() * (v.merged_width() + cfg.text.hidden_size)) as f64;
+    let vision_tflops = (linear_per_patch * p as f64 + attn + proj) / (vision_ms * 1e-3) / 1e12;
+
+    // Decoder: a cache for `b` sequences of c + 1 tokens (or the prefill batch, if larger),
+    // filled with a constant (attention's speed does not depend on the values).
+    let decode_blocks = (c + 1).div_ceil(block_size);
+    let num_blocks = (b * decode_blocks).max(prefill_seqs * c.div_ceil(block_size));
+    let mut cache = KvCache::new(&gpu, &cfg, num_blocks, block_size)?;
+    for t in cache.k.iter_mut().chain(cache.v.iter_mut()) {
+        t.view_mut().fill_bytes(&gpu, 0x3C)?;
+    }
+    let mut err = DeviceTensor::zeros(&gpu, DType::I32, &[1])?;
+    let vocab = cfg.text.vocab_size;
+    let mut time_step = |chunks: &[SeqChunk]| -> anyhow::Result<f64> {
+        let host = HostStep::build(chunks, block_size)?;
+        let step = host.upload(&gpu)?;
+        let inputs = step.inputs(None)?;
+        let mut logits = DeviceTensor::alloc(&gpu, DType::F32, &[host.logits_rows.len(), vocab])?;
+        Ok(GpuTimer::time_mean_ms(&gpu, 2, 10, || {
+            ws.reset();
+            text::forward(
+                &gpu,
+                &mut gemm,
+                &ws,
+                &cfg,
+                &weights,
+                &mut cache,
+                &inputs,
+                &mut err.view_mut(),
+                &mut logits.view_mut(),
+            )
+        })?)
+    };
+    let decode_ms = time_step(&chunks(b, c, true, block_size, vocab, &mut rng))?;
+    let prefill_ms = time_step(&chunks(prefill_seqs, c, false, block_size, vocab, &mut rng))?;
+
+    let text_weight_bytes = weights
+        .text
+        .iter()
+        .map(|l| l.qkv_w.nbytes() + l.o_w.nbytes() + l.gate_up_w.nbytes() + l.down_w.nbytes())
+        .sum::<usize>()
+        + weights.lm_head().numel() * 2;
+    let kv_bytes = b * (c + 1) * KvCache::bytes_per_block(&cfg, 1);
+    let decode_floor_ms = (text_weight_bytes + kv_bytes) as f64 / (H100_COPY_GBPS * 1e9) * 1e3;
+
     println!();
     println!("| measurement | time | rate | floor / ceiling |");
     println!("|---|---|---|---|");
-    println!("| decode-step GEMMs, batch {b} (18 layers + lm_head) | {:.3} ms | {:.0} GB/s weights, {:.1} TFLOP/s | {:.3} ms at {H100_COPY_GBPS} GB/s ({:.0}%) |", decode_ms, decode_weight_bytes as f64 / (decode_ms * 1e-3) / 1e9, decode_tflops, decode_floor_ms, 100.0 * decode_floor_ms / decode_ms);
-    println!("| vision GEMMs, {p} patches (27 layers + projector) | {:.3} ms | {:.1} TFLOP/s | {:.0}% of {H100_BF16_TFLOPS} TFLOP/s |", vision_ms, vision_tflops, 100.0 * vision_tflops / H100_BF16_TFLOPS);
     println!(
-        "| weight load | {load_s:.2} s | {:.1} GB/s | |",
-        weights.total_bytes() as f64 / 1e9 / load_s
+        "| vision tower + projector, one {gh}x{gw}-patch image ({p} patches) | {vision_ms:.3} ms | {:.1} images/s, {vision_tflops:.0} TFLOP/s | {:.0}% of {H100_BF16_TFLOPS} TFLOP/s |",
+        1e3 / vision_ms,
+        100.0 * vision_tflops / H100_BF16_TFLOPS
     );
+    println!(
+        "| decoder decode step, batch {b}, {c} cached tokens each | {decode_ms:.3} ms | {:.0} tokens/s | {decode_floor_ms:.3} ms to read weights + KV once at {H100_COPY_GBPS} GB/s ({:.0}%) |",
+        b as f64 / (decode_ms * 1e-3),
+        100.0 * decode_floor_ms / decode_ms
+    );
+    println!(
+        "| decoder prefill step, {prefill_seqs} x {c} tokens | {prefill_ms:.3} ms | {:.0} tokens/s | |",
+        prefill_tokens as f64 / (prefill_ms * 1e-3)
+    );
+    println!("| weight load (open, validate, fuse, upload) | {load_s:.2} s | | |");
     println!();
-    println!("end-to-end generation throughput: not measured yet (the serving engine is not built; see README)");
+    println!(
+        "not measured yet: end-to-end requests/s and TTFT/TPOT (scheduling, sampling and streaming \
+         come with the serving engine); these rows are the model steps it will run"
+    );
 
     if let Some(path) = &args.json {
         let json = serde_json::json!({
@@ -338,13 +331,17 @@ fn run() -> anyhow::Result<()> {
             "model": dir.display().to_string(),
             "synthetic": synthetic,
             "max_num_seqs": b,
+            "context": c,
             "vision_patches": p,
             "weights_gb": weights.total_bytes() as f64 / 1e9,
             "load_s": load_s,
-            "decode_gemm_ms": decode_ms,
-            "decode_gemm_floor_ms": decode_floor_ms,
-            "vision_gemm_ms": vision_ms,
-            "vision_gemm_tflops": vision_tflops,
+            "vision_ms": vision_ms,
+            "vision_tflops": vision_tflops,
+            "decode_step_ms": decode_ms,
+            "decode_step_floor_ms": decode_floor_ms,
+            "decode_tokens_per_s": b as f64 / (decode_ms * 1e-3),
+            "prefill_step_ms": prefill_ms,
+            "prefill_tokens": prefill_tokens,
         });
         std::fs::write(path, serde_json::to_string_pretty(&json)?)
             .with_context(|| format!("writing {}", path.display()))?;

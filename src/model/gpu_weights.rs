@@ -73,20 +73,32 @@ impl Uploader<'_, '_> {
     fn cat(&self, names: &[String], dims: &[usize]) -> Result<DeviceTensor> {
         let mut bytes = Vec::new();
         for name in names {
-            let t = self.host.get(name).ok_or_else(|| Error::invalid("load weights", format!("missing tensor {name}")))?;
+            let t = self
+                .host
+                .get(name)
+                .ok_or_else(|| Error::invalid("load weights", format!("missing tensor {name}")))?;
             if t.dtype != DType::BF16 {
-                return Err(Error::invalid("load weights", format!("{name} is {}, expected bf16", t.dtype)));
+                return Err(Error::invalid(
+                    "load weights",
+                    format!("{name} is {}, expected bf16", t.dtype),
+                ));
             }
             bytes.extend_from_slice(t.data);
         }
         if bytes.len() != dims.iter().product::<usize>() * 2 {
-            return Err(Error::invalid("load weights", format!("{names:?} do not make {dims:?}")));
+            return Err(Error::invalid(
+                "load weights",
+                format!("{names:?} do not make {dims:?}"),
+            ));
         }
         DeviceTensor::from_bytes(self.gpu, DType::BF16, dims, &bytes)
     }
 
     fn one(&self, name: &str) -> Result<DeviceTensor> {
-        let t = self.host.get(name).ok_or_else(|| Error::invalid("load weights", format!("missing tensor {name}")))?;
+        let t = self
+            .host
+            .get(name)
+            .ok_or_else(|| Error::invalid("load weights", format!("missing tensor {name}")))?;
         // The patch convolution [out, 3, 14, 14] is used as a GEMM weight [out, 588].
         let dims: Vec<usize> = if t.shape.len() == 4 {
             vec![t.shape[0], t.shape[1..].iter().product()]
@@ -110,11 +122,19 @@ impl ModelWeights {
                     ln1_w: up.one(&n("layer_norm1.weight"))?,
                     ln1_b: up.one(&n("layer_norm1.bias"))?,
                     qkv_w: up.cat(
-                        &[n("self_attn.q_proj.weight"), n("self_attn.k_proj.weight"), n("self_attn.v_proj.weight")],
+                        &[
+                            n("self_attn.q_proj.weight"),
+                            n("self_attn.k_proj.weight"),
+                            n("self_attn.v_proj.weight"),
+                        ],
                         &[3 * vh, vh],
                     )?,
                     qkv_b: up.cat(
-                        &[n("self_attn.q_proj.bias"), n("self_attn.k_proj.bias"), n("self_attn.v_proj.bias")],
+                        &[
+                            n("self_attn.q_proj.bias"),
+                            n("self_attn.k_proj.bias"),
+                            n("self_attn.v_proj.bias"),
+                        ],
                         &[3 * vh],
                     )?,
                     out_w: up.one(&n("self_attn.out_proj.weight"))?,
@@ -136,7 +156,11 @@ impl ModelWeights {
                 Ok(TextLayerWeights {
                     input_ln: up.one(&n("input_layernorm.weight"))?,
                     qkv_w: up.cat(
-                        &[n("self_attn.q_proj.weight"), n("self_attn.k_proj.weight"), n("self_attn.v_proj.weight")],
+                        &[
+                            n("self_attn.q_proj.weight"),
+                            n("self_attn.k_proj.weight"),
+                            n("self_attn.v_proj.weight"),
+                        ],
                         &[qkv_rows, th],
                     )?,
                     o_w: up.one(&n("self_attn.o_proj.weight"))?,
@@ -165,7 +189,11 @@ impl ModelWeights {
             embed: up.one(EMBED_TOKENS)?,
             text,
             norm: up.one("model.norm.weight")?,
-            lm_head: if host.lm_head_tied() { None } else { Some(up.one(LM_HEAD)?) },
+            lm_head: if host.lm_head_tied() {
+                None
+            } else {
+                Some(up.one(LM_HEAD)?)
+            },
         })
     }
 
@@ -179,16 +207,24 @@ impl ModelWeights {
             .vision
             .iter()
             .map(|l| {
-                [&l.ln1_w, &l.ln1_b, &l.qkv_w, &l.qkv_b, &l.out_w, &l.out_b, &l.ln2_w, &l.ln2_b, &l.fc1_w, &l.fc1_b, &l.fc2_w, &l.fc2_b]
-                    .iter()
-                    .map(|t| t.nbytes())
-                    .sum::<usize>()
+                [
+                    &l.ln1_w, &l.ln1_b, &l.qkv_w, &l.qkv_b, &l.out_w, &l.out_b, &l.ln2_w, &l.ln2_b, &l.fc1_w, &l.fc1_b,
+                    &l.fc2_w, &l.fc2_b,
+                ]
+                .iter()
+                .map(|t| t.nbytes())
+                .sum::<usize>()
             })
             .sum();
         let t: usize = self
             .text
             .iter()
-            .map(|l| [&l.input_ln, &l.qkv_w, &l.o_w, &l.post_ln, &l.gate_up_w, &l.down_w].iter().map(|t| t.nbytes()).sum::<usize>())
+            .map(|l| {
+                [&l.input_ln, &l.qkv_w, &l.o_w, &l.post_ln, &l.gate_up_w, &l.down_w]
+                    .iter()
+                    .map(|t| t.nbytes())
+                    .sum::<usize>()
+            })
             .sum();
         let rest = [
             &self.patch_w,

@@ -60,7 +60,12 @@ impl HostStep {
         let num_decode = order.len();
         order.extend((0..chunks.len()).filter(|&i| !chunks[i].is_decode));
         let max_blocks = chunks.iter().map(|c| c.block_table.len()).max().unwrap_or(0).max(1);
-        let mut s = HostStep { num_decode, max_blocks, logits_index: vec![None; chunks.len()], ..Default::default() };
+        let mut s = HostStep {
+            num_decode,
+            max_blocks,
+            logits_index: vec![None; chunks.len()],
+            ..Default::default()
+        };
         let mut pos: [Vec<i32>; 3] = Default::default();
         s.prefill_cu_seqlens.push(0);
         let mut image_dst = Vec::new();
@@ -68,27 +73,41 @@ impl HostStep {
             let c = &chunks[i];
             let len = c.ids.len();
             if len == 0 || (c.is_decode && len != 1) {
-                return Err(Error::invalid(OP, format!("chunk {i}: {len} tokens (decode: {})", c.is_decode)));
+                return Err(Error::invalid(
+                    OP,
+                    format!("chunk {i}: {len} tokens (decode: {})", c.is_decode),
+                ));
             }
             if c.positions.iter().any(|p| p.len() != len) {
-                return Err(Error::invalid(OP, format!("chunk {i}: positions do not match its {len} tokens")));
+                return Err(Error::invalid(
+                    OP,
+                    format!("chunk {i}: positions do not match its {len} tokens"),
+                ));
             }
             let end = c.start + len;
             if c.block_table.len() * block_size < end {
-                return Err(Error::invalid(OP, format!("chunk {i}: block table too short for {end} tokens")));
+                return Err(Error::invalid(
+                    OP,
+                    format!("chunk {i}: block table too short for {end} tokens"),
+                ));
             }
             let row0 = s.ids.len();
             for (j, &id) in c.ids.iter().enumerate() {
-                s.ids.push(i32::try_from(id).map_err(|_| Error::invalid(OP, format!("token id {id}")))?);
+                s.ids
+                    .push(i32::try_from(id).map_err(|_| Error::invalid(OP, format!("token id {id}")))?);
                 let p = c.start + j;
-                s.slot_mapping.push(c.block_table[p / block_size] * block_size as i32 + (p % block_size) as i32);
+                s.slot_mapping
+                    .push(c.block_table[p / block_size] * block_size as i32 + (p % block_size) as i32);
             }
             for (axis, src) in pos.iter_mut().zip(&c.positions) {
                 axis.extend_from_slice(src);
             }
             for &slot in &c.image_slots {
                 if slot >= len {
-                    return Err(Error::invalid(OP, format!("chunk {i}: image slot {slot} outside its {len} tokens")));
+                    return Err(Error::invalid(
+                        OP,
+                        format!("chunk {i}: image slot {slot} outside its {len} tokens"),
+                    ));
                 }
                 image_dst.push((row0 + slot) as i32);
             }
@@ -135,7 +154,11 @@ impl HostStep {
             slot_mapping: DeviceTensor::from_host(gpu, &[t], &self.slot_mapping)?,
             decode_block_tables: opt(&self.decode_block_tables, &[nd, self.max_blocks])?,
             decode_seq_lens: opt(&self.decode_seq_lens, &[nd])?,
-            prefill_cu_seqlens: if np > 0 { opt(&self.prefill_cu_seqlens, &[np + 1])? } else { None },
+            prefill_cu_seqlens: if np > 0 {
+                opt(&self.prefill_cu_seqlens, &[np + 1])?
+            } else {
+                None
+            },
             prefill_block_tables: opt(&self.prefill_block_tables, &[np, self.max_blocks])?,
             prefill_seqused_k: opt(&self.prefill_seqused_k, &[np])?,
             image_rows: opt(&self.image_rows, &[self.image_rows.len()])?,
@@ -169,7 +192,11 @@ impl DeviceStep {
             (Some(rows), f) => {
                 return Err(Error::invalid(
                     "step inputs",
-                    format!("{} image slots but features {:?}", rows.numel(), f.map(|f| f.dims().to_vec())),
+                    format!(
+                        "{} image slots but features {:?}",
+                        rows.numel(),
+                        f.map(|f| f.dims().to_vec())
+                    ),
                 ))
             }
         };

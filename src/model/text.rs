@@ -50,7 +50,12 @@ impl KvCache {
             k.push(DeviceTensor::alloc(gpu, DType::BF16, &dims)?);
             v.push(DeviceTensor::alloc(gpu, DType::BF16, &dims)?);
         }
-        Ok(KvCache { k, v, num_blocks, block_size })
+        Ok(KvCache {
+            k,
+            v,
+            num_blocks,
+            block_size,
+        })
     }
 
     /// Bytes one block takes over all layers, K and V.
@@ -91,7 +96,12 @@ pub fn workspace_bytes(cfg: &ModelConfig, tokens: usize, logit_rows: usize, deco
     let t = &cfg.text;
     let qkv = t.q_width() + 2 * t.kv_width();
     let elems = tokens * (t.hidden_size * 3 + qkv + t.q_width() + 3 * t.intermediate_size) + logit_rows * t.hidden_size;
-    let decode_ws = decode::decode_workspace_bytes(decode_seqs.max(1), t.num_attention_heads, t.head_dim, decode::MAX_SPLITS);
+    let decode_ws = decode::decode_workspace_bytes(
+        decode_seqs.max(1),
+        t.num_attention_heads,
+        t.head_dim,
+        decode::MAX_SPLITS,
+    );
     elems * 2 + logit_rows * t.vocab_size * 4 + decode_ws + 16 * 256
 }
 
@@ -121,7 +131,10 @@ pub fn forward(
         return Err(Error::invalid(OP, "a step with no tokens"));
     }
     if inputs.num_decode > tokens {
-        return Err(Error::invalid(OP, format!("{} decode tokens in a batch of {tokens}", inputs.num_decode)));
+        return Err(Error::invalid(
+            OP,
+            format!("{} decode tokens in a batch of {tokens}", inputs.num_decode),
+        ));
     }
     let eps = t.rms_norm_eps as f32;
     let sections = t.mrope_section.map(|v| v as u32);
@@ -148,44 +161,109 @@ pub fn forward(
 
     rmsnorm(gpu, &mut y, &res.as_view(), &w.text[0].input_ln.view(), eps)?;
     for (l, lw) in w.text.iter().enumerate() {
-        gemm.matmul(gpu, &mut qkv, &y.as_view(), &lw.qkv_w.view(), None, Epilogue::None, false)?;
+        gemm.matmul(
+            gpu,
+            &mut qkv,
+            &y.as_view(),
+            &lw.qkv_w.view(),
+            None,
+            Epilogue::None,
+            false,
+        )?;
         {
             let [mut q, mut k, v] = reborrow(&mut qkv).split_columns([qw, kvw, kvw])?;
-            mrope(gpu, &mut q, &mut k, &inputs.positions, hd, sections, t.rope_theta as f32)?;
+            mrope(
+                gpu,
+                &mut q,
+                &mut k,
+                &inputs.positions,
+                hd,
+                sections,
+                t.rope_theta as f32,
+            )?;
             let (kc, vc) = (&mut cache.k[l], &mut cache.v[l]);
-            write_kv(gpu, &mut kc.view_mut(), &mut vc.view_mut(), &k.as_view(), &v.as_view(), &inputs.slot_mapping)?;
+            write_kv(
+                gpu,
+                &mut kc.view_mut(),
+                &mut vc.view_mut(),
+                &k.as_view(),
+                &v.as_view(),
+                &inputs.slot_mapping,
+            )?;
         }
         let q_all = qkv.as_view().columns(0, qw)?;
         if nd > 0 {
             let kv = decode::PagedKv {
                 k_cache: cache.k[l].view(),
                 v_cache: cache.v[l].view(),
-                block_tables: inputs.decode_block_tables.ok_or_else(|| Error::invalid(OP, "decode tokens without block tables"))?,
-                seq_lens: inputs.decode_seq_lens.ok_or_else(|| Error::invalid(OP, "decode tokens without seq lens"))?,
+                block_tables: inputs
+                    .decode_block_tables
+                    .ok_or_else(|| Error::invalid(OP, "decode tokens without block tables"))?,
+                seq_lens: inputs
+                    .decode_seq_lens
+                    .ok_or_else(|| Error::invalid(OP, "decode tokens without seq lens"))?,
                 max_seq_len: inputs.decode_max_len,
             };
             let mut o_dec = reborrow(&mut o).narrow0(0, nd)?;
-            decode_paged(gpu, &mut o_dec, &q_all.narrow0(0, nd)?, &kv, scale, None, Some(&mut reborrow(&mut decode_ws)))?;
+            decode_paged(
+                gpu,
+                &mut o_dec,
+                &q_all.narrow0(0, nd)?,
+                &kv,
+                scale,
+                None,
+                Some(&mut reborrow(&mut decode_ws)),
+            )?;
         }
         if nd < tokens {
             let kv = PagedKv {
                 k_cache: cache.k[l].view(),
                 v_cache: cache.v[l].view(),
-                block_tables: inputs.prefill_block_tables.ok_or_else(|| Error::invalid(OP, "prefill without block tables"))?,
-                seqused_k: inputs.prefill_seqused_k.ok_or_else(|| Error::invalid(OP, "prefill without seqused_k"))?,
+                block_tables: inputs
+                    .prefill_block_tables
+                    .ok_or_else(|| Error::invalid(OP, "prefill without block tables"))?,
+                seqused_k: inputs
+                    .prefill_seqused_k
+                    .ok_or_else(|| Error::invalid(OP, "prefill without seqused_k"))?,
             };
             let queries = Varlen {
-                cu_seqlens: inputs.prefill_cu_seqlens.ok_or_else(|| Error::invalid(OP, "prefill without cu_seqlens"))?,
+                cu_seqlens: inputs
+                    .prefill_cu_seqlens
+                    .ok_or_else(|| Error::invalid(OP, "prefill without cu_seqlens"))?,
                 max_seqlen: inputs.prefill_max_q,
             };
             let mut o_pre = reborrow(&mut o).narrow0(nd, tokens - nd)?;
             prefill_paged(gpu, &mut o_pre, &q_all.narrow0(nd, tokens - nd)?, &queries, &kv, scale)?;
         }
-        gemm.matmul(gpu, &mut delta, &o.as_view(), &lw.o_w.view(), None, Epilogue::None, false)?;
+        gemm.matmul(
+            gpu,
+            &mut delta,
+            &o.as_view(),
+            &lw.o_w.view(),
+            None,
+            Epilogue::None,
+            false,
+        )?;
         rmsnorm_add(gpu, &mut y, &delta.as_view(), &mut res, &lw.post_ln.view(), eps)?;
-        gemm.matmul(gpu, &mut gate_up, &y.as_view(), &lw.gate_up_w.view(), None, Epilogue::None, false)?;
+        gemm.matmul(
+            gpu,
+            &mut gate_up,
+            &y.as_view(),
+            &lw.gate_up_w.view(),
+            None,
+            Epilogue::None,
+            false,
+        )?;
         silu_mul(gpu, &mut act, &gate_up.as_view())?;
-        gemm.matmul(gpu, &mut delta, &act.as_view(), &lw.down_w.view(), None, Epilogue::None, false)?;
+        gemm.matmul(
+            gpu,
+            &mut delta,
+            &act.as_view(),
+            &lw.down_w.view(),
+            None,
+            Epilogue::None,
+            false,
+        )?;
         let next_norm = w.text.get(l + 1).map_or(&w.norm, |n| &n.input_ln);
         rmsnorm_add(gpu, &mut y, &delta.as_view(), &mut res, &next_norm.view(), eps)?;
     }

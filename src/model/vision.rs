@@ -48,11 +48,18 @@ pub struct VisionBatchHost {
 
 impl VisionBatchHost {
     pub fn new(grids: &[(usize, usize)]) -> Result<VisionBatchHost> {
-        let mut b = VisionBatchHost { grids: grids.to_vec(), cu_patches: vec![0], ..Default::default() };
+        let mut b = VisionBatchHost {
+            grids: grids.to_vec(),
+            cu_patches: vec![0],
+            ..Default::default()
+        };
         let mut merged_base = 0;
         for &(h, w) in grids {
             if h == 0 || w == 0 || h % 2 != 0 || w % 2 != 0 {
-                return Err(Error::invalid("vision batch", format!("patch grid {h}x{w} is not even in both dims")));
+                return Err(Error::invalid(
+                    "vision batch",
+                    format!("patch grid {h}x{w} is not even in both dims"),
+                ));
             }
             let np = h * w;
             b.max_patches = b.max_patches.max(np);
@@ -139,7 +146,15 @@ pub fn encode(
 
     // Patch embedding (the 14×14 stride-14 convolution as a GEMM) plus resampled positions.
     let mut res = ws.alloc(DType::BF16, &[p, d])?;
-    gemm.matmul(gpu, &mut res, pixels, &w.patch_w.view(), Some(&w.patch_b.view()), Epilogue::Bias, false)?;
+    gemm.matmul(
+        gpu,
+        &mut res,
+        pixels,
+        &w.patch_w.view(),
+        Some(&w.patch_b.view()),
+        Epilogue::Bias,
+        false,
+    )?;
     pos_embed_resample_add(
         gpu,
         &mut res,
@@ -154,15 +169,41 @@ pub fn encode(
     let mut o = ws.alloc(DType::BF16, &[p, d])?;
     let mut delta = ws.alloc(DType::BF16, &[p, d])?;
     let mut mlp = ws.alloc(DType::BF16, &[p, v.intermediate_size])?;
-    let images = Varlen { cu_seqlens: batch.cu_patches.view(), max_seqlen: batch.host.max_patches };
+    let images = Varlen {
+        cu_seqlens: batch.cu_patches.view(),
+        max_seqlen: batch.host.max_patches,
+    };
     let scale = 1.0 / (hd as f32).sqrt();
 
-    layernorm(gpu, &mut y, &res.as_view(), &w.vision[0].ln1_w.view(), &w.vision[0].ln1_b.view(), eps)?;
+    layernorm(
+        gpu,
+        &mut y,
+        &res.as_view(),
+        &w.vision[0].ln1_w.view(),
+        &w.vision[0].ln1_b.view(),
+        eps,
+    )?;
     for (l, lw) in w.vision.iter().enumerate() {
-        gemm.matmul(gpu, &mut qkv, &y.as_view(), &lw.qkv_w.view(), Some(&lw.qkv_b.view()), Epilogue::Bias, false)?;
+        gemm.matmul(
+            gpu,
+            &mut qkv,
+            &y.as_view(),
+            &lw.qkv_w.view(),
+            Some(&lw.qkv_b.view()),
+            Epilogue::Bias,
+            false,
+        )?;
         {
             let [mut q, mut k, _] = reborrow(&mut qkv).split_columns([d, d, d])?;
-            vision_rope(gpu, &mut q, &mut k, &batch.rows.view(), &batch.cols.view(), hd, v.rope_theta as f32)?;
+            vision_rope(
+                gpu,
+                &mut q,
+                &mut k,
+                &batch.rows.view(),
+                &batch.cols.view(),
+                hd,
+                v.rope_theta as f32,
+            )?;
         }
         let qkv_view = qkv.as_view();
         let parts = VisionQkv {
@@ -172,10 +213,42 @@ pub fn encode(
             num_heads: heads,
         };
         vision_varlen(gpu, &mut o, &parts, &images, scale)?;
-        gemm.matmul(gpu, &mut delta, &o.as_view(), &lw.out_w.view(), Some(&lw.out_b.view()), Epilogue::Bias, false)?;
-        layernorm_add(gpu, &mut y, &delta.as_view(), &mut res, &lw.ln2_w.view(), &lw.ln2_b.view(), eps)?;
-        gemm.matmul(gpu, &mut mlp, &y.as_view(), &lw.fc1_w.view(), Some(&lw.fc1_b.view()), Epilogue::GeluTanhBias, false)?;
-        gemm.matmul(gpu, &mut delta, &mlp.as_view(), &lw.fc2_w.view(), Some(&lw.fc2_b.view()), Epilogue::Bias, false)?;
+        gemm.matmul(
+            gpu,
+            &mut delta,
+            &o.as_view(),
+            &lw.out_w.view(),
+            Some(&lw.out_b.view()),
+            Epilogue::Bias,
+            false,
+        )?;
+        layernorm_add(
+            gpu,
+            &mut y,
+            &delta.as_view(),
+            &mut res,
+            &lw.ln2_w.view(),
+            &lw.ln2_b.view(),
+            eps,
+        )?;
+        gemm.matmul(
+            gpu,
+            &mut mlp,
+            &y.as_view(),
+            &lw.fc1_w.view(),
+            Some(&lw.fc1_b.view()),
+            Epilogue::GeluTanhBias,
+            false,
+        )?;
+        gemm.matmul(
+            gpu,
+            &mut delta,
+            &mlp.as_view(),
+            &lw.fc2_w.view(),
+            Some(&lw.fc2_b.view()),
+            Epilogue::Bias,
+            false,
+        )?;
         let (nw, nb) = match w.vision.get(l + 1) {
             Some(next) => (&next.ln1_w, &next.ln1_b),
             None => (&w.post_ln_w, &w.post_ln_b),
@@ -184,7 +257,14 @@ pub fn encode(
     }
 
     // Projector: pre-norm per patch, then the 2×2 merge as a row permutation.
-    layernorm(gpu, &mut o, &y.as_view(), &w.proj_ln_w.view(), &w.proj_ln_b.view(), PROJECTOR_LN_EPS)?;
+    layernorm(
+        gpu,
+        &mut o,
+        &y.as_view(),
+        &w.proj_ln_w.view(),
+        &w.proj_ln_b.view(),
+        PROJECTOR_LN_EPS,
+    )?;
     let mw = v.merged_width();
     let mut merged = ws.alloc(DType::BF16, &[p / 4, mw])?;
     {
@@ -192,9 +272,25 @@ pub fn encode(
         scatter_rows(gpu, &mut as_rows, &o.as_view(), &batch.merge_rows.view())?;
     }
     let mut hidden = ws.alloc(DType::BF16, &[p / 4, mw])?;
-    gemm.matmul(gpu, &mut hidden, &merged.as_view(), &w.proj_l1_w.view(), Some(&w.proj_l1_b.view()), Epilogue::Bias, false)?;
+    gemm.matmul(
+        gpu,
+        &mut hidden,
+        &merged.as_view(),
+        &w.proj_l1_w.view(),
+        Some(&w.proj_l1_b.view()),
+        Epilogue::Bias,
+        false,
+    )?;
     gelu_in_place(gpu, &mut hidden, Gelu::Erf)?;
-    gemm.matmul(gpu, out, &hidden.as_view(), &w.proj_l2_w.view(), Some(&w.proj_l2_b.view()), Epilogue::Bias, false)
+    gemm.matmul(
+        gpu,
+        out,
+        &hidden.as_view(),
+        &w.proj_l2_w.view(),
+        Some(&w.proj_l2_b.view()),
+        Epilogue::Bias,
+        false,
+    )
 }
 
 /// A shorter-lived mutable view of the same memory.

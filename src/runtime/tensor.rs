@@ -362,14 +362,20 @@ impl<'a> TensorViewMut<'a> {
     pub fn split_columns<const N: usize>(self, widths: [usize; N]) -> Result<[TensorViewMut<'a>; N]> {
         let dims = self.dims().to_vec();
         if dims.len() != 2 || widths.iter().sum::<usize>() != dims[1] {
-            return Err(Error::invalid("split_columns", format!("{widths:?} do not split {dims:?}")));
+            return Err(Error::invalid(
+                "split_columns",
+                format!("{widths:?} do not split {dims:?}"),
+            ));
         }
         let mut start = 0;
         Ok(widths.map(|w| {
             let view = TensorViewMut {
                 ptr: self.ptr + (start * self.dtype.size_bytes()) as u64,
                 dtype: self.dtype,
-                shape: Shape { dims: [dims[0], w, 0, 0], rank: 2 },
+                shape: Shape {
+                    dims: [dims[0], w, 0, 0],
+                    rank: 2,
+                },
                 stride0: self.stride0,
                 _borrow: PhantomData,
             };

@@ -28,19 +28,33 @@ impl RefModel {
         let valid = ckpt.validate(&cfg).expect("validate");
         let mut w = HashMap::new();
         for t in valid.iter() {
-            let v: Vec<f64> = bytemuck::cast_slice::<u8, u16>(t.data).iter().map(|&b| bf16::from_bits(b).to_f64()).collect();
-            w.insert(t.name.to_string(), W { shape: t.shape.to_vec(), v });
+            let v: Vec<f64> = bytemuck::cast_slice::<u8, u16>(t.data)
+                .iter()
+                .map(|&b| bf16::from_bits(b).to_f64())
+                .collect();
+            w.insert(
+                t.name.to_string(),
+                W {
+                    shape: t.shape.to_vec(),
+                    v,
+                },
+            );
         }
         if valid.lm_head_tied() {
             let e = &w["model.embed_tokens.weight"];
-            let copy = W { shape: e.shape.clone(), v: e.v.clone() };
+            let copy = W {
+                shape: e.shape.clone(),
+                v: e.v.clone(),
+            };
             w.insert(LM_HEAD.to_string(), copy);
         }
         RefModel { cfg, w }
     }
 
     fn get(&self, name: &str) -> &W {
-        self.w.get(name).unwrap_or_else(|| panic!("reference model: no tensor {name}"))
+        self.w
+            .get(name)
+            .unwrap_or_else(|| panic!("reference model: no tensor {name}"))
     }
 
     /// Patch embeddings through the vision tower and projector, for each image in turn.
@@ -57,7 +71,14 @@ impl RefModel {
             let px = &pixels[offset * pd..(offset + np) * pd];
             offset += np;
             let pe = self.get("visual.vision_model.embeddings.patch_embedding.weight");
-            let mut x = linear(px, np, &pe.v, d, pd, Some(&self.get("visual.vision_model.embeddings.patch_embedding.bias").v));
+            let mut x = linear(
+                px,
+                np,
+                &pe.v,
+                d,
+                pd,
+                Some(&self.get("visual.vision_model.embeddings.patch_embedding.bias").v),
+            );
             let table = &self.get("visual.vision_model.embeddings.position_embedding.weight").v;
             let side = vc.position_table_side();
             for p in 0..np {
@@ -70,7 +91,9 @@ impl RefModel {
             let hd = vc.head_dim();
             let half = hd / 2;
             let nf = half / 2;
-            let inv: Vec<f64> = (0..nf).map(|i| 1.0 / vc.rope_theta.powf((2 * i) as f64 / half as f64)).collect();
+            let inv: Vec<f64> = (0..nf)
+                .map(|i| 1.0 / vc.rope_theta.powf((2 * i) as f64 / half as f64))
+                .collect();
             let angles: Vec<Vec<f64>> = (0..np)
                 .map(|p| {
                     let (r, c) = ((p / w) as f64, (p % w) as f64);
@@ -81,14 +104,42 @@ impl RefModel {
             for l in 0..vc.num_hidden_layers {
                 let g = |s: &str| &self.get(&vision_layer(l, s)).v;
                 let y = layernorm(&x, d, g("layer_norm1.weight"), g("layer_norm1.bias"), vc.layer_norm_eps);
-                let mut q = linear(&y, np, g("self_attn.q_proj.weight"), d, d, Some(g("self_attn.q_proj.bias")));
-                let mut k = linear(&y, np, g("self_attn.k_proj.weight"), d, d, Some(g("self_attn.k_proj.bias")));
-                let v = linear(&y, np, g("self_attn.v_proj.weight"), d, d, Some(g("self_attn.v_proj.bias")));
+                let mut q = linear(
+                    &y,
+                    np,
+                    g("self_attn.q_proj.weight"),
+                    d,
+                    d,
+                    Some(g("self_attn.q_proj.bias")),
+                );
+                let mut k = linear(
+                    &y,
+                    np,
+                    g("self_attn.k_proj.weight"),
+                    d,
+                    d,
+                    Some(g("self_attn.k_proj.bias")),
+                );
+                let v = linear(
+                    &y,
+                    np,
+                    g("self_attn.v_proj.weight"),
+                    d,
+                    d,
+                    Some(g("self_attn.v_proj.bias")),
+                );
                 let heads = vc.num_attention_heads;
                 rope_neox(&mut q, np, heads, hd, &angles);
                 rope_neox(&mut k, np, heads, hd, &angles);
                 let o = attention(&q, &k, &v, np, np, heads, heads, hd, false, 0);
-                let o = linear(&o, np, g("self_attn.out_proj.weight"), d, d, Some(g("self_attn.out_proj.bias")));
+                let o = linear(
+                    &o,
+                    np,
+                    g("self_attn.out_proj.weight"),
+                    d,
+                    d,
+                    Some(g("self_attn.out_proj.bias")),
+                );
                 add_into(&mut x, &o);
                 let y = layernorm(&x, d, g("layer_norm2.weight"), g("layer_norm2.bias"), vc.layer_norm_eps);
                 let inter = vc.intermediate_size;
@@ -118,7 +169,14 @@ impl RefModel {
             let l2 = |s: &str| &self.get(&format!("mlp_AR.linear_2.{s}")).v;
             let mut y = linear(&merged, m, l1("weight"), md, md, Some(l1("bias")));
             y.iter_mut().for_each(|e| *e = gelu_erf(*e));
-            out.extend(linear(&y, m, l2("weight"), self.cfg.text.hidden_size, md, Some(l2("bias"))));
+            out.extend(linear(
+                &y,
+                m,
+                l2("weight"),
+                self.cfg.text.hidden_size,
+                md,
+                Some(l2("bias")),
+            ));
         }
         out
     }
@@ -141,12 +199,26 @@ impl RefModel {
             };
             x[t * d..(t + 1) * d].copy_from_slice(row);
         }
-        assert_eq!(next_image * d, image_tokens.len(), "image placeholders and image tokens differ in number");
+        assert_eq!(
+            next_image * d,
+            image_tokens.len(),
+            "image placeholders and image tokens differ in number"
+        );
         let hd = tc.head_dim;
         let nf = hd / 2;
         let sections = tc.mrope_section;
-        let axis_of = |j: usize| if j < sections[0] { 0 } else if j < sections[0] + sections[1] { 1 } else { 2 };
-        let inv: Vec<f64> = (0..nf).map(|j| 1.0 / tc.rope_theta.powf((2 * j) as f64 / hd as f64)).collect();
+        let axis_of = |j: usize| {
+            if j < sections[0] {
+                0
+            } else if j < sections[0] + sections[1] {
+                1
+            } else {
+                2
+            }
+        };
+        let inv: Vec<f64> = (0..nf)
+            .map(|j| 1.0 / tc.rope_theta.powf((2 * j) as f64 / hd as f64))
+            .collect();
         let angles: Vec<Vec<f64>> = (0..s)
             .map(|t| {
                 let a: Vec<f64> = (0..nf).map(|j| positions[axis_of(j)][t] as f64 * inv[j]).collect();
@@ -168,7 +240,11 @@ impl RefModel {
             let inter = tc.intermediate_size;
             let gate = linear(&y, s, g("mlp.gate_proj.weight"), inter, d, None);
             let up = linear(&y, s, g("mlp.up_proj.weight"), inter, d, None);
-            let act: Vec<f64> = gate.iter().zip(&up).map(|(&a, &b)| a / (1.0 + (-a).exp()) * b).collect();
+            let act: Vec<f64> = gate
+                .iter()
+                .zip(&up)
+                .map(|(&a, &b)| a / (1.0 + (-a).exp()) * b)
+                .collect();
             add_into(&mut x, &linear(&act, s, g("mlp.down_proj.weight"), d, inter, None));
         }
         let y = rmsnorm(&x, d, &self.get("model.norm.weight").v, tc.rms_norm_eps);
@@ -201,7 +277,10 @@ pub fn layernorm(x: &[f64], d: usize, w: &[f64], b: &[f64], eps: f64) -> Vec<f64
             let mean = r.iter().sum::<f64>() / d as f64;
             let var = r.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / d as f64;
             let inv = 1.0 / (var + eps).sqrt();
-            r.iter().enumerate().map(move |(j, v)| (v - mean) * inv * w[j] + b[j]).collect::<Vec<_>>()
+            r.iter()
+                .enumerate()
+                .map(move |(j, v)| (v - mean) * inv * w[j] + b[j])
+                .collect::<Vec<_>>()
         })
         .collect()
 }
@@ -210,7 +289,10 @@ pub fn rmsnorm(x: &[f64], d: usize, w: &[f64], eps: f64) -> Vec<f64> {
     x.chunks(d)
         .flat_map(|r| {
             let inv = 1.0 / (r.iter().map(|v| v * v).sum::<f64>() / d as f64 + eps).sqrt();
-            r.iter().enumerate().map(move |(j, v)| v * inv * w[j]).collect::<Vec<_>>()
+            r.iter()
+                .enumerate()
+                .map(move |(j, v)| v * inv * w[j])
+                .collect::<Vec<_>>()
         })
         .collect()
 }
@@ -276,7 +358,13 @@ pub fn attention(
             let qr = &q[(i * hq + h) * hd..(i * hq + h + 1) * hd];
             let last = if causal { (q_offset + i).min(sk - 1) } else { sk - 1 };
             let scores: Vec<f64> = (0..=last)
-                .map(|j| qr.iter().zip(&k[(j * hkv + kh) * hd..(j * hkv + kh + 1) * hd]).map(|(a, b)| a * b).sum::<f64>() * scale)
+                .map(|j| {
+                    qr.iter()
+                        .zip(&k[(j * hkv + kh) * hd..(j * hkv + kh + 1) * hd])
+                        .map(|(a, b)| a * b)
+                        .sum::<f64>()
+                        * scale
+                })
                 .collect();
             let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();

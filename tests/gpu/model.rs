@@ -36,7 +36,10 @@ fn assert_logits_close(what: &str, got: &[f32], want: &[f64]) {
     let cos = cosine(&got, want);
     eprintln!("{what}: max |diff| {max_diff:.4} of range {range:.3}, cosine {cos:.6}");
     assert!(cos > 0.999, "{what}: cosine {cos}");
-    assert!(max_diff <= 0.03 * range, "{what}: max |diff| {max_diff} over 3% of {range}");
+    assert!(
+        max_diff <= 0.03 * range,
+        "{what}: max |diff| {max_diff} over 3% of {range}"
+    );
 }
 
 struct Setup {
@@ -47,11 +50,23 @@ struct Setup {
 
 fn setup(g: &Gpu, dir: &Path) -> Setup {
     let cfg = ModelConfig::tiny();
-    write_synthetic_model(dir, &cfg, &SyntheticOptions { seed: 7, ..Default::default() }).unwrap();
+    write_synthetic_model(
+        dir,
+        &cfg,
+        &SyntheticOptions {
+            seed: 7,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let ckpt = Checkpoint::open(dir).unwrap();
     let valid = ckpt.validate(&cfg).unwrap();
     let weights = ModelWeights::upload(g, &cfg, &valid).unwrap();
-    Setup { reference: RefModel::load(dir), cfg, weights }
+    Setup {
+        reference: RefModel::load(dir),
+        cfg,
+        weights,
+    }
 }
 
 #[test]
@@ -59,7 +74,11 @@ fn setup(g: &Gpu, dir: &Path) -> Setup {
 fn gpu_forward_matches_f64_reference_through_chunks_and_decode() {
     let g = gpu();
     let dir = tempfile::tempdir().unwrap();
-    let Setup { cfg, reference, weights } = setup(&g, dir.path());
+    let Setup {
+        cfg,
+        reference,
+        weights,
+    } = setup(&g, dir.path());
     let mut gemm = Gemm::new(&g).unwrap();
     let mut r = rng(31);
     let tok = cfg.tokens.clone();
@@ -96,13 +115,36 @@ fn gpu_forward_matches_f64_reference_through_chunks_and_decode() {
     let dpix = DeviceTensor::from_host(&g, &[p, pd], &pixels).unwrap();
     let mut img = DeviceTensor::alloc(&g, DType::BF16, &[p / 4, hidden]).unwrap();
     img.view_mut().fill_bytes(&g, 0xFF).unwrap();
-    vision::encode(&g, &mut gemm, &ws, &cfg, &weights, &batch, &dpix.view(), &mut img.view_mut()).unwrap();
+    vision::encode(
+        &g,
+        &mut gemm,
+        &ws,
+        &cfg,
+        &weights,
+        &batch,
+        &dpix.view(),
+        &mut img.view_mut(),
+    )
+    .unwrap();
     let img_got: Vec<f64> = img.to_host::<bf16>(&g).unwrap().iter().map(|v| v.to_f64()).collect();
     let range = img_ref.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-    let diff = img_got.iter().zip(&img_ref).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
-    eprintln!("image tokens: max |diff| {diff:.4} of range {range:.3}, cosine {:.6}", cosine(&img_got, &img_ref));
-    assert!(img_got.iter().all(|v| v.is_finite()), "image tokens: unwritten or non-finite");
-    assert!(cosine(&img_got, &img_ref) > 0.999 && diff <= 0.03 * range, "image tokens differ");
+    let diff = img_got
+        .iter()
+        .zip(&img_ref)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    eprintln!(
+        "image tokens: max |diff| {diff:.4} of range {range:.3}, cosine {:.6}",
+        cosine(&img_got, &img_ref)
+    );
+    assert!(
+        img_got.iter().all(|v| v.is_finite()),
+        "image tokens: unwritten or non-finite"
+    );
+    assert!(
+        cosine(&img_got, &img_ref) > 0.999 && diff <= 0.03 * range,
+        "image tokens differ"
+    );
 
     // GPU decoder: a pool 3x larger than needed, block size 16, a shuffled block table.
     let block_size = 16;
@@ -122,7 +164,11 @@ fn gpu_forward_matches_f64_reference_through_chunks_and_decode() {
     let mut ws = ws;
     for (step, &(a, b)) in spans.iter().enumerate() {
         ws.reset();
-        let slots: Vec<usize> = image_positions.iter().filter(|&&t| t >= a && t < b).map(|&t| t - a).collect();
+        let slots: Vec<usize> = image_positions
+            .iter()
+            .filter(|&&t| t >= a && t < b)
+            .map(|&t| t - a)
+            .collect();
         let first_feature = image_positions.iter().filter(|&&t| t < a).count();
         let chunk = SeqChunk {
             ids: ids[a..b].to_vec(),
@@ -135,15 +181,37 @@ fn gpu_forward_matches_f64_reference_through_chunks_and_decode() {
         };
         let host = HostStep::build(&[chunk], block_size).unwrap();
         let dstep = host.upload(&g).unwrap();
-        let feats = if slots.is_empty() { None } else { Some(img.view().narrow0(first_feature, slots.len()).unwrap()) };
+        let feats = if slots.is_empty() {
+            None
+        } else {
+            Some(img.view().narrow0(first_feature, slots.len()).unwrap())
+        };
         let inputs = dstep.inputs(feats).unwrap();
         let mut logits = DeviceTensor::alloc(&g, DType::F32, &[1, vocab]).unwrap();
         logits.view_mut().fill_bytes(&g, 0xFF).unwrap();
-        text::forward(&g, &mut gemm, &ws, &cfg, &weights, &mut cache, &inputs, &mut err.view_mut(), &mut logits.view_mut())
-            .unwrap();
+        text::forward(
+            &g,
+            &mut gemm,
+            &ws,
+            &cfg,
+            &weights,
+            &mut cache,
+            &inputs,
+            &mut err.view_mut(),
+            &mut logits.view_mut(),
+        )
+        .unwrap();
         let got = logits.to_host::<f32>(&g).unwrap();
         let row = b - 1;
-        assert_logits_close(&format!("step {step} (positions {a}..{b})"), &got, &logits_ref[row * vocab..(row + 1) * vocab]);
+        assert_logits_close(
+            &format!("step {step} (positions {a}..{b})"),
+            &got,
+            &logits_ref[row * vocab..(row + 1) * vocab],
+        );
     }
-    assert_eq!(err.to_host::<i32>(&g).unwrap()[0], 0, "embedding reported an out-of-range id");
+    assert_eq!(
+        err.to_host::<i32>(&g).unwrap()[0],
+        0,
+        "embedding reported an out-of-range id"
+    );
 }
