@@ -29,7 +29,7 @@ for line in open("target/gpu-bundle.json"):
     dest = {"test": f"test-{name}", "bench": f"bench-{name}"}.get(kind, "test-unit")
     dest = f"{bundle}/bin/{dest}"
     shutil.copy(msg["executable"], dest)
-for b in ("bench", "synth-model"):
+for b in ("bench", "ocrvl-logits"):
     shutil.copy(f"target/release/{b}", f"{bundle}/bin/{b}")
 PY
 strip "$bundle"/bin/*
@@ -41,5 +41,6 @@ tar -C "$bundle" -cf - bin | xz -T1 -6e --lzma2=dict=192MiB > "$bundle/bin.tar.x
 rm -rf "$bundle/bin"
 cp tools/gpu_run.sh "$bundle/run.sh"
 cp tools/gpu/*.py "$bundle/tools/" 2>/dev/null || true
+cp tools/compare_full_model.py "$bundle/"
 du -sh "$bundle"
 ls -la "$bundle"

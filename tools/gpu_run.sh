@@ -41,6 +41,9 @@ for b in "$bin"/bench-*; do
     run_step "$(basename "$b")" "$logs/benches.log" "$b" --bench
 done
 run_step "bench (binary)" "$logs/bench.log" "$bin/bench" --json "$logs/bench.json"
+if [ -e "$here/compare_full_model.py" ]; then
+    run_step "compare_full_model.py" "$logs/bench.log" python3 "$here/compare_full_model.py" --ocrvl "$bin/ocrvl-logits"
+fi
 for py in "$here"/tools/*.py; do
     [ -e "$py" ] || continue
     run_step "$(basename "$py")" "$logs/benches.log" python3 "$py"
@@ -52,7 +55,7 @@ grep -hE '^(test .* FAILED|failures:|---- |thread .* panicked)' "$logs/tests.log
 echo
 echo "== benches =="
 grep -hE '(TFLOP/s|GB/s)' "$logs/benches.log" 2>/dev/null | grep -vE '^\s*(thrpt|time):' | head -n 80
-grep -E '^\|' "$logs/bench.log"
+grep -E '^(\||full-size)' "$logs/bench.log"
 echo
 echo "== summary =="
 printf '| %-28s | %3s | %8s | %s |\n' step rc time result

@@ -4,6 +4,7 @@
 pub mod device_weights;
 pub mod gpu_weights;
 pub mod names;
+pub mod prompt_logits;
 pub mod step;
 pub mod synthetic;
 pub mod text;
