@@ -37,12 +37,14 @@
  * token depends on (logits row, parameters, seed, step) only, never on the row's position or
  * the batch. The two classes consume random numbers differently, so for a given seed they
  * draw different tokens from the same distribution:
- *   OCRVL_SAMPLING_EXACT: finds the boundary of A exactly (sort-free candidate gathering and
- *     radix narrowing on the values, see kernels/sampling/select.cuh), then one
+ *   OCRVL_SAMPLING_EXACT: finds the boundary of A exactly, without sorting the vocabulary:
+ *     candidates gathered during the first read of the row (or a second, or radix narrowing
+ *     on the values when they are many; kernels/sampling/select.cuh), then one
  *     inverse-transform draw among A.
  *   OCRVL_SAMPLING_REJECTION: FlashInfer's dual-pivot rejection sampling: draw from the tokens
  *     above `low`, accept if the draw is in A, else raise `low` to the draw or to the
  *     probability midpoint pivot; after 32 rounds it falls back to the exact class's draw.
+ *     Its first proposal is the gathered candidate set rather than the whole vocabulary.
  */
 #pragma once
 #include "common.h"

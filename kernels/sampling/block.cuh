@@ -237,7 +237,8 @@ struct WarpGroup {
     }
 };
 
-// Lists up to this long are handled by warp 0 alone.
+// Lists up to this long are handled by warp 0 alone: 8 entries per lane, whose keys and
+// weights the rejection rounds keep in registers (ListSource).
 constexpr int kWarpList = 256;
 
 // The list order: z descending, then index ascending (a total order on distinct indices).

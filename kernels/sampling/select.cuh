@@ -15,8 +15,9 @@
 //   reaches top_p * S bounds tau from below the same way. So every allowed token has
 //   z >= t0 = max of the two, and interval_pass (row.cuh) gathers {key >= t0} into the shared
 //   list (4096 entries) in the same pass that histograms it.
-// * Exact class: sort the list (bitonic), find the first tie group whose count and mass above
-//   fail the test (list_resolve), and draw once among the entries before it. When the list
+// * Exact class: sort the list (bitonic; the list, a few hundred entries, never the vocab),
+//   find the first tie group whose count and mass above fail the test (list_resolve), and draw
+//   once among the entries before it. When the list
 //   overflows, narrow: pick the histogram bin holding the boundary (exact, integer counts and
 //   masses), and re-pass with that bin as the interval (1024 bins of keys, so at most four
 //   passes reach a single key), until the interval's tokens fit. Tokens above the interval are
@@ -26,10 +27,11 @@
 //   probability midpoint of pivot1 and `high`: if pivot2 is allowed the boundary is in
 //   (pivot1, pivot2], so [low, high] = [pivot1, pivot2], else low = pivot2. Each round keeps
 //   {key >= low} a superset of the allowed set, so an accepted draw has exactly the truncated
-//   distribution. On the list a round costs two block scans; when the list overflowed, a round
+//   distribution. On the list (unsorted when its order is deterministic) a round is two
+//   scans and a reduction over weights cached in registers; when the list overflowed, a round
 //   is one pass over the row (check_pass). After kMaxRounds it falls back to the exact draw.
-//   The first `low` is t0 (not 0, as in FlashInfer): any superset of the allowed set is a
-//   valid proposal, and this one is small.
+//   The first `low` is the list's lower key (not 0, as in FlashInfer): any superset of the
+//   allowed set is a valid proposal, and this one is small.
 // * Top-n alternatives: the n best by (z desc, index asc) are in the sorted list when the list
 //   is complete; otherwise the same narrowing with the criterion "count above < n".
 #pragma once

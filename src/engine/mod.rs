@@ -11,6 +11,7 @@
 //! tables, encoder inputs) is what the model runner turns into device buffers.
 
 pub mod block_pool;
+pub mod engine;
 pub mod prefix_hash;
 pub mod scheduler;
 pub mod sequence;

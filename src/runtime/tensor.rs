@@ -428,6 +428,30 @@ impl<'a> TensorViewMut<'a> {
         gpu.synchronize()
     }
 
+    /// Copies a contiguous view of the same dtype and element count into this contiguous view,
+    /// on the stream (device to device).
+    pub fn copy_from_view(&mut self, gpu: &Gpu, src: &TensorView<'_>) -> Result<()> {
+        if src.dtype() != self.dtype || src.numel() != self.numel() || !src.is_contiguous() || !self.is_contiguous() {
+            return Err(Error::invalid(
+                "copy_from_view",
+                format!(
+                    "{} {:?} into {} {:?} (both must be contiguous)",
+                    src.dtype(),
+                    src.dims(),
+                    self.dtype,
+                    self.dims()
+                ),
+            ));
+        }
+        let bytes = self.numel() * self.dtype.size_bytes();
+        if bytes == 0 {
+            return Ok(());
+        }
+        // SAFETY: both views address `bytes` contiguous bytes on this GPU.
+        unsafe { cu::memcpy_dtod_async(self.ptr, src.device_ptr(), bytes, gpu.stream().cu_stream()) }
+            .op("cuMemcpyDtoDAsync")
+    }
+
     /// Fills every byte with `byte` (tests poison outputs with 0xFF: NaN in every float type).
     pub fn fill_bytes(&mut self, gpu: &Gpu, byte: u8) -> Result<()> {
         let rows = if self.shape.rank() == 0 {

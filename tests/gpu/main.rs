@@ -9,6 +9,7 @@ mod cast;
 mod gemm;
 mod model;
 mod fidelity;
+mod engine;
 mod norm;
 mod rope;
 mod kv_cache;
