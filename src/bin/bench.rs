@@ -10,12 +10,17 @@
 //! - one decoder decode step at batch `--max-num-seqs` with `--context` tokens already cached
 //!   per sequence (paged cache, lm_head included), against the HBM floor of reading the text
 //!   weights and the KV cache once;
-//! - one decoder prefill step of `--max-num-batched-tokens` tokens (sequences of `--context`).
+//! - one decoder prefill step of `--max-num-batched-tokens` tokens (sequences of `--context`);
+//! - a request workload through the engine (`--workload`, default `decode`: `--num-requests`
+//!   text-only prompts of `--prompt-len` tokens, `--output-len` tokens each with ignore_eos;
+//!   `page-1080p` / `page-360p`: one synthetic page image of that size each, 128 / 512 tokens
+//!   out; `none` skips it): requests/s, input and output tokens/s, TTFT and TPOT p50/p99.
 //!
 //! Flags: the engine flags (`--model`, `--max-num-seqs`, ...), plus `--synthetic-dir DIR`
 //! (where the synthetic model is written once and reused), `--vision-patches N` (default
 //! 5040), `--context N` (default 1024) and `--json PATH`.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -43,6 +48,10 @@ struct BenchArgs {
     synthetic_dir: Option<PathBuf>,
     vision_patches: usize,
     context: usize,
+    workload: String,
+    num_requests: usize,
+    prompt_len: usize,
+    output_len: usize,
     json: Option<PathBuf>,
 }
 
@@ -64,6 +73,10 @@ fn parse_args() -> anyhow::Result<BenchArgs> {
         synthetic_dir: None,
         vision_patches: 5040,
         context: 1024,
+        workload: "decode".into(),
+        num_requests: 1024,
+        prompt_len: 1024,
+        output_len: 1024,
         json: None,
     };
     let mut it = rest.into_iter();
@@ -96,9 +109,23 @@ fn parse_args() -> anyhow::Result<BenchArgs> {
                     .filter(|&n: &usize| n > 0)
                     .with_context(|| format!("--context: `{v}` is not a positive integer"))?;
             }
+            "--workload" => out.workload = value()?,
+            "--num-requests" | "--prompt-len" | "--output-len" => {
+                let v = value()?;
+                let n: usize = v
+                    .parse()
+                    .ok()
+                    .filter(|&n: &usize| n > 0)
+                    .with_context(|| format!("{name}: `{v}` is not a positive integer"))?;
+                match name.as_str() {
+                    "--num-requests" => out.num_requests = n,
+                    "--prompt-len" => out.prompt_len = n,
+                    _ => out.output_len = n,
+                }
+            }
             "--json" => out.json = Some(PathBuf::from(value()?)),
             "-h" | "--help" => {
-                println!("usage: bench [--model DIR] [--max-num-seqs N] [--max-model-len N] [--max-num-batched-tokens N] [--gpu-memory-utilization F] [--synthetic-dir DIR] [--vision-patches N] [--context N] [--json PATH]");
+                println!("usage: bench [--model DIR] [--max-num-seqs N] [--max-model-len N] [--max-num-batched-tokens N] [--gpu-memory-utilization F] [--synthetic-dir DIR] [--vision-patches N] [--context N] [--workload decode|page-1080p|page-360p|none] [--num-requests N] [--prompt-len N] [--output-len N] [--json PATH]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument `{other}` (see --help)"),
@@ -318,10 +345,19 @@ fn run() -> anyhow::Result<()> {
         prefill_tokens as f64 / (prefill_ms * 1e-3)
     );
     println!("| weight load (open, validate, fuse, upload) | {load_s:.2} s | | |");
+    let weights_gb = weights.total_bytes() as f64 / 1e9;
+    // Free the step measurements' model, cache and workspace before the engine sizes its own
+    // KV cache from the memory left.
+    drop(time_step);
+    drop((cache, ws, weights, gemm, image_tokens, pixels, batch));
+    let workload = if args.workload == "none" {
+        serde_json::Value::Null
+    } else {
+        engine_workload(&args, &gpu, &dir, env)?
+    };
     println!();
     println!(
-        "not measured yet: end-to-end requests/s and TTFT/TPOT (scheduling, sampling and streaming \
-         come with the serving engine); these rows are the model steps it will run"
+        "not measured yet: CUDA-graph decode and CPU/GPU overlap (engine issue), and the side-by-side transformers run"
     );
 
     if let Some(path) = &args.json {
@@ -333,7 +369,7 @@ fn run() -> anyhow::Result<()> {
             "max_num_seqs": b,
             "context": c,
             "vision_patches": p,
-            "weights_gb": weights.total_bytes() as f64 / 1e9,
+            "weights_gb": weights_gb,
             "load_s": load_s,
             "vision_ms": vision_ms,
             "vision_tflops": vision_tflops,
@@ -342,9 +378,136 @@ fn run() -> anyhow::Result<()> {
             "decode_tokens_per_s": b as f64 / (decode_ms * 1e-3),
             "prefill_step_ms": prefill_ms,
             "prefill_tokens": prefill_tokens,
+            "workload": workload,
         });
         std::fs::write(path, serde_json::to_string_pretty(&json)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+/// A request workload run through the engine: `decode` (text-only prompts, the LM roofline
+/// case) or a synthetic page (random pixels at the patch grid of a page of that size).
+fn engine_workload(
+    args: &BenchArgs,
+    gpu: &Gpu,
+    dir: &std::path::Path,
+    env: EnvFlags,
+) -> anyhow::Result<serde_json::Value> {
+    use ocrvl::engine::engine::{Engine, EngineImage, EngineRequest};
+    use ocrvl::kernels::sampling::SamplingParams;
+    use ocrvl::preprocess::image::smart_resize;
+
+    let mut engine = Engine::new(gpu.clone(), dir, &args.engine, env)?;
+    let cfg = engine.config().clone();
+    let tok = cfg.tokens.clone();
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let (prompt_text, image_hw, output) = match args.workload.as_str() {
+        "decode" => (args.prompt_len, None, args.output_len),
+        "page-1080p" => (8, Some((1080, 1920)), 128),
+        "page-360p" => (8, Some((360, 640)), 512),
+        other => bail!("--workload `{other}`: valid values are decode, page-1080p, page-360p, none"),
+    };
+    let make = |rng: &mut ChaCha8Rng, max_tokens: usize, text: usize| -> anyhow::Result<EngineRequest> {
+        let mut ids: Vec<u32> = (0..text)
+            .map(|_| rng.random_range(1000..cfg.text.vocab_size as u32 - 4000))
+            .collect();
+        let mut images = Vec::new();
+        if let Some((h, w)) = image_hw {
+            let (rh, rw) = smart_resize(h, w, 28, 112_896, 1_003_520)?;
+            let grid = (rh / 14, rw / 14);
+            let n = grid.0 * grid.1 * cfg.vision.patch_dim();
+            images.push(EngineImage {
+                pixels: (0..n).map(|_| bf16::from_f32(rng.random_range(-1.0..1.0))).collect(),
+                grid,
+                content_hash: rng.random(),
+            });
+            let mut p = vec![tok.bos_token_id.unwrap_or(1), tok.vision_start_token_id];
+            p.extend(std::iter::repeat_n(tok.image_token_id, grid.0 * grid.1 / 4));
+            p.push(tok.vision_end_token_id);
+            p.append(&mut ids);
+            ids = p;
+        }
+        Ok(EngineRequest {
+            prompt_ids: ids,
+            images,
+            sampling: SamplingParams::greedy(),
+            max_tokens,
+            stop_token_ids: Vec::new(),
+            ignore_eos: true,
+        })
+    };
+    // Warm-up: one short request through every kernel once.
+    engine.add_request(make(&mut rng, 4, 16)?)?;
+    while engine.has_unfinished() {
+        engine.step()?;
+    }
+    let n = args.num_requests;
+    let mut input_tokens = 0;
+    let mut arrival = HashMap::new();
+    let t0 = Instant::now();
+    for _ in 0..n {
+        let r = make(&mut rng, output, prompt_text)?;
+        input_tokens += r.prompt_ids.len();
+        arrival.insert(engine.add_request(r)?, Vec::<f64>::new());
+    }
+    let mut output_tokens = 0;
+    let mut steps = 0;
+    let mut last_report = Instant::now();
+    while engine.has_unfinished() {
+        let outs = engine.step()?;
+        let now = t0.elapsed().as_secs_f64();
+        for o in &outs {
+            arrival.get_mut(&o.request_id).map(|v| v.push(now));
+        }
+        output_tokens += outs.len();
+        steps += 1;
+        if last_report.elapsed().as_secs_f64() > 5.0 {
+            eprintln!("  {steps} steps, {output_tokens} tokens out, {:.1} s", now);
+            last_report = Instant::now();
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let mut ttft: Vec<f64> = arrival.values().filter_map(|v| v.first().copied()).collect();
+    let mut tpot: Vec<f64> = arrival
+        .values()
+        .filter(|v| v.len() > 1)
+        .map(|v| (v[v.len() - 1] - v[0]) / (v.len() - 1) as f64)
+        .collect();
+    let pct = |v: &mut Vec<f64>, q: f64| -> f64 {
+        v.sort_by(f64::total_cmp);
+        v.get(((v.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    let (free, total) = engine.gpu().memory_info()?;
+    let line = serde_json::json!({
+        "workload": args.workload,
+        "requests": n,
+        "seconds": secs,
+        "requests_per_s": n as f64 / secs,
+        "input_tokens_per_s": input_tokens as f64 / secs,
+        "output_tokens_per_s": output_tokens as f64 / secs,
+        "ttft_p50_ms": pct(&mut ttft, 0.5) * 1e3,
+        "ttft_p99_ms": pct(&mut ttft, 0.99) * 1e3,
+        "tpot_p50_ms": pct(&mut tpot, 0.5) * 1e3,
+        "tpot_p99_ms": pct(&mut tpot, 0.99) * 1e3,
+        "gpu_memory_used_gb": (total - free) as f64 / 1e9,
+        "kv_blocks": engine.num_kv_blocks(),
+        "steps": steps,
+    });
+    println!(
+        "| engine workload `{}`: {n} requests, {} out each | {secs:.1} s | {:.2} req/s, {:.0} input tok/s, {:.0} output tok/s | TTFT p50 {:.0} ms p99 {:.0} ms, TPOT p50 {:.2} ms p99 {:.2} ms, {:.1} GB GPU memory in use |",
+        args.workload,
+        output,
+        line["requests_per_s"].as_f64().unwrap(),
+        line["input_tokens_per_s"].as_f64().unwrap(),
+        line["output_tokens_per_s"].as_f64().unwrap(),
+        line["ttft_p50_ms"].as_f64().unwrap(),
+        line["ttft_p99_ms"].as_f64().unwrap(),
+        line["tpot_p50_ms"].as_f64().unwrap(),
+        line["tpot_p99_ms"].as_f64().unwrap(),
+        line["gpu_memory_used_gb"].as_f64().unwrap()
+    );
+    Ok(line)
 }

@@ -13,6 +13,7 @@ use crate::sys::ocrvl_stream_t;
 /// Event tracking is off: cudarc would otherwise record events on every buffer use, which
 /// breaks CUDA-graph capture ("dependency created on uncaptured work in another stream").
 /// Ordering between streams is therefore this crate's job; with one stream there is none.
+#[derive(Clone)]
 pub struct Gpu {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,

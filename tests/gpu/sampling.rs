@@ -798,7 +798,7 @@ fn bad_arguments_are_errors() {
         .sample(&g, SamplingClass::Base, &mut x.view_mut(), &mut short.views())
         .is_err());
     // Too many rows, histories that do not fit, a history count that does not match.
-    assert!(sampler.set_batch(&g, &vec![SamplingParams::default(); 5], &[]).is_err());
+    assert!(sampler.set_batch(&g, &[SamplingParams::default(); 5], &[]).is_err());
     let pen = SamplingParams {
         repetition_penalty: 2.0,
         ..Default::default()
