@@ -348,7 +348,6 @@ fn run() -> anyhow::Result<()> {
     let weights_gb = weights.total_bytes() as f64 / 1e9;
     // Free the step measurements' model, cache and workspace before the engine sizes its own
     // KV cache from the memory left.
-    drop(time_step);
     drop((cache, ws, weights, gemm, image_tokens, pixels, batch));
     let workload = if args.workload == "none" {
         serde_json::Value::Null
@@ -394,7 +393,7 @@ fn engine_workload(
     dir: &std::path::Path,
     env: EnvFlags,
 ) -> anyhow::Result<serde_json::Value> {
-    use ocrvl::engine::engine::{Engine, EngineImage, EngineRequest};
+    use ocrvl::engine::{Engine, EngineImage, EngineRequest};
     use ocrvl::kernels::sampling::SamplingParams;
     use ocrvl::preprocess::image::smart_resize;
 
@@ -458,7 +457,9 @@ fn engine_workload(
         let outs = engine.step()?;
         let now = t0.elapsed().as_secs_f64();
         for o in &outs {
-            arrival.get_mut(&o.request_id).map(|v| v.push(now));
+            if let Some(v) = arrival.get_mut(&o.request_id) {
+                v.push(now);
+            }
         }
         output_tokens += outs.len();
         steps += 1;

@@ -11,13 +11,14 @@
 //! tables, encoder inputs) is what the model runner turns into device buffers.
 
 pub mod block_pool;
-pub mod engine;
 pub mod prefix_hash;
+pub mod runner;
 pub mod scheduler;
 pub mod sequence;
 
 pub use block_pool::BlockPool;
 pub use prefix_hash::BlockHash;
+pub use runner::{Engine, EngineImage, EngineRequest, StepOutput};
 pub use scheduler::{
     AdmissionError, ScheduledSeq, Scheduler, SchedulerConfig, SchedulerOutput, SchedulerStats, UpdateOutput,
 };

@@ -2,13 +2,13 @@
 //! checks dtypes, shapes and contiguity, then calls the `sys` symbol on the GPU's stream.
 //! Model code calls these, never `sys` directly.
 
-pub mod elementwise;
-pub mod norm;
-pub mod embedding;
-pub mod rope;
-pub mod kv_cache;
-pub mod decode;
 pub mod attention;
+pub mod decode;
+pub mod elementwise;
+pub mod embedding;
+pub mod kv_cache;
+pub mod norm;
+pub mod rope;
 pub mod sampling;
 
 use crate::error::{Error, Result};

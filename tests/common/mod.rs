@@ -1,14 +1,14 @@
 //! Shared by the test targets: seeded inputs, the GPU opener, f64 references, tolerances.
 #![allow(dead_code)]
 
-pub mod ref_norm;
-pub mod ref_elementwise;
-pub mod reference;
-pub mod tol;
-pub mod ref_rope;
 pub mod ref_attention;
 pub mod ref_decode;
+pub mod ref_elementwise;
+pub mod ref_norm;
+pub mod ref_rope;
 pub mod ref_sampling;
+pub mod reference;
+pub mod tol;
 
 use half::bf16;
 use rand::{Rng, SeedableRng};

@@ -10,8 +10,8 @@ use rand::Rng;
 use safetensors::SafeTensors;
 
 use ocrvl::config::{EngineConfig, EnvFlags};
-use ocrvl::engine::engine::{Engine, EngineImage, EngineRequest};
 use ocrvl::engine::FinishReason;
+use ocrvl::engine::{Engine, EngineImage, EngineRequest};
 use ocrvl::kernels::sampling::SamplingParams;
 
 use crate::common::{gpu, rng};

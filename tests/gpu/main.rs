@@ -5,16 +5,16 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod activation;
+mod attention;
 mod cast;
-mod gemm;
-mod model;
-mod fidelity;
+mod decode;
+mod embedding;
 mod engine;
+mod fidelity;
+mod gemm;
+mod kv_cache;
+mod model;
 mod norm;
 mod rope;
-mod kv_cache;
-mod activation;
-mod embedding;
-mod attention;
-mod decode;
 mod sampling;
