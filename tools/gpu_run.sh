@@ -9,6 +9,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 logs=${1:-${OUT:-$here/logs}}
 mkdir -p "$logs"
 rows=()
+# Tests that read committed fixtures find them in the repository copy this bundle sits in.
+export OCRVL_REPO_DIR=$(cd "$here/../.." && pwd)
 
 # The executables travel as one solid xz archive: each links the same kernel fatbins, which
 # the archive stores once (about 300 MB of executables become under 10 MB).

@@ -50,3 +50,11 @@ pub fn bf16_to_f64(v: &[bf16]) -> Vec<f64> {
     v.iter().map(|x| x.to_f64()).collect()
 }
 pub mod ref_model;
+
+/// The repository root: `OCRVL_REPO_DIR` when set (the GPU host runs executables built
+/// elsewhere, from a copy of the tree at another path), else where this crate was built.
+pub fn repo_dir() -> std::path::PathBuf {
+    std::env::var_os("OCRVL_REPO_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}

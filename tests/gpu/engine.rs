@@ -113,7 +113,7 @@ fn run(engine: &mut Engine, ids: &[u64]) -> Vec<Vec<u32>> {
 #[test]
 #[ignore = "needs GPU"]
 fn engine_greedy_matches_transformers_alone_and_in_a_chunked_batch() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_model");
+    let dir = crate::common::repo_dir().join("tests/fixtures/tiny_model");
     let fx = fixture(&dir);
     assert!(fx.reliable >= 3, "the fixture has a near-tie at step {}", fx.reliable);
     let n = fx.reliable;
@@ -182,7 +182,7 @@ fn engine_greedy_matches_transformers_alone_and_in_a_chunked_batch() {
 #[test]
 #[ignore = "needs GPU"]
 fn engine_rejects_bad_requests_and_keeps_serving() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_model");
+    let dir = crate::common::repo_dir().join("tests/fixtures/tiny_model");
     let fx = fixture(&dir);
     let mut engine = Engine::new(
         gpu(),

@@ -4,8 +4,6 @@
 //! logits compared, and ocrvl's own greedy choice checked against transformers' wherever the
 //! oracle's top-2 margin is clearly above the bf16 noise.
 
-use std::path::Path;
-
 use half::bf16;
 use safetensors::SafeTensors;
 
@@ -46,7 +44,7 @@ fn argmax(row: &[f32]) -> usize {
 #[ignore = "needs GPU"]
 fn gpu_forward_matches_transformers_on_the_fixture() {
     let g = gpu();
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_model");
+    let dir = crate::common::repo_dir().join("tests/fixtures/tiny_model");
     let cfg = ModelConfig::from_dir(&dir).unwrap();
     let ckpt = Checkpoint::open(&dir).unwrap();
     let weights = ModelWeights::upload(&g, &cfg, &ckpt.validate(&cfg).unwrap()).unwrap();
