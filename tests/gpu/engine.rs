@@ -1,7 +1,9 @@
-//! The engine end to end on the tiny-model fixture: a greedy request gives transformers'
-//! tokens, alone and inside a batch of other requests with chunked prefill. Different batch
-//! shapes may change GEMM algorithms and so the floating-point order, so tokens are compared up
-//! to the first step where the oracle's top-2 margin is a near-tie (under 0.25 logits).
+//! The engine end to end on the tiny-model fixture: a greedy request follows transformers'
+//! greedy path, alone and inside a batch of other requests with chunked prefill. bf16 and a
+//! different batch shape (another GEMM algorithm) move logits by up to 3% of their range (the
+//! bound tests/gpu/fidelity.rs holds the forward to), so at each step the engine's token must
+//! be one whose transformers logit is within that of the best; once it takes a different
+//! near-tied token the paths part and the comparison stops.
 
 use std::path::Path;
 
@@ -16,7 +18,8 @@ use ocrvl::kernels::sampling::SamplingParams;
 
 use crate::common::{gpu, rng};
 
-const NEAR_TIE: f64 = 0.25;
+/// The forward's logit error bound, as a fraction of the logit range (tests/gpu/fidelity.rs).
+const LOGIT_TOLERANCE: f64 = 0.03;
 
 fn read_f64(st: &SafeTensors<'_>, name: &str) -> Vec<f64> {
     let t = st.tensor(name).unwrap();
@@ -37,8 +40,28 @@ fn read_f64(st: &SafeTensors<'_>, name: &str) -> Vec<f64> {
 struct Fixture {
     request: EngineRequest,
     greedy: Vec<u32>,
-    /// Steps whose tokens are compared: those before the first near-tie.
-    reliable: usize,
+    /// transformers' logits at the positions that choose each greedy token: [steps][vocab].
+    step_logits: Vec<Vec<f64>>,
+    tolerance: f64,
+}
+
+impl Fixture {
+    /// Checks `tokens` against transformers' greedy path; returns how many steps were on it.
+    fn check(&self, what: &str, tokens: &[u32]) -> usize {
+        for (k, (&ours, &theirs)) in tokens.iter().zip(&self.greedy).enumerate() {
+            let row = &self.step_logits[k];
+            let best = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let ours_logit = row[ours as usize];
+            assert!(
+                ours_logit >= best - 2.0 * self.tolerance,
+                "{what}: step {k}: token {ours} (logit {ours_logit:.3}) is not a near-tie of transformers' {theirs} ({best:.3})"
+            );
+            if ours != theirs {
+                return k;
+            }
+        }
+        tokens.len()
+    }
 }
 
 fn fixture(dir: &Path) -> Fixture {
@@ -49,7 +72,7 @@ fn fixture(dir: &Path) -> Fixture {
     let ids: Vec<u32> = read_f64(&st, "input_ids").iter().map(|&v| v as u32).collect();
     let grid = read_f64(&st, "image_grid_thw");
     let pixels = read_f64(&st, "pixel_values");
-    let margins = read_f64(&st, "greedy_margins");
+    let logits = read_f64(&st, "logits");
     let mut images = Vec::new();
     let mut at = 0;
     for (i, g) in grid.chunks(3).enumerate() {
@@ -63,7 +86,11 @@ fn fixture(dir: &Path) -> Fixture {
         at += n;
     }
     let greedy = ids[prompt_len..].to_vec();
-    let reliable = margins.iter().position(|&m| m < NEAR_TIE).unwrap_or(margins.len());
+    let vocab = logits.len() / ids.len();
+    let step_logits = (prompt_len - 1..ids.len() - 1)
+        .map(|t| logits[t * vocab..(t + 1) * vocab].to_vec())
+        .collect();
+    let range = logits.iter().fold(0.0f64, |m, v| m.max(v.abs()));
     Fixture {
         request: EngineRequest {
             prompt_ids: ids[..prompt_len].to_vec(),
@@ -74,7 +101,8 @@ fn fixture(dir: &Path) -> Fixture {
             ignore_eos: true,
         },
         greedy,
-        reliable,
+        step_logits,
+        tolerance: LOGIT_TOLERANCE * range,
     }
 }
 
@@ -115,8 +143,6 @@ fn run(engine: &mut Engine, ids: &[u64]) -> Vec<Vec<u32>> {
 fn engine_greedy_matches_transformers_alone_and_in_a_chunked_batch() {
     let dir = crate::common::repo_dir().join("tests/fixtures/tiny_model");
     let fx = fixture(&dir);
-    assert!(fx.reliable >= 3, "the fixture has a near-tie at step {}", fx.reliable);
-    let n = fx.reliable;
 
     let mut alone = Engine::new(
         gpu(),
@@ -128,11 +154,7 @@ fn engine_greedy_matches_transformers_alone_and_in_a_chunked_batch() {
     let id = alone.add_request(fx.request.clone()).unwrap();
     let a = run(&mut alone, &[id]).remove(0);
     assert_eq!(a.len(), fx.greedy.len());
-    assert_eq!(
-        &a[..n],
-        &fx.greedy[..n],
-        "alone: tokens differ from transformers before the first near-tie"
-    );
+    let on_path_alone = fx.check("alone", &a);
     drop(alone);
 
     // The same request among 7 others, with a 32-token step budget: its 35-token prompt is
@@ -167,15 +189,10 @@ fn engine_greedy_matches_transformers_alone_and_in_a_chunked_batch() {
         }
     }
     let outs = run(&mut batched, &ids);
-    assert_eq!(
-        &outs[3][..n],
-        &fx.greedy[..n],
-        "batched: tokens differ from transformers before the first near-tie"
-    );
+    let on_path_batched = fx.check("batched", &outs[3]);
     eprintln!(
-        "engine: {n} of {} greedy steps compared (first near-tie at step {})",
-        fx.greedy.len(),
-        fx.reliable
+        "engine: on transformers' greedy path for {on_path_alone} (alone) and {on_path_batched} (batched) of {} steps",
+        fx.greedy.len()
     );
 }
 
