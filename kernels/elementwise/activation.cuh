@@ -3,13 +3,13 @@
 //
 // Memory-bound: each thread loads one 16-byte vector (two for silu_mul: gate and up) of one
 // row, computes in f32 and stores one vector, rounded once. Launch shape from row_launch
-// (vec8.cuh): the rows' vectors flattened into blocks of 256 threads; rows may be strided.
+// (common/vec8.cuh): the rows' vectors flattened into blocks of 256 threads; rows may be strided.
 // Constraints (checked by the launchers): width a multiple of 8, row strides multiples of 8,
 // 16-byte aligned pointers.
 // Accuracy: expf, tanhf and erff are the full-precision CUDA functions (no --use_fast_math);
 // each is within 2 ulp in f32, far below the output's bf16 rounding.
 #pragma once
-#include "elementwise/vec8.cuh"
+#include "common/vec8.cuh"
 
 namespace ocrvl {
 

@@ -4,11 +4,11 @@
 //
 // Memory-bound: one 16-byte vector of x (and of residual) per thread; the bias vector is read
 // by every row and stays in L1/L2, so it costs width elements once. Launch shape from
-// row_launch (vec8.cuh). Constraints as in activation.cuh (width and strides multiples of 8,
+// row_launch (common/vec8.cuh). Constraints as in activation.cuh (width and strides multiples of 8,
 // 16-byte aligned pointers). out may equal x or residual: each element is read, then written
 // by the same thread, so the pointers are not __restrict__.
 #pragma once
-#include "elementwise/vec8.cuh"
+#include "common/vec8.cuh"
 
 namespace ocrvl {
 

@@ -2,7 +2,7 @@
 // the scatter of image features into placeholder rows (dst[dst_rows[i]] = src[i]).
 //
 // Pure copies of 16-byte vectors: one vector per thread, the rows' vectors flattened into
-// blocks of 256 threads (row_launch, elementwise/vec8.cuh). Each thread reads its row's index
+// blocks of 256 threads (row_launch, common/vec8.cuh). Each thread reads its row's index
 // (the threads of a row read the same word: one broadcast transaction per warp), then copies its
 // vector; no values are converted, so any two-byte type works.
 //
@@ -11,7 +11,7 @@
 // while the host can fail just the one request after the step. The check is one compare on a
 // value already in a register, so valid ids cost nothing extra.
 #pragma once
-#include "elementwise/vec8.cuh"
+#include "common/vec8.cuh"
 
 namespace ocrvl {
 

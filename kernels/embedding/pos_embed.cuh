@@ -3,7 +3,7 @@
 // grid and added in place to that image's patch embeddings, several images packed in one call.
 //
 // One 16-byte vector per thread, the patches' vectors flattened into blocks of 256 threads
-// (row_launch, elementwise/vec8.cuh): load x's vector and the four table vectors around the
+// (row_launch, common/vec8.cuh): load x's vector and the four table vectors around the
 // source point, weight them in f32, add, round once to bf16, store. The resized table is never
 // materialised; the 729-row table (1.7 MB in bf16) stays in L2, so HBM sees x read once and
 // written once.
@@ -26,7 +26,7 @@
 // lambda = s - i0. s is also clamped to side - 1, which only matters for metadata that breaks
 // the header's rules, so table reads stay in bounds whatever the metadata says.
 #pragma once
-#include "elementwise/vec8.cuh"
+#include "common/vec8.cuh"
 
 namespace ocrvl {
 

@@ -1,8 +1,6 @@
 // 16-byte vectors of 8 two-byte floats (bf16 or f16) held as 8 f32 in registers, and the launch
 // shape shared by the row-wise kernels: one vector per thread over the flattened rows.
-//
-// NOTE(elementwise): the embedding family includes this file too. It belongs in
-// kernels/common/ once that folder has a vector header; until then it lives with its first user.
+// Used by the elementwise and embedding families.
 #pragma once
 #include <stdint.h>
 
