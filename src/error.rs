@@ -48,6 +48,14 @@ pub enum Error {
 
     #[error(transparent)]
     Weights(#[from] crate::model::weights::WeightsError),
+
+    /// The service is starting, failed to start, or is shut down (HTTP 503).
+    #[error("engine not available: {0}")]
+    NotReady(String),
+
+    /// Images, prompts and tokenizer files (decode, resize, template, tokenise).
+    #[error(transparent)]
+    Preprocess(#[from] crate::preprocess::PreprocessError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -14,6 +14,7 @@ pub mod kernels;
 pub mod model;
 pub mod preprocess;
 pub mod runtime;
+pub mod service;
 pub mod sys;
 
 pub use error::{Error, Result};

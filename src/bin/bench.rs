@@ -434,6 +434,7 @@ fn engine_workload(
             max_tokens,
             stop_token_ids: Vec::new(),
             ignore_eos: true,
+            top_logprobs: 0,
         })
     };
     // Warm-up: one short request through every kernel once.

@@ -221,6 +221,16 @@ pub struct EnvFlags {
     pub sampling_class: SamplingClass,
 }
 
+impl Default for EnvFlags {
+    /// Both unset: automatic attention version, the base sampler.
+    fn default() -> Self {
+        EnvFlags {
+            flash_attn_version: FlashAttnVersion::Auto,
+            sampling_class: SamplingClass::Base,
+        }
+    }
+}
+
 impl EnvFlags {
     pub const FLASH_ATTN_VERSION: &'static str = "FLAGS_flash_attn_version";
     pub const SAMPLING_CLASS: &'static str = "FD_SAMPLING_CLASS";

@@ -18,7 +18,7 @@ pub mod sequence;
 
 pub use block_pool::BlockPool;
 pub use prefix_hash::BlockHash;
-pub use runner::{Engine, EngineImage, EngineRequest, StepOutput};
+pub use runner::{Engine, EngineImage, EngineRequest, EngineStats, StepOutput};
 pub use scheduler::{
     AdmissionError, ScheduledSeq, Scheduler, SchedulerConfig, SchedulerOutput, SchedulerStats, UpdateOutput,
 };

@@ -49,6 +49,8 @@ pub struct EngineRequest {
     pub max_tokens: usize,
     pub stop_token_ids: Vec<u32>,
     pub ignore_eos: bool,
+    /// Alternatives to report per generated token (0..=20).
+    pub top_logprobs: usize,
 }
 
 /// One generated token, and the finish reason when it is the request's last.
@@ -57,7 +59,23 @@ pub struct StepOutput {
     pub request_id: u64,
     pub token: u32,
     pub logprob: f32,
+    /// The `top_logprobs` most likely tokens and their log-probabilities (empty when not asked).
+    pub top: Vec<(u32, f32)>,
     pub finished: Option<FinishReason>,
+}
+
+/// Gauges and counters of the engine, for metrics.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EngineStats {
+    pub num_running: usize,
+    pub num_waiting: usize,
+    pub kv_blocks_total: usize,
+    pub kv_blocks_free: usize,
+    pub num_preemptions: u64,
+    pub prefix_cache_queried_tokens: u64,
+    pub prefix_cache_hit_tokens: u64,
+    pub images_encoded: u64,
+    pub image_patches_encoded: u64,
 }
 
 struct RequestState {
@@ -83,6 +101,8 @@ pub struct Engine {
     embed_error: DeviceTensor,
     requests: HashMap<u64, RequestState>,
     next_id: u64,
+    images_encoded: u64,
+    image_patches_encoded: u64,
 }
 
 impl Engine {
@@ -138,6 +158,8 @@ impl Engine {
             embed_error,
             requests: HashMap::new(),
             next_id: 1,
+            images_encoded: 0,
+            image_patches_encoded: 0,
         })
     }
 
@@ -151,6 +173,22 @@ impl Engine {
 
     pub fn num_kv_blocks(&self) -> usize {
         self.cache.num_blocks
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        let s = self.scheduler.stats();
+        let pool = self.scheduler.pool();
+        EngineStats {
+            num_running: self.scheduler.num_running(),
+            num_waiting: self.scheduler.num_waiting(),
+            kv_blocks_total: pool.num_blocks(),
+            kv_blocks_free: pool.num_free(),
+            num_preemptions: s.num_preemptions,
+            prefix_cache_queried_tokens: s.prefix_cache_queried_tokens,
+            prefix_cache_hit_tokens: s.prefix_cache_hit_tokens,
+            images_encoded: self.images_encoded,
+            image_patches_encoded: self.image_patches_encoded,
+        }
     }
 
     pub fn has_unfinished(&self) -> bool {
@@ -310,6 +348,7 @@ impl Engine {
                     request_id: id,
                     token: tokens[row] as u32,
                     logprob: logprobs[row],
+                    top: Vec::new(),
                     finished: None,
                 });
             }
@@ -362,6 +401,8 @@ impl Engine {
             &dpix.view(),
             &mut out.view_mut(),
         )?;
+        self.images_encoded += todo.len() as u64;
+        self.image_patches_encoded += p as u64;
         let out = Rc::new(out);
         let mut row = 0;
         for ((id, img), &(h, w)) in todo.iter().zip(&grids) {

@@ -7,6 +7,7 @@ pub mod names;
 pub mod prompt_logits;
 pub mod step;
 pub mod synthetic;
+pub mod synthetic_tokenizer;
 pub mod text;
 pub mod vision;
 pub mod weights;

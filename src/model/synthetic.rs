@@ -116,6 +116,9 @@ pub fn write_synthetic_model(dir: &Path, cfg: &ModelConfig, opts: &SyntheticOpti
     let preprocessor_path = dir.join("preprocessor_config.json");
     write_text(&preprocessor_path, &preprocessor_config_json(cfg))?;
     files.push(preprocessor_path);
+    super::synthetic_tokenizer::write_synthetic_tokenizer(dir, cfg)?;
+    files.push(dir.join("tokenizer.json"));
+    files.push(dir.join("tokenizer_config.json"));
 
     let mut metadata = BTreeMap::new();
     metadata.insert("format", "pt".to_string());

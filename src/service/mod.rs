@@ -1,0 +1,622 @@
+//! A thread-safe front to the engine, shared by the C ABI, the server and the `ocr` command.
+//!
+//! The [`Engine`] runs on one thread of its own (it owns the CUDA stream and is not `Send`);
+//! everything else talks to it through channels:
+//!
+//! ```text
+//! caller threads                               engine thread
+//! Service::submit ── preprocess (decode,        loop: take commands (add, abort, shutdown)
+//!   resize, patchify, prompt, tokenise)  ─Add─▶       engine.step()
+//!   ◀── Ok(id) | Err(why) ───────────────────       send each token to its request's channel
+//! RequestHandle::recv ◀── token / finish ──────       publish stats
+//!   detokenise, stop strings (caller's thread)
+//! ```
+//!
+//! The expensive per-request CPU work (image decoding and resizing, tokenisation,
+//! detokenisation) happens on the callers' threads, so the engine thread only schedules, builds
+//! steps and launches GPU work. A request whose handle is dropped is aborted and its KV blocks
+//! return to the pool.
+
+mod handle;
+mod synthetic;
+
+pub use handle::{Completion, Event, RequestHandle, Timings};
+pub use synthetic::{default_synthetic_dir, ensure_synthetic_model};
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::config::{EngineConfig, EnvFlags, ModelConfig};
+use crate::engine::{Engine, EngineImage, EngineRequest, EngineStats, FinishReason};
+use crate::error::{Error, Result};
+use crate::kernels::sampling::SamplingParams;
+use crate::preprocess::image::ImageProcessor;
+use crate::preprocess::prompt::{PromptBuilder, Task};
+use crate::runtime::Gpu;
+
+/// Everything needed to start a service.
+#[derive(Clone, Debug)]
+pub struct ServiceConfig {
+    /// `engine.model` is the hub model directory; `None` serves a full-size synthetic model
+    /// (random weights), written once under `synthetic_dir`.
+    pub engine: EngineConfig,
+    pub env: EnvFlags,
+    /// CUDA device ordinal.
+    pub device: usize,
+    /// Where the synthetic model lives; `None` is `~/.cache/ocrvl/synthetic/...`.
+    pub synthetic_dir: Option<PathBuf>,
+    /// Most images one request may carry (`--limit-mm-per-prompt`).
+    pub max_images_per_request: usize,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            engine: EngineConfig::default(),
+            env: EnvFlags::default(),
+            device: 0,
+            synthetic_dir: None,
+            max_images_per_request: 4,
+        }
+    }
+}
+
+/// Where the service is in its life.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServiceState {
+    /// Loading the model (the first minutes of a synthetic model: writing it).
+    Starting,
+    Ready,
+    /// Start-up failed; the message says why. Nothing is served.
+    Failed(String),
+    /// Shut down; nothing more is accepted.
+    Stopped,
+}
+
+/// The prompt text: one of the model's four tasks, or free text.
+#[derive(Clone, Debug)]
+pub enum PromptInput {
+    Task(Task),
+    Text(String),
+}
+
+/// One request as a caller gives it: encoded images and a prompt.
+#[derive(Clone, Debug)]
+pub struct OcrRequest {
+    /// Encoded images (PNG, JPEG, WebP, BMP, TIFF, GIF), in prompt order.
+    pub images: Vec<Vec<u8>>,
+    pub prompt: PromptInput,
+    pub sampling: SamplingParams,
+    /// `None`: up to `--max-model-len` minus the prompt.
+    pub max_tokens: Option<usize>,
+    /// Strings that end generation; not included in the text.
+    pub stop: Vec<String>,
+    /// Token ids that end generation (the model's EOS always does unless `ignore_eos`).
+    pub stop_token_ids: Vec<u32>,
+    pub ignore_eos: bool,
+    /// Alternatives reported per generated token (0 for none, at most 20).
+    pub top_logprobs: usize,
+}
+
+impl OcrRequest {
+    pub fn new(images: Vec<Vec<u8>>, prompt: PromptInput) -> OcrRequest {
+        OcrRequest {
+            images,
+            prompt,
+            sampling: SamplingParams {
+                temperature: 0.0,
+                ..SamplingParams::default()
+            },
+            max_tokens: None,
+            stop: Vec::new(),
+            stop_token_ids: Vec::new(),
+            ignore_eos: false,
+            top_logprobs: 0,
+        }
+    }
+}
+
+/// Counters and gauges for metrics, refreshed after every engine step.
+#[derive(Clone, Debug, Default)]
+pub struct ServiceStats {
+    pub engine: EngineStats,
+    pub requests_submitted: u64,
+    pub requests_finished: u64,
+    pub requests_aborted: u64,
+    pub requests_failed: u64,
+    pub prompt_tokens: u64,
+    pub generation_tokens: u64,
+    pub steps: u64,
+}
+
+/// What callers share: the model's front half and the channel to the engine thread.
+pub(crate) struct Frontend {
+    pub(crate) model: ModelConfig,
+    pub(crate) processor: ImageProcessor,
+    pub(crate) prompts: PromptBuilder,
+    pub(crate) max_model_len: usize,
+    pub(crate) max_images: usize,
+}
+
+/// Messages from the engine thread to one request.
+#[derive(Debug)]
+pub(crate) enum EngineEvent {
+    Token {
+        token: u32,
+        logprob: f32,
+        top: Vec<(u32, f32)>,
+        at: Instant,
+    },
+    Finished {
+        reason: FinishReason,
+        at: Instant,
+    },
+    Failed(String),
+}
+
+enum Command {
+    Add {
+        request: EngineRequest,
+        events: Sender<EngineEvent>,
+        reply: SyncSender<Result<u64>>,
+    },
+    Abort(u64),
+    Shutdown {
+        deadline: Instant,
+    },
+}
+
+struct Status {
+    state: Mutex<ServiceState>,
+    changed: Condvar,
+    frontend: OnceLock<Arc<Frontend>>,
+    stats: Mutex<ServiceStats>,
+}
+
+struct Inner {
+    status: Arc<Status>,
+    commands: Mutex<Sender<Command>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The last handle is gone: stop the engine thread (the closed channel tells it) and
+        // wait, so the GPU memory is released when the service value is.
+        if let Ok(tx) = self.commands.lock() {
+            let _ = tx.send(Command::Shutdown {
+                deadline: Instant::now(),
+            });
+        }
+        if let Some(t) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A handle to a running engine; cheap to clone, usable from any thread.
+#[derive(Clone)]
+pub struct Service {
+    inner: Arc<Inner>,
+}
+
+impl Service {
+    /// Starts loading in the background and returns at once; [`Service::state`] and
+    /// [`Service::wait_ready`] follow the start-up.
+    pub fn spawn(config: ServiceConfig) -> Service {
+        let status = Arc::new(Status {
+            state: Mutex::new(ServiceState::Starting),
+            changed: Condvar::new(),
+            frontend: OnceLock::new(),
+            stats: Mutex::new(ServiceStats::default()),
+        });
+        let (tx, rx) = mpsc::channel();
+        let thread_status = status.clone();
+        let thread = std::thread::Builder::new()
+            .name("ocrvl-engine".into())
+            .spawn(move || engine_thread(config, thread_status, rx))
+            .expect("spawn the engine thread");
+        Service {
+            inner: Arc::new(Inner {
+                status,
+                commands: Mutex::new(tx),
+                thread: Mutex::new(Some(thread)),
+            }),
+        }
+    }
+
+    /// Starts and waits until the engine is ready (or failed to start).
+    pub fn start(config: ServiceConfig) -> Result<Service> {
+        let s = Service::spawn(config);
+        s.wait_ready(None)?;
+        Ok(s)
+    }
+
+    pub fn state(&self) -> ServiceState {
+        self.inner
+            .status
+            .state
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or(ServiceState::Stopped)
+    }
+
+    /// Blocks until ready; an error names why start-up failed, or says it timed out.
+    pub fn wait_ready(&self, timeout: Option<Duration>) -> Result<()> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut state = self.inner.status.state.lock().map_err(|_| poisoned())?;
+        loop {
+            match &*state {
+                ServiceState::Ready => return Ok(()),
+                ServiceState::Failed(why) => return Err(Error::NotReady(format!("start-up failed: {why}"))),
+                ServiceState::Stopped => return Err(Error::NotReady("the service is stopped".into())),
+                ServiceState::Starting => {}
+            }
+            state = match deadline {
+                None => self.inner.status.changed.wait(state).map_err(|_| poisoned())?,
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(Error::NotReady("still starting".into()));
+                    }
+                    self.inner
+                        .status
+                        .changed
+                        .wait_timeout(state, left)
+                        .map_err(|_| poisoned())?
+                        .0
+                }
+            };
+        }
+    }
+
+    /// The model's config once loaded.
+    pub fn model_config(&self) -> Option<&ModelConfig> {
+        self.inner.status.frontend.get().map(|f| &f.model)
+    }
+
+    pub fn stats(&self) -> ServiceStats {
+        self.inner.status.stats.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Preprocesses `req` on the calling thread and queues it. Every problem with the request
+    /// (an undecodable image, too many images, a prompt over `--max-model-len`, bad sampling
+    /// values) is an error here, and nothing is queued.
+    pub fn submit(&self, req: OcrRequest) -> Result<RequestHandle> {
+        const OP: &str = "submit";
+        let front = self.ready_frontend()?;
+        if req.images.len() > front.max_images {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "{} images in one request; the limit is {} (--limit-mm-per-prompt)",
+                    req.images.len(),
+                    front.max_images
+                ),
+            ));
+        }
+        if req.top_logprobs > 20 {
+            return Err(Error::invalid(
+                OP,
+                format!("top_logprobs {} is over 20", req.top_logprobs),
+            ));
+        }
+        req.sampling.validate()?;
+        let mut images = Vec::with_capacity(req.images.len());
+        let mut grids = Vec::with_capacity(req.images.len());
+        for (i, bytes) in req.images.iter().enumerate() {
+            let p = front
+                .processor
+                .process_bytes(bytes)
+                .map_err(|e| Error::invalid(OP, format!("image {i}: {e}")))?;
+            grids.push(p.grid);
+            images.push(EngineImage {
+                pixels: p.pixel_values_bf16(),
+                grid: (p.grid.h, p.grid.w),
+                content_hash: content_hash(bytes),
+            });
+        }
+        let prompt = match &req.prompt {
+            PromptInput::Task(t) => front.prompts.build_task(&grids, *t)?,
+            PromptInput::Text(s) => front.prompts.build(&grids, s)?,
+        };
+        let prompt_len = prompt.ids.len();
+        if prompt_len >= front.max_model_len {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "the prompt is {prompt_len} tokens (images included); --max-model-len {} leaves no room \
+                     to generate",
+                    front.max_model_len
+                ),
+            ));
+        }
+        let room = front.max_model_len - prompt_len;
+        let max_tokens = match req.max_tokens {
+            None => room,
+            Some(0) => return Err(Error::invalid(OP, "max_tokens must be at least 1")),
+            Some(n) if n > room => {
+                return Err(Error::invalid(
+                    OP,
+                    format!(
+                        "the prompt is {prompt_len} tokens and max_tokens is {n}: {} in all, over \
+                         --max-model-len {}",
+                        prompt_len + n,
+                        front.max_model_len
+                    ),
+                ))
+            }
+            Some(n) => n,
+        };
+        let engine_req = EngineRequest {
+            prompt_ids: prompt.ids,
+            images,
+            sampling: req.sampling,
+            max_tokens,
+            stop_token_ids: req.stop_token_ids.clone(),
+            ignore_eos: req.ignore_eos,
+            top_logprobs: req.top_logprobs,
+        };
+        let (events_tx, events_rx) = mpsc::channel();
+        let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+        let submitted = Instant::now();
+        self.send(Command::Add {
+            request: engine_req,
+            events: events_tx,
+            reply: reply_tx,
+        })?;
+        let id = reply_rx
+            .recv()
+            .map_err(|_| Error::NotReady("the engine stopped".into()))??;
+        Ok(RequestHandle::new(
+            id,
+            self.clone(),
+            front,
+            events_rx,
+            req.stop,
+            prompt_len,
+            submitted,
+        ))
+    }
+
+    /// Aborts a request by id (what dropping its handle does).
+    pub fn abort(&self, id: u64) {
+        let _ = self.send(Command::Abort(id));
+    }
+
+    /// Stops accepting work, lets running requests finish until `grace` has passed, aborts the
+    /// rest, and waits for the engine thread to exit.
+    pub fn shutdown(&self, grace: Duration) {
+        let _ = self.send(Command::Shutdown {
+            deadline: Instant::now() + grace,
+        });
+        if let Some(t) = self.inner.thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = t.join();
+        }
+    }
+
+    fn ready_frontend(&self) -> Result<Arc<Frontend>> {
+        match self.state() {
+            ServiceState::Ready => {}
+            ServiceState::Starting => return Err(Error::NotReady("the engine is still starting".into())),
+            ServiceState::Failed(why) => return Err(Error::NotReady(format!("the engine failed to start: {why}"))),
+            ServiceState::Stopped => return Err(Error::NotReady("the engine is shut down".into())),
+        }
+        self.inner
+            .status
+            .frontend
+            .get()
+            .cloned()
+            .ok_or_else(|| Error::NotReady("the engine is still starting".into()))
+    }
+
+    fn send(&self, cmd: Command) -> Result<()> {
+        let tx = self.inner.commands.lock().map_err(|_| poisoned())?;
+        tx.send(cmd).map_err(|_| Error::NotReady("the engine stopped".into()))
+    }
+}
+
+fn poisoned() -> Error {
+    Error::NotReady("the engine thread panicked".into())
+}
+
+/// A stable content hash of image bytes (the prefix cache's image identity).
+fn content_hash(bytes: &[u8]) -> u64 {
+    // SipHash with fixed keys: stable within a build, which is all the cache needs.
+    #[allow(deprecated)]
+    let mut h = std::hash::SipHasher::new_with_keys(0x6f63_7276_6c00_0001, 0x696d_6167_6500_0002);
+    bytes.hash(&mut h);
+    h.finish()
+}
+
+fn set_state(status: &Status, state: ServiceState) {
+    if let Ok(mut s) = status.state.lock() {
+        *s = state;
+    }
+    status.changed.notify_all();
+}
+
+/// Loads the model and the front half (tokenizer, processor) on the engine thread.
+fn load(config: &ServiceConfig) -> Result<(Engine, Frontend)> {
+    let t0 = Instant::now();
+    let dir = match &config.engine.model {
+        Some(d) => d.clone(),
+        None => ensure_synthetic_model(config.synthetic_dir.as_deref())?,
+    };
+    let model = ModelConfig::from_dir(&dir)?;
+    let processor = ImageProcessor::from_model_dir(&dir, &model)?;
+    let prompts = PromptBuilder::from_dir(&dir, &model)?;
+    let t1 = Instant::now();
+    let gpu = Gpu::new(config.device)?;
+    let engine = Engine::new(gpu, &dir, &config.engine, config.env)?;
+    log_line(&format!(
+        "ocrvl: model {} ready: config and tokenizer {:.2} s, weights, KV cache and graphs {:.2} s ({} KV blocks)",
+        dir.display(),
+        (t1 - t0).as_secs_f64(),
+        t1.elapsed().as_secs_f64(),
+        engine.num_kv_blocks()
+    ));
+    Ok((
+        engine,
+        Frontend {
+            model,
+            processor,
+            prompts,
+            max_model_len: config.engine.max_model_len,
+            max_images: config.max_images_per_request,
+        },
+    ))
+}
+
+fn log_line(s: &str) {
+    if std::env::var_os("OCRVL_QUIET").is_none() {
+        eprintln!("{s}");
+    }
+}
+
+fn engine_thread(config: ServiceConfig, status: Arc<Status>, rx: Receiver<Command>) {
+    let (mut engine, front) = match load(&config) {
+        Ok(x) => x,
+        Err(e) => {
+            set_state(&status, ServiceState::Failed(e.to_string()));
+            // Answer whatever arrives until every sender is gone, so no caller blocks.
+            while let Ok(cmd) = rx.recv() {
+                if let Command::Add { reply, .. } = cmd {
+                    let _ = reply.send(Err(Error::NotReady(format!("the engine failed to start: {e}"))));
+                }
+            }
+            return;
+        }
+    };
+    let _ = status.frontend.set(Arc::new(front));
+    set_state(&status, ServiceState::Ready);
+
+    let mut live: HashMap<u64, Sender<EngineEvent>> = HashMap::new();
+    let mut shutdown: Option<Instant> = None;
+    let mut stats = ServiceStats::default();
+    loop {
+        // Commands: block only when there is nothing to run.
+        loop {
+            let cmd = if engine.has_unfinished() || shutdown.is_some() {
+                match rx.try_recv() {
+                    Ok(c) => c,
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        shutdown.get_or_insert_with(Instant::now);
+                        break;
+                    }
+                }
+            } else {
+                match rx.recv_timeout(Duration::from_millis(100)) {
+                    Ok(c) => c,
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => {
+                        shutdown.get_or_insert_with(Instant::now);
+                        break;
+                    }
+                }
+            };
+            match cmd {
+                Command::Add { request, events, reply } => {
+                    if shutdown.is_some() {
+                        let _ = reply.send(Err(Error::NotReady("the engine is shutting down".into())));
+                        continue;
+                    }
+                    let prompt_len = request.prompt_ids.len() as u64;
+                    match engine.add_request(request) {
+                        Ok(id) => {
+                            stats.requests_submitted += 1;
+                            stats.prompt_tokens += prompt_len;
+                            live.insert(id, events);
+                            let _ = reply.send(Ok(id));
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                        }
+                    }
+                }
+                Command::Abort(id) => {
+                    if live.remove(&id).is_some() {
+                        engine.abort(id);
+                        stats.requests_aborted += 1;
+                    }
+                }
+                Command::Shutdown { deadline } => {
+                    let d = shutdown.map_or(deadline, |s| s.min(deadline));
+                    shutdown = Some(d);
+                }
+            }
+        }
+        if let Some(deadline) = shutdown {
+            if !engine.has_unfinished() || Instant::now() >= deadline {
+                for (id, tx) in live.drain() {
+                    engine.abort(id);
+                    stats.requests_aborted += 1;
+                    let _ = tx.send(EngineEvent::Finished {
+                        reason: FinishReason::Aborted,
+                        at: Instant::now(),
+                    });
+                }
+                publish(&status, &engine, &stats);
+                set_state(&status, ServiceState::Stopped);
+                return;
+            }
+        }
+        if !engine.has_unfinished() {
+            continue;
+        }
+        match engine.step() {
+            Ok(outputs) => {
+                stats.steps += 1;
+                let now = Instant::now();
+                for o in outputs {
+                    stats.generation_tokens += 1;
+                    let Some(tx) = live.get(&o.request_id) else { continue };
+                    let mut gone = tx
+                        .send(EngineEvent::Token {
+                            token: o.token,
+                            logprob: o.logprob,
+                            top: o.top,
+                            at: now,
+                        })
+                        .is_err();
+                    if let Some(reason) = o.finished {
+                        gone |= tx.send(EngineEvent::Finished { reason, at: now }).is_err();
+                        live.remove(&o.request_id);
+                        stats.requests_finished += 1;
+                    } else if gone {
+                        // The caller went away: free its blocks now.
+                        live.remove(&o.request_id);
+                        engine.abort(o.request_id);
+                        stats.requests_aborted += 1;
+                    }
+                }
+            }
+            Err(e) => {
+                // A failed step fails the requests in it; the engine keeps serving new ones.
+                let msg = e.to_string();
+                log_line(&format!("ocrvl: engine step failed: {msg}"));
+                for (id, tx) in live.drain() {
+                    engine.abort(id);
+                    stats.requests_failed += 1;
+                    let _ = tx.send(EngineEvent::Failed(msg.clone()));
+                }
+            }
+        }
+        publish(&status, &engine, &stats);
+    }
+}
+
+fn publish(status: &Status, engine: &Engine, stats: &ServiceStats) {
+    if let Ok(mut s) = status.stats.lock() {
+        *s = ServiceStats {
+            engine: engine.stats(),
+            ..stats.clone()
+        };
+    }
+}
