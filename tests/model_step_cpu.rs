@@ -117,3 +117,43 @@ fn vision_batch_merge_rows_follow_the_spec_order() {
         "odd grids cannot be merged 2x2"
     );
 }
+
+#[test]
+fn graph_batch_sizes_cover_every_batch() {
+    use ocrvl::engine::runner::graph_batch_sizes;
+    assert_eq!(graph_batch_sizes(1), vec![1]);
+    assert_eq!(graph_batch_sizes(10), vec![1, 2, 4, 8, 10]);
+    let full = graph_batch_sizes(256);
+    assert_eq!(&full[..5], &[1, 2, 4, 8, 16]);
+    assert_eq!(*full.last().unwrap(), 256);
+    assert!(full.windows(2).all(|w| w[0] < w[1] && w[1] - w[0] <= 8));
+}
+
+#[test]
+fn a_padded_decode_step_packs_to_the_same_layout_whatever_its_rows() {
+    // A graph replays at fixed offsets: two decode steps of the same padded batch and table
+    // width must pack identically apart from the values.
+    let bs = 64;
+    let chunk = |id: u32, start: usize, table: Vec<i32>| SeqChunk {
+        ids: vec![id],
+        positions: [vec![start as i32], vec![start as i32], vec![start as i32]],
+        start,
+        block_table: table,
+        is_decode: true,
+        wants_logits: true,
+        image_slots: Vec::new(),
+    };
+    let a = vec![chunk(5, 3, vec![1]), chunk(6, 70, vec![2, 3])];
+    let b = vec![chunk(7, 130, vec![4, 5, 6]), chunk(8, 0, vec![9])];
+    let (mut pa, mut pb) = (Vec::new(), Vec::new());
+    let la = HostStep::build_with_width(&a, bs, 16).unwrap().pack_into(&mut pa);
+    let lb = HostStep::build_with_width(&b, bs, 16).unwrap().pack_into(&mut pb);
+    assert!(la.same_arrays(&lb), "{la:?} vs {lb:?}");
+    assert_ne!(la.decode_max_len, lb.decode_max_len);
+    assert_eq!(pa.len(), pb.len());
+    assert_eq!(la.len(), pa.len());
+    assert_eq!(la.max_blocks, 16);
+    // Too narrow a width is widened to the longest table, never cut.
+    let lc = HostStep::build_with_width(&b, bs, 1).unwrap();
+    assert_eq!(lc.max_blocks, 3);
+}

@@ -25,6 +25,7 @@ fn opts(shards: usize) -> SyntheticOptions {
         shards,
         include_unused: false,
         include_lm_head: true,
+        lm_head_scale: 1.0,
     }
 }
 

@@ -32,6 +32,9 @@ pub struct EngineConfig {
     /// Run every step eagerly instead of replaying CUDA graphs.
     pub enforce_eager: bool,
     pub model: Option<PathBuf>,
+    /// `--num-gpu-blocks-override`: this many KV blocks instead of what the memory target
+    /// allows (tests of preemption; debugging).
+    pub num_gpu_blocks_override: Option<usize>,
 }
 
 impl Default for EngineConfig {
@@ -45,6 +48,7 @@ impl Default for EngineConfig {
             enable_prefix_caching: true,
             enforce_eager: false,
             model: None,
+            num_gpu_blocks_override: None,
         }
     }
 }
@@ -85,6 +89,7 @@ impl EngineConfig {
                 | "--max-num-batched-tokens"
                 | "--gpu-memory-utilization"
                 | "--dtype"
+                | "--num-gpu-blocks-override"
                 | "--model" => {
                     let value = match inline {
                         Some(value) => value.to_string(),
@@ -139,6 +144,7 @@ impl EngineConfig {
                 }
             }
             "--model" => self.model = Some(PathBuf::from(value)),
+            "--num-gpu-blocks-override" => self.num_gpu_blocks_override = Some(count(1, usize::MAX)?),
             _ => unreachable!("parse_args only routes valued flags here"),
         }
         Ok(())

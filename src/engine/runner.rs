@@ -6,24 +6,29 @@
 //! the next step's CPU work with the GPU, and detokenisation and streaming to clients (the C
 //! ABI and the server sit on top of `step`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::rc::Rc;
+use std::time::Instant;
+
+use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+use cudarc::driver::CudaGraph;
 
 use half::bf16;
 
 use super::scheduler::{Scheduler, SchedulerConfig, SchedulerOutput};
 use super::sequence::{FinishReason, ImageSpan, Sequence, StopConditions};
 use crate::config::{EngineConfig, EnvFlags, ModelConfig};
-use crate::error::{Error, Result};
+use crate::error::{DriverResultExt, Error, Result};
+use crate::kernels::decode::decode_num_splits;
 use crate::kernels::embedding::take_embedding_error;
 use crate::kernels::sampling::{Sampler, SamplingOutputs, SamplingParams, STATUS_OK};
 use crate::model::gpu_weights::ModelWeights;
-use crate::model::step::{HostStep, SeqChunk};
+use crate::model::step::{HostStep, SeqChunk, StepLayout};
 use crate::model::text::{self, KvCache};
 use crate::model::vision::{self, VisionBatch, VisionBatchHost};
 use crate::model::weights::Checkpoint;
-use crate::runtime::{DType, DeviceTensor, Gemm, Gpu, Workspace};
+use crate::runtime::{DType, DeviceTensor, Gemm, Gpu, PinnedStaging, Workspace};
 
 /// Tokens per KV block (kernels/include/kv_cache.h says why 64).
 pub const BLOCK_SIZE: usize = 64;
@@ -84,9 +89,57 @@ struct RequestState {
     positions: Vec<i32>,
     rope_delta: i32,
     sampling: SamplingParams,
+    top_logprobs: usize,
     /// Projected image tokens of each image once encoded: (packed output, first row).
     features: HashMap<usize, (Rc<DeviceTensor>, usize)>,
 }
+
+/// Where a step's host time goes, summed over steps (seconds), for the bench's gap report.
+/// The GPU waits during everything except `wait`: schedule, build, upload and launch, and the
+/// bookkeeping after the tokens arrive.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StepTimings {
+    pub steps: u64,
+    /// Steps that replayed a captured decode graph.
+    pub graph_steps: u64,
+    /// Scheduling, image encoding launches, building and packing the step's inputs.
+    pub prepare_s: f64,
+    /// Uploading the inputs and launching the forward and the sampler.
+    pub launch_s: f64,
+    /// Waiting for the sampled tokens (the GPU's share of the step, plus launch backlog).
+    pub wait_s: f64,
+    /// Scheduler update and output assembly after the tokens arrived.
+    pub update_s: f64,
+}
+
+/// A decode forward captured for one padded batch size.
+struct DecodeGraph {
+    graph: CudaGraph,
+    layout: StepLayout,
+}
+
+/// Buffers that live as long as the engine, so that steps allocate nothing and a captured
+/// graph finds its inputs at the addresses it was captured with.
+struct StepBuffers {
+    /// i32: the packed step (HostStep::pack_into), at most `meta_capacity` elements.
+    meta: DeviceTensor,
+    staging: PinnedStaging,
+    packed: Vec<i32>,
+    /// f32 [max_num_seqs, vocab]: one logits row per sequence at most.
+    logits: DeviceTensor,
+    token: DeviceTensor,
+    logprob: DeviceTensor,
+    status: DeviceTensor,
+    /// [max_num_seqs * 20] ids and log-probs of the top alternatives.
+    top_ids: DeviceTensor,
+    top_logprobs: DeviceTensor,
+}
+
+/// Most top alternatives per token (the sampler's limit).
+const MAX_TOP_LOGPROBS: usize = 20;
+/// Penalty history tokens the sampler holds per step, over all rows; a row's history is its
+/// most recent output tokens, cut to an equal share when the batch would exceed this.
+const PENALTY_HISTORY_CAPACITY: usize = 1 << 20;
 
 pub struct Engine {
     gpu: Gpu,
@@ -103,10 +156,30 @@ pub struct Engine {
     next_id: u64,
     images_encoded: u64,
     image_patches_encoded: u64,
+    buffers: StepBuffers,
+    /// Block-table width of graph steps: max_model_len / BLOCK_SIZE, rounded up.
+    table_width: usize,
+    /// The cache block no sequence owns (index `num_blocks`): padding rows of a graph step
+    /// write their K/V there and attend to it.
+    scratch_block: i32,
+    /// Captured decode graphs by padded batch size (empty with --enforce-eager).
+    graphs: BTreeMap<usize, DecodeGraph>,
+    timings: StepTimings,
+}
+
+/// Decode batch sizes that get a graph: 1, 2, 4, 8, then every multiple of 8, up to and
+/// including `max_num_seqs`. A batch runs in the smallest graph that holds it; padding is at
+/// most 7 rows past 8, a few percent of the step at the sizes where it matters.
+pub fn graph_batch_sizes(max_num_seqs: usize) -> Vec<usize> {
+    let mut v: Vec<usize> = [1, 2, 4].into_iter().filter(|&b| b < max_num_seqs).collect();
+    v.extend((1..).map(|k| 8 * k).take_while(|&b| b < max_num_seqs));
+    v.push(max_num_seqs);
+    v
 }
 
 impl Engine {
-    /// Loads the model in `dir` and sizes the KV cache from `--gpu-memory-utilization`.
+    /// Loads the model in `dir`, sizes the KV cache from `--gpu-memory-utilization`, and
+    /// captures the decode graphs (unless `--enforce-eager`).
     pub fn new(gpu: Gpu, dir: &Path, engine: &EngineConfig, env: EnvFlags) -> Result<Engine> {
         let cfg = ModelConfig::from_dir(dir)?;
         engine.validate(&cfg)?;
@@ -117,15 +190,35 @@ impl Engine {
         let ws_bytes =
             text::workspace_bytes(&cfg, t, s, s).max(vision::workspace_bytes(&cfg, ENCODER_PATCHES_PER_STEP));
         let ws = Workspace::new(&gpu, ws_bytes)?;
-        let sampler = Sampler::new(&gpu, s, 1)?;
+        let sampler = Sampler::new(&gpu, s, PENALTY_HISTORY_CAPACITY)?;
         let embed_error = DeviceTensor::zeros(&gpu, DType::I32, &[1])?;
+        let table_width = engine.max_model_len.div_ceil(BLOCK_SIZE);
+        // Packed step bound: ids, 3 position rows, slots and image rows per token; a table row,
+        // a length and a few offsets per sequence (HostStep::pack_into).
+        let meta_capacity = 6 * t + s * table_width + 4 * s + 1;
+        let vocab = cfg.text.vocab_size;
+        let buffers = StepBuffers {
+            meta: DeviceTensor::zeros(&gpu, DType::I32, &[meta_capacity])?,
+            staging: PinnedStaging::new(&gpu, meta_capacity * 4)?,
+            packed: Vec::with_capacity(meta_capacity),
+            logits: DeviceTensor::zeros(&gpu, DType::F32, &[s, vocab])?,
+            token: DeviceTensor::zeros(&gpu, DType::I32, &[s])?,
+            logprob: DeviceTensor::zeros(&gpu, DType::F32, &[s])?,
+            status: DeviceTensor::zeros(&gpu, DType::I32, &[s])?,
+            top_ids: DeviceTensor::zeros(&gpu, DType::I32, &[s * MAX_TOP_LOGPROBS])?,
+            top_logprobs: DeviceTensor::zeros(&gpu, DType::F32, &[s * MAX_TOP_LOGPROBS])?,
+        };
         // The KV cache takes what the utilisation target leaves after everything above, with
-        // 512 MiB kept back for the step's transient buffers (logits, metadata, encoder outputs).
+        // 512 MiB kept back for the step's transient buffers (image features, encoder
+        // outputs) and the graphs. One extra block is the padding rows' scratch.
         let (free, total) = gpu.memory_info()?;
         let used = total - free;
         let budget = (total as f64 * engine.gpu_memory_utilization) as usize;
         let per_block = KvCache::bytes_per_block(&cfg, BLOCK_SIZE);
-        let num_blocks = budget.saturating_sub(used + (512 << 20)) / per_block;
+        let num_blocks = match engine.num_gpu_blocks_override {
+            Some(n) => n,
+            None => (budget.saturating_sub(used + (512 << 20)) / per_block).saturating_sub(1),
+        };
         let needed = engine.max_model_len.div_ceil(BLOCK_SIZE);
         if num_blocks < needed {
             return Err(Error::invalid(
@@ -138,14 +231,14 @@ impl Engine {
                 ),
             ));
         }
-        let cache = KvCache::new(&gpu, &cfg, num_blocks, BLOCK_SIZE)?;
+        let cache = KvCache::new(&gpu, &cfg, num_blocks + 1, BLOCK_SIZE)?;
         let scheduler = Scheduler::new(SchedulerConfig::from_engine(
             engine,
             BLOCK_SIZE,
             num_blocks,
             ENCODER_PATCHES_PER_STEP,
         ))?;
-        Ok(Engine {
+        let mut e = Engine {
             gpu,
             cfg,
             env,
@@ -160,7 +253,111 @@ impl Engine {
             next_id: 1,
             images_encoded: 0,
             image_patches_encoded: 0,
-        })
+            buffers,
+            table_width,
+            scratch_block: num_blocks as i32,
+            graphs: BTreeMap::new(),
+            timings: StepTimings::default(),
+        };
+        if !engine.enforce_eager {
+            for b in graph_batch_sizes(s) {
+                e.capture_decode_graph(b).map_err(|err| {
+                    Error::invalid(
+                        "engine",
+                        format!("capturing the decode graph of batch {b} failed ({err}); --enforce-eager runs without graphs"),
+                    )
+                })?;
+            }
+        }
+        Ok(e)
+    }
+
+    /// Batch sizes with a captured decode graph.
+    pub fn graph_batch_sizes(&self) -> Vec<usize> {
+        self.graphs.keys().copied().collect()
+    }
+
+    /// Host-time breakdown of the steps so far.
+    pub fn step_timings(&self) -> StepTimings {
+        self.timings.clone()
+    }
+
+    /// A decode step of `batch` padding rows (all on the scratch block).
+    fn padding_chunk(&self) -> SeqChunk {
+        SeqChunk {
+            ids: vec![0],
+            positions: [vec![0], vec![0], vec![0]],
+            start: 0,
+            block_table: vec![self.scratch_block],
+            is_decode: true,
+            wants_logits: true,
+            image_slots: Vec::new(),
+        }
+    }
+
+    /// Runs the decode forward of `batch` rows once (so every GEMM plan exists), then captures
+    /// it. The graph reads the packed step at the start of `meta` and writes logits rows
+    /// `0..batch`; the split count is fixed at the heuristic's choice for a full-length context.
+    fn capture_decode_graph(&mut self, batch: usize) -> Result<()> {
+        let chunks = vec![self.padding_chunk(); batch];
+        let host = HostStep::build_with_width(&chunks, BLOCK_SIZE, self.table_width)?;
+        let b = &mut self.buffers;
+        b.packed.clear();
+        let layout = host.pack_into(&mut b.packed);
+        let mut dst = b.meta.view_mut().narrow0(0, layout.len())?;
+        b.staging.upload(&self.gpu, &b.packed, &mut dst)?;
+        let t = &self.cfg.text;
+        let splits = decode_num_splits(
+            batch,
+            t.num_key_value_heads,
+            self.table_width * BLOCK_SIZE,
+            self.gpu.sm_count(),
+        );
+        for capture in [false, true] {
+            self.ws.reset();
+            let mut inputs = layout.inputs(self.buffers.meta.view(), None)?;
+            inputs.decode_splits = Some(splits);
+            let mut logits = self.buffers.logits.view_mut().narrow0(0, batch)?;
+            if capture {
+                self.gpu.synchronize()?;
+                self.gpu
+                    .stream()
+                    .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+                    .op("cuStreamBeginCapture")?;
+            }
+            let run = text::forward(
+                &self.gpu,
+                &mut self.gemm,
+                &self.ws,
+                &self.cfg,
+                &self.weights,
+                &mut self.cache,
+                &inputs,
+                &mut self.embed_error.view_mut(),
+                &mut logits,
+            );
+            if capture {
+                // End the capture whatever happened, so the stream is usable afterwards.
+                let graph = self
+                    .gpu
+                    .stream()
+                    .end_capture(CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_UPLOAD)
+                    .op("cuStreamEndCapture");
+                run?;
+                let graph = graph?.ok_or_else(|| Error::invalid("capture", "the capture produced no graph"))?;
+                graph.upload().op("cuGraphUpload")?;
+                self.graphs.insert(
+                    batch,
+                    DecodeGraph {
+                        graph,
+                        layout: layout.clone(),
+                    },
+                );
+            } else {
+                run?;
+            }
+        }
+        self.gpu.synchronize()
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -200,6 +397,12 @@ impl Engine {
     pub fn add_request(&mut self, req: EngineRequest) -> Result<u64> {
         const OP: &str = "add_request";
         req.sampling.validate()?;
+        if req.top_logprobs > MAX_TOP_LOGPROBS {
+            return Err(Error::invalid(
+                OP,
+                format!("top_logprobs {} over {MAX_TOP_LOGPROBS}", req.top_logprobs),
+            ));
+        }
         let image_token = self.cfg.tokens.image_token_id;
         let grids: Vec<crate::preprocess::image::ImageGrid> = req
             .images
@@ -256,6 +459,7 @@ impl Engine {
                 positions: pos.positions,
                 rope_delta: pos.rope_delta,
                 sampling,
+                top_logprobs: req.top_logprobs,
                 features: HashMap::new(),
             },
         );
@@ -270,6 +474,7 @@ impl Engine {
 
     /// Runs one engine step; returns the tokens it produced.
     pub fn step(&mut self) -> Result<Vec<StepOutput>> {
+        let t0 = Instant::now();
         let plan = self.scheduler.schedule();
         for (id, img) in &plan.freed_encoder_outputs {
             if let Some(r) = self.requests.get_mut(id) {
@@ -280,27 +485,55 @@ impl Engine {
             return Ok(Vec::new());
         }
         self.encode_images(&plan)?;
-        let (host, features) = self.build_step(&plan)?;
-        self.ws.reset();
-        let step = host.upload(&self.gpu)?;
-        let inputs = step.inputs(features.as_ref().map(DeviceTensor::view))?;
-        let rows = host.logits_rows.len();
-        let mut logits = DeviceTensor::alloc(&self.gpu, DType::F32, &[rows, self.cfg.text.vocab_size])?;
-        text::forward(
-            &self.gpu,
-            &mut self.gemm,
-            &self.ws,
-            &self.cfg,
-            &self.weights,
-            &mut self.cache,
-            &inputs,
-            &mut self.embed_error.view_mut(),
-            &mut logits.view_mut(),
-        )?;
-        take_embedding_error(&self.gpu, &mut self.embed_error.view_mut(), self.cfg.text.vocab_size)?;
+        // A decode-only step runs in the smallest captured graph that holds it.
+        let n = plan.scheduled.len();
+        let graph_batch = if plan.scheduled.iter().all(|e| e.is_decode) {
+            self.graphs.range(n..).next().map(|(&b, _)| b)
+        } else {
+            None
+        };
+        let (host, features) = self.build_step(&plan, graph_batch)?;
+        let b = &mut self.buffers;
+        b.packed.clear();
+        let layout = host.pack_into(&mut b.packed);
+        let t1 = Instant::now();
+
+        let mut dst = b.meta.view_mut().narrow0(0, layout.len())?;
+        b.staging.upload(&self.gpu, &b.packed, &mut dst)?;
+        match graph_batch {
+            Some(batch) => {
+                let g = &self.graphs[&batch];
+                if !g.layout.same_arrays(&layout) {
+                    return Err(Error::invalid(
+                        "step",
+                        format!("decode batch {n} does not match the layout of its graph ({batch})"),
+                    ));
+                }
+                g.graph.launch().op("cuGraphLaunch")?;
+                self.timings.graph_steps += 1;
+            }
+            None => {
+                self.ws.reset();
+                let inputs = layout.inputs(self.buffers.meta.view(), features.as_ref().map(DeviceTensor::view))?;
+                let rows = layout_logits_rows(&host);
+                let mut logits = self.buffers.logits.view_mut().narrow0(0, rows)?;
+                text::forward(
+                    &self.gpu,
+                    &mut self.gemm,
+                    &self.ws,
+                    &self.cfg,
+                    &self.weights,
+                    &mut self.cache,
+                    &inputs,
+                    &mut self.embed_error.view_mut(),
+                    &mut logits,
+                )?;
+            }
+        }
 
         // Sample the rows that need logits; the step position seeds each row's random stream,
-        // so a request's tokens do not depend on the batch it ran in.
+        // so a request's tokens do not depend on the batch it ran in. Real rows come first in
+        // the logits (padding rows of a graph step follow them).
         let mut rows_info: Vec<(usize, u64, SamplingParams)> = plan
             .scheduled
             .iter()
@@ -314,25 +547,62 @@ impl Engine {
             })
             .collect();
         rows_info.sort_by_key(|r| r.0);
-        let mut sampled = Vec::new();
-        let mut outputs = Vec::new();
+        let rows = rows_info.len();
+        let mut outputs = Vec::with_capacity(rows);
+        let mut sampled = Vec::with_capacity(rows);
+        let t2;
         if rows > 0 {
+            if rows_info.iter().enumerate().any(|(i, r)| r.0 != i) {
+                return Err(Error::invalid("step", "logits rows are not the first rows of the step"));
+            }
             let ordered: Vec<SamplingParams> = rows_info.iter().map(|r| r.2).collect();
-            self.sampler.set_batch(&self.gpu, &ordered, &[])?;
-            let mut token = DeviceTensor::alloc(&self.gpu, DType::I32, &[rows])?;
-            let mut logprob = DeviceTensor::alloc(&self.gpu, DType::F32, &[rows])?;
-            let mut status = DeviceTensor::alloc(&self.gpu, DType::I32, &[rows])?;
-            let mut out = SamplingOutputs {
-                token: token.view_mut(),
-                logprob: logprob.view_mut(),
-                status: status.view_mut(),
-                top: None,
+            let histories = self.penalty_histories(&rows_info);
+            let history_refs: Vec<&[i32]> = histories.iter().map(Vec::as_slice).collect();
+            self.sampler.set_batch(&self.gpu, &ordered, &history_refs)?;
+            let top_n = rows_info
+                .iter()
+                .map(|r| self.requests[&r.1].top_logprobs)
+                .max()
+                .unwrap_or(0);
+            let b = &mut self.buffers;
+            let top = if top_n > 0 {
+                Some((
+                    b.top_ids.view_mut().narrow0(0, rows * top_n)?.reshape(&[rows, top_n])?,
+                    b.top_logprobs
+                        .view_mut()
+                        .narrow0(0, rows * top_n)?
+                        .reshape(&[rows, top_n])?,
+                ))
+            } else {
+                None
             };
+            let mut out = SamplingOutputs {
+                token: b.token.view_mut().narrow0(0, rows)?,
+                logprob: b.logprob.view_mut().narrow0(0, rows)?,
+                status: b.status.view_mut().narrow0(0, rows)?,
+                top,
+            };
+            let mut logits = b.logits.view_mut().narrow0(0, rows)?;
             self.sampler
-                .sample(&self.gpu, self.env.sampling_class, &mut logits.view_mut(), &mut out)?;
-            let tokens = token.to_host::<i32>(&self.gpu)?;
-            let logprobs = logprob.to_host::<f32>(&self.gpu)?;
-            let statuses = status.to_host::<i32>(&self.gpu)?;
+                .sample(&self.gpu, self.env.sampling_class, &mut logits, &mut out)?;
+            t2 = Instant::now();
+            // The first read waits for the GPU; the rest are ready by then.
+            let tokens = b.token.view().narrow0(0, rows)?.to_host::<i32>(&self.gpu)?;
+            let logprobs = b.logprob.view().narrow0(0, rows)?.to_host::<f32>(&self.gpu)?;
+            let statuses = b.status.view().narrow0(0, rows)?.to_host::<i32>(&self.gpu)?;
+            let (top_ids, top_lps) = if top_n > 0 {
+                (
+                    b.top_ids.view().narrow0(0, rows * top_n)?.to_host::<i32>(&self.gpu)?,
+                    b.top_logprobs
+                        .view()
+                        .narrow0(0, rows * top_n)?
+                        .to_host::<f32>(&self.gpu)?,
+                )
+            } else {
+                (Vec::new(), Vec::new())
+            };
+            self.timings.wait_s += t2.elapsed().as_secs_f64();
+            take_embedding_error(&self.gpu, &mut self.embed_error.view_mut(), self.cfg.text.vocab_size)?;
             for &(row, id, _) in &rows_info {
                 if statuses[row] != STATUS_OK {
                     return Err(Error::invalid(
@@ -343,16 +613,28 @@ impl Engine {
                         ),
                     ));
                 }
+                let want = self.requests[&id].top_logprobs;
+                let top = (0..want)
+                    .map(|j| (top_ids[row * top_n + j] as u32, top_lps[row * top_n + j]))
+                    .collect();
                 sampled.push((id, tokens[row] as u32));
                 outputs.push(StepOutput {
                     request_id: id,
                     token: tokens[row] as u32,
                     logprob: logprobs[row],
-                    top: Vec::new(),
+                    top,
                     finished: None,
                 });
             }
+        } else {
+            // A step of prefill chunks that all stop mid-prompt: nothing to sample, but the
+            // forward must finish before the next step reuses the buffers.
+            t2 = Instant::now();
+            self.gpu.synchronize()?;
+            self.timings.wait_s += t2.elapsed().as_secs_f64();
+            take_embedding_error(&self.gpu, &mut self.embed_error.view_mut(), self.cfg.text.vocab_size)?;
         }
+        let t3 = Instant::now();
         let update = self.scheduler.update(&plan, &sampled);
         for (id, img) in &update.freed_encoder_outputs {
             if let Some(r) = self.requests.get_mut(id) {
@@ -365,7 +647,30 @@ impl Engine {
                 o.finished = seq.finish_reason();
             }
         }
+        let tm = &mut self.timings;
+        tm.steps += 1;
+        tm.prepare_s += (t1 - t0).as_secs_f64();
+        tm.launch_s += (t2 - t1).as_secs_f64();
+        tm.update_s += t3.elapsed().as_secs_f64();
         Ok(outputs)
+    }
+
+    /// Each row's recent output tokens when any row has penalties, else nothing (the sampler
+    /// then skips them). Rows share `PENALTY_HISTORY_CAPACITY` equally when over it.
+    fn penalty_histories(&self, rows: &[(usize, u64, SamplingParams)]) -> Vec<Vec<i32>> {
+        if !rows.iter().any(|r| r.2.has_penalties()) {
+            return Vec::new();
+        }
+        let share = PENALTY_HISTORY_CAPACITY / rows.len().max(1);
+        rows.iter()
+            .map(|r| {
+                let out = self.scheduler.sequence(r.1).map_or(&[][..], |s| s.output_token_ids());
+                out[out.len().saturating_sub(share)..]
+                    .iter()
+                    .map(|&t| t as i32)
+                    .collect()
+            })
+            .collect()
     }
 
     /// Encodes, in one packed vision pass, every image the plan needs that is not encoded.
@@ -414,8 +719,14 @@ impl Engine {
         Ok(())
     }
 
-    /// The step's chunks (positions, image slots) and its image features in slot order.
-    fn build_step(&self, plan: &SchedulerOutput) -> Result<(HostStep, Option<DeviceTensor>)> {
+    /// The step's chunks (positions, image slots) and its image features in slot order;
+    /// `graph_batch` pads a decode-only step with scratch rows to that batch at the graphs'
+    /// table width.
+    fn build_step(
+        &self,
+        plan: &SchedulerOutput,
+        graph_batch: Option<usize>,
+    ) -> Result<(HostStep, Option<DeviceTensor>)> {
         let mut chunks = Vec::with_capacity(plan.scheduled.len());
         // (packed tensor, first row, rows) pieces to concatenate, in slot order.
         let mut pieces: Vec<(Rc<DeviceTensor>, usize, usize)> = Vec::new();
@@ -461,7 +772,13 @@ impl Engine {
             });
             offset += e.num_tokens;
         }
-        let host = HostStep::build(&chunks, BLOCK_SIZE)?;
+        let host = match graph_batch {
+            Some(batch) => {
+                chunks.resize(batch, self.padding_chunk());
+                HostStep::build_with_width(&chunks, BLOCK_SIZE, self.table_width)?
+            }
+            None => HostStep::build(&chunks, BLOCK_SIZE)?,
+        };
         if pieces.is_empty() {
             return Ok((host, None));
         }
@@ -477,4 +794,9 @@ impl Engine {
         }
         Ok((host, Some(feats)))
     }
+}
+
+/// Logits rows of a step.
+fn layout_logits_rows(host: &HostStep) -> usize {
+    host.logits_rows.len()
 }

@@ -6,6 +6,8 @@
 //! the rest. [`HostStep::build`] reorders the chunks it is given accordingly and reports, per
 //! input chunk, where its logits row went.
 
+use std::ops::Range;
+
 use super::text::StepInputs;
 use crate::error::{Error, Result};
 use crate::runtime::{DeviceTensor, Gpu, TensorView};
@@ -55,11 +57,23 @@ pub struct HostStep {
 
 impl HostStep {
     pub fn build(chunks: &[SeqChunk], block_size: usize) -> Result<HostStep> {
+        Self::build_with_width(chunks, block_size, 1)
+    }
+
+    /// [`Self::build`] with block tables at least `min_width` columns wide (a replayed CUDA
+    /// graph reads the tables at the width it was captured with).
+    pub fn build_with_width(chunks: &[SeqChunk], block_size: usize, min_width: usize) -> Result<HostStep> {
         const OP: &str = "build step";
         let mut order: Vec<usize> = (0..chunks.len()).filter(|&i| chunks[i].is_decode).collect();
         let num_decode = order.len();
         order.extend((0..chunks.len()).filter(|&i| !chunks[i].is_decode));
-        let max_blocks = chunks.iter().map(|c| c.block_table.len()).max().unwrap_or(0).max(1);
+        let max_blocks = chunks
+            .iter()
+            .map(|c| c.block_table.len())
+            .max()
+            .unwrap_or(0)
+            .max(min_width)
+            .max(1);
         let mut s = HostStep {
             num_decode,
             max_blocks,
@@ -137,83 +151,160 @@ impl HostStep {
         self.ids.len()
     }
 
-    pub fn upload(&self, gpu: &Gpu) -> Result<DeviceStep> {
-        let t = self.ids.len();
-        let nd = self.num_decode;
-        let np = self.prefill_seqused_k.len();
-        let opt = |v: &[i32], dims: &[usize]| -> Result<Option<DeviceTensor>> {
-            if v.is_empty() {
-                Ok(None)
-            } else {
-                DeviceTensor::from_host(gpu, dims, v).map(Some)
-            }
+    /// Appends every array to `out` in one fixed order and says where each went, so a step is
+    /// one upload. The order depends only on the counts (tokens, decodes, prefills, image rows,
+    /// logits rows, table width): a decode-only step of a given batch always lands at the same
+    /// offsets, which is what a captured CUDA graph needs.
+    pub fn pack_into(&self, out: &mut Vec<i32>) -> StepLayout {
+        let base = out.len();
+        let mut put = |v: &[i32]| {
+            let start = out.len() - base;
+            out.extend_from_slice(v);
+            start..out.len() - base
         };
+        let np = self.prefill_seqused_k.len();
+        StepLayout {
+            ids: put(&self.ids),
+            positions: put(&self.positions),
+            slot_mapping: put(&self.slot_mapping),
+            decode_block_tables: put(&self.decode_block_tables),
+            decode_seq_lens: put(&self.decode_seq_lens),
+            prefill_cu_seqlens: put(if np > 0 { &self.prefill_cu_seqlens } else { &[] }),
+            prefill_block_tables: put(&self.prefill_block_tables),
+            prefill_seqused_k: put(&self.prefill_seqused_k),
+            image_rows: put(&self.image_rows),
+            logits_rows: put(&self.logits_rows),
+            num_tokens: self.ids.len(),
+            num_decode: self.num_decode,
+            num_prefill: np,
+            max_blocks: self.max_blocks,
+            decode_max_len: self.decode_max_len,
+            prefill_max_q: self.prefill_max_q,
+        }
+    }
+
+    /// Uploads the step into a buffer of its own (tests and tools; the engine packs into a
+    /// persistent buffer through page-locked staging).
+    pub fn upload(&self, gpu: &Gpu) -> Result<DeviceStep> {
+        let mut packed = Vec::new();
+        let layout = self.pack_into(&mut packed);
         Ok(DeviceStep {
-            ids: DeviceTensor::from_host(gpu, &[t], &self.ids)?,
-            positions: DeviceTensor::from_host(gpu, &[3, t], &self.positions)?,
-            slot_mapping: DeviceTensor::from_host(gpu, &[t], &self.slot_mapping)?,
-            decode_block_tables: opt(&self.decode_block_tables, &[nd, self.max_blocks])?,
-            decode_seq_lens: opt(&self.decode_seq_lens, &[nd])?,
-            prefill_cu_seqlens: if np > 0 {
-                opt(&self.prefill_cu_seqlens, &[np + 1])?
-            } else {
-                None
-            },
-            prefill_block_tables: opt(&self.prefill_block_tables, &[np, self.max_blocks])?,
-            prefill_seqused_k: opt(&self.prefill_seqused_k, &[np])?,
-            image_rows: opt(&self.image_rows, &[self.image_rows.len()])?,
-            logits_rows: DeviceTensor::from_host(gpu, &[self.logits_rows.len()], &self.logits_rows)?,
-            host: self.clone(),
+            buf: DeviceTensor::from_host(
+                gpu,
+                &[packed.len().max(1)],
+                &if packed.is_empty() { vec![0] } else { packed },
+            )?,
+            layout,
         })
     }
 }
 
-/// A step's metadata on the device.
+/// Where the arrays of a packed step sit (element ranges of an i32 buffer), and the counts
+/// that give their shapes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepLayout {
+    ids: Range<usize>,
+    positions: Range<usize>,
+    slot_mapping: Range<usize>,
+    decode_block_tables: Range<usize>,
+    decode_seq_lens: Range<usize>,
+    prefill_cu_seqlens: Range<usize>,
+    prefill_block_tables: Range<usize>,
+    prefill_seqused_k: Range<usize>,
+    image_rows: Range<usize>,
+    logits_rows: Range<usize>,
+    pub num_tokens: usize,
+    pub num_decode: usize,
+    pub num_prefill: usize,
+    pub max_blocks: usize,
+    pub decode_max_len: usize,
+    pub prefill_max_q: usize,
+}
+
+impl StepLayout {
+    /// Elements the packed step takes.
+    pub fn len(&self) -> usize {
+        self.logits_rows.end
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether both put every array at the same offsets with the same shape (what a replayed
+    /// graph needs); the longest lengths, which only steer heuristics, may differ.
+    pub fn same_arrays(&self, other: &StepLayout) -> bool {
+        StepLayout {
+            decode_max_len: 0,
+            prefill_max_q: 0,
+            ..self.clone()
+        } == StepLayout {
+            decode_max_len: 0,
+            prefill_max_q: 0,
+            ..other.clone()
+        }
+    }
+
+    /// The forward's inputs as views of `buf` (i32, holding the packed step from element 0);
+    /// `image_features` bf16 [n, hidden] in `image_slots` order.
+    pub fn inputs<'a>(&self, buf: TensorView<'a>, image_features: Option<TensorView<'a>>) -> Result<StepInputs<'a>> {
+        const OP: &str = "step inputs";
+        if buf.numel() < self.len() {
+            return Err(Error::invalid(
+                OP,
+                format!("a buffer of {} for a step of {}", buf.numel(), self.len()),
+            ));
+        }
+        let view = |r: &Range<usize>, dims: &[usize]| -> Result<Option<TensorView<'a>>> {
+            if r.is_empty() {
+                Ok(None)
+            } else {
+                buf.narrow0(r.start, r.len())?.reshape(dims).map(Some)
+            }
+        };
+        let need = |v: Option<TensorView<'a>>, what: &str| -> Result<TensorView<'a>> {
+            v.ok_or_else(|| Error::invalid(OP, format!("a step without {what}")))
+        };
+        let (t, nd, np, w) = (self.num_tokens, self.num_decode, self.num_prefill, self.max_blocks);
+        let n_img = self.image_rows.len();
+        let image_rows = match (view(&self.image_rows, &[n_img])?, image_features) {
+            (None, _) => None,
+            (Some(rows), Some(f)) if f.dims()[0] == n_img => Some((rows, f)),
+            (Some(_), f) => {
+                return Err(Error::invalid(
+                    OP,
+                    format!("{n_img} image slots but features {:?}", f.map(|f| f.dims().to_vec())),
+                ))
+            }
+        };
+        Ok(StepInputs {
+            ids: need(view(&self.ids, &[t])?, "tokens")?,
+            positions: need(view(&self.positions, &[3, t])?, "positions")?,
+            slot_mapping: need(view(&self.slot_mapping, &[t])?, "slots")?,
+            num_decode: nd,
+            decode_block_tables: view(&self.decode_block_tables, &[nd, w])?,
+            decode_seq_lens: view(&self.decode_seq_lens, &[nd])?,
+            decode_max_len: self.decode_max_len,
+            decode_splits: None,
+            prefill_cu_seqlens: view(&self.prefill_cu_seqlens, &[np + 1])?,
+            prefill_max_q: self.prefill_max_q,
+            prefill_block_tables: view(&self.prefill_block_tables, &[np, w])?,
+            prefill_seqused_k: view(&self.prefill_seqused_k, &[np])?,
+            image_rows,
+            logits_rows: need(view(&self.logits_rows, &[self.logits_rows.len()])?, "logits rows")?,
+        })
+    }
+}
+
+/// A step's metadata on the device, in a buffer of its own.
 pub struct DeviceStep {
-    pub host: HostStep,
-    ids: DeviceTensor,
-    positions: DeviceTensor,
-    slot_mapping: DeviceTensor,
-    decode_block_tables: Option<DeviceTensor>,
-    decode_seq_lens: Option<DeviceTensor>,
-    prefill_cu_seqlens: Option<DeviceTensor>,
-    prefill_block_tables: Option<DeviceTensor>,
-    prefill_seqused_k: Option<DeviceTensor>,
-    image_rows: Option<DeviceTensor>,
-    logits_rows: DeviceTensor,
+    buf: DeviceTensor,
+    layout: StepLayout,
 }
 
 impl DeviceStep {
     /// The forward's inputs; `image_features` bf16 [n, hidden] in `image_slots` order.
     pub fn inputs<'a>(&'a self, image_features: Option<TensorView<'a>>) -> Result<StepInputs<'a>> {
-        let image_rows = match (&self.image_rows, image_features) {
-            (None, _) => None,
-            (Some(rows), Some(f)) if f.dims()[0] == rows.numel() => Some((rows.view(), f)),
-            (Some(rows), f) => {
-                return Err(Error::invalid(
-                    "step inputs",
-                    format!(
-                        "{} image slots but features {:?}",
-                        rows.numel(),
-                        f.map(|f| f.dims().to_vec())
-                    ),
-                ))
-            }
-        };
-        Ok(StepInputs {
-            ids: self.ids.view(),
-            positions: self.positions.view(),
-            slot_mapping: self.slot_mapping.view(),
-            num_decode: self.host.num_decode,
-            decode_block_tables: self.decode_block_tables.as_ref().map(DeviceTensor::view),
-            decode_seq_lens: self.decode_seq_lens.as_ref().map(DeviceTensor::view),
-            decode_max_len: self.host.decode_max_len,
-            prefill_cu_seqlens: self.prefill_cu_seqlens.as_ref().map(DeviceTensor::view),
-            prefill_max_q: self.host.prefill_max_q,
-            prefill_block_tables: self.prefill_block_tables.as_ref().map(DeviceTensor::view),
-            prefill_seqused_k: self.prefill_seqused_k.as_ref().map(DeviceTensor::view),
-            image_rows,
-            logits_rows: self.logits_rows.view(),
-        })
+        self.layout.inputs(self.buf.view(), image_features)
     }
 }

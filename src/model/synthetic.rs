@@ -45,6 +45,9 @@ pub struct SyntheticOptions {
     pub include_unused: bool,
     /// Without it the loader must fall back to the token embedding (tied lm_head).
     pub include_lm_head: bool,
+    /// Multiplies the lm_head's values: random models have tiny logit margins, so greedy
+    /// paths tie often; engine tests widen them (the "larger lm_head").
+    pub lm_head_scale: f32,
 }
 
 impl Default for SyntheticOptions {
@@ -54,6 +57,7 @@ impl Default for SyntheticOptions {
             shards: 1,
             include_unused: true,
             include_lm_head: true,
+            lm_head_scale: 1.0,
         }
     }
 }
@@ -129,14 +133,14 @@ pub fn write_synthetic_model(dir: &Path, cfg: &ModelConfig, opts: &SyntheticOpti
     let mut buffer = Vec::new();
     if opts.shards == 1 {
         let path = dir.join(SINGLE_FILE);
-        write_safetensors(&path, &specs, &metadata, opts.seed, &mut buffer)?;
+        write_safetensors(&path, &specs, &metadata, opts.seed, opts.lm_head_scale, &mut buffer)?;
         files.push(path);
     } else {
         let mut weight_map = BTreeMap::new();
         for (k, group) in groups.iter().enumerate() {
             let file = format!("model-{:05}-of-{:05}.safetensors", k + 1, opts.shards);
             let path = dir.join(&file);
-            write_safetensors(&path, group, &metadata, opts.seed, &mut buffer)?;
+            write_safetensors(&path, group, &metadata, opts.seed, opts.lm_head_scale, &mut buffer)?;
             files.push(path);
             for spec in *group {
                 weight_map.insert(spec.name.clone(), file.clone());
@@ -158,7 +162,7 @@ pub fn write_synthetic_model(dir: &Path, cfg: &ModelConfig, opts: &SyntheticOpti
 /// The bytes (bf16, little-endian) that a synthetic checkpoint with `seed` holds for `spec`.
 pub fn synthetic_tensor_data(seed: u64, spec: &TensorSpec) -> Vec<u8> {
     let mut out = vec![0u8; spec.size_bytes()];
-    fill_values(seed, spec, 0, &mut out);
+    fill_values(seed, spec, 0, 1.0, &mut out);
     out
 }
 
@@ -218,6 +222,7 @@ fn write_safetensors(
     specs: &[TensorSpec],
     metadata: &BTreeMap<&str, String>,
     seed: u64,
+    lm_head_scale: f32,
     buffer: &mut Vec<u8>,
 ) -> Result<()> {
     let file = File::create(path).map_err(|source| io_error(path, source))?;
@@ -231,7 +236,8 @@ fn write_safetensors(
         while first < numel {
             let count = CHUNK_VALUES.min(numel - first);
             buffer.resize(count * 2, 0);
-            fill_values(seed, spec, first, buffer);
+            let scale = if spec.name == LM_HEAD { lm_head_scale } else { 1.0 };
+            fill_values(seed, spec, first, scale, buffer);
             out.write_all(buffer).map_err(io)?;
             first += count;
         }
@@ -271,28 +277,30 @@ fn safetensors_header(specs: &[TensorSpec], metadata: &BTreeMap<&str, String>) -
 
 /// Fills `out` (bf16 bytes) with values `first..` of the tensor, on two threads when large.
 /// `first` must be even: each 32-bit word of the random stream yields two values.
-fn fill_values(seed: u64, spec: &TensorSpec, first: usize, out: &mut [u8]) {
+fn fill_values(seed: u64, spec: &TensorSpec, first: usize, scale: f32, out: &mut [u8]) {
     debug_assert!(first % 2 == 0 && out.len() % 2 == 0);
     let count = out.len() / 2;
     if count < PARALLEL_MIN_VALUES {
-        fill_values_serial(seed, spec, first, out);
+        fill_values_serial(seed, spec, first, scale, out);
         return;
     }
     // Split at a multiple of 4 bytes (two values) so the second half starts on a word.
     let mid = (out.len() / 2) & !3;
     let (head, tail) = out.split_at_mut(mid);
     std::thread::scope(|scope| {
-        scope.spawn(|| fill_values_serial(seed, spec, first, head));
-        fill_values_serial(seed, spec, first + mid / 2, tail);
+        scope.spawn(|| fill_values_serial(seed, spec, first, scale, head));
+        fill_values_serial(seed, spec, first + mid / 2, scale, tail);
     });
 }
 
-fn fill_values_serial(seed: u64, spec: &TensorSpec, first: usize, out: &mut [u8]) {
+/// `scale` multiplies the distribution's half-width (1 everywhere but a scaled lm_head).
+fn fill_values_serial(seed: u64, spec: &TensorSpec, first: usize, scale: f32, out: &mut [u8]) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     rng.set_stream(name_hash(&spec.name));
     rng.set_word_pos(first as u128 / 2);
     rng.fill_bytes(out);
     let (center, half_width) = distribution(spec.kind);
+    let half_width = half_width * scale;
     // Each little-endian u16 of random bits becomes one value, in place. A final lone u16
     // (odd count) is the low half of its word, as in a full-word split.
     for value in out.chunks_exact_mut(2) {
@@ -379,8 +387,8 @@ mod tests {
         let mut parts = vec![0u8; whole.len()];
         let split = 2 * PARALLEL_MIN_VALUES; // even value index, as the writer guarantees
         let (a, b) = parts.split_at_mut(split * 2);
-        fill_values_serial(7, &spec, 0, a);
-        fill_values(7, &spec, split, b);
+        fill_values_serial(7, &spec, 0, 1.0, a);
+        fill_values(7, &spec, split, 1.0, b);
         assert_eq!(whole, parts);
     }
 

@@ -79,6 +79,9 @@ pub struct StepInputs<'a> {
     pub decode_block_tables: Option<TensorView<'a>>,
     pub decode_seq_lens: Option<TensorView<'a>>,
     pub decode_max_len: usize,
+    /// Split-KV count for the decode kernel; `None` lets its heuristic choose from
+    /// `decode_max_len`. A captured graph fixes it, as the grid depends on it.
+    pub decode_splits: Option<usize>,
     /// Prefill chunks over tokens `num_decode..T`: i32 [num_prefill + 1] offsets relative to
     /// `num_decode`, i32 [num_prefill, max_blocks], i32 [num_prefill] keys per sequence.
     pub prefill_cu_seqlens: Option<TensorView<'a>>,
@@ -211,7 +214,7 @@ pub fn forward(
                 &q_all.narrow0(0, nd)?,
                 &kv,
                 scale,
-                None,
+                inputs.decode_splits,
                 Some(&mut reborrow(&mut decode_ws)),
             )?;
         }

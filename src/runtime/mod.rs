@@ -5,6 +5,7 @@
 pub mod device;
 pub mod dtype;
 pub mod gemm;
+pub mod staging;
 pub mod tensor;
 pub mod timing;
 pub mod workspace;
@@ -12,6 +13,7 @@ pub mod workspace;
 pub use device::Gpu;
 pub use dtype::DType;
 pub use gemm::{Epilogue, Gemm};
+pub use staging::PinnedStaging;
 pub use tensor::{DeviceTensor, Element, Shape, TensorView, TensorViewMut};
 pub use timing::GpuTimer;
 pub use workspace::Workspace;

@@ -99,6 +99,7 @@ fn fixture(dir: &Path) -> Fixture {
             max_tokens: greedy.len(),
             stop_token_ids: Vec::new(),
             ignore_eos: true,
+            top_logprobs: 0,
         },
         greedy,
         step_logits,
@@ -183,6 +184,7 @@ fn engine_greedy_matches_transformers_alone_and_in_a_chunked_batch() {
                         max_tokens: r.random_range(1..30),
                         stop_token_ids: Vec::new(),
                         ignore_eos: true,
+                        top_logprobs: 0,
                     })
                     .unwrap(),
             );

@@ -1,0 +1,66 @@
+//! Page-locked staging for host-to-device uploads that do not stall the stream.
+//!
+//! A copy from pageable memory is synchronous for the host buffer: the driver first waits for
+//! the stream's earlier work, so the CPU cannot queue the next step while the GPU runs. A copy
+//! from page-locked memory is a true async DMA. One buffer is reused: an event recorded after
+//! each copy says when the host side may be overwritten (by the next step it has long finished).
+
+use cudarc::driver::{result as cu, CudaEvent, PinnedHostSlice};
+
+use super::{Element, Gpu, TensorViewMut};
+use crate::error::{DriverResultExt, Error, Result};
+
+pub struct PinnedStaging {
+    buf: PinnedHostSlice<u8>,
+    copied: CudaEvent,
+}
+
+impl PinnedStaging {
+    pub fn new(gpu: &Gpu, bytes: usize) -> Result<PinnedStaging> {
+        // SAFETY: plain page-locked bytes (flags 0: cached, the CPU writes them sequentially).
+        let buf = unsafe { gpu.context().alloc_pinned_with_flags::<u8>(bytes.max(1), 0) }.op("cuMemHostAlloc")?;
+        let copied = gpu.context().new_event(None).op("cuEventCreate")?;
+        Ok(PinnedStaging { buf, copied })
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Queues a copy of `data` into the contiguous view `dst` and returns without waiting for
+    /// the GPU (only for the previous copy from this buffer, if still pending).
+    pub fn upload<T: Element>(&mut self, gpu: &Gpu, data: &[T], dst: &mut TensorViewMut<'_>) -> Result<()> {
+        const OP: &str = "PinnedStaging::upload";
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        if T::DTYPE != dst.dtype() || data.len() != dst.numel() || !dst.is_contiguous() {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "{} values of {} into a {} {:?} view (contiguous: {})",
+                    data.len(),
+                    T::DTYPE,
+                    dst.dtype(),
+                    dst.dims(),
+                    dst.is_contiguous()
+                ),
+            ));
+        }
+        if bytes.len() > self.buf.len() {
+            return Err(Error::invalid(
+                OP,
+                format!("{} bytes over the staging capacity of {}", bytes.len(), self.buf.len()),
+            ));
+        }
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        self.copied.synchronize().op("cuEventSynchronize")?;
+        let host = self.buf.as_mut_slice().op("cuEventSynchronize")?;
+        host[..bytes.len()].copy_from_slice(bytes);
+        // SAFETY: `dst` addresses bytes.len() contiguous device bytes; the pinned source stays
+        // untouched until `copied` has completed (checked above before every reuse).
+        unsafe { cu::memcpy_htod_async(dst.device_ptr(), &host[..bytes.len()], gpu.stream().cu_stream()) }
+            .op("cuMemcpyHtoDAsync")?;
+        self.copied.record(gpu.stream()).op("cuEventRecord")
+    }
+}
