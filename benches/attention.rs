@@ -4,13 +4,16 @@
 //! of the fused qkv buffer, K/V in the paged cache (block_size 64). Vision: 16 heads, d = 72,
 //! q/k/v column slices of the fused [total, 3456] buffer.
 //! `tools/gpu/baseline_attention.py` times torch's SDPA (flash and cuDNN) on the same shapes.
+//! Each case runs the FA2 path, then (on an sm_90 GPU with an sm_90a build) the FA3 path as
+//! `<case>_fa3`; elsewhere a line says why the FA3 rows are missing.
 
 mod common;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use half::bf16;
 use ocrvl::kernels::attention::{
-    prefill_paged_with, vision_varlen_tile, PagedKv, PrefillOptions, Varlen, VisionQkv, VisionTile,
+    fa3_unavailable_reason, prefill_paged_with, vision_varlen_with, AttentionVersion, PagedKv, PrefillOptions, Varlen,
+    VisionQkv, VisionTile,
 };
 use ocrvl::runtime::{DeviceTensor, Gpu, GpuTimer};
 
@@ -53,7 +56,7 @@ fn report(name: &str, ms: f64, flops: f64) {
 }
 
 /// Fresh prompts (q_len == seqused_k) of `lens`, identity block tables.
-fn bench_text(c: &mut Criterion, gpu: &Gpu, name: &str, lens: &[usize], causal: bool) {
+fn bench_text(c: &mut Criterion, gpu: &Gpu, name: &str, lens: &[usize], causal: bool, version: AttentionVersion) {
     let total: usize = lens.iter().sum();
     let fused_cols = (HQ + 2 * HKV) * D;
     let qkv = DeviceTensor::from_host(gpu, &[total, fused_cols], &filler(total * fused_cols, 1)).unwrap();
@@ -91,6 +94,7 @@ fn bench_text(c: &mut Criterion, gpu: &Gpu, name: &str, lens: &[usize], causal: 
     let opts = PrefillOptions {
         scale: 1.0 / (D as f32).sqrt(),
         causal,
+        version,
     };
     let mut run = || prefill_paged_with(gpu, &mut out.view_mut(), None, &q, &queries, &kv, opts).unwrap();
     let flops: f64 = lens
@@ -106,7 +110,7 @@ fn bench_text(c: &mut Criterion, gpu: &Gpu, name: &str, lens: &[usize], causal: 
     c.bench_function(name, |b| b.iter_custom(|iters| common::time_gpu(gpu, iters, &mut run)));
 }
 
-fn bench_vision(c: &mut Criterion, gpu: &Gpu, name: &str, lens: &[usize], tile: VisionTile) {
+fn bench_vision(c: &mut Criterion, gpu: &Gpu, name: &str, lens: &[usize], tile: VisionTile, version: AttentionVersion) {
     let total: usize = lens.iter().sum();
     let cols = HV * DV;
     let qkv = DeviceTensor::from_host(gpu, &[total, 3 * cols], &filler(total * 3 * cols, 4)).unwrap();
@@ -124,7 +128,7 @@ fn bench_vision(c: &mut Criterion, gpu: &Gpu, name: &str, lens: &[usize], tile: 
         max_seqlen: lens.iter().copied().max().unwrap(),
     };
     let scale = 1.0 / (DV as f32).sqrt();
-    let mut run = || vision_varlen_tile(gpu, &mut out.view_mut(), &views, &images, scale, tile).unwrap();
+    let mut run = || vision_varlen_with(gpu, &mut out.view_mut(), &views, &images, scale, tile, version).unwrap();
     let flops: f64 = lens.iter().map(|&l| 4.0 * (l * l * HV * DV) as f64).sum();
     let ms = GpuTimer::time_mean_ms(gpu, 3, 20, || {
         run();
@@ -137,13 +141,69 @@ fn bench_vision(c: &mut Criterion, gpu: &Gpu, name: &str, lens: &[usize], tile: 
 
 fn attention_benches(c: &mut Criterion) {
     let gpu = common::gpu();
-    bench_text(c, &gpu, "prefill_causal_1x8192", &[8192], true);
-    bench_text(c, &gpu, "prefill_causal_4x2048", &[2048; 4], true);
-    bench_text(c, &gpu, "prefill_noncausal_1x8192", &[8192], false);
-    bench_text(c, &gpu, "prefill_noncausal_4x2048", &[2048; 4], false);
-    bench_vision(c, &gpu, "vision_4x5040_d72_qk80", &[5040; 4], VisionTile::Qk80);
-    bench_vision(c, &gpu, "vision_4x5040_d72_pad96", &[5040; 4], VisionTile::Pad96);
-    bench_vision(c, &gpu, "vision_1x576_d72_qk80", &[576], VisionTile::Qk80);
+    let fa3 = match fa3_unavailable_reason(&gpu) {
+        None => true,
+        Some(why) => {
+            println!("attention: FA3 rows skipped: {why}");
+            false
+        }
+    };
+    let text: [(&str, &[usize], bool); 4] = [
+        ("prefill_causal_1x8192", &[8192], true),
+        ("prefill_causal_4x2048", &[2048; 4], true),
+        ("prefill_noncausal_1x8192", &[8192], false),
+        ("prefill_noncausal_4x2048", &[2048; 4], false),
+    ];
+    for (name, lens, causal) in text {
+        bench_text(c, &gpu, name, lens, causal, AttentionVersion::Fa2);
+        if fa3 {
+            bench_text(c, &gpu, &format!("{name}_fa3"), lens, causal, AttentionVersion::Fa3);
+        }
+    }
+    let vision: [(&str, &[usize], VisionTile, AttentionVersion); 7] = [
+        (
+            "vision_4x5040_d72_qk80",
+            &[5040; 4],
+            VisionTile::Qk80,
+            AttentionVersion::Fa2,
+        ),
+        (
+            "vision_4x5040_d72_pad96",
+            &[5040; 4],
+            VisionTile::Pad96,
+            AttentionVersion::Fa2,
+        ),
+        (
+            "vision_4x5040_d72_qk80_fa3",
+            &[5040; 4],
+            VisionTile::Qk80,
+            AttentionVersion::Fa3,
+        ),
+        (
+            "vision_4x5040_d72_pv128_fa3",
+            &[5040; 4],
+            VisionTile::Pv128,
+            AttentionVersion::Fa3,
+        ),
+        ("vision_1x576_d72_qk80", &[576], VisionTile::Qk80, AttentionVersion::Fa2),
+        (
+            "vision_1x576_d72_qk80_fa3",
+            &[576],
+            VisionTile::Qk80,
+            AttentionVersion::Fa3,
+        ),
+        (
+            "vision_1x576_d72_pv128_fa3",
+            &[576],
+            VisionTile::Pv128,
+            AttentionVersion::Fa3,
+        ),
+    ];
+    for (name, lens, tile, version) in vision {
+        if version == AttentionVersion::Fa2 || fa3 {
+            bench_vision(c, &gpu, name, lens, tile, version);
+        }
+    }
 }
 
 criterion_group! { name = benches; config = common::criterion(); targets = attention_benches }

@@ -90,6 +90,27 @@ int32_t ocrvl_attention_prefill_paged(const OcrvlAttnParams* params, ocrvl_strea
  * Grid: (ceil(max_seqlen_q / 128), num_heads, num_seqs), Block: (128). */
 int32_t ocrvl_attention_varlen(const OcrvlAttnParams* params, ocrvl_stream_t stream);
 
+/* FA3 path (Hopper): the same two operations, same parameters and results, built from TMA
+ * copies, mbarriers and wgmma with warp specialisation (kernels/attention/fa3_fwd.cuh). Needs an
+ * sm_90 device and a build with sm_90a code; otherwise OCRVL_STATUS_UNSUPPORTED. Built:
+ *   prefill_paged_fa3: head_dim 128, causal or not, block_size a power of two in 16..256;
+ *   varlen_fa3:        head_dim 72, causal 0, cu_seqlens_k == cu_seqlens_q (the same pointer:
+ *                      the key tensor maps are sized by total_q), padded_head_dim 0 or 80
+ *                      (Q·Kᵀ over 80, P·V over 72) or 128 (P·V over 128; a fallback).
+ * q/k/v/o strides must be multiples of 8 elements and bases 16-byte aligned (as for FA2). */
+
+/* 1 when this build contains the sm_90a kernels of the FA3 path, else 0 (says nothing about
+ * the device). */
+int32_t ocrvl_attention_fa3_supported(void);
+
+/* Grid: causal (num_heads, num_seqs, ceil(max_seqlen_q / 128)), query tiles longest first;
+ * non-causal (ceil(max_seqlen_q / 128), num_heads, num_seqs). Block: (384) = one producer and
+ * two consumer warpgroups. */
+int32_t ocrvl_attention_prefill_paged_fa3(const OcrvlAttnParams* params, ocrvl_stream_t stream);
+
+/* Grid: (ceil(max_seqlen_q / 128), num_heads, num_seqs), Block: (384). */
+int32_t ocrvl_attention_varlen_fa3(const OcrvlAttnParams* params, ocrvl_stream_t stream);
+
 #ifdef __cplusplus
 }
 #endif

@@ -362,6 +362,21 @@ unsafe extern "C" {
         stream: ocrvl_stream_t,
     ) -> i32;
 }
+unsafe extern "C" {
+    pub fn ocrvl_attention_fa3_supported() -> i32;
+}
+unsafe extern "C" {
+    pub fn ocrvl_attention_prefill_paged_fa3(
+        params: *const OcrvlAttnParams,
+        stream: ocrvl_stream_t,
+    ) -> i32;
+}
+unsafe extern "C" {
+    pub fn ocrvl_attention_varlen_fa3(
+        params: *const OcrvlAttnParams,
+        stream: ocrvl_stream_t,
+    ) -> i32;
+}
 pub const OcrvlSamplingClass_OCRVL_SAMPLING_EXACT: OcrvlSamplingClass = 0;
 pub const OcrvlSamplingClass_OCRVL_SAMPLING_REJECTION: OcrvlSamplingClass = 1;
 pub type OcrvlSamplingClass = ::std::os::raw::c_uint;

@@ -1,4 +1,7 @@
-//! Wrappers for `kernels/include/attention.h`: FlashAttention-2-style prefill attention.
+//! Wrappers for `kernels/include/attention.h`: prefill attention, FlashAttention-2-style
+//! (sm_80 instructions, every GPU) or FlashAttention-3-style (TMA + wgmma, sm_90 with an sm_90a
+//! build), chosen per call by [`AttentionVersion`]; [`resolve_version`] turns
+//! `FLAGS_flash_attn_version` into that choice for the GPU at hand.
 //!
 //! - [`prefill_paged`]: text prefill, queries of several sequences packed, K/V from the
 //!   block-paged cache (`kv_cache.h` layout), causal with the queries being the last `q_len`
@@ -10,17 +13,86 @@
 //! The C parameter struct is filled in one place, [`launch`]. Checked here: dtypes, ranks,
 //! dims that must agree, 16-byte alignment and token strides that are multiples of 8 elements.
 //! Checked by the launcher, as `Error::Kernel` with `OCRVL_STATUS_UNSUPPORTED`: the built set
-//! (bf16; paged head_dim 128; vision head_dim 72; block_size a power of two in 16..=256).
+//! (bf16; paged head_dim 128; vision head_dim 72; block_size a power of two in 16..=256; FA3
+//! also needs an sm_90 GPU and sm_90a code in the build).
 //! Trusted (device data, not checked): `cu_seqlens` non-decreasing from 0 with no run longer
 //! than `max_seqlen`; `seqused_k[s] >= q_len[s]`; the block-table entries of the blocks that
 //! hold positions below `seqused_k[s]` lie in `[0, num_blocks)`. Outputs must not overlap
 //! inputs.
 
+use crate::config::FlashAttnVersion;
 use crate::error::{Error, Result};
 use crate::runtime::{DType, Gpu, TensorView, TensorViewMut};
 use crate::sys;
 
 use super::{c_dtype, check};
+
+/// Which kernels run prefill attention.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AttentionVersion {
+    /// FlashAttention-2 style, mma.sync from registers (`kernels/attention/fwd_sm80.cuh`); any GPU.
+    #[default]
+    Fa2,
+    /// FlashAttention-3 style, TMA + wgmma, warp-specialised (`kernels/attention/fa3_fwd.cuh`);
+    /// an sm_90 GPU and a build with sm_90a code (`OCRVL_CUDA_ARCHS` containing `90a`).
+    Fa3,
+}
+
+impl std::fmt::Display for AttentionVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AttentionVersion::Fa2 => "FA2 (mma.sync)",
+            AttentionVersion::Fa3 => "FA3 (TMA + wgmma, sm_90a)",
+        })
+    }
+}
+
+/// True when this build contains the FA3 kernels (sm_90a code); says nothing about the GPU.
+pub fn fa3_built() -> bool {
+    // SAFETY: reads a compile-time constant; no arguments.
+    unsafe { sys::ocrvl_attention_fa3_supported() != 0 }
+}
+
+/// Why the FA3 path cannot run on `gpu` in this build, or `None` when it can.
+pub fn fa3_unavailable_reason(gpu: &Gpu) -> Option<String> {
+    if !fa3_built() {
+        return Some(
+            "this build has no sm_90a code (OCRVL_CUDA_ARCHS must contain 90a, as the default 80;90a does)".into(),
+        );
+    }
+    let (major, minor) = gpu.compute_capability();
+    if (major, minor) != (9, 0) {
+        return Some(format!(
+            "GPU {} is sm_{major}{minor}; the FA3 kernels are sm_90a code and run only on sm_90 (H100, H200)",
+            gpu.name()
+        ));
+    }
+    None
+}
+
+/// The attention kernels for `flag` (`FLAGS_flash_attn_version`, parsed by
+/// [`crate::config::EnvFlags`]) on `gpu`:
+/// - `Auto` (unset): the fastest path built and supported here: FA3 on sm_90 when the build
+///   has sm_90a code, else FA2. (FA3 is at least as fast on every benchmarked shape, see
+///   `docs/notes/attention.md`; a shape where it lost would be routed to FA2 here.)
+/// - `Fa2`: FA2, always available.
+/// - `Fa3`: FA3, or an error naming the reason (no sm_90a in this build, or not an sm_90 GPU).
+pub fn resolve_version(gpu: &Gpu, flag: FlashAttnVersion) -> Result<AttentionVersion> {
+    match flag {
+        FlashAttnVersion::Fa2 => Ok(AttentionVersion::Fa2),
+        FlashAttnVersion::Auto => Ok(match fa3_unavailable_reason(gpu) {
+            None => AttentionVersion::Fa3,
+            Some(_) => AttentionVersion::Fa2,
+        }),
+        FlashAttnVersion::Fa3 => match fa3_unavailable_reason(gpu) {
+            None => Ok(AttentionVersion::Fa3),
+            Some(why) => Err(Error::invalid(
+                "FLAGS_flash_attn_version",
+                format!("3 asks for the FA3 attention kernels, but {why}; unset it or set 2"),
+            )),
+        },
+    }
+}
 
 /// Packed variable-length runs: `cu_seqlens` is i32 `[num_seqs + 1]`, the token offsets of
 /// each run (`cu_seqlens[0] == 0`); `max_seqlen` bounds every run and sizes the grid (the
@@ -53,6 +125,8 @@ pub struct PrefillOptions {
     pub scale: f32,
     /// `false` lets every query see all `seqused_k` keys (benchmarks; the model is causal).
     pub causal: bool,
+    /// The kernels to run; see [`resolve_version`].
+    pub version: AttentionVersion,
 }
 
 /// q, k and v of the vision tower: each `[total, num_heads * 72]` (or `[total, num_heads, 72]`),
@@ -65,17 +139,21 @@ pub struct VisionQkv<'a> {
     pub num_heads: usize,
 }
 
-/// How head_dim 72 is tiled (see `kernels/attention/fwd_d72_qk80.cu`).
+/// How head_dim 72 is tiled (see `kernels/attention/fwd_d72_qk80.cu`, `fa3_d72.cu`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum VisionTile {
-    /// Q·Kᵀ over 80 (zero-padded), P·V over 72: 5.6% more MMA work than the useful 72.
+    /// Q·Kᵀ over 80 (zero-padded), P·V over 72: 5.6% more MMA work than the useful 72. Both paths.
     #[default]
     Qk80,
-    /// Everything padded to 96, as FA2's d96 kernel would run it: 33% more. Kept to measure.
+    /// Everything padded to 96, as FA2's d96 kernel would run it: 33% more. FA2 only; kept to
+    /// measure.
     Pad96,
+    /// Q·Kᵀ over 80, P·V over 128 (two whole 64-column blocks): FA3 only, the fallback should
+    /// the N = 72 P·V misbehave on some driver, and a check of it.
+    Pv128,
 }
 
-/// Causal text prefill over the paged cache, no LSE: see [`prefill_paged_with`].
+/// Causal text prefill over the paged cache, no LSE, FA2: see [`prefill_paged_with`].
 pub fn prefill_paged(
     gpu: &Gpu,
     out: &mut TensorViewMut<'_>,
@@ -84,7 +162,26 @@ pub fn prefill_paged(
     kv: &PagedKv<'_>,
     scale: f32,
 ) -> Result<()> {
-    prefill_paged_with(gpu, out, None, q, queries, kv, PrefillOptions { scale, causal: true })
+    prefill_paged_version(gpu, out, q, queries, kv, scale, AttentionVersion::Fa2)
+}
+
+/// Causal text prefill over the paged cache, no LSE, with the given kernels: see
+/// [`prefill_paged_with`].
+pub fn prefill_paged_version(
+    gpu: &Gpu,
+    out: &mut TensorViewMut<'_>,
+    q: &TensorView<'_>,
+    queries: &Varlen<'_>,
+    kv: &PagedKv<'_>,
+    scale: f32,
+    version: AttentionVersion,
+) -> Result<()> {
+    let opts = PrefillOptions {
+        scale,
+        causal: true,
+        version,
+    };
+    prefill_paged_with(gpu, out, None, q, queries, kv, opts)
 }
 
 /// Text prefill over the paged cache:
@@ -97,6 +194,7 @@ pub fn prefill_paged(
 ///   cache's kv heads.
 /// - `lse`: optional f32 `[num_heads, total_q]`, contiguous: `ln Σ_j exp(scale · q·k_j)`.
 /// - `queries`: the query runs of the sequences in `q`; `kv`: see [`PagedKv`].
+/// - `opts.version`: FA2 or FA3 kernels; the same results within bf16 rounding.
 pub fn prefill_paged_with(
     gpu: &Gpu,
     out: &mut TensorViewMut<'_>,
@@ -106,54 +204,57 @@ pub fn prefill_paged_with(
     kv: &PagedKv<'_>,
     opts: PrefillOptions,
 ) -> Result<()> {
-    const OP: &str = "attention_prefill_paged";
+    let op: &'static str = match opts.version {
+        AttentionVersion::Fa2 => "attention_prefill_paged",
+        AttentionVersion::Fa3 => "attention_prefill_paged_fa3",
+    };
     let cd = kv.k_cache.dims().to_vec();
     let &[num_blocks, num_kv_heads, block_size, head_dim] = cd.as_slice() else {
         return Err(Error::invalid(
-            OP,
+            op,
             format!("k_cache must be [num_blocks, num_kv_heads, block_size, head_dim], got {cd:?}"),
         ));
     };
-    kv.k_cache.expect(OP, "k_cache", DType::BF16, &cd)?;
-    kv.v_cache.expect(OP, "v_cache", DType::BF16, &cd)?;
+    kv.k_cache.expect(op, "k_cache", DType::BF16, &cd)?;
+    kv.v_cache.expect(op, "v_cache", DType::BF16, &cd)?;
     if !kv.k_cache.is_contiguous() || !kv.v_cache.is_contiguous() {
-        return Err(Error::invalid(OP, "k_cache and v_cache must be contiguous"));
+        return Err(Error::invalid(op, "k_cache and v_cache must be contiguous"));
     }
     if cd.contains(&0) {
-        return Err(Error::invalid(OP, format!("empty cache dims {cd:?}")));
+        return Err(Error::invalid(op, format!("empty cache dims {cd:?}")));
     }
-    aligned(OP, "k_cache", kv.k_cache.device_ptr())?;
-    aligned(OP, "v_cache", kv.v_cache.device_ptr())?;
-    let heads = q_heads(OP, q, head_dim)?;
-    let total_q = token_rows(OP, "q", q, heads, head_dim)?;
-    let out_rows = token_rows(OP, "out", &out.as_view(), heads, head_dim)?;
+    aligned(op, "k_cache", kv.k_cache.device_ptr())?;
+    aligned(op, "v_cache", kv.v_cache.device_ptr())?;
+    let heads = q_heads(op, q, head_dim)?;
+    let total_q = token_rows(op, "q", q, heads, head_dim)?;
+    let out_rows = token_rows(op, "out", &out.as_view(), heads, head_dim)?;
     if out_rows != total_q {
-        return Err(Error::invalid(OP, format!("out has {out_rows} rows, q {total_q}")));
+        return Err(Error::invalid(op, format!("out has {out_rows} rows, q {total_q}")));
     }
     if heads % num_kv_heads != 0 {
         return Err(Error::invalid(
-            OP,
+            op,
             format!("{heads} query heads are not a multiple of {num_kv_heads} kv heads"),
         ));
     }
-    let num_seqs = seq_count(OP, queries, total_q)?;
+    let num_seqs = seq_count(op, queries, total_q)?;
     let bt = kv.block_tables.dims().to_vec();
     let &[bt_seqs, max_blocks_per_seq] = bt.as_slice() else {
         return Err(Error::invalid(
-            OP,
+            op,
             format!("block_tables must be [num_seqs, max_blocks_per_seq], got {bt:?}"),
         ));
     };
     kv.block_tables
-        .expect(OP, "block_tables", DType::I32, &[num_seqs, max_blocks_per_seq])?;
+        .expect(op, "block_tables", DType::I32, &[num_seqs, max_blocks_per_seq])?;
     if bt_seqs != num_seqs || max_blocks_per_seq == 0 {
         return Err(Error::invalid(
-            OP,
+            op,
             format!("block_tables {bt:?} needs at least one column"),
         ));
     }
-    kv.seqused_k.expect(OP, "seqused_k", DType::I32, &[num_seqs])?;
-    let lse_ptr = lse_ptr(OP, lse, heads, total_q)?;
+    kv.seqused_k.expect(op, "seqused_k", DType::I32, &[num_seqs])?;
+    let lse_ptr = lse_ptr(op, lse, heads, total_q)?;
 
     let params = sys::OcrvlAttnParams {
         q: q.device_ptr() as *const _,
@@ -170,24 +271,24 @@ pub fn prefill_paged_with(
         v_stride: 0,
         o_stride: out.stride0() as i64,
         block_table_stride: kv.block_tables.stride0() as i64,
-        num_seqs: as_i32(OP, "num_seqs", num_seqs)?,
-        total_q: as_i32(OP, "total_q", total_q)?,
-        max_seqlen_q: as_i32(OP, "max_seqlen", queries.max_seqlen)?,
-        num_heads: as_i32(OP, "num_heads", heads)?,
-        num_kv_heads: as_i32(OP, "num_kv_heads", num_kv_heads)?,
-        head_dim: as_i32(OP, "head_dim", head_dim)?,
-        block_size: as_i32(OP, "block_size", block_size)?,
-        num_blocks: as_i32(OP, "num_blocks", num_blocks)?,
-        max_blocks_per_seq: as_i32(OP, "max_blocks_per_seq", max_blocks_per_seq)?,
+        num_seqs: as_i32(op, "num_seqs", num_seqs)?,
+        total_q: as_i32(op, "total_q", total_q)?,
+        max_seqlen_q: as_i32(op, "max_seqlen", queries.max_seqlen)?,
+        num_heads: as_i32(op, "num_heads", heads)?,
+        num_kv_heads: as_i32(op, "num_kv_heads", num_kv_heads)?,
+        head_dim: as_i32(op, "head_dim", head_dim)?,
+        block_size: as_i32(op, "block_size", block_size)?,
+        num_blocks: as_i32(op, "num_blocks", num_blocks)?,
+        max_blocks_per_seq: as_i32(op, "max_blocks_per_seq", max_blocks_per_seq)?,
         scale: opts.scale,
         causal: i32::from(opts.causal),
         padded_head_dim: 0,
         dtype: c_dtype(DType::BF16),
     };
-    launch(OP, gpu, &params, true)
+    launch(op, gpu, &params, true, opts.version)
 }
 
-/// Vision attention with the default tile: see [`vision_varlen_tile`].
+/// Vision attention with the default tile, FA2: see [`vision_varlen_with`].
 pub fn vision_varlen(
     gpu: &Gpu,
     out: &mut TensorViewMut<'_>,
@@ -195,15 +296,30 @@ pub fn vision_varlen(
     images: &Varlen<'_>,
     scale: f32,
 ) -> Result<()> {
-    vision_varlen_tile(gpu, out, qkv, images, scale, VisionTile::default())
+    vision_varlen_with(
+        gpu,
+        out,
+        qkv,
+        images,
+        scale,
+        VisionTile::default(),
+        AttentionVersion::Fa2,
+    )
 }
 
-/// Vision attention: `out[t, h] = softmax_j(scale · q[t, h] · k[j, h]) · v[j, h]` over the keys
-/// `j` of `t`'s own image (bidirectional; images packed by `images.cu_seqlens`).
-///
-/// - `qkv`: see [`VisionQkv`]; `out`: bf16 `[total, num_heads * head_dim]` or
-///   `[total, num_heads, head_dim]`, any token stride (a multiple of 8).
-/// - `tile`: [`VisionTile::Qk80`] for the model; [`VisionTile::Pad96`] for comparison.
+/// Vision attention with the default tile and the given kernels: see [`vision_varlen_with`].
+pub fn vision_varlen_version(
+    gpu: &Gpu,
+    out: &mut TensorViewMut<'_>,
+    qkv: &VisionQkv<'_>,
+    images: &Varlen<'_>,
+    scale: f32,
+    version: AttentionVersion,
+) -> Result<()> {
+    vision_varlen_with(gpu, out, qkv, images, scale, VisionTile::default(), version)
+}
+
+/// Vision attention with a chosen tile, FA2: see [`vision_varlen_with`].
 pub fn vision_varlen_tile(
     gpu: &Gpu,
     out: &mut TensorViewMut<'_>,
@@ -212,24 +328,47 @@ pub fn vision_varlen_tile(
     scale: f32,
     tile: VisionTile,
 ) -> Result<()> {
-    const OP: &str = "attention_vision_varlen";
+    vision_varlen_with(gpu, out, qkv, images, scale, tile, AttentionVersion::Fa2)
+}
+
+/// Vision attention: `out[t, h] = softmax_j(scale · q[t, h] · k[j, h]) · v[j, h]` over the keys
+/// `j` of `t`'s own image (bidirectional; images packed by `images.cu_seqlens`).
+///
+/// - `qkv`: see [`VisionQkv`]; `out`: bf16 `[total, num_heads * head_dim]` or
+///   `[total, num_heads, head_dim]`, any token stride (a multiple of 8).
+/// - `tile`: [`VisionTile::Qk80`] for the model; the others for comparison (`Pad96` FA2 only,
+///   `Pv128` FA3 only; the other path returns `OCRVL_STATUS_UNSUPPORTED`).
+/// - `version`: FA2 or FA3 kernels; the same results within bf16 rounding.
+pub fn vision_varlen_with(
+    gpu: &Gpu,
+    out: &mut TensorViewMut<'_>,
+    qkv: &VisionQkv<'_>,
+    images: &Varlen<'_>,
+    scale: f32,
+    tile: VisionTile,
+    version: AttentionVersion,
+) -> Result<()> {
+    let op: &'static str = match version {
+        AttentionVersion::Fa2 => "attention_vision_varlen",
+        AttentionVersion::Fa3 => "attention_vision_varlen_fa3",
+    };
     let heads = qkv.num_heads;
     let q_inner = qkv.q.shape().inner();
     if heads == 0 || q_inner % heads != 0 {
         return Err(Error::invalid(
-            OP,
+            op,
             format!("q {:?} does not split into {heads} heads", qkv.q.dims()),
         ));
     }
     let head_dim = q_inner / heads;
-    let total = token_rows(OP, "q", &qkv.q, heads, head_dim)?;
+    let total = token_rows(op, "q", &qkv.q, heads, head_dim)?;
     for (what, v) in [("k", &qkv.k), ("v", &qkv.v), ("out", &out.as_view())] {
-        let rows = token_rows(OP, what, v, heads, head_dim)?;
+        let rows = token_rows(op, what, v, heads, head_dim)?;
         if rows != total {
-            return Err(Error::invalid(OP, format!("{what} has {rows} rows, q {total}")));
+            return Err(Error::invalid(op, format!("{what} has {rows} rows, q {total}")));
         }
     }
-    let num_seqs = seq_count(OP, images, total)?;
+    let num_seqs = seq_count(op, images, total)?;
     let params = sys::OcrvlAttnParams {
         q: qkv.q.device_ptr() as *const _,
         k: qkv.k.device_ptr() as *const _,
@@ -245,12 +384,12 @@ pub fn vision_varlen_tile(
         v_stride: qkv.v.stride0() as i64,
         o_stride: out.stride0() as i64,
         block_table_stride: 0,
-        num_seqs: as_i32(OP, "num_seqs", num_seqs)?,
-        total_q: as_i32(OP, "total", total)?,
-        max_seqlen_q: as_i32(OP, "max_seqlen", images.max_seqlen)?,
-        num_heads: as_i32(OP, "num_heads", heads)?,
-        num_kv_heads: as_i32(OP, "num_heads", heads)?,
-        head_dim: as_i32(OP, "head_dim", head_dim)?,
+        num_seqs: as_i32(op, "num_seqs", num_seqs)?,
+        total_q: as_i32(op, "total", total)?,
+        max_seqlen_q: as_i32(op, "max_seqlen", images.max_seqlen)?,
+        num_heads: as_i32(op, "num_heads", heads)?,
+        num_kv_heads: as_i32(op, "num_heads", heads)?,
+        head_dim: as_i32(op, "head_dim", head_dim)?,
         block_size: 0,
         num_blocks: 0,
         max_blocks_per_seq: 0,
@@ -259,14 +398,21 @@ pub fn vision_varlen_tile(
         padded_head_dim: match tile {
             VisionTile::Qk80 => 80,
             VisionTile::Pad96 => 96,
+            VisionTile::Pv128 => 128,
         },
         dtype: c_dtype(DType::BF16),
     };
-    launch(OP, gpu, &params, false)
+    launch(op, gpu, &params, false, version)
 }
 
 /// The one place a launcher is called.
-fn launch(op: &'static str, gpu: &Gpu, params: &sys::OcrvlAttnParams, paged: bool) -> Result<()> {
+fn launch(
+    op: &'static str,
+    gpu: &Gpu,
+    params: &sys::OcrvlAttnParams,
+    paged: bool,
+    version: AttentionVersion,
+) -> Result<()> {
     if !params.scale.is_finite() || params.scale <= 0.0 {
         return Err(Error::invalid(
             op,
@@ -277,10 +423,11 @@ fn launch(op: &'static str, gpu: &Gpu, params: &sys::OcrvlAttnParams, paged: boo
     // sizes in `params` on this GPU (device contents are trusted as documented above), and the
     // stream is the one all other work on these views is queued on.
     let status = unsafe {
-        if paged {
-            sys::ocrvl_attention_prefill_paged(params, gpu.raw_stream())
-        } else {
-            sys::ocrvl_attention_varlen(params, gpu.raw_stream())
+        match (version, paged) {
+            (AttentionVersion::Fa2, true) => sys::ocrvl_attention_prefill_paged(params, gpu.raw_stream()),
+            (AttentionVersion::Fa2, false) => sys::ocrvl_attention_varlen(params, gpu.raw_stream()),
+            (AttentionVersion::Fa3, true) => sys::ocrvl_attention_prefill_paged_fa3(params, gpu.raw_stream()),
+            (AttentionVersion::Fa3, false) => sys::ocrvl_attention_varlen_fa3(params, gpu.raw_stream()),
         }
     };
     check(op, status)

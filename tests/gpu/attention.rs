@@ -1,5 +1,8 @@
 //! The prefill attention kernels (`kernels/attention/`) against the f64 reference in
-//! `tests/common/ref_attention.rs`, on seeded random inputs.
+//! `tests/common/ref_attention.rs`, on seeded random inputs. Every test runs each path the GPU
+//! has ([`versions`]): FA2 everywhere, FA3 on sm_90 (where it must be built and run). The
+//! FA3-only checks (FA3 == FA2, version resolution) are in `attention_fa3.rs`, which reuses the
+//! helpers here.
 //!
 //! Tolerance: each output is a convex combination of v rows (|v| <= 1 here), so its error
 //! scales with the data rather than with |out|: the kernel rounds P to bf16 (2^-9 relative per
@@ -16,8 +19,8 @@
 
 use half::bf16;
 use ocrvl::kernels::attention::{
-    prefill_paged, prefill_paged_with, vision_varlen, vision_varlen_tile, PagedKv, PrefillOptions, Varlen, VisionQkv,
-    VisionTile,
+    fa3_unavailable_reason, prefill_paged_version, prefill_paged_with, vision_varlen_version, vision_varlen_with,
+    AttentionVersion, PagedKv, PrefillOptions, Varlen, VisionQkv, VisionTile,
 };
 use ocrvl::runtime::{DType, DeviceTensor, Gpu};
 use ocrvl::sys::OcrvlStatus;
@@ -30,40 +33,71 @@ use crate::common::tol::{assert_close, rms, BF16_RTOL};
 use crate::common::{bf16_to_f64, gpu, rand_bf16, rng};
 
 /// The language model's attention: 16 query heads over 2 kv heads, head_dim 128.
-const HQ: usize = 16;
-const HKV: usize = 2;
-const D: usize = 128;
-const Q_COLS: usize = HQ * D;
+pub(crate) const HQ: usize = 16;
+pub(crate) const HKV: usize = 2;
+pub(crate) const D: usize = 128;
+pub(crate) const Q_COLS: usize = HQ * D;
 /// q is a column slice of the fused qkv row, as in the model.
-const FUSED_COLS: usize = (HQ + 2 * HKV) * D;
+pub(crate) const FUSED_COLS: usize = (HQ + 2 * HKV) * D;
 /// The vision tower: 16 heads of 72, q/k/v column slices of a [total, 3 * 1152] buffer.
-const HV: usize = 16;
-const DV: usize = 72;
-const V_COLS: usize = HV * DV;
+pub(crate) const HV: usize = 16;
+pub(crate) const DV: usize = 72;
+pub(crate) const V_COLS: usize = HV * DV;
 /// Outputs are written into buffers this much wider than the view; these columns must stay
 /// poisoned.
-const OUT_EXTRA: usize = 64;
+pub(crate) const OUT_EXTRA: usize = 64;
 /// bf16 NaN: the poison of outputs and unused cache slots.
-const POISON: u16 = 0xFFFF;
+pub(crate) const POISON: u16 = 0xFFFF;
 
-fn text_scale() -> f32 {
+pub(crate) fn text_scale() -> f32 {
     1.0 / (D as f32).sqrt()
 }
 
-fn vision_scale() -> f32 {
+pub(crate) fn vision_scale() -> f32 {
     1.0 / (DV as f32).sqrt()
 }
 
-fn causal() -> PrefillOptions {
-    PrefillOptions {
-        scale: text_scale(),
-        causal: true,
+/// The paths this GPU runs: FA2 always; FA3 on sm_90, where the build must have it (a build
+/// without sm_90a code fails here rather than skipping the FA3 runs). Elsewhere FA3 must refuse.
+pub(crate) fn versions(g: &Gpu) -> Vec<AttentionVersion> {
+    if g.compute_capability() == (9, 0) {
+        if let Some(why) = fa3_unavailable_reason(g) {
+            panic!("sm_90 GPU but the FA3 path is unavailable: {why}");
+        }
+        vec![AttentionVersion::Fa2, AttentionVersion::Fa3]
+    } else {
+        assert!(
+            fa3_unavailable_reason(g).is_some(),
+            "FA3 claims to run on {:?}",
+            g.compute_capability()
+        );
+        vec![AttentionVersion::Fa2]
     }
 }
 
+/// The vision tiles each path builds: FA2 72/80 and padded 96, FA3 72/80 and P·V over 128.
+pub(crate) fn vision_tiles(version: AttentionVersion) -> [VisionTile; 2] {
+    match version {
+        AttentionVersion::Fa2 => [VisionTile::Qk80, VisionTile::Pad96],
+        AttentionVersion::Fa3 => [VisionTile::Qk80, VisionTile::Pv128],
+    }
+}
+
+pub(crate) fn text_opts(causal: bool, version: AttentionVersion) -> PrefillOptions {
+    PrefillOptions {
+        scale: text_scale(),
+        causal,
+        version,
+    }
+}
+
+fn causal(version: AttentionVersion) -> PrefillOptions {
+    text_opts(true, version)
+}
+
 /// A text batch: (q_len, seqused_k) per sequence and the exact bf16 inputs.
-struct TextBatch {
-    seqs: Vec<(usize, usize)>,
+pub(crate) struct TextBatch {
+    pub(crate) seqs: Vec<(usize, usize)>,
     /// `[total_q, HQ, D]`
     q: Vec<bf16>,
     /// Per sequence `[seqused_k, HKV, D]`: every key in the cache, the new tokens included.
@@ -73,7 +107,7 @@ struct TextBatch {
 
 impl TextBatch {
     /// q uniform in ±q_scale (larger makes the softmax peakier), k and v in ±1.
-    fn new(r: &mut ChaCha8Rng, seqs: &[(usize, usize)], q_scale: f32) -> TextBatch {
+    pub(crate) fn new(r: &mut ChaCha8Rng, seqs: &[(usize, usize)], q_scale: f32) -> TextBatch {
         let total_q: usize = seqs.iter().map(|s| s.0).sum();
         let q = rand_bf16(r, total_q * Q_COLS, q_scale);
         let k = seqs.iter().map(|&(_, kl)| rand_bf16(r, kl * HKV * D, 1.0)).collect();
@@ -86,7 +120,7 @@ impl TextBatch {
         }
     }
 
-    fn total_q(&self) -> usize {
+    pub(crate) fn total_q(&self) -> usize {
         self.seqs.iter().map(|s| s.0).sum()
     }
 
@@ -103,7 +137,7 @@ impl TextBatch {
     }
 }
 
-fn cu_seqlens(lens: impl Iterator<Item = usize>) -> Vec<i32> {
+pub(crate) fn cu_seqlens(lens: impl Iterator<Item = usize>) -> Vec<i32> {
     let mut cu = vec![0i32];
     for l in lens {
         cu.push(cu.last().unwrap() + l as i32);
@@ -113,19 +147,19 @@ fn cu_seqlens(lens: impl Iterator<Item = usize>) -> Vec<i32> {
 
 /// The paged cache of a batch, built on the host: 3x the blocks needed, handed out in a
 /// shuffled order; unused slots NaN, unused table entries -1.
-struct Pool {
+pub(crate) struct Pool {
     block_size: usize,
     num_blocks: usize,
     /// `[num_blocks, HKV, block_size, D]`
     k: Vec<bf16>,
     v: Vec<bf16>,
     /// `[num_seqs, max_blocks]`
-    tables: Vec<i32>,
+    pub(crate) tables: Vec<i32>,
     max_blocks: usize,
 }
 
 impl Pool {
-    fn new(r: &mut ChaCha8Rng, b: &TextBatch, block_size: usize) -> Pool {
+    pub(crate) fn new(r: &mut ChaCha8Rng, b: &TextBatch, block_size: usize) -> Pool {
         let per_seq: Vec<usize> = b.seqs.iter().map(|&(_, kl)| kl.div_ceil(block_size)).collect();
         let needed: usize = per_seq.iter().sum();
         let num_blocks = 3 * needed.max(1);
@@ -174,17 +208,24 @@ impl Pool {
     }
 }
 
-struct TextRun {
+pub(crate) struct TextRun {
     /// `[total_q, HQ * D]`
-    out: Vec<bf16>,
+    pub(crate) out: Vec<bf16>,
     /// `[HQ, total_q]`, when asked for.
-    lse: Option<Vec<f32>>,
+    pub(crate) lse: Option<Vec<f32>>,
 }
 
 /// Runs the paged prefill with q the first 2048 columns of a fused [total_q, 2560] buffer and
 /// out the first 2048 columns of a poisoned, wider buffer; `tables` are the block-table rows
 /// of `b`'s sequences. Asserts the columns past the out view are untouched.
-fn run_text(g: &Gpu, b: &TextBatch, pool: &Pool, tables: &[i32], opts: PrefillOptions, want_lse: bool) -> TextRun {
+pub(crate) fn run_text(
+    g: &Gpu,
+    b: &TextBatch,
+    pool: &Pool,
+    tables: &[i32],
+    opts: PrefillOptions,
+    want_lse: bool,
+) -> TextRun {
     let total_q = b.total_q();
     let n = b.seqs.len();
     let mut fused = vec![bf16::from_f32(0.25); total_q * FUSED_COLS];
@@ -238,7 +279,7 @@ fn run_text(g: &Gpu, b: &TextBatch, pool: &Pool, tables: &[i32], opts: PrefillOp
 }
 
 /// Every element written and finite.
-fn assert_all_finite(label: &str, out: &[bf16], row_len: usize) {
+pub(crate) fn assert_all_finite(label: &str, out: &[bf16], row_len: usize) {
     if let Some(i) = out.iter().position(|x| !x.to_f32().is_finite()) {
         panic!(
             "{label}: token {} column {} is {} (unwritten or invalid)",
@@ -250,7 +291,7 @@ fn assert_all_finite(label: &str, out: &[bf16], row_len: usize) {
 }
 
 /// Compares sampled rows of every sequence (and the LSE, when present) with the reference.
-fn check_text(label: &str, b: &TextBatch, run: &TextRun, causal: bool) {
+pub(crate) fn check_text(label: &str, b: &TextBatch, run: &TextRun, causal: bool) {
     assert_all_finite(label, &run.out, Q_COLS);
     let total_q = b.total_q();
     let mut q0 = 0;
@@ -296,7 +337,7 @@ fn check_text(label: &str, b: &TextBatch, run: &TextRun, causal: bool) {
 
 /// (q_len, seqused_k): fresh prompts of every test length, decode-like single queries, chunks
 /// that start in the middle of a cached sequence (on and off tile boundaries), an empty run.
-const MIXED: &[(usize, usize)] = &[
+pub(crate) const MIXED: &[(usize, usize)] = &[
     (1, 1),
     (2, 2),
     (17, 17),
@@ -323,8 +364,10 @@ fn prefill_fresh_prompts_match_reference() {
         for &len in &[1usize, 2, 17, 128, 1000, 5120] {
             let b = TextBatch::new(&mut r, &[(len, len)], 4.0);
             let pool = Pool::new(&mut r, &b, bs);
-            let run = run_text(&g, &b, &pool, &pool.tables, causal(), false);
-            check_text(&format!("fresh prompt, block_size {bs}"), &b, &run, true);
+            for v in versions(&g) {
+                let run = run_text(&g, &b, &pool, &pool.tables, causal(v), false);
+                check_text(&format!("{v:?} fresh prompt, block_size {bs}"), &b, &run, true);
+            }
         }
     }
 }
@@ -339,8 +382,10 @@ fn prefill_mixed_batch_with_cached_prefixes_matches_reference() {
     for &bs in &[16usize, 32, 64, 256] {
         let b = TextBatch::new(&mut r, MIXED, 4.0);
         let pool = Pool::new(&mut r, &b, bs);
-        let run = run_text(&g, &b, &pool, &pool.tables, causal(), true);
-        check_text(&format!("mixed batch, block_size {bs}"), &b, &run, true);
+        for v in versions(&g) {
+            let run = run_text(&g, &b, &pool, &pool.tables, causal(v), true);
+            check_text(&format!("{v:?} mixed batch, block_size {bs}"), &b, &run, true);
+        }
     }
 }
 
@@ -357,8 +402,10 @@ fn prefill_peaked_softmax_matches_reference() {
         24.0,
     );
     let pool = Pool::new(&mut r, &b, 64);
-    let run = run_text(&g, &b, &pool, &pool.tables, causal(), true);
-    check_text("peaked softmax", &b, &run, true);
+    for v in versions(&g) {
+        let run = run_text(&g, &b, &pool, &pool.tables, causal(v), true);
+        check_text(&format!("{v:?} peaked softmax"), &b, &run, true);
+    }
 }
 
 #[test]
@@ -368,12 +415,10 @@ fn prefill_non_causal_matches_reference() {
     let mut r = rng(0xA77E_0004);
     let b = TextBatch::new(&mut r, &[(1, 1), (17, 300), (128, 128), (1000, 1000), (70, 2000)], 4.0);
     let pool = Pool::new(&mut r, &b, 64);
-    let opts = PrefillOptions {
-        scale: text_scale(),
-        causal: false,
-    };
-    let run = run_text(&g, &b, &pool, &pool.tables, opts, true);
-    check_text("non-causal", &b, &run, false);
+    for v in versions(&g) {
+        let run = run_text(&g, &b, &pool, &pool.tables, text_opts(false, v), true);
+        check_text(&format!("{v:?} non-causal"), &b, &run, false);
+    }
 }
 
 #[test]
@@ -385,19 +430,25 @@ fn prefill_batch_equals_single_runs() {
     let mut r = rng(0xA77E_0005);
     let b = TextBatch::new(&mut r, MIXED, 4.0);
     let pool = Pool::new(&mut r, &b, 32);
-    let whole = run_text(&g, &b, &pool, &pool.tables, causal(), false);
-    assert_all_finite("batch", &whole.out, Q_COLS);
-    let mut q0 = 0;
-    for s in 0..b.seqs.len() {
-        let ql = b.seqs[s].0;
-        if ql == 0 {
-            continue;
+    for v in versions(&g) {
+        let whole = run_text(&g, &b, &pool, &pool.tables, causal(v), false);
+        assert_all_finite(&format!("{v:?} batch"), &whole.out, Q_COLS);
+        let mut q0 = 0;
+        for s in 0..b.seqs.len() {
+            let ql = b.seqs[s].0;
+            if ql == 0 {
+                continue;
+            }
+            let one = run_text(&g, &b.single(s), &pool, &pool.rows(&[s]), causal(v), false);
+            let want = &whole.out[q0 * Q_COLS..(q0 + ql) * Q_COLS];
+            let same = one.out.iter().zip(want).all(|(x, y)| x.to_bits() == y.to_bits());
+            assert!(
+                same,
+                "{v:?} sequence {s} {:?}: single run differs from the batch",
+                b.seqs[s]
+            );
+            q0 += ql;
         }
-        let one = run_text(&g, &b.single(s), &pool, &pool.rows(&[s]), causal(), false);
-        let want = &whole.out[q0 * Q_COLS..(q0 + ql) * Q_COLS];
-        let same = one.out.iter().zip(want).all(|(x, y)| x.to_bits() == y.to_bits());
-        assert!(same, "sequence {s} {:?}: single run differs from the batch", b.seqs[s]);
-        q0 += ql;
     }
 }
 
@@ -410,20 +461,22 @@ fn prefill_rows_without_keys_are_zero() {
     let mut r = rng(0xA77E_0006);
     let b = TextBatch::new(&mut r, &[(5, 3), (70, 64)], 4.0);
     let pool = Pool::new(&mut r, &b, 16);
-    let run = run_text(&g, &b, &pool, &pool.tables, causal(), false);
-    check_text("rows without keys", &b, &run, true);
-    assert!(run.out[..2 * Q_COLS].iter().all(|x| x.to_f32() == 0.0));
+    for v in versions(&g) {
+        let run = run_text(&g, &b, &pool, &pool.tables, causal(v), false);
+        check_text(&format!("{v:?} rows without keys"), &b, &run, true);
+        assert!(run.out[..2 * Q_COLS].iter().all(|x| x.to_f32() == 0.0), "{v:?}");
+    }
 }
 
 /// Packed images with q, k, v as column slices of one fused [total, 3 * 1152] buffer.
-struct VisionBatch {
-    lens: Vec<usize>,
+pub(crate) struct VisionBatch {
+    pub(crate) lens: Vec<usize>,
     /// `[total, 3, HV, DV]`: q, k, v of each token side by side.
     qkv: Vec<bf16>,
 }
 
 impl VisionBatch {
-    fn new(r: &mut ChaCha8Rng, lens: &[usize]) -> VisionBatch {
+    pub(crate) fn new(r: &mut ChaCha8Rng, lens: &[usize]) -> VisionBatch {
         let total: usize = lens.iter().sum();
         let mut qkv = rand_bf16(r, total * 3 * V_COLS, 1.0);
         // q in ±4 like the text tests: a softmax that is neither flat nor one-hot.
@@ -465,7 +518,7 @@ impl VisionBatch {
 
 /// Runs the vision kernel; out is the first 1152 columns of a poisoned, wider buffer whose
 /// other columns must stay untouched. Returns `[total, HV * DV]`.
-fn run_vision(g: &Gpu, b: &VisionBatch, tile: VisionTile) -> Vec<bf16> {
+pub(crate) fn run_vision(g: &Gpu, b: &VisionBatch, tile: VisionTile, version: AttentionVersion) -> Vec<bf16> {
     let total = b.total();
     let qkv = DeviceTensor::from_host(g, &[total, 3 * V_COLS], &b.qkv).unwrap();
     let cu = DeviceTensor::from_host(g, &[b.lens.len() + 1], &cu_seqlens(b.lens.iter().copied())).unwrap();
@@ -486,9 +539,9 @@ fn run_vision(g: &Gpu, b: &VisionBatch, tile: VisionTile) -> Vec<bf16> {
         };
         let mut o = out.view_mut().columns(0, V_COLS).unwrap();
         if tile == VisionTile::default() {
-            vision_varlen(g, &mut o, &views, &images, vision_scale()).unwrap();
+            vision_varlen_version(g, &mut o, &views, &images, vision_scale(), version).unwrap();
         } else {
-            vision_varlen_tile(g, &mut o, &views, &images, vision_scale(), tile).unwrap();
+            vision_varlen_with(g, &mut o, &views, &images, vision_scale(), tile, version).unwrap();
         }
     }
     let all: Vec<bf16> = out.to_host(g).unwrap();
@@ -504,7 +557,7 @@ fn run_vision(g: &Gpu, b: &VisionBatch, tile: VisionTile) -> Vec<bf16> {
     res
 }
 
-fn check_vision(label: &str, b: &VisionBatch, got: &[bf16]) {
+pub(crate) fn check_vision(label: &str, b: &VisionBatch, got: &[bf16]) {
     assert_all_finite(label, got, V_COLS);
     let mut t0 = 0;
     for (i, &n) in b.lens.iter().enumerate() {
@@ -545,9 +598,11 @@ fn vision_each_length_matches_reference() {
     let mut r = rng(0xA77E_0101);
     for &n in &[1usize, 2, 17, 128, 1000, 5120] {
         let b = VisionBatch::new(&mut r, &[n]);
-        for tile in [VisionTile::Qk80, VisionTile::Pad96] {
-            let got = run_vision(&g, &b, tile);
-            check_vision(&format!("vision {tile:?}"), &b, &got);
+        for v in versions(&g) {
+            for tile in vision_tiles(v) {
+                let got = run_vision(&g, &b, tile, v);
+                check_vision(&format!("{v:?} vision {tile:?}"), &b, &got);
+            }
         }
     }
 }
@@ -559,25 +614,25 @@ fn vision_mixed_batch_matches_reference_and_single_runs() {
     let mut r = rng(0xA77E_0102);
     // 576 and 4096 + 7 are real image sizes (24x24 and 64x64 patches, then an odd one).
     let b = VisionBatch::new(&mut r, &[576, 1, 5120, 17, 1000, 2, 128, 4103, 64, 65]);
-    for tile in [VisionTile::Qk80, VisionTile::Pad96] {
-        let got = run_vision(&g, &b, tile);
-        check_vision(&format!("vision mixed {tile:?}"), &b, &got);
+    for (v, tile) in versions(&g).into_iter().flat_map(|v| vision_tiles(v).map(|t| (v, t))) {
+        let got = run_vision(&g, &b, tile, v);
+        check_vision(&format!("{v:?} vision mixed {tile:?}"), &b, &got);
         let mut t0 = 0;
         for i in 0..b.lens.len() {
             let n = b.lens[i];
-            let one = run_vision(&g, &b.single(i), tile);
+            let one = run_vision(&g, &b.single(i), tile, v);
             let want = &got[t0 * V_COLS..(t0 + n) * V_COLS];
             let same = one.iter().zip(want).all(|(x, y)| x.to_bits() == y.to_bits());
             assert!(
                 same,
-                "{tile:?} image {i} ({n} patches): single run differs from the batch"
+                "{v:?} {tile:?} image {i} ({n} patches): single run differs from the batch"
             );
             t0 += n;
         }
     }
 }
 
-fn is_unsupported(e: &Error) -> bool {
+pub(crate) fn is_unsupported(e: &Error) -> bool {
     matches!(
         e,
         Error::Kernel {
@@ -593,7 +648,14 @@ fn is_invalid(e: &Error) -> bool {
 
 /// Runs the paged prefill on zeros with the given cache dims and q/out width, one sequence of
 /// 3 queries; returns the launcher's verdict.
-fn paged_try(g: &Gpu, kv_heads: usize, block_size: usize, head_dim: usize, q_cols: usize) -> ocrvl::Result<()> {
+pub(crate) fn paged_try(
+    g: &Gpu,
+    kv_heads: usize,
+    block_size: usize,
+    head_dim: usize,
+    q_cols: usize,
+    version: AttentionVersion,
+) -> ocrvl::Result<()> {
     let kc = DeviceTensor::zeros(g, DType::BF16, &[4, kv_heads, block_size, head_dim]).unwrap();
     let vc = DeviceTensor::zeros(g, DType::BF16, &[4, kv_heads, block_size, head_dim]).unwrap();
     let bt = DeviceTensor::from_host(g, &[1, 4], &[0i32, 1, 2, 3]).unwrap();
@@ -611,15 +673,21 @@ fn paged_try(g: &Gpu, kv_heads: usize, block_size: usize, head_dim: usize, q_col
         cu_seqlens: cu.view(),
         max_seqlen: 3,
     };
-    prefill_paged(g, &mut o.view_mut(), &q.view(), &queries, &kv, 0.1)
+    prefill_paged_version(g, &mut o.view_mut(), &q.view(), &queries, &kv, 0.1, version)
 }
 
 #[test]
 #[ignore = "needs GPU"]
 fn attention_rejects_unsupported_shapes() {
     let g = gpu();
+    for v in versions(&g) {
+        rejects_unsupported_shapes(&g, v);
+    }
+}
+
+fn rejects_unsupported_shapes(g: &Gpu, version: AttentionVersion) {
     // Built: head_dim 128 with block sizes 16..=256 (powers of two).
-    paged_try(&g, 2, 64, 128, 16 * 128).unwrap();
+    paged_try(g, 2, 64, 128, 16 * 128, version).unwrap();
     for (kv_heads, bs, d, q_cols, what) in [
         (2, 64, 64, 16 * 64, "head_dim 64"),
         (2, 64, 96, 16 * 96, "head_dim 96"),
@@ -627,67 +695,83 @@ fn attention_rejects_unsupported_shapes() {
         (2, 512, 128, 16 * 128, "block_size 512"),
         (2, 48, 128, 16 * 128, "block_size 48"),
     ] {
-        let err = paged_try(&g, kv_heads, bs, d, q_cols).unwrap_err();
-        assert!(is_unsupported(&err), "{what}: {err}");
+        let err = paged_try(g, kv_heads, bs, d, q_cols, version).unwrap_err();
+        assert!(is_unsupported(&err), "{version:?} {what}: {err}");
     }
     // 12 query heads over 8 kv heads: not a whole group.
-    let err = paged_try(&g, 8, 64, 128, 12 * 128).unwrap_err();
-    assert!(is_invalid(&err), "head ratio: {err}");
+    let err = paged_try(g, 8, 64, 128, 12 * 128, version).unwrap_err();
+    assert!(is_invalid(&err), "{version:?} head ratio: {err}");
 
     // Vision: only head_dim 72 is built.
-    let cu = DeviceTensor::from_host(&g, &[2], &[0i32, 3]).unwrap();
+    let cu = DeviceTensor::from_host(g, &[2], &[0i32, 3]).unwrap();
     let images = Varlen {
         cu_seqlens: cu.view(),
         max_seqlen: 3,
     };
     for d in [64usize, 80, 128] {
-        let x = DeviceTensor::zeros(&g, DType::BF16, &[3, 16 * d]).unwrap();
-        let mut o = DeviceTensor::zeros(&g, DType::BF16, &[3, 16 * d]).unwrap();
+        let x = DeviceTensor::zeros(g, DType::BF16, &[3, 16 * d]).unwrap();
+        let mut o = DeviceTensor::zeros(g, DType::BF16, &[3, 16 * d]).unwrap();
         let qkv = VisionQkv {
             q: x.view(),
             k: x.view(),
             v: x.view(),
             num_heads: 16,
         };
-        let err = vision_varlen(&g, &mut o.view_mut(), &qkv, &images, 0.1).unwrap_err();
-        assert!(is_unsupported(&err), "vision head_dim {d}: {err}");
+        let err = vision_varlen_version(g, &mut o.view_mut(), &qkv, &images, 0.1, version).unwrap_err();
+        assert!(is_unsupported(&err), "{version:?} vision head_dim {d}: {err}");
     }
+    // Each path rejects the other's extra tile.
+    let other_tile = match version {
+        AttentionVersion::Fa2 => VisionTile::Pv128,
+        AttentionVersion::Fa3 => VisionTile::Pad96,
+    };
+    let x = DeviceTensor::zeros(g, DType::BF16, &[3, 16 * 72]).unwrap();
+    let mut o = DeviceTensor::zeros(g, DType::BF16, &[3, 16 * 72]).unwrap();
+    let qkv = VisionQkv {
+        q: x.view(),
+        k: x.view(),
+        v: x.view(),
+        num_heads: 16,
+    };
+    vision_varlen_version(g, &mut o.view_mut(), &qkv, &images, 0.1, version).unwrap();
+    let err = vision_varlen_with(g, &mut o.view_mut(), &qkv, &images, 0.1, other_tile, version).unwrap_err();
+    assert!(is_unsupported(&err), "{version:?} vision {other_tile:?}: {err}");
 
     // Strides and alignment that 16-byte copies cannot use, a wrong dtype, a wrong lse shape.
-    let wide = DeviceTensor::zeros(&g, DType::BF16, &[3, 16 * 72 + 4]).unwrap();
-    let wider = DeviceTensor::zeros(&g, DType::BF16, &[3, 16 * 72 + 8]).unwrap();
-    let ok = DeviceTensor::zeros(&g, DType::BF16, &[3, 16 * 72]).unwrap();
-    let f16 = DeviceTensor::zeros(&g, DType::F16, &[3, 16 * 72]).unwrap();
+    let wide = DeviceTensor::zeros(g, DType::BF16, &[3, 16 * 72 + 4]).unwrap();
+    let wider = DeviceTensor::zeros(g, DType::BF16, &[3, 16 * 72 + 8]).unwrap();
+    let ok = DeviceTensor::zeros(g, DType::BF16, &[3, 16 * 72]).unwrap();
+    let f16 = DeviceTensor::zeros(g, DType::F16, &[3, 16 * 72]).unwrap();
     let cases = [
         ("stride 1156", wide.view().columns(0, 16 * 72).unwrap()),
         ("misaligned", wider.view().columns(4, 16 * 72).unwrap()),
         ("f16", f16.view()),
     ];
     for (what, q) in cases {
-        let mut o = DeviceTensor::zeros(&g, DType::BF16, &[3, 16 * 72]).unwrap();
+        let mut o = DeviceTensor::zeros(g, DType::BF16, &[3, 16 * 72]).unwrap();
         let qkv = VisionQkv {
             q,
             k: ok.view(),
             v: ok.view(),
             num_heads: 16,
         };
-        let err = vision_varlen(&g, &mut o.view_mut(), &qkv, &images, 0.1).unwrap_err();
-        assert!(is_invalid(&err), "{what}: {err}");
+        let err = vision_varlen_version(g, &mut o.view_mut(), &qkv, &images, 0.1, version).unwrap_err();
+        assert!(is_invalid(&err), "{version:?} {what}: {err}");
     }
-    let bad_cu = DeviceTensor::zeros(&g, DType::F32, &[2]).unwrap();
+    let bad_cu = DeviceTensor::zeros(g, DType::F32, &[2]).unwrap();
     let bad_images = Varlen {
         cu_seqlens: bad_cu.view(),
         max_seqlen: 3,
     };
-    let mut o = DeviceTensor::zeros(&g, DType::BF16, &[3, 16 * 72]).unwrap();
+    let mut o = DeviceTensor::zeros(g, DType::BF16, &[3, 16 * 72]).unwrap();
     let qkv = VisionQkv {
         q: ok.view(),
         k: ok.view(),
         v: ok.view(),
         num_heads: 16,
     };
-    let err = vision_varlen(&g, &mut o.view_mut(), &qkv, &bad_images, 0.1).unwrap_err();
-    assert!(is_invalid(&err), "f32 cu_seqlens: {err}");
-    let err = vision_varlen(&g, &mut o.view_mut(), &qkv, &images, f32::NAN).unwrap_err();
-    assert!(is_invalid(&err), "NaN scale: {err}");
+    let err = vision_varlen_version(g, &mut o.view_mut(), &qkv, &bad_images, 0.1, version).unwrap_err();
+    assert!(is_invalid(&err), "{version:?} f32 cu_seqlens: {err}");
+    let err = vision_varlen_version(g, &mut o.view_mut(), &qkv, &images, f32::NAN, version).unwrap_err();
+    assert!(is_invalid(&err), "{version:?} NaN scale: {err}");
 }

@@ -7,10 +7,12 @@ mod common;
 
 mod activation;
 mod attention;
+mod attention_fa3;
 mod cast;
 mod decode;
 mod embedding;
 mod engine;
+mod engine_paths;
 mod fidelity;
 mod gemm;
 mod kv_cache;

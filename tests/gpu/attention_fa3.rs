@@ -1,0 +1,214 @@
+//! The FA3 attention path (`kernels/attention/fa3_*`) against the FA2 path on every shape of
+//! `attention.rs` and odd lengths (1, 7, 83, 129, 5040 and mixes, paged through shuffled block
+//! tables with NaN in unused slots), the f64 reference on the odd lengths for both paths, and
+//! the version choice of `FLAGS_flash_attn_version`.
+//!
+//! On an sm_90 GPU the FA3 runs are required (a build without sm_90a fails these tests); on any
+//! other GPU each test instead checks that FA3 is refused with an error.
+//!
+//! FA3 == FA2 tolerance: both are within `2e-2 · rms + BF16_RTOL · |x|` of the exact result,
+//! about 10x their rounding error (see `attention.rs`); they round P to bf16 at different tile
+//! boundaries (128 against 64 keys), so they are compared with that same bound, every row.
+
+use half::bf16;
+use ocrvl::config::FlashAttnVersion;
+use ocrvl::kernels::attention::{resolve_version, AttentionVersion, VisionTile};
+use ocrvl::runtime::Gpu;
+use ocrvl::Error;
+
+use crate::attention::{
+    check_text, check_vision, is_unsupported, paged_try, run_text, run_vision, text_opts, versions, Pool, TextBatch,
+    VisionBatch, HQ, MIXED, Q_COLS, V_COLS,
+};
+use crate::common::tol::{assert_close, rms, BF16_RTOL};
+use crate::common::{gpu, rng};
+
+/// Odd query/key lengths around the 128-row and 128-key tiles, the vision tower's 5040, and
+/// chunks whose keys outnumber their queries.
+const ODD: &[(usize, usize)] = &[
+    (1, 1),
+    (7, 7),
+    (83, 83),
+    (129, 129),
+    (5040, 5040),
+    (7, 129),
+    (83, 5040),
+    (129, 200),
+    (1, 83),
+];
+
+/// True when FA3 runs on this GPU (sm_90, where `versions` requires it); else checks that it is
+/// refused, as an unsupported kernel and as a resolution error.
+fn fa3_runs(g: &Gpu) -> bool {
+    if versions(g).contains(&AttentionVersion::Fa3) {
+        return true;
+    }
+    let err = paged_try(g, 2, 64, 128, 16 * 128, AttentionVersion::Fa3).unwrap_err();
+    assert!(is_unsupported(&err), "FA3 on {:?}: {err}", g.compute_capability());
+    eprintln!(
+        "FA3 not available on this GPU ({:?}); checked that it is refused",
+        g.compute_capability()
+    );
+    false
+}
+
+fn to_f64(v: &[bf16]) -> Vec<f64> {
+    v.iter().map(|x| x.to_f64()).collect()
+}
+
+/// Compares two outputs `[total, cols]` run by run (`lens` the run lengths), every element.
+fn assert_same_within_rounding(label: &str, got: &[bf16], want: &[bf16], lens: &[usize], cols: usize) {
+    let mut t0 = 0;
+    for (i, &n) in lens.iter().enumerate() {
+        let w = to_f64(&want[t0 * cols..(t0 + n) * cols]);
+        let g = to_f64(&got[t0 * cols..(t0 + n) * cols]);
+        assert_close(
+            &format!("{label}: run {i} ({n} tokens)"),
+            &g,
+            &w,
+            2e-2 * rms(&w),
+            BF16_RTOL,
+        );
+        t0 += n;
+    }
+}
+
+#[test]
+#[ignore = "needs GPU"]
+fn fa3_version_resolution() {
+    let g = gpu();
+    assert_eq!(
+        resolve_version(&g, FlashAttnVersion::Fa2).unwrap(),
+        AttentionVersion::Fa2
+    );
+    if fa3_runs(&g) {
+        assert_eq!(
+            resolve_version(&g, FlashAttnVersion::Auto).unwrap(),
+            AttentionVersion::Fa3
+        );
+        assert_eq!(
+            resolve_version(&g, FlashAttnVersion::Fa3).unwrap(),
+            AttentionVersion::Fa3
+        );
+    } else {
+        assert_eq!(
+            resolve_version(&g, FlashAttnVersion::Auto).unwrap(),
+            AttentionVersion::Fa2
+        );
+        let err = resolve_version(&g, FlashAttnVersion::Fa3).unwrap_err();
+        assert!(matches!(err, Error::Invalid { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("FLAGS_flash_attn_version") && msg.contains("sm_90"),
+            "{msg}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs GPU"]
+fn fa3_matches_fa2_text() {
+    let g = gpu();
+    if fa3_runs(&g) {
+        let mut r = rng(0xFA3_0001);
+        let seqs: Vec<(usize, usize)> = MIXED.iter().chain(ODD).copied().collect();
+        let lens: Vec<usize> = seqs.iter().map(|s| s.0).collect();
+        for &bs in &[16usize, 32, 64, 256] {
+            let b = TextBatch::new(&mut r, &seqs, 4.0);
+            let pool = Pool::new(&mut r, &b, bs);
+            for causal in [true, false] {
+                let label = format!("block_size {bs}, causal {causal}");
+                let fa2 = run_text(
+                    &g,
+                    &b,
+                    &pool,
+                    &pool.tables,
+                    text_opts(causal, AttentionVersion::Fa2),
+                    true,
+                );
+                let fa3 = run_text(
+                    &g,
+                    &b,
+                    &pool,
+                    &pool.tables,
+                    text_opts(causal, AttentionVersion::Fa3),
+                    true,
+                );
+                assert_same_within_rounding(&format!("FA3 vs FA2, {label}"), &fa3.out, &fa2.out, &lens, Q_COLS);
+                // LSE [HQ, total_q]: scores are exact bf16 products summed in f32 by both.
+                let l2: Vec<f64> = fa2.lse.unwrap().iter().map(|&x| x as f64).collect();
+                let l3: Vec<f64> = fa3.lse.unwrap().iter().map(|&x| x as f64).collect();
+                assert_eq!(l2.len(), HQ * b.total_q());
+                assert_close(&format!("FA3 vs FA2 lse, {label}"), &l3, &l2, 1e-3, 1e-4);
+            }
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs GPU"]
+fn fa3_matches_fa2_vision() {
+    let g = gpu();
+    if fa3_runs(&g) {
+        let mut r = rng(0xFA3_0002);
+        for lens in [
+            vec![1usize],
+            vec![7],
+            vec![83],
+            vec![129],
+            vec![5040],
+            vec![5040, 5040],
+            vec![576, 1, 5120, 17, 1000, 2, 128, 4103, 64, 65],
+            vec![7, 83, 129, 1, 5040, 128, 127],
+        ] {
+            let b = VisionBatch::new(&mut r, &lens);
+            let fa2 = run_vision(&g, &b, VisionTile::Qk80, AttentionVersion::Fa2);
+            for tile in [VisionTile::Qk80, VisionTile::Pv128] {
+                let fa3 = run_vision(&g, &b, tile, AttentionVersion::Fa3);
+                assert_same_within_rounding(
+                    &format!("FA3 {tile:?} vs FA2, images {lens:?}"),
+                    &fa3,
+                    &fa2,
+                    &lens,
+                    V_COLS,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs GPU"]
+fn odd_lengths_match_reference() {
+    let g = gpu();
+    let mut r = rng(0xFA3_0003);
+    for &bs in &[16usize, 64] {
+        let b = TextBatch::new(&mut r, ODD, 4.0);
+        let pool = Pool::new(&mut r, &b, bs);
+        for v in versions(&g) {
+            for causal in [true, false] {
+                let run = run_text(&g, &b, &pool, &pool.tables, text_opts(causal, v), true);
+                check_text(
+                    &format!("{v:?} odd lengths, block_size {bs}, causal {causal}"),
+                    &b,
+                    &run,
+                    causal,
+                );
+            }
+        }
+    }
+    for lens in [
+        vec![1usize],
+        vec![7],
+        vec![83],
+        vec![129],
+        vec![5040],
+        vec![7, 83, 129, 1, 5040],
+    ] {
+        let b = VisionBatch::new(&mut r, &lens);
+        for v in versions(&g) {
+            let got = run_vision(&g, &b, VisionTile::Qk80, v);
+            check_vision(&format!("{v:?} vision odd lengths {lens:?}"), &b, &got);
+        }
+    }
+}
