@@ -226,7 +226,7 @@ fn compile_kernels(nvcc: &Path, cuda_root: &Path, sources: &[PathBuf], all_files
     // and reused by later builds and by every profile, so editing one kernel family does not
     // rebuild the others. A header edit changes every key, since any .cu may include it.
     let mut common = DefaultHasher::new();
-    format!("{}|{:?}|{verbose}", nvcc.display(), archs).hash(&mut common);
+    format!("{}|{:?}|{verbose}|whole-program", nvcc.display(), archs).hash(&mut common);
     for f in all_files.iter().filter(|f| f.extension().is_some_and(|e| e != "cu")) {
         f.hash(&mut common);
         fs::read(f).expect("reading a kernel header").hash(&mut common);
@@ -246,27 +246,27 @@ fn compile_kernels(nvcc: &Path, cuda_root: &Path, sources: &[PathBuf], all_files
         }
         objects.push(obj);
     }
-    if !stale.is_empty() {
-        let mut build = base();
-        for (src, _) in &stale {
-            build.file(src);
+    // Each file is its own whole-program compilation (cc adds --device-c only to builds of
+    // several files): no kernel calls device code in another file, and relocatable device code
+    // makes ptxas ignore `setmaxnreg` (the FA3 kernels' register split) and treat calls it
+    // cannot see as barriers to wgmma. So there is no device-link step either.
+    let queue = std::sync::Mutex::new(stale.iter());
+    let workers = std::thread::available_parallelism().map_or(4, |n| n.get()).min(stale.len().max(1));
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                let Some((src, obj)) = queue.lock().unwrap().next() else { break };
+                let mut build = base();
+                build.file(src);
+                let built = build.compile_intermediates();
+                let tmp = obj.with_extension(format!("tmp{}", std::process::id()));
+                fs::copy(&built[0], &tmp).expect("copying a kernel object into the cache");
+                fs::rename(&tmp, obj).expect("moving a kernel object into the cache");
+            });
         }
-        // Objects come back in the order the files were added.
-        for (built, (_, obj)) in build.compile_intermediates().iter().zip(&stale) {
-            let tmp = obj.with_extension(format!("tmp{}", std::process::id()));
-            fs::copy(built, &tmp).expect("copying a kernel object into the cache");
-            fs::rename(&tmp, obj).expect("moving a kernel object into the cache");
-        }
-    }
-    // cc compiles CUDA with --device-c (relocatable device code), so the objects need nvcc's
-    // device-link step before a host linker can use them; cc does it only for sources it
-    // compiled itself, so it is done here for the cached objects.
-    let dlink = PathBuf::from(env::var("OUT_DIR").unwrap()).join("ocrvl_kernels_dlink.o");
-    let mut cmd = base().get_compiler().to_command();
-    cmd.arg("--device-link").arg("-o").arg(&dlink).args(&objects);
-    run(&mut cmd, "nvcc --device-link");
+    });
     let mut archive = base();
-    for obj in objects.iter().chain([&dlink]) {
+    for obj in &objects {
         archive.object(obj);
     }
     archive.compile("ocrvl_kernels");

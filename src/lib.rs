@@ -10,10 +10,12 @@
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod ffi;
 pub mod kernels;
 pub mod model;
 pub mod preprocess;
 pub mod runtime;
+pub mod server;
 pub mod service;
 pub mod sys;
 

@@ -11,7 +11,7 @@ mkdir -p "$bundle/bin" "$bundle/tools"
 # --all-targets builds the lib's unit tests, every tests/*.rs, the criterion benches (run with
 # --bench) and the binaries, all with the release profile, in one pass.
 cargo test --release --all-targets --no-run --message-format=json 2>/dev/null > target/gpu-bundle.json
-cargo build --release --bins --quiet
+cargo build --release --lib --bins --quiet
 python3 - "$bundle" <<'PY'
 import json, shutil, sys, os
 bundle = sys.argv[1]
@@ -29,18 +29,32 @@ for line in open("target/gpu-bundle.json"):
     dest = {"test": f"test-{name}", "bench": f"bench-{name}"}.get(kind, "test-unit")
     dest = f"{bundle}/bin/{dest}"
     shutil.copy(msg["executable"], dest)
-for b in ("bench", "ocrvl-logits"):
+for b in ("bench", "ocrvl-logits", "serve", "ocr"):
     shutil.copy(f"target/release/{b}", f"{bundle}/bin/{b}")
 PY
+# The C ABI's examples, linked statically against the release libocrvl.a, for tests/ffi_c.rs on
+# the GPU host (which has no C toolchain): run.sh points OCRVL_FFI_BIN_DIR at them. libocrvl.a
+# needs the CUDA runtime it was built with; the build script printed its directory.
+cudart_dir=
+for d in $(sed -n 's/^cargo:rustc-link-search=native=//p' $(ls -t target/release/build/ocrvl-*/output)); do
+    if [ -z "$cudart_dir" ] && [ -f "$d/libcudart_static.a" ]; then cudart_dir=$d; fi
+done
+for ex in ocr_image abi_checks; do
+    cc -std=c99 -O2 -I ffi "ffi/examples/$ex.c" target/release/libocrvl.a -L "$cudart_dir" \
+        -lcudart_static -lstdc++ -ldl -lrt -lpthread -lm -lgcc_s -lutil -o "$bundle/bin/$ex"
+done
 strip "$bundle"/bin/*
 # Only the GPU tests run on the GPU host (the CPU tests run in CI). Each executable links the
 # same kernel fatbins, so one solid xz archive with a dictionary larger than an executable
 # stores them once and keeps the bundle far under the 64 MiB the device tool carries.
-find "$bundle/bin" -name 'test-*' ! -name test-gpu -delete
+find "$bundle/bin" -name 'test-*' ! -name test-gpu ! -name test-ffi_c ! -name test-server -delete
 tar -C "$bundle" -cf - bin | xz -T1 -6e --lzma2=dict=192MiB > "$bundle/bin.tar.xz"
 rm -rf "$bundle/bin"
 cp tools/gpu_run.sh "$bundle/run.sh"
-cp tools/gpu/*.py "$bundle/tools/" 2>/dev/null || true
+cp tools/gpu/*.py tools/gpu/*.sh "$bundle/tools/" 2>/dev/null || true
+# The openai client for server_check.sh (the GPU host has no network).
+tools/gpu_wheels.sh
+cp -r target/gpu-wheels "$bundle/wheels"
 cp tools/compare_full_model.py "$bundle/"
 du -sh "$bundle"
 ls -la "$bundle"

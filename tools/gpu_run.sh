@@ -3,10 +3,15 @@
 # criterion benches, then the bench binary. Full logs go to LOGDIR (default $OUT, else
 # ./logs); a short summary table is printed last. It writes 4 files (tests.log, benches.log,
 # bench.log, bench.json), since the device tool brings back 8 at most.
-#   bash target/gpu-bundle/run.sh [LOGDIR]
+#   bash target/gpu-bundle/run.sh [tests|benches|bench|all] [LOGDIR]
+# One device call runs at most 10 minutes, so the parts run as separate calls: `tests` (every
+# test executable, then the server check), `benches` (criterion benches and torch baselines),
+# `bench` (the bench binary's workloads, the full-size fidelity check and transformers'
+# side-by-side run).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-logs=${1:-${OUT:-$here/logs}}
+part=${1:-all}
+logs=${2:-${OUT:-$here/logs}}
 mkdir -p "$logs"
 rows=()
 # Tests that read committed fixtures find them in the repository copy this bundle sits in.
@@ -20,6 +25,8 @@ if [ -e "$here/bin.tar.xz" ]; then
     python3 -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" "$here/bin.tar.xz" "$unpacked"
     bin="$unpacked/bin"
 fi
+# tests/ffi_c.rs runs the prebuilt C examples from here instead of compiling them.
+export OCRVL_FFI_BIN_DIR="$bin"
 
 run_step() { # name logfile command...
     local name=$1 log=$2; shift 2
@@ -32,32 +39,48 @@ run_step() { # name logfile command...
     rows+=("$(printf '| %-28s | %3s | %6s s | %s |' "$name" "$rc" "$secs" "${what:-}")")
 }
 
-{ nvidia-smi; nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv; } > "$logs/tests.log" 2>&1
+{ nvidia-smi; nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv; } >> "$logs/gpu.log" 2>&1
 
-for t in "$bin"/test-*; do
-    # One thread: GPU tests share one device and time nothing, but parallel runs would
-    # interleave their memory use.
-    run_step "$(basename "$t")" "$logs/tests.log" "$t" --include-ignored --test-threads=1
-done
-for b in "$bin"/bench-*; do
-    run_step "$(basename "$b")" "$logs/benches.log" "$b" --bench
-done
-run_step "bench (binary)" "$logs/bench.log" "$bin/bench" --json "$logs/bench.json"
-if [ -e "$here/compare_full_model.py" ]; then
-    run_step "compare_full_model.py" "$logs/bench.log" python3 "$here/compare_full_model.py" --ocrvl "$bin/ocrvl-logits"
+if [ "$part" = tests ] || [ "$part" = all ]; then
+    for t in "$bin"/test-*; do
+        # One thread: GPU tests share one device and time nothing, but parallel runs would
+        # interleave their memory use. The time limit turns a hung kernel into a failure.
+        run_step "$(basename "$t")" "$logs/tests.log" timeout 300 "$t" --include-ignored --test-threads=1
+    done
+    run_step "server_check.sh" "$logs/tests.log" timeout 200 bash "$here/tools/server_check.sh" "$bin" "$logs"
 fi
-for py in "$here"/tools/*.py; do
-    [ -e "$py" ] || continue
-    run_step "$(basename "$py")" "$logs/benches.log" python3 "$py"
-done
+if [ "$part" = benches ] || [ "$part" = all ]; then
+    for b in "$bin"/bench-*; do
+        run_step "$(basename "$b")" "$logs/benches.log" timeout 120 "$b" --bench
+    done
+    for py in "$here"/tools/baseline_*.py; do
+        [ -e "$py" ] || continue
+        [ "$(basename "$py")" = baseline_engine.py ] && continue
+        run_step "$(basename "$py")" "$logs/benches.log" timeout 120 python3 "$py"
+    done
+fi
+if [ "$part" = bench ] || [ "$part" = all ]; then
+    run_step "bench (binary)" "$logs/bench.log" timeout 400 "$bin/bench" --workload all --json "$logs/bench.json"
+    if [ -e "$here/compare_full_model.py" ]; then
+        run_step "compare_full_model.py" "$logs/bench.log" timeout 120 python3 "$here/compare_full_model.py" --ocrvl "$bin/ocrvl-logits"
+    fi
+fi
+if [ "$part" = baseline ] || [ "$part" = all ]; then
+    synth=${OCRVL_SYNTHETIC_DIR:-$HOME/.cache/ocrvl/synthetic/paddleocr-vl-0.9b-seed0}
+    # A fresh machine has no synthetic model yet: the bench writes it (and times model steps).
+    [ -e "$synth/model.safetensors" ] || run_step "bench (model steps)" "$logs/baseline.log" "$bin/bench" --workload none
+    run_step "baseline_engine.py" "$logs/baseline.log" timeout 500 python3 "$here/tools/baseline_engine.py" \
+        --model "${OCRVL_SYNTHETIC_DIR:-$HOME/.cache/ocrvl/synthetic/paddleocr-vl-0.9b-seed0}" --json "$logs/baseline.json"
+fi
 
 echo
 echo "== failures (first lines) =="
-grep -hE '^(test .* FAILED|failures:|---- |thread .* panicked)' "$logs/tests.log" | head -n 20
+grep -hE '^(test .* FAILED|failures:|---- |thread .* panicked)' "$logs/tests.log" 2>/dev/null | head -n 20
 echo
 echo "== benches =="
 grep -hE '(TFLOP/s|GB/s)' "$logs/benches.log" 2>/dev/null | grep -vE '^\s*(thrpt|time):' | head -n 80
-grep -E '^(\||full-size)' "$logs/bench.log"
+grep -E '^(\||full-size)' "$logs/bench.log" 2>/dev/null
+grep -E '^transformers' "$logs/baseline.log" 2>/dev/null
 echo
 echo "== summary =="
 printf '| %-28s | %3s | %8s | %s |\n' step rc time result

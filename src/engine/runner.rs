@@ -18,8 +18,9 @@ use half::bf16;
 
 use super::scheduler::{Scheduler, SchedulerConfig, SchedulerOutput};
 use super::sequence::{FinishReason, ImageSpan, Sequence, StopConditions};
-use crate::config::{EngineConfig, EnvFlags, ModelConfig};
+use crate::config::{EngineConfig, EnvFlags, FlashAttnVersion, ModelConfig};
 use crate::error::{DriverResultExt, Error, Result};
+use crate::kernels::attention::{fa3_unavailable_reason, resolve_version, AttentionVersion};
 use crate::kernels::decode::decode_num_splits;
 use crate::kernels::embedding::take_embedding_error;
 use crate::kernels::sampling::{Sampler, SamplingOutputs, SamplingParams, STATUS_OK};
@@ -183,8 +184,11 @@ impl Engine {
     pub fn new(gpu: Gpu, dir: &Path, engine: &EngineConfig, env: EnvFlags) -> Result<Engine> {
         let cfg = ModelConfig::from_dir(dir)?;
         engine.validate(&cfg)?;
+        let attention = resolve_version(&gpu, env.flash_attn_version)?;
         let ckpt = Checkpoint::open(dir)?;
-        let weights = ModelWeights::upload(&gpu, &cfg, &ckpt.validate(&cfg)?)?;
+        let mut weights = ModelWeights::upload(&gpu, &cfg, &ckpt.validate(&cfg)?)?;
+        weights.attention = attention;
+        log_attention_choice(&gpu, env, attention);
         let gemm = Gemm::new(&gpu)?;
         let (t, s) = (engine.max_num_batched_tokens, engine.max_num_seqs);
         let ws_bytes =
@@ -341,7 +345,7 @@ impl Engine {
                 let graph = self
                     .gpu
                     .stream()
-                    .end_capture(CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_UPLOAD)
+                    .end_capture(CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH)
                     .op("cuStreamEndCapture");
                 run?;
                 let graph = graph?.ok_or_else(|| Error::invalid("capture", "the capture produced no graph"))?;
@@ -799,4 +803,19 @@ impl Engine {
 /// Logits rows of a step.
 fn layout_logits_rows(host: &HostStep) -> usize {
     host.logits_rows.len()
+}
+
+/// Says once per process which attention kernels run and why (FLAGS_flash_attn_version).
+fn log_attention_choice(gpu: &Gpu, env: EnvFlags, chosen: AttentionVersion) {
+    static LOGGED: std::sync::Once = std::sync::Once::new();
+    LOGGED.call_once(|| {
+        let why = match (env.flash_attn_version, fa3_unavailable_reason(gpu)) {
+            (FlashAttnVersion::Auto, Some(reason)) => format!("FLAGS_flash_attn_version unset; FA3 unavailable: {reason}"),
+            (FlashAttnVersion::Auto, None) => "FLAGS_flash_attn_version unset; FA3 is built and the GPU is sm_90".into(),
+            (v, _) => format!("FLAGS_flash_attn_version={}", if v == FlashAttnVersion::Fa2 { 2 } else { 3 }),
+        };
+        if std::env::var_os("OCRVL_QUIET").is_none() {
+            eprintln!("ocrvl: attention {chosen:?} ({why})");
+        }
+    });
 }

@@ -20,7 +20,7 @@
 use super::gpu_weights::ModelWeights;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::kernels::attention::{prefill_paged, PagedKv, Varlen};
+use crate::kernels::attention::{prefill_paged_version, PagedKv, Varlen};
 use crate::kernels::decode::{self, decode_paged};
 use crate::kernels::elementwise::silu_mul;
 use crate::kernels::embedding::{embedding_gather, scatter_rows};
@@ -236,7 +236,15 @@ pub fn forward(
                 max_seqlen: inputs.prefill_max_q,
             };
             let mut o_pre = reborrow(&mut o).narrow0(nd, tokens - nd)?;
-            prefill_paged(gpu, &mut o_pre, &q_all.narrow0(nd, tokens - nd)?, &queries, &kv, scale)?;
+            prefill_paged_version(
+                gpu,
+                &mut o_pre,
+                &q_all.narrow0(nd, tokens - nd)?,
+                &queries,
+                &kv,
+                scale,
+                w.attention,
+            )?;
         }
         gemm.matmul(
             gpu,

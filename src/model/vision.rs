@@ -18,7 +18,7 @@
 use super::gpu_weights::ModelWeights;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::kernels::attention::{vision_varlen, Varlen, VisionQkv};
+use crate::kernels::attention::{vision_varlen_version, Varlen, VisionQkv};
 use crate::kernels::elementwise::{gelu_in_place, Gelu};
 use crate::kernels::embedding::{pos_embed_resample_add, scatter_rows};
 use crate::kernels::norm::{layernorm, layernorm_add};
@@ -212,7 +212,7 @@ pub fn encode(
             v: qkv_view.columns(2 * d, d)?,
             num_heads: heads,
         };
-        vision_varlen(gpu, &mut o, &parts, &images, scale)?;
+        vision_varlen_version(gpu, &mut o, &parts, &images, scale, w.attention)?;
         gemm.matmul(
             gpu,
             &mut delta,

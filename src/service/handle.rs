@@ -156,17 +156,19 @@ impl RequestHandle {
             return Ok(None);
         }
         let ev = match timeout {
-            None => self.events.recv().map_err(|_| disconnected()),
-            Some(t) => self.events.recv_timeout(t).map_err(|e| match e {
-                RecvTimeoutError::Timeout => Error::invalid("recv", "timed out waiting for the next token"),
-                RecvTimeoutError::Disconnected => disconnected(),
-            }),
+            None => self.events.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(t) => self.events.recv_timeout(t),
         };
         let ev = match ev {
             Ok(ev) => ev,
-            Err(e) => {
+            // A timeout leaves the request running (`is_finished` stays false, and dropping
+            // the handle still aborts it); only a vanished engine ends it.
+            Err(RecvTimeoutError::Timeout) => {
+                return Err(Error::invalid("recv", "timed out waiting for the next token"))
+            }
+            Err(RecvTimeoutError::Disconnected) => {
                 self.finished = true;
-                return Err(e);
+                return Err(disconnected());
             }
         };
         match ev {

@@ -25,6 +25,7 @@ pub use synthetic::{default_synthetic_dir, ensure_synthetic_model};
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
@@ -176,6 +177,9 @@ struct Status {
     changed: Condvar,
     frontend: OnceLock<Arc<Frontend>>,
     stats: Mutex<ServiceStats>,
+    /// Why start-up failed, as the typed error (the state holds only its text), so callers
+    /// such as the C ABI can tell "no GPU" from "bad model directory".
+    failure: OnceLock<Error>,
 }
 
 struct Inner {
@@ -214,12 +218,29 @@ impl Service {
             changed: Condvar::new(),
             frontend: OnceLock::new(),
             stats: Mutex::new(ServiceStats::default()),
+            failure: OnceLock::new(),
         });
         let (tx, rx) = mpsc::channel();
         let thread_status = status.clone();
         let thread = std::thread::Builder::new()
             .name("ocrvl-engine".into())
-            .spawn(move || engine_thread(config, thread_status, rx))
+            .spawn(move || {
+                // A panic in the engine (a bug) must not leave callers waiting on `Starting`
+                // forever (`start`, the C ABI's create): it becomes a failed state, and the
+                // requests in flight see their channels close.
+                let status = thread_status.clone();
+                if let Err(p) = std::panic::catch_unwind(AssertUnwindSafe(|| engine_thread(config, status, rx))) {
+                    let msg = p
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| p.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    set_state(
+                        &thread_status,
+                        ServiceState::Failed(format!("the engine thread panicked: {msg}")),
+                    );
+                }
+            })
             .expect("spawn the engine thread");
         Service {
             inner: Arc::new(Inner {
@@ -273,6 +294,11 @@ impl Service {
                 }
             };
         }
+    }
+
+    /// The error that made start-up fail (state [`ServiceState::Failed`]), typed.
+    pub fn startup_error(&self) -> Option<&Error> {
+        self.inner.status.failure.get()
     }
 
     /// The model's config once loaded.
@@ -384,6 +410,18 @@ impl Service {
         ))
     }
 
+    /// Token ids to text with the model's tokenizer (the token strings of logprobs); an error
+    /// until the model is loaded.
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
+        let front = self
+            .inner
+            .status
+            .frontend
+            .get()
+            .ok_or_else(|| Error::NotReady("the engine is still starting".into()))?;
+        Ok(front.prompts.decode(ids, skip_special_tokens)?)
+    }
+
     /// Aborts a request by id (what dropping its handle does).
     pub fn abort(&self, id: u64) {
         let _ = self.send(Command::Abort(id));
@@ -444,6 +482,9 @@ fn set_state(status: &Status, state: ServiceState) {
 /// Loads the model and the front half (tokenizer, processor) on the engine thread.
 fn load(config: &ServiceConfig) -> Result<(Engine, Frontend)> {
     let t0 = Instant::now();
+    // The GPU first: a machine without one (or a wrong device ordinal) fails at once with
+    // NoDevice, before minutes of writing a synthetic model.
+    let gpu = Gpu::new(config.device)?;
     let dir = match &config.engine.model {
         Some(d) => d.clone(),
         None => ensure_synthetic_model(config.synthetic_dir.as_deref())?,
@@ -452,7 +493,6 @@ fn load(config: &ServiceConfig) -> Result<(Engine, Frontend)> {
     let processor = ImageProcessor::from_model_dir(&dir, &model)?;
     let prompts = PromptBuilder::from_dir(&dir, &model)?;
     let t1 = Instant::now();
-    let gpu = Gpu::new(config.device)?;
     let engine = Engine::new(gpu, &dir, &config.engine, config.env)?;
     log_line(&format!(
         "ocrvl: model {} ready: config and tokenizer {:.2} s, weights, KV cache and graphs {:.2} s ({} KV blocks)",
@@ -483,11 +523,20 @@ fn engine_thread(config: ServiceConfig, status: Arc<Status>, rx: Receiver<Comman
     let (mut engine, front) = match load(&config) {
         Ok(x) => x,
         Err(e) => {
-            set_state(&status, ServiceState::Failed(e.to_string()));
+            let why = e.to_string();
+            // Before the state changes, so a caller woken by it finds the typed error.
+            let _ = status.failure.set(e);
+            set_state(&status, ServiceState::Failed(why.clone()));
             // Answer whatever arrives until every sender is gone, so no caller blocks.
+            // A shutdown ends the thread too: `Service::shutdown` and the last handle's drop
+            // send one and then join, while still holding the sender.
             while let Ok(cmd) = rx.recv() {
-                if let Command::Add { reply, .. } = cmd {
-                    let _ = reply.send(Err(Error::NotReady(format!("the engine failed to start: {e}"))));
+                match cmd {
+                    Command::Add { reply, .. } => {
+                        let _ = reply.send(Err(Error::NotReady(format!("the engine failed to start: {why}"))));
+                    }
+                    Command::Shutdown { .. } => return,
+                    Command::Abort(_) => {}
                 }
             }
             return;
@@ -544,6 +593,9 @@ fn engine_thread(config: ServiceConfig, status: Arc<Status>, rx: Receiver<Comman
                     if live.remove(&id).is_some() {
                         engine.abort(id);
                         stats.requests_aborted += 1;
+                        // The freed blocks show in the stats now, not at the next step (there
+                        // may be none while idle).
+                        publish(&status, &engine, &stats);
                     }
                 }
                 Command::Shutdown { deadline } => {

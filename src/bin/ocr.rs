@@ -1,0 +1,237 @@
+//! `ocr IMAGE... [--task ocr|table|formula|chart] [--model DIR] [--json] [--max-tokens N]
+//! [engine flags]`: runs the engine in-process and prints what it reads in each image.
+//!
+//! All images go to the engine at once (up to `--max-num-seqs` in flight; one worker thread
+//! per in-flight image does its decoding and preprocessing), and results print in the order
+//! the images were given, each as soon as it and those before it are done. Tables are printed
+//! as HTML converted from the model's OTSL tags, formulas as the LaTeX the model writes,
+//! charts as its `|`-separated rows (MODEL_SPEC §6.4). `--json` prints one JSON object per
+//! image and line instead. A file that cannot be read or decoded is reported by name and the
+//! others still run; the exit status is 1 if any image failed.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use ocrvl::config::{EngineConfig, EnvFlags};
+use ocrvl::engine::FinishReason;
+use ocrvl::preprocess::prompt::Task;
+use ocrvl::server::otsl::otsl_to_html;
+use ocrvl::service::{Completion, OcrRequest, PromptInput, Service, ServiceConfig};
+
+const USAGE: &str = "\
+usage: ocr IMAGE... [--task ocr|table|formula|chart] [--model DIR] [--json] [--max-tokens N]
+           [--synthetic-dir DIR] [--max-model-len N] [--max-num-seqs N] [--gpu-memory-utilization F] ...
+Without --model it runs a full-size synthetic model (random weights): the output is meaningless.";
+
+struct Args {
+    engine: EngineConfig,
+    images: Vec<PathBuf>,
+    task: Task,
+    json: bool,
+    max_tokens: Option<usize>,
+    synthetic_dir: Option<PathBuf>,
+}
+
+fn parse_args() -> Result<Option<Args>, String> {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let (engine, rest) = EngineConfig::parse_args(&argv).map_err(|e| e.to_string())?;
+    let mut args = Args {
+        engine,
+        images: Vec::new(),
+        task: Task::Ocr,
+        json: false,
+        max_tokens: None,
+        synthetic_dir: None,
+    };
+    let mut it = rest.into_iter();
+    while let Some(arg) = it.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if arg.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| it.next())
+                .ok_or(format!("{flag} needs a value"))
+        };
+        match flag.as_str() {
+            "-h" | "--help" => return Ok(None),
+            "--json" => args.json = true,
+            "--task" => {
+                let v = value()?;
+                args.task =
+                    Task::from_name(&v).ok_or(format!("--task {v}: valid values: ocr, table, formula, chart"))?;
+            }
+            "--max-tokens" => {
+                let v = value()?;
+                let n: usize = v
+                    .parse()
+                    .map_err(|_| format!("--max-tokens {v}: expected a whole number"))?;
+                args.max_tokens = Some(n);
+            }
+            "--synthetic-dir" => args.synthetic_dir = Some(PathBuf::from(value()?)),
+            f if f.starts_with("--") => return Err(format!("unknown argument `{f}` (see --help)")),
+            _ => args.images.push(PathBuf::from(arg)),
+        }
+    }
+    if args.images.is_empty() {
+        return Err("no images given".into());
+    }
+    Ok(Some(args))
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(Some(a)) => a,
+        Ok(None) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("ocr: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let env = match EnvFlags::from_env() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("ocr: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.engine.model.is_none() {
+        eprintln!("ocr: no --model given: using a full-size SYNTHETIC model (random weights); the text is meaningless");
+    }
+    let t0 = Instant::now();
+    let service = Service::spawn(ServiceConfig {
+        engine: args.engine.clone(),
+        env,
+        synthetic_dir: args.synthetic_dir.clone(),
+        max_images_per_request: 1,
+        ..ServiceConfig::default()
+    });
+    if let Err(e) = service.wait_ready(None) {
+        eprintln!("ocr: {e}");
+        return ExitCode::FAILURE;
+    }
+    eprintln!("ocr: engine ready in {:.2} s", t0.elapsed().as_secs_f64());
+
+    let failed = run(&args, &service);
+    service.shutdown(std::time::Duration::ZERO);
+    if failed > 0 {
+        eprintln!("ocr: {failed} of {} images failed", args.images.len());
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Runs every image; prints results in order; returns how many failed.
+fn run(args: &Args, service: &Service) -> usize {
+    let n = args.images.len();
+    let workers = n.min(args.engine.max_num_seqs).max(1);
+    let next = Arc::new(AtomicUsize::new(0));
+    let (tx, rx) = mpsc::channel::<(usize, Result<(Completion, f64), String>)>();
+    for _ in 0..workers {
+        let (next, tx, service) = (next.clone(), tx.clone(), service.clone());
+        let images = args.images.clone();
+        let (task, max_tokens) = (args.task, args.max_tokens);
+        std::thread::spawn(move || loop {
+            let i = next.fetch_add(1, Ordering::SeqCst);
+            let Some(path) = images.get(i) else { break };
+            let t = Instant::now();
+            let result = std::fs::read(path).map_err(|e| e.to_string()).and_then(|bytes| {
+                let mut req = OcrRequest::new(vec![bytes], PromptInput::Task(task));
+                req.max_tokens = max_tokens;
+                let handle = service.submit(req).map_err(|e| e.to_string())?;
+                handle.wait().map_err(|e| e.to_string())
+            });
+            if tx.send((i, result.map(|c| (c, t.elapsed().as_secs_f64())))).is_err() {
+                break;
+            }
+        });
+    }
+    drop(tx);
+
+    let bar = if n > 1 {
+        let b = ProgressBar::new(n as u64);
+        if let Ok(style) = ProgressStyle::with_template("{bar:40} {pos}/{len} images, {elapsed} (eta {eta})") {
+            b.set_style(style);
+        }
+        b
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut done: BTreeMap<usize, Result<(Completion, f64), String>> = BTreeMap::new();
+    let mut printed = 0;
+    let mut failed = 0;
+    for (i, result) in rx {
+        bar.inc(1);
+        done.insert(i, result);
+        while let Some(result) = done.remove(&printed) {
+            let path = args.images[printed].display().to_string();
+            if result.is_err() {
+                failed += 1;
+            }
+            bar.suspend(|| print_result(args, &path, result));
+            printed += 1;
+        }
+    }
+    bar.finish_and_clear();
+    failed
+}
+
+fn print_result(args: &Args, path: &str, result: Result<(Completion, f64), String>) {
+    let task = format!("{:?}", args.task).to_lowercase();
+    match result {
+        Err(e) => {
+            eprintln!("ocr: {path}: {e}");
+            if args.json {
+                println!("{}", json!({"image": path, "task": task, "error": e}));
+            }
+        }
+        Ok((c, secs)) => {
+            let html = if args.task == Task::Table {
+                otsl_to_html(&c.text)
+            } else {
+                None
+            };
+            if args.json {
+                let reason = match c.finish_reason {
+                    FinishReason::Stop => "stop",
+                    FinishReason::Length => "length",
+                    FinishReason::Aborted => "abort",
+                };
+                let mut obj = json!({
+                    "image": path,
+                    "task": task,
+                    "text": c.text,
+                    "finish_reason": reason,
+                    "prompt_tokens": c.prompt_tokens,
+                    "completion_tokens": c.token_ids.len(),
+                    "seconds": secs,
+                });
+                if let Some(h) = html {
+                    obj["html"] = h.into();
+                }
+                println!("{obj}");
+            } else {
+                if args.images.len() > 1 {
+                    println!("==> {path} <==");
+                }
+                println!("{}", html.as_deref().unwrap_or(&c.text));
+                if args.images.len() > 1 {
+                    println!();
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,357 @@
+//! `POST /v1/chat/completions`: one answer, or server-sent events in OpenAI's chunk format.
+//!
+//! Streaming: a first chunk with `delta.role`, one chunk per token whose text is ready
+//! (tokens whose text is held back — a partial UTF-8 character or a possible stop string —
+//! send nothing unless logprobs were asked for), then a chunk with `finish_reason` that also
+//! carries the remaining text and the `usage`, then `data: [DONE]`. Usage rides on the finish
+//! chunk always (so it is there without clients having to ask, and clients that index
+//! `choices[0]` never see an empty list); with `stream_options.include_usage` the separate
+//! usage chunk with `choices: []` that OpenAI defines follows it too.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::engine::FinishReason;
+use crate::service::{Completion, Event, RequestHandle, Service};
+
+use super::api::{
+    AssistantMessage, ChatCompletion, ChatCompletionChunk, Choice, ChoiceLogprobs, ChunkChoice, Delta, TokenLogprob,
+    TopLogprob, Usage,
+};
+use super::error::ApiError;
+use super::metrics::Outcome;
+use super::validate::{self, ChatPlan};
+use super::{json_response, media, unix_now, AppState, InFlight};
+
+/// How often a blocking task waiting for tokens checks that its client is still there.
+const POLL: Duration = Duration::from_millis(50);
+
+pub async fn chat_completions(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
+    match handle(state, body).await {
+        Ok(resp) => resp,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn handle(state: Arc<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    let arrived = Instant::now();
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(format!(
+                "the request body is over the limit of {} bytes (--max-request-bytes)",
+                state.config.max_body_bytes
+            ))
+        } else {
+            ApiError::invalid(format!("cannot read the request body: {}", e.body_text()), None)
+        }
+    })?;
+    let plan = validate::plan_chat(validate::parse_chat(&body)?, &state.limits())?;
+    let guard = state.admit()?;
+
+    let urls = plan.image_urls.clone();
+    let policy = state.config.media.clone();
+    let images = tokio::task::spawn_blocking(move || {
+        urls.iter()
+            .enumerate()
+            .map(|(i, url)| media::load_image(url, &policy, i))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("image loading panicked: {e}")))??;
+    let request = plan.to_ocr_request(images);
+
+    let ctx = Ctx {
+        state: state.clone(),
+        id: format!("chatcmpl-{:032x}", rand::random::<u128>()),
+        created: unix_now(),
+        plan,
+        arrived,
+    };
+    if ctx.plan.stream {
+        let (first_tx, first_rx) = oneshot::channel();
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::task::spawn_blocking(move || run_stream(ctx, request, guard, first_tx, tx));
+        first_rx
+            .await
+            .map_err(|_| ApiError::internal("the request's worker ended without an answer"))??;
+        let events = futures_util::stream::unfold(rx, |mut rx| async move {
+            let data = rx.recv().await?;
+            Some((Ok::<_, Infallible>(SseEvent::default().data(data)), rx))
+        });
+        Ok(Sse::new(events).into_response())
+    } else {
+        let (first_tx, first_rx) = oneshot::channel();
+        tokio::task::spawn_blocking(move || run_once(ctx, request, guard, first_tx));
+        first_rx
+            .await
+            .map_err(|_| ApiError::internal("the request's worker ended without an answer"))?
+    }
+}
+
+/// What the blocking task of one request needs.
+struct Ctx {
+    state: Arc<AppState>,
+    id: String,
+    created: u64,
+    plan: ChatPlan,
+    arrived: Instant,
+}
+
+enum Next {
+    Event(Event),
+    /// The receiving side is gone: the client disconnected.
+    ClientGone,
+    Failed(crate::Error),
+}
+
+/// The next event, polling `gone` so a vanished client is noticed even while the request
+/// waits in the queue.
+fn next_event(handle: &mut RequestHandle, gone: impl Fn() -> bool) -> Next {
+    loop {
+        if gone() {
+            return Next::ClientGone;
+        }
+        match handle.recv_timeout(POLL) {
+            Ok(Some(ev)) => return Next::Event(ev),
+            Ok(None) => return Next::Failed(crate::Error::invalid("recv", "the request had already finished")),
+            // A timeout leaves the handle live; anything else ended it.
+            Err(_) if !handle.is_finished() => continue,
+            Err(e) => return Next::Failed(e),
+        }
+    }
+}
+
+/// Non-streaming: submit, wait, answer once. `answer` is dropped by the HTTP side when the
+/// client goes away, which ends the wait and drops (aborts) the request.
+fn run_once(
+    ctx: Ctx,
+    request: crate::service::OcrRequest,
+    _guard: InFlight,
+    answer: oneshot::Sender<Result<Response, ApiError>>,
+) {
+    let mut handle = match ctx.state.service.submit(request) {
+        Ok(h) => h,
+        Err(e) => {
+            let _ = answer.send(Err(e.into()));
+            return;
+        }
+    };
+    loop {
+        match next_event(&mut handle, || answer.is_closed()) {
+            Next::Event(Event::Token { .. }) => {}
+            Next::Event(Event::Done { completion, .. }) => {
+                ctx.state.metrics.observe_completion(&completion, ctx.arrived.elapsed());
+                let _ = answer.send(Ok(json_response(StatusCode::OK, &ctx.completion(&completion))));
+                return;
+            }
+            Next::ClientGone => {
+                ctx.state.metrics.count(Outcome::Abort);
+                return;
+            }
+            Next::Failed(e) => {
+                ctx.state.metrics.count(Outcome::Error);
+                let _ = answer.send(Err(ApiError::internal(e.to_string())));
+                return;
+            }
+        }
+    }
+}
+
+/// Streaming: `started` gets the submit's outcome (so a bad request is still an HTTP 400,
+/// not an error inside a 200 stream), then SSE payloads go to `out` until the end.
+fn run_stream(
+    ctx: Ctx,
+    request: crate::service::OcrRequest,
+    _guard: InFlight,
+    started: oneshot::Sender<Result<(), ApiError>>,
+    out: mpsc::UnboundedSender<String>,
+) {
+    let mut handle = match ctx.state.service.submit(request) {
+        Ok(h) => h,
+        Err(e) => {
+            let _ = started.send(Err(e.into()));
+            return;
+        }
+    };
+    let prompt_tokens = handle.prompt_tokens();
+    if started.send(Ok(())).is_err() {
+        ctx.state.metrics.count(Outcome::Abort);
+        return;
+    }
+    let role = Delta {
+        role: Some("assistant"),
+        content: Some(String::new()),
+    };
+    // A failed send means the client is gone: returning drops the handle, which aborts.
+    let gone = |ctx: &Ctx| {
+        ctx.state.metrics.count(Outcome::Abort);
+    };
+    if out.send(ctx.chunk(role, None, None, None)).is_err() {
+        return gone(&ctx);
+    }
+    // Tokens whose logprobs went out; a stop string ends the request on a token that has no
+    // `Token` event, and its logprob rides on the finish chunk.
+    let mut logprobs_sent = 0;
+    loop {
+        match next_event(&mut handle, || out.is_closed()) {
+            Next::Event(Event::Token {
+                token,
+                logprob,
+                top,
+                text,
+            }) => {
+                let logprobs = ctx.plan.logprobs.then(|| ChoiceLogprobs {
+                    content: vec![token_logprob(&ctx.state.service, token, logprob, &top)],
+                });
+                if text.is_empty() && logprobs.is_none() {
+                    continue;
+                }
+                logprobs_sent += usize::from(logprobs.is_some());
+                let delta = Delta {
+                    role: None,
+                    content: Some(text),
+                };
+                if out.send(ctx.chunk(delta, logprobs, None, None)).is_err() {
+                    return gone(&ctx);
+                }
+            }
+            Next::Event(Event::Done { completion, text }) => {
+                ctx.state.metrics.observe_completion(&completion, ctx.arrived.elapsed());
+                let usage = Usage::new(prompt_tokens, completion.token_ids.len());
+                let delta = Delta {
+                    role: None,
+                    content: (!text.is_empty()).then_some(text),
+                };
+                let reason = finish_reason(completion.finish_reason);
+                let rest = ctx.plan.logprobs.then(|| ctx.logprobs(&completion, logprobs_sent));
+                let _ = out.send(ctx.chunk(delta, rest, Some(reason), Some(usage)));
+                if ctx.plan.include_usage {
+                    let _ = out.send(ctx.usage_chunk(usage));
+                }
+                let _ = out.send("[DONE]".into());
+                return;
+            }
+            Next::ClientGone => return gone(&ctx),
+            Next::Failed(e) => {
+                // Headers are sent: the error goes in the stream, as vLLM does.
+                ctx.state.metrics.count(Outcome::Error);
+                let _ = out.send(ApiError::internal(e.to_string()).body().to_string());
+                let _ = out.send("[DONE]".into());
+                return;
+            }
+        }
+    }
+}
+
+impl Ctx {
+    /// The logprobs of the completion's tokens from `from` on.
+    fn logprobs(&self, c: &Completion, from: usize) -> ChoiceLogprobs {
+        ChoiceLogprobs {
+            content: c
+                .token_ids
+                .iter()
+                .zip(&c.logprobs)
+                .zip(&c.top_logprobs)
+                .skip(from)
+                .map(|((&t, &lp), top)| token_logprob(&self.state.service, t, lp, top))
+                .collect(),
+        }
+    }
+
+    fn completion(&self, c: &Completion) -> ChatCompletion {
+        let logprobs = self.plan.logprobs.then(|| self.logprobs(c, 0));
+        ChatCompletion {
+            id: self.id.clone(),
+            object: "chat.completion",
+            created: self.created,
+            model: self.plan.model.clone(),
+            choices: vec![Choice {
+                index: 0,
+                message: AssistantMessage {
+                    role: "assistant",
+                    content: c.text.clone(),
+                },
+                logprobs,
+                finish_reason: finish_reason(c.finish_reason),
+            }],
+            usage: Usage::new(c.prompt_tokens, c.token_ids.len()),
+        }
+    }
+
+    fn chunk(
+        &self,
+        delta: Delta,
+        logprobs: Option<ChoiceLogprobs>,
+        finish_reason: Option<&'static str>,
+        usage: Option<Usage>,
+    ) -> String {
+        self.encode(ChatCompletionChunk {
+            id: self.id.clone(),
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: self.plan.model.clone(),
+            choices: vec![ChunkChoice {
+                index: 0,
+                delta,
+                logprobs,
+                finish_reason,
+            }],
+            usage,
+        })
+    }
+
+    fn usage_chunk(&self, usage: Usage) -> String {
+        self.encode(ChatCompletionChunk {
+            id: self.id.clone(),
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: self.plan.model.clone(),
+            choices: Vec::new(),
+            usage: Some(usage),
+        })
+    }
+
+    fn encode(&self, chunk: ChatCompletionChunk) -> String {
+        // These types always serialise; an error would be a bug, shown in the stream.
+        serde_json::to_string(&chunk).unwrap_or_else(|e| ApiError::internal(e.to_string()).body().to_string())
+    }
+}
+
+/// OpenAI's names; an aborted request (shutdown ran out of time) is vLLM's "abort".
+fn finish_reason(r: FinishReason) -> &'static str {
+    match r {
+        FinishReason::Stop => "stop",
+        FinishReason::Length => "length",
+        FinishReason::Aborted => "abort",
+    }
+}
+
+fn token_logprob(service: &Service, token: u32, logprob: f32, top: &[(u32, f32)]) -> TokenLogprob {
+    let text = |id: u32| service.decode(&[id], false).unwrap_or_default();
+    let token_text = text(token);
+    TokenLogprob {
+        bytes: token_text.as_bytes().to_vec(),
+        token: token_text,
+        logprob,
+        top_logprobs: top
+            .iter()
+            .map(|&(id, lp)| {
+                let t = text(id);
+                TopLogprob {
+                    bytes: t.as_bytes().to_vec(),
+                    token: t,
+                    logprob: lp,
+                }
+            })
+            .collect(),
+    }
+}

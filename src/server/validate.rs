@@ -1,0 +1,488 @@
+//! Checks a chat-completions request and turns it into a [`ChatPlan`], with no engine and no
+//! GPU: JSON parsing, the model name, the messages, counts and sampling ranges. What needs the
+//! model's tokenizer and processor (a prompt over `--max-model-len`, an image that does not
+//! decode past its header) is checked by `Service::submit` afterwards.
+//!
+//! Conversation shape: PaddleOCR-VL is a single-turn model (one user turn holding images and
+//! an instruction, MODEL_SPEC §6.3), so a request must hold exactly one `user` message.
+//! System and developer messages are rejected with a 400 rather than folded into the user
+//! text: the model was never trained with a system turn, and silently changing the prompt the
+//! caller wrote would make results differ from the reference pipelines without telling anyone.
+//! Assistant and tool messages (multi-turn) are rejected for the same reason.
+
+use crate::kernels::sampling::SamplingParams;
+use crate::service::{OcrRequest, PromptInput};
+
+use super::api::{ChatCompletionRequest, ContentPart, MessageContent, StopSpec};
+use super::error::ApiError;
+
+/// The most alternatives reported per token (the sampler's limit and OpenAI's).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+/// What validation needs to know about the server.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub served_model_names: Vec<String>,
+    /// `--limit-mm-per-prompt`.
+    pub max_images: usize,
+    /// `--max-model-len`: `max_tokens` above it can never fit.
+    pub max_model_len: usize,
+}
+
+/// A checked request, ready for its images to be loaded.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChatPlan {
+    /// The served name the request asked for (echoed back in responses).
+    pub model: String,
+    /// `image_url` URLs in prompt order.
+    pub image_urls: Vec<String>,
+    /// The text parts, joined by newlines.
+    pub text: String,
+    pub sampling: SamplingParams,
+    pub max_tokens: Option<usize>,
+    pub stop: Vec<String>,
+    pub stop_token_ids: Vec<u32>,
+    pub ignore_eos: bool,
+    pub logprobs: bool,
+    pub top_logprobs: usize,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+impl ChatPlan {
+    /// The service request, once the images' bytes are loaded (in `image_urls` order).
+    pub fn to_ocr_request(&self, images: Vec<Vec<u8>>) -> OcrRequest {
+        let mut req = OcrRequest::new(images, PromptInput::Text(self.text.clone()));
+        req.sampling = self.sampling;
+        req.max_tokens = self.max_tokens;
+        req.stop = self.stop.clone();
+        req.stop_token_ids = self.stop_token_ids.clone();
+        req.ignore_eos = self.ignore_eos;
+        // Alternatives are only computed when asked for; the chosen token's own logprob
+        // always comes with the token.
+        req.top_logprobs = if self.logprobs { self.top_logprobs } else { 0 };
+        req
+    }
+}
+
+/// Parses the body; a syntax or type error is a 400 naming where it is.
+pub fn parse_chat(body: &[u8]) -> Result<ChatCompletionRequest, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("invalid request body: {e}"), None))
+}
+
+/// Checks everything that can be checked without the engine.
+pub fn plan_chat(req: ChatCompletionRequest, limits: &Limits) -> Result<ChatPlan, ApiError> {
+    let model = match &req.model {
+        None => limits.served_model_names.first().cloned().unwrap_or_default(),
+        Some(m) if limits.served_model_names.iter().any(|s| s == m) => m.clone(),
+        Some(m) => return Err(ApiError::model_not_found(m, &limits.served_model_names)),
+    };
+    reject_unsupported(&req)?;
+    let (image_urls, text) = user_turn(&req)?;
+    if image_urls.len() > limits.max_images {
+        return Err(ApiError::invalid(
+            format!(
+                "{} images in one request; at most {} are allowed (--limit-mm-per-prompt)",
+                image_urls.len(),
+                limits.max_images
+            ),
+            Some("messages"),
+        ));
+    }
+    if let Some(n) = req.n {
+        if n != 1 {
+            return Err(ApiError::invalid(format!("n must be 1 (got {n})"), Some("n")));
+        }
+    }
+    let sampling = sampling(&req)?;
+    let max_tokens = max_tokens(&req, limits.max_model_len)?;
+
+    let logprobs = req.logprobs.unwrap_or(false);
+    let top_logprobs = match req.top_logprobs {
+        None => 0,
+        Some(k) if !(0..=MAX_TOP_LOGPROBS as i64).contains(&k) => {
+            return Err(ApiError::invalid(
+                format!("top_logprobs must be in 0..={MAX_TOP_LOGPROBS} (got {k})"),
+                Some("top_logprobs"),
+            ))
+        }
+        Some(k) if k > 0 && !logprobs => {
+            return Err(ApiError::invalid(
+                "top_logprobs needs logprobs set to true",
+                Some("top_logprobs"),
+            ))
+        }
+        Some(k) => k as usize,
+    };
+    let stop = match req.stop {
+        None => Vec::new(),
+        Some(StopSpec::One(s)) => vec![s],
+        Some(StopSpec::Many(v)) => v,
+    };
+    let stream = req.stream.unwrap_or(false);
+    Ok(ChatPlan {
+        model,
+        image_urls,
+        text,
+        sampling,
+        max_tokens,
+        stop,
+        stop_token_ids: req.stop_token_ids.unwrap_or_default(),
+        ignore_eos: req.ignore_eos.unwrap_or(false),
+        logprobs,
+        top_logprobs,
+        stream,
+        include_usage: stream && req.stream_options.and_then(|o| o.include_usage).unwrap_or(false),
+    })
+}
+
+/// Fields whose meaning this server cannot honour: rejected, not ignored.
+fn reject_unsupported(req: &ChatCompletionRequest) -> Result<(), ApiError> {
+    let present = |v: &Option<serde_json::Value>| match v {
+        None | Some(serde_json::Value::Null) => false,
+        Some(serde_json::Value::Array(a)) => !a.is_empty(),
+        Some(serde_json::Value::Object(o)) => !o.is_empty(),
+        Some(_) => true,
+    };
+    if present(&req.tools) {
+        return Err(ApiError::invalid(
+            "tools are not supported by this model",
+            Some("tools"),
+        ));
+    }
+    if present(&req.logit_bias) {
+        return Err(ApiError::invalid("logit_bias is not supported", Some("logit_bias")));
+    }
+    if let Some(rf) = &req.response_format {
+        let kind = rf.get("type").and_then(|t| t.as_str());
+        if !rf.is_null() && kind != Some("text") {
+            return Err(ApiError::invalid(
+                "only response_format {\"type\": \"text\"} is supported",
+                Some("response_format"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The one user turn: its image URLs and its text.
+fn user_turn(req: &ChatCompletionRequest) -> Result<(Vec<String>, String), ApiError> {
+    let param = Some("messages");
+    let mut user = None;
+    for m in &req.messages {
+        match m.role.as_str() {
+            "user" if user.is_none() => user = Some(m),
+            "user" => {
+                return Err(ApiError::invalid(
+                    "only one user message is supported (PaddleOCR-VL is a single-turn model)",
+                    param,
+                ))
+            }
+            "system" | "developer" => {
+                return Err(ApiError::invalid(
+                    format!(
+                        "{} messages are not supported: PaddleOCR-VL has no system turn; put the \
+                         instruction in the user message",
+                        m.role
+                    ),
+                    param,
+                ))
+            }
+            "assistant" | "tool" | "function" => {
+                return Err(ApiError::invalid(
+                    format!("{} messages are not supported (single-turn model)", m.role),
+                    param,
+                ))
+            }
+            other => return Err(ApiError::invalid(format!("unknown message role `{other}`"), param)),
+        }
+    }
+    let user = user.ok_or_else(|| ApiError::invalid("messages must hold one user message", param))?;
+    let mut urls = Vec::new();
+    let mut texts = Vec::new();
+    match &user.content {
+        None => return Err(ApiError::invalid("the user message has no content", param)),
+        Some(MessageContent::Text(t)) => texts.push(t.as_str()),
+        Some(MessageContent::Parts(parts)) => {
+            for p in parts {
+                match p {
+                    ContentPart::Text { text } => texts.push(text),
+                    ContentPart::ImageUrl { image_url } => urls.push(image_url.url().to_string()),
+                }
+            }
+        }
+    }
+    let text = texts.join("\n");
+    if urls.is_empty() && text.trim().is_empty() {
+        return Err(ApiError::invalid("the user message is empty", param));
+    }
+    Ok((urls, text))
+}
+
+fn sampling(req: &ChatCompletionRequest) -> Result<SamplingParams, ApiError> {
+    // Greedy unless asked otherwise: every reference pipeline decodes PaddleOCR-VL greedily
+    // (MODEL_SPEC §6.4), so an omitted temperature means 0 here, not OpenAI's 1.
+    let temperature = req.temperature.unwrap_or(0.0);
+    if !(temperature.is_finite() && temperature >= 0.0) {
+        return Err(ApiError::invalid(
+            format!("temperature must be >= 0 (got {temperature})"),
+            Some("temperature"),
+        ));
+    }
+    let top_p = req.top_p.unwrap_or(1.0);
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(ApiError::invalid(
+            format!("top_p must be in (0, 1] (got {top_p})"),
+            Some("top_p"),
+        ));
+    }
+    let top_k = match req.top_k.unwrap_or(0) {
+        // vLLM's "off" is -1; ours is 0.
+        -1 | 0 => 0,
+        k if k > 0 => i32::try_from(k).unwrap_or(i32::MAX),
+        k => {
+            return Err(ApiError::invalid(
+                format!("top_k must be -1, 0 (off) or positive (got {k})"),
+                Some("top_k"),
+            ))
+        }
+    };
+    let penalty = |name: &'static str, value: Option<f32>| -> Result<f32, ApiError> {
+        let v = value.unwrap_or(0.0);
+        if !(-2.0..=2.0).contains(&v) {
+            return Err(ApiError::invalid(
+                format!("{name} must be in [-2, 2] (got {v})"),
+                Some(name),
+            ));
+        }
+        Ok(v)
+    };
+    let frequency_penalty = penalty("frequency_penalty", req.frequency_penalty)?;
+    let presence_penalty = penalty("presence_penalty", req.presence_penalty)?;
+    let repetition_penalty = req.repetition_penalty.unwrap_or(1.0);
+    if !(repetition_penalty.is_finite() && repetition_penalty > 0.0) {
+        return Err(ApiError::invalid(
+            format!("repetition_penalty must be > 0 (got {repetition_penalty})"),
+            Some("repetition_penalty"),
+        ));
+    }
+    // Without a seed every request draws its own, so two sampled requests differ; with one,
+    // the same seed reproduces the same tokens (the sampler keys on (seed, position)).
+    let seed = match req.seed {
+        Some(s) => s as u64,
+        None => rand::random(),
+    };
+    Ok(SamplingParams {
+        temperature,
+        top_k,
+        top_p,
+        seed,
+        step: 0,
+        repetition_penalty,
+        frequency_penalty,
+        presence_penalty,
+    })
+}
+
+fn max_tokens(req: &ChatCompletionRequest, max_model_len: usize) -> Result<Option<usize>, ApiError> {
+    let (value, name) = match (req.max_completion_tokens, req.max_tokens) {
+        (Some(v), _) => (v, "max_completion_tokens"),
+        (None, Some(v)) => (v, "max_tokens"),
+        (None, None) => return Ok(None),
+    };
+    if value < 1 {
+        return Err(ApiError::invalid(
+            format!("{name} must be at least 1 (got {value})"),
+            Some(name),
+        ));
+    }
+    if value as u64 >= max_model_len as u64 {
+        return Err(ApiError::invalid(
+            format!("{name} {value} leaves no room for the prompt in --max-model-len {max_model_len}"),
+            Some(name),
+        ));
+    }
+    Ok(Some(value as usize))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            served_model_names: vec!["ocrvl".into(), "PaddleOCR-VL-0.9B".into()],
+            max_images: 2,
+            max_model_len: 4096,
+        }
+    }
+
+    fn plan(body: serde_json::Value) -> Result<ChatPlan, ApiError> {
+        plan_chat(parse_chat(body.to_string().as_bytes())?, &limits())
+    }
+
+    fn user(content: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({"model": "ocrvl", "messages": [{"role": "user", "content": content}]})
+    }
+
+    fn image_part(url: &str) -> serde_json::Value {
+        serde_json::json!({"type": "image_url", "image_url": {"url": url}})
+    }
+
+    fn with(mut body: serde_json::Value, key: &str, value: serde_json::Value) -> serde_json::Value {
+        body[key] = value;
+        body
+    }
+
+    #[test]
+    fn a_typical_request() {
+        let body =
+            user(serde_json::json!([image_part("data:image/png;base64,AAAA"), {"type": "text", "text": "OCR:"}]));
+        let body = with(body, "temperature", 0.0.into());
+        let p = plan(with(body, "stop", "END".into())).unwrap();
+        assert_eq!(p.model, "ocrvl");
+        assert_eq!(p.image_urls, vec!["data:image/png;base64,AAAA".to_string()]);
+        assert_eq!(p.text, "OCR:");
+        assert_eq!(p.stop, vec!["END".to_string()]);
+        assert_eq!(p.sampling.temperature, 0.0);
+        assert!(!p.stream && !p.include_usage);
+        let req = p.to_ocr_request(vec![vec![1, 2, 3]]);
+        assert_eq!(req.images.len(), 1);
+    }
+
+    #[test]
+    fn defaults_and_aliases() {
+        let mut body = user("OCR:".into());
+        body.as_object_mut().unwrap().remove("model");
+        let p = plan(body).unwrap();
+        assert_eq!(p.model, "ocrvl", "no model: the first served name");
+        assert_eq!(p.sampling.temperature, 0.0, "greedy by default");
+        assert_eq!(p.max_tokens, None);
+        let p = plan(with(user("x".into()), "model", "PaddleOCR-VL-0.9B".into())).unwrap();
+        assert_eq!(p.model, "PaddleOCR-VL-0.9B");
+        let body = with(user("x".into()), "max_tokens", 10.into());
+        assert_eq!(
+            plan(with(body, "max_completion_tokens", 20.into())).unwrap().max_tokens,
+            Some(20)
+        );
+        assert_eq!(
+            plan(with(user("x".into()), "top_k", (-1).into()))
+                .unwrap()
+                .sampling
+                .top_k,
+            0
+        );
+        let bare = serde_json::json!([{"type": "image_url", "image_url": "data:image/png;base64,AA"}]);
+        assert_eq!(plan(user(bare)).unwrap().image_urls.len(), 1);
+        let s = with(user("x".into()), "stream", true.into());
+        let p = plan(with(s, "stream_options", serde_json::json!({"include_usage": true}))).unwrap();
+        assert!(p.stream && p.include_usage);
+        let body = with(user("x".into()), "stop", serde_json::json!(["a", "b"]));
+        assert_eq!(plan(body).unwrap().stop.len(), 2);
+    }
+
+    #[test]
+    fn seeds_reproduce_and_default_seeds_differ() {
+        let a = plan(with(user("x".into()), "seed", 7.into())).unwrap();
+        let b = plan(with(user("x".into()), "seed", 7.into())).unwrap();
+        assert_eq!(a.sampling.seed, b.sampling.seed);
+        let c = plan(user("x".into())).unwrap();
+        let d = plan(user("x".into())).unwrap();
+        assert_ne!(c.sampling.seed, d.sampling.seed);
+    }
+
+    #[test]
+    fn errors_are_400_with_the_param() {
+        let cases: Vec<(serde_json::Value, Option<&str>)> = vec![
+            (with(user("x".into()), "n", 2.into()), Some("n")),
+            (
+                with(user("x".into()), "temperature", (-1.0).into()),
+                Some("temperature"),
+            ),
+            (with(user("x".into()), "top_p", 0.0.into()), Some("top_p")),
+            (with(user("x".into()), "top_p", 1.5.into()), Some("top_p")),
+            (with(user("x".into()), "top_k", (-2).into()), Some("top_k")),
+            (
+                with(user("x".into()), "frequency_penalty", 3.0.into()),
+                Some("frequency_penalty"),
+            ),
+            (
+                with(user("x".into()), "presence_penalty", (-2.5).into()),
+                Some("presence_penalty"),
+            ),
+            (
+                with(user("x".into()), "repetition_penalty", 0.0.into()),
+                Some("repetition_penalty"),
+            ),
+            (with(user("x".into()), "max_tokens", 0.into()), Some("max_tokens")),
+            (with(user("x".into()), "max_tokens", 4096.into()), Some("max_tokens")),
+            (with(user("x".into()), "top_logprobs", 3.into()), Some("top_logprobs")),
+            (
+                with(
+                    with(user("x".into()), "logprobs", true.into()),
+                    "top_logprobs",
+                    21.into(),
+                ),
+                Some("top_logprobs"),
+            ),
+            (
+                with(user("x".into()), "tools", serde_json::json!([{"type": "function"}])),
+                Some("tools"),
+            ),
+            (
+                with(
+                    user("x".into()),
+                    "response_format",
+                    serde_json::json!({"type": "json_object"}),
+                ),
+                Some("response_format"),
+            ),
+            (
+                user(serde_json::json!([image_part("a"), image_part("b"), image_part("c")])),
+                Some("messages"),
+            ),
+            (user("".into()), Some("messages")),
+            (serde_json::json!({"messages": []}), Some("messages")),
+            (
+                serde_json::json!({"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "x"}]}),
+                Some("messages"),
+            ),
+            (
+                serde_json::json!({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}),
+                Some("messages"),
+            ),
+            (
+                serde_json::json!({"messages": [{"role": "robot", "content": "x"}]}),
+                Some("messages"),
+            ),
+        ];
+        for (body, param) in cases {
+            let e = plan(body.clone()).expect_err(&body.to_string());
+            assert_eq!(e.status, 400, "{body}");
+            assert_eq!(e.param.as_deref(), param, "{body}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn bad_json_and_types_are_400() {
+        for body in [
+            "{",
+            "[]",
+            r#"{"messages": "x"}"#,
+            r#"{"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}"#,
+            r#"{"messages": [{"role": "user", "content": [{"type": "video_url", "video_url": {}}]}]}"#,
+        ] {
+            let e = parse_chat(body.as_bytes())
+                .and_then(|r| plan_chat(r, &limits()))
+                .unwrap_err();
+            assert_eq!(e.status, 400, "{body}");
+        }
+    }
+
+    #[test]
+    fn unknown_model_is_404() {
+        let e = plan(with(user("x".into()), "model", "gpt-4o".into())).unwrap_err();
+        assert_eq!(e.status, 404);
+        assert_eq!(e.code, Some("model_not_found"));
+    }
+}

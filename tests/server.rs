@@ -1,0 +1,621 @@
+//! The HTTP server driven over real loopback HTTP.
+//!
+//! CPU tests (run in CI): the server in front of a service whose start-up failed (a model
+//! directory that does not exist), which is what a GPU-less machine gives: health, model
+//! listing, metrics, every validation error with its status and the OpenAI error shape, the
+//! 503 for a valid request, and a bounded graceful shutdown.
+//!
+//! GPU tests (`#[ignore = "needs GPU"]`): one server on the full-size synthetic model shared by
+//! the tests — generation, streaming, logprobs, concurrency, a client that disconnects
+//! mid-stream, errors that only the model can find, and that it keeps serving afterwards.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+use ocrvl::config::EngineConfig;
+use ocrvl::server::{AppState, Server, ServerConfig, ShutdownReport};
+use ocrvl::service::{Service, ServiceConfig};
+
+const MODEL: &str = "ocrvl-test";
+
+struct TestServer {
+    addr: SocketAddr,
+    metrics: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<ShutdownReport>>,
+}
+
+impl TestServer {
+    fn start(service: Service, config: ServerConfig) -> TestServer {
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let state = AppState::new(service, config);
+                let server = Server::bind(state, "127.0.0.1:0", Some("127.0.0.1:0")).await.unwrap();
+                addr_tx
+                    .send((server.local_addr().unwrap(), server.metrics_addr().unwrap()))
+                    .unwrap();
+                let stop = async {
+                    let _ = stop_rx.await;
+                };
+                server.run(stop, Duration::from_secs(5)).await
+            })
+        });
+        let (addr, metrics) = addr_rx.recv_timeout(Duration::from_secs(30)).expect("server bound");
+        TestServer {
+            addr,
+            metrics,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Signals shutdown and waits for the server to stop.
+    fn stop(&mut self) -> ShutdownReport {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        self.thread.take().expect("stopped once").join().unwrap()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.stop();
+        }
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(120)))
+        .build()
+        .into()
+}
+
+fn get(url: &str) -> (u16, String) {
+    let mut r = agent().get(url).call().unwrap();
+    (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+}
+
+fn post(url: &str, body: &str) -> (u16, String) {
+    let mut r = agent()
+        .post(url)
+        .header("content-type", "application/json")
+        .send(body)
+        .unwrap();
+    let status = r.status().as_u16();
+    (
+        status,
+        r.body_mut().with_config().limit(64 << 20).read_to_string().unwrap(),
+    )
+}
+
+/// Checks the OpenAI error shape and returns the message.
+fn error_message(body: &str) -> String {
+    let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
+    let err = &v["error"];
+    assert!(err["message"].is_string(), "{body}");
+    assert!(err["type"].is_string(), "{body}");
+    assert!(err.get("param").is_some() && err.get("code").is_some(), "{body}");
+    err["message"].as_str().unwrap().to_string()
+}
+
+fn png(w: u32, h: u32) -> Vec<u8> {
+    // Dark strokes on white, a little like a page of text.
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        if (y / 6) % 3 == 0 && (x / 4) % 5 != 0 {
+            image::Rgb([20, 20, 20])
+        } else {
+            image::Rgb([250, 250, 250])
+        }
+    });
+    let mut out = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+        .unwrap();
+    out
+}
+
+fn data_uri(bytes: &[u8]) -> String {
+    format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    )
+}
+
+fn chat(images: &[String], text: &str) -> Value {
+    let mut content: Vec<Value> = images
+        .iter()
+        .map(|u| json!({"type": "image_url", "image_url": {"url": u}}))
+        .collect();
+    content.push(json!({"type": "text", "text": text}));
+    json!({"model": MODEL, "messages": [{"role": "user", "content": content}], "temperature": 0})
+}
+
+fn with(mut v: Value, key: &str, value: Value) -> Value {
+    v[key] = value;
+    v
+}
+
+// ---------------------------------------------------------------------------------------
+// CPU: a service that failed to start.
+
+fn failed_server(max_body_bytes: usize) -> TestServer {
+    let engine = EngineConfig {
+        model: Some("/nonexistent/ocrvl-test-model".into()),
+        ..EngineConfig::default()
+    };
+    let service = Service::spawn(ServiceConfig {
+        engine,
+        ..ServiceConfig::default()
+    });
+    // The missing directory fails at once; wait so the state is settled.
+    assert!(service.wait_ready(Some(Duration::from_secs(30))).is_err());
+    TestServer::start(
+        service,
+        ServerConfig {
+            served_model_names: vec![MODEL.into(), "alias".into()],
+            max_model_len: 4096,
+            max_images: 2,
+            max_body_bytes,
+            ..ServerConfig::default()
+        },
+    )
+}
+
+#[test]
+fn health_is_503_with_the_start_up_failure() {
+    let s = failed_server(1 << 20);
+    let (status, body) = get(&s.url("/health"));
+    assert_eq!(status, 503, "{body}");
+    let msg = error_message(&body);
+    // The reason follows (no GPU here, or the missing model directory on a GPU host).
+    assert!(msg.contains("failed to start: "), "{msg}");
+}
+
+#[test]
+fn models_are_listed_before_ready() {
+    let s = failed_server(1 << 20);
+    let (status, body) = get(&s.url("/v1/models"));
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["object"], "list");
+    let ids: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![MODEL, "alias"]);
+    assert_eq!(v["data"][0]["object"], "model");
+    assert_eq!(v["data"][0]["max_model_len"], 4096);
+}
+
+#[test]
+fn every_validation_error_has_its_status_and_shape() {
+    let s = failed_server(64 << 10);
+    let url = s.url("/v1/chat/completions");
+    let good_image = data_uri(&png(64, 48));
+    let ok = chat(std::slice::from_ref(&good_image), "OCR:");
+    let big = "x".repeat(100 << 10);
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        ("bad JSON", "{\"messages\": [".into(), 400, "invalid request body"),
+        (
+            "wrong type",
+            with(ok.clone(), "temperature", "hot".into()).to_string(),
+            400,
+            "invalid",
+        ),
+        ("n = 2", with(ok.clone(), "n", 2.into()).to_string(), 400, "n must be 1"),
+        (
+            "negative temperature",
+            with(ok.clone(), "temperature", (-0.5).into()).to_string(),
+            400,
+            "temperature",
+        ),
+        ("top_p 0", with(ok.clone(), "top_p", 0.into()).to_string(), 400, "top_p"),
+        (
+            "max_tokens 0",
+            with(ok.clone(), "max_tokens", 0.into()).to_string(),
+            400,
+            "max_tokens",
+        ),
+        (
+            "top_logprobs 30",
+            with(with(ok.clone(), "logprobs", true.into()), "top_logprobs", 30.into()).to_string(),
+            400,
+            "top_logprobs",
+        ),
+        (
+            "bad base64",
+            chat(&["data:image/png;base64,@@@@".into()], "OCR:").to_string(),
+            400,
+            "base64",
+        ),
+        (
+            "not an image",
+            chat(&["data:image/png;base64,aGVsbG8gd29ybGQ=".into()], "OCR:").to_string(),
+            400,
+            "not an image",
+        ),
+        (
+            "too many images",
+            chat(&[good_image.clone(), good_image.clone(), good_image.clone()], "OCR:").to_string(),
+            400,
+            "limit-mm-per-prompt",
+        ),
+        (
+            "remote URL",
+            chat(&["http://example.com/a.png".into()], "OCR:").to_string(),
+            400,
+            "remote image URLs are disabled",
+        ),
+        (
+            "file URL",
+            chat(&["file:///etc/passwd".into()], "OCR:").to_string(),
+            400,
+            "file:// URLs are disabled",
+        ),
+        (
+            "system message",
+            json!({"messages": [{"role": "system", "content": "x"}, {"role": "user", "content": "y"}]}).to_string(),
+            400,
+            "system",
+        ),
+        (
+            "stream with n = 2",
+            with(with(ok.clone(), "stream", true.into()), "n", 2.into()).to_string(),
+            400,
+            "n must be 1",
+        ),
+        (
+            "unknown model",
+            with(ok.clone(), "model", "gpt-4o".into()).to_string(),
+            404,
+            "does not exist",
+        ),
+        (
+            "oversized body",
+            with(ok.clone(), "padding", big.into()).to_string(),
+            413,
+            "over the limit",
+        ),
+        ("not ready", ok.to_string(), 503, "failed to start"),
+        (
+            "not ready, streamed",
+            with(ok.clone(), "stream", true.into()).to_string(),
+            503,
+            "failed to start",
+        ),
+    ];
+    for (what, body, want, needle) in cases {
+        let (status, answer) = post(&url, &body);
+        assert_eq!(status, want, "{what}: {answer}");
+        let msg = error_message(&answer);
+        assert!(msg.contains(needle), "{what}: `{msg}` lacks `{needle}`");
+    }
+    let (status, answer) = get(&s.url("/v1/nope"));
+    assert_eq!(status, 404);
+    error_message(&answer);
+}
+
+#[test]
+fn metrics_on_both_ports() {
+    let s = failed_server(1 << 20);
+    for url in [format!("http://{}/metrics", s.metrics), s.url("/metrics")] {
+        let mut r = agent().get(&url).call().unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        let ct = r.headers().get("content-type").unwrap().to_str().unwrap().to_string();
+        assert!(ct.starts_with("text/plain"), "{ct}");
+        let text = r.body_mut().read_to_string().unwrap();
+        for name in [
+            "ocrvl_engine_ready 0",
+            "ocrvl_requests_running 0",
+            "ocrvl_kv_blocks_free",
+            "ocrvl_time_to_first_token_seconds_count 0",
+            "ocrvl_requests_total{finish_reason=\"stop\"} 0",
+        ] {
+            assert!(text.contains(name), "{name} missing:\n{text}");
+        }
+    }
+}
+
+#[test]
+fn shutdown_is_prompt_and_refuses_new_connections() {
+    let mut s = failed_server(1 << 20);
+    let addr = s.addr;
+    let t = Instant::now();
+    let report = s.stop();
+    assert!(report.clean, "{report:?}");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    assert!(TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err());
+}
+
+// ---------------------------------------------------------------------------------------
+// GPU: the full-size synthetic model.
+
+const GPU_MAX_MODEL_LEN: usize = 2048;
+
+fn gpu_server() -> &'static TestServer {
+    static SERVER: OnceLock<TestServer> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        // No prefix caching: a repeated request then runs exactly the same computation, so
+        // greedy answers compare equal even on random weights, whose top logits can be near
+        // ties that a prefill split differently (cached prefix + rest) could flip.
+        let engine = EngineConfig {
+            max_model_len: GPU_MAX_MODEL_LEN,
+            max_num_seqs: 8,
+            gpu_memory_utilization: 0.5,
+            enable_prefix_caching: false,
+            ..EngineConfig::default()
+        };
+        let service = Service::spawn(ServiceConfig {
+            engine,
+            max_images_per_request: 2,
+            ..ServiceConfig::default()
+        });
+        service.wait_ready(None).expect("the synthetic model starts");
+        TestServer::start(
+            service,
+            ServerConfig {
+                served_model_names: vec![MODEL.into()],
+                max_model_len: GPU_MAX_MODEL_LEN,
+                max_images: 2,
+                ..ServerConfig::default()
+            },
+        )
+    })
+}
+
+fn small_request(max_tokens: u64) -> Value {
+    with(
+        chat(&[data_uri(&png(224, 160))], "OCR:"),
+        "max_tokens",
+        max_tokens.into(),
+    )
+}
+
+/// `data:` payloads of an SSE stream, up to and including `[DONE]`.
+fn sse_payloads(reader: impl Read) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in BufReader::new(reader).lines() {
+        let line = line.unwrap();
+        if let Some(data) = line.strip_prefix("data: ").or_else(|| line.strip_prefix("data:")) {
+            out.push(data.trim().to_string());
+            if data.trim() == "[DONE]" {
+                break;
+            }
+        }
+    }
+    out
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("{name} missing"))
+        .parse()
+        .unwrap()
+}
+
+fn metrics(s: &TestServer) -> String {
+    get(&format!("http://{}/metrics", s.metrics)).1
+}
+
+#[test]
+#[ignore = "needs GPU"]
+fn gpu_chat_completion_with_an_image() {
+    let s = gpu_server();
+    assert_eq!(get(&s.url("/health")).0, 200);
+    let (status, body) = post(&s.url("/v1/chat/completions"), &small_request(16).to_string());
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert!(v["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["model"], MODEL);
+    let choice = &v["choices"][0];
+    assert_eq!(choice["message"]["role"], "assistant");
+    assert!(choice["message"]["content"].is_string());
+    let reason = choice["finish_reason"].as_str().unwrap();
+    let usage = &v["usage"];
+    let completion = usage["completion_tokens"].as_u64().unwrap();
+    assert!(
+        usage["prompt_tokens"].as_u64().unwrap() > 40,
+        "image tokens count: {usage}"
+    );
+    assert!((1..=16).contains(&completion));
+    assert_eq!(reason == "length", completion == 16, "{v}");
+    assert_eq!(
+        usage["total_tokens"].as_u64().unwrap(),
+        usage["prompt_tokens"].as_u64().unwrap() + completion
+    );
+    assert!(metric(&metrics(s), "ocrvl_images_encoded_total") >= 1.0);
+}
+
+#[test]
+#[ignore = "needs GPU"]
+fn gpu_stream_matches_the_answer_and_logprobs() {
+    let s = gpu_server();
+    let req = with(
+        with(small_request(24), "logprobs", true.into()),
+        "top_logprobs",
+        2.into(),
+    );
+    let (status, body) = post(&s.url("/v1/chat/completions"), &req.to_string());
+    assert_eq!(status, 200, "{body}");
+    let once: Value = serde_json::from_str(&body).unwrap();
+    let text = once["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    let n = once["usage"]["completion_tokens"].as_u64().unwrap() as usize;
+    let lp = once["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(lp.len(), n);
+    assert!(lp
+        .iter()
+        .all(|t| t["top_logprobs"].as_array().unwrap().len() == 2 && t["logprob"].as_f64().unwrap() <= 0.0));
+
+    let req = with(
+        with(req, "stream", true.into()),
+        "stream_options",
+        json!({"include_usage": true}),
+    );
+    let r = agent()
+        .post(&s.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .send(req.to_string())
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let ct = r.headers().get("content-type").unwrap().to_str().unwrap().to_string();
+    assert!(ct.starts_with("text/event-stream"), "{ct}");
+    let payloads = sse_payloads(r.into_body().into_reader());
+    assert_eq!(payloads.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = payloads[..payloads.len() - 1]
+        .iter()
+        .map(|p| serde_json::from_str(p).unwrap())
+        .collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let mut streamed = String::new();
+    let mut streamed_logprobs = 0;
+    let mut finish = None;
+    for c in &chunks {
+        assert_eq!(c["object"], "chat.completion.chunk");
+        assert_eq!(c["id"], chunks[0]["id"]);
+        if let Some(choice) = c["choices"].as_array().unwrap().first() {
+            streamed.push_str(choice["delta"]["content"].as_str().unwrap_or(""));
+            streamed_logprobs += choice["logprobs"]["content"].as_array().map_or(0, Vec::len);
+            if let Some(r) = choice["finish_reason"].as_str() {
+                finish = Some(r.to_string());
+            }
+        }
+    }
+    assert_eq!(streamed, text, "greedy: the stream spells the same text");
+    assert_eq!(finish.as_deref(), once["choices"][0]["finish_reason"].as_str());
+    assert_eq!(streamed_logprobs, n);
+    let last = chunks.last().unwrap();
+    assert!(
+        last["choices"].as_array().unwrap().is_empty(),
+        "include_usage: a usage chunk ends"
+    );
+    assert_eq!(last["usage"], once["usage"]);
+}
+
+#[test]
+#[ignore = "needs GPU"]
+fn gpu_concurrent_requests() {
+    let s = gpu_server();
+    let url = s.url("/v1/chat/completions");
+    let body = Arc::new(small_request(32).to_string());
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let (url, body) = (url.clone(), body.clone());
+            std::thread::spawn(move || post(&url, &body))
+        })
+        .collect();
+    let answers: Vec<(u16, String)> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    // Each answer is whole. Their texts are not compared: a batch of 8 runs other GEMM shapes
+    // than one request, and random weights have near-tied logits that bf16 can flip.
+    for (status, body) in &answers {
+        assert_eq!(*status, 200, "{body}");
+        let v: Value = serde_json::from_str(body).unwrap();
+        let n = v["usage"]["completion_tokens"].as_u64().unwrap();
+        assert!((1..=32).contains(&n), "{v}");
+        assert!(v["choices"][0]["message"]["content"].is_string());
+    }
+    assert_eq!(get(&s.url("/health")).0, 200);
+}
+
+#[test]
+#[ignore = "needs GPU"]
+fn gpu_disconnect_mid_stream_frees_blocks() {
+    let s = gpu_server();
+    let idle = wait_idle(s);
+    let aborted_before = metric(&metrics(s), "ocrvl_requests_total{finish_reason=\"abort\"}");
+    let body = with(small_request(1500), "stream", true.into()).to_string();
+    // By hand, so the connection is surely closed (a client library might pool it).
+    let mut conn = TcpStream::connect(s.addr).unwrap();
+    write!(
+        conn,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut data_lines = 0;
+    let mut line = String::new();
+    while data_lines < 5 {
+        line.clear();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "stream ended early");
+        if line.contains("data: ") {
+            data_lines += 1;
+        }
+    }
+    let busy = metrics(s);
+    assert!(
+        metric(&busy, "ocrvl_kv_blocks_free") < idle,
+        "the request holds blocks while running"
+    );
+    conn.shutdown(std::net::Shutdown::Both).unwrap();
+    drop((reader, conn));
+    let t = Instant::now();
+    loop {
+        let m = metrics(s);
+        if metric(&m, "ocrvl_kv_blocks_free") == idle && metric(&m, "ocrvl_requests_running") == 0.0 {
+            assert!(metric(&m, "ocrvl_requests_total{finish_reason=\"abort\"}") > aborted_before);
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "blocks not freed:\n{m}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until nothing runs and returns the free block count then.
+fn wait_idle(s: &TestServer) -> f64 {
+    let t = Instant::now();
+    loop {
+        let m = metrics(s);
+        if metric(&m, "ocrvl_requests_running") == 0.0 && metric(&m, "ocrvl_requests_waiting") == 0.0 {
+            return metric(&m, "ocrvl_kv_blocks_free");
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "never idle:\n{m}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+#[ignore = "needs GPU"]
+fn gpu_errors_only_the_model_finds_then_keeps_serving() {
+    let s = gpu_server();
+    let url = s.url("/v1/chat/completions");
+    // Two full-size images: about 2 x 1280 tokens, over --max-model-len 2048.
+    let page = data_uri(&png(1000, 1000));
+    let (status, body) = post(&url, &chat(&[page.clone(), page], "OCR:").to_string());
+    assert_eq!(status, 400, "{body}");
+    assert!(error_message(&body).contains("max-model-len"), "{body}");
+    // A small prompt asking for more tokens than fit.
+    let (status, body) = post(&url, &small_request(GPU_MAX_MODEL_LEN as u64 - 10).to_string());
+    assert_eq!(status, 400, "{body}");
+    // A PNG whose header is fine but whose data is cut off: passes the probe, fails the decode.
+    let full = png(300, 200);
+    let cut = data_uri(&full[..full.len() * 2 / 3]);
+    let (status, body) = post(&url, &chat(&[cut], "OCR:").to_string());
+    assert_eq!(status, 400, "{body}");
+    error_message(&body);
+    let (status, body) = post(&url, &small_request(4).to_string());
+    assert_eq!(status, 200, "still serving: {body}");
+    assert_eq!(get(&s.url("/health")).0, 200);
+}
