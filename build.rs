@@ -251,11 +251,15 @@ fn compile_kernels(nvcc: &Path, cuda_root: &Path, sources: &[PathBuf], all_files
     // makes ptxas ignore `setmaxnreg` (the FA3 kernels' register split) and treat calls it
     // cannot see as barriers to wgmma. So there is no device-link step either.
     let queue = std::sync::Mutex::new(stale.iter());
-    let workers = std::thread::available_parallelism().map_or(4, |n| n.get()).min(stale.len().max(1));
+    let workers = std::thread::available_parallelism()
+        .map_or(4, |n| n.get())
+        .min(stale.len().max(1));
     std::thread::scope(|scope| {
         for _ in 0..workers {
             scope.spawn(|| loop {
-                let Some((src, obj)) = queue.lock().unwrap().next() else { break };
+                let Some((src, obj)) = queue.lock().unwrap().next() else {
+                    break;
+                };
                 let mut build = base();
                 build.file(src);
                 let built = build.compile_intermediates();
