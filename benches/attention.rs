@@ -4,16 +4,18 @@
 //! of the fused qkv buffer, K/V in the paged cache (block_size 64). Vision: 16 heads, d = 72,
 //! q/k/v column slices of the fused [total, 3456] buffer.
 //! `tools/gpu/baseline_attention.py` times torch's SDPA (flash and cuDNN) on the same shapes.
-//! Each case runs the FA2 path, then (on an sm_90 GPU with an sm_90a build) the FA3 path as
-//! `<case>_fa3`; elsewhere a line says why the FA3 rows are missing.
+//! Each case runs the FA2 path, then (on an sm_90 GPU with an sm_90a build) the FA3 path with
+//! each mainloop: `<case>_fa3` (the default, ping-pong), `<case>_fa3_overlap` (intra-warpgroup
+//! overlap only) and `<case>_fa3_v1` (the first, serial mainloop); elsewhere a line says why the
+//! FA3 rows are missing.
 
 mod common;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use half::bf16;
 use ocrvl::kernels::attention::{
-    fa3_unavailable_reason, prefill_paged_with, vision_varlen_with, AttentionVersion, PagedKv, PrefillOptions, Varlen,
-    VisionQkv, VisionTile,
+    fa3_unavailable_reason, prefill_paged_with, vision_varlen_with, with_fa3_mainloop, AttentionVersion, Fa3Mainloop,
+    PagedKv, PrefillOptions, Varlen, VisionQkv, VisionTile,
 };
 use ocrvl::runtime::{DeviceTensor, Gpu, GpuTimer};
 
@@ -139,6 +141,15 @@ fn bench_vision(c: &mut Criterion, gpu: &Gpu, name: &str, lens: &[usize], tile: 
     c.bench_function(name, |b| b.iter_custom(|iters| common::time_gpu(gpu, iters, &mut run)));
 }
 
+/// Row-name suffix of an FA3 mainloop.
+fn mainloop_suffix(m: Fa3Mainloop) -> &'static str {
+    match m {
+        Fa3Mainloop::PingPong => "",
+        Fa3Mainloop::Overlap => "_overlap",
+        Fa3Mainloop::Serial => "_v1",
+    }
+}
+
 fn attention_benches(c: &mut Criterion) {
     let gpu = common::gpu();
     let fa3 = match fa3_unavailable_reason(&gpu) {
@@ -157,7 +168,10 @@ fn attention_benches(c: &mut Criterion) {
     for (name, lens, causal) in text {
         bench_text(c, &gpu, name, lens, causal, AttentionVersion::Fa2);
         if fa3 {
-            bench_text(c, &gpu, &format!("{name}_fa3"), lens, causal, AttentionVersion::Fa3);
+            for m in Fa3Mainloop::ALL {
+                let row = format!("{name}_fa3{}", mainloop_suffix(m));
+                with_fa3_mainloop(m, || bench_text(c, &gpu, &row, lens, causal, AttentionVersion::Fa3));
+            }
         }
     }
     let vision: [(&str, &[usize], VisionTile, AttentionVersion); 7] = [
@@ -200,8 +214,13 @@ fn attention_benches(c: &mut Criterion) {
         ),
     ];
     for (name, lens, tile, version) in vision {
-        if version == AttentionVersion::Fa2 || fa3 {
+        if version == AttentionVersion::Fa2 {
             bench_vision(c, &gpu, name, lens, tile, version);
+        } else if fa3 {
+            for m in Fa3Mainloop::ALL {
+                let row = format!("{name}{}", mainloop_suffix(m));
+                with_fa3_mainloop(m, || bench_vision(c, &gpu, &row, lens, tile, version));
+            }
         }
     }
 }

@@ -85,6 +85,7 @@ int32_t check_common(const OcrvlAttnParams* p, Fa3Params* out) {
     const int64_t q_row = (int64_t)p->num_heads * p->head_dim;
     OCRVL_CHECK_ARG(stride_ok(p->q_stride, q_row) && stride_ok(p->o_stride, q_row));
     OCRVL_CHECK_ARG(p->lse == nullptr || (reinterpret_cast<uintptr_t>(p->lse) & 3) == 0);
+    OCRVL_CHECK_ARG(p->fa3_mainloop >= OCRVL_FA3_MAINLOOP_DEFAULT && p->fa3_mainloop <= OCRVL_FA3_MAINLOOP_PINGPONG);
     if (p->num_seqs > 65535) return OCRVL_STATUS_UNSUPPORTED;
     if (!device_ok()) return OCRVL_STATUS_UNSUPPORTED;
     *out = Fa3Params{};
@@ -153,8 +154,9 @@ extern "C" int32_t ocrvl_attention_prefill_paged_fa3(const OcrvlAttnParams* p, o
     }
     cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
     using ocrvl::attn::fa3::run_fa3;
-    if (p->causal) return run_fa3<128, 128, true, true>(params, p->num_seqs, p->num_heads, p->max_seqlen_q, s);
-    return run_fa3<128, 128, true, false>(params, p->num_seqs, p->num_heads, p->max_seqlen_q, s);
+    const int ml = p->fa3_mainloop;
+    if (p->causal) return run_fa3<128, 128, true, true>(params, ml, p->num_seqs, p->num_heads, p->max_seqlen_q, s);
+    return run_fa3<128, 128, true, false>(params, ml, p->num_seqs, p->num_heads, p->max_seqlen_q, s);
 }
 
 extern "C" int32_t ocrvl_attention_varlen_fa3(const OcrvlAttnParams* p, ocrvl_stream_t stream) {
@@ -185,8 +187,9 @@ extern "C" int32_t ocrvl_attention_varlen_fa3(const OcrvlAttnParams* p, ocrvl_st
     }
     cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
     using ocrvl::attn::fa3::run_fa3;
+    const int ml = p->fa3_mainloop;
     if (p->padded_head_dim == 128) {
-        return run_fa3<72, 128, false, false>(params, p->num_seqs, p->num_heads, p->max_seqlen_q, s);
+        return run_fa3<72, 128, false, false>(params, ml, p->num_seqs, p->num_heads, p->max_seqlen_q, s);
     }
-    return run_fa3<72, 72, false, false>(params, p->num_seqs, p->num_heads, p->max_seqlen_q, s);
+    return run_fa3<72, 72, false, false>(params, ml, p->num_seqs, p->num_heads, p->max_seqlen_q, s);
 }

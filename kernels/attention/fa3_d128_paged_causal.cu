@@ -7,9 +7,9 @@
 namespace ocrvl::attn::fa3 {
 
 template <>
-int32_t run_fa3<128, 128, true, true>(const Fa3Params& params, int num_seqs, int num_heads, int max_seqlen_q,
-                                      cudaStream_t stream) {
-    return launch_fa3<Fa3Traits<128, 128, true, true>>(params, num_seqs, num_heads, max_seqlen_q, stream);
+int32_t run_fa3<128, 128, true, true>(const Fa3Params& params, int mainloop, int num_seqs, int num_heads,
+                                       int max_seqlen_q, cudaStream_t stream) {
+    return launch_fa3_mainloop<128, 128, true, true>(params, mainloop, num_seqs, num_heads, max_seqlen_q, stream);
 }
 
 }  // namespace ocrvl::attn::fa3

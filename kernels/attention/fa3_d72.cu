@@ -7,15 +7,15 @@
 namespace ocrvl::attn::fa3 {
 
 template <>
-int32_t run_fa3<72, 72, false, false>(const Fa3Params& params, int num_seqs, int num_heads, int max_seqlen_q,
-                                      cudaStream_t stream) {
-    return launch_fa3<Fa3Traits<72, 72, false, false>>(params, num_seqs, num_heads, max_seqlen_q, stream);
+int32_t run_fa3<72, 72, false, false>(const Fa3Params& params, int mainloop, int num_seqs, int num_heads,
+                                       int max_seqlen_q, cudaStream_t stream) {
+    return launch_fa3_mainloop<72, 72, false, false>(params, mainloop, num_seqs, num_heads, max_seqlen_q, stream);
 }
 
 template <>
-int32_t run_fa3<72, 128, false, false>(const Fa3Params& params, int num_seqs, int num_heads, int max_seqlen_q,
-                                       cudaStream_t stream) {
-    return launch_fa3<Fa3Traits<72, 128, false, false>>(params, num_seqs, num_heads, max_seqlen_q, stream);
+int32_t run_fa3<72, 128, false, false>(const Fa3Params& params, int mainloop, int num_seqs, int num_heads,
+                                        int max_seqlen_q, cudaStream_t stream) {
+    return launch_fa3_mainloop<72, 128, false, false>(params, mainloop, num_seqs, num_heads, max_seqlen_q, stream);
 }
 
 }  // namespace ocrvl::attn::fa3

@@ -1,22 +1,42 @@
 // FlashAttention-3-style forward for prefill on Hopper (sm_90a): TMA copies into a shared-memory
-// ring guarded by mbarriers, wgmma for both matrix products, warp specialisation.
+// ring guarded by mbarriers, wgmma for both matrix products, warp specialisation, and (the
+// default mainloop) the softmax of one tile overlapped with matrix work.
 //
 // Algorithm. One CTA owns kBlockM = 128 query rows of one (sequence, head) and walks the key
-// tiles of kBlockN = 128 keys those rows can see, last to first (as fwd_sm80.cuh). Three
-// warpgroups:
-//   - warpgroup 0, the producer, gives registers back (setmaxnreg.dec to 40, in a whole-
-//     program build only: see Fa3Traits); one thread issues every TMA copy: Q once, then K
-//     and V of each key tile into a 2-stage ring. A stage is refilled when both consumer
-//     warpgroups have released it (the `empty` barrier).
-//   - warpgroups 1 and 2, the consumers (setmaxnreg.inc to 232, ditto), own 64 query rows
-//     each. Per key tile: S = Q·Kᵀ with wgmma m64n128k16 (both operands in shared memory, K-major),
-//     mask (only tiles that cross the key end or the causal diagonal), online softmax in f32
-//     registers (exp2 with log2(e) folded into the scale; O rescaled by exp(m_old - m_new)),
-//     P rounded to bf16 in registers, O += P·V with wgmma m64nNk16 taking P from registers
-//     (the accumulator layout of two adjacent n8 column groups of S is exactly the A fragment
-//     of one k16 step) and V from shared memory as a transposed (MN-major) operand.
+// tiles of kBlockN = 128 keys those rows can see, last to first (as fwd_sm80.cuh): tiles
+// wholly above the causal diagonal of the CTA are never loaded, and only the tiles that cross
+// the key end or a warpgroup's diagonal do mask work. Three warpgroups:
+//   - warpgroup 0, the producer, gives registers back (setmaxnreg.dec); one thread issues every
+//     TMA copy: Q once, then K and V of each key tile into a kStages ring. K and V slots are
+//     released separately (their own `empty` mbarriers), so the next K can land while the
+//     previous P·V still reads V.
+//   - warpgroups 1 and 2, the consumers (setmaxnreg.inc), own 64 query rows each. Per key
+//     tile: S = Q·Kᵀ with wgmma m64n128k16 (both operands in shared memory, K-major), mask,
+//     online softmax in f32 registers (exp2 with log2(e) folded into the scale; O rescaled by
+//     exp(m_old - m_new)), P rounded to bf16 in registers, O += P·V with wgmma m64nNk16 taking
+//     P from registers (the accumulator layout of two adjacent n8 column groups of S is exactly
+//     the A fragment of one k16 step) and V from shared memory as a transposed (MN-major) operand.
 //   At the end O / l is written from registers (4-byte stores, a quad of lanes covers 16
 //   contiguous bytes), optionally LSE = m·scale + ln(l).
+//
+// Mainloops (Fa3Traits::kMainloop, OCRVL_FA3_MAINLOOP_* of attention.h):
+//   - Serial (the first version): per tile S = Q·Kᵀ, wait, softmax, O += P·V, wait. The tensor
+//     cores idle during every softmax unless the other warpgroup happens to fill them.
+//   - Overlap (FA3 paper, "intra-warpgroup pipelining"): iteration n issues S(n) = Q·K(n)ᵀ and
+//     then O += P(n-1)·V(n-1) as two wgmma groups, waits for the first (wait_group 1), runs the
+//     softmax of S(n) while P(n-1)·V(n-1) is still on the tensor cores, then waits for it,
+//     rescales O to the new running max and packs P(n). Registers: S 64 + P(n-1) 32 + O 64
+//     (d 128) live at once, hence the register split. Exact algebra: O holds the tiles < n at
+//     the scale of m(n-1) when P(n-1)·V(n-1) (at that scale) is added, and is moved to m(n)
+//     afterwards.
+//   - PingPong (the default; FA3 paper, "inter-warpgroup overlapping"): Overlap, and each
+//     consumer warpgroup issues its wgmmas only in its turn: named barrier 3 + c (256 threads:
+//     c's 128 bar.sync, the other's 128 bar.arrive) gates warpgroup c, which arrives on the
+//     other's barrier once its wgmmas are issued. So the tensor cores run warpgroup 1's two
+//     GEMMs while warpgroup 2 does its softmax, and the other way round. Warpgroup 2 first
+//     arrives once on warpgroup 1's barrier (warpgroup 1 goes first); each warpgroup has
+//     n_tiles + 1 turns (S(0) alone; S(n) with P(n-1)·V(n-1); P(last)·V(last) alone) and
+//     warpgroup 2 skips its arrival after its last turn, so every barrier ends balanced.
 //
 // Shared memory, all tiles in the 128-byte swizzle that TMA writes and wgmma reads: a tile of
 // R rows x 128 columns is two column blocks of R lines of 128 bytes (64 bf16), each block
@@ -24,7 +44,7 @@
 // elements = 128 B, the swizzle's width). Q: 128 rows x 2 blocks = 32 KiB; K and V: 128 keys x
 // 2 blocks = 32 KiB each per stage; 2 stages: 32 + 2 x (32 + 32) = 160 KiB, plus 1 KiB of
 // barriers and 1 KiB of alignment slack (the dynamic base is only 16-byte aligned): 162 KiB of
-// the 227 KiB an SM has, one CTA per SM. A third stage (224 KiB + 2) does not fit.
+// the 227 KiB an SM has, one CTA per SM. A third stage would take 226 KiB (fits, barely).
 //
 // Head dims. d = 128: Q·Kᵀ is 8 k16 steps (4 per column block), P·V is N = 128 over both
 // blocks. d = 72 (vision): the tensor maps' innermost extent is 72, so the second column
@@ -37,10 +57,11 @@
 // Keys past the sequence. K rows past seqlen_k (another image's keys, zeros past the tensor,
 // or, paged, cache slots that may hold NaN) only produce S columns that the mask overwrites
 // with -inf. V rows past seqlen_k would multiply p = 0, but 0 · NaN is NaN, so on the last,
-// partial tile each consumer warpgroup zeroes those V rows in shared memory before its P·V
-// (ordinary stores, then fence.proxy.async so that wgmma's async-proxy reads see them).
-// Query rows past the run are computed and not written. TMA zero-fills only outside the
-// whole tensor, which keeps every read inside the allocation.
+// partial tile (the first one walked) each consumer warpgroup zeroes those V rows in shared
+// memory before its P·V (ordinary stores, then fence.proxy.async so that wgmma's async-proxy
+// reads see them; both warpgroups write the same zeros). Query rows past the run are computed
+// and not written. TMA zero-fills only outside the whole tensor, which keeps every read inside
+// the allocation.
 //
 // Paged K/V. A cache block of one kv head is block_size x 128 contiguous elements, so one TMA
 // box of (64 columns, box_rows = min(block_size, 128) rows) at (column, offset in block,
@@ -72,26 +93,29 @@
 
 namespace ocrvl::attn::fa3 {
 
-template <int kHeadDim_, int kHeadDimPV_, bool kPaged_, bool kCausal_>
+template <int kHeadDim_, int kHeadDimPV_, bool kPaged_, bool kCausal_, int kMainloop_>
 struct Fa3Traits {
     static constexpr int kHeadDim = kHeadDim_;                  // stored width of q, k, v, o rows
     static constexpr int kHeadDimQK = (kHeadDim + 15) / 16 * 16; // Q·Kᵀ contraction (k16 steps)
     static constexpr int kHeadDimPV = kHeadDimPV_;              // N of the P·V wgmma
     static constexpr bool kPaged = kPaged_;
     static constexpr bool kCausal = kCausal_;
+    static constexpr int kMainloop = kMainloop_;  // OCRVL_FA3_MAINLOOP_{SERIAL,OVERLAP,PINGPONG}
+    static constexpr bool kOverlap = kMainloop != OCRVL_FA3_MAINLOOP_SERIAL;
+    static constexpr bool kPingPong = kMainloop == OCRVL_FA3_MAINLOOP_PINGPONG;
     static constexpr int kBlockM = 128;  // 2 consumer warpgroups x 64 rows (wgmma M)
     static constexpr int kBlockN = 128;  // keys per tile: the N of Q·Kᵀ; 2 cache blocks of 64
+    // 2 stages: with K and V released separately, K(n + 1) is copied while S(n - 1) is still
+    // being used, a whole tile ahead. 3 would fit too (226 KiB) and is the next thing to try.
     static constexpr int kStages = 2;
     static constexpr int kConsumerWGs = 2;
     static constexpr int kThreads = 128 * (1 + kConsumerWGs);
     static constexpr int kConsumerWarps = 4 * kConsumerWGs;
-    // Register split (setmaxnreg): 128 x 40 + 256 x 232 = 64512 of the SM's 65536. ptxas
-    // ignores setmaxnreg in relocatable device code (C7504: "ignored to maintain compatibility
-    // across compilation units"), which is how build.rs compiles every .cu today; there
-    // (__CUDACC_RDC__) it is left out and every thread keeps the entry cap, 65536 / 384 = 168
-    // registers, which this mainloop fits without spills (165 used).
-    static constexpr int kProducerRegs = 40;
-    static constexpr int kConsumerRegs = 232;
+    // Register split (setmaxnreg; the kernel is compiled whole-program, so ptxas honours it):
+    // 128 x 24 + 256 x 240 = 64512 of the SM's 65536 (FA3's split for 3 warpgroups). The
+    // overlapped mainloops keep S, P(n - 1) and O live at once (64 + 32 + 64 for d 128).
+    static constexpr int kProducerRegs = 24;
+    static constexpr int kConsumerRegs = 240;
     static constexpr int kColBlocks = 2;  // 64-column blocks of a tile (d 128; d 72 padded)
     static constexpr int kKStepsQK = kHeadDimQK / 16;
     static constexpr int kKStepsPV = kBlockN / 16;
@@ -112,15 +136,25 @@ struct Fa3Traits {
     static_assert(kHeadDimQK <= 64 * kColBlocks && kHeadDimPV <= 64 * kColBlocks, "tile too narrow");
     static_assert(kHeadDimPV >= kHeadDim && kHeadDimPV % 8 == 0, "P·V covers every stored column");
     static_assert(kSmemBytes <= 227 * 1024, "shared memory");
+    static_assert(8 * (1 + 4 * kStages) <= 1024, "barrier area");
+    static_assert(!kPingPong || kConsumerWGs == 2, "ping-pong pairs two consumer warpgroups");
+    static_assert(128 * kProducerRegs + 128 * kConsumerWGs * kConsumerRegs <= 65536, "register file");
 };
 
+// Named barrier ids (0 is __syncthreads'): 1 + c, warpgroup c's 128 threads after zeroing V
+// rows; 3 + c, warpgroup c's ping-pong turn (256 threads: its own sync, the other's arrive).
+constexpr int kBarZeroV = 1;
+constexpr int kBarTurn = 3;
+
 // Barrier slots (8 bytes each) in the barrier area at `bar0`: Q full, then per stage K full,
-// V full and empty (both consumer warpgroups done with the stage). Computed, not stored in an
-// array: a run-time index into a register array would put it in local memory.
+// V full, K empty and V empty (empty: both consumer warpgroups are done with the slot).
+// Computed, not stored in an array: a run-time index into a register array would put it in
+// local memory.
 __device__ __forceinline__ uint32_t bar_q_full(uint32_t bar0) { return bar0; }
-__device__ __forceinline__ uint32_t bar_k_full(uint32_t bar0, int st) { return bar0 + 8 * (1 + 3 * st); }
-__device__ __forceinline__ uint32_t bar_v_full(uint32_t bar0, int st) { return bar0 + 8 * (2 + 3 * st); }
-__device__ __forceinline__ uint32_t bar_empty(uint32_t bar0, int st) { return bar0 + 8 * (3 + 3 * st); }
+__device__ __forceinline__ uint32_t bar_k_full(uint32_t bar0, int st) { return bar0 + 8 * (1 + 4 * st); }
+__device__ __forceinline__ uint32_t bar_v_full(uint32_t bar0, int st) { return bar0 + 8 * (2 + 4 * st); }
+__device__ __forceinline__ uint32_t bar_k_empty(uint32_t bar0, int st) { return bar0 + 8 * (3 + 4 * st); }
+__device__ __forceinline__ uint32_t bar_v_empty(uint32_t bar0, int st) { return bar0 + 8 * (4 + 4 * st); }
 
 // O += P·V for one k16 step of keys, for the instantiated N.
 template <int kN>
@@ -165,6 +199,286 @@ __device__ __forceinline__ void produce_kv(const Fa3Params& p, const CUtensorMap
         }
     }
 }
+
+// What one consumer warpgroup needs to walk its tiles. n0 of walk index it (0 = the last tile,
+// the first walked) is (n_end - 1 - it) * kBlockN; ring slot it % kStages, parity
+// (it / kStages) & 1.
+struct ConsumerCtx {
+    uint32_t base;    // 1024-aligned shared base (shared-window address)
+    uint32_t bar0;    // barrier area
+    uint32_t q_rows;  // this warpgroup's 64 Q rows in column block 0
+    unsigned char* smem;  // generic pointer to `base`
+    int n_end, seqlen_k, causal_offset, m0;
+    int c, wtid, row0, t4;
+    float scale_log2;
+};
+
+template <class Kt>
+__device__ __forceinline__ uint32_t k_slot(const ConsumerCtx& x, int st) {
+    return x.base + Kt::kOffK + st * Kt::kKVBytes;
+}
+template <class Kt>
+__device__ __forceinline__ uint32_t v_slot(const ConsumerCtx& x, int st) {
+    return x.base + Kt::kOffV + st * Kt::kKVBytes;
+}
+
+// Issues S = Q·Kᵀ as one wgmma group (k16 step ks reads columns 16ks.. of Q and K, 32 bytes
+// into column block ks / 4). Does not wait.
+template <class Kt>
+__device__ __forceinline__ void issue_qk(float (&sc)[Kt::kNRegsS], uint32_t q_rows, uint32_t sK) {
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < Kt::kKStepsQK; ++ks) {
+        const uint32_t koff = (ks % 4) * 32;
+        const uint64_t da = make_desc_sw128(q_rows + (ks / 4) * Kt::kQBlockBytes + koff, 16, 1024);
+        const uint64_t db = make_desc_sw128(sK + (ks / 4) * Kt::kKVBlockBytes + koff, 16, 1024);
+        wgmma_m64n128k16_ss(sc, da, db, ks > 0 ? 1 : 0);
+    }
+    wgmma_commit();
+}
+
+// Issues O += P·V as one wgmma group (k16 step kk reads V lines, i.e. keys, 16kk..16kk+15; N
+// spans the column blocks). Does not wait; P's registers must stay untouched until it is done.
+template <class Kt>
+__device__ __forceinline__ void issue_pv(float (&o)[Kt::kNRegsO], const uint32_t (&pa)[Kt::kKStepsPV][4],
+                                        uint32_t sV) {
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < Kt::kKStepsPV; ++kk) {
+        wgmma_pv<Kt::kHeadDimPV>(o, pa[kk], make_desc_sw128(sV + kk * 16 * 128, Kt::kKVBlockBytes, 1024));
+    }
+    wgmma_commit();
+}
+
+template <int kN>
+__device__ __forceinline__ void fence_regs(float (&r)[kN]) {
+#pragma unroll
+    for (int i = 0; i < kN; ++i) reg_fence(r[i]);
+}
+
+// One arrival per consumer warp on an `empty` barrier (its count is kConsumerWarps), after the
+// warp's wgmma.wait_group that retired the reads of the slot.
+__device__ __forceinline__ void release_slot(uint32_t bar, int lane) {
+    __syncwarp();
+    if (lane == 0) mbar_arrive(bar);
+}
+
+// Masks tiles that reach past the keys or, causal, above the diagonal of this warpgroup's
+// first row; every other tile skips this. sc[4j + e] is row row0 + 8(e / 2), key
+// n0 + 8j + 2t4 + e % 2.
+template <class Kt>
+__device__ __forceinline__ void mask_tile(float (&sc)[Kt::kNRegsS], const ConsumerCtx& x, int n0) {
+    const bool need_mask = n0 + Kt::kBlockN > x.seqlen_k ||
+                           (Kt::kCausal && n0 + Kt::kBlockN - 1 > x.causal_offset + x.m0 + 64 * x.c);
+    if (need_mask) {
+#pragma unroll
+        for (int j = 0; j < Kt::kBlockN / 8; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int qi = x.m0 + x.row0 + (e >> 1) * 8;
+                const int key = n0 + j * 8 + 2 * x.t4 + (e & 1);
+                if (key >= x.seqlen_k || (Kt::kCausal && key > qi + x.causal_offset)) sc[4 * j + e] = -INFINITY;
+            }
+    }
+}
+
+// Online softmax of one tile, per row (hr 0: row0, hr 1: row0 + 8): updates the running max
+// (raw score units) and this thread's partial sum, turns sc into p = exp2(s·scale_log2 - m),
+// and returns in corr the factor exp(m_old - m_new) that O must be multiplied by.
+template <class Kt>
+__device__ __forceinline__ void softmax_tile(float (&sc)[Kt::kNRegsS], float (&row_max)[2], float (&row_sum)[2],
+                                            float (&corr)[2], float scale_log2) {
+#pragma unroll
+    for (int hr = 0; hr < 2; ++hr) {
+        float mx = row_max[hr];
+#pragma unroll
+        for (int j = 0; j < Kt::kBlockN / 8; ++j) mx = fmaxf(mx, fmaxf(sc[4 * j + 2 * hr], sc[4 * j + 2 * hr + 1]));
+        // The 4 lanes of a quad hold the row's columns between them.
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        // A row that has seen no key yet keeps max -inf; subtract 0 then (no -inf - -inf).
+        const float m_scaled = mx == -INFINITY ? 0.f : mx * scale_log2;
+        corr[hr] = fast_exp2(row_max[hr] * scale_log2 - m_scaled);
+        row_max[hr] = mx;
+        float sum = 0.f;
+#pragma unroll
+        for (int j = 0; j < Kt::kBlockN / 8; ++j)
+#pragma unroll
+            for (int e = 2 * hr; e < 2 * hr + 2; ++e) {
+                const float pr = fast_exp2(fmaf(sc[4 * j + e], scale_log2, -m_scaled));
+                sc[4 * j + e] = pr;
+                sum += pr;
+            }
+        row_sum[hr] = row_sum[hr] * corr[hr] + sum;
+    }
+}
+
+template <class Kt>
+__device__ __forceinline__ void rescale_o(float (&o)[Kt::kNRegsO], const float (&corr)[2]) {
+#pragma unroll
+    for (int j = 0; j < Kt::kNRegsO / 4; ++j) {
+        o[4 * j + 0] *= corr[0];
+        o[4 * j + 1] *= corr[0];
+        o[4 * j + 2] *= corr[1];
+        o[4 * j + 3] *= corr[1];
+    }
+}
+
+// P as bf16 A fragments: k16 step kk covers keys 16kk.. = column groups 2kk and 2kk + 1.
+template <class Kt>
+__device__ __forceinline__ void pack_p(uint32_t (&pa)[Kt::kKStepsPV][4], const float (&sc)[Kt::kNRegsS]) {
+#pragma unroll
+    for (int kk = 0; kk < Kt::kKStepsPV; ++kk) {
+        pa[kk][0] = pack_bf16x2(sc[8 * kk + 0], sc[8 * kk + 1]);
+        pa[kk][1] = pack_bf16x2(sc[8 * kk + 2], sc[8 * kk + 3]);
+        pa[kk][2] = pack_bf16x2(sc[8 * kk + 4], sc[8 * kk + 5]);
+        pa[kk][3] = pack_bf16x2(sc[8 * kk + 6], sc[8 * kk + 7]);
+    }
+}
+
+// The last, partial tile (keys n0 .. seqlen_k - 1 real): zeroes V rows seqlen_k - n0 ..
+// kBlockN - 1 of both column blocks of slot st (whole 128-byte lines, so the swizzle does not
+// matter), then makes the stores visible to this warpgroup's wgmma. V of the slot must have
+// landed. The other consumer warpgroup writes the same zeros.
+template <class Kt>
+__device__ __forceinline__ void zero_v_tail(const ConsumerCtx& x, int st, int n0) {
+    const int valid = x.seqlen_k - n0;
+    const int chunks = (Kt::kBlockN - valid) * 8;  // 16-byte chunks per column block
+    for (int i = x.wtid; i < chunks * Kt::kColBlocks; i += 128) {
+        const int cb = i / chunks, r = i % chunks;
+        *reinterpret_cast<uint4*>(x.smem + Kt::kOffV + st * Kt::kKVBytes + cb * Kt::kKVBlockBytes + valid * 128 +
+                                  r * 16) = make_uint4(0, 0, 0, 0);
+    }
+    fence_proxy_async();
+    named_bar_sync(kBarZeroV + x.c, 128);
+}
+
+// The first mainloop (OCRVL_FA3_MAINLOOP_SERIAL): per tile S, softmax, P·V, each waited for.
+template <class Kt>
+__device__ __forceinline__ void mainloop_serial(const ConsumerCtx& x, float (&o)[Kt::kNRegsO], float (&row_max)[2],
+                                               float (&row_sum)[2], int lane) {
+    for (int it = 0; it < x.n_end; ++it) {
+        const int n0 = (x.n_end - 1 - it) * Kt::kBlockN;
+        const int st = it % Kt::kStages;
+        const uint32_t ph = (uint32_t)(it / Kt::kStages) & 1u;
+        float sc[Kt::kNRegsS];
+        mbar_wait(bar_k_full(x.bar0, st), ph);
+        issue_qk<Kt>(sc, x.q_rows, k_slot<Kt>(x, st));
+        wgmma_wait<0>();
+        fence_regs(sc);
+        mask_tile<Kt>(sc, x, n0);
+        float corr[2];
+        softmax_tile<Kt>(sc, row_max, row_sum, corr, x.scale_log2);
+        rescale_o<Kt>(o, corr);
+        uint32_t pa[Kt::kKStepsPV][4];
+        pack_p<Kt>(pa, sc);
+        mbar_wait(bar_v_full(x.bar0, st), ph);
+        if (n0 + Kt::kBlockN > x.seqlen_k) zero_v_tail<Kt>(x, st, n0);
+        issue_pv<Kt>(o, pa, v_slot<Kt>(x, st));
+        wgmma_wait<0>();
+        fence_regs(o);
+        release_slot(bar_k_empty(x.bar0, st), lane);
+        release_slot(bar_v_empty(x.bar0, st), lane);
+    }
+}
+
+// The overlapped mainloops (OCRVL_FA3_MAINLOOP_OVERLAP, and _PINGPONG with the turn barriers;
+// see the file comment). x.n_end > 0. Turn t of a warpgroup issues S(t) (t < n_end) and
+// P(t - 1)·V(t - 1) (t > 0); the softmax of S(t) runs while P(t - 1)·V(t - 1) and the other
+// warpgroup's turn are on the tensor cores.
+template <class Kt>
+__device__ __forceinline__ void mainloop_overlap(const ConsumerCtx& x, float (&o)[Kt::kNRegsO], float (&row_max)[2],
+                                                float (&row_sum)[2], int lane) {
+    const int n_end = x.n_end;
+    const int turn_me = kBarTurn + x.c, turn_other = kBarTurn + 1 - x.c;
+    if constexpr (Kt::kPingPong) {
+        if (x.c == 1) named_bar_arrive(kBarTurn, 256);  // warpgroup 1 (c 0) takes the first turn
+    }
+    float sc[Kt::kNRegsS];
+    uint32_t pa[Kt::kKStepsPV][4];
+    float corr[2];
+    {
+        // Turn 0: S(0) alone (the last key tile, slot 0, parity 0).
+        const int n0 = (n_end - 1) * Kt::kBlockN;
+        mbar_wait(bar_k_full(x.bar0, 0), 0);
+        if constexpr (Kt::kPingPong) named_bar_sync(turn_me, 256);
+        issue_qk<Kt>(sc, x.q_rows, k_slot<Kt>(x, 0));
+        if constexpr (Kt::kPingPong) named_bar_arrive(turn_other, 256);
+        wgmma_wait<0>();
+        fence_regs(sc);
+        release_slot(bar_k_empty(x.bar0, 0), lane);
+        mask_tile<Kt>(sc, x, n0);
+        softmax_tile<Kt>(sc, row_max, row_sum, corr, x.scale_log2);  // O is 0: nothing to rescale
+        if (n0 + Kt::kBlockN > x.seqlen_k) {
+            mbar_wait(bar_v_full(x.bar0, 0), 0);
+            zero_v_tail<Kt>(x, 0, n0);
+        }
+        pack_p<Kt>(pa, sc);
+    }
+    for (int it = 1; it < n_end; ++it) {
+        // Turn it: S(it) into slot st, P(it - 1)·V(it - 1) from slot pst.
+        const int n0 = (n_end - 1 - it) * Kt::kBlockN;
+        const int st = it % Kt::kStages, pst = (it - 1) % Kt::kStages;
+        const uint32_t ph = (uint32_t)(it / Kt::kStages) & 1u;
+        const uint32_t pph = (uint32_t)((it - 1) / Kt::kStages) & 1u;
+        mbar_wait(bar_k_full(x.bar0, st), ph);
+        mbar_wait(bar_v_full(x.bar0, pst), pph);
+        if constexpr (Kt::kPingPong) named_bar_sync(turn_me, 256);
+        issue_qk<Kt>(sc, x.q_rows, k_slot<Kt>(x, st));
+        issue_pv<Kt>(o, pa, v_slot<Kt>(x, pst));
+        if constexpr (Kt::kPingPong) named_bar_arrive(turn_other, 256);
+        wgmma_wait<1>();  // S(it) done (groups retire in order); P·V may still run
+        fence_regs(sc);
+        release_slot(bar_k_empty(x.bar0, st), lane);
+        mask_tile<Kt>(sc, x, n0);
+        softmax_tile<Kt>(sc, row_max, row_sum, corr, x.scale_log2);
+        // ptxas (CUDA 13.0) schedules this wait above the exp2s of the softmax (SASS: the
+        // WARPGROUP.DEPBAR 0 sits right after the row max); see docs/notes/attention.md.
+        wgmma_wait<0>();
+        // O is final for tiles < it at the old max; P(it - 1)'s registers are free. The sc
+        // fence keeps the packing below this wait (pa is still read by the P·V until here).
+        fence_regs(o);
+        fence_regs(sc);
+        release_slot(bar_v_empty(x.bar0, pst), lane);
+        rescale_o<Kt>(o, corr);
+        pack_p<Kt>(pa, sc);
+    }
+    {
+        // Last turn: P·V of the last tile walked; c 1 hands no turn on after it, which balances
+        // its opening arrival.
+        const int st = (n_end - 1) % Kt::kStages;
+        const uint32_t ph = (uint32_t)((n_end - 1) / Kt::kStages) & 1u;
+        mbar_wait(bar_v_full(x.bar0, st), ph);
+        if constexpr (Kt::kPingPong) named_bar_sync(turn_me, 256);
+        issue_pv<Kt>(o, pa, v_slot<Kt>(x, st));
+        if constexpr (Kt::kPingPong) {
+            if (x.c == 0) named_bar_arrive(turn_other, 256);
+        }
+        wgmma_wait<0>();
+        fence_regs(o);
+        release_slot(bar_v_empty(x.bar0, st), lane);
+    }
+}
+
+// The producer thread's loads of key tile `it` (walk index) into its ring slot, once both
+// consumer warpgroups released the slot's previous tile (the first pass over the ring waits
+// on parity 1 of fresh barriers, which passes at once).
+template <class Kt>
+__device__ __forceinline__ void load_k(const Fa3Params& p, uint32_t base, uint32_t bar0, const int32_t* table,
+                                      int k_start, int hkv, int n_end, int seqlen_k, int it) {
+    const int st = it % Kt::kStages;
+    mbar_wait(bar_k_empty(bar0, st), ((uint32_t)(it / Kt::kStages) & 1u) ^ 1u);
+    produce_kv<Kt>(p, &p.tma_k, base + Kt::kOffK + st * Kt::kKVBytes, bar_k_full(bar0, st), table, k_start, hkv,
+                   (n_end - 1 - it) * Kt::kBlockN, seqlen_k);
+}
+template <class Kt>
+__device__ __forceinline__ void load_v(const Fa3Params& p, uint32_t base, uint32_t bar0, const int32_t* table,
+                                      int k_start, int hkv, int n_end, int seqlen_k, int it) {
+    const int st = it % Kt::kStages;
+    mbar_wait(bar_v_empty(bar0, st), ((uint32_t)(it / Kt::kStages) & 1u) ^ 1u);
+    produce_kv<Kt>(p, &p.tma_v, base + Kt::kOffV + st * Kt::kKVBytes, bar_v_full(bar0, st), table, k_start, hkv,
+                   (n_end - 1 - it) * Kt::kBlockN, seqlen_k);
+}
 #endif
 
 // Grid: causal (num_heads, num_seqs, m_tiles), query tiles in reverse; non-causal (m_tiles,
@@ -199,7 +513,8 @@ __global__ void __launch_bounds__(Kt::kThreads, 1) fa3_fwd_kernel(const __grid_c
     }
     const int hkv = h / p.head_ratio;
     const int causal_offset = seqlen_k - q_len;  // query i sees keys j <= i + causal_offset
-    // Key tiles [0, n_end) hold every key some row of this CTA sees.
+    // Key tiles [0, n_end) hold every key some row of this CTA sees; the rest (wholly above
+    // the diagonal, or past the keys) are never loaded.
     int n_end = (seqlen_k + kBlockN - 1) / kBlockN;
     if constexpr (Kt::kCausal) {
         const int visible = causal_offset + min(m0 + kBlockM, q_len);  // keys < visible
@@ -212,7 +527,8 @@ __global__ void __launch_bounds__(Kt::kThreads, 1) fa3_fwd_kernel(const __grid_c
         for (int st = 0; st < Kt::kStages; ++st) {
             mbar_init(bar_k_full(bar0, st), 1);
             mbar_init(bar_v_full(bar0, st), 1);
-            mbar_init(bar_empty(bar0, st), Kt::kConsumerWarps);  // lane 0 of every consumer warp
+            mbar_init(bar_k_empty(bar0, st), Kt::kConsumerWarps);  // lane 0 of every consumer warp
+            mbar_init(bar_v_empty(bar0, st), Kt::kConsumerWarps);
         }
         fence_mbar_init();
     }
@@ -221,9 +537,7 @@ __global__ void __launch_bounds__(Kt::kThreads, 1) fa3_fwd_kernel(const __grid_c
     const int wg = threadIdx.x / 128;
     if (wg == 0) {
         // Producer warpgroup: one thread issues everything, the rest exit.
-#ifndef __CUDACC_RDC__
         setmaxnreg_dec<Kt::kProducerRegs>();
-#endif
         if (threadIdx.x != 0) return;
         prefetch_tmap(&p.tma_q);
         prefetch_tmap(&p.tma_k);
@@ -234,28 +548,46 @@ __global__ void __launch_bounds__(Kt::kThreads, 1) fa3_fwd_kernel(const __grid_c
             tma_load_3d(sQ + cb * Kt::kQBlockBytes, &p.tma_q, bar_q_full(bar0), cb * 64, h, q_start + m0);
         }
         const int32_t* table = Kt::kPaged ? p.block_tables + (int64_t)s * p.block_table_stride : nullptr;
-        for (int it = 0; it < n_end; ++it) {
-            const int n0 = (n_end - 1 - it) * kBlockN;
-            const int st = it % Kt::kStages;
-            const uint32_t phase = (uint32_t)(it / Kt::kStages) & 1u;
-            mbar_wait(bar_empty(bar0, st), phase ^ 1u);  // the first pass over the ring passes at once
-            produce_kv<Kt>(p, &p.tma_k, base + Kt::kOffK + st * Kt::kKVBytes, bar_k_full(bar0, st), table, k_start, hkv,
-                           n0, seqlen_k);
-            produce_kv<Kt>(p, &p.tma_v, base + Kt::kOffV + st * Kt::kKVBytes, bar_v_full(bar0, st), table, k_start, hkv,
-                           n0, seqlen_k);
+        if constexpr (Kt::kOverlap) {
+            // The order the consumers need them: K(it) goes out a tile ahead of V(it - 1).
+            if (n_end > 0) {
+                load_k<Kt>(p, base, bar0, table, k_start, hkv, n_end, seqlen_k, 0);
+                for (int it = 1; it < n_end; ++it) {
+                    load_k<Kt>(p, base, bar0, table, k_start, hkv, n_end, seqlen_k, it);
+                    load_v<Kt>(p, base, bar0, table, k_start, hkv, n_end, seqlen_k, it - 1);
+                }
+                load_v<Kt>(p, base, bar0, table, k_start, hkv, n_end, seqlen_k, n_end - 1);
+            }
+        } else {
+            for (int it = 0; it < n_end; ++it) {
+                load_k<Kt>(p, base, bar0, table, k_start, hkv, n_end, seqlen_k, it);
+                load_v<Kt>(p, base, bar0, table, k_start, hkv, n_end, seqlen_k, it);
+            }
         }
         return;
     }
 
     // Consumer warpgroup c owns rows 64c .. 64c + 63 of the tile.
-#ifndef __CUDACC_RDC__
     setmaxnreg_inc<Kt::kConsumerRegs>();
-#endif
     const int c = wg - 1;
     const int wtid = threadIdx.x - 128 * wg;
     const int lane = wtid % 32;
     const int g = lane >> 2, t4 = lane & 3;
     const int row0 = 64 * c + 16 * (wtid / 32) + g;  // this thread's rows: row0 and row0 + 8
+    ConsumerCtx x;
+    x.base = base;
+    x.bar0 = bar0;
+    x.q_rows = sQ + 64 * c * 128;
+    x.smem = smem;
+    x.n_end = n_end;
+    x.seqlen_k = seqlen_k;
+    x.causal_offset = causal_offset;
+    x.m0 = m0;
+    x.c = c;
+    x.wtid = wtid;
+    x.row0 = row0;
+    x.t4 = t4;
+    x.scale_log2 = p.scale_log2;
 
     float o[Kt::kNRegsO];
 #pragma unroll
@@ -266,113 +598,10 @@ __global__ void __launch_bounds__(Kt::kThreads, 1) fa3_fwd_kernel(const __grid_c
     float row_sum[2] = {0.f, 0.f};
 
     mbar_wait(bar_q_full(bar0), 0);
-    const uint32_t q_rows = sQ + 64 * c * 128;
-    for (int it = 0; it < n_end; ++it) {
-        const int n0 = (n_end - 1 - it) * kBlockN;
-        const int st = it % Kt::kStages;
-        const uint32_t phase = (uint32_t)(it / Kt::kStages) & 1u;
-        const uint32_t sK = base + Kt::kOffK + st * Kt::kKVBytes;
-        const uint32_t sV = base + Kt::kOffV + st * Kt::kKVBytes;
-
-        // S = Q·Kᵀ: k16 step ks reads columns 16ks.. of Q and K, 32 bytes into column block ks / 4.
-        float sc[Kt::kNRegsS];
-        mbar_wait(bar_k_full(bar0, st), phase);
-        wgmma_fence();
-#pragma unroll
-        for (int ks = 0; ks < Kt::kKStepsQK; ++ks) {
-            const uint32_t koff = (ks % 4) * 32;
-            const uint64_t da = make_desc_sw128(q_rows + (ks / 4) * Kt::kQBlockBytes + koff, 16, 1024);
-            const uint64_t db = make_desc_sw128(sK + (ks / 4) * Kt::kKVBlockBytes + koff, 16, 1024);
-            wgmma_m64n128k16_ss(sc, da, db, ks > 0 ? 1 : 0);
-        }
-        wgmma_commit();
-        wgmma_wait<0>();
-#pragma unroll
-        for (int i = 0; i < Kt::kNRegsS; ++i) reg_fence(sc[i]);
-
-        // Mask tiles that reach past the keys or, causal, above the diagonal of this
-        // warpgroup's first row. sc[4j + e] is row row0 + 8(e / 2), key n0 + 8j + 2t4 + e % 2.
-        const bool need_mask =
-            n0 + kBlockN > seqlen_k || (Kt::kCausal && n0 + kBlockN - 1 > causal_offset + m0 + 64 * c);
-        if (need_mask) {
-#pragma unroll
-            for (int j = 0; j < kBlockN / 8; ++j)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int qi = m0 + row0 + (e >> 1) * 8;
-                    const int key = n0 + j * 8 + 2 * t4 + (e & 1);
-                    if (key >= seqlen_k || (Kt::kCausal && key > qi + causal_offset)) sc[4 * j + e] = -INFINITY;
-                }
-        }
-
-        // Online softmax, per row (hr 0: row0, hr 1: row0 + 8).
-        float corr[2];
-#pragma unroll
-        for (int hr = 0; hr < 2; ++hr) {
-            float mx = row_max[hr];
-#pragma unroll
-            for (int j = 0; j < kBlockN / 8; ++j) mx = fmaxf(mx, fmaxf(sc[4 * j + 2 * hr], sc[4 * j + 2 * hr + 1]));
-            // The 4 lanes of a quad hold the row's columns between them.
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            // A row that has seen no key yet keeps max -inf; subtract 0 then (no -inf - -inf).
-            const float m_scaled = mx == -INFINITY ? 0.f : mx * p.scale_log2;
-            corr[hr] = fast_exp2(row_max[hr] * p.scale_log2 - m_scaled);
-            row_max[hr] = mx;
-            float sum = 0.f;
-#pragma unroll
-            for (int j = 0; j < kBlockN / 8; ++j)
-#pragma unroll
-                for (int e = 2 * hr; e < 2 * hr + 2; ++e) {
-                    const float pr = fast_exp2(fmaf(sc[4 * j + e], p.scale_log2, -m_scaled));
-                    sc[4 * j + e] = pr;
-                    sum += pr;
-                }
-            row_sum[hr] = row_sum[hr] * corr[hr] + sum;
-        }
-#pragma unroll
-        for (int j = 0; j < Kt::kNRegsO / 4; ++j) {
-            o[4 * j + 0] *= corr[0];
-            o[4 * j + 1] *= corr[0];
-            o[4 * j + 2] *= corr[1];
-            o[4 * j + 3] *= corr[1];
-        }
-        // P as bf16 A fragments: k16 step kk covers keys 16kk.. = column groups 2kk and 2kk + 1.
-        uint32_t pa[Kt::kKStepsPV][4];
-#pragma unroll
-        for (int kk = 0; kk < Kt::kKStepsPV; ++kk) {
-            pa[kk][0] = pack_bf16x2(sc[8 * kk + 0], sc[8 * kk + 1]);
-            pa[kk][1] = pack_bf16x2(sc[8 * kk + 2], sc[8 * kk + 3]);
-            pa[kk][2] = pack_bf16x2(sc[8 * kk + 4], sc[8 * kk + 5]);
-            pa[kk][3] = pack_bf16x2(sc[8 * kk + 6], sc[8 * kk + 7]);
-        }
-
-        mbar_wait(bar_v_full(bar0, st), phase);
-        if (n0 + kBlockN > seqlen_k) {
-            // Last tile: zero V rows seqlen_k - n0 .. kBlockN - 1 of both column blocks (whole
-            // 128-byte lines, so the swizzle does not matter).
-            const int valid = seqlen_k - n0;
-            const int chunks = (kBlockN - valid) * 8;  // 16-byte chunks per column block
-            for (int i = wtid; i < chunks * Kt::kColBlocks; i += 128) {
-                const int cb = i / chunks, r = i % chunks;
-                *reinterpret_cast<uint4*>(smem + Kt::kOffV + st * Kt::kKVBytes + cb * Kt::kKVBlockBytes +
-                                          valid * 128 + r * 16) = make_uint4(0, 0, 0, 0);
-            }
-            fence_proxy_async();
-            named_bar_sync(1 + c, 128);
-        }
-        // O += P·V: k16 step kk reads V lines (keys) 16kk..16kk+15; N spans the column blocks.
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < Kt::kKStepsPV; ++kk) {
-            wgmma_pv<Kt::kHeadDimPV>(o, pa[kk], make_desc_sw128(sV + kk * 16 * 128, Kt::kKVBlockBytes, 1024));
-        }
-        wgmma_commit();
-        wgmma_wait<0>();
-#pragma unroll
-        for (int i = 0; i < Kt::kNRegsO; ++i) reg_fence(o[i]);
-        __syncwarp();
-        if (lane == 0) mbar_arrive(bar_empty(bar0, st));
+    if constexpr (Kt::kOverlap) {
+        if (n_end > 0) mainloop_overlap<Kt>(x, o, row_max, row_sum, lane);
+    } else {
+        mainloop_serial<Kt>(x, o, row_max, row_sum, lane);
     }
 
     // Epilogue: O / l as bf16; a row with no visible key (l = 0) is written as zeros.
@@ -381,9 +610,9 @@ __global__ void __launch_bounds__(Kt::kThreads, 1) fa3_fwd_kernel(const __grid_c
         float sum = row_sum[hr];
         sum += __shfl_xor_sync(0xffffffffu, sum, 1);
         sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-        // __fdividef, not `/`: the IEEE division's slow path is a subroutine call, and under the
-        // crate's relocatable-device-code build any call makes ptxas serialise every wgmma of
-        // the kernel (C7509). sum is in [1, keys] here, far from __fdividef's limits.
+        // __fdividef, not `/`: the IEEE division's slow path is a subroutine call, and a call
+        // can make ptxas serialise the kernel's wgmma (C7509). sum is in [1, keys] here, far
+        // from __fdividef's limits.
         const float inv = sum > 0.f ? __fdividef(1.f, sum) : 0.f;
         const int qi = m0 + row0 + hr * 8;
         if (qi < q_len) {
@@ -420,6 +649,26 @@ int32_t launch_fa3(const Fa3Params& params, int num_seqs, int num_heads, int max
     const dim3 grid = Kt::kCausal ? dim3(num_heads, num_seqs, m_blocks) : dim3(m_blocks, num_heads, num_seqs);
     kernel<<<grid, Kt::kThreads, Kt::kSmemBytes, stream>>>(params);
     return launch_status();
+}
+
+// Launches the variant with mainloop `mainloop` (OCRVL_FA3_MAINLOOP_*; DEFAULT is PINGPONG).
+template <int kHeadDim, int kHeadDimPV, bool kPaged, bool kCausal>
+int32_t launch_fa3_mainloop(const Fa3Params& params, int mainloop, int num_seqs, int num_heads, int max_seqlen_q,
+                            cudaStream_t stream) {
+    switch (mainloop) {
+        case OCRVL_FA3_MAINLOOP_DEFAULT:
+        case OCRVL_FA3_MAINLOOP_PINGPONG:
+            return launch_fa3<Fa3Traits<kHeadDim, kHeadDimPV, kPaged, kCausal, OCRVL_FA3_MAINLOOP_PINGPONG>>(
+                params, num_seqs, num_heads, max_seqlen_q, stream);
+        case OCRVL_FA3_MAINLOOP_OVERLAP:
+            return launch_fa3<Fa3Traits<kHeadDim, kHeadDimPV, kPaged, kCausal, OCRVL_FA3_MAINLOOP_OVERLAP>>(
+                params, num_seqs, num_heads, max_seqlen_q, stream);
+        case OCRVL_FA3_MAINLOOP_SERIAL:
+            return launch_fa3<Fa3Traits<kHeadDim, kHeadDimPV, kPaged, kCausal, OCRVL_FA3_MAINLOOP_SERIAL>>(
+                params, num_seqs, num_heads, max_seqlen_q, stream);
+        default:
+            return OCRVL_STATUS_UNSUPPORTED;
+    }
 }
 
 }  // namespace ocrvl::attn::fa3

@@ -38,21 +38,23 @@ struct Fa3Params {
     float scale_log2;  // scale * log2(e)
 };
 
-// Launches the variant on `stream`; arguments and tensor maps already checked and encoded.
+// Launches the variant with mainloop `mainloop` (OCRVL_FA3_MAINLOOP_* of attention.h, checked
+// by the caller) on `stream`; arguments and tensor maps already checked and encoded.
 // Grid as the FA2 path (launch.cuh): causal (num_heads, num_seqs, m_tiles) with the query
 // tiles in reverse, else (m_tiles, num_heads, num_seqs); m_tiles = ceil(max_seqlen_q / 128).
 template <int kHeadDim, int kHeadDimPV, bool kPaged, bool kCausal>
-int32_t run_fa3(const Fa3Params& params, int num_seqs, int num_heads, int max_seqlen_q, cudaStream_t stream);
+int32_t run_fa3(const Fa3Params& params, int mainloop, int num_seqs, int num_heads, int max_seqlen_q,
+                cudaStream_t stream);
 
 // Text prefill over the paged cache, d = 128 (fa3_d128_paged_causal.cu, fa3_d128_paged.cu).
 template <>
-int32_t run_fa3<128, 128, true, true>(const Fa3Params&, int, int, int, cudaStream_t);
+int32_t run_fa3<128, 128, true, true>(const Fa3Params&, int, int, int, int, cudaStream_t);
 template <>
-int32_t run_fa3<128, 128, true, false>(const Fa3Params&, int, int, int, cudaStream_t);
+int32_t run_fa3<128, 128, true, false>(const Fa3Params&, int, int, int, int, cudaStream_t);
 // Vision varlen, d = 72: P·V over 72 (the default) and over 128 (fa3_d72.cu).
 template <>
-int32_t run_fa3<72, 72, false, false>(const Fa3Params&, int, int, int, cudaStream_t);
+int32_t run_fa3<72, 72, false, false>(const Fa3Params&, int, int, int, int, cudaStream_t);
 template <>
-int32_t run_fa3<72, 128, false, false>(const Fa3Params&, int, int, int, cudaStream_t);
+int32_t run_fa3<72, 128, false, false>(const Fa3Params&, int, int, int, int, cudaStream_t);
 
 }  // namespace ocrvl::attn::fa3

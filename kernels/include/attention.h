@@ -79,7 +79,20 @@ typedef struct OcrvlAttnParams {
     int32_t padded_head_dim;
     /* Element type of q, k, v, o; only OCRVL_DTYPE_BF16 is built. */
     OcrvlDType dtype;
+    /* FA3 entry points only (the FA2 ones ignore it): which mainloop, OCRVL_FA3_MAINLOOP_*;
+     * 0 is the default. */
+    int32_t fa3_mainloop;
 } OcrvlAttnParams;
+
+/* FA3 mainloops (kernels/attention/fa3_fwd.cuh); the same results within bf16 rounding.
+ * DEFAULT picks PINGPONG. SERIAL is the first version (S, softmax, P·V in turn), kept to
+ * compare and to fall back to; OVERLAP issues the next tile's Q·Kᵀ before the softmax of the
+ * current one inside each consumer warpgroup; PINGPONG adds turns between the two consumer
+ * warpgroups so that one's softmax runs under the other's matrix products. */
+#define OCRVL_FA3_MAINLOOP_DEFAULT 0
+#define OCRVL_FA3_MAINLOOP_SERIAL 1
+#define OCRVL_FA3_MAINLOOP_OVERLAP 2
+#define OCRVL_FA3_MAINLOOP_PINGPONG 3
 
 /* Text prefill over the paged KV cache; see the file comment.
  * Grid: causal (num_heads, num_seqs, ceil(max_seqlen_q / 128)), the query tiles launched

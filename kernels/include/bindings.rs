@@ -6,6 +6,10 @@ pub const OCRVL_KV_CACHE_DEFAULT_BLOCK_SIZE: u32 = 64;
 pub const OCRVL_KV_CACHE_MIN_BLOCK_SIZE: u32 = 16;
 pub const OCRVL_KV_CACHE_MAX_BLOCK_SIZE: u32 = 256;
 pub const OCRVL_DECODE_MAX_SPLITS: u32 = 256;
+pub const OCRVL_FA3_MAINLOOP_DEFAULT: u32 = 0;
+pub const OCRVL_FA3_MAINLOOP_SERIAL: u32 = 1;
+pub const OCRVL_FA3_MAINLOOP_OVERLAP: u32 = 2;
+pub const OCRVL_FA3_MAINLOOP_PINGPONG: u32 = 3;
 pub const OCRVL_SAMPLING_MAX_TOP_N: u32 = 20;
 pub const OCRVL_SAMPLING_MAX_VOCAB: u32 = 8388608;
 #[repr(u32)]
@@ -340,6 +344,7 @@ pub struct OcrvlAttnParams {
     pub causal: i32,
     pub padded_head_dim: i32,
     pub dtype: OcrvlDType,
+    pub fa3_mainloop: i32,
 }
 impl Default for OcrvlAttnParams {
     fn default() -> Self {

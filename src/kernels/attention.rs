@@ -47,6 +47,52 @@ impl std::fmt::Display for AttentionVersion {
     }
 }
 
+/// The mainloop of the FA3 kernels (`OCRVL_FA3_MAINLOOP_*` in `kernels/include/attention.h`);
+/// all give the same results within bf16 rounding.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Fa3Mainloop {
+    /// Q·K(n+1)ᵀ issued before the softmax of tile n inside each consumer warpgroup, and the two
+    /// consumer warpgroups taking turns on the tensor cores (named barriers): one's softmax runs
+    /// under the other's matrix products.
+    #[default]
+    PingPong,
+    /// The intra-warpgroup overlap alone, no turns.
+    Overlap,
+    /// The first mainloop: S, softmax, P·V in turn. Kept to compare and to fall back to.
+    Serial,
+}
+
+impl Fa3Mainloop {
+    pub const ALL: [Fa3Mainloop; 3] = [Fa3Mainloop::PingPong, Fa3Mainloop::Overlap, Fa3Mainloop::Serial];
+
+    fn c_value(self) -> i32 {
+        (match self {
+            Fa3Mainloop::PingPong => sys::OCRVL_FA3_MAINLOOP_PINGPONG,
+            Fa3Mainloop::Overlap => sys::OCRVL_FA3_MAINLOOP_OVERLAP,
+            Fa3Mainloop::Serial => sys::OCRVL_FA3_MAINLOOP_SERIAL,
+        }) as i32
+    }
+}
+
+thread_local! {
+    static FA3_MAINLOOP: std::cell::Cell<Fa3Mainloop> = const { std::cell::Cell::new(Fa3Mainloop::PingPong) };
+}
+
+/// Runs `f` with the FA3 calls made on this thread using `mainloop` (default
+/// [`Fa3Mainloop::PingPong`]), then restores the previous choice. For benchmarks and tests
+/// that compare the mainloops; FA2 calls ignore it. Thread-local, so parallel tests do not
+/// see each other's choice.
+pub fn with_fa3_mainloop<R>(mainloop: Fa3Mainloop, f: impl FnOnce() -> R) -> R {
+    struct Restore(Fa3Mainloop);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            FA3_MAINLOOP.with(|m| m.set(self.0));
+        }
+    }
+    let _restore = Restore(FA3_MAINLOOP.with(|m| m.replace(mainloop)));
+    f()
+}
+
 /// True when this build contains the FA3 kernels (sm_90a code); says nothing about the GPU.
 pub fn fa3_built() -> bool {
     // SAFETY: reads a compile-time constant; no arguments.
@@ -284,6 +330,7 @@ pub fn prefill_paged_with(
         causal: i32::from(opts.causal),
         padded_head_dim: 0,
         dtype: c_dtype(DType::BF16),
+        fa3_mainloop: 0,
     };
     launch(op, gpu, &params, true, opts.version)
 }
@@ -401,6 +448,7 @@ pub fn vision_varlen_with(
             VisionTile::Pv128 => 128,
         },
         dtype: c_dtype(DType::BF16),
+        fa3_mainloop: 0,
     };
     launch(op, gpu, &params, false, version)
 }
@@ -419,6 +467,13 @@ fn launch(
             format!("scale {} must be finite and positive", params.scale),
         ));
     }
+    let params = &sys::OcrvlAttnParams {
+        fa3_mainloop: match version {
+            AttentionVersion::Fa2 => 0,
+            AttentionVersion::Fa3 => FA3_MAINLOOP.with(|m| m.get()).c_value(),
+        },
+        ..*params
+    };
     // SAFETY: every pointer in `params` addresses a view whose dims were checked against the
     // sizes in `params` on this GPU (device contents are trusted as documented above), and the
     // stream is the one all other work on these views is queued on.

@@ -1,7 +1,8 @@
 //! The FA3 attention path (`kernels/attention/fa3_*`) against the FA2 path on every shape of
 //! `attention.rs` and odd lengths (1, 7, 83, 129, 5040 and mixes, paged through shuffled block
 //! tables with NaN in unused slots), the f64 reference on the odd lengths for both paths, and
-//! the version choice of `FLAGS_flash_attn_version`.
+//! the version choice of `FLAGS_flash_attn_version`. The tests run the default FA3 mainloop
+//! (ping-pong); `mainloops_match_fa2` runs every mainloop (`Fa3Mainloop`) against FA2.
 //!
 //! On an sm_90 GPU the FA3 runs are required (a build without sm_90a fails these tests); on any
 //! other GPU each test instead checks that FA3 is refused with an error.
@@ -12,7 +13,7 @@
 
 use half::bf16;
 use ocrvl::config::FlashAttnVersion;
-use ocrvl::kernels::attention::{resolve_version, AttentionVersion, VisionTile};
+use ocrvl::kernels::attention::{resolve_version, with_fa3_mainloop, AttentionVersion, Fa3Mainloop, VisionTile};
 use ocrvl::runtime::Gpu;
 use ocrvl::Error;
 
@@ -209,6 +210,67 @@ fn odd_lengths_match_reference() {
         for v in versions(&g) {
             let got = run_vision(&g, &b, VisionTile::Qk80, v);
             check_vision(&format!("{v:?} vision odd lengths {lens:?}"), &b, &got);
+        }
+    }
+}
+
+/// Every FA3 mainloop (the default ping-pong, overlap alone, the first serial one) against FA2:
+/// text paged at block sizes 16 and 64, causal and not (LSE too), and vision, on the odd lengths
+/// (single-tile runs, where the overlapped loops only run their first and last turns, and
+/// multi-tile ones, 5040 keys = 40 tiles, an even and an odd number of ring passes).
+#[test]
+#[ignore = "needs GPU"]
+fn mainloops_match_fa2() {
+    let g = gpu();
+    if fa3_runs(&g) {
+        let mut r = rng(0xFA3_0004);
+        let lens: Vec<usize> = ODD.iter().map(|s| s.0).collect();
+        for &bs in &[16usize, 64] {
+            let b = TextBatch::new(&mut r, ODD, 4.0);
+            let pool = Pool::new(&mut r, &b, bs);
+            for causal in [true, false] {
+                let fa2 = run_text(
+                    &g,
+                    &b,
+                    &pool,
+                    &pool.tables,
+                    text_opts(causal, AttentionVersion::Fa2),
+                    true,
+                );
+                let l2: Vec<f64> = fa2.lse.unwrap().iter().map(|&x| x as f64).collect();
+                for m in Fa3Mainloop::ALL {
+                    let label = format!("FA3 {m:?} vs FA2, block_size {bs}, causal {causal}");
+                    let fa3 = with_fa3_mainloop(m, || {
+                        run_text(
+                            &g,
+                            &b,
+                            &pool,
+                            &pool.tables,
+                            text_opts(causal, AttentionVersion::Fa3),
+                            true,
+                        )
+                    });
+                    assert_same_within_rounding(&label, &fa3.out, &fa2.out, &lens, Q_COLS);
+                    let l3: Vec<f64> = fa3.lse.unwrap().iter().map(|&x| x as f64).collect();
+                    assert_close(&format!("{label}, lse"), &l3, &l2, 1e-3, 1e-4);
+                }
+            }
+        }
+        for lens in [vec![7usize, 83, 129, 1, 5040, 128, 127], vec![5040, 256]] {
+            let b = VisionBatch::new(&mut r, &lens);
+            let fa2 = run_vision(&g, &b, VisionTile::Qk80, AttentionVersion::Fa2);
+            for m in Fa3Mainloop::ALL {
+                for tile in [VisionTile::Qk80, VisionTile::Pv128] {
+                    let fa3 = with_fa3_mainloop(m, || run_vision(&g, &b, tile, AttentionVersion::Fa3));
+                    assert_same_within_rounding(
+                        &format!("FA3 {m:?} {tile:?} vs FA2, images {lens:?}"),
+                        &fa3,
+                        &fa2,
+                        &lens,
+                        V_COLS,
+                    );
+                }
+            }
         }
     }
 }
