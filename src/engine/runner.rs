@@ -810,9 +810,16 @@ fn log_attention_choice(gpu: &Gpu, env: EnvFlags, chosen: AttentionVersion) {
     static LOGGED: std::sync::Once = std::sync::Once::new();
     LOGGED.call_once(|| {
         let why = match (env.flash_attn_version, fa3_unavailable_reason(gpu)) {
-            (FlashAttnVersion::Auto, Some(reason)) => format!("FLAGS_flash_attn_version unset; FA3 unavailable: {reason}"),
-            (FlashAttnVersion::Auto, None) => "FLAGS_flash_attn_version unset; FA3 is built and the GPU is sm_90".into(),
-            (v, _) => format!("FLAGS_flash_attn_version={}", if v == FlashAttnVersion::Fa2 { 2 } else { 3 }),
+            (FlashAttnVersion::Auto, Some(reason)) => {
+                format!("FLAGS_flash_attn_version unset; FA3 unavailable: {reason}")
+            }
+            (FlashAttnVersion::Auto, None) => {
+                "FLAGS_flash_attn_version unset; FA3 is built and the GPU is sm_90".into()
+            }
+            (v, _) => format!(
+                "FLAGS_flash_attn_version={}",
+                if v == FlashAttnVersion::Fa2 { 2 } else { 3 }
+            ),
         };
         if std::env::var_os("OCRVL_QUIET").is_none() {
             eprintln!("ocrvl: attention {chosen:?} ({why})");

@@ -9,9 +9,9 @@
 
 use super::names::{text_layer, vision_layer, EMBED_TOKENS, LM_HEAD};
 use super::weights::ValidatedWeights;
-use crate::kernels::attention::AttentionVersion;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
+use crate::kernels::attention::AttentionVersion;
 use crate::runtime::{DType, DeviceTensor, Gpu, TensorView};
 
 pub struct VisionLayerWeights {
