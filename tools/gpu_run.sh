@@ -59,18 +59,29 @@ if [ "$part" = benches ] || [ "$part" = all ]; then
         run_step "$(basename "$py")" "$logs/benches.log" timeout 120 python3 "$py"
     done
 fi
+synth=${OCRVL_SYNTHETIC_DIR:-$HOME/.cache/ocrvl/synthetic/paddleocr-vl-0.9b-seed0}
 if [ "$part" = bench ] || [ "$part" = all ]; then
-    run_step "bench (binary)" "$logs/bench.log" timeout 400 "$bin/bench" --workload all --json "$logs/bench.json"
+    # Model steps, then every workload on one engine: decode at the issue's shape (1024 requests
+    # x 1024 in x 1024 out), the image workloads with fewer requests.
+    run_step "bench (binary)" "$logs/bench.log" timeout 300 "$bin/bench" --synthetic-dir "$synth" --workload all \
+        --num-requests decode=1024,page-1080p=512,page-360p=512,crops=1024 --json "$logs/bench.json"
+    # The decode shape transformers can afford in the same run (1024 in x 256 out).
+    run_step "bench decode 1024/256" "$logs/bench.log" timeout 100 "$bin/bench" --synthetic-dir "$synth" \
+        --no-model-steps --workload decode --num-requests 512 --output-len 256 --json "$logs/bench_decode256.json"
     if [ -e "$here/compare_full_model.py" ]; then
         run_step "compare_full_model.py" "$logs/bench.log" timeout 120 python3 "$here/compare_full_model.py" --ocrvl "$bin/ocrvl-logits"
     fi
 fi
 if [ "$part" = baseline ] || [ "$part" = all ]; then
-    synth=${OCRVL_SYNTHETIC_DIR:-$HOME/.cache/ocrvl/synthetic/paddleocr-vl-0.9b-seed0}
     # A fresh machine has no synthetic model yet: the bench writes it (and times model steps).
-    [ -e "$synth/model.safetensors" ] || run_step "bench (model steps)" "$logs/baseline.log" "$bin/bench" --workload none
+    [ -e "$synth/model.safetensors" ] || run_step "bench (model steps)" "$logs/baseline.log" "$bin/bench" \
+        --synthetic-dir "$synth" --workload none
+    # transformers generate on the same workloads and weights: one batch each after a warm-up.
     run_step "baseline_engine.py" "$logs/baseline.log" timeout 500 python3 "$here/tools/baseline_engine.py" \
-        --model "${OCRVL_SYNTHETIC_DIR:-$HOME/.cache/ocrvl/synthetic/paddleocr-vl-0.9b-seed0}" --json "$logs/baseline.json"
+        --model "$synth" --workloads "${BASELINE_WORKLOADS:-decode,page-1080p,page-360p,crops}" --seconds 0 \
+        --output-len 256 --json "$logs/baseline.json" \
+        $( [ -e "$logs/bench.json" ] && echo --bench-json "$logs/bench.json" ) \
+        $( [ -e "$logs/bench_decode256.json" ] && echo --bench-json "$logs/bench_decode256.json" )
 fi
 
 echo
@@ -80,7 +91,7 @@ echo
 echo "== benches =="
 grep -hE '(TFLOP/s|GB/s)' "$logs/benches.log" 2>/dev/null | grep -vE '^\s*(thrpt|time):' | head -n 80
 grep -E '^(\||full-size)' "$logs/bench.log" 2>/dev/null
-grep -E '^transformers' "$logs/baseline.log" 2>/dev/null
+grep -E '^(transformers |ratio )' "$logs/baseline.log" 2>/dev/null
 echo
 echo "== summary =="
 printf '| %-28s | %3s | %8s | %s |\n' step rc time result

@@ -280,6 +280,9 @@ pub fn forward(
     }
 
     // Only the rows that need logits go through lm_head (the last token of each sequence).
+    if s == 0 {
+        return Ok(());
+    }
     let mut last = ws.alloc(DType::BF16, &[s, hidden])?;
     let mut gather_error = ws.alloc(DType::I32, &[1])?;
     gather_error.fill_bytes(gpu, 0)?;

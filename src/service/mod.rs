@@ -590,8 +590,14 @@ fn engine_thread(config: ServiceConfig, status: Arc<Status>, rx: Receiver<Comman
                     }
                 }
                 Command::Abort(id) => {
-                    if live.remove(&id).is_some() {
+                    if let Some(tx) = live.remove(&id) {
                         engine.abort(id);
+                        // The handle learns the end from the engine (a cancel, or a stop string
+                        // it already saw); a closed channel alone would read as a failure.
+                        let _ = tx.send(EngineEvent::Finished {
+                            reason: FinishReason::Aborted,
+                            at: Instant::now(),
+                        });
                         stats.requests_aborted += 1;
                         // The freed blocks show in the stats now, not at the next step (there
                         // may be none while idle).
