@@ -66,6 +66,30 @@ fn gemm_benches(c: &mut Criterion) {
             common::H100_BF16_TFLOPS
         );
         group.bench_function(name, |b| b.iter_custom(|iters| common::time_gpu(&gpu, iters, &mut run)));
+        if m <= 512 {
+            // The engine times the heuristic's candidates for decode shapes (Gemm::set_autotune).
+            let mut tuned = Gemm::new(&gpu).unwrap();
+            tuned.set_autotune(512);
+            let ms = GpuTimer::time_mean_ms(&gpu, 3, 20, || {
+                tuned.matmul(
+                    &gpu,
+                    &mut out.view_mut(),
+                    &x.view(),
+                    &w.view(),
+                    None,
+                    Epilogue::None,
+                    false,
+                )
+            })
+            .unwrap();
+            let tflops = flops / (ms * 1e-3) / 1e12;
+            println!(
+                "gemm {name}_autotuned: M={m} N={n} K={k}: {:.1} us, {tflops:.1} TFLOP/s ({:.0}% of {} measured)",
+                ms * 1e3,
+                100.0 * tflops / common::H100_BF16_TFLOPS,
+                common::H100_BF16_TFLOPS
+            );
+        }
     }
     group.finish();
 }

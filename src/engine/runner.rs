@@ -329,6 +329,10 @@ impl Engine {
                     .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
                     .op("cuStreamBeginCapture")?;
             }
+            // The warm-up run times the decode GEMMs' candidate algorithms (never while
+            // capturing: timing synchronises). OCRVL_GEMM_AUTOTUNE=0 keeps the heuristic's.
+            let tune = !capture && std::env::var("OCRVL_GEMM_AUTOTUNE").map_or(true, |v| v != "0");
+            self.gemm.set_autotune(if tune { usize::MAX } else { 0 });
             let run = text::forward(
                 &self.gpu,
                 &mut self.gemm,
@@ -340,6 +344,7 @@ impl Engine {
                 &mut self.embed_error.view_mut(),
                 &mut logits,
             );
+            self.gemm.set_autotune(0);
             if capture {
                 // End the capture whatever happened, so the stream is usable afterwards.
                 let graph = self

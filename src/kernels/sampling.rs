@@ -16,7 +16,7 @@
 
 use crate::config::SamplingClass;
 use crate::error::{Error, Result};
-use crate::runtime::{DType, DeviceTensor, Gpu, TensorView, TensorViewMut};
+use crate::runtime::{DType, DeviceTensor, Gpu, PinnedStaging, TensorView, TensorViewMut};
 use crate::sys;
 
 use super::{c_dtype, check};
@@ -323,9 +323,9 @@ pub struct Sampler {
     penalties: bool,
     buf: ParamBuffers,
     workspace: DeviceTensor,
-    host_f32: Vec<f32>,
     host_i32: Vec<i32>,
     host_cu: Vec<i32>,
+    staging: PinnedStaging,
 }
 
 struct ParamBuffers {
@@ -387,9 +387,11 @@ impl Sampler {
                 cu_history: i(&[max_batch + 1])?,
             },
             workspace: DeviceTensor::zeros(gpu, DType::I32, &[workspace_bytes(history_capacity).div_ceil(4)])?,
-            host_f32: Vec::with_capacity(max_batch),
             host_i32: Vec::with_capacity(2 * max_batch),
             host_cu: Vec::with_capacity(max_batch + 1),
+            // Eight per-row arrays of 4-8 bytes, the history and its offsets, each part
+            // 256-byte aligned in the staging buffer.
+            staging: PinnedStaging::new(gpu, 48 * max_batch + 4 * (history_capacity + max_batch + 1) + 16 * 256)?,
         })
     }
 
@@ -416,38 +418,18 @@ impl Sampler {
         if n == 0 {
             return Ok(());
         }
-        let put_f32 = |t: &mut DeviceTensor, host: &mut Vec<f32>, f: &dyn Fn(&SamplingParams) -> f32| {
-            host.clear();
-            host.extend(params.iter().map(f));
-            t.view_mut().narrow0(0, n)?.copy_from_host(gpu, host)
-        };
-        put_f32(&mut self.buf.temperature, &mut self.host_f32, &|p| p.temperature)?;
-        put_f32(&mut self.buf.top_p, &mut self.host_f32, &|p| p.top_p)?;
-        put_f32(&mut self.buf.repetition, &mut self.host_f32, &|p| p.repetition_penalty)?;
-        put_f32(&mut self.buf.frequency, &mut self.host_f32, &|p| p.frequency_penalty)?;
-        put_f32(&mut self.buf.presence, &mut self.host_f32, &|p| p.presence_penalty)?;
-        self.host_i32.clear();
-        self.host_i32.extend(params.iter().map(|p| p.top_k));
-        self.buf
-            .top_k
-            .view_mut()
-            .narrow0(0, n)?
-            .copy_from_host(gpu, &self.host_i32)?;
+        // Every array goes up in one page-locked batch of async copies: the CPU does not wait
+        // for the GPU (pageable copies would each wait for the step's forward to finish).
+        let f32s = |f: &dyn Fn(&SamplingParams) -> f32| -> Vec<f32> { params.iter().map(f).collect() };
         let words = |v: u64| [v as u32 as i32, (v >> 32) as u32 as i32];
-        self.host_i32.clear();
-        self.host_i32.extend(params.iter().flat_map(|p| words(p.seed)));
-        self.buf
-            .seed
-            .view_mut()
-            .narrow0(0, n)?
-            .copy_from_host(gpu, &self.host_i32)?;
-        self.host_i32.clear();
-        self.host_i32.extend(params.iter().flat_map(|p| words(p.step)));
-        self.buf
-            .step
-            .view_mut()
-            .narrow0(0, n)?
-            .copy_from_host(gpu, &self.host_i32)?;
+        let temperature = f32s(&|p| p.temperature);
+        let top_p = f32s(&|p| p.top_p);
+        let repetition = f32s(&|p| p.repetition_penalty);
+        let frequency = f32s(&|p| p.frequency_penalty);
+        let presence = f32s(&|p| p.presence_penalty);
+        let top_k: Vec<i32> = params.iter().map(|p| p.top_k).collect();
+        let seed: Vec<i32> = params.iter().flat_map(|p| words(p.seed)).collect();
+        let step: Vec<i32> = params.iter().flat_map(|p| words(p.step)).collect();
         if self.penalties {
             pack_history(histories, &mut self.host_i32, &mut self.host_cu)?;
             if self.host_i32.len() > self.history_capacity {
@@ -460,19 +442,36 @@ impl Sampler {
                     ),
                 ));
             }
-            let len = self.host_i32.len();
-            self.buf
-                .history
-                .view_mut()
-                .narrow0(0, len)?
-                .copy_from_host(gpu, &self.host_i32)?;
-            self.buf
-                .cu_history
-                .view_mut()
-                .narrow0(0, n + 1)?
-                .copy_from_host(gpu, &self.host_cu)?;
         }
-        Ok(())
+        let b = &mut self.buf;
+        let mut parts: Vec<(&[u8], TensorViewMut<'_>)> = vec![
+            (
+                bytemuck::cast_slice(&temperature),
+                b.temperature.view_mut().narrow0(0, n)?,
+            ),
+            (bytemuck::cast_slice(&top_p), b.top_p.view_mut().narrow0(0, n)?),
+            (
+                bytemuck::cast_slice(&repetition),
+                b.repetition.view_mut().narrow0(0, n)?,
+            ),
+            (bytemuck::cast_slice(&frequency), b.frequency.view_mut().narrow0(0, n)?),
+            (bytemuck::cast_slice(&presence), b.presence.view_mut().narrow0(0, n)?),
+            (bytemuck::cast_slice(&top_k), b.top_k.view_mut().narrow0(0, n)?),
+            (bytemuck::cast_slice(&seed), b.seed.view_mut().narrow0(0, n)?),
+            (bytemuck::cast_slice(&step), b.step.view_mut().narrow0(0, n)?),
+        ];
+        if self.penalties {
+            let len = self.host_i32.len();
+            parts.push((
+                bytemuck::cast_slice(&self.host_i32),
+                b.history.view_mut().narrow0(0, len)?,
+            ));
+            parts.push((
+                bytemuck::cast_slice(&self.host_cu),
+                b.cu_history.view_mut().narrow0(0, n + 1)?,
+            ));
+        }
+        self.staging.upload_parts(gpu, &mut parts)
     }
 
     /// Rows set by the last [`Sampler::set_batch`].

@@ -29,7 +29,7 @@ use cudarc::cublaslt::sys;
 use cudarc::cublaslt::sys::cublasLtMatmulDescAttributes_t as DescAttr;
 use cudarc::cublaslt::sys::cublasLtMatmulPreferenceAttributes_t as PrefAttr;
 
-use super::{DType, DeviceTensor, Gpu, TensorView, TensorViewMut};
+use super::{DType, DeviceTensor, Gpu, GpuTimer, TensorView, TensorViewMut};
 use crate::error::{DriverResultExt, Error, Result};
 
 /// What cuBLASLt applies to the product before writing `out`.
@@ -61,7 +61,12 @@ struct Plan {
     desc: sys::cublasLtMatmulDesc_t,
     layouts: [sys::cublasLtMatrixLayout_t; 3], // w, x, out (out doubles as C)
     algo: sys::cublasLtMatmulAlgo_t,
+    /// The heuristic's other candidates, until the first call times them (autotuning).
+    untimed: Vec<sys::cublasLtMatmulAlgo_t>,
 }
+
+/// Candidates the heuristic is asked for when autotuning.
+const AUTOTUNE_CANDIDATES: usize = 8;
 
 impl Drop for Plan {
     fn drop(&mut self) {
@@ -81,6 +86,7 @@ pub struct Gemm {
     handle: sys::cublasLtHandle_t,
     workspace: DeviceTensor,
     plans: HashMap<PlanKey, Plan>,
+    autotune_max_m: usize,
 }
 
 impl Gemm {
@@ -102,7 +108,17 @@ impl Gemm {
             handle,
             workspace,
             plans: HashMap::new(),
+            autotune_max_m: 0,
         })
+    }
+
+    /// From now on, a new plan with M <= `max_m` is timed on its first call over the
+    /// heuristic's top candidates and keeps the fastest (0 turns it off). The small-M GEMMs
+    /// of decode steps are latency-bound and the heuristic's first choice is often not the
+    /// fastest there. Timing synchronises the stream, so this must be off while a CUDA graph
+    /// is being captured (the engine tunes in the warm-up run before each capture).
+    pub fn set_autotune(&mut self, max_m: usize) {
+        self.autotune_max_m = max_m;
     }
 
     /// `out[M,N] = x[M,K] · w[N,K]ᵀ` with the epilogue; `accumulate` adds the old `out`.
@@ -182,9 +198,38 @@ impl Gemm {
             let plan = self.plan(&key)?;
             self.plans.insert(key, plan);
         }
+        let beta: f32 = if accumulate { 1.0 } else { 0.0 };
+        let ptrs = [w.device_ptr(), x.device_ptr(), out.device_ptr()];
+        if !accumulate && !self.plans[&key].untimed.is_empty() {
+            self.tune(gpu, &key, bias.map(|b| b.device_ptr()), ptrs)?;
+        }
         let plan = &self.plans[&key];
-        if let Some(b) = bias {
-            let ptr = b.device_ptr();
+        self.set_bias(plan, bias.map(|b| b.device_ptr()))?;
+        self.run(gpu, plan, &plan.algo, ptrs, beta)
+    }
+
+    /// Times the plan's candidates (each run writes `out`, which the real call overwrites;
+    /// only non-accumulating calls are tuned) and keeps the fastest.
+    fn tune(&mut self, gpu: &Gpu, key: &PlanKey, bias: Option<u64>, ptrs: [u64; 3]) -> Result<()> {
+        let plan = &self.plans[key];
+        self.set_bias(plan, bias)?;
+        let mut best = (f64::INFINITY, plan.algo);
+        for algo in std::iter::once(plan.algo).chain(plan.untimed.iter().copied()) {
+            // An algorithm that fails to run is skipped, not fatal.
+            if let Ok(ms) = GpuTimer::time_mean_ms(gpu, 2, 10, || self.run(gpu, plan, &algo, ptrs, 0.0)) {
+                if ms < best.0 {
+                    best = (ms, algo);
+                }
+            }
+        }
+        let plan = self.plans.get_mut(key).expect("planned above");
+        plan.algo = best.1;
+        plan.untimed.clear();
+        Ok(())
+    }
+
+    fn set_bias(&self, plan: &Plan, bias: Option<u64>) -> Result<()> {
+        if let Some(ptr) = bias {
             // SAFETY: the descriptor is live; the attribute is a device pointer by value.
             unsafe {
                 lt::set_matmul_desc_attribute(
@@ -196,26 +241,31 @@ impl Gemm {
             }
             .op("cublasLtMatmulDescSetAttribute(BIAS_POINTER)")?;
         }
+        Ok(())
+    }
+
+    /// One cublasLtMatmul with `algo`; `ptrs` are w, x, out.
+    fn run(&self, gpu: &Gpu, plan: &Plan, algo: &sys::cublasLtMatmulAlgo_t, ptrs: [u64; 3], beta: f32) -> Result<()> {
         let alpha: f32 = 1.0;
-        let beta: f32 = if accumulate { 1.0 } else { 0.0 };
         let [lw, lx, lo] = plan.layouts;
-        // SAFETY: shapes, strides and dtypes were checked against the layouts above; all
-        // pointers are live device memory borrowed for this call; the workspace is ours.
+        let [w, x, out] = ptrs;
+        // SAFETY: shapes, strides and dtypes were checked against the layouts by `matmul`;
+        // all pointers are live device memory borrowed for the call; the workspace is ours.
         unsafe {
             lt::matmul(
                 self.handle,
                 plan.desc,
                 &alpha as *const f32 as *const c_void,
                 &beta as *const f32 as *const c_void,
-                w.device_ptr() as *const c_void,
+                w as *const c_void,
                 lw,
-                x.device_ptr() as *const c_void,
+                x as *const c_void,
                 lx,
-                out.device_ptr() as *const c_void,
+                out as *const c_void,
                 lo,
-                out.device_ptr() as *mut c_void,
+                out as *mut c_void,
                 lo,
-                &plan.algo,
+                algo,
                 self.workspace.device_ptr() as *mut c_void,
                 self.workspace.nbytes(),
                 gpu.stream().cu_stream() as sys::cudaStream_t,
@@ -239,6 +289,7 @@ impl Gemm {
             desc,
             layouts: [std::ptr::null_mut(); 3],
             algo: unsafe { std::mem::zeroed() },
+            untimed: Vec::new(),
         };
         // Column-major views (see the module doc): w' is [K, N] ld ld_w, x' is [K, M] ld ld_x,
         // out' is [N, M] ld ld_out.
@@ -292,7 +343,14 @@ impl Gemm {
                     PrefAttr::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
                     &key.align[2],
                 )?;
-                lt::get_matmul_algo_heuristic(
+                let wanted = if key.m <= self.autotune_max_m {
+                    AUTOTUNE_CANDIDATES
+                } else {
+                    1
+                };
+                let mut results: Vec<sys::cublasLtMatmulHeuristicResult_t> = vec![std::mem::zeroed(); wanted];
+                let mut count = 0;
+                sys::cublasLtMatmulAlgoGetHeuristic(
                     self.handle,
                     desc,
                     plan.layouts[0],
@@ -300,22 +358,31 @@ impl Gemm {
                     plan.layouts[2],
                     plan.layouts[2],
                     pref,
+                    wanted as i32,
+                    results.as_mut_ptr(),
+                    &mut count,
                 )
-                .op("cublasLtMatmulAlgoGetHeuristic")
+                .result()
+                .op("cublasLtMatmulAlgoGetHeuristic")?;
+                results.truncate(count.max(0) as usize);
+                if results.is_empty() {
+                    return Err(Error::invalid("gemm", "the heuristic returned no algorithm"));
+                }
+                Ok(results)
             }
         })();
         // SAFETY: created above, destroyed once.
         unsafe {
             let _ = lt::destroy_matmul_pref(pref);
         }
-        plan.algo = heuristic
-            .map_err(|e| {
-                Error::invalid(
-                    "gemm",
-                    format!("no cuBLASLt algorithm for M={} N={} K={} ({e})", key.m, key.n, key.k),
-                )
-            })?
-            .algo;
+        let results = heuristic.map_err(|e| {
+            Error::invalid(
+                "gemm",
+                format!("no cuBLASLt algorithm for M={} N={} K={} ({e})", key.m, key.n, key.k),
+            )
+        })?;
+        plan.algo = results[0].algo;
+        plan.untimed = results[1..].iter().map(|r| r.algo).collect();
         Ok(plan)
     }
 }

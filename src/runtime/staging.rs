@@ -63,4 +63,42 @@ impl PinnedStaging {
             .op("cuMemcpyHtoDAsync")?;
         self.copied.record(gpu.stream()).op("cuEventRecord")
     }
+
+    /// Queues several copies at once (each `(bytes, contiguous destination)`), packed into the
+    /// staging buffer at 256-byte offsets, behind one completion event.
+    pub fn upload_parts(&mut self, gpu: &Gpu, parts: &mut [(&[u8], TensorViewMut<'_>)]) -> Result<()> {
+        const OP: &str = "PinnedStaging::upload_parts";
+        let mut total = 0;
+        for (bytes, dst) in parts.iter() {
+            if bytes.len() != dst.numel() * dst.dtype().size_bytes() || !dst.is_contiguous() {
+                return Err(Error::invalid(
+                    OP,
+                    format!("{} bytes into a {} {:?} view", bytes.len(), dst.dtype(), dst.dims()),
+                ));
+            }
+            total += bytes.len().next_multiple_of(256);
+        }
+        if total > self.buf.len() {
+            return Err(Error::invalid(
+                OP,
+                format!("{total} bytes over the staging capacity of {}", self.buf.len()),
+            ));
+        }
+        self.copied.synchronize().op("cuEventSynchronize")?;
+        let host = self.buf.as_mut_slice().op("cuEventSynchronize")?;
+        let mut at = 0;
+        for (bytes, dst) in parts.iter_mut() {
+            if bytes.is_empty() {
+                continue;
+            }
+            let part = &mut host[at..at + bytes.len()];
+            part.copy_from_slice(bytes);
+            // SAFETY: as in `upload`: the destination holds bytes.len() contiguous bytes and
+            // this part of the pinned buffer is not rewritten before `copied` completes.
+            unsafe { cu::memcpy_htod_async(dst.device_ptr(), &*part, gpu.stream().cu_stream()) }
+                .op("cuMemcpyHtoDAsync")?;
+            at += bytes.len().next_multiple_of(256);
+        }
+        self.copied.record(gpu.stream()).op("cuEventRecord")
+    }
 }

@@ -305,3 +305,43 @@ fn gemm_rejects_mismatched_shapes() {
         .unwrap_err();
     assert!(err.to_string().contains("needs a bias"), "{err}");
 }
+
+#[test]
+#[ignore = "needs GPU"]
+fn autotuned_plans_match_f64_reference() {
+    // With autotuning on, the first call of each shape times the heuristic's candidates and
+    // keeps the fastest; whatever it picks must still be right (and accumulate calls, which
+    // are never tuned because the timing runs would add into `out`, too).
+    let g = gpu();
+    let mut gemm = Gemm::new(&g).unwrap();
+    gemm.set_autotune(512);
+    let decode = |m, n, k, accumulate| Case {
+        m,
+        n,
+        k,
+        epilogue: Epilogue::None,
+        out: DType::BF16,
+        accumulate,
+    };
+    let cases = [
+        decode(256, 2560, 1024, false),
+        decode(256, 1024, 2048, false),
+        decode(256, 6144, 1024, false),
+        decode(256, 1024, 3072, true),
+        decode(24, 2560, 1024, false),
+        decode(1, 1024, 3072, false),
+        Case {
+            m: 256,
+            n: 103424,
+            k: 1024,
+            epilogue: Epilogue::None,
+            out: DType::F32,
+            accumulate: false,
+        },
+    ];
+    for (i, c) in cases.iter().enumerate() {
+        // Twice: the first call tunes, the second runs the chosen algorithm.
+        run_case(&g, &mut gemm, c, 2000 + i as u64);
+        run_case(&g, &mut gemm, c, 2100 + i as u64);
+    }
+}
