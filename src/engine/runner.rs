@@ -128,9 +128,9 @@ struct StepBuffers {
     packed: Vec<i32>,
     /// f32 [max_num_seqs, vocab]: one logits row per sequence at most.
     logits: DeviceTensor,
-    token: DeviceTensor,
-    logprob: DeviceTensor,
-    status: DeviceTensor,
+    /// i32 [3 * max_num_seqs]: a step's tokens, log-probs (f32 bits) and statuses, each
+    /// `rows` long and back to back, so that one copy brings them home.
+    sampled: DeviceTensor,
     /// [max_num_seqs * 20] ids and log-probs of the top alternatives.
     top_ids: DeviceTensor,
     top_logprobs: DeviceTensor,
@@ -206,9 +206,7 @@ impl Engine {
             staging: PinnedStaging::new(&gpu, meta_capacity * 4)?,
             packed: Vec::with_capacity(meta_capacity),
             logits: DeviceTensor::zeros(&gpu, DType::F32, &[s, vocab])?,
-            token: DeviceTensor::zeros(&gpu, DType::I32, &[s])?,
-            logprob: DeviceTensor::zeros(&gpu, DType::F32, &[s])?,
-            status: DeviceTensor::zeros(&gpu, DType::I32, &[s])?,
+            sampled: DeviceTensor::zeros(&gpu, DType::I32, &[3 * s])?,
             top_ids: DeviceTensor::zeros(&gpu, DType::I32, &[s * MAX_TOP_LOGPROBS])?,
             top_logprobs: DeviceTensor::zeros(&gpu, DType::F32, &[s * MAX_TOP_LOGPROBS])?,
         };
@@ -585,10 +583,16 @@ impl Engine {
             } else {
                 None
             };
+            let [token, logprob, status] = b
+                .sampled
+                .view_mut()
+                .narrow0(0, 3 * rows)?
+                .reshape(&[3, rows])?
+                .split_rows()?;
             let mut out = SamplingOutputs {
-                token: b.token.view_mut().narrow0(0, rows)?,
-                logprob: b.logprob.view_mut().narrow0(0, rows)?,
-                status: b.status.view_mut().narrow0(0, rows)?,
+                token,
+                logprob: logprob.bitcast(DType::F32)?,
+                status,
                 top,
             };
             let mut logits = b.logits.view_mut().narrow0(0, rows)?;
@@ -596,9 +600,10 @@ impl Engine {
                 .sample(&self.gpu, self.env.sampling_class, &mut logits, &mut out)?;
             t2 = Instant::now();
             // The first read waits for the GPU; the rest are ready by then.
-            let tokens = b.token.view().narrow0(0, rows)?.to_host::<i32>(&self.gpu)?;
-            let logprobs = b.logprob.view().narrow0(0, rows)?.to_host::<f32>(&self.gpu)?;
-            let statuses = b.status.view().narrow0(0, rows)?.to_host::<i32>(&self.gpu)?;
+            let sampled_host = b.sampled.view().narrow0(0, 3 * rows)?.to_host::<i32>(&self.gpu)?;
+            let (tokens, rest) = sampled_host.split_at(rows);
+            let (logprob_bits, statuses) = rest.split_at(rows);
+            let logprobs: Vec<f32> = logprob_bits.iter().map(|&b| f32::from_bits(b as u32)).collect();
             let (top_ids, top_lps) = if top_n > 0 {
                 (
                     b.top_ids.view().narrow0(0, rows * top_n)?.to_host::<i32>(&self.gpu)?,
@@ -611,7 +616,11 @@ impl Engine {
                 (Vec::new(), Vec::new())
             };
             self.timings.wait_s += t2.elapsed().as_secs_f64();
-            take_embedding_error(&self.gpu, &mut self.embed_error.view_mut(), self.cfg.text.vocab_size)?;
+            // A graph step's inputs are tokens the sampler drew, always in range; other steps
+            // carry prompt tokens, which the gather checks on the device.
+            if graph_batch.is_none() {
+                take_embedding_error(&self.gpu, &mut self.embed_error.view_mut(), self.cfg.text.vocab_size)?;
+            }
             for &(row, id, _) in &rows_info {
                 if statuses[row] != STATUS_OK {
                     return Err(Error::invalid(

@@ -359,6 +359,30 @@ impl<'a> TensorViewMut<'a> {
 
     /// Splits a 2-D view `[rows, sum(widths)]` into column blocks of `widths`, each strided
     /// (a fused qkv output into its q, k and v parts).
+    /// The N rows of a 2-D `[N, len]` view, each a 1-D `[len]` view (disjoint, so all mutable
+    /// at once).
+    pub fn split_rows<const N: usize>(self) -> Result<[TensorViewMut<'a>; N]> {
+        let dims = self.dims().to_vec();
+        if dims.len() != 2 || dims[0] != N {
+            return Err(Error::invalid("split_rows", format!("{dims:?} is not [{N}, len]")));
+        }
+        let mut row = 0;
+        Ok([(); N].map(|_| {
+            let view = TensorViewMut {
+                ptr: self.ptr + (row * self.stride0 * self.dtype.size_bytes()) as u64,
+                dtype: self.dtype,
+                shape: Shape {
+                    dims: [dims[1], 0, 0, 0],
+                    rank: 1,
+                },
+                stride0: 1,
+                _borrow: PhantomData,
+            };
+            row += 1;
+            view
+        }))
+    }
+
     pub fn split_columns<const N: usize>(self, widths: [usize; N]) -> Result<[TensorViewMut<'a>; N]> {
         let dims = self.dims().to_vec();
         if dims.len() != 2 || widths.iter().sum::<usize>() != dims[1] {
@@ -391,6 +415,18 @@ impl<'a> TensorViewMut<'a> {
             stride0: shape.inner(),
             ..self
         })
+    }
+
+    /// The same bytes read as another dtype of the same size (e.g. f32 results in an i32
+    /// buffer, so that several outputs come back in one copy).
+    pub fn bitcast(self, dtype: DType) -> Result<TensorViewMut<'a>> {
+        if dtype.size_bytes() != self.dtype.size_bytes() {
+            return Err(Error::invalid(
+                "bitcast",
+                format!("{} to {}: element sizes differ", self.dtype, dtype),
+            ));
+        }
+        Ok(TensorViewMut { dtype, ..self })
     }
 
     /// Copies host data into a contiguous view (queued on the stream; `data` must outlive
