@@ -7,15 +7,18 @@
 //! Each case runs the FA2 path, then (on an sm_90 GPU with an sm_90a build) the FA3 path with
 //! each mainloop: `<case>_fa3` (the default, ping-pong), `<case>_fa3_overlap` (intra-warpgroup
 //! overlap only) and `<case>_fa3_v1` (the first, serial mainloop); elsewhere a line says why the
-//! FA3 rows are missing.
+//! FA3 rows are missing. The vision `qk80_fa3` rows run each FA3 vision tile (`Fa3VisionTile`),
+//! named by a suffix before the mainloop's: none for M128 (kBlockM 128, 2 K/V stages), `_s3` for
+//! M128Stages3 (3 stages), `_m192` for M192 (kBlockM 192, 3 consumer warpgroups); e.g.
+//! `vision_4x5040_d72_qk80_fa3_m192_overlap`. The `pv128` rows run M128 only.
 
 mod common;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use half::bf16;
 use ocrvl::kernels::attention::{
-    fa3_unavailable_reason, prefill_paged_with, vision_varlen_with, with_fa3_mainloop, AttentionVersion, Fa3Mainloop,
-    PagedKv, PrefillOptions, Varlen, VisionQkv, VisionTile,
+    fa3_unavailable_reason, prefill_paged_with, vision_varlen_with, with_fa3_mainloop, with_fa3_vision_tile,
+    AttentionVersion, Fa3Mainloop, Fa3VisionTile, PagedKv, PrefillOptions, Varlen, VisionQkv, VisionTile,
 };
 use ocrvl::runtime::{DeviceTensor, Gpu, GpuTimer};
 
@@ -150,6 +153,15 @@ fn mainloop_suffix(m: Fa3Mainloop) -> &'static str {
     }
 }
 
+/// Row-name suffix of an FA3 vision tile.
+fn vision_tile_suffix(t: Fa3VisionTile) -> &'static str {
+    match t {
+        Fa3VisionTile::M128 => "",
+        Fa3VisionTile::M128Stages3 => "_s3",
+        Fa3VisionTile::M192 => "_m192",
+    }
+}
+
 fn attention_benches(c: &mut Criterion) {
     let gpu = common::gpu();
     let fa3 = match fa3_unavailable_reason(&gpu) {
@@ -217,9 +229,18 @@ fn attention_benches(c: &mut Criterion) {
         if version == AttentionVersion::Fa2 {
             bench_vision(c, &gpu, name, lens, tile, version);
         } else if fa3 {
-            for m in Fa3Mainloop::ALL {
-                let row = format!("{name}{}", mainloop_suffix(m));
-                with_fa3_mainloop(m, || bench_vision(c, &gpu, &row, lens, tile, version));
+            let tiles: &[Fa3VisionTile] = if tile == VisionTile::Qk80 {
+                &Fa3VisionTile::ALL
+            } else {
+                &[Fa3VisionTile::M128]
+            };
+            for &t in tiles {
+                for m in Fa3Mainloop::ALL {
+                    let row = format!("{name}{}{}", vision_tile_suffix(t), mainloop_suffix(m));
+                    with_fa3_vision_tile(t, || {
+                        with_fa3_mainloop(m, || bench_vision(c, &gpu, &row, lens, tile, version))
+                    });
+                }
             }
         }
     }

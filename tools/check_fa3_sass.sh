@@ -29,7 +29,7 @@ cuobjdump=$(find_cuobjdump)
 
 status=0
 found=0
-for stem in fa3_d128_paged_causal fa3_d128_paged fa3_d72; do
+for stem in fa3_d128_paged_causal fa3_d128_paged fa3_d72 fa3_d72_s3 fa3_d72_m192; do
     # The cache keeps one object per source version; the newest is the current build's.
     obj=$(ls -t "$objdir/$stem"-*.o 2>/dev/null | head -n 1 || true)
     if [[ -z "$obj" ]]; then

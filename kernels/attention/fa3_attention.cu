@@ -101,10 +101,12 @@ int32_t check_common(const OcrvlAttnParams* p, Fa3Params* out) {
     return OCRVL_STATUS_OK;
 }
 
-// Q of either entry point: (head_dim, num_heads, total_q), 128-row boxes.
-int32_t encode_q(const OcrvlAttnParams* p, Fa3Params* out) {
+// Q of either entry point: (head_dim, num_heads, total_q), boxes of `rows` rows (the kBlockM
+// of the instantiation that will run; its launcher checks q_box_rows).
+int32_t encode_q(const OcrvlAttnParams* p, Fa3Params* out, int rows) {
+    out->q_box_rows = rows;
     return encode_3d(&out->tma_q, p->q, p->head_dim, p->num_heads, p->total_q, (uint64_t)p->head_dim * 2,
-                     (uint64_t)p->q_stride * 2, 1, 128);
+                     (uint64_t)p->q_stride * 2, 1, (uint32_t)rows);
 }
 
 }  // namespace
@@ -143,7 +145,7 @@ extern "C" int32_t ocrvl_attention_prefill_paged_fa3(const OcrvlAttnParams* p, o
     params.box_rows = bs < 128 ? bs : 128;
     const int64_t max_keys = (int64_t)p->max_blocks_per_seq * bs;
     params.max_keys = max_keys > INT32_MAX ? INT32_MAX : (int32_t)max_keys;
-    if ((st = encode_q(p, &params)) != OCRVL_STATUS_OK) return st;
+    if ((st = encode_q(p, &params, 128)) != OCRVL_STATUS_OK) return st;
     const uint64_t rows = (uint64_t)p->num_blocks * p->num_kv_heads;
     const uint64_t block_bytes = (uint64_t)bs * 128 * 2;
     if ((st = encode_3d(&params.tma_k, p->k, 128, bs, rows, 256, block_bytes, params.box_rows, 1)) != OCRVL_STATUS_OK) {
@@ -173,9 +175,14 @@ extern "C" int32_t ocrvl_attention_varlen_fa3(const OcrvlAttnParams* p, ocrvl_st
     if (p->padded_head_dim != 0 && p->padded_head_dim != 80 && p->padded_head_dim != 128) {
         return OCRVL_STATUS_UNSUPPORTED;
     }
+    OCRVL_CHECK_ARG(p->fa3_vision_tile >= OCRVL_FA3_VISION_DEFAULT && p->fa3_vision_tile <= OCRVL_FA3_VISION_M192);
+    // The default vision tile; the lead switches it here after measuring (docs/notes/attention.md).
+    const int tile = p->fa3_vision_tile == OCRVL_FA3_VISION_DEFAULT ? OCRVL_FA3_VISION_M128 : p->fa3_vision_tile;
+    // P·V over 128 is built for the M128 tile only.
+    if (p->padded_head_dim == 128 && tile != OCRVL_FA3_VISION_M128) return OCRVL_STATUS_UNSUPPORTED;
     if (p->num_seqs == 0 || p->total_q == 0 || p->max_seqlen_q == 0) return OCRVL_STATUS_OK;
     params.cu_seqlens_k = p->cu_seqlens_k;
-    if ((st = encode_q(p, &params)) != OCRVL_STATUS_OK) return st;
+    if ((st = encode_q(p, &params, tile == OCRVL_FA3_VISION_M192 ? 192 : 128)) != OCRVL_STATUS_OK) return st;
     const uint64_t d = (uint64_t)p->head_dim;
     if ((st = encode_3d(&params.tma_k, p->k, d, p->num_kv_heads, p->total_q, d * 2, (uint64_t)p->k_stride * 2, 1,
                         128)) != OCRVL_STATUS_OK) {
@@ -191,5 +198,14 @@ extern "C" int32_t ocrvl_attention_varlen_fa3(const OcrvlAttnParams* p, ocrvl_st
     if (p->padded_head_dim == 128) {
         return run_fa3<72, 128, false, false>(params, ml, p->num_seqs, p->num_heads, p->max_seqlen_q, s);
     }
-    return run_fa3<72, 72, false, false>(params, ml, p->num_seqs, p->num_heads, p->max_seqlen_q, s);
+    switch (tile) {
+        case OCRVL_FA3_VISION_M128:
+            return run_fa3<72, 72, false, false>(params, ml, p->num_seqs, p->num_heads, p->max_seqlen_q, s);
+        case OCRVL_FA3_VISION_M128_S3:
+            return ocrvl::attn::fa3::run_fa3_d72_s3(params, ml, p->num_seqs, p->num_heads, p->max_seqlen_q, s);
+        case OCRVL_FA3_VISION_M192:
+            return ocrvl::attn::fa3::run_fa3_d72_m192(params, ml, p->num_seqs, p->num_heads, p->max_seqlen_q, s);
+        default:
+            return OCRVL_STATUS_UNSUPPORTED;
+    }
 }

@@ -2,7 +2,8 @@
 // ring guarded by mbarriers, wgmma for both matrix products, warp specialisation, and (the
 // default mainloop) the softmax of one tile overlapped with matrix work.
 //
-// Algorithm. One CTA owns kBlockM = 128 query rows of one (sequence, head) and walks the key
+// Algorithm. One CTA owns kBlockM = 128 (192 with three consumer warpgroups, a d 72 tile)
+// query rows of one (sequence, head) and walks the key
 // tiles of kBlockN = 128 keys those rows can see, last to first (as fwd_sm80.cuh): tiles
 // wholly above the causal diagonal of the CTA are never loaded, and only the tiles that cross
 // the key end or a warpgroup's diagonal do mask work. Three warpgroups:
@@ -10,7 +11,7 @@
 //     TMA copy: Q once, then K and V of each key tile into a kStages ring. K and V slots are
 //     released separately (their own `empty` mbarriers), so the next K can land while the
 //     previous P·V still reads V.
-//   - warpgroups 1 and 2, the consumers (setmaxnreg.inc), own 64 query rows each. Per key
+//   - warpgroups 1 and 2 (and 3), the consumers (setmaxnreg.inc), own 64 query rows each. Per key
 //     tile: S = Q·Kᵀ with wgmma m64n128k16 (both operands in shared memory, K-major), mask,
 //     online softmax in f32 registers (exp2 with log2(e) folded into the scale; O rescaled by
 //     exp(m_old - m_new)), P rounded to bf16 in registers, O += P·V with wgmma m64nNk16 taking
@@ -30,13 +31,15 @@
 //     the scale of m(n-1) when P(n-1)·V(n-1) (at that scale) is added, and is moved to m(n)
 //     afterwards.
 //   - PingPong (the default; FA3 paper, "inter-warpgroup overlapping"): Overlap, and each
-//     consumer warpgroup issues its wgmmas only in its turn: named barrier 3 + c (256 threads:
-//     c's 128 bar.sync, the other's 128 bar.arrive) gates warpgroup c, which arrives on the
-//     other's barrier once its wgmmas are issued. So the tensor cores run warpgroup 1's two
-//     GEMMs while warpgroup 2 does its softmax, and the other way round. Warpgroup 2 first
-//     arrives once on warpgroup 1's barrier (warpgroup 1 goes first); each warpgroup has
-//     n_tiles + 1 turns (S(0) alone; S(n) with P(n-1)·V(n-1); P(last)·V(last) alone) and
-//     warpgroup 2 skips its arrival after its last turn, so every barrier ends balanced.
+//     consumer warpgroup issues its wgmmas only in its turn: named barrier 4 + c (256 threads:
+//     c's 128 bar.sync, the previous warpgroup's 128 bar.arrive) gates consumer c, which
+//     arrives on the next one's barrier (c + 1, the last on c 0's) once its wgmmas are issued.
+//     So the tensor cores run one warpgroup's two GEMMs while the other(s) do their softmax.
+//     The last consumer first arrives once on c 0's barrier (c 0 goes first); each warpgroup
+//     has n_tiles + 1 turns (S(0) alone; S(n) with P(n-1)·V(n-1); P(last)·V(last) alone) and
+//     the last consumer skips its arrival after its last turn, so every barrier ends balanced.
+//     With 3 consumers a warpgroup cannot run two turns ahead: its next turn needs the
+//     arrivals of the two others' turns, so each barrier has at most one phase pending.
 //
 // Shared memory, all tiles in the 128-byte swizzle that TMA writes and wgmma reads: a tile of
 // R rows x 128 columns is two column blocks of R lines of 128 bytes (64 bf16), each block
@@ -93,7 +96,11 @@
 
 namespace ocrvl::attn::fa3 {
 
-template <int kHeadDim_, int kHeadDimPV_, bool kPaged_, bool kCausal_, int kMainloop_>
+// kConsumerWGs_: consumer warpgroups of 64 query rows each (kBlockM = 64 x it): 2 (the default
+// tile) or 3 (kBlockM 192, vision only: each K/V tile loaded serves 1.5x the rows). kStages_:
+// K/V ring depth, 2 or (kBlockM 128 only, shared memory) 3.
+template <int kHeadDim_, int kHeadDimPV_, bool kPaged_, bool kCausal_, int kMainloop_, int kConsumerWGs_ = 2,
+          int kStages_ = 2>
 struct Fa3Traits {
     static constexpr int kHeadDim = kHeadDim_;                  // stored width of q, k, v, o rows
     static constexpr int kHeadDimQK = (kHeadDim + 15) / 16 * 16; // Q·Kᵀ contraction (k16 steps)
@@ -103,19 +110,22 @@ struct Fa3Traits {
     static constexpr int kMainloop = kMainloop_;  // OCRVL_FA3_MAINLOOP_{SERIAL,OVERLAP,PINGPONG}
     static constexpr bool kOverlap = kMainloop != OCRVL_FA3_MAINLOOP_SERIAL;
     static constexpr bool kPingPong = kMainloop == OCRVL_FA3_MAINLOOP_PINGPONG;
-    static constexpr int kBlockM = 128;  // 2 consumer warpgroups x 64 rows (wgmma M)
+    static constexpr int kConsumerWGs = kConsumerWGs_;
+    static constexpr int kBlockM = 64 * kConsumerWGs;  // consumer warpgroups x 64 rows (wgmma M)
     static constexpr int kBlockN = 128;  // keys per tile: the N of Q·Kᵀ; 2 cache blocks of 64
-    // 2 stages: with K and V released separately, K(n + 1) is copied while S(n - 1) is still
-    // being used, a whole tile ahead. 3 would fit too (226 KiB) and is the next thing to try.
-    static constexpr int kStages = 2;
-    static constexpr int kConsumerWGs = 2;
+    // 2 stages (the default): with K and V released separately, K(n + 1) is copied while
+    // S(n - 1) is still being used, a whole tile ahead. 3 (kBlockM 128: 226 KiB) puts the loads
+    // one more tile ahead, for when the copies' latency rather than the tensor cores sets the pace.
+    static constexpr int kStages = kStages_;
     static constexpr int kThreads = 128 * (1 + kConsumerWGs);
     static constexpr int kConsumerWarps = 4 * kConsumerWGs;
     // Register split (setmaxnreg; the kernel is compiled whole-program, so ptxas honours it):
-    // 128 x 24 + 256 x 240 = 64512 of the SM's 65536 (FA3's split for 3 warpgroups). The
-    // overlapped mainloops keep S, P(n - 1) and O live at once (64 + 32 + 64 for d 128).
+    // 2 consumers: 128 x 24 + 256 x 240 = 64512 of the SM's 65536 (FA3's split for 3
+    // warpgroups); the overlapped mainloops keep S, P(n - 1) and O live at once (64 + 32 + 64
+    // for d 128). 3 consumers: 128 x 24 + 384 x 160 = 64512 (FA3's 4-warpgroup split); at d 72
+    // S, P(n - 1) and O are 64 + 32 + 36 registers.
     static constexpr int kProducerRegs = 24;
-    static constexpr int kConsumerRegs = 240;
+    static constexpr int kConsumerRegs = kConsumerWGs == 2 ? 240 : 160;
     static constexpr int kColBlocks = 2;  // 64-column blocks of a tile (d 128; d 72 padded)
     static constexpr int kKStepsQK = kHeadDimQK / 16;
     static constexpr int kKStepsPV = kBlockN / 16;
@@ -137,14 +147,16 @@ struct Fa3Traits {
     static_assert(kHeadDimPV >= kHeadDim && kHeadDimPV % 8 == 0, "P·V covers every stored column");
     static_assert(kSmemBytes <= 227 * 1024, "shared memory");
     static_assert(8 * (1 + 4 * kStages) <= 1024, "barrier area");
-    static_assert(!kPingPong || kConsumerWGs == 2, "ping-pong pairs two consumer warpgroups");
+    static_assert(kConsumerWGs == 2 || kConsumerWGs == 3, "2 or 3 consumer warpgroups");
+    static_assert(kStages >= 2, "the overlapped producer order needs 2 slots");
     static_assert(128 * kProducerRegs + 128 * kConsumerWGs * kConsumerRegs <= 65536, "register file");
 };
 
-// Named barrier ids (0 is __syncthreads'): 1 + c, warpgroup c's 128 threads after zeroing V
-// rows; 3 + c, warpgroup c's ping-pong turn (256 threads: its own sync, the other's arrive).
+// Named barrier ids (0 is __syncthreads'; the hardware has 16): 1 + c, warpgroup c's 128
+// threads after zeroing V rows (c < 3); 4 + c, warpgroup c's ping-pong turn (256 threads: its
+// own sync, the previous warpgroup's arrive).
 constexpr int kBarZeroV = 1;
-constexpr int kBarTurn = 3;
+constexpr int kBarTurn = 4;
 
 // Barrier slots (8 bytes each) in the barrier area at `bar0`: Q full, then per stage K full,
 // V full, K empty and V empty (empty: both consumer warpgroups are done with the slot).
@@ -390,9 +402,12 @@ template <class Kt>
 __device__ __forceinline__ void mainloop_overlap(const ConsumerCtx& x, float (&o)[Kt::kNRegsO], float (&row_max)[2],
                                                 float (&row_sum)[2], int lane) {
     const int n_end = x.n_end;
-    const int turn_me = kBarTurn + x.c, turn_other = kBarTurn + 1 - x.c;
+    // Turns go round the consumer warpgroups in order: c waits on its own barrier and hands the
+    // turn to c + 1 (the last to c 0).
+    constexpr int kLast = Kt::kConsumerWGs - 1;
+    const int turn_me = kBarTurn + x.c, turn_other = kBarTurn + (x.c == kLast ? 0 : x.c + 1);
     if constexpr (Kt::kPingPong) {
-        if (x.c == 1) named_bar_arrive(kBarTurn, 256);  // warpgroup 1 (c 0) takes the first turn
+        if (x.c == kLast) named_bar_arrive(kBarTurn, 256);  // c 0 takes the first turn
     }
     float sc[Kt::kNRegsS];
     uint32_t pa[Kt::kKStepsPV][4];
@@ -444,15 +459,15 @@ __device__ __forceinline__ void mainloop_overlap(const ConsumerCtx& x, float (&o
         pack_p<Kt>(pa, sc);
     }
     {
-        // Last turn: P·V of the last tile walked; c 1 hands no turn on after it, which balances
-        // its opening arrival.
+        // Last turn: P·V of the last tile walked; the last warpgroup hands no turn on after it,
+        // which balances its opening arrival.
         const int st = (n_end - 1) % Kt::kStages;
         const uint32_t ph = (uint32_t)((n_end - 1) / Kt::kStages) & 1u;
         mbar_wait(bar_v_full(x.bar0, st), ph);
         if constexpr (Kt::kPingPong) named_bar_sync(turn_me, 256);
         issue_pv<Kt>(o, pa, v_slot<Kt>(x, st));
         if constexpr (Kt::kPingPong) {
-            if (x.c == 0) named_bar_arrive(turn_other, 256);
+            if (x.c != kLast) named_bar_arrive(turn_other, 256);
         }
         wgmma_wait<0>();
         fence_regs(o);
@@ -482,8 +497,9 @@ __device__ __forceinline__ void load_v(const Fa3Params& p, uint32_t base, uint32
 #endif
 
 // Grid: causal (num_heads, num_seqs, m_tiles), query tiles in reverse; non-causal (m_tiles,
-// num_heads, num_seqs); m_tiles = ceil(max_seqlen_q / 128). Block: (384) = producer warpgroup
-// + 2 consumer warpgroups. Dynamic shared memory Kt::kSmemBytes. One CTA per SM.
+// num_heads, num_seqs); m_tiles = ceil(max_seqlen_q / kBlockM). Block: (Kt::kThreads) = 384
+// (producer warpgroup + 2 consumer warpgroups) or 512 (+ 3). Dynamic shared memory
+// Kt::kSmemBytes. One CTA per SM.
 // The grid order is the FA2 path's, for the same reasons (fwd_sm80.cuh).
 template <class Kt>
 __global__ void __launch_bounds__(Kt::kThreads, 1) fa3_fwd_kernel(const __grid_constant__ Fa3Params p) {
@@ -637,6 +653,8 @@ __global__ void __launch_bounds__(Kt::kThreads, 1) fa3_fwd_kernel(const __grid_c
 // Checks nothing (the extern "C" launcher did); sizes the grid and launches on `stream`.
 template <class Kt>
 int32_t launch_fa3(const Fa3Params& params, int num_seqs, int num_heads, int max_seqlen_q, cudaStream_t stream) {
+    // The Q box must be the tile's rows: the Q barrier expects exactly kQBytes.
+    if (params.q_box_rows != Kt::kBlockM) return OCRVL_STATUS_INVALID_ARGUMENT;
     const int m_blocks = (max_seqlen_q + Kt::kBlockM - 1) / Kt::kBlockM;
     if (m_blocks == 0 || num_seqs == 0) return OCRVL_STATUS_OK;
     if (Kt::kCausal ? m_blocks > 65535 : num_heads > 65535) return OCRVL_STATUS_UNSUPPORTED;
@@ -651,20 +669,24 @@ int32_t launch_fa3(const Fa3Params& params, int num_seqs, int num_heads, int max
     return launch_status();
 }
 
-// Launches the variant with mainloop `mainloop` (OCRVL_FA3_MAINLOOP_*; DEFAULT is PINGPONG).
-template <int kHeadDim, int kHeadDimPV, bool kPaged, bool kCausal>
+// Launches the variant with mainloop `mainloop` (OCRVL_FA3_MAINLOOP_*; DEFAULT is PINGPONG),
+// kConsumerWGs consumer warpgroups (kBlockM = 64 x it) and a kStages-deep K/V ring.
+template <int kHeadDim, int kHeadDimPV, bool kPaged, bool kCausal, int kConsumerWGs = 2, int kStages = 2>
 int32_t launch_fa3_mainloop(const Fa3Params& params, int mainloop, int num_seqs, int num_heads, int max_seqlen_q,
                             cudaStream_t stream) {
     switch (mainloop) {
         case OCRVL_FA3_MAINLOOP_DEFAULT:
         case OCRVL_FA3_MAINLOOP_PINGPONG:
-            return launch_fa3<Fa3Traits<kHeadDim, kHeadDimPV, kPaged, kCausal, OCRVL_FA3_MAINLOOP_PINGPONG>>(
+            return launch_fa3<
+                Fa3Traits<kHeadDim, kHeadDimPV, kPaged, kCausal, OCRVL_FA3_MAINLOOP_PINGPONG, kConsumerWGs, kStages>>(
                 params, num_seqs, num_heads, max_seqlen_q, stream);
         case OCRVL_FA3_MAINLOOP_OVERLAP:
-            return launch_fa3<Fa3Traits<kHeadDim, kHeadDimPV, kPaged, kCausal, OCRVL_FA3_MAINLOOP_OVERLAP>>(
+            return launch_fa3<
+                Fa3Traits<kHeadDim, kHeadDimPV, kPaged, kCausal, OCRVL_FA3_MAINLOOP_OVERLAP, kConsumerWGs, kStages>>(
                 params, num_seqs, num_heads, max_seqlen_q, stream);
         case OCRVL_FA3_MAINLOOP_SERIAL:
-            return launch_fa3<Fa3Traits<kHeadDim, kHeadDimPV, kPaged, kCausal, OCRVL_FA3_MAINLOOP_SERIAL>>(
+            return launch_fa3<
+                Fa3Traits<kHeadDim, kHeadDimPV, kPaged, kCausal, OCRVL_FA3_MAINLOOP_SERIAL, kConsumerWGs, kStages>>(
                 params, num_seqs, num_heads, max_seqlen_q, stream);
         default:
             return OCRVL_STATUS_UNSUPPORTED;

@@ -13,7 +13,7 @@ namespace ocrvl::attn::fa3 {
 // Kernel parameters, passed as one __grid_constant__ struct (the tensor maps must live in
 // parameter, constant or global memory for the TMA unit; 3 x 128 bytes here).
 struct Fa3Params {
-    // Q: 3-D map (head_dim, num_heads, total_q), box (64, 1, 128), 128-byte swizzle.
+    // Q: 3-D map (head_dim, num_heads, total_q), box (64, 1, q_box_rows), 128-byte swizzle.
     CUtensorMap tma_q;
     // K and V. Varlen: (head_dim, num_kv_heads, total_q), box (64, 1, 128). Paged: (head_dim,
     // block_size, num_blocks * num_kv_heads), box (64, box_rows, 1). 128-byte swizzle.
@@ -33,6 +33,7 @@ struct Fa3Params {
     int32_t block_size;
     int32_t log2_block_size;
     int32_t box_rows;  // paged: rows of one K/V box, min(block_size, kBlockN)
+    int32_t q_box_rows;  // rows of the Q box = the instantiation's kBlockM (checked at launch)
     int32_t max_keys;  // paged: max_blocks_per_seq * block_size, the clamp of seqused_k
     float scale;       // softmax scale
     float scale_log2;  // scale * log2(e)
@@ -41,7 +42,7 @@ struct Fa3Params {
 // Launches the variant with mainloop `mainloop` (OCRVL_FA3_MAINLOOP_* of attention.h, checked
 // by the caller) on `stream`; arguments and tensor maps already checked and encoded.
 // Grid as the FA2 path (launch.cuh): causal (num_heads, num_seqs, m_tiles) with the query
-// tiles in reverse, else (m_tiles, num_heads, num_seqs); m_tiles = ceil(max_seqlen_q / 128).
+// tiles in reverse, else (m_tiles, num_heads, num_seqs); m_tiles = ceil(max_seqlen_q / kBlockM).
 template <int kHeadDim, int kHeadDimPV, bool kPaged, bool kCausal>
 int32_t run_fa3(const Fa3Params& params, int mainloop, int num_seqs, int num_heads, int max_seqlen_q,
                 cudaStream_t stream);
@@ -56,5 +57,13 @@ template <>
 int32_t run_fa3<72, 72, false, false>(const Fa3Params&, int, int, int, int, cudaStream_t);
 template <>
 int32_t run_fa3<72, 128, false, false>(const Fa3Params&, int, int, int, int, cudaStream_t);
+
+// Vision varlen, d = 72 (Q·Kᵀ over 80, P·V over 72), the other tiles (OCRVL_FA3_VISION_* of
+// attention.h): kBlockM 128 with a 3-stage K/V ring (fa3_d72_s3.cu), kBlockM 192 with three
+// consumer warpgroups (fa3_d72_m192.cu). The Q box of `params` must have kBlockM rows.
+int32_t run_fa3_d72_s3(const Fa3Params& params, int mainloop, int num_seqs, int num_heads, int max_seqlen_q,
+                       cudaStream_t stream);
+int32_t run_fa3_d72_m192(const Fa3Params& params, int mainloop, int num_seqs, int num_heads, int max_seqlen_q,
+                         cudaStream_t stream);
 
 }  // namespace ocrvl::attn::fa3

@@ -82,6 +82,9 @@ typedef struct OcrvlAttnParams {
     /* FA3 entry points only (the FA2 ones ignore it): which mainloop, OCRVL_FA3_MAINLOOP_*;
      * 0 is the default. */
     int32_t fa3_mainloop;
+    /* ocrvl_attention_varlen_fa3 only (the others ignore it): the d 72 tile, OCRVL_FA3_VISION_*;
+     * 0 is the default. Tiles other than the default need padded_head_dim 0 or 80. */
+    int32_t fa3_vision_tile;
 } OcrvlAttnParams;
 
 /* FA3 mainloops (kernels/attention/fa3_fwd.cuh); the same results within bf16 rounding.
@@ -93,6 +96,15 @@ typedef struct OcrvlAttnParams {
 #define OCRVL_FA3_MAINLOOP_SERIAL 1
 #define OCRVL_FA3_MAINLOOP_OVERLAP 2
 #define OCRVL_FA3_MAINLOOP_PINGPONG 3
+
+/* FA3 vision (d 72) tiles (kernels/attention/fa3_d72*.cu); the same results within bf16
+ * rounding. DEFAULT picks M128. M128: 128 query rows (2 consumer warpgroups), 2 K/V stages.
+ * M128_S3: the same with 3 K/V stages (226 KiB of shared memory). M192: 192 query rows
+ * (3 consumer warpgroups, 512 threads), 2 K/V stages. Every mainloop runs on every tile. */
+#define OCRVL_FA3_VISION_DEFAULT 0
+#define OCRVL_FA3_VISION_M128 1
+#define OCRVL_FA3_VISION_M128_S3 2
+#define OCRVL_FA3_VISION_M192 3
 
 /* Text prefill over the paged KV cache; see the file comment.
  * Grid: causal (num_heads, num_seqs, ceil(max_seqlen_q / 128)), the query tiles launched
@@ -121,7 +133,8 @@ int32_t ocrvl_attention_fa3_supported(void);
  * two consumer warpgroups. */
 int32_t ocrvl_attention_prefill_paged_fa3(const OcrvlAttnParams* params, ocrvl_stream_t stream);
 
-/* Grid: (ceil(max_seqlen_q / 128), num_heads, num_seqs), Block: (384). */
+/* Grid: (ceil(max_seqlen_q / kBlockM), num_heads, num_seqs), Block: (384), or (512) for the
+ * M192 tile (kBlockM 192; 128 otherwise). */
 int32_t ocrvl_attention_varlen_fa3(const OcrvlAttnParams* params, ocrvl_stream_t stream);
 
 #ifdef __cplusplus

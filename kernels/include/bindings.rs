@@ -10,6 +10,10 @@ pub const OCRVL_FA3_MAINLOOP_DEFAULT: u32 = 0;
 pub const OCRVL_FA3_MAINLOOP_SERIAL: u32 = 1;
 pub const OCRVL_FA3_MAINLOOP_OVERLAP: u32 = 2;
 pub const OCRVL_FA3_MAINLOOP_PINGPONG: u32 = 3;
+pub const OCRVL_FA3_VISION_DEFAULT: u32 = 0;
+pub const OCRVL_FA3_VISION_M128: u32 = 1;
+pub const OCRVL_FA3_VISION_M128_S3: u32 = 2;
+pub const OCRVL_FA3_VISION_M192: u32 = 3;
 pub const OCRVL_SAMPLING_MAX_TOP_N: u32 = 20;
 pub const OCRVL_SAMPLING_MAX_VOCAB: u32 = 8388608;
 #[repr(u32)]
@@ -345,6 +349,7 @@ pub struct OcrvlAttnParams {
     pub padded_head_dim: i32,
     pub dtype: OcrvlDType,
     pub fa3_mainloop: i32,
+    pub fa3_vision_tile: i32,
 }
 impl Default for OcrvlAttnParams {
     fn default() -> Self {

@@ -93,6 +93,51 @@ pub fn with_fa3_mainloop<R>(mainloop: Fa3Mainloop, f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// The tile of the FA3 vision (d 72) kernels (`OCRVL_FA3_VISION_*` in
+/// `kernels/include/attention.h`); all give the same results within bf16 rounding, with every
+/// [`Fa3Mainloop`]. Only [`VisionTile::Qk80`] is built on tiles other than `M128`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fa3VisionTile {
+    /// 128 query rows (2 consumer warpgroups), 2 K/V stages (`fa3_d72.cu`); the C default.
+    M128,
+    /// 128 query rows, 3 K/V stages (226 KiB of shared memory; `fa3_d72_s3.cu`).
+    M128Stages3,
+    /// 192 query rows (3 consumer warpgroups, 512 threads), 2 K/V stages (`fa3_d72_m192.cu`).
+    M192,
+}
+
+impl Fa3VisionTile {
+    pub const ALL: [Fa3VisionTile; 3] = [Fa3VisionTile::M128, Fa3VisionTile::M128Stages3, Fa3VisionTile::M192];
+
+    fn c_value(self) -> i32 {
+        (match self {
+            Fa3VisionTile::M128 => sys::OCRVL_FA3_VISION_M128,
+            Fa3VisionTile::M128Stages3 => sys::OCRVL_FA3_VISION_M128_S3,
+            Fa3VisionTile::M192 => sys::OCRVL_FA3_VISION_M192,
+        }) as i32
+    }
+}
+
+thread_local! {
+    /// `None`: the launcher's default (`OCRVL_FA3_VISION_DEFAULT`).
+    static FA3_VISION_TILE: std::cell::Cell<Option<Fa3VisionTile>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` with the FA3 vision calls made on this thread using `tile` (by default the
+/// launcher's choice, `OCRVL_FA3_VISION_DEFAULT` in `kernels/attention/fa3_attention.cu`), then
+/// restores the previous choice. For benchmarks and tests that compare the tiles; FA2 and text
+/// calls ignore it. Thread-local, as [`with_fa3_mainloop`].
+pub fn with_fa3_vision_tile<R>(tile: Fa3VisionTile, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<Fa3VisionTile>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            FA3_VISION_TILE.with(|m| m.set(self.0));
+        }
+    }
+    let _restore = Restore(FA3_VISION_TILE.with(|m| m.replace(Some(tile))));
+    f()
+}
+
 /// True when this build contains the FA3 kernels (sm_90a code); says nothing about the GPU.
 pub fn fa3_built() -> bool {
     // SAFETY: reads a compile-time constant; no arguments.
@@ -331,6 +376,7 @@ pub fn prefill_paged_with(
         padded_head_dim: 0,
         dtype: c_dtype(DType::BF16),
         fa3_mainloop: 0,
+        fa3_vision_tile: 0,
     };
     launch(op, gpu, &params, true, opts.version)
 }
@@ -449,6 +495,7 @@ pub fn vision_varlen_with(
         },
         dtype: c_dtype(DType::BF16),
         fa3_mainloop: 0,
+        fa3_vision_tile: 0,
     };
     launch(op, gpu, &params, false, version)
 }
@@ -471,6 +518,10 @@ fn launch(
         fa3_mainloop: match version {
             AttentionVersion::Fa2 => 0,
             AttentionVersion::Fa3 => FA3_MAINLOOP.with(|m| m.get()).c_value(),
+        },
+        fa3_vision_tile: match (version, paged) {
+            (AttentionVersion::Fa3, false) => FA3_VISION_TILE.with(|m| m.get()).map_or(0, Fa3VisionTile::c_value),
+            _ => 0,
         },
         ..*params
     };

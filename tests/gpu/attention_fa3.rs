@@ -2,7 +2,8 @@
 //! `attention.rs` and odd lengths (1, 7, 83, 129, 5040 and mixes, paged through shuffled block
 //! tables with NaN in unused slots), the f64 reference on the odd lengths for both paths, and
 //! the version choice of `FLAGS_flash_attn_version`. The tests run the default FA3 mainloop
-//! (ping-pong); `mainloops_match_fa2` runs every mainloop (`Fa3Mainloop`) against FA2.
+//! (ping-pong); `mainloops_match_fa2` runs every mainloop (`Fa3Mainloop`) against FA2, and
+//! `vision_tiles_match_fa2` every vision tile (`Fa3VisionTile`) with every mainloop.
 //!
 //! On an sm_90 GPU the FA3 runs are required (a build without sm_90a fails these tests); on any
 //! other GPU each test instead checks that FA3 is refused with an error.
@@ -13,13 +14,17 @@
 
 use half::bf16;
 use ocrvl::config::FlashAttnVersion;
-use ocrvl::kernels::attention::{resolve_version, with_fa3_mainloop, AttentionVersion, Fa3Mainloop, VisionTile};
+use ocrvl::kernels::attention::{
+    resolve_version, vision_varlen_with, with_fa3_mainloop, with_fa3_vision_tile, AttentionVersion, Fa3Mainloop,
+    Fa3VisionTile, Varlen, VisionQkv, VisionTile,
+};
 use ocrvl::runtime::Gpu;
+use ocrvl::runtime::{DType, DeviceTensor};
 use ocrvl::Error;
 
 use crate::attention::{
     check_text, check_vision, is_unsupported, paged_try, run_text, run_vision, text_opts, versions, Pool, TextBatch,
-    VisionBatch, HQ, MIXED, Q_COLS, V_COLS,
+    VisionBatch, HQ, HV, MIXED, Q_COLS, V_COLS,
 };
 use crate::common::tol::{assert_close, rms, BF16_RTOL};
 use crate::common::{gpu, rng};
@@ -271,6 +276,89 @@ fn mainloops_match_fa2() {
                     );
                 }
             }
+        }
+    }
+}
+
+/// Every FA3 vision tile (kBlockM 128 with 2 and 3 K/V stages, kBlockM 192 with three consumer
+/// warpgroups) with every mainloop against FA2, outputs NaN-poisoned first (`run_vision`), on
+/// odd lengths: single images of 1, 7, 83, 129 (one key tile; 129 two query tiles at kBlockM
+/// 128, one at 192), 191, 192 and 193 (the kBlockM 192 edges), 5040 (40 key tiles: 20 passes
+/// over the 2-stage ring, 13 1/3 over the 3-stage one), and mixes of short and long images.
+#[test]
+#[ignore = "needs GPU"]
+fn vision_tiles_match_fa2() {
+    let g = gpu();
+    if fa3_runs(&g) {
+        let mut r = rng(0xFA3_0005);
+        for lens in [
+            vec![1usize],
+            vec![7],
+            vec![83],
+            vec![129],
+            vec![191, 192, 193],
+            vec![5040],
+            vec![7, 83, 129, 1, 5040, 128, 127],
+            vec![576, 1, 5120, 17, 1000, 2, 384, 4103, 64, 65],
+        ] {
+            let b = VisionBatch::new(&mut r, &lens);
+            let fa2 = run_vision(&g, &b, VisionTile::Qk80, AttentionVersion::Fa2);
+            for t in Fa3VisionTile::ALL {
+                for m in Fa3Mainloop::ALL {
+                    let fa3 = with_fa3_vision_tile(t, || {
+                        with_fa3_mainloop(m, || run_vision(&g, &b, VisionTile::Qk80, AttentionVersion::Fa3))
+                    });
+                    assert_same_within_rounding(
+                        &format!("FA3 {t:?} {m:?} vs FA2, images {lens:?}"),
+                        &fa3,
+                        &fa2,
+                        &lens,
+                        V_COLS,
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// P·V over 128 (`VisionTile::Pv128`) is built for the M128 tile only: the others refuse it as
+/// unsupported.
+#[test]
+#[ignore = "needs GPU"]
+fn vision_tiles_refuse_pv128() {
+    let g = gpu();
+    if fa3_runs(&g) {
+        let total = 129;
+        let cols = V_COLS;
+        let qkv =
+            DeviceTensor::from_host(&g, &[total, 3 * cols], &vec![bf16::from_f32(0.5); total * 3 * cols]).unwrap();
+        let cu = DeviceTensor::from_host(&g, &[2], &[0i32, total as i32]).unwrap();
+        let mut out = DeviceTensor::alloc(&g, DType::BF16, &[total, cols]).unwrap();
+        let all = qkv.view();
+        let views = VisionQkv {
+            q: all.columns(0, cols).unwrap(),
+            k: all.columns(cols, cols).unwrap(),
+            v: all.columns(2 * cols, cols).unwrap(),
+            num_heads: HV,
+        };
+        let images = Varlen {
+            cu_seqlens: cu.view(),
+            max_seqlen: total,
+        };
+        for t in [Fa3VisionTile::M128Stages3, Fa3VisionTile::M192] {
+            let err = with_fa3_vision_tile(t, || {
+                vision_varlen_with(
+                    &g,
+                    &mut out.view_mut(),
+                    &views,
+                    &images,
+                    0.125,
+                    VisionTile::Pv128,
+                    AttentionVersion::Fa3,
+                )
+            })
+            .unwrap_err();
+            assert!(is_unsupported(&err), "{t:?} with Pv128: {err}");
         }
     }
 }
