@@ -157,3 +157,60 @@ fn a_padded_decode_step_packs_to_the_same_layout_whatever_its_rows() {
     let lc = HostStep::build_with_width(&b, bs, 1).unwrap();
     assert_eq!(lc.max_blocks, 3);
 }
+
+#[test]
+fn pack_decode_equals_building_the_padded_chunks() {
+    use ocrvl::model::step::DecodeRow;
+    let bs = 64;
+    let (batch, width, pad) = (8, 6, 99);
+    let tables: Vec<Vec<u32>> = vec![vec![3], vec![4, 5], vec![7, 8, 9, 10, 11, 12], vec![1], vec![2, 6, 13]];
+    let starts = [0usize, 100, 383, 63, 150];
+    let rows: Vec<DecodeRow> = tables
+        .iter()
+        .zip(starts)
+        .enumerate()
+        .map(|(i, (t, start))| DecodeRow {
+            id: 10 + i as u32,
+            positions: [start as i32 + 5, start as i32 - 2, i as i32],
+            start,
+            block_table: t,
+        })
+        .collect();
+    // The same step as chunks, padded as the engine pads graph steps.
+    let mut chunks: Vec<SeqChunk> = rows
+        .iter()
+        .map(|r| SeqChunk {
+            ids: vec![r.id],
+            positions: r.positions.map(|p| vec![p]),
+            start: r.start,
+            block_table: r.block_table.iter().map(|&b| b as i32).collect(),
+            is_decode: true,
+            wants_logits: true,
+            image_slots: Vec::new(),
+        })
+        .collect();
+    chunks.resize(
+        batch,
+        SeqChunk {
+            ids: vec![0],
+            positions: [vec![0], vec![0], vec![0]],
+            start: 0,
+            block_table: vec![pad],
+            is_decode: true,
+            wants_logits: true,
+            image_slots: Vec::new(),
+        },
+    );
+    let mut want = Vec::new();
+    let layout = HostStep::build_with_width(&chunks, bs, width)
+        .unwrap()
+        .pack_into(&mut want);
+    let mut got = vec![-7; 3];
+    layout.pack_decode(&mut got, &rows, bs, pad).unwrap();
+    assert_eq!(got, want);
+    // Too many rows, or a table that does not reach the position, are errors.
+    let many = vec![rows[0]; batch + 1];
+    assert!(layout.pack_decode(&mut got, &many, bs, pad).is_err());
+    let short = [DecodeRow { start: 64, ..rows[0] }];
+    assert!(layout.pack_decode(&mut got, &short, bs, pad).is_err());
+}

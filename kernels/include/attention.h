@@ -98,7 +98,8 @@ typedef struct OcrvlAttnParams {
 #define OCRVL_FA3_MAINLOOP_PINGPONG 3
 
 /* FA3 vision (d 72) tiles (kernels/attention/fa3_d72*.cu); the same results within bf16
- * rounding. DEFAULT picks M128. M128: 128 query rows (2 consumer warpgroups), 2 K/V stages.
+ * rounding. DEFAULT picks M192 when the longest image has at least 1024 tokens (and P·V is
+ * not padded to 128), else M128 (measured: fa3_attention.cu). M128: 128 query rows (2 consumer warpgroups), 2 K/V stages.
  * M128_S3: the same with 3 K/V stages (226 KiB of shared memory). M192: 192 query rows
  * (3 consumer warpgroups, 512 threads), 2 K/V stages. Every mainloop runs on every tile. */
 #define OCRVL_FA3_VISION_DEFAULT 0

@@ -25,7 +25,7 @@ use crate::kernels::decode::decode_num_splits;
 use crate::kernels::embedding::take_embedding_error;
 use crate::kernels::sampling::{Sampler, SamplingOutputs, SamplingParams, STATUS_OK};
 use crate::model::gpu_weights::ModelWeights;
-use crate::model::step::{HostStep, SeqChunk, StepLayout};
+use crate::model::step::{DecodeRow, HostStep, SeqChunk, StepLayout};
 use crate::model::text::{self, KvCache};
 use crate::model::vision::{self, VisionBatch, VisionBatchHost};
 use crate::model::weights::Checkpoint;
@@ -499,30 +499,56 @@ impl Engine {
         } else {
             None
         };
-        let (host, features) = self.build_step(&plan, graph_batch)?;
+        // Graph steps pack straight into the graph's layout (no chunks); the others build
+        // their chunks. Either way: the packed step, its image features, and for each
+        // scheduled sequence the logits row it gets.
+        let (layout, features, logits_index) = match graph_batch {
+            Some(batch) => {
+                let mut rows = Vec::with_capacity(n);
+                for (i, e) in plan.scheduled.iter().enumerate() {
+                    let r = &self.requests[&e.seq_id];
+                    let prompt_len = r.positions.len() / 3;
+                    let t = e.start;
+                    let positions = [0, 1, 2].map(|axis| {
+                        if t < prompt_len {
+                            r.positions[axis * prompt_len + t]
+                        } else {
+                            t as i32 + r.rope_delta
+                        }
+                    });
+                    rows.push(DecodeRow {
+                        id: plan.input_ids[i],
+                        positions,
+                        start: t,
+                        block_table: &e.block_table,
+                    });
+                }
+                let g = &self.graphs[&batch];
+                g.layout
+                    .pack_decode(&mut self.buffers.packed, &rows, BLOCK_SIZE, self.scratch_block)?;
+                (g.layout.clone(), None, (0..n).map(Some).collect::<Vec<_>>())
+            }
+            None => {
+                let (host, features) = self.build_step(&plan)?;
+                self.buffers.packed.clear();
+                let layout = host.pack_into(&mut self.buffers.packed);
+                (layout, features, host.logits_index)
+            }
+        };
         let b = &mut self.buffers;
-        b.packed.clear();
-        let layout = host.pack_into(&mut b.packed);
         let t1 = Instant::now();
 
         let mut dst = b.meta.view_mut().narrow0(0, layout.len())?;
         b.staging.upload(&self.gpu, &b.packed, &mut dst)?;
         match graph_batch {
             Some(batch) => {
-                let g = &self.graphs[&batch];
-                if !g.layout.same_arrays(&layout) {
-                    return Err(Error::invalid(
-                        "step",
-                        format!("decode batch {n} does not match the layout of its graph ({batch})"),
-                    ));
-                }
-                g.graph.launch().op("cuGraphLaunch")?;
+                self.graphs[&batch].graph.launch().op("cuGraphLaunch")?;
                 self.timings.graph_steps += 1;
             }
             None => {
                 self.ws.reset();
                 let inputs = layout.inputs(self.buffers.meta.view(), features.as_ref().map(DeviceTensor::view))?;
-                let rows = layout_logits_rows(&host);
+                let rows = layout.logits_len();
                 let mut logits = self.buffers.logits.view_mut().narrow0(0, rows)?;
                 text::forward(
                     &self.gpu,
@@ -546,7 +572,7 @@ impl Engine {
             .iter()
             .enumerate()
             .filter_map(|(i, e)| {
-                host.logits_index[i].map(|row| {
+                logits_index[i].map(|row| {
                     let mut p = self.requests[&e.seq_id].sampling;
                     p.step = (e.start + e.num_tokens) as u64;
                     (row, e.seq_id, p)
@@ -737,14 +763,8 @@ impl Engine {
         Ok(())
     }
 
-    /// The step's chunks (positions, image slots) and its image features in slot order;
-    /// `graph_batch` pads a decode-only step with scratch rows to that batch at the graphs'
-    /// table width.
-    fn build_step(
-        &self,
-        plan: &SchedulerOutput,
-        graph_batch: Option<usize>,
-    ) -> Result<(HostStep, Option<DeviceTensor>)> {
+    /// The step's chunks (positions, image slots) and its image features in slot order.
+    fn build_step(&self, plan: &SchedulerOutput) -> Result<(HostStep, Option<DeviceTensor>)> {
         let mut chunks = Vec::with_capacity(plan.scheduled.len());
         // (packed tensor, first row, rows) pieces to concatenate, in slot order.
         let mut pieces: Vec<(Rc<DeviceTensor>, usize, usize)> = Vec::new();
@@ -790,13 +810,7 @@ impl Engine {
             });
             offset += e.num_tokens;
         }
-        let host = match graph_batch {
-            Some(batch) => {
-                chunks.resize(batch, self.padding_chunk());
-                HostStep::build_with_width(&chunks, BLOCK_SIZE, self.table_width)?
-            }
-            None => HostStep::build(&chunks, BLOCK_SIZE)?,
-        };
+        let host = HostStep::build(&chunks, BLOCK_SIZE)?;
         if pieces.is_empty() {
             return Ok((host, None));
         }
@@ -812,11 +826,6 @@ impl Engine {
         }
         Ok((host, Some(feats)))
     }
-}
-
-/// Logits rows of a step.
-fn layout_logits_rows(host: &HostStep) -> usize {
-    host.logits_rows.len()
 }
 
 /// Says once per process which attention kernels run and why (FLAGS_flash_attn_version).
