@@ -98,11 +98,13 @@ pub fn with_fa3_mainloop<R>(mainloop: Fa3Mainloop, f: impl FnOnce() -> R) -> R {
 /// [`Fa3Mainloop`]. Only [`VisionTile::Qk80`] is built on tiles other than `M128`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fa3VisionTile {
-    /// 128 query rows (2 consumer warpgroups), 2 K/V stages (`fa3_d72.cu`); the C default.
+    /// 128 query rows (2 consumer warpgroups), 2 K/V stages (`fa3_d72.cu`); the C default for
+    /// images under 1024 tokens.
     M128,
     /// 128 query rows, 3 K/V stages (226 KiB of shared memory; `fa3_d72_s3.cu`).
     M128Stages3,
-    /// 192 query rows (3 consumer warpgroups, 512 threads), 2 K/V stages (`fa3_d72_m192.cu`).
+    /// 192 query rows (3 consumer warpgroups, 512 threads), 2 K/V stages (`fa3_d72_m192.cu`);
+    /// the C default from 1024 tokens.
     M192,
 }
 
