@@ -29,16 +29,20 @@ pub fn profile_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// A library next to the test's profile, or a failure that says how to build it.
+/// The library `cargo test` built with this test: `<profile>/deps/` (where the test
+/// executable lives; `cargo test`, unlike `cargo build`, does not copy it up to `<profile>/`),
+/// else `<profile>/` (a `cargo build --lib`), else a failure that says how to build it.
 pub fn library(name: &str) -> PathBuf {
-    let p = profile_dir().join(name);
-    assert!(
-        p.is_file(),
-        "{} is missing: cargo builds it with the lib (crate-type staticlib/cdylib); run `cargo build --lib` \
-         with the same profile",
-        p.display()
-    );
-    p
+    let dir = profile_dir();
+    let candidates = [dir.join("deps").join(name), dir.join(name)];
+    candidates.iter().find(|p| p.is_file()).cloned().unwrap_or_else(|| {
+        panic!(
+            "{name} is in neither {} nor {}: cargo builds it with the lib (crate-type staticlib/cdylib); run \
+             `cargo build --lib` with the same profile",
+            candidates[0].display(),
+            candidates[1].display()
+        )
+    })
 }
 
 /// The directory holding `libcudart_static.a`, which libocrvl.a needs at link time (the cc
