@@ -29,8 +29,6 @@ use crate::kernels::norm::{rmsnorm, rmsnorm_add};
 use crate::kernels::rope::mrope;
 use crate::runtime::{DType, DeviceTensor, Epilogue, Gemm, Gpu, TensorView, TensorViewMut, Workspace};
 
-use super::vision::reborrow;
-
 /// The block-paged KV cache of every layer: K and V each
 /// `[num_blocks, num_kv_heads, block_size, head_dim]` bf16 (layout in kernels/include/kv_cache.h).
 pub struct KvCache {
@@ -174,7 +172,7 @@ pub fn forward(
             false,
         )?;
         {
-            let [mut q, mut k, v] = reborrow(&mut qkv).split_columns([qw, kvw, kvw])?;
+            let [mut q, mut k, v] = qkv.reborrow().split_columns([qw, kvw, kvw])?;
             mrope(
                 gpu,
                 &mut q,
@@ -207,7 +205,7 @@ pub fn forward(
                     .ok_or_else(|| Error::invalid(OP, "decode tokens without seq lens"))?,
                 max_seq_len: inputs.decode_max_len,
             };
-            let mut o_dec = reborrow(&mut o).narrow0(0, nd)?;
+            let mut o_dec = o.reborrow().narrow0(0, nd)?;
             decode_paged(
                 gpu,
                 &mut o_dec,
@@ -215,7 +213,7 @@ pub fn forward(
                 &kv,
                 scale,
                 inputs.decode_splits,
-                Some(&mut reborrow(&mut decode_ws)),
+                Some(&mut decode_ws.reborrow()),
             )?;
         }
         if nd < tokens {
@@ -235,7 +233,7 @@ pub fn forward(
                     .ok_or_else(|| Error::invalid(OP, "prefill without cu_seqlens"))?,
                 max_seqlen: inputs.prefill_max_q,
             };
-            let mut o_pre = reborrow(&mut o).narrow0(nd, tokens - nd)?;
+            let mut o_pre = o.reborrow().narrow0(nd, tokens - nd)?;
             prefill_paged_version(
                 gpu,
                 &mut o_pre,

@@ -194,7 +194,7 @@ pub fn encode(
             false,
         )?;
         {
-            let [mut q, mut k, _] = reborrow(&mut qkv).split_columns([d, d, d])?;
+            let [mut q, mut k, _] = qkv.reborrow().split_columns([d, d, d])?;
             vision_rope(
                 gpu,
                 &mut q,
@@ -268,7 +268,7 @@ pub fn encode(
     let mw = v.merged_width();
     let mut merged = ws.alloc(DType::BF16, &[p / 4, mw])?;
     {
-        let mut as_rows = reborrow(&mut merged).reshape(&[p, d])?;
+        let mut as_rows = merged.reborrow().reshape(&[p, d])?;
         scatter_rows(gpu, &mut as_rows, &o.as_view(), &batch.merge_rows.view())?;
     }
     let mut hidden = ws.alloc(DType::BF16, &[p / 4, mw])?;
@@ -291,12 +291,4 @@ pub fn encode(
         Epilogue::Bias,
         false,
     )
-}
-
-/// A shorter-lived mutable view of the same memory.
-pub(crate) fn reborrow<'b>(v: &'b mut TensorViewMut<'_>) -> TensorViewMut<'b> {
-    // SAFETY: the new view covers exactly the memory of `v`, which stays mutably borrowed (and
-    // so unused) while the new view lives.
-    unsafe { TensorViewMut::from_raw(v.device_ptr(), v.dtype(), v.dims(), v.stride0()) }
-        .expect("a view's own dims and stride are valid")
 }

@@ -30,38 +30,14 @@ impl PinnedStaging {
     /// Queues a copy of `data` into the contiguous view `dst` and returns without waiting for
     /// the GPU (only for the previous copy from this buffer, if still pending).
     pub fn upload<T: Element>(&mut self, gpu: &Gpu, data: &[T], dst: &mut TensorViewMut<'_>) -> Result<()> {
-        const OP: &str = "PinnedStaging::upload";
-        let bytes: &[u8] = bytemuck::cast_slice(data);
-        if T::DTYPE != dst.dtype() || data.len() != dst.numel() || !dst.is_contiguous() {
+        if T::DTYPE != dst.dtype() {
             return Err(Error::invalid(
-                OP,
-                format!(
-                    "{} values of {} into a {} {:?} view (contiguous: {})",
-                    data.len(),
-                    T::DTYPE,
-                    dst.dtype(),
-                    dst.dims(),
-                    dst.is_contiguous()
-                ),
+                "PinnedStaging::upload",
+                format!("{} values into a {} view", T::DTYPE, dst.dtype()),
             ));
         }
-        if bytes.len() > self.buf.len() {
-            return Err(Error::invalid(
-                OP,
-                format!("{} bytes over the staging capacity of {}", bytes.len(), self.buf.len()),
-            ));
-        }
-        if bytes.is_empty() {
-            return Ok(());
-        }
-        self.copied.synchronize().op("cuEventSynchronize")?;
-        let host = self.buf.as_mut_slice().op("cuEventSynchronize")?;
-        host[..bytes.len()].copy_from_slice(bytes);
-        // SAFETY: `dst` addresses bytes.len() contiguous device bytes; the pinned source stays
-        // untouched until `copied` has completed (checked above before every reuse).
-        unsafe { cu::memcpy_htod_async(dst.device_ptr(), &host[..bytes.len()], gpu.stream().cu_stream()) }
-            .op("cuMemcpyHtoDAsync")?;
-        self.copied.record(gpu.stream()).op("cuEventRecord")
+        let view = dst.reborrow();
+        self.upload_parts(gpu, &mut [(bytemuck::cast_slice(data), view)])
     }
 
     /// Queues several copies at once (each `(bytes, contiguous destination)`), packed into the

@@ -417,6 +417,14 @@ impl<'a> TensorViewMut<'a> {
         })
     }
 
+    /// A shorter-lived mutable view of the same memory (to pass a view on while keeping it).
+    pub fn reborrow(&mut self) -> TensorViewMut<'_> {
+        TensorViewMut {
+            _borrow: PhantomData,
+            ..*self
+        }
+    }
+
     /// The same bytes read as another dtype of the same size (e.g. f32 results in an i32
     /// buffer, so that several outputs come back in one copy).
     pub fn bitcast(self, dtype: DType) -> Result<TensorViewMut<'a>> {
