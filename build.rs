@@ -8,7 +8,7 @@
 //! 3. Runs bindgen over `kernels/include/ocrvl_kernels.h` into `OUT_DIR/sys.rs`. libclang comes
 //!    from the system, `LIBCLANG_PATH`, or the PyPI `libclang` wheel in the same cache. If none
 //!    loads, the checked-in `kernels/include/bindings.rs` is used instead and a warning says so;
-//!    `tests/bindings_fresh.rs` compares the two wherever bindgen did run.
+//!    `tests/cpu/bindings_fresh.rs` compares the two wherever bindgen did run.
 
 use std::collections::hash_map::DefaultHasher;
 use std::env;
@@ -307,7 +307,7 @@ fn generate_bindings(kernels: &Path) {
     if !libclang_loads() {
         println!(
             "cargo:warning=libclang not found: using the checked-in {} (run a build with libclang \
-             to regenerate it; tests/bindings_fresh.rs checks it)",
+             to regenerate it; tests/cpu/bindings_fresh.rs checks it)",
             checked_in.display()
         );
         fs::copy(&checked_in, &out).expect("copying the checked-in bindings");

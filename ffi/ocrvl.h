@@ -1,7 +1,7 @@
 /*
  * ocrvl.h: the C ABI of ocrvl, an inference engine for PaddleOCR-VL-0.9B.
  *
- * Hand-written C99; tests/ffi_header.rs checks every declaration here against the Rust
+ * Hand-written C99; tests/cpu/ffi_header.rs checks every declaration here against the Rust
  * exports in src/ffi/ (names, parameter and field types, field order, status values), and
  * tests/ffi_c.rs compiles and runs ffi/examples/ against the built libraries.
  *

@@ -8,7 +8,7 @@ bundle=target/gpu-bundle
 rm -rf "$bundle"
 mkdir -p "$bundle/bin" "$bundle/tools"
 
-# --all-targets builds the lib's unit tests, every tests/*.rs, the criterion benches (run with
+# --all-targets builds the lib's unit tests, every test target (tests/cpu, tests/gpu, tests/*.rs), the criterion benches (run with
 # --bench) and the binaries, all with the release profile, in one pass.
 cargo test --release --all-targets --no-run --message-format=json 2>/dev/null > target/gpu-bundle.json
 cargo build --release --lib --bins --quiet

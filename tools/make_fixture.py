@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Writes tests/fixtures/preprocess/: what Pillow (the reference's resizer) does to a few small
-deterministic images, for tests/preprocess.rs to compare ocrvl's preprocessing against.
+deterministic images, for tests/cpu/preprocess.rs to compare ocrvl's preprocessing against.
 
 Usage: python3 tools/make_fixture.py [OUT_DIR]      (needs: pip install pillow numpy)
 
@@ -65,7 +65,7 @@ def convert_to_rgb(image):
 
 def zone_plate(width, height):
     """A closed-form test pattern with energy at every frequency (it aliases badly without an
-    antialiasing filter). tests/preprocess.rs computes the same integers."""
+    antialiasing filter). tests/cpu/preprocess.rs computes the same integers."""
     y, x = np.mgrid[0:height, 0:width].astype(np.int64)
     chans = []
     for c in range(3):

@@ -12,7 +12,7 @@
 //!   free(): handles have their own free functions, text goes into caller buffers.
 //!
 //! Names are the C names (`ocrvl_engine_config`, `OCRVL_TASK_OCR`) so that
-//! `tests/ffi_header.rs` can match the header against this code line by line.
+//! `tests/cpu/ffi_header.rs` can match the header against this code line by line.
 //!
 //! Files: `mod.rs` status codes, last error, the panic guard and pointer checks;
 //! `types.rs` the `#[repr(C)]` structs and their conversion; `engine.rs` create, destroy,

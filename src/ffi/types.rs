@@ -1,5 +1,5 @@
 //! The `#[repr(C)]` structs of `ffi/ocrvl.h`, field for field in the same order (checked by
-//! `tests/ffi_header.rs`), and their conversion into the service's types. A zero field means
+//! `tests/cpu/ffi_header.rs`), and their conversion into the service's types. A zero field means
 //! the default, so a zeroed struct with `struct_size` set is valid.
 
 use std::ffi::{c_char, CStr};

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 /// Philox4x32-10, a Rust copy of kernels/common/philox.cuh (checked against the paper's known
-/// answers in tests/sampling_cpu.rs).
+/// answers in tests/cpu/sampling_cpu.rs).
 pub fn philox4x32_10(mut ctr: [u32; 4], mut key: [u32; 2]) -> [u32; 4] {
     const M0: u32 = 0xD251_1F53;
     const M1: u32 = 0xCD9E_8D57;

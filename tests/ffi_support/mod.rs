@@ -1,4 +1,4 @@
-//! Shared by tests/ffi_header.rs and tests/ffi_c.rs: where the built libraries are, how to
+//! Shared by tests/cpu/ffi_header.rs and tests/ffi_c.rs: where the built libraries are, how to
 //! compile the C examples against them, and running a program with a time limit.
 //!
 //! Where the libraries come from: the crate's `[lib]` has crate-type rlib + staticlib +

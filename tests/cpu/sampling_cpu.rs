@@ -1,11 +1,8 @@
 //! Host-side logic of the sampling family that needs no GPU: parameter checks, history
 //! packing, the workspace size, the Philox copy the tests use, and the reference's rules.
 
-#[path = "common/ref_sampling.rs"]
-mod ref_sampling;
-
+use crate::ref_sampling as rs;
 use ocrvl::kernels::sampling::{pack_history, workspace_bytes, SamplingParams};
-use ref_sampling as rs;
 
 #[test]
 fn philox_matches_the_papers_known_answers() {

@@ -8,7 +8,7 @@
 //! (comments, `#` lines, typedef'd structs and enums, prototypes), and fails loudly on
 //! anything it does not understand rather than skipping it.
 
-mod ffi_support;
+use crate::ffi_support;
 
 use std::collections::BTreeMap;
 use std::ffi::CStr;

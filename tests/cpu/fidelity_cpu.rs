@@ -2,13 +2,9 @@
 //! tools/make_model_fixture.py with transformers, the oracle nobody here wrote): the f64 CPU
 //! reference forward reproduces transformers' image features and logits, and the M-RoPE ids.
 
-#[allow(dead_code)]
-#[path = "common/ref_model.rs"]
-mod ref_model;
-
 use std::path::{Path, PathBuf};
 
-use ref_model::{positions_3d, RefModel};
+use crate::ref_model::{positions_3d, RefModel};
 use safetensors::SafeTensors;
 
 fn fixture_dir() -> PathBuf {
@@ -119,7 +115,7 @@ fn preprocessing_matches_transformers_pixel_values() {
     }
     assert_eq!(got.len(), want.len(), "pixel value count");
     // One uint8 level after (x/255 - 0.5)/0.5 is 2/255. Pillow's resize is matched exactly
-    // (tests/preprocess.rs); allow one level for a Pillow whose pass order differs.
+    // (tests/cpu/preprocess.rs); allow one level for a Pillow whose pass order differs.
     let level = 2.0 / 255.0;
     let off = got.iter().zip(&want).filter(|(a, b)| (*a - *b).abs() > 1e-6).count();
     let worst = max_abs_diff(&got, &want);

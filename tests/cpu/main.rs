@@ -1,0 +1,28 @@
+//! The GPU-free integration tests, in one test target: each file here was its own target, and
+//! every target is a separate executable linking the whole crate (about 50 MB each in a debug
+//! build), so one target keeps a clean `cargo test` within a CI machine's disk. The C-ABI
+//! build test (tests/ffi_c.rs) and the server test (tests/server.rs) stay separate targets
+//! because the GPU bundle ships them as their own executables.
+
+#[path = "../ffi_support/mod.rs"]
+mod ffi_support;
+#[allow(dead_code)]
+#[path = "../common/ref_model.rs"]
+mod ref_model;
+#[path = "../common/ref_sampling.rs"]
+mod ref_sampling;
+
+mod bindings_fresh;
+mod block_pool;
+mod config;
+mod ffi_header;
+mod fidelity_cpu;
+mod model_step_cpu;
+mod mrope_positions;
+mod preprocess;
+mod prompt;
+mod runtime_cpu;
+mod sampling_cpu;
+mod scheduler;
+mod synthetic_tokenizer;
+mod weights;
