@@ -38,6 +38,20 @@
 //! Lifecycle of the engine's calls: `add` any time; then per step `schedule`, run the model
 //! on its output, `update` with the sampled tokens; `abort` any time (a sequence aborted
 //! between `schedule` and `update` is skipped by `update`).
+//!
+//! Scheduling ahead (async scheduling): while a decode step runs on the GPU, the engine may
+//! plan and launch the next one before the step's tokens reach the host, so that the GPU
+//! never waits for the CPU. [`Scheduler::schedule_ahead`] plans that step from the running
+//! one alone: the same sequences, one position further, each input token taken on the GPU
+//! from the running step's sampled row (`ScheduledSeq::prev_row`). It leaves out what it can
+//! tell will finish (the running step's token reaches `max_tokens` or `max_model_len`),
+//! and declines (returns `None`, and the engine waits for the tokens and calls `schedule`)
+//! when the step is not all decodes, when a waiting sequence could be admitted, or when a
+//! block is missing and only preemption would free one. A sequence that the running step
+//! finishes by EOS or a stop token still has its row in the step ahead: the row's KV goes
+//! to the sequence's own (now freed) blocks before any later step can reuse them, and
+//! `update` skips it as it skips an aborted one. Then `update(running)`, then
+//! `update(ahead)`, in launch order.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -184,6 +198,9 @@ pub struct ScheduledSeq {
     pub needs_logits: bool,
     /// The sequence's blocks, covering at least `start + num_tokens` tokens.
     pub block_table: Vec<u32>,
+    /// Planned by `schedule_ahead`: the input token is the one the previous step sampled in
+    /// its logits row `prev_row` (and `SchedulerOutput::input_ids` holds 0 for it).
+    pub prev_row: Option<usize>,
 }
 
 /// Everything the GPU side needs for one step.
@@ -360,6 +377,10 @@ impl Scheduler {
     /// is queued or running: admission guarantees that the oldest sequence fits the whole
     /// pool and that each of its images fits the encoder budget, so it always gets a chunk.
     pub fn schedule(&mut self) -> SchedulerOutput {
+        debug_assert!(
+            self.running.iter().all(|id| self.seqs[id].num_scheduled_ahead == 0),
+            "Scheduler::schedule with a step planned ahead still to update"
+        );
         let mut out = SchedulerOutput::default();
         let mut budget = self.config.max_num_batched_tokens;
         let mut encoder_budget = self.config.max_encoder_patches_per_step;
@@ -422,6 +443,76 @@ impl Scheduler {
         out
     }
 
+    /// Plans the decode step that follows `running` (the latest step planned, launched, and
+    /// not yet updated) before its tokens are known; see the module doc. `None` changes
+    /// nothing. Rows keep `running`'s order; each entry's `prev_row` is its logits row there.
+    pub fn schedule_ahead(&mut self, running: &SchedulerOutput) -> Option<SchedulerOutput> {
+        if running.scheduled.is_empty() || running.scheduled.iter().any(|e| !e.needs_logits) {
+            return None; // a prefill chunk mid-prompt: the next chunk is `schedule`'s to plan
+        }
+        let max_model_len = self.config.max_model_len;
+        // (seq_id, position, prev_row, needs a block) of every sequence that continues.
+        let mut rows = Vec::with_capacity(running.scheduled.len());
+        for (prev_row, e) in running.scheduled.iter().enumerate() {
+            let Some(seq) = self.seqs.get(&e.seq_id) else {
+                continue; // aborted since
+            };
+            // `running` is not updated yet: its token is the sequence's next one.
+            debug_assert_eq!(seq.num_computed_tokens, e.start);
+            let after = seq.total_len() + 1;
+            if seq.num_output_tokens() + 1 >= seq.stop_conditions().max_tokens || after >= max_model_len {
+                continue; // that token is its last
+            }
+            let position = e.start + e.num_tokens;
+            let new_block = self.blocks_for(position + 1) > seq.block_table.len();
+            rows.push((e.seq_id, position, prev_row, new_block));
+        }
+        let new_blocks = rows.iter().filter(|r| r.3).count();
+        if rows.is_empty() || new_blocks > self.pool.num_free() {
+            return None; // nothing continues, or preemption needed: `schedule` decides
+        }
+        // The oldest waiting sequence would be admitted by `schedule` (a free seat, and its
+        // first chunk fits the budget and the blocks left): leave the step to `schedule`.
+        if let Some(&head) = self.waiting.front() {
+            if self.running.len() < self.config.max_num_seqs {
+                let budget = self.config.max_num_batched_tokens.saturating_sub(self.running.len());
+                let encoder_budget = self.config.max_encoder_patches_per_step;
+                let fits = self
+                    .plan_admission(head, budget, encoder_budget)
+                    .is_some_and(|(_, _, _, takes)| takes + new_blocks <= self.pool.num_free());
+                if fits {
+                    return None;
+                }
+            }
+        }
+        let bs = self.config.block_size;
+        let mut out = SchedulerOutput {
+            num_decodes: rows.len(),
+            ..SchedulerOutput::default()
+        };
+        for (id, position, prev_row, new_block) in rows {
+            let seq = self.seqs.get_mut(&id).expect("looked up above");
+            if new_block {
+                seq.block_table
+                    .push(self.pool.allocate().expect("free blocks counted above"));
+            }
+            seq.num_scheduled_ahead += 1;
+            out.input_ids.push(0);
+            out.slot_mapping
+                .push((seq.block_table[position / bs] as usize * bs + position % bs) as i32);
+            out.scheduled.push(ScheduledSeq {
+                seq_id: id,
+                start: position,
+                num_tokens: 1,
+                is_decode: true,
+                needs_logits: true,
+                block_table: seq.block_table.clone(),
+                prev_row: Some(prev_row),
+            });
+        }
+        Some(out)
+    }
+
     /// Takes the step's results: advances every scheduled sequence by its chunk, appends the
     /// sampled token of each that needed logits (`sampled` holds `(seq_id, token)` for
     /// exactly those), registers newly full blocks in the prefix cache, and finishes
@@ -443,6 +534,9 @@ impl Scheduler {
                 "Scheduler::update: sequence {} is not where the output left it (update called twice?)",
                 entry.seq_id
             );
+            if entry.prev_row.is_some() {
+                seq.num_scheduled_ahead -= 1;
+            }
             let old = seq.num_computed_tokens;
             let new = old + entry.num_tokens;
             seq.num_computed_tokens = new;
@@ -535,12 +629,17 @@ impl Scheduler {
                 if seq.status != SequenceStatus::Running {
                     return Err(format!("running sequence {id} has status {:?}", seq.status));
                 }
-                if seq.block_table.len() != seq.num_computed_tokens.div_ceil(bs) {
+                let covered = seq.num_computed_tokens + seq.num_scheduled_ahead;
+                if seq.block_table.len() != covered.div_ceil(bs) {
                     return Err(format!(
-                        "sequence {id}: {} blocks for {} computed tokens",
+                        "sequence {id}: {} blocks for {} computed tokens and {} scheduled ahead",
                         seq.block_table.len(),
-                        seq.num_computed_tokens
+                        seq.num_computed_tokens,
+                        seq.num_scheduled_ahead
                     ));
+                }
+                if seq.num_scheduled_ahead > 1 {
+                    return Err(format!("sequence {id}: {} steps ahead", seq.num_scheduled_ahead));
                 }
                 if seq.num_tokens_to_compute() == 0 {
                     return Err(format!("running sequence {id} has nothing to compute"));
@@ -582,6 +681,39 @@ impl Scheduler {
     /// takes the prefix-cache hits and allocates the other blocks. `None` leaves everything
     /// untouched.
     fn admit(&mut self, id: u64, budget: usize, encoder_budget: usize) -> Option<ChunkPlan> {
+        let (plan, hits, new_blocks, takes) = self.plan_admission(id, budget, encoder_budget)?;
+        if self.pool.num_free() < takes {
+            return None;
+        }
+        let seq = &self.seqs[&id];
+        let start = hits * self.config.block_size;
+        if self.config.enable_prefix_caching {
+            self.stats.prefix_cache_queried_tokens += seq.total_len() as u64;
+            self.stats.prefix_cache_hit_tokens += start as u64;
+        }
+        let seq = self.seqs.get_mut(&id).expect("waiting sequences are stored");
+        for j in 0..hits {
+            let block = self.pool.lookup(seq.block_hashes[j]).expect("peeked above");
+            seq.block_table.push(block);
+        }
+        for _ in 0..new_blocks {
+            seq.block_table
+                .push(self.pool.allocate().expect("free blocks counted above"));
+        }
+        seq.num_computed_tokens = start;
+        seq.status = SequenceStatus::Running;
+        Some(plan)
+    }
+
+    /// The first chunk `admit` would give the waiting sequence `id`: the chunk, its
+    /// prefix-cache hits (full blocks), the blocks to allocate, and the free blocks it takes
+    /// in all (new ones and cached ones on the free list). `None`: no token fits.
+    fn plan_admission(
+        &mut self,
+        id: u64,
+        budget: usize,
+        encoder_budget: usize,
+    ) -> Option<(ChunkPlan, usize, usize, usize)> {
         let bs = self.config.block_size;
         let seq = self.seqs.get_mut(&id).expect("waiting sequences are stored");
         // Reuse at most the full blocks before the last token: the step must compute at
@@ -607,25 +739,7 @@ impl Scheduler {
             .iter()
             .filter(|&&h| self.pool.peek(h).is_some_and(|b| self.pool.is_free(b)))
             .count();
-        if self.pool.num_free() < new_blocks + reused_free {
-            return None;
-        }
-        if self.config.enable_prefix_caching {
-            self.stats.prefix_cache_queried_tokens += seq.total_len() as u64;
-            self.stats.prefix_cache_hit_tokens += start as u64;
-        }
-        let seq = self.seqs.get_mut(&id).expect("waiting sequences are stored");
-        for j in 0..hits {
-            let block = self.pool.lookup(seq.block_hashes[j]).expect("peeked above");
-            seq.block_table.push(block);
-        }
-        for _ in 0..new_blocks {
-            seq.block_table
-                .push(self.pool.allocate().expect("free blocks counted above"));
-        }
-        seq.num_computed_tokens = start;
-        seq.status = SequenceStatus::Running;
-        Some(plan)
+        Some((plan, hits, new_blocks, new_blocks + reused_free))
     }
 
     /// Preempt-by-recompute: frees every block of a running sequence (already removed from
@@ -650,6 +764,7 @@ impl Scheduler {
         seq.block_table.clear();
         seq.release_encoder_outputs(true, freed);
         seq.num_computed_tokens = 0;
+        seq.num_scheduled_ahead = 0;
     }
 
     /// Lays out the scheduled chunks as the GPU step consumes them: decodes first, then
@@ -680,6 +795,7 @@ impl Scheduler {
                 is_decode,
                 needs_logits,
                 block_table: seq.block_table.clone(),
+                prev_row: None,
             });
         }
     }

@@ -103,6 +103,10 @@ pub struct Sequence {
     /// Per image: its encoder output is held by the engine (encoded in an earlier or the
     /// current step, and its span not yet fully computed).
     pub(super) image_encoded: Vec<bool>,
+    /// Decode tokens scheduled by `Scheduler::schedule_ahead` whose step `update` has not
+    /// taken yet (0 or 1 between steps): their blocks are allocated, their KV is being
+    /// written, their input token is still on the GPU.
+    pub(super) num_scheduled_ahead: usize,
 }
 
 impl Sequence {
@@ -121,6 +125,7 @@ impl Sequence {
             arrival: 0,
             block_hashes: Vec::new(),
             image_encoded: vec![false; num_images],
+            num_scheduled_ahead: 0,
         }
     }
 

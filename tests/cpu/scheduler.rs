@@ -597,19 +597,196 @@ fn random_prompt(rng: &mut ChaCha8Rng, templates: &[(Vec<u32>, Vec<ImageSpan>)],
     t
 }
 
+/// The soak's fake engine: the scheduler, the requests as followed, a fake KV cache of
+/// fingerprints, the held encoder outputs, and counts.
+struct Soak {
+    s: Scheduler,
+    rng: ChaCha8Rng,
+    bs: usize,
+    tracked: BTreeMap<u64, Tracked>,
+    kv: Vec<Option<(usize, u64)>>,
+    encoded: HashSet<(u64, usize)>,
+    preempted: HashSet<u64>,
+    added: u64,
+    finished: u64,
+    aborted: u64,
+    finished_after_preemption: u64,
+    /// Steps planned by `schedule_ahead`, and their rows whose sequence the step before
+    /// finished (computed for nothing, never streamed).
+    ahead_steps: u64,
+    wasted_rows: u64,
+}
+
+impl Soak {
+    fn abort(&mut self, id: u64) {
+        let seq = self.s.abort(id).expect("a live sequence");
+        assert_eq!(seq.finish_reason(), Some(FinishReason::Aborted));
+        self.tracked.remove(&id);
+        self.encoded.retain(|&(sid, _)| sid != id);
+        self.aborted += 1;
+    }
+
+    /// The token and prefix fingerprint at position `p` of a followed request; one past its
+    /// known tokens is the token the previous step samples (a step planned ahead reads it on
+    /// the GPU before the host has it).
+    fn token_at(&self, id: u64, p: usize) -> (u32, u64) {
+        let t = &self.tracked[&id];
+        if p < t.tokens.len() {
+            return (t.tokens[p], t.fingerprints[p]);
+        }
+        assert_eq!(p, t.tokens.len(), "seq {id}: position {p} two tokens ahead");
+        let token = fake_token(id, p);
+        let prev = t.fingerprints.last().copied().unwrap_or(0);
+        (token, splitmix(prev ^ splitmix(token as u64)))
+    }
+
+    /// Checks a planned step and does the GPU's part of it: writes the KV of every
+    /// scheduled token, then at each logits row "attends" over the whole context, where
+    /// every position must hold the KV of its own prefix (shared prefix blocks included).
+    /// Checking at logits only keeps the soak quick; every chunk's tokens are read again when
+    /// the sequence reaches its end.
+    fn launch(&mut self, out: &SchedulerOutput, step: usize) {
+        let bs = self.bs;
+        let ahead = out.scheduled.iter().any(|e| e.prev_row.is_some());
+        assert!(!ahead || out.scheduled.iter().all(|e| e.prev_row.is_some() && e.is_decode));
+        for &(sid, k) in &out.freed_encoder_outputs {
+            assert!(out.preempted.contains(&sid) && self.encoded.remove(&(sid, k)));
+        }
+        let mut patches = 0;
+        for &(sid, k) in &out.encoder_inputs {
+            assert!(
+                self.encoded.insert((sid, k)),
+                "step {step}: image ({sid}, {k}) re-encoded while held"
+            );
+            patches += self.tracked[&sid].images[k].num_patches;
+        }
+        assert!(patches <= self.s.config().max_encoder_patches_per_step);
+        for &id in &out.preempted {
+            assert!(out.scheduled.iter().all(|e| e.seq_id != id));
+            self.preempted.insert(id);
+        }
+        let slot = |table: &[u32], p: usize| table[p / bs] as usize * bs + p % bs;
+        let mut cursor = 0;
+        for e in &out.scheduled {
+            let t = &self.tracked[&e.seq_id];
+            let end = e.start + e.num_tokens;
+            let known = t.tokens.len() + ahead as usize;
+            assert!(end <= known && e.needs_logits == (end == known));
+            for p in e.start..end {
+                let (block, sl) = (e.block_table[p / bs], slot(&e.block_table, p));
+                let (token, fingerprint) = self.token_at(e.seq_id, p);
+                // A step planned ahead carries 0 for the token the GPU fills in.
+                let want_id = if ahead { 0 } else { token };
+                assert_eq!((out.input_ids[cursor], out.slot_mapping[cursor]), (want_id, sl as i32));
+                // Written blocks belong to this sequence alone and are not in the cache.
+                let pool = self.s.pool();
+                assert!(
+                    pool.ref_count(block) == 1 && pool.block_hash(block).is_none(),
+                    "step {step}"
+                );
+                self.kv[sl] = Some((p, fingerprint));
+                cursor += 1;
+            }
+            for (k, img) in t.images.iter().enumerate() {
+                let held = self.encoded.contains(&(e.seq_id, k));
+                assert!(
+                    held || !img.intersects(e.start, end),
+                    "step {step}: span scheduled unencoded"
+                );
+            }
+        }
+        assert_eq!(cursor, out.num_tokens());
+        for e in out.scheduled.iter().filter(|e| e.needs_logits) {
+            for p in 0..e.start + e.num_tokens {
+                let want = self.token_at(e.seq_id, p).1;
+                assert_eq!(
+                    self.kv[slot(&e.block_table, p)],
+                    Some((p, want)),
+                    "step {step}: seq {} at {p}",
+                    e.seq_id
+                );
+            }
+        }
+    }
+
+    /// The step's tokens reach the host: sample, maybe lose a client meanwhile, update, and
+    /// check what finished against an undisturbed run.
+    fn complete(&mut self, out: &SchedulerOutput, step: usize) {
+        // Rows of sequences gone since the launch (finished by the step before, or aborted)
+        // are dropped, as the engine drops them.
+        let sampled: Vec<(u64, u32)> = out
+            .scheduled
+            .iter()
+            .filter(|e| e.needs_logits)
+            .filter(|e| {
+                let live = self.tracked.contains_key(&e.seq_id);
+                self.wasted_rows += (!live && e.prev_row.is_some()) as u64;
+                live
+            })
+            .map(|e| (e.seq_id, fake_token(e.seq_id, e.start + e.num_tokens)))
+            .collect();
+        // Now and then a client disconnects while the step runs.
+        if !sampled.is_empty() && self.rng.random_bool(0.005) {
+            let id = sampled[self.rng.random_range(0..sampled.len())].0;
+            self.abort(id);
+        }
+        let upd = self.s.update(out, &sampled);
+        for &(sid, k) in &upd.freed_encoder_outputs {
+            assert!(
+                self.encoded.remove(&(sid, k)),
+                "step {step}: freed an encoder output never made"
+            );
+        }
+        for &(sid, tok) in &sampled {
+            if let Some(t) = self.tracked.get_mut(&sid) {
+                t.push(tok); // streamed to the client exactly once
+            }
+        }
+        for seq in upd.finished {
+            let (id, got) = (seq.id(), seq.output_token_ids());
+            let t = self.tracked.remove(&id).expect("finished a tracked sequence");
+            assert_eq!(
+                got,
+                &t.tokens[t.prompt_len..],
+                "seq {id}: output differs from the stream"
+            );
+            let (want, reason) = expected_output(id, t.prompt_len, &t.stop);
+            assert_eq!(got, want, "seq {id}: output differs from an undisturbed run");
+            assert_eq!(seq.finish_reason(), Some(reason), "seq {id}");
+            self.finished += 1;
+            self.finished_after_preemption += self.preempted.contains(&id) as u64;
+        }
+        if let Err(e) = self.s.check_invariants() {
+            panic!("step {step}: {e}");
+        }
+        assert!(self.encoded.iter().all(|(sid, _)| self.tracked.contains_key(sid)));
+    }
+}
+
 /// Thousands of random requests (shared prefixes, images, random lengths, EOS, aborts at any
 /// time) through a pool small enough to force preemptions, against a fake model that keeps
 /// a fake KV cache and checks every token it reads. Arguments: the seed, the block size and
-/// count, `max_num_seqs`, `max_num_batched_tokens`, prefix caching, the number of requests.
-fn soak(seed: u64, bs: usize, num_blocks: usize, max_num_seqs: usize, budget: usize, prefix: bool, n: u64) {
-    let (max_model_len, encoder_budget) = (num_blocks * bs, 256);
+/// count, `max_num_seqs`, `max_num_batched_tokens`, prefix caching, the number of requests,
+/// and whether decode steps are planned ahead (`schedule_ahead` while the step before runs,
+/// as the engine's async scheduling does).
+#[allow(clippy::too_many_arguments)]
+fn soak(
+    seed: u64,
+    bs: usize,
+    num_blocks: usize,
+    max_num_seqs: usize,
+    budget: usize,
+    prefix: bool,
+    n: u64,
+    ahead: bool,
+) {
+    let max_model_len = num_blocks * bs;
     let mut cfg = config(bs, num_blocks, max_num_seqs, budget);
     (
         cfg.max_model_len,
         cfg.enable_prefix_caching,
         cfg.max_encoder_patches_per_step,
     ) = (max_model_len, prefix, 256);
-    let mut s = Scheduler::new(cfg).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let templates: Vec<(Vec<u32>, Vec<ImageSpan>)> = (0..4)
         .map(|_| {
@@ -619,190 +796,140 @@ fn soak(seed: u64, bs: usize, num_blocks: usize, max_num_seqs: usize, budget: us
             p
         })
         .collect();
-
-    let mut tracked: BTreeMap<u64, Tracked> = BTreeMap::new();
-    let mut kv: Vec<Option<(usize, u64)>> = vec![None; num_blocks * bs];
-    let mut encoded: HashSet<(u64, usize)> = HashSet::new();
-    let mut preempted: HashSet<u64> = HashSet::new();
-    let (mut added, mut finished, mut aborted, mut finished_after_preemption) = (0u64, 0u64, 0u64, 0u64);
-    let mut abort = |id: u64, s: &mut Scheduler, tracked: &mut BTreeMap<u64, Tracked>, enc: &mut HashSet<_>| {
-        let seq = s.abort(id).expect("a live sequence");
-        assert_eq!(seq.finish_reason(), Some(FinishReason::Aborted));
-        tracked.remove(&id);
-        enc.retain(|&(sid, _): &(u64, usize)| sid != id);
-        aborted += 1;
+    let mut soak = Soak {
+        s: Scheduler::new(cfg).unwrap(),
+        rng,
+        bs,
+        tracked: BTreeMap::new(),
+        kv: vec![None; num_blocks * bs],
+        encoded: HashSet::new(),
+        preempted: HashSet::new(),
+        added: 0,
+        finished: 0,
+        aborted: 0,
+        finished_after_preemption: 0,
+        ahead_steps: 0,
+        wasted_rows: 0,
     };
 
+    let mut in_flight: Option<SchedulerOutput> = None;
     let mut steps = 0;
     while steps < 2_000_000 {
         steps += 1;
         // Arrivals in bursts, keeping a queue (a bounded one: a long queue adds nothing the
         // scheduler looks at, and slows the invariant walk).
-        for _ in 0..rng.random_range(0..=3) {
-            if added < n && s.num_waiting() < 48 {
-                let t = random_prompt(&mut rng, &templates, max_model_len - 1);
-                let seq = Sequence::new(added, t.tokens.clone(), t.images.clone(), t.stop.clone());
-                s.add(seq).unwrap();
-                tracked.insert(added, t);
-                added += 1;
+        for _ in 0..soak.rng.random_range(0..=3) {
+            if soak.added < n && soak.s.num_waiting() < 48 {
+                let t = random_prompt(&mut soak.rng, &templates, max_model_len - 1);
+                let seq = Sequence::new(soak.added, t.tokens.clone(), t.images.clone(), t.stop.clone());
+                soak.s.add(seq).unwrap();
+                soak.tracked.insert(soak.added, t);
+                soak.added += 1;
             }
         }
-        if !tracked.is_empty() && rng.random_bool(0.01) {
-            let id = *tracked.keys().nth(rng.random_range(0..tracked.len())).unwrap();
-            abort(id, &mut s, &mut tracked, &mut encoded);
+        if !soak.tracked.is_empty() && soak.rng.random_bool(0.01) {
+            let id = *soak
+                .tracked
+                .keys()
+                .nth(soak.rng.random_range(0..soak.tracked.len()))
+                .unwrap();
+            soak.abort(id);
         }
-        if !s.has_unfinished() {
-            if added == n {
-                break;
+        let current = match in_flight.take() {
+            Some(out) => out,
+            None => {
+                if !soak.s.has_unfinished() {
+                    if soak.added == n {
+                        break;
+                    }
+                    continue; // idle until the next arrival
+                }
+                let out = soak.s.schedule();
+                assert!(!out.is_empty(), "step {steps}: nothing scheduled with work queued");
+                assert!(out
+                    .scheduled
+                    .iter()
+                    .enumerate()
+                    .all(|(i, e)| e.is_decode == (i < out.num_decodes) && e.prev_row.is_none()));
+                soak.launch(&out, steps);
+                out
             }
-            continue; // idle until the next arrival
-        }
-
-        let out = s.schedule();
-        assert!(!out.is_empty(), "step {steps}: nothing scheduled with work queued");
-        assert!(out.num_tokens() <= budget && out.scheduled.len() <= max_num_seqs);
-        assert!(out
-            .scheduled
-            .iter()
-            .enumerate()
-            .all(|(i, e)| e.is_decode == (i < out.num_decodes)));
-        for &(sid, k) in &out.freed_encoder_outputs {
-            assert!(out.preempted.contains(&sid) && encoded.remove(&(sid, k)));
-        }
-        let mut patches = 0;
-        for &(sid, k) in &out.encoder_inputs {
-            assert!(
-                encoded.insert((sid, k)),
-                "step {steps}: image ({sid}, {k}) re-encoded while held"
-            );
-            patches += tracked[&sid].images[k].num_patches;
-        }
-        assert!(patches <= encoder_budget);
-        for &id in &out.preempted {
-            assert!(out.scheduled.iter().all(|e| e.seq_id != id));
-            preempted.insert(id);
-        }
-
-        // The fake model writes the KV of every scheduled token ...
-        let slot = |table: &[u32], p: usize| table[p / bs] as usize * bs + p % bs;
-        let mut cursor = 0;
-        for e in &out.scheduled {
-            let t = &tracked[&e.seq_id];
-            let end = e.start + e.num_tokens;
-            assert!(end <= t.tokens.len() && e.needs_logits == (end == t.tokens.len()));
-            for p in e.start..end {
-                let (block, sl) = (e.block_table[p / bs], slot(&e.block_table, p));
-                assert_eq!(
-                    (out.input_ids[cursor], out.slot_mapping[cursor]),
-                    (t.tokens[p], sl as i32)
-                );
-                // Written blocks belong to this sequence alone and are not in the cache.
-                let pool = s.pool();
-                assert!(
-                    pool.ref_count(block) == 1 && pool.block_hash(block).is_none(),
-                    "step {steps}"
-                );
-                kv[sl] = Some((p, t.fingerprints[p]));
-                cursor += 1;
-            }
-            for (k, img) in t.images.iter().enumerate() {
-                let held = encoded.contains(&(e.seq_id, k));
-                assert!(
-                    held || !img.intersects(e.start, end),
-                    "step {steps}: span scheduled unencoded"
-                );
+        };
+        assert!(current.num_tokens() <= budget && current.scheduled.len() <= max_num_seqs);
+        // The engine plans ahead after decode-only steps (the ones it runs as graphs).
+        if ahead && current.scheduled.iter().all(|e| e.is_decode) {
+            if let Some(next) = soak.s.schedule_ahead(&current) {
+                let mut last = None;
+                for e in &next.scheduled {
+                    let r = e.prev_row.expect("planned ahead");
+                    let prev = &current.scheduled[r];
+                    assert!(last < Some(r), "rows keep the running step's order");
+                    assert_eq!((prev.seq_id, prev.start + 1), (e.seq_id, e.start));
+                    last = Some(r);
+                }
+                soak.launch(&next, steps);
+                soak.ahead_steps += 1;
+                in_flight = Some(next);
             }
         }
-        assert_eq!(cursor, out.num_tokens());
-        // ... then, where it produces logits, "attends" over the whole context: every
-        // position must hold the KV of its own prefix (shared prefix blocks included).
-        // Checking at logits only keeps the soak quick; every chunk's tokens are read again
-        // when the sequence reaches its end.
-        for e in out.scheduled.iter().filter(|e| e.needs_logits) {
-            let t = &tracked[&e.seq_id];
-            for p in 0..e.start + e.num_tokens {
-                let got = kv[slot(&e.block_table, p)];
-                assert_eq!(
-                    got,
-                    Some((p, t.fingerprints[p])),
-                    "step {steps}: seq {} at {p}",
-                    e.seq_id
-                );
-            }
-        }
-
-        let sampled: Vec<(u64, u32)> = out
-            .scheduled
-            .iter()
-            .filter(|e| e.needs_logits)
-            .map(|e| (e.seq_id, fake_token(e.seq_id, e.start + e.num_tokens)))
-            .collect();
-        // Now and then a client disconnects while the step runs.
-        if rng.random_bool(0.005) {
-            let id = out.scheduled[rng.random_range(0..out.scheduled.len())].seq_id;
-            abort(id, &mut s, &mut tracked, &mut encoded);
-        }
-        let upd = s.update(&out, &sampled);
-        for &(sid, k) in &upd.freed_encoder_outputs {
-            assert!(
-                encoded.remove(&(sid, k)),
-                "step {steps}: freed an encoder output never made"
-            );
-        }
-        for &(sid, tok) in &sampled {
-            if let Some(t) = tracked.get_mut(&sid) {
-                t.push(tok); // streamed to the client exactly once
-            }
-        }
-        for seq in upd.finished {
-            let (id, got) = (seq.id(), seq.output_token_ids());
-            let t = tracked.remove(&id).expect("finished a tracked sequence");
-            assert_eq!(
-                got,
-                &t.tokens[t.prompt_len..],
-                "seq {id}: output differs from the stream"
-            );
-            let (want, reason) = expected_output(id, t.prompt_len, &t.stop);
-            assert_eq!(got, want, "seq {id}: output differs from an undisturbed run");
-            assert_eq!(seq.finish_reason(), Some(reason), "seq {id}");
-            finished += 1;
-            finished_after_preemption += preempted.contains(&id) as u64;
-        }
-        if let Err(e) = s.check_invariants() {
-            panic!("step {steps}: {e}");
-        }
-        assert!(encoded.iter().all(|(sid, _)| tracked.contains_key(sid)));
+        soak.complete(&current, steps);
     }
 
-    assert!(added == n && !s.has_unfinished(), "soak did not finish");
+    let s = &soak.s;
+    assert!(soak.added == n && !s.has_unfinished(), "soak did not finish");
     assert_eq!(s.pool().num_free(), num_blocks, "blocks leaked");
-    assert!(encoded.is_empty(), "encoder outputs leaked: {encoded:?}");
-    assert_eq!(finished + aborted, n);
+    assert!(soak.encoded.is_empty(), "encoder outputs leaked: {:?}", soak.encoded);
+    assert_eq!(soak.finished + soak.aborted, n);
     assert!(
-        finished_after_preemption > 0,
+        soak.finished_after_preemption > 0,
         "the soak forced no preemption: shrink the pool"
+    );
+    assert_eq!(ahead, soak.ahead_steps > 0, "steps planned ahead: {}", soak.ahead_steps);
+    assert_eq!(
+        ahead,
+        soak.wasted_rows > 0,
+        "rows ahead of a finish: {}",
+        soak.wasted_rows
     );
     let stats = s.stats();
     assert_eq!(prefix, stats.prefix_cache_hit_tokens > 0, "{stats:?}");
-    println!("seed {seed}, {steps} steps: {finished} finished ({finished_after_preemption} after preemption), {aborted} aborted, {stats:?}");
+    println!(
+        "seed {seed}, {steps} steps ({} planned ahead, {} rows wasted): {} finished ({} after preemption), {} aborted, {stats:?}",
+        soak.ahead_steps, soak.wasted_rows, soak.finished, soak.finished_after_preemption, soak.aborted
+    );
 }
 
 #[test]
 fn soak_small_pool_prefix_caching() {
-    soak(1, 16, 40, 16, 128, true, 3000);
+    soak(1, 16, 40, 16, 128, true, 3000, false);
 }
 
 #[test]
 fn soak_tiny_blocks_no_prefix_caching() {
-    soak(2, 4, 150, 32, 96, false, 3000);
+    soak(2, 4, 150, 32, 96, false, 3000, false);
 }
 
 #[test]
 fn soak_budget_below_max_num_seqs() {
-    soak(3, 8, 80, 64, 24, true, 2000);
+    soak(3, 8, 80, 64, 24, true, 2000, false);
 }
 
 #[test]
 fn soak_many_seqs_large_budget() {
-    soak(4, 16, 64, 256, 512, true, 3000);
+    soak(4, 16, 64, 256, 512, true, 3000, false);
+}
+
+#[test]
+fn soak_ahead_small_pool_prefix_caching() {
+    soak(5, 16, 40, 16, 128, true, 3000, true);
+}
+
+#[test]
+fn soak_ahead_tiny_blocks_no_prefix_caching() {
+    soak(6, 4, 150, 32, 96, false, 3000, true);
+}
+
+#[test]
+fn soak_ahead_many_seqs_large_budget() {
+    soak(7, 16, 64, 256, 512, true, 3000, true);
 }
