@@ -125,7 +125,7 @@ impl BenchArgs {
 
 const USAGE: &str = "usage: bench [--model DIR] [--max-num-seqs 256] [--max-model-len 16384] \
 [--max-num-batched-tokens 8192] [--gpu-memory-utilization 0.9] [--enable-prefix-caching | \
---no-enable-prefix-caching] [--enforce-eager] [--synthetic-dir DIR] [--vision-patches 5040] [--context 1024] \
+--no-enable-prefix-caching] [--enforce-eager] [--no-async-scheduling] [--synthetic-dir DIR] [--vision-patches 5040] [--context 1024] \
 [--no-model-steps] [--workload decode|page-1080p|page-360p|crops|all|none (or a comma list)] \
 [--num-requests N | --num-requests decode=N,page-1080p=N,...] [--prompt-len 1024] [--output-len 1024] \
 [--warmup 32] [--dry-run] [--json PATH]
@@ -238,6 +238,7 @@ fn flags_json(e: &EngineConfig, env: EnvFlags) -> Value {
         "gpu_memory_utilization": e.gpu_memory_utilization,
         "enable_prefix_caching": e.enable_prefix_caching,
         "enforce_eager": e.enforce_eager,
+        "async_scheduling": e.async_scheduling,
         "FLAGS_flash_attn_version": match env.flash_attn_version {
             FlashAttnVersion::Auto => "auto",
             FlashAttnVersion::Fa2 => "2",
@@ -322,13 +323,14 @@ fn print_flags(e: &EngineConfig, env: EnvFlags) -> Value {
     let flags = flags_json(e, env);
     println!(
         "flags: --max-num-seqs {} --max-num-batched-tokens {} --max-model-len {} --gpu-memory-utilization {} \
-         prefix-caching {} enforce-eager {}; FLAGS_flash_attn_version={} FD_SAMPLING_CLASS={}",
+         prefix-caching {} enforce-eager {} async-scheduling {}; FLAGS_flash_attn_version={} FD_SAMPLING_CLASS={}",
         e.max_num_seqs,
         e.max_num_batched_tokens,
         e.max_model_len,
         e.gpu_memory_utilization,
         if e.enable_prefix_caching { "on" } else { "off" },
         if e.enforce_eager { "on" } else { "off" },
+        if e.async_scheduling { "on" } else { "off" },
         flags["FLAGS_flash_attn_version"].as_str().unwrap_or("?"),
         flags["FD_SAMPLING_CLASS"].as_str().unwrap_or("?"),
     );

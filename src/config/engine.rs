@@ -31,6 +31,10 @@ pub struct EngineConfig {
     pub enable_prefix_caching: bool,
     /// Run every step eagerly instead of replaying CUDA graphs.
     pub enforce_eager: bool,
+    /// Plan and launch the next decode step while the current one runs, its input tokens
+    /// taken on the GPU (`--async-scheduling`, the default; `--no-async-scheduling` waits for
+    /// each step's tokens before planning the next).
+    pub async_scheduling: bool,
     pub model: Option<PathBuf>,
     /// `--num-gpu-blocks-override`: this many KV blocks instead of what the memory target
     /// allows (tests of preemption; debugging).
@@ -47,6 +51,7 @@ impl Default for EngineConfig {
             dtype: DType::BF16,
             enable_prefix_caching: true,
             enforce_eager: false,
+            async_scheduling: true,
             model: None,
             num_gpu_blocks_override: None,
         }
@@ -70,7 +75,11 @@ impl EngineConfig {
                 _ => (arg.as_str(), None),
             };
             match flag {
-                "--enable-prefix-caching" | "--no-enable-prefix-caching" | "--enforce-eager" => {
+                "--enable-prefix-caching"
+                | "--no-enable-prefix-caching"
+                | "--enforce-eager"
+                | "--async-scheduling"
+                | "--no-async-scheduling" => {
                     if let Some(value) = inline {
                         return Err(ConfigError::FlagValue {
                             flag: flag.into(),
@@ -81,6 +90,8 @@ impl EngineConfig {
                     match flag {
                         "--enable-prefix-caching" => cfg.enable_prefix_caching = true,
                         "--no-enable-prefix-caching" => cfg.enable_prefix_caching = false,
+                        "--async-scheduling" => cfg.async_scheduling = true,
+                        "--no-async-scheduling" => cfg.async_scheduling = false,
                         _ => cfg.enforce_eager = true,
                     }
                 }

@@ -1,18 +1,22 @@
 //! The engine: requests in, tokens out. One [`Engine::step`] is schedule → encode the images
 //! the step needs (one packed vision pass) → one decoder forward over decodes and prefill
-//! chunks → sample → update the scheduler → the step's outputs.
+//! chunks (a captured CUDA graph for decode-only steps) → sample → update the scheduler →
+//! the step's outputs.
 //!
-//! Not here yet (the engine issue lists them): CUDA-graph capture of decode steps, overlap of
-//! the next step's CPU work with the GPU, and detokenisation and streaming to clients (the C
-//! ABI and the server sit on top of `step`).
+//! Async scheduling: after launching a graph decode step, the engine plans the next decode
+//! step and launches it too before reading the first one's tokens (their ids are copied on
+//! the GPU into the next step's inputs), so the GPU does not idle while the host reads
+//! tokens, updates the scheduler and packs the next step. Detokenisation and streaming run
+//! on the service's side (src/service/), not here.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::rc::Rc;
 use std::time::Instant;
 
+use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
-use cudarc::driver::CudaGraph;
+use cudarc::driver::{CudaEvent, CudaGraph};
 
 use half::bf16;
 
@@ -29,7 +33,7 @@ use crate::model::step::{DecodeRow, HostStep, SeqChunk, StepLayout};
 use crate::model::text::{self, KvCache};
 use crate::model::vision::{self, VisionBatch, VisionBatchHost};
 use crate::model::weights::Checkpoint;
-use crate::runtime::{DType, DeviceTensor, Gemm, Gpu, PinnedStaging, Workspace};
+use crate::runtime::{DType, DeviceTensor, Gemm, Gpu, PinnedReadback, PinnedStaging, Workspace};
 
 /// Tokens per KV block (kernels/include/kv_cache.h says why 64).
 pub const BLOCK_SIZE: usize = 64;
@@ -111,6 +115,30 @@ pub struct StepTimings {
     pub wait_s: f64,
     /// Scheduler update and output assembly after the tokens arrived.
     pub update_s: f64,
+    /// Steps planned and launched while the step before was still running (async
+    /// scheduling): for those, prepare and launch overlap the GPU's work.
+    pub ahead_steps: u64,
+    /// GPU time between the end of one step's work and the first command of the next
+    /// (CUDA events; not counted across an idle engine): how long the GPU waited for the host.
+    pub gpu_idle_s: f64,
+}
+
+/// A launched step whose tokens are on their way to the host: what `finish` needs.
+struct InFlight {
+    plan: SchedulerOutput,
+    /// `(logits row, sequence)` of each sampled row, in row order.
+    rows: Vec<(usize, u64)>,
+    /// Top alternatives copied per row (the most any row asked for).
+    top_n: usize,
+    /// The captured graph's batch size, for a graph step.
+    graph_batch: Option<usize>,
+    /// The readback slot the results land in (`None`: nothing sampled).
+    readback: Option<usize>,
+    /// The next step may be planned ahead of this one's tokens: no row uses penalties.
+    can_plan_ahead: bool,
+    /// Timing events at the step's first command and after its last.
+    started: CudaEvent,
+    ended: CudaEvent,
 }
 
 /// A decode forward captured for one padded batch size.
@@ -166,6 +194,24 @@ pub struct Engine {
     /// Captured decode graphs by padded batch size (empty with --enforce-eager).
     graphs: BTreeMap<usize, DecodeGraph>,
     timings: StepTimings,
+    async_scheduling: bool,
+    /// The step planned ahead and launched, whose tokens the next `step` collects.
+    in_flight: Option<InFlight>,
+    /// Two landing slots for sampled tokens: a step's results arrive in one while the step
+    /// planned ahead of it already has its copy queued into the other.
+    readback: [PinnedReadback; 2],
+    next_readback: usize,
+    /// The end event of the step finished last, while steps follow each other.
+    last_step_end: Option<CudaEvent>,
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        // A step planned ahead may still be writing into buffers about to be freed.
+        if self.in_flight.is_some() {
+            let _ = self.gpu.synchronize();
+        }
+    }
 }
 
 /// Decode batch sizes that get a graph: 1, 2, 4, 8, then every multiple of 8, up to and
@@ -210,6 +256,12 @@ impl Engine {
             top_ids: DeviceTensor::zeros(&gpu, DType::I32, &[s * MAX_TOP_LOGPROBS])?,
             top_logprobs: DeviceTensor::zeros(&gpu, DType::F32, &[s * MAX_TOP_LOGPROBS])?,
         };
+        // Per slot: tokens, log-probs and statuses, the top alternatives' ids and log-probs.
+        let readback_bytes = (3 * s + 2 * s * MAX_TOP_LOGPROBS) * 4 + 3 * 256;
+        let readback = [
+            PinnedReadback::new(&gpu, readback_bytes)?,
+            PinnedReadback::new(&gpu, readback_bytes)?,
+        ];
         // The KV cache takes what the utilisation target leaves after everything above, with
         // 512 MiB kept back for the step's transient buffers (image features, encoder
         // outputs) and the graphs. One extra block is the padding rows' scratch.
@@ -260,6 +312,11 @@ impl Engine {
             scratch_block: num_blocks as i32,
             graphs: BTreeMap::new(),
             timings: StepTimings::default(),
+            async_scheduling: engine.async_scheduling,
+            in_flight: None,
+            readback,
+            next_readback: 0,
+            last_step_end: None,
         };
         if !engine.enforce_eager {
             for b in graph_batch_sizes(s) {
@@ -480,16 +537,52 @@ impl Engine {
     }
 
     /// Runs one engine step; returns the tokens it produced.
+    ///
+    /// With async scheduling, a decode step that replays a graph is followed at once by the
+    /// next one, planned ahead (`Scheduler::schedule_ahead`) and launched before this step's
+    /// tokens reach the host; the call then waits for this step's tokens, and the step ahead
+    /// is the one the next call finishes. The GPU thus always has the next step queued while
+    /// the host updates the scheduler. Each call returns the tokens of one step either way.
     pub fn step(&mut self) -> Result<Vec<StepOutput>> {
-        let t0 = Instant::now();
-        let plan = self.scheduler.schedule();
-        for (id, img) in &plan.freed_encoder_outputs {
-            if let Some(r) = self.requests.get_mut(id) {
-                r.features.remove(img);
+        let current = match self.in_flight.take() {
+            Some(step) => step,
+            None => {
+                let t0 = Instant::now();
+                let plan = self.scheduler.schedule();
+                for (id, img) in &plan.freed_encoder_outputs {
+                    if let Some(r) = self.requests.get_mut(id) {
+                        r.features.remove(img);
+                    }
+                }
+                if plan.is_empty() {
+                    return Ok(Vec::new());
+                }
+                self.launch(plan, t0)?
+            }
+        };
+        if self.async_scheduling && current.graph_batch.is_some() && current.can_plan_ahead {
+            let t0 = Instant::now();
+            if let Some(plan) = self.scheduler.schedule_ahead(&current.plan) {
+                self.in_flight = Some(self.launch(plan, t0)?);
+                self.timings.ahead_steps += 1;
             }
         }
-        if plan.is_empty() {
-            return Ok(Vec::new());
+        self.finish(current)
+    }
+
+    /// Encodes the plan's images, packs and uploads its inputs, and queues the forward, the
+    /// sampler and the copy of the sampled tokens to the host, without waiting for any.
+    fn launch(&mut self, plan: SchedulerOutput, t0: Instant) -> Result<InFlight> {
+        let event = || {
+            self.gpu
+                .context()
+                .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+                .op("cuEventCreate")
+        };
+        let (started, ended) = (event()?, event()?);
+        // The step's first command: the vision pass when there is one, else the upload.
+        if !plan.encoder_inputs.is_empty() {
+            started.record(self.gpu.stream()).op("cuEventRecord")?;
         }
         self.encode_images(&plan)?;
         // A decode-only step runs in the smallest captured graph that holds it.
@@ -499,6 +592,10 @@ impl Engine {
         } else {
             None
         };
+        let ahead = plan.scheduled.iter().any(|e| e.prev_row.is_some());
+        if ahead && graph_batch.is_none() {
+            return Err(Error::invalid("step", "a step planned ahead has no decode graph"));
+        }
         // Graph steps pack straight into the graph's layout (no chunks); the others build
         // their chunks. Either way: the packed step, its image features, and for each
         // scheduled sequence the logits row it gets.
@@ -535,11 +632,17 @@ impl Engine {
                 (layout, features, host.logits_index)
             }
         };
-        let b = &mut self.buffers;
         let t1 = Instant::now();
 
+        if plan.encoder_inputs.is_empty() {
+            started.record(self.gpu.stream()).op("cuEventRecord")?;
+        }
+        let b = &mut self.buffers;
         let mut dst = b.meta.view_mut().narrow0(0, layout.len())?;
         b.staging.upload(&self.gpu, &b.packed, &mut dst)?;
+        if ahead {
+            self.copy_sampled_tokens(&plan, &layout)?;
+        }
         match graph_batch {
             Some(batch) => {
                 self.graphs[&batch].graph.launch().op("cuGraphLaunch")?;
@@ -581,9 +684,15 @@ impl Engine {
             .collect();
         rows_info.sort_by_key(|r| r.0);
         let rows = rows_info.len();
-        let mut outputs = Vec::with_capacity(rows);
-        let mut sampled = Vec::with_capacity(rows);
-        let t2;
+        let top_n = rows_info
+            .iter()
+            .map(|r| self.requests[&r.1].top_logprobs)
+            .max()
+            .unwrap_or(0);
+        // A step planned ahead samples before this step's tokens are home, so its rows
+        // could not see them in a penalty history.
+        let can_plan_ahead = rows_info.iter().all(|r| !r.2.has_penalties());
+        let mut readback = None;
         if rows > 0 {
             if rows_info.iter().enumerate().any(|(i, r)| r.0 != i) {
                 return Err(Error::invalid("step", "logits rows are not the first rows of the step"));
@@ -592,11 +701,6 @@ impl Engine {
             let histories = self.penalty_histories(&rows_info);
             let history_refs: Vec<&[i32]> = histories.iter().map(Vec::as_slice).collect();
             self.sampler.set_batch(&self.gpu, &ordered, &history_refs)?;
-            let top_n = rows_info
-                .iter()
-                .map(|r| self.requests[&r.1].top_logprobs)
-                .max()
-                .unwrap_or(0);
             let b = &mut self.buffers;
             let top = if top_n > 0 {
                 Some((
@@ -624,62 +728,134 @@ impl Engine {
             let mut logits = b.logits.view_mut().narrow0(0, rows)?;
             self.sampler
                 .sample(&self.gpu, self.env.sampling_class, &mut logits, &mut out)?;
-            t2 = Instant::now();
-            // The first read waits for the GPU; the rest are ready by then.
-            let sampled_host = b.sampled.view().narrow0(0, 3 * rows)?.to_host::<i32>(&self.gpu)?;
-            let (tokens, rest) = sampled_host.split_at(rows);
-            let (logprob_bits, statuses) = rest.split_at(rows);
-            let logprobs: Vec<f32> = logprob_bits.iter().map(|&b| f32::from_bits(b as u32)).collect();
-            let (top_ids, top_lps) = if top_n > 0 {
-                (
-                    b.top_ids.view().narrow0(0, rows * top_n)?.to_host::<i32>(&self.gpu)?,
-                    b.top_logprobs
-                        .view()
-                        .narrow0(0, rows * top_n)?
-                        .to_host::<f32>(&self.gpu)?,
+            // Tokens, log-probs and statuses (and the top alternatives) come home in one
+            // queued copy, to the readback slot the step before did not use.
+            let slot = self.next_readback;
+            self.next_readback ^= 1;
+            let b = &self.buffers;
+            let mut srcs = vec![b.sampled.view().narrow0(0, 3 * rows)?];
+            if top_n > 0 {
+                srcs.push(b.top_ids.view().narrow0(0, rows * top_n)?);
+                srcs.push(b.top_logprobs.view().narrow0(0, rows * top_n)?);
+            }
+            self.readback[slot].enqueue(&self.gpu, &srcs)?;
+            readback = Some(slot);
+        }
+        ended.record(self.gpu.stream()).op("cuEventRecord")?;
+        let tm = &mut self.timings;
+        tm.prepare_s += (t1 - t0).as_secs_f64();
+        tm.launch_s += t1.elapsed().as_secs_f64();
+        Ok(InFlight {
+            rows: rows_info.iter().map(|r| (r.0, r.1)).collect(),
+            plan,
+            top_n,
+            graph_batch,
+            readback,
+            can_plan_ahead,
+            started,
+            ended,
+        })
+    }
+
+    /// Inputs of a step planned ahead: each row's token is the one the step before sampled
+    /// in its row `prev_row`. Copied on the GPU into the packed step's ids after the upload
+    /// and before the forward, one copy per run of consecutive rows (usually one in all).
+    fn copy_sampled_tokens(&self, plan: &SchedulerOutput, layout: &StepLayout) -> Result<()> {
+        const I32: usize = 4;
+        let ids = self.buffers.meta.view().device_ptr() + (layout.ids_offset() * I32) as u64;
+        let sampled = self.buffers.sampled.view().device_ptr();
+        let mut i = 0;
+        while i < plan.scheduled.len() {
+            let first = plan.scheduled[i]
+                .prev_row
+                .ok_or_else(|| Error::invalid("step", "a row planned ahead without its previous row"))?;
+            let mut len = 1;
+            while plan.scheduled.get(i + len).and_then(|e| e.prev_row) == Some(first + len) {
+                len += 1;
+            }
+            // SAFETY: `meta` holds the packed step, whose ids start at `ids_offset` and have
+            // a slot per row; `sampled` starts with the previous step's tokens, one per
+            // logits row, and `prev_row` indexes them. Both copies are stream-ordered after
+            // the writes they read and before the forward that reads them.
+            unsafe {
+                cudarc::driver::result::memcpy_dtod_async(
+                    ids + (i * I32) as u64,
+                    sampled + (first * I32) as u64,
+                    len * I32,
+                    self.gpu.stream().cu_stream(),
                 )
-            } else {
-                (Vec::new(), Vec::new())
-            };
-            self.timings.wait_s += t2.elapsed().as_secs_f64();
-            // A graph step's inputs are tokens the sampler drew, always in range; other steps
-            // carry prompt tokens, which the gather checks on the device.
-            if graph_batch.is_none() {
-                take_embedding_error(&self.gpu, &mut self.embed_error.view_mut(), self.cfg.text.vocab_size)?;
             }
-            for &(row, id, _) in &rows_info {
-                if statuses[row] != STATUS_OK {
-                    return Err(Error::invalid(
-                        "sampling",
-                        format!(
-                            "request {id}: sampler status {} (non-finite logits or bad parameters)",
-                            statuses[row]
-                        ),
-                    ));
+            .op("cuMemcpyDtoDAsync")?;
+            i += len;
+        }
+        Ok(())
+    }
+
+    /// Waits for a launched step's tokens, checks them, updates the scheduler, and returns
+    /// the step's outputs. Rows of sequences that are gone (aborted since the launch, or
+    /// finished by the step before one planned ahead) are dropped.
+    fn finish(&mut self, step: InFlight) -> Result<Vec<StepOutput>> {
+        let t2 = Instant::now();
+        let rows = step.rows.len();
+        let top_n = step.top_n;
+        let (mut tokens, mut logprobs, mut statuses) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut top_ids, mut top_lps) = (Vec::new(), Vec::new());
+        match step.readback {
+            Some(slot) => {
+                let parts = self.readback[slot].wait()?;
+                let sampled: &[i32] = bytemuck::cast_slice(parts[0]);
+                tokens.extend_from_slice(&sampled[..rows]);
+                logprobs.extend(sampled[rows..2 * rows].iter().map(|&b| f32::from_bits(b as u32)));
+                statuses.extend_from_slice(&sampled[2 * rows..3 * rows]);
+                if top_n > 0 {
+                    top_ids.extend_from_slice(bytemuck::cast_slice::<u8, i32>(parts[1]));
+                    top_lps.extend_from_slice(bytemuck::cast_slice::<u8, f32>(parts[2]));
                 }
-                let want = self.requests[&id].top_logprobs;
-                let top = (0..want)
-                    .map(|j| (top_ids[row * top_n + j] as u32, top_lps[row * top_n + j]))
-                    .collect();
-                sampled.push((id, tokens[row] as u32));
-                outputs.push(StepOutput {
-                    request_id: id,
-                    token: tokens[row] as u32,
-                    logprob: logprobs[row],
-                    top,
-                    finished: None,
-                });
             }
-        } else {
             // A step of prefill chunks that all stop mid-prompt: nothing to sample, but the
             // forward must finish before the next step reuses the buffers.
-            t2 = Instant::now();
-            self.gpu.synchronize()?;
-            self.timings.wait_s += t2.elapsed().as_secs_f64();
+            None => self.gpu.synchronize()?,
+        }
+        self.timings.wait_s += t2.elapsed().as_secs_f64();
+        // Both events have completed: everything queued before the results has.
+        if let Some(prev_end) = self.last_step_end.take() {
+            let idle_ms = prev_end.elapsed_ms(&step.started).op("cuEventElapsedTime")?;
+            self.timings.gpu_idle_s += f64::from(idle_ms.max(0.0)) / 1e3;
+        }
+        // A graph step's inputs are tokens the sampler drew, always in range; other steps
+        // carry prompt tokens, which the gather checks on the device.
+        if step.graph_batch.is_none() {
             take_embedding_error(&self.gpu, &mut self.embed_error.view_mut(), self.cfg.text.vocab_size)?;
         }
         let t3 = Instant::now();
-        let update = self.scheduler.update(&plan, &sampled);
+        let mut outputs = Vec::with_capacity(rows);
+        let mut sampled = Vec::with_capacity(rows);
+        for &(row, id) in &step.rows {
+            let Some(request) = self.requests.get(&id) else {
+                continue;
+            };
+            if statuses[row] != STATUS_OK {
+                return Err(Error::invalid(
+                    "sampling",
+                    format!(
+                        "request {id}: sampler status {} (non-finite logits or bad parameters)",
+                        statuses[row]
+                    ),
+                ));
+            }
+            let top = (0..request.top_logprobs)
+                .map(|j| (top_ids[row * top_n + j] as u32, top_lps[row * top_n + j]))
+                .collect();
+            sampled.push((id, tokens[row] as u32));
+            outputs.push(StepOutput {
+                request_id: id,
+                token: tokens[row] as u32,
+                logprob: logprobs[row],
+                top,
+                finished: None,
+            });
+        }
+        let update = self.scheduler.update(&step.plan, &sampled);
         for (id, img) in &update.freed_encoder_outputs {
             if let Some(r) = self.requests.get_mut(id) {
                 r.features.remove(img);
@@ -693,9 +869,11 @@ impl Engine {
         }
         let tm = &mut self.timings;
         tm.steps += 1;
-        tm.prepare_s += (t1 - t0).as_secs_f64();
-        tm.launch_s += (t2 - t1).as_secs_f64();
         tm.update_s += t3.elapsed().as_secs_f64();
+        // Idle time with no work to do is not a gap between steps.
+        if self.in_flight.is_some() || self.scheduler.has_unfinished() {
+            self.last_step_end = Some(step.ended);
+        }
         Ok(outputs)
     }
 

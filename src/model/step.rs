@@ -231,6 +231,11 @@ impl StepLayout {
         self.len() == 0
     }
 
+    /// Where the token ids start in the packed step (elements).
+    pub fn ids_offset(&self) -> usize {
+        self.ids.start
+    }
+
     /// Logits rows of the step.
     pub fn logits_len(&self) -> usize {
         self.logits_rows.len()

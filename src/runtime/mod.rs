@@ -13,7 +13,7 @@ pub mod workspace;
 pub use device::Gpu;
 pub use dtype::DType;
 pub use gemm::{Epilogue, Gemm};
-pub use staging::PinnedStaging;
+pub use staging::{PinnedReadback, PinnedStaging};
 pub use tensor::{DeviceTensor, Element, Shape, TensorView, TensorViewMut};
 pub use timing::GpuTimer;
 pub use workspace::Workspace;

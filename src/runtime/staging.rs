@@ -7,7 +7,7 @@
 
 use cudarc::driver::{result as cu, CudaEvent, PinnedHostSlice};
 
-use super::{Element, Gpu, TensorViewMut};
+use super::{Element, Gpu, TensorView, TensorViewMut};
 use crate::error::{DriverResultExt, Error, Result};
 
 pub struct PinnedStaging {
@@ -76,5 +76,69 @@ impl PinnedStaging {
             at += bytes.len().next_multiple_of(256);
         }
         self.copied.record(gpu.stream()).op("cuEventRecord")
+    }
+}
+
+/// Page-locked landing space for device-to-host copies that the host collects later: the
+/// copies are queued behind the step's work and one event says when they have arrived, so
+/// the CPU can queue more work before it reads them.
+pub struct PinnedReadback {
+    buf: PinnedHostSlice<u8>,
+    arrived: CudaEvent,
+    /// Byte ranges of the parts queued last, in order.
+    parts: Vec<std::ops::Range<usize>>,
+}
+
+impl PinnedReadback {
+    pub fn new(gpu: &Gpu, bytes: usize) -> Result<PinnedReadback> {
+        // SAFETY: plain page-locked bytes, written only by the copies queued below.
+        let buf = unsafe { gpu.context().alloc_pinned_with_flags::<u8>(bytes.max(1), 0) }.op("cuMemHostAlloc")?;
+        let arrived = gpu.context().new_event(None).op("cuEventCreate")?;
+        Ok(PinnedReadback {
+            buf,
+            arrived,
+            parts: Vec::new(),
+        })
+    }
+
+    /// Queues copies of the contiguous views `srcs` into the buffer (at 256-byte offsets)
+    /// and returns at once. Waits only if the previous copies into it are still pending.
+    pub fn enqueue(&mut self, gpu: &Gpu, srcs: &[TensorView<'_>]) -> Result<()> {
+        const OP: &str = "PinnedReadback::enqueue";
+        let bytes = |s: &TensorView<'_>| s.numel() * s.dtype().size_bytes();
+        let total: usize = srcs.iter().map(|s| bytes(s).next_multiple_of(256)).sum();
+        if total > self.buf.len() {
+            return Err(Error::invalid(
+                OP,
+                format!("{total} bytes over the readback capacity of {}", self.buf.len()),
+            ));
+        }
+        if let Some(s) = srcs.iter().find(|s| !s.is_contiguous()) {
+            return Err(Error::invalid(OP, format!("a strided {:?} view", s.dims())));
+        }
+        self.arrived.synchronize().op("cuEventSynchronize")?;
+        let host = self.buf.as_mut_slice().op("cuEventSynchronize")?;
+        self.parts.clear();
+        let mut at = 0;
+        for src in srcs {
+            let n = bytes(src);
+            if n > 0 {
+                // SAFETY: the source holds n contiguous bytes on the device; this part of the
+                // pinned buffer is not read before `arrived` completes, nor rewritten before
+                // the next `enqueue`, which waits for it.
+                unsafe { cu::memcpy_dtoh_async(&mut host[at..at + n], src.device_ptr(), gpu.stream().cu_stream()) }
+                    .op("cuMemcpyDtoHAsync")?;
+            }
+            self.parts.push(at..at + n);
+            at += n.next_multiple_of(256);
+        }
+        self.arrived.record(gpu.stream()).op("cuEventRecord")
+    }
+
+    /// Waits for the copies queued last and returns their bytes, one slice per source.
+    pub fn wait(&self) -> Result<Vec<&[u8]>> {
+        self.arrived.synchronize().op("cuEventSynchronize")?;
+        let host = self.buf.as_slice().op("cuEventSynchronize")?;
+        Ok(self.parts.iter().map(|r| &host[r.clone()]).collect())
     }
 }

@@ -437,6 +437,7 @@ fn engine_defaults() {
     assert_eq!(cfg.dtype, DType::BF16);
     assert!(cfg.enable_prefix_caching);
     assert!(!cfg.enforce_eager);
+    assert!(cfg.async_scheduling);
     assert_eq!(cfg.model, None);
     cfg.validate(&ModelConfig::paddleocr_vl_0_9b()).unwrap();
 }
@@ -456,6 +457,7 @@ fn engine_flags_in_both_spellings_and_unknown_ones_passed_through() {
         "auto",
         "--no-enable-prefix-caching",
         "--enforce-eager",
+        "--no-async-scheduling",
         "--model",
         "/models/ocr",
         "image.png",
@@ -469,6 +471,7 @@ fn engine_flags_in_both_spellings_and_unknown_ones_passed_through() {
     assert_eq!(cfg.dtype, DType::BF16);
     assert!(!cfg.enable_prefix_caching);
     assert!(cfg.enforce_eager);
+    assert!(!cfg.async_scheduling);
     assert_eq!(cfg.model.as_deref(), Some(std::path::Path::new("/models/ocr")));
     assert_eq!(rest, args(&["--num-prompts", "7", "image.png", "--seed=3"]));
 
@@ -547,6 +550,11 @@ fn bad_engine_flags_are_named() {
     assert_flag_value(
         flag_error(&["--enforce-eager=true"]),
         "--enforce-eager",
+        "takes no value",
+    );
+    assert_flag_value(
+        flag_error(&["--no-async-scheduling=1"]),
+        "--no-async-scheduling",
         "takes no value",
     );
 }

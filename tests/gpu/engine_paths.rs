@@ -1,6 +1,6 @@
 //! The engine's invariance: a request's greedy tokens are the same alone, in a batch of 256,
-//! with chunked prefill, after preemption, with and without CUDA graphs, and with prefix
-//! caching on and off.
+//! with chunked prefill, after preemption, with and without CUDA graphs, with prefix
+//! caching on and off, and with async scheduling on and off.
 //!
 //! Model: a tiny synthetic checkpoint with its lm_head scaled 16x, so that greedy choices
 //! have margins of several logits and near-ties are rare (random models otherwise tie often).
@@ -116,7 +116,8 @@ fn requests(n: usize, seed: u64, shared_prefix: usize) -> Vec<EngineRequest> {
         .collect()
 }
 
-/// Runs the requests together until all finish.
+/// Runs the requests together until all finish. A request without stop tokens runs to
+/// `max_tokens`; one with stop tokens ends at its first stop token or at `max_tokens`.
 fn run_together(engine: &mut Engine, reqs: &[EngineRequest]) -> Vec<Run> {
     let ids: Vec<u64> = reqs.iter().map(|r| engine.add_request(r.clone()).unwrap()).collect();
     let mut out = vec![Run::default(); reqs.len()];
@@ -132,7 +133,16 @@ fn run_together(engine: &mut Engine, reqs: &[EngineRequest]) -> Vec<Run> {
             assert_eq!(o.top[0].0, o.token, "greedy picks the top token");
             run.margins.push(o.top[0].1 - o.top[1].1);
             if let Some(reason) = o.finished {
-                assert_eq!(reason, FinishReason::Length);
+                let req = &reqs[i];
+                let stopped = req.stop_token_ids.contains(&o.token);
+                assert_eq!(
+                    reason,
+                    if stopped {
+                        FinishReason::Stop
+                    } else {
+                        FinishReason::Length
+                    }
+                );
                 finished += 1;
             }
         }
@@ -141,7 +151,12 @@ fn run_together(engine: &mut Engine, reqs: &[EngineRequest]) -> Vec<Run> {
     }
     assert_eq!(finished, reqs.len());
     for (run, req) in out.iter().zip(reqs) {
-        assert_eq!(run.tokens.len(), req.max_tokens);
+        let (last, before) = run.tokens.split_last().expect("at least one token");
+        assert!(
+            before.iter().all(|t| !req.stop_token_ids.contains(t)),
+            "tokens after a stop token"
+        );
+        assert!(run.tokens.len() == req.max_tokens || req.stop_token_ids.contains(last));
     }
     out
 }
@@ -156,9 +171,11 @@ fn compare(what: &str, a: &[Run], b: &[Run]) -> usize {
         if x.tokens == y.tokens && x.logprobs == y.logprobs {
             identical += 1;
         }
+        let mut tie = false;
         for k in 0..x.tokens.len().min(y.tokens.len()) {
             if x.margins[k].min(y.margins[k]) < NEAR_TIE {
                 parted += 1;
+                tie = true;
                 break;
             }
             steps += 1;
@@ -174,6 +191,13 @@ fn compare(what: &str, a: &[Run], b: &[Run]) -> usize {
                 y.logprobs[k]
             );
         }
+        // Equal tokens throughout: both stopped at the same place.
+        assert!(
+            tie || x.tokens.len() == y.tokens.len(),
+            "{what}: request {i}: {} vs {} tokens",
+            x.tokens.len(),
+            y.tokens.len()
+        );
     }
     eprintln!(
         "{what}: {identical}/{} requests bit-identical; {steps} steps compared, {parted} requests stopped at a near-tie",
@@ -282,4 +306,94 @@ fn engine_prefix_caching_on_and_off_agree_and_hits() {
     assert_eq!(off.stats().prefix_cache_hit_tokens, 0);
     drop(off);
     compare("prefix caching on vs off", &with_cache, &without);
+}
+
+#[test]
+#[ignore = "needs GPU"]
+fn engine_async_scheduling_agrees_with_waiting_for_each_step() {
+    let dir = model_dir();
+    let reqs = requests(256, 21, 0);
+    let waiting_cfg = EngineConfig {
+        async_scheduling: false,
+        ..config(256, 8192)
+    };
+
+    // Without stop tokens a step planned ahead has exactly the rows `schedule` would give it
+    // (the rows that finish by max_tokens are left out), so every bit must agree.
+    let mut e = engine(&dir, &waiting_cfg);
+    let waited = run_together(&mut e, &reqs);
+    assert_eq!(e.step_timings().ahead_steps, 0);
+    drop(e);
+    let mut e = engine(&dir, &config(256, 8192));
+    let ahead = run_together(&mut e, &reqs);
+    let t = e.step_timings();
+    eprintln!(
+        "async scheduling: {} steps, {} from graphs, {} planned ahead",
+        t.steps, t.graph_steps, t.ahead_steps
+    );
+    assert!(
+        t.ahead_steps * 2 > t.graph_steps,
+        "most graph steps were planned ahead: {t:?}"
+    );
+    drop(e);
+    let identical = compare("async scheduling vs waiting for each step", &waited, &ahead);
+    assert_eq!(identical, reqs.len(), "the same rows in every step give the same bits");
+
+    // Stop tokens: each request stops at a token it generates half-way, so the step planned
+    // ahead of that token still carries its row (computed, never streamed). Batch sizes can
+    // then differ by those rows, hence the near-tie comparison.
+    let stopping: Vec<EngineRequest> = reqs
+        .iter()
+        .zip(&waited)
+        .map(|(r, w)| EngineRequest {
+            stop_token_ids: vec![w.tokens[w.tokens.len() / 2]],
+            ..r.clone()
+        })
+        .collect();
+    let mut e = engine(&dir, &waiting_cfg);
+    let stopped_waiting = run_together(&mut e, &stopping);
+    drop(e);
+    let mut e = engine(&dir, &config(256, 8192));
+    let stopped_ahead = run_together(&mut e, &stopping);
+    let stats = e.stats();
+    assert_eq!(stats.kv_blocks_free, stats.kv_blocks_total, "every block returned");
+    assert!(e.step_timings().ahead_steps > 0);
+    drop(e);
+    let early = stopped_ahead
+        .iter()
+        .zip(&stopping)
+        .filter(|(run, req)| run.tokens.len() < req.max_tokens)
+        .count();
+    assert!(early > 100, "only {early} requests stopped on a stop token");
+    compare(
+        "stop tokens: async scheduling vs waiting",
+        &stopped_waiting,
+        &stopped_ahead,
+    );
+
+    // Aborts between steps, while a step planned ahead is in flight: nothing more arrives for
+    // an aborted request and every block comes back.
+    let mut e = engine(&dir, &config(256, 8192));
+    let ids: Vec<u64> = reqs.iter().map(|r| e.add_request(r.clone()).unwrap()).collect();
+    let mut aborted = std::collections::HashSet::new();
+    let mut steps = 0usize;
+    while e.has_unfinished() {
+        for o in e.step().unwrap() {
+            assert!(!aborted.contains(&o.request_id), "a token after the abort");
+        }
+        steps += 1;
+        if steps % 3 == 0 {
+            let id = ids[(steps * 37) % ids.len()];
+            if e.abort(id) {
+                aborted.insert(id);
+            }
+        }
+        assert!(steps < 100_000);
+    }
+    e.step().unwrap(); // collects a step still in flight, if any
+    let stats = e.stats();
+    assert!(aborted.len() >= 8, "only {} aborts landed", aborted.len());
+    assert!(e.step_timings().ahead_steps > 0);
+    assert_eq!(stats.kv_blocks_free, stats.kv_blocks_total, "every block returned");
+    eprintln!("aborts in flight: {} aborted over {steps} steps", aborted.len());
 }

@@ -418,13 +418,16 @@ pub(crate) fn engine_workload(args: &BenchArgs, engine: &mut Engine, dir: &Path,
     let ms = |k: &str| t[k].as_f64().unwrap_or(f64::NAN);
     println!(
         "  engine host time per step: prepare {:.3} ms, launch {:.3} ms, wait for tokens {:.3} ms, update {:.3} ms; \
-         {} of {} steps replayed a CUDA graph",
+         {} of {} steps replayed a CUDA graph, {} planned ahead (async scheduling); \
+         GPU idle between steps {:.3} ms",
         ms("prepare_ms"),
         ms("launch_ms"),
         ms("wait_ms"),
         ms("update_ms"),
         t["graph_steps"],
-        t["steps"]
+        t["steps"],
+        t["ahead_steps"],
+        ms("gpu_idle_ms")
     );
     Ok(r)
 }
@@ -440,5 +443,7 @@ fn step_timings_json(before: &StepTimings, after: &StepTimings) -> Value {
         "launch_ms": per_step(after.launch_s, before.launch_s),
         "wait_ms": per_step(after.wait_s, before.wait_s),
         "update_ms": per_step(after.update_s, before.update_s),
+        "ahead_steps": after.ahead_steps - before.ahead_steps,
+        "gpu_idle_ms": per_step(after.gpu_idle_s, before.gpu_idle_s),
     })
 }
