@@ -3,7 +3,7 @@
 # criterion benches, then the bench binary. Full logs go to LOGDIR (default $OUT, else
 # ./logs); a short summary table is printed last. It writes 4 files (tests.log, benches.log,
 # bench.log, bench.json), since the device tool brings back 8 at most.
-#   bash target/gpu-bundle/run.sh [tests|benches|bench|all] [LOGDIR]
+#   bash target/gpu-bundle/run.sh [tests|benches|bench|baseline|async|all] [LOGDIR]
 # One device call runs at most 10 minutes, so the parts run as separate calls: `tests` (every
 # test executable, then the server check), `benches` (criterion benches and torch baselines),
 # `bench` (the bench binary's workloads, the full-size fidelity check and transformers'
@@ -72,6 +72,15 @@ if [ "$part" = bench ] || [ "$part" = all ]; then
         run_step "compare_full_model.py" "$logs/bench.log" timeout 120 python3 "$here/compare_full_model.py" --ocrvl "$bin/ocrvl-logits"
     fi
 fi
+if [ "$part" = async ]; then
+    # Async scheduling A/B in one call: every workload with the defaults (async scheduling
+    # on), then decode and page-360p with --no-async-scheduling, on the same GPU.
+    run_step "bench (async on)" "$logs/bench.log" timeout 300 "$bin/bench" --synthetic-dir "$synth" --workload all \
+        --num-requests decode=1024,page-1080p=512,page-360p=512,crops=1024 --json "$logs/bench.json"
+    run_step "bench (async off)" "$logs/bench.log" timeout 150 "$bin/bench" --synthetic-dir "$synth" \
+        --no-model-steps --workload decode,page-360p --num-requests decode=1024,page-360p=512 \
+        --no-async-scheduling --json "$logs/bench_noasync.json"
+fi
 if [ "$part" = baseline ] || [ "$part" = all ]; then
     # A fresh machine has no synthetic model yet: the bench writes it (and times model steps).
     [ -e "$synth/model.safetensors" ] || run_step "bench (model steps)" "$logs/baseline.log" "$bin/bench" \
@@ -91,6 +100,7 @@ echo
 echo "== benches =="
 grep -hE '(TFLOP/s|GB/s)' "$logs/benches.log" 2>/dev/null | grep -vE '^\s*(thrpt|time):' | head -n 80
 grep -E '^(\||full-size)' "$logs/bench.log" 2>/dev/null
+grep -E '^(workload |flags: |  engine host time)' "$logs/bench.log" 2>/dev/null
 grep -E '^(transformers |ratio )' "$logs/baseline.log" 2>/dev/null
 echo
 echo "== summary =="

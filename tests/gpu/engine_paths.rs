@@ -374,17 +374,22 @@ fn engine_async_scheduling_agrees_with_waiting_for_each_step() {
     // Aborts between steps, while a step planned ahead is in flight: nothing more arrives for
     // an aborted request and every block comes back.
     let mut e = engine(&dir, &config(256, 8192));
-    let ids: Vec<u64> = reqs.iter().map(|r| e.add_request(r.clone()).unwrap()).collect();
+    let mut live: Vec<u64> = reqs.iter().map(|r| e.add_request(r.clone()).unwrap()).collect();
     let mut aborted = std::collections::HashSet::new();
     let mut steps = 0usize;
     while e.has_unfinished() {
         for o in e.step().unwrap() {
             assert!(!aborted.contains(&o.request_id), "a token after the abort");
+            if o.finished.is_some() {
+                live.retain(|&id| id != o.request_id);
+            }
         }
         steps += 1;
-        if steps % 3 == 0 {
-            let id = ids[(steps * 37) % ids.len()];
-            if e.abort(id) {
+        // Two running requests a step, once decoding is under way.
+        for _ in 0..2 {
+            if steps > 4 && !live.is_empty() {
+                let id = live.remove((steps * 37) % live.len());
+                assert!(e.abort(id), "request {id} was live");
                 aborted.insert(id);
             }
         }
