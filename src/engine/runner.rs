@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use cudarc::driver::sys::CUevent_flags;
@@ -43,7 +44,8 @@ pub const ENCODER_PATCHES_PER_STEP: usize = 16384;
 /// One image, preprocessed: bf16 pixel values `[patches, 3·14·14]` and the patch grid.
 #[derive(Clone, Debug)]
 pub struct EngineImage {
-    pub pixels: Vec<bf16>,
+    /// Shared, so that a caller holding the same image for many requests copies nothing.
+    pub pixels: Arc<[bf16]>,
     pub grid: (usize, usize),
     /// Identifies the content for the prefix cache (e.g. a hash of the image bytes).
     pub content_hash: u64,
@@ -153,6 +155,10 @@ struct StepBuffers {
     /// i32: the packed step (HostStep::pack_into), at most `meta_capacity` elements.
     meta: DeviceTensor,
     staging: PinnedStaging,
+    /// Page-locked staging for a step's image pixels (up to `ENCODER_PATCHES_PER_STEP`
+    /// patches): an async DMA instead of a pageable copy that holds the host (and the GPU,
+    /// which has nothing queued yet) for several milliseconds per page image.
+    pixels: PinnedStaging,
     packed: Vec<i32>,
     /// f32 [max_num_seqs, vocab]: one logits row per sequence at most.
     logits: DeviceTensor,
@@ -250,6 +256,11 @@ impl Engine {
         let buffers = StepBuffers {
             meta: DeviceTensor::zeros(&gpu, DType::I32, &[meta_capacity])?,
             staging: PinnedStaging::new(&gpu, meta_capacity * 4)?,
+            // Every image has at least 4 patches; each part is placed at a 256-byte offset.
+            pixels: PinnedStaging::new(
+                &gpu,
+                ENCODER_PATCHES_PER_STEP * (cfg.vision.patch_dim() * 2) + ENCODER_PATCHES_PER_STEP / 4 * 256,
+            )?,
             packed: Vec::with_capacity(meta_capacity),
             logits: DeviceTensor::zeros(&gpu, DType::F32, &[s, vocab])?,
             sampled: DeviceTensor::zeros(&gpu, DType::I32, &[3 * s])?,
@@ -906,16 +917,26 @@ impl Engine {
         if todo.is_empty() {
             return Ok(());
         }
-        let mut grids = Vec::new();
-        let mut pixels: Vec<bf16> = Vec::new();
-        for (id, img) in &todo {
-            let im = &self.requests[id].images[*img];
-            grids.push(im.grid);
-            pixels.extend_from_slice(&im.pixels);
-        }
+        let grids: Vec<(usize, usize)> = todo
+            .iter()
+            .map(|(id, img)| self.requests[id].images[*img].grid)
+            .collect();
         let batch = VisionBatch::upload(&self.gpu, VisionBatchHost::new(&grids)?)?;
         let p = batch.host.num_patches();
-        let dpix = DeviceTensor::from_host(&self.gpu, &[p, self.cfg.vision.patch_dim()], &pixels)?;
+        // Each image's pixels go straight from the request into the staging buffer and on
+        // to its rows of the packed pixel tensor.
+        let mut dpix = DeviceTensor::alloc(&self.gpu, DType::BF16, &[p, self.cfg.vision.patch_dim()])?;
+        let mut parts = Vec::with_capacity(todo.len());
+        let mut rest = dpix.view_mut();
+        for (id, img) in &todo {
+            let im = &self.requests[id].images[*img];
+            let n = im.grid.0 * im.grid.1;
+            let (head, tail) = rest.split_at0(n)?;
+            parts.push((bytemuck::cast_slice::<bf16, u8>(&im.pixels), head));
+            rest = tail;
+        }
+        self.buffers.pixels.upload_parts(&self.gpu, &mut parts)?;
+        drop(parts);
         let mut out = DeviceTensor::alloc(&self.gpu, DType::BF16, &[p / 4, self.cfg.text.hidden_size])?;
         self.ws.reset();
         vision::encode(

@@ -357,6 +357,28 @@ impl<'a> TensorViewMut<'a> {
         Ok(TensorViewMut { ptr, shape, ..self })
     }
 
+    /// Rows `0..n` and `n..` of dim 0, as two disjoint mutable views.
+    pub fn split_at0(self, n: usize) -> Result<(TensorViewMut<'a>, TensorViewMut<'a>)> {
+        let rows = self.dims().first().copied().unwrap_or(0);
+        if n > rows {
+            return Err(Error::invalid("split_at0", format!("row {n} of {rows}")));
+        }
+        let (head_ptr, head_shape) = narrow0(self.ptr, self.dtype, self.shape, self.stride0, 0, n)?;
+        let (tail_ptr, tail_shape) = narrow0(self.ptr, self.dtype, self.shape, self.stride0, n, rows - n)?;
+        Ok((
+            TensorViewMut {
+                ptr: head_ptr,
+                shape: head_shape,
+                ..self
+            },
+            TensorViewMut {
+                ptr: tail_ptr,
+                shape: tail_shape,
+                ..self
+            },
+        ))
+    }
+
     /// Splits a 2-D view `[rows, sum(widths)]` into column blocks of `widths`, each strided
     /// (a fused qkv output into its q, k and v parts).
     /// The N rows of a 2-D `[N, len]` view, each a 1-D `[len]` view (disjoint, so all mutable

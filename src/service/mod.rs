@@ -342,7 +342,7 @@ impl Service {
                 .map_err(|e| Error::invalid(OP, format!("image {i}: {e}")))?;
             grids.push(p.grid);
             images.push(EngineImage {
-                pixels: p.pixel_values_bf16(),
+                pixels: p.pixel_values_bf16().into(),
                 grid: (p.grid.h, p.grid.w),
                 content_hash: content_hash(bytes),
             });

@@ -79,7 +79,11 @@ fn fixture(dir: &Path) -> Fixture {
         let (h, w) = (g[1] as usize, g[2] as usize);
         let n = h * w * 588;
         images.push(EngineImage {
-            pixels: pixels[at..at + n].iter().map(|&v| bf16::from_f64(v)).collect(),
+            pixels: pixels[at..at + n]
+                .iter()
+                .map(|&v| bf16::from_f64(v))
+                .collect::<Vec<_>>()
+                .into(),
             grid: (h, w),
             content_hash: 1000 + i as u64,
         });
