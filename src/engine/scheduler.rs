@@ -459,8 +459,7 @@ impl Scheduler {
             };
             // `running` is not updated yet: its token is the sequence's next one.
             debug_assert_eq!(seq.num_computed_tokens, e.start);
-            let after = seq.total_len() + 1;
-            if seq.num_output_tokens() + 1 >= seq.stop_conditions().max_tokens || after >= max_model_len {
+            if seq.reached_length(1, max_model_len) {
                 continue; // that token is its last
             }
             let position = e.start + e.num_tokens;
@@ -498,8 +497,7 @@ impl Scheduler {
             }
             seq.num_scheduled_ahead += 1;
             out.input_ids.push(0);
-            out.slot_mapping
-                .push((seq.block_table[position / bs] as usize * bs + position % bs) as i32);
+            out.slot_mapping.push(kv_slot(&seq.block_table, position, bs));
             out.scheduled.push(ScheduledSeq {
                 seq_id: id,
                 start: position,
@@ -787,7 +785,7 @@ impl Scheduler {
             let end = plan.start + plan.num_tokens;
             out.input_ids.extend_from_slice(&seq.token_ids()[plan.start..end]);
             out.slot_mapping
-                .extend((plan.start..end).map(|p| (seq.block_table[p / bs] as usize * bs + p % bs) as i32));
+                .extend((plan.start..end).map(|p| kv_slot(&seq.block_table, p, bs)));
             out.scheduled.push(ScheduledSeq {
                 seq_id: seq.id(),
                 start: plan.start,
@@ -799,6 +797,11 @@ impl Scheduler {
             });
         }
     }
+}
+
+/// The KV cache slot of position `p` of a sequence with blocks `table`.
+fn kv_slot(table: &[u32], p: usize, block_size: usize) -> i32 {
+    (table[p / block_size] as usize * block_size + p % block_size) as i32
 }
 
 /// Clips the chunk `start..start + max_tokens` of `seq` at the first image it meets that is

@@ -243,9 +243,15 @@ impl Sequence {
         if (!stop.ignore_eos && stop.eos_token_id == Some(token)) || stop.stop_token_ids.contains(&token) {
             return Some(FinishReason::Stop);
         }
-        if self.num_output_tokens() >= stop.max_tokens || self.total_len() >= max_model_len {
+        if self.reached_length(0, max_model_len) {
             return Some(FinishReason::Length);
         }
         None
+    }
+
+    /// Whether the sequence is at `max_tokens` or `max_model_len` with `extra` more tokens
+    /// appended (a finish by length, known before the tokens themselves).
+    pub(super) fn reached_length(&self, extra: usize, max_model_len: usize) -> bool {
+        self.num_output_tokens() + extra >= self.stop.max_tokens || self.total_len() + extra >= max_model_len
     }
 }

@@ -10,6 +10,15 @@ use cudarc::driver::{result as cu, CudaEvent, PinnedHostSlice};
 use super::{Element, Gpu, TensorView, TensorViewMut};
 use crate::error::{DriverResultExt, Error, Result};
 
+/// `bytes` of page-locked host memory and the event that guards their reuse.
+fn pinned_with_event(gpu: &Gpu, bytes: usize) -> Result<(PinnedHostSlice<u8>, CudaEvent)> {
+    // SAFETY: plain page-locked bytes (flags 0: cached); the owners copy in and out of them
+    // only with the event's ordering.
+    let buf = unsafe { gpu.context().alloc_pinned_with_flags::<u8>(bytes.max(1), 0) }.op("cuMemHostAlloc")?;
+    let event = gpu.context().new_event(None).op("cuEventCreate")?;
+    Ok((buf, event))
+}
+
 pub struct PinnedStaging {
     buf: PinnedHostSlice<u8>,
     copied: CudaEvent,
@@ -17,9 +26,7 @@ pub struct PinnedStaging {
 
 impl PinnedStaging {
     pub fn new(gpu: &Gpu, bytes: usize) -> Result<PinnedStaging> {
-        // SAFETY: plain page-locked bytes (flags 0: cached, the CPU writes them sequentially).
-        let buf = unsafe { gpu.context().alloc_pinned_with_flags::<u8>(bytes.max(1), 0) }.op("cuMemHostAlloc")?;
-        let copied = gpu.context().new_event(None).op("cuEventCreate")?;
+        let (buf, copied) = pinned_with_event(gpu, bytes)?;
         Ok(PinnedStaging { buf, copied })
     }
 
@@ -91,9 +98,7 @@ pub struct PinnedReadback {
 
 impl PinnedReadback {
     pub fn new(gpu: &Gpu, bytes: usize) -> Result<PinnedReadback> {
-        // SAFETY: plain page-locked bytes, written only by the copies queued below.
-        let buf = unsafe { gpu.context().alloc_pinned_with_flags::<u8>(bytes.max(1), 0) }.op("cuMemHostAlloc")?;
-        let arrived = gpu.context().new_event(None).op("cuEventCreate")?;
+        let (buf, arrived) = pinned_with_event(gpu, bytes)?;
         Ok(PinnedReadback {
             buf,
             arrived,
