@@ -29,8 +29,11 @@ for line in open("target/gpu-bundle.json"):
     dest = {"test": f"test-{name}", "bench": f"bench-{name}"}.get(kind, "test-unit")
     dest = f"{bundle}/bin/{dest}"
     shutil.copy(msg["executable"], dest)
-for b in ("bench", "ocrvl-logits", "serve", "ocr"):
+for b in ("bench", "ocrvl-logits", "serve", "ocr", "synth-model"):
     shutil.copy(f"target/release/{b}", f"{bundle}/bin/{b}")
+# The previous commit's bench, for run.sh's before/after part (tools: cp it to target/before/).
+if os.path.exists("target/before/bench"):
+    shutil.copy("target/before/bench", f"{bundle}/bin/before-bench")
 PY
 # The C ABI's examples, linked statically against the release libocrvl.a, for tests/ffi_c.rs on
 # the GPU host (which has no C toolchain): run.sh points OCRVL_FFI_BIN_DIR at them. libocrvl.a

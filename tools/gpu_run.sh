@@ -3,7 +3,7 @@
 # criterion benches, then the bench binary. Full logs go to LOGDIR (default $OUT, else
 # ./logs); a short summary table is printed last. It writes 4 files (tests.log, benches.log,
 # bench.log, bench.json), since the device tool brings back 8 at most.
-#   bash target/gpu-bundle/run.sh [tests|benches|bench|baseline|async|all] [LOGDIR]
+#   bash target/gpu-bundle/run.sh [tests|benches|bench|baseline|async|ab|checks|all] [LOGDIR]
 # One device call runs at most 10 minutes, so the parts run as separate calls: `tests` (every
 # test executable, then the server check), `benches` (criterion benches and torch baselines),
 # `bench` (the bench binary's workloads, the full-size fidelity check and transformers'
@@ -91,6 +91,29 @@ if [ "$part" = baseline ] || [ "$part" = all ]; then
         --output-len 256 --json "$logs/baseline.json" \
         $( [ -e "$logs/bench.json" ] && echo --bench-json "$logs/bench.json" ) \
         $( [ -e "$logs/bench_decode256.json" ] && echo --bench-json "$logs/bench_decode256.json" )
+fi
+
+if [ "$part" = ab ]; then
+    # Before/after on the same GPU in one call: the previous commit's bench (carried in the
+    # bundle as before-bench, when gpu_bundle.sh found target/before/bench) and this one's,
+    # alternating, model steps plus every workload at reduced request counts.
+    if [ -x "$bin/before-bench" ]; then
+        for round in 1 2; do
+            for which in before after; do
+                exe="$bin/bench"; [ "$which" = before ] && exe="$bin/before-bench"
+                run_step "bench $which ($round)" "$logs/ab.log" timeout 240 "$exe" --synthetic-dir "$synth" \
+                    --workload all --num-requests decode=512,page-1080p=256,page-360p=512,crops=1024 \
+                    --output-len 512 --json "$logs/ab_${which}_${round}.json"
+            done
+        done
+        python3 "$here/tools/ab_table.py" "$logs" 2>&1 | tee -a "$logs/ab.log"
+    else
+        echo "no before-bench in the bundle" | tee -a "$logs/ab.log"
+    fi
+fi
+if [ "$part" = checks ]; then
+    # Serving checks of this round, in parallel where they share nothing: see checks.sh.
+    run_step "checks.sh" "$logs/checks.log" timeout 580 bash "$here/tools/checks.sh" "$bin" "$logs"
 fi
 
 echo
