@@ -68,8 +68,8 @@ def configs(variant):
         images = [(280, 336), (140, 196)]
     layers = text["num_hidden_layers"]
     section = text.pop("mrope_section")
-    text.update(vocab_size=special_ids(variant)["vocab"], hidden_act="silu", max_position_embeddings=131072, rms_norm_eps=1e-5,
-                use_bias=False, tie_word_embeddings=True, moe_num_shared_experts=2, moe_norm_min=1e-12,
+    text.update(vocab_size=special_ids(variant)["vocab"], hidden_act="silu", max_position_embeddings=131072,
+                rms_norm_eps=1e-5, use_bias=False, tie_word_embeddings=True, moe_num_shared_experts=2, moe_norm_min=1e-12,
                 mlp_layer_types=["dense"] + ["sparse"] * (layers - 1),
                 rope_parameters={"rope_type": "default", "rope_theta": 500000.0, "mrope_section": section})
     vision.update(hidden_act="quick_gelu", in_channels=3, patch_size=PATCH, spatial_merge_size=MERGE,
@@ -122,6 +122,24 @@ def randomize_(model, seed):
             param.copy_(noise(param, 0.01))
     for param in model.parameters():
         param.copy_(param.to(torch.bfloat16).to(param.dtype))
+
+
+def save(model, model_dir, report):
+    """save_pretrained (v5 may apply the reverse of the hub->native conversion, spec section 4.3).
+    If that fails, fall back to the native state dict so that the forward runs still happen, and say
+    so in the report."""
+    try:
+        model.save_pretrained(model_dir, max_shard_size="4GB")
+        report["save"] = "save_pretrained"
+    except Exception as e:
+        from safetensors.torch import save_file
+
+        report["save"] = "fallback: native state dict (save_pretrained failed: " + repr(e) + ")"
+        os.makedirs(model_dir, exist_ok=True)
+        model.config.save_pretrained(model_dir)
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()
+                 if k != "lm_head.weight"}
+        save_file(state, os.path.join(model_dir, "model.safetensors"), metadata={"format": "pt"})
 
 
 def write_saved_table(model_dir, out):
@@ -372,7 +390,7 @@ def main():
               "start_end_routing": "text" if args.start_end_text else "vision"}
     t0 = time.time()
     model, sizes = build_model(args, args.device)
-    model.to(torch.bfloat16).save_pretrained(model_dir, max_shard_size="4GB")
+    save(model.to(torch.bfloat16), model_dir, report)
     report["saved_tensors"] = write_saved_table(model_dir, args.out)
     report["parameters"] = sum(p.numel() for p in model.parameters())
     report["config"] = model.config.to_dict()
