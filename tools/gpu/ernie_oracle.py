@@ -69,7 +69,8 @@ def configs(variant):
     layers = text["num_hidden_layers"]
     section = text.pop("mrope_section")
     text.update(vocab_size=special_ids(variant)["vocab"], hidden_act="silu", max_position_embeddings=131072,
-                rms_norm_eps=1e-5, use_bias=False, tie_word_embeddings=True, moe_num_shared_experts=2, moe_norm_min=1e-12,
+                rms_norm_eps=1e-5, use_bias=False, tie_word_embeddings=True, moe_num_shared_experts=2,
+                moe_norm_min=1e-12,
                 mlp_layer_types=["dense"] + ["sparse"] * (layers - 1),
                 rope_parameters={"rope_type": "default", "rope_theta": 500000.0, "mrope_section": section})
     vision.update(hidden_act="quick_gelu", in_channels=3, patch_size=PATCH, spatial_merge_size=MERGE,
