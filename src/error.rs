@@ -36,6 +36,11 @@ pub enum Error {
     #[error("`{op}`: {msg}")]
     Invalid { op: &'static str, msg: String },
 
+    /// A request value out of range or over a limit; `field` is its name in the OpenAI API
+    /// (`temperature`, `stop`, `messages`, ...), which the server reports as the error's `param`.
+    #[error("{field}: {msg}")]
+    Request { field: &'static str, msg: String },
+
     #[error("I/O error on {path}: {source}")]
     Io {
         path: PathBuf,
@@ -63,6 +68,28 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     pub fn invalid(op: &'static str, msg: impl Into<String>) -> Self {
         Error::Invalid { op, msg: msg.into() }
+    }
+
+    /// A CUDA error after which the context is unusable (every later call fails the same way
+    /// until the process exits): the engine can serve nothing more.
+    pub fn is_sticky_cuda(&self) -> bool {
+        use cudarc::driver::sys::CUresult as R;
+        match self {
+            Error::Driver { source, .. } => matches!(
+                source.0,
+                R::CUDA_ERROR_ILLEGAL_ADDRESS
+                    | R::CUDA_ERROR_LAUNCH_FAILED
+                    | R::CUDA_ERROR_HARDWARE_STACK_ERROR
+                    | R::CUDA_ERROR_ILLEGAL_INSTRUCTION
+                    | R::CUDA_ERROR_MISALIGNED_ADDRESS
+                    | R::CUDA_ERROR_INVALID_ADDRESS_SPACE
+                    | R::CUDA_ERROR_INVALID_PC
+                    | R::CUDA_ERROR_LAUNCH_TIMEOUT
+                    | R::CUDA_ERROR_ECC_UNCORRECTABLE
+                    | R::CUDA_ERROR_CONTEXT_IS_DESTROYED
+            ),
+            _ => false,
+        }
     }
 }
 
