@@ -230,7 +230,19 @@ fn every_validation_error_has_its_status_and_shape() {
             400,
             "temperature",
         ),
-        ("top_p 0", with(ok.clone(), "top_p", 0.into()).to_string(), 400, "top_p"),
+        ("top_p 1.5", with(ok.clone(), "top_p", 1.5.into()).to_string(), 400, "top_p"),
+        (
+            "repetition_penalty 1e-38",
+            with(ok.clone(), "repetition_penalty", 1e-38.into()).to_string(),
+            400,
+            "repetition_penalty",
+        ),
+        (
+            "temperature 2.5",
+            with(ok.clone(), "temperature", 2.5.into()).to_string(),
+            400,
+            "temperature",
+        ),
         (
             "max_tokens 0",
             with(ok.clone(), "max_tokens", 0.into()).to_string(),
@@ -346,6 +358,112 @@ fn shutdown_is_prompt_and_refuses_new_connections() {
     assert!(report.clean, "{report:?}");
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     assert!(TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err());
+}
+
+/// A server whose every admitted request can be held open by a client that never finishes
+/// its body: `max_pending` in flight at most, bodies due within `body_timeout`.
+fn small_server(max_pending: usize, body_timeout: Duration, header_timeout: Duration) -> TestServer {
+    let service = Service::spawn(ServiceConfig {
+        engine: EngineConfig {
+            model: Some("/nonexistent/ocrvl-test-model".into()),
+            ..EngineConfig::default()
+        },
+        ..ServiceConfig::default()
+    });
+    assert!(service.wait_ready(Some(Duration::from_secs(30))).is_err());
+    TestServer::start(
+        service,
+        ServerConfig {
+            served_model_names: vec![MODEL.into()],
+            max_pending_requests: max_pending,
+            body_read_timeout: body_timeout,
+            header_read_timeout: header_timeout,
+            ..ServerConfig::default()
+        },
+    )
+}
+
+/// Sends the headers of a POST announcing `len` body bytes and only `sent` of them.
+fn stalled_post(addr: SocketAddr, len: usize, sent: usize) -> TcpStream {
+    let mut c = TcpStream::connect(addr).unwrap();
+    write!(
+        c,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n{}",
+        "{".repeat(sent)
+    )
+    .unwrap();
+    c.flush().unwrap();
+    c
+}
+
+fn read_all(mut c: TcpStream) -> String {
+    // A guard against a hang only; the test's outcome does not depend on it.
+    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut out = Vec::new();
+    let _ = c.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn full_server_answers_503_with_retry_after() {
+    let s = small_server(2, Duration::from_secs(3), Duration::from_secs(30));
+    let stalled: Vec<TcpStream> = (0..2).map(|_| stalled_post(s.addr, 1000, 10)).collect();
+    // Wait until both stalled requests are admitted (the metrics port admits nothing).
+    let metrics_url = format!("http://{}/metrics", s.metrics);
+    let mut in_flight = 0.0;
+    for _ in 0..400 {
+        in_flight = metric(&get(&metrics_url).1, "ocrvl_http_requests_in_flight");
+        if in_flight >= 2.0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    assert_eq!(in_flight, 2.0);
+    // The next request is refused without its body read.
+    let body = chat(&[], "OCR:").to_string();
+    let r = agent()
+        .post(&s.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .send(&body)
+        .unwrap();
+    let retry = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+    let status = r.status().as_u16();
+    let text = r.into_body().read_to_string().unwrap();
+    assert_eq!(status, 503, "{text}");
+    assert_eq!(retry.as_deref(), Some("1"));
+    assert!(error_message(&text).contains("2 requests are already in flight"), "{text}");
+    // The stalled bodies never finish: each is answered 408 once its body timeout passes,
+    // which frees its place.
+    for c in stalled {
+        let answer = read_all(c);
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("did not arrive within"), "{answer}");
+    }
+    let (status, answer) = post(&s.url("/v1/chat/completions"), &body);
+    assert_eq!(status, 503, "{answer}");
+    assert!(error_message(&answer).contains("failed to start"), "{answer}");
+}
+
+#[test]
+fn stalled_headers_close_the_connection() {
+    let s = small_server(4, Duration::from_secs(30), Duration::from_secs(1));
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    c.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n").unwrap();
+    // The headers never end: the server closes the connection instead of waiting forever
+    // (read_all returns on close; its own guard is a minute).
+    let answer = read_all(c);
+    assert!(!answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // The server is still fine.
+    let (status, _) = get(&s.url("/v1/models"));
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn declared_oversized_bodies_are_refused_unread() {
+    let s = failed_server(1 << 10);
+    let c = stalled_post(s.addr, 1 << 20, 0);
+    let answer = read_all(c);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -340,7 +340,21 @@ async fn models(State(state): State<Arc<AppState>>) -> Response {
 
 async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
     let ready = state.service.state() == ServiceState::Ready;
-    let body = state.metrics.render(&state.service.stats(), ready);
+    let mut body = state.metrics.render(&state.service.stats(), ready);
+    // The server's own gauges: requests admitted and not yet answered (the limit is
+    // --max-pending-requests), and whether the engine is unusable after a GPU fault.
+    let unhealthy = matches!(state.service.state(), ServiceState::Unhealthy(_));
+    body.push_str(&format!(
+        "# HELP ocrvl_http_requests_in_flight Requests admitted and not yet answered.\n\
+         # TYPE ocrvl_http_requests_in_flight gauge\nocrvl_http_requests_in_flight {}\n\
+         # HELP ocrvl_http_max_pending_requests The limit on requests in flight (503 beyond).\n\
+         # TYPE ocrvl_http_max_pending_requests gauge\nocrvl_http_max_pending_requests {}\n\
+         # HELP ocrvl_engine_unhealthy 1 after an unrecoverable GPU error.\n\
+         # TYPE ocrvl_engine_unhealthy gauge\nocrvl_engine_unhealthy {}\n",
+        state.in_flight(),
+        state.config.max_pending_requests,
+        u8::from(unhealthy)
+    ));
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
