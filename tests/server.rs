@@ -230,7 +230,12 @@ fn every_validation_error_has_its_status_and_shape() {
             400,
             "temperature",
         ),
-        ("top_p 1.5", with(ok.clone(), "top_p", 1.5.into()).to_string(), 400, "top_p"),
+        (
+            "top_p 1.5",
+            with(ok.clone(), "top_p", 1.5.into()).to_string(),
+            400,
+            "top_p",
+        ),
         (
             "repetition_penalty 1e-38",
             with(ok.clone(), "repetition_penalty", 1e-38.into()).to_string(),
@@ -431,7 +436,10 @@ fn full_server_answers_503_with_retry_after() {
     let text = r.into_body().read_to_string().unwrap();
     assert_eq!(status, 503, "{text}");
     assert_eq!(retry.as_deref(), Some("1"));
-    assert!(error_message(&text).contains("2 requests are already in flight"), "{text}");
+    assert!(
+        error_message(&text).contains("2 requests are already in flight"),
+        "{text}"
+    );
     // The stalled bodies never finish: each is answered 408 once its body timeout passes,
     // which frees its place.
     for c in stalled {
@@ -448,7 +456,8 @@ fn full_server_answers_503_with_retry_after() {
 fn stalled_headers_close_the_connection() {
     let s = small_server(4, Duration::from_secs(30), Duration::from_secs(1));
     let mut c = TcpStream::connect(s.addr).unwrap();
-    c.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n").unwrap();
+    c.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
     // The headers never end: the server closes the connection instead of waiting forever
     // (read_all returns on close; its own guard is a minute).
     let answer = read_all(c);

@@ -107,8 +107,11 @@ async fn handle(state: Arc<AppState>, req: Request) -> Result<Response, ApiError
 /// The whole body, at most `limit` bytes (413 past it, at once when the declared length is
 /// over), within `timeout` of the start of reading (408 after it).
 async fn read_body(req: Request, limit: usize, timeout: Duration) -> Result<Vec<u8>, ApiError> {
-    let too_large =
-        || ApiError::too_large(format!("the request body is over the limit of {limit} bytes (--max-request-bytes)"));
+    let too_large = || {
+        ApiError::too_large(format!(
+            "the request body is over the limit of {limit} bytes (--max-request-bytes)"
+        ))
+    };
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)

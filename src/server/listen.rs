@@ -15,7 +15,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 /// Serves `router` on `listener` until `stop` turns true, then waits for open connections.
-pub(crate) async fn serve(listener: TcpListener, router: Router, header_timeout: Duration, stop: watch::Receiver<bool>) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    router: Router,
+    header_timeout: Duration,
+    stop: watch::Receiver<bool>,
+) {
     // Every connection task holds a clone of `open_rx`; `open_tx.closed()` resolves once all
     // of them (and ours) are gone.
     let (open_tx, open_rx) = watch::channel(());

@@ -194,10 +194,18 @@ impl RequestLimits {
         if stop.len() > self.max_stop_strings {
             return Err(bad(
                 "stop",
-                format!("{} stop strings; at most {} are allowed", stop.len(), self.max_stop_strings),
+                format!(
+                    "{} stop strings; at most {} are allowed",
+                    stop.len(),
+                    self.max_stop_strings
+                ),
             ));
         }
-        if let Some((i, s)) = stop.iter().enumerate().find(|(_, s)| s.len() > self.max_stop_string_bytes) {
+        if let Some((i, s)) = stop
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.len() > self.max_stop_string_bytes)
+        {
             return Err(bad(
                 "stop",
                 format!(
@@ -250,7 +258,10 @@ impl RequestLimits {
             ));
         }
         if !(floor..=max_px).contains(&min_px) {
-            return Err(bad(MIN, format!("must be in [{floor}, max_pixels {max_px}] (got {min_px})")));
+            return Err(bad(
+                MIN,
+                format!("must be in [{floor}, max_pixels {max_px}] (got {min_px})"),
+            ));
         }
         Ok((min_px, max_px))
     }
@@ -278,14 +289,44 @@ mod tests {
         check_sampling(&ok, 2.0).unwrap();
         let cases: Vec<(SamplingParams, &str)> = vec![
             (SamplingParams { temperature: 2.5, ..ok }, "temperature"),
-            (SamplingParams { temperature: f32::NAN, ..ok }, "temperature"),
+            (
+                SamplingParams {
+                    temperature: f32::NAN,
+                    ..ok
+                },
+                "temperature",
+            ),
             (SamplingParams { top_p: 0.0, ..ok }, "top_p"),
             (SamplingParams { top_p: 1.01, ..ok }, "top_p"),
             (SamplingParams { top_k: -1, ..ok }, "top_k"),
-            (SamplingParams { repetition_penalty: 0.0, ..ok }, "repetition_penalty"),
-            (SamplingParams { repetition_penalty: 2.5, ..ok }, "repetition_penalty"),
-            (SamplingParams { frequency_penalty: -2.1, ..ok }, "frequency_penalty"),
-            (SamplingParams { presence_penalty: f32::INFINITY, ..ok }, "presence_penalty"),
+            (
+                SamplingParams {
+                    repetition_penalty: 0.0,
+                    ..ok
+                },
+                "repetition_penalty",
+            ),
+            (
+                SamplingParams {
+                    repetition_penalty: 2.5,
+                    ..ok
+                },
+                "repetition_penalty",
+            ),
+            (
+                SamplingParams {
+                    frequency_penalty: -2.1,
+                    ..ok
+                },
+                "frequency_penalty",
+            ),
+            (
+                SamplingParams {
+                    presence_penalty: f32::INFINITY,
+                    ..ok
+                },
+                "presence_penalty",
+            ),
         ];
         for (p, want) in cases {
             assert_eq!(field(check_sampling(&p, 2.0).unwrap_err()), want, "{p:?}");
@@ -318,7 +359,10 @@ mod tests {
             l.check(&r).map_err(field)
         };
         assert_eq!(with(&|r| r.images = vec![vec![]; 3]), Err("messages"));
-        assert_eq!(with(&|r| r.prompt = PromptInput::Text("x".repeat(4096 * 16 + 1))), Err("messages"));
+        assert_eq!(
+            with(&|r| r.prompt = PromptInput::Text("x".repeat(4096 * 16 + 1))),
+            Err("messages")
+        );
         assert_eq!(with(&|r| r.stop = vec!["a".into(); 33]), Err("stop"));
         assert_eq!(with(&|r| r.stop = vec!["a".repeat(513)]), Err("stop"));
         assert_eq!(with(&|r| r.stop = vec![String::new()]), Err("stop"));
@@ -328,9 +372,15 @@ mod tests {
         assert_eq!(with(&|r| r.stop_token_ids = vec![1000]), Err("stop_token_ids"));
         assert_eq!(with(&|r| r.top_logprobs = 21), Err("top_logprobs"));
         assert_eq!(with(&|r| r.max_tokens = Some(0)), Err("max_tokens"));
-        assert_eq!(with(&|r| r.sampling.repetition_penalty = 1e-38), Err("repetition_penalty"));
+        assert_eq!(
+            with(&|r| r.sampling.repetition_penalty = 1e-38),
+            Err("repetition_penalty")
+        );
         assert_eq!(with(&|r| r.sampling.repetition_penalty = 1e-6), Ok(()));
-        assert_eq!(with(&|r| r.sampling.repetition_penalty = 0.0), Err("repetition_penalty"));
+        assert_eq!(
+            with(&|r| r.sampling.repetition_penalty = 0.0),
+            Err("repetition_penalty")
+        );
         assert_eq!(l.max_decoded_pixels, 16 * 1_003_520);
     }
 
@@ -338,9 +388,15 @@ mod tests {
     fn per_request_pixel_bounds() {
         let l = limits();
         assert_eq!(l.check_mm_pixels(None, None, 112_896).unwrap(), (112_896, 1_003_520));
-        assert_eq!(l.check_mm_pixels(Some(784), Some(200_000), 112_896).unwrap(), (784, 200_000));
+        assert_eq!(
+            l.check_mm_pixels(Some(784), Some(200_000), 112_896).unwrap(),
+            (784, 200_000)
+        );
         // A max below the default min pulls the default min down with it.
-        assert_eq!(l.check_mm_pixels(None, Some(50_000), 112_896).unwrap(), (50_000, 50_000));
+        assert_eq!(
+            l.check_mm_pixels(None, Some(50_000), 112_896).unwrap(),
+            (50_000, 50_000)
+        );
         assert_eq!(
             field(l.check_mm_pixels(None, Some(2_000_000), 112_896).unwrap_err()),
             "mm_processor_kwargs.max_pixels"

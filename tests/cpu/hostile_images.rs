@@ -54,7 +54,10 @@ fn assert_refused(what: &str, bytes: &[u8], cap: u64) -> PreprocessError {
     assert!(probed.is_err(), "{what}: probe accepted it");
     assert!(peak <= REFUSAL_BYTES, "{what}: probe allocated {peak} bytes");
     let (peak, decoded) = measure(|| decode_rgb(bytes, cap));
-    assert!(peak <= REFUSAL_BYTES.max(bytes.len() * 4), "{what}: decode allocated {peak} bytes");
+    assert!(
+        peak <= REFUSAL_BYTES.max(bytes.len() * 4),
+        "{what}: decode allocated {peak} bytes"
+    );
     match decoded {
         Ok(img) => panic!("{what}: decoded to {}x{}", img.width, img.height),
         Err(e) => e,
@@ -148,14 +151,14 @@ fn hostile_header(f: ImageFormat) -> Vec<u8> {
 /// A little-endian TIFF whose one strip claims a 100000x100000 grey image.
 fn hostile_tiff() -> Vec<u8> {
     let entries: [(u16, u16, u32); 8] = [
-        (256, 4, 100_000), // ImageWidth, LONG
-        (257, 4, 100_000), // ImageLength
-        (258, 3, 8),       // BitsPerSample, SHORT
-        (259, 3, 1),       // Compression: none
-        (262, 3, 1),       // PhotometricInterpretation: black is zero
+        (256, 4, 100_000),            // ImageWidth, LONG
+        (257, 4, 100_000),            // ImageLength
+        (258, 3, 8),                  // BitsPerSample, SHORT
+        (259, 3, 1),                  // Compression: none
+        (262, 3, 1),                  // PhotometricInterpretation: black is zero
         (273, 4, 8 + 2 + 8 * 12 + 4), // StripOffsets: right after the IFD
-        (278, 4, 100_000), // RowsPerStrip: one strip
-        (279, 4, 64),      // StripByteCounts
+        (278, 4, 100_000),            // RowsPerStrip: one strip
+        (279, 4, 64),                 // StripByteCounts
     ];
     let mut b = b"II*\0".to_vec();
     b.extend_from_slice(&8u32.to_le_bytes());
@@ -176,7 +179,11 @@ fn crc32(data: &[u8]) -> u32 {
     for &byte in data {
         crc ^= u32::from(byte);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -198,7 +205,14 @@ fn images_over_the_cap_are_refused_from_the_header() {
         let b = encoded(f, 300, 200);
         let e = assert_refused(&format!("{f:?} 300x200 over a 50000-pixel cap"), &b, 50_000);
         assert!(
-            matches!(e, PreprocessError::TooManyPixels { width: 300, height: 200, .. }),
+            matches!(
+                e,
+                PreprocessError::TooManyPixels {
+                    width: 300,
+                    height: 200,
+                    ..
+                }
+            ),
             "{f:?}: {e}"
         );
         let msg = probe(&b, 50_000).unwrap_err();

@@ -167,7 +167,9 @@ fn file_urls_give_one_answer_for_every_refused_path() {
             .collect();
         let _ = tx.send(answers);
     });
-    let answers = rx.recv_timeout(Duration::from_secs(60)).expect("no file:// read blocks");
+    let answers = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("no file:// read blocks");
     let expected = format!("image 0: {LOCAL_FILE_REFUSED}");
     for (u, a) in refused.iter().zip(&answers) {
         assert_eq!(a, &expected, "{u}");

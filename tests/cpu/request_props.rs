@@ -37,7 +37,15 @@ fn float() -> impl Strategy<Value = f64> {
 }
 
 fn int() -> impl Strategy<Value = i64> {
-    prop_oneof![Just(-1i64), Just(0), Just(1), Just(20), Just(21), -5..5i64, any::<i64>()]
+    prop_oneof![
+        Just(-1i64),
+        Just(0),
+        Just(1),
+        Just(20),
+        Just(21),
+        -5..5i64,
+        any::<i64>()
+    ]
 }
 
 /// A body: one user message plus any subset of the sampling fields.
@@ -100,7 +108,7 @@ fn oracle(b: &Value) -> Vec<&'static str> {
         }
     }
     let rp = f("repetition_penalty").unwrap_or(1.0);
-    if !(rp >= 1e-6 && rp <= 2.0) {
+    if !(1e-6..=2.0).contains(&rp) {
         bad.push("repetition_penalty");
     }
     if let Some(mt) = i("max_tokens") {
@@ -184,7 +192,7 @@ proptest! {
         if max_tokens == Some(0) { bad.push("max_tokens"); }
         let (t, rp) = (temperature as f32, repetition_penalty as f32);
         if !(0.0..=2.0).contains(&t) { bad.push("temperature"); }
-        if !(rp >= 1e-6 && rp <= 2.0) { bad.push("repetition_penalty"); }
+        if !(1e-6..=2.0).contains(&rp) { bad.push("repetition_penalty"); }
         match l.check(&req) {
             Ok(()) => prop_assert!(bad.is_empty(), "accepted though {:?}", bad),
             Err(Error::Request { field, .. }) => prop_assert!(bad.contains(&field), "refused for {} but {:?}", field, bad),
