@@ -109,3 +109,22 @@ impl<T> DriverResultExt<T> for std::result::Result<T, CublasError> {
         self.map_err(|source| Error::Cublas { op, source })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cudarc::driver::sys::CUresult;
+
+    #[test]
+    fn sticky_cuda_errors() {
+        let driver = |r| Error::Driver {
+            op: "synchronize",
+            source: DriverError(r),
+        };
+        assert!(driver(CUresult::CUDA_ERROR_ILLEGAL_ADDRESS).is_sticky_cuda());
+        assert!(driver(CUresult::CUDA_ERROR_LAUNCH_FAILED).is_sticky_cuda());
+        assert!(!driver(CUresult::CUDA_ERROR_OUT_OF_MEMORY).is_sticky_cuda());
+        assert!(!driver(CUresult::CUDA_ERROR_INVALID_VALUE).is_sticky_cuda());
+        assert!(!Error::invalid("submit", "x").is_sticky_cuda());
+    }
+}

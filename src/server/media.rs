@@ -292,10 +292,13 @@ mod tests {
             local_dir: Some(sub.canonicalize().unwrap()),
             ..MediaPolicy::default()
         };
-        // Outside the allowed dir, also through `..`.
-        assert!(load_image(&url, &on, 0).unwrap_err().message.contains("outside"));
+        // Outside the allowed dir, also through `..`, or missing: one answer.
+        let refused = format!("image 0: {LOCAL_FILE_REFUSED}");
+        assert_eq!(load_image(&url, &on, 0).unwrap_err().message, refused);
         let dotdot = format!("file://{}/../a%20b.png", sub.display());
-        assert!(load_image(&dotdot, &on, 0).unwrap_err().message.contains("outside"));
+        assert_eq!(load_image(&dotdot, &on, 0).unwrap_err().message, refused);
+        let missing = format!("file://{}/missing.png", sub.display());
+        assert_eq!(load_image(&missing, &on, 0).unwrap_err().message, refused);
         std::fs::copy(&inside, sub.join("ok.png")).unwrap();
         let ok = format!("file://{}/ok.png", sub.display());
         assert_eq!(load_image(&ok, &on, 0).unwrap().len(), png(3, 3).len());

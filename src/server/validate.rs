@@ -10,7 +10,6 @@
 //! caller wrote would make results differ from the reference pipelines without telling anyone.
 //! Assistant and tool messages (multi-turn) are rejected for the same reason.
 
-use crate::error::Error;
 use crate::kernels::sampling::SamplingParams;
 use crate::service::limits::{self, check_sampling};
 use crate::service::{OcrRequest, PromptInput};
@@ -263,13 +262,8 @@ fn sampling(req: &ChatCompletionRequest, max_temperature: f32) -> Result<Samplin
     };
     // The same ranges `Service::submit` enforces for every caller, checked here before any
     // image is loaded.
-    check_sampling(&params, max_temperature).map_err(field_error)?;
+    check_sampling(&params, max_temperature).map_err(ApiError::from)?;
     Ok(params)
-}
-
-/// A service field error as a 400 with its `param`.
-fn field_error(e: Error) -> ApiError {
-    ApiError::from(e)
 }
 
 fn max_tokens(req: &ChatCompletionRequest, max_model_len: usize) -> Result<Option<usize>, ApiError> {
