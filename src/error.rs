@@ -88,6 +88,23 @@ impl Error {
                     | R::CUDA_ERROR_ECC_UNCORRECTABLE
                     | R::CUDA_ERROR_CONTEXT_IS_DESTROYED
             ),
+            // A launcher that saw a CUDA error reports its runtime name (`kernels::check`).
+            Error::Invalid { msg, .. } => {
+                msg.starts_with("CUDA error at launch: ")
+                    && [
+                        "cudaErrorIllegalAddress",
+                        "cudaErrorLaunchFailure",
+                        "cudaErrorHardwareStackError",
+                        "cudaErrorIllegalInstruction",
+                        "cudaErrorMisalignedAddress",
+                        "cudaErrorInvalidAddressSpace",
+                        "cudaErrorInvalidPc",
+                        "cudaErrorLaunchTimeout",
+                        "cudaErrorECCUncorrectable",
+                    ]
+                    .iter()
+                    .any(|name| msg.ends_with(name))
+            }
             _ => false,
         }
     }
@@ -126,5 +143,7 @@ mod tests {
         assert!(!driver(CUresult::CUDA_ERROR_OUT_OF_MEMORY).is_sticky_cuda());
         assert!(!driver(CUresult::CUDA_ERROR_INVALID_VALUE).is_sticky_cuda());
         assert!(!Error::invalid("submit", "x").is_sticky_cuda());
+        assert!(Error::invalid("rms_norm", "CUDA error at launch: cudaErrorIllegalAddress").is_sticky_cuda());
+        assert!(!Error::invalid("rms_norm", "CUDA error at launch: cudaErrorInvalidValue").is_sticky_cuda());
     }
 }
