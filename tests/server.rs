@@ -140,6 +140,37 @@ fn data_uri(bytes: &[u8]) -> String {
     )
 }
 
+/// A PNG whose header announces 100000x100000 pixels (its data is a small image's).
+fn huge_png_header() -> Vec<u8> {
+    let mut b = png(8, 8);
+    b[16..20].copy_from_slice(&100_000u32.to_be_bytes());
+    b[20..24].copy_from_slice(&100_000u32.to_be_bytes());
+    // The IHDR CRC over type and data.
+    let mut crc = !0u32;
+    for &byte in &b[12..29] {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    b[29..33].copy_from_slice(&(!crc).to_be_bytes());
+    b
+}
+
+/// A JPEG with its last quarter cut off.
+fn truncated_jpeg() -> Vec<u8> {
+    let img = image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([(x * 4) as u8, (y * 5) as u8, 90]));
+    let mut out = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Jpeg)
+        .unwrap();
+    out.truncate(out.len() * 3 / 4);
+    out
+}
+
 fn chat(images: &[String], text: &str) -> Value {
     let mut content: Vec<Value> = images
         .iter()
@@ -271,6 +302,18 @@ fn every_validation_error_has_its_status_and_shape() {
             chat(&["data:image/png;base64,aGVsbG8gd29ybGQ=".into()], "OCR:").to_string(),
             400,
             "not an image",
+        ),
+        (
+            "image over the pixel cap",
+            chat(&[data_uri(&huge_png_header())], "OCR:").to_string(),
+            400,
+            "over the limit of",
+        ),
+        (
+            "truncated JPEG",
+            chat(&[data_uri(&truncated_jpeg())], "OCR:").to_string(),
+            400,
+            "truncated",
         ),
         (
             "too many images",
