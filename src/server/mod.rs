@@ -162,7 +162,8 @@ impl AppState {
         }
         let n = self.in_flight.fetch_add(1, Ordering::SeqCst);
         let guard = InFlight(self.clone());
-        let limit = self.config.max_pending_requests;
+        // At least one: a limit of 0 would refuse everything.
+        let limit = self.config.max_pending_requests.max(1);
         if n >= limit {
             return Err(ApiError::overloaded(limit));
         }
