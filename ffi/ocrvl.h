@@ -142,16 +142,17 @@ typedef struct ocrvl_engine_config {
 } ocrvl_engine_config;
 
 /* Sampling of one request. A zero field means the default: greedy, no penalties, up to
- * max_model_len tokens, stop at end of sequence. */
+ * max_model_len tokens, stop at end of sequence. Values outside vLLM's ranges are refused by
+ * ocrvl_submit with OCRVL_INVALID_ARGUMENT, the message naming the field. */
 typedef struct ocrvl_sampling_params {
     uint32_t struct_size;      /* sizeof(ocrvl_sampling_params) */
-    float temperature;         /* 0: greedy; else > 0 */
+    float temperature;         /* 0: greedy; else in (0, 2] */
     float top_p;               /* (0, 1]; 0 means 1 (off) */
     int32_t top_k;             /* 0: off */
     uint64_t seed;             /* same seed, same output (for temperature > 0) */
-    float repetition_penalty;  /* > 0; 0 means 1 (off) */
-    float frequency_penalty;   /* 0: off */
-    float presence_penalty;    /* 0: off */
+    float repetition_penalty;  /* [1e-6, 2]; 0 means 1 (off) */
+    float frequency_penalty;   /* [-2, 2]; 0: off */
+    float presence_penalty;    /* [-2, 2]; 0: off */
     uint32_t max_tokens;       /* 0: up to max_model_len minus the prompt */
     int32_t ignore_eos;        /* 0 or 1: keep generating past end of sequence */
 } ocrvl_sampling_params;

@@ -140,6 +140,37 @@ fn data_uri(bytes: &[u8]) -> String {
     )
 }
 
+/// A PNG whose header announces 100000x100000 pixels (its data is a small image's).
+fn huge_png_header() -> Vec<u8> {
+    let mut b = png(8, 8);
+    b[16..20].copy_from_slice(&100_000u32.to_be_bytes());
+    b[20..24].copy_from_slice(&100_000u32.to_be_bytes());
+    // The IHDR CRC over type and data.
+    let mut crc = !0u32;
+    for &byte in &b[12..29] {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    b[29..33].copy_from_slice(&(!crc).to_be_bytes());
+    b
+}
+
+/// A JPEG with its last quarter cut off.
+fn truncated_jpeg() -> Vec<u8> {
+    let img = image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([(x * 4) as u8, (y * 5) as u8, 90]));
+    let mut out = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Jpeg)
+        .unwrap();
+    out.truncate(out.len() * 3 / 4);
+    out
+}
+
 fn chat(images: &[String], text: &str) -> Value {
     let mut content: Vec<Value> = images
         .iter()
@@ -230,7 +261,24 @@ fn every_validation_error_has_its_status_and_shape() {
             400,
             "temperature",
         ),
-        ("top_p 0", with(ok.clone(), "top_p", 0.into()).to_string(), 400, "top_p"),
+        (
+            "top_p 1.5",
+            with(ok.clone(), "top_p", 1.5.into()).to_string(),
+            400,
+            "top_p",
+        ),
+        (
+            "repetition_penalty 1e-38",
+            with(ok.clone(), "repetition_penalty", 1e-38.into()).to_string(),
+            400,
+            "repetition_penalty",
+        ),
+        (
+            "temperature 2.5",
+            with(ok.clone(), "temperature", 2.5.into()).to_string(),
+            400,
+            "temperature",
+        ),
         (
             "max_tokens 0",
             with(ok.clone(), "max_tokens", 0.into()).to_string(),
@@ -254,6 +302,18 @@ fn every_validation_error_has_its_status_and_shape() {
             chat(&["data:image/png;base64,aGVsbG8gd29ybGQ=".into()], "OCR:").to_string(),
             400,
             "not an image",
+        ),
+        (
+            "image over the pixel cap",
+            chat(&[data_uri(&huge_png_header())], "OCR:").to_string(),
+            400,
+            "over the limit of",
+        ),
+        (
+            "truncated JPEG",
+            chat(&[data_uri(&truncated_jpeg())], "OCR:").to_string(),
+            400,
+            "truncated",
         ),
         (
             "too many images",
@@ -346,6 +406,116 @@ fn shutdown_is_prompt_and_refuses_new_connections() {
     assert!(report.clean, "{report:?}");
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     assert!(TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err());
+}
+
+/// A server whose every admitted request can be held open by a client that never finishes
+/// its body: `max_pending` in flight at most, bodies due within `body_timeout`.
+fn small_server(max_pending: usize, body_timeout: Duration, header_timeout: Duration) -> TestServer {
+    let service = Service::spawn(ServiceConfig {
+        engine: EngineConfig {
+            model: Some("/nonexistent/ocrvl-test-model".into()),
+            ..EngineConfig::default()
+        },
+        ..ServiceConfig::default()
+    });
+    assert!(service.wait_ready(Some(Duration::from_secs(30))).is_err());
+    TestServer::start(
+        service,
+        ServerConfig {
+            served_model_names: vec![MODEL.into()],
+            max_pending_requests: max_pending,
+            body_read_timeout: body_timeout,
+            header_read_timeout: header_timeout,
+            ..ServerConfig::default()
+        },
+    )
+}
+
+/// Sends the headers of a POST announcing `len` body bytes and only `sent` of them.
+fn stalled_post(addr: SocketAddr, len: usize, sent: usize) -> TcpStream {
+    let mut c = TcpStream::connect(addr).unwrap();
+    write!(
+        c,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n{}",
+        "{".repeat(sent)
+    )
+    .unwrap();
+    c.flush().unwrap();
+    c
+}
+
+fn read_all(mut c: TcpStream) -> String {
+    // A guard against a hang only; the test's outcome does not depend on it.
+    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut out = Vec::new();
+    let _ = c.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn full_server_answers_503_with_retry_after() {
+    let s = small_server(2, Duration::from_secs(3), Duration::from_secs(30));
+    let stalled: Vec<TcpStream> = (0..2).map(|_| stalled_post(s.addr, 1000, 10)).collect();
+    // Wait until both stalled requests are admitted (the metrics port admits nothing).
+    let metrics_url = format!("http://{}/metrics", s.metrics);
+    let mut in_flight = 0.0;
+    for _ in 0..400 {
+        in_flight = metric(&get(&metrics_url).1, "ocrvl_http_requests_in_flight");
+        if in_flight >= 2.0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    assert_eq!(in_flight, 2.0);
+    // The next request is refused without its body read.
+    let body = chat(&[], "OCR:").to_string();
+    let r = agent()
+        .post(&s.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .send(&body)
+        .unwrap();
+    let retry = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+    let status = r.status().as_u16();
+    let text = r.into_body().read_to_string().unwrap();
+    assert_eq!(status, 503, "{text}");
+    assert_eq!(retry.as_deref(), Some("1"));
+    assert!(
+        error_message(&text).contains("2 requests are already in flight"),
+        "{text}"
+    );
+    // The stalled bodies never finish: each is answered 408 once its body timeout passes,
+    // which frees its place.
+    for c in stalled {
+        let answer = read_all(c);
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("did not arrive within"), "{answer}");
+    }
+    let (status, answer) = post(&s.url("/v1/chat/completions"), &body);
+    assert_eq!(status, 503, "{answer}");
+    assert!(error_message(&answer).contains("failed to start"), "{answer}");
+}
+
+#[test]
+fn stalled_headers_close_the_connection() {
+    let s = small_server(4, Duration::from_secs(30), Duration::from_secs(1));
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    c.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    // The headers never end: the server closes the connection instead of waiting forever
+    // (read_all returns on close; its own guard is a minute).
+    let answer = read_all(c);
+    assert!(!answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // The server is still fine.
+    let (status, _) = get(&s.url("/v1/models"));
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn declared_oversized_bodies_are_refused_unread() {
+    let s = failed_server(1 << 10);
+    let c = stalled_post(s.addr, 1 << 20, 0);
+    let answer = read_all(c);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
 }
 
 // ---------------------------------------------------------------------------------------

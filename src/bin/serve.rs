@@ -36,8 +36,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // Every request in flight holds one blocking-pool thread (it waits on the engine's
-    // channel), so the pool is sized well above --max-num-seqs plus a deep queue.
+    // Every request in flight holds one blocking-pool thread while it waits on the engine's
+    // channel (a wait, not CPU work: decoding runs on the server's pool of one thread per
+    // core), so the pool is sized above --max-pending-requests (4 x --max-num-seqs).
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .max_blocking_threads(2048)

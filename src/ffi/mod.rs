@@ -158,7 +158,7 @@ impl Fail {
         let status = match e {
             Error::NoDevice(_) => Status::NoDevice,
             Error::Driver { .. } | Error::Cublas { .. } | Error::Kernel { .. } => Status::Gpu,
-            Error::Invalid { .. } => Status::InvalidArgument,
+            Error::Invalid { .. } | Error::Request { .. } => Status::InvalidArgument,
             Error::Io { .. }
             | Error::Config(ConfigError::Io { .. })
             | Error::Weights(WeightsError::Io { .. })

@@ -184,9 +184,14 @@ pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<Rgb8Image> {
         },
     };
 
-    // No allocation limit while reading the header, so that an oversized image gets our
-    // `TooManyPixels` (with its dimensions) rather than the decoder's generic limit error.
-    reader.limits(Limits::no_limits());
+    // While the header is read, the decoder may allocate for metadata (PNG text and ICC
+    // chunks, TIFF tags) but no pixels: bound that by the budget of the largest image allowed,
+    // and leave the dimensions to the check below (so an oversized image gets `TooManyPixels`
+    // with its size rather than the decoder's generic limit error).
+    let budget = alloc_budget(max_pixels);
+    let mut header_limits = Limits::no_limits();
+    header_limits.max_alloc = Some(budget);
+    reader.limits(header_limits);
     let mut decoder = reader.into_decoder().map_err(decode_error)?;
     let (width, height) = decoder.dimensions();
     let (width, height) = (u64::from(width), u64::from(height));
@@ -202,10 +207,20 @@ pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<Rgb8Image> {
             limit: max_pixels,
         });
     }
-    // Now bound the decoder's own allocations: the widest output (RGBA f32) plus slack for
-    // its working buffers.
+    if format == image::ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
+        // zune-jpeg fills a cut-off scan with grey and succeeds; PIL refuses such a file
+        // ("image file is truncated"), and so does this.
+        return Err(PreprocessError::Decode {
+            format: format_name.clone(),
+            message: "the JPEG data is truncated (no end-of-image marker after the last scan)".into(),
+        });
+    }
+    // Now bound the decoder's own allocations to this image: its widest output (RGBA f32)
+    // plus slack for working buffers, never more than the budget of the largest image.
     let mut limits = Limits::no_limits();
-    limits.max_alloc = Some(pixels.saturating_mul(16).saturating_add(64 << 20));
+    limits.max_image_width = u32::try_from(width).ok();
+    limits.max_image_height = u32::try_from(height).ok();
+    limits.max_alloc = Some(pixels.saturating_mul(16).saturating_add(64 << 20).min(budget));
     decoder.set_limits(limits).map_err(decode_error)?;
     // A broken EXIF block must not reject an otherwise good image: no rotation then.
     let orientation = decoder
@@ -214,6 +229,60 @@ pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<Rgb8Image> {
     let mut img = DynamicImage::from_decoder(decoder).map_err(decode_error)?;
     img.apply_orientation(orientation);
     Ok(to_rgb8_on_white(&img))
+}
+
+/// The most bytes a decoder may allocate for an image of at most `max_pixels`: RGBA f32
+/// (16 bytes a pixel, the widest layout) plus 64 MiB for working buffers and metadata.
+fn alloc_budget(max_pixels: u64) -> u64 {
+    max_pixels.saturating_mul(16).saturating_add(64 << 20)
+}
+
+/// Whether a JPEG's structure runs to its end-of-image marker: the segments before each scan
+/// are skipped by their lengths (so an EXIF thumbnail's own marker does not count), each
+/// scan's entropy-coded data up to the next real marker (`FF 00` is a stuffed byte, `FF D0`
+/// to `FF D7` restart markers), and the file is complete once `FF D9` follows a scan.
+pub fn jpeg_is_complete(b: &[u8]) -> bool {
+    if b.len() < 4 || b[0] != 0xFF || b[1] != 0xD8 {
+        return false;
+    }
+    let mut i = 2;
+    loop {
+        // A marker: 0xFF, any fill 0xFF bytes, then the code.
+        if i >= b.len() || b[i] != 0xFF {
+            return false;
+        }
+        while i < b.len() && b[i] == 0xFF {
+            i += 1;
+        }
+        let Some(&code) = b.get(i) else { return false };
+        i += 1;
+        match code {
+            0xD9 => return true,
+            0x01 | 0xD0..=0xD7 => continue,
+            _ => {}
+        }
+        let Some(len) = b.get(i..i + 2).map(|l| usize::from(u16::from_be_bytes([l[0], l[1]]))) else {
+            return false;
+        };
+        if len < 2 {
+            return false;
+        }
+        i += len;
+        if i > b.len() {
+            return false;
+        }
+        if code == 0xDA {
+            // Entropy-coded data until a marker that is neither stuffing nor a restart.
+            loop {
+                match b.get(i..i + 2) {
+                    None => return false,
+                    Some([0xFF, 0x00]) | Some([0xFF, 0xD0..=0xD7]) => i += 2,
+                    Some([0xFF, _]) => break,
+                    Some(_) => i += 1,
+                }
+            }
+        }
+    }
 }
 
 /// The formats this build decodes (the `image` features in Cargo.toml).

@@ -12,12 +12,11 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::engine::FinishReason;
@@ -35,30 +34,39 @@ use super::{json_response, media, unix_now, AppState, InFlight};
 /// How often a blocking task waiting for tokens checks that its client is still there.
 const POLL: Duration = Duration::from_millis(50);
 
-pub async fn chat_completions(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
-    match handle(state, body).await {
+pub async fn chat_completions(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    match handle(state, req).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     }
 }
 
-async fn handle(state: Arc<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+async fn handle(state: Arc<AppState>, req: Request) -> Result<Response, ApiError> {
     let arrived = Instant::now();
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::too_large(format!(
-                "the request body is over the limit of {} bytes (--max-request-bytes)",
-                state.config.max_body_bytes
-            ))
-        } else {
-            ApiError::invalid(format!("cannot read the request body: {}", e.body_text()), None)
-        }
-    })?;
-    let plan = validate::plan_chat(validate::parse_chat(&body)?, &state.limits())?;
+    // Admission first: an overloaded server answers 503 without reading the body.
     let guard = state.admit()?;
+    // At most `max_preparing_requests` bodies and images in memory at once; the permit is
+    // released once the request is in the engine (or refused).
+    let permit = state
+        .preparing
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| ApiError::unavailable("the server is shutting down"))?;
+    let body = read_body(req, state.config.max_body_bytes, state.config.body_read_timeout).await?;
+    let plan = validate::plan_chat(validate::parse_chat(&body)?, &state.limits())?;
+    drop(body);
+    if let Some(limits) = state.service.limits() {
+        // Before any image is fetched or decoded.
+        limits.check_stop(&plan.stop)?;
+        limits.check_stop_token_ids(&plan.stop_token_ids)?;
+    }
 
     let urls = plan.image_urls.clone();
-    let policy = state.config.media.clone();
+    let mut policy = state.config.media.clone();
+    if let Some(limits) = state.service.limits() {
+        policy.max_decoded_pixels = limits.max_decoded_pixels;
+    }
     let images = tokio::task::spawn_blocking(move || {
         urls.iter()
             .enumerate()
@@ -68,6 +76,9 @@ async fn handle(state: Arc<AppState>, body: Result<Bytes, BytesRejection>) -> Re
     .await
     .map_err(|e| ApiError::internal(format!("image loading panicked: {e}")))??;
     let request = plan.to_ocr_request(images);
+    let service = state.service.clone();
+    let handle = state.pool.run(move || service.submit(request)).await??;
+    drop(permit);
 
     let ctx = Ctx {
         state: state.clone(),
@@ -77,12 +88,8 @@ async fn handle(state: Arc<AppState>, body: Result<Bytes, BytesRejection>) -> Re
         arrived,
     };
     if ctx.plan.stream {
-        let (first_tx, first_rx) = oneshot::channel();
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::task::spawn_blocking(move || run_stream(ctx, request, guard, first_tx, tx));
-        first_rx
-            .await
-            .map_err(|_| ApiError::internal("the request's worker ended without an answer"))??;
+        tokio::task::spawn_blocking(move || run_stream(ctx, handle, guard, tx));
         let events = futures_util::stream::unfold(rx, |mut rx| async move {
             let data = rx.recv().await?;
             Some((Ok::<_, Infallible>(SseEvent::default().data(data)), rx))
@@ -90,11 +97,47 @@ async fn handle(state: Arc<AppState>, body: Result<Bytes, BytesRejection>) -> Re
         Ok(Sse::new(events).into_response())
     } else {
         let (first_tx, first_rx) = oneshot::channel();
-        tokio::task::spawn_blocking(move || run_once(ctx, request, guard, first_tx));
+        tokio::task::spawn_blocking(move || run_once(ctx, handle, guard, first_tx));
         first_rx
             .await
             .map_err(|_| ApiError::internal("the request's worker ended without an answer"))?
     }
+}
+
+/// The whole body, at most `limit` bytes (413 past it, at once when the declared length is
+/// over), within `timeout` of the start of reading (408 after it).
+async fn read_body(req: Request, limit: usize, timeout: Duration) -> Result<Vec<u8>, ApiError> {
+    let too_large = || {
+        ApiError::too_large(format!(
+            "the request body is over the limit of {limit} bytes (--max-request-bytes)"
+        ))
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let mut frames = req.into_body().into_data_stream();
+    let read = async {
+        let mut out = Vec::with_capacity(declared.map_or(0, |n| n as usize));
+        while let Some(chunk) = frames.next().await {
+            let chunk = chunk.map_err(|e| ApiError::invalid(format!("cannot read the request body: {e}"), None))?;
+            if out.len() + chunk.len() > limit {
+                return Err(too_large());
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
+    };
+    tokio::time::timeout(timeout, read).await.map_err(|_| {
+        ApiError::timeout(format!(
+            "the request body did not arrive within {:.0} s",
+            timeout.as_secs_f64()
+        ))
+    })?
 }
 
 /// What the blocking task of one request needs.
@@ -134,17 +177,10 @@ fn next_event(handle: &mut RequestHandle, gone: impl Fn() -> bool) -> Next {
 /// client goes away, which ends the wait and drops (aborts) the request.
 fn run_once(
     ctx: Ctx,
-    request: crate::service::OcrRequest,
+    mut handle: RequestHandle,
     _guard: InFlight,
     answer: oneshot::Sender<Result<Response, ApiError>>,
 ) {
-    let mut handle = match ctx.state.service.submit(request) {
-        Ok(h) => h,
-        Err(e) => {
-            let _ = answer.send(Err(e.into()));
-            return;
-        }
-    };
     loop {
         match next_event(&mut handle, || answer.is_closed()) {
             Next::Event(Event::Token { .. }) => {}
@@ -166,27 +202,10 @@ fn run_once(
     }
 }
 
-/// Streaming: `started` gets the submit's outcome (so a bad request is still an HTTP 400,
-/// not an error inside a 200 stream), then SSE payloads go to `out` until the end.
-fn run_stream(
-    ctx: Ctx,
-    request: crate::service::OcrRequest,
-    _guard: InFlight,
-    started: oneshot::Sender<Result<(), ApiError>>,
-    out: mpsc::UnboundedSender<String>,
-) {
-    let mut handle = match ctx.state.service.submit(request) {
-        Ok(h) => h,
-        Err(e) => {
-            let _ = started.send(Err(e.into()));
-            return;
-        }
-    };
+/// Streaming, once submitted (so a bad request was still an HTTP 400, not an error inside a
+/// 200 stream): SSE payloads go to `out` until the end.
+fn run_stream(ctx: Ctx, mut handle: RequestHandle, _guard: InFlight, out: mpsc::UnboundedSender<String>) {
     let prompt_tokens = handle.prompt_tokens();
-    if started.send(Ok(())).is_err() {
-        ctx.state.metrics.count(Outcome::Abort);
-        return;
-    }
     let role = Delta {
         role: Some("assistant"),
         content: Some(String::new()),

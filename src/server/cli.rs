@@ -46,9 +46,9 @@ impl ServeArgs {
             port: 8000,
             metrics_port: None,
             server: ServerConfig {
-                max_model_len: engine.max_model_len,
                 max_images: ServiceConfig::default().max_images_per_request,
-                ..ServerConfig::default()
+                // Context length, and --max-pending-requests from --max-num-seqs.
+                ..ServerConfig::for_engine(&engine)
             },
             shutdown_timeout: Duration::from_secs(30),
             synthetic_dir: None,
@@ -143,6 +143,7 @@ impl ServeArgs {
             env,
             synthetic_dir: self.synthetic_dir.clone(),
             max_images_per_request: self.server.max_images,
+            max_temperature: self.server.max_temperature,
             ..ServiceConfig::default()
         }
     }

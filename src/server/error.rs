@@ -63,6 +63,17 @@ impl ApiError {
         }
     }
 
+    /// 408: the request body did not arrive in time.
+    pub fn timeout(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::REQUEST_TIMEOUT,
+            kind: "invalid_request_error",
+            message: message.into(),
+            param: None,
+            code: Some("request_timeout"),
+        }
+    }
+
     /// 503: the engine is starting, failed to start, or is shutting down.
     pub fn unavailable(message: impl Into<String>) -> ApiError {
         ApiError {
@@ -114,6 +125,7 @@ impl ApiError {
 impl From<Error> for ApiError {
     fn from(e: Error) -> ApiError {
         match e {
+            Error::Request { field, msg } => ApiError::invalid(format!("{field}: {msg}"), Some(field)),
             Error::Invalid { .. } | Error::Preprocess(_) | Error::Config(_) => ApiError::invalid(e.to_string(), None),
             Error::NotReady(msg) => ApiError::unavailable(msg),
             other => ApiError::internal(other.to_string()),

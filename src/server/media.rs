@@ -8,13 +8,14 @@
 //! errors are 400s too. These functions block (file and network I/O, base64 of megabytes):
 //! call them off the async runtime.
 
-use std::io::{Cursor, Read};
+use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine as _;
 
 use super::error::ApiError;
+use super::fetch::{fetch_public, read_limited};
 
 /// Which remote hosts images may be fetched from.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -36,6 +37,9 @@ pub struct MediaPolicy {
     /// Largest encoded image accepted from a file or a fetch (data URIs are bounded by the
     /// request body limit).
     pub max_image_bytes: u64,
+    /// Largest `width * height` an image header may announce (the service's
+    /// [`crate::service::RequestLimits::max_decoded_pixels`] once the model is loaded).
+    pub max_decoded_pixels: u64,
 }
 
 impl Default for MediaPolicy {
@@ -45,6 +49,8 @@ impl Default for MediaPolicy {
             remote: RemoteImages::Off,
             fetch_timeout: Duration::from_secs(10),
             max_image_bytes: 32 << 20,
+            max_decoded_pixels: crate::preprocess::ProcessorConfig::default().max_pixels
+                * crate::service::limits::DECODED_PIXELS_PER_MAX_PIXELS,
         }
     }
 }
@@ -64,7 +70,7 @@ pub fn load_image(url: &str, policy: &MediaPolicy, index: usize) -> Result<Vec<u
             "unsupported image URL `{shown}`: use a data: URI (base64 PNG, JPEG or WebP), file:// or http(s)://"
         )));
     };
-    probe(&bytes).map_err(bad)?;
+    probe(&bytes, policy.max_decoded_pixels).map_err(bad)?;
     Ok(bytes)
 }
 
@@ -95,6 +101,12 @@ fn decode_data_uri(rest: &str) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
+/// The one answer for every `file://` path that cannot be served: whether it does not exist,
+/// lies outside the folder, or is a directory, FIFO or device is not told apart, so a caller
+/// learns nothing about the file system beyond the allowed folder.
+pub const LOCAL_FILE_REFUSED: &str =
+    "the file:// URL cannot be read: it is missing, outside --allowed-local-media-path, or not a regular file";
+
 fn read_local(path: &str, policy: &MediaPolicy) -> Result<Vec<u8>, String> {
     let Some(root) = &policy.local_dir else {
         return Err("file:// URLs are disabled; start the server with --allowed-local-media-path DIR".into());
@@ -104,18 +116,28 @@ fn read_local(path: &str, policy: &MediaPolicy) -> Result<Vec<u8>, String> {
         return Err("a file:// URL needs an absolute path (file:///dir/image.png)".into());
     }
     let decoded = percent_decode(path)?;
+    let refused = || LOCAL_FILE_REFUSED.to_string();
     // Canonicalising resolves `..` and symbolic links, so the check below cannot be escaped.
-    let canonical = Path::new(&decoded)
-        .canonicalize()
-        .map_err(|e| format!("cannot open {decoded}: {e}"))?;
+    let canonical = Path::new(&decoded).canonicalize().map_err(|_| refused())?;
     if !canonical.starts_with(root) {
-        return Err(format!(
-            "{decoded} is outside --allowed-local-media-path {}",
-            root.display()
-        ));
+        return Err(refused());
     }
-    let file = std::fs::File::open(&canonical).map_err(|e| format!("cannot open {decoded}: {e}"))?;
-    read_limited(file, policy.max_image_bytes).map_err(|e| format!("{decoded}: {e}"))
+    let file = open_regular(&canonical).ok_or_else(refused)?;
+    read_limited(file, policy.max_image_bytes)
+}
+
+/// Opens `path` for reading only if it is a regular file. The open does not block (a FIFO
+/// opened for reading would wait for a writer), does not follow a symbolic link put in the
+/// path's place since it was canonicalised, and the type is checked on the opened descriptor,
+/// not the path, so nothing can be swapped in between.
+fn open_regular(path: &Path) -> Option<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .ok()?;
+    file.metadata().ok()?.is_file().then_some(file)
 }
 
 fn fetch_remote(url: &str, policy: &MediaPolicy) -> Result<Vec<u8>, String> {
@@ -139,25 +161,8 @@ fn fetch_remote(url: &str, policy: &MediaPolicy) -> Result<Vec<u8>, String> {
             }
         }
     }
-    // No redirects: one could lead off the allowed domains.
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(policy.fetch_timeout))
-        .max_redirects(0)
-        .http_status_as_error(true)
-        .build()
-        .into();
-    let resp = agent.get(url).call().map_err(|e| format!("cannot fetch {url}: {e}"))?;
-    let (_, body) = resp.into_parts();
-    read_limited(body.into_reader(), policy.max_image_bytes).map_err(|e| format!("{url}: {e}"))
-}
-
-fn read_limited(r: impl Read, limit: u64) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    r.take(limit + 1).read_to_end(&mut out).map_err(|e| e.to_string())?;
-    if out.len() as u64 > limit {
-        return Err(format!("the image is over the limit of {limit} bytes"));
-    }
-    Ok(out)
+    // The address check, no redirects, no proxy: see `fetch`.
+    fetch_public(url, policy.fetch_timeout, policy.max_image_bytes)
 }
 
 /// The lower-cased host of an http(s) URL, without user info or port.
@@ -191,24 +196,38 @@ fn percent_decode(s: &str) -> Result<String, String> {
 }
 
 /// A cheap check that the bytes are an image this build decodes: the format from the magic
-/// bytes and the dimensions from the header, no pixels decoded.
-pub fn probe(bytes: &[u8]) -> Result<(), String> {
+/// bytes, the dimensions from the header (at most `max_pixels` pixels), a JPEG's structure
+/// complete to its end marker; no pixels decoded, and the header reader's allocations bounded.
+/// Returns `(width, height)`.
+pub fn probe(bytes: &[u8], max_pixels: u64) -> Result<(u32, u32), String> {
     use image::ImageFormat as F;
-    let reader = image::ImageReader::new(Cursor::new(bytes))
+    let mut reader = image::ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| e.to_string())?;
-    match reader.format() {
-        Some(F::Png | F::Jpeg | F::WebP | F::Bmp | F::Tiff | F::Gif) => {}
+    let format = match reader.format() {
+        Some(f @ (F::Png | F::Jpeg | F::WebP | F::Bmp | F::Tiff | F::Gif)) => f,
         Some(other) => return Err(format!("unsupported image format {other:?} (use PNG, JPEG or WebP)")),
         None => return Err("not an image (unrecognised format; use PNG, JPEG or WebP)".into()),
-    }
+    };
+    let mut limits = image::Limits::no_limits();
+    limits.max_alloc = Some(max_pixels.saturating_mul(16).saturating_add(64 << 20));
+    reader.limits(limits);
     let (w, h) = reader
         .into_dimensions()
         .map_err(|e| format!("cannot decode the image: {e}"))?;
     if w == 0 || h == 0 {
         return Err(format!("the image has zero size ({w}x{h})"));
     }
-    Ok(())
+    let pixels = u64::from(w) * u64::from(h);
+    if pixels > max_pixels {
+        return Err(format!(
+            "the image is {w}x{h} = {pixels} pixels, over the limit of {max_pixels} decoded pixels"
+        ));
+    }
+    if format == F::Jpeg && !crate::preprocess::image::jpeg_is_complete(bytes) {
+        return Err("the JPEG data is truncated (no end-of-image marker after the last scan)".into());
+    }
+    Ok((w, h))
 }
 
 #[cfg(test)]
@@ -273,10 +292,13 @@ mod tests {
             local_dir: Some(sub.canonicalize().unwrap()),
             ..MediaPolicy::default()
         };
-        // Outside the allowed dir, also through `..`.
-        assert!(load_image(&url, &on, 0).unwrap_err().message.contains("outside"));
+        // Outside the allowed dir, also through `..`, or missing: one answer.
+        let refused = format!("image 0: {LOCAL_FILE_REFUSED}");
+        assert_eq!(load_image(&url, &on, 0).unwrap_err().message, refused);
         let dotdot = format!("file://{}/../a%20b.png", sub.display());
-        assert!(load_image(&dotdot, &on, 0).unwrap_err().message.contains("outside"));
+        assert_eq!(load_image(&dotdot, &on, 0).unwrap_err().message, refused);
+        let missing = format!("file://{}/missing.png", sub.display());
+        assert_eq!(load_image(&missing, &on, 0).unwrap_err().message, refused);
         std::fs::copy(&inside, sub.join("ok.png")).unwrap();
         let ok = format!("file://{}/ok.png", sub.display());
         assert_eq!(load_image(&ok, &on, 0).unwrap().len(), png(3, 3).len());

@@ -1,54 +1,67 @@
 //! The OpenAI-compatible HTTP server (binary `serve`) on top of [`Service`].
 //!
 //! ```text
-//! HTTP (axum, tokio)                               blocking pool (one task per request)
-//! POST /v1/chat/completions
-//!   body limit (413) → parse + validate (400/404) ─▶ load images: base64, file://, http(s)
-//!   ◀──────────────────────────────────────────────   probe headers (400)
-//!   in-flight limit (503) ──────────────────────────▶ Service::submit (400 / 503)
-//!   ◀── answer (JSON) or SSE chunks ─────────────────  RequestHandle::recv_timeout, polling
-//!                                                      whether the client is still there
+//! accept loop (header read timeout) → POST /v1/chat/completions
+//!   admit: requests in flight < --max-pending-requests, else 503 + Retry-After
+//!   wait for a preparing permit (at most max_preparing_requests read and prepare at once)
+//!   read the body (413 over the limit, 408 past the body timeout) → parse + validate (400/404)
+//!   load images on the blocking pool: base64, file://, http(s) (public addresses only);
+//!     probe headers: format, pixel count, truncation (400)
+//!   Service::submit on the CPU pool (one thread per core): decode, preprocess (400 / 503)
+//!   release the permit; wait for tokens on the blocking pool, polling whether the client is
+//!     still there ── answer (JSON) or SSE chunks
 //! GET /v1/models, /health, /metrics (also on --metrics-port)
 //! ```
 //!
-//! The engine runs on its own thread behind [`Service`]; its calls block, so they run on
-//! tokio's blocking pool and never on the async workers. A client that goes away drops the
-//! receiving end of its channel; the blocking task sees that within one poll interval and
-//! drops the [`crate::service::RequestHandle`], which aborts the request and frees its KV
-//! blocks. Validation that needs no model (JSON, the model name, messages, counts, sampling
-//! ranges, image headers) happens before the service is asked, so it answers the same on a
-//! machine without a GPU ([`validate`], [`media`]).
+//! The engine runs on its own thread behind [`Service`]. Memory is bounded by design: bodies
+//! and decoded images exist only for requests holding a preparing permit, decodes run one per
+//! core, and each image's pixel count is checked from its header before it is decoded. A
+//! client that goes away drops the receiving end of its channel; the waiting task sees that
+//! within one poll interval and drops the [`crate::service::RequestHandle`], which aborts the
+//! request and frees its KV blocks. Validation that needs no model (JSON, the model name,
+//! messages, counts, sampling ranges, image headers) happens before the service is asked, so
+//! it answers the same on a machine without a GPU ([`validate`], [`media`]).
 
 pub mod api;
 mod chat;
 pub mod cli;
 pub mod error;
+pub mod fetch;
+mod listen;
 pub mod media;
 pub mod metrics;
 pub mod otsl;
+pub mod pool;
 pub mod validate;
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
+use crate::config::EngineConfig;
+use crate::service::limits::DEFAULT_MAX_TEMPERATURE;
 use crate::service::{Service, ServiceState};
 
 pub use error::ApiError;
 pub use media::{MediaPolicy, RemoteImages};
 pub use metrics::Metrics;
 
-/// The server's own settings (the engine's are in the [`Service`]).
+/// `--max-pending-requests` by default: this many requests per engine slot
+/// (`--max-num-seqs`), so a full batch can run while three more batches' worth wait.
+pub const PENDING_PER_SEQ: usize = 4;
+
+/// The server's own settings (the engine's are in the [`Service`]). The command line starts
+/// from [`ServerConfig::for_engine`] and overrides what its flags give.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     /// Names the model answers to (`--served-model-name`); the first is reported first.
@@ -59,21 +72,48 @@ pub struct ServerConfig {
     pub max_images: usize,
     /// Request bodies above this are refused with 413 (base64 images make bodies large).
     pub max_body_bytes: usize,
-    /// Requests in flight (queued or running) above which new ones get 503; 0 is no limit.
+    /// Requests in flight (being read, prepared, queued or running) above which new ones get
+    /// 503 with `Retry-After`. Default [`PENDING_PER_SEQ`] x `--max-num-seqs`.
     pub max_pending_requests: usize,
+    /// Requests whose body is being read, images loaded or preprocessed at once; the others
+    /// admitted wait (holding only their connection) until one finishes. Bounds the memory of
+    /// request bodies and decoded images. Default: twice the preprocessing threads.
+    pub max_preparing_requests: usize,
+    /// Threads that decode and preprocess images (`Service::submit`). Default: the cores.
+    pub preprocess_threads: usize,
+    /// A connection that has not sent its complete request headers within this is closed.
+    pub header_read_timeout: Duration,
+    /// A request body not received completely within this (once the request was admitted) is
+    /// answered 408.
+    pub body_read_timeout: Duration,
+    /// Upper end of `temperature` (vLLM's 2 unless widened).
+    pub max_temperature: f32,
     pub media: MediaPolicy,
+}
+
+impl ServerConfig {
+    /// The defaults for an engine configured as `engine` (its context length and batch size).
+    pub fn for_engine(engine: &EngineConfig) -> ServerConfig {
+        let threads = pool::default_threads();
+        ServerConfig {
+            served_model_names: vec!["PaddleOCR-VL-0.9B".into()],
+            max_model_len: engine.max_model_len,
+            max_images: 4,
+            max_body_bytes: 64 << 20,
+            max_pending_requests: PENDING_PER_SEQ * engine.max_num_seqs,
+            max_preparing_requests: 2 * threads,
+            preprocess_threads: threads,
+            header_read_timeout: Duration::from_secs(30),
+            body_read_timeout: Duration::from_secs(60),
+            max_temperature: DEFAULT_MAX_TEMPERATURE,
+            media: MediaPolicy::default(),
+        }
+    }
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig {
-            served_model_names: vec!["PaddleOCR-VL-0.9B".into()],
-            max_model_len: 16384,
-            max_images: 4,
-            max_body_bytes: 64 << 20,
-            max_pending_requests: 0,
-            media: MediaPolicy::default(),
-        }
+        ServerConfig::for_engine(&EngineConfig::default())
     }
 }
 
@@ -83,6 +123,10 @@ pub struct AppState {
     pub config: ServerConfig,
     pub metrics: Metrics,
     in_flight: AtomicUsize,
+    /// Permits for requests being read and prepared (`max_preparing_requests`).
+    preparing: Arc<Semaphore>,
+    /// Where `Service::submit` (decode, preprocess) runs.
+    pool: pool::CpuPool,
     shutting_down: AtomicBool,
     /// Unix seconds at start, the models' `created`.
     created: u64,
@@ -92,6 +136,8 @@ impl AppState {
     pub fn new(service: Service, config: ServerConfig) -> Arc<AppState> {
         Arc::new(AppState {
             service,
+            preparing: Arc::new(Semaphore::new(config.max_preparing_requests.max(1))),
+            pool: pool::CpuPool::new(config.preprocess_threads),
             config,
             metrics: Metrics::default(),
             in_flight: AtomicUsize::new(0),
@@ -105,6 +151,7 @@ impl AppState {
             served_model_names: self.config.served_model_names.clone(),
             max_images: self.config.max_images,
             max_model_len: self.config.max_model_len,
+            max_temperature: self.config.max_temperature,
         }
     }
 
@@ -115,8 +162,9 @@ impl AppState {
         }
         let n = self.in_flight.fetch_add(1, Ordering::SeqCst);
         let guard = InFlight(self.clone());
-        let limit = self.config.max_pending_requests;
-        if limit > 0 && n >= limit {
+        // At least one: a limit of 0 would refuse everything.
+        let limit = self.config.max_pending_requests.max(1);
+        if n >= limit {
             return Err(ApiError::overloaded(limit));
         }
         Ok(guard)
@@ -138,14 +186,13 @@ impl Drop for InFlight {
 
 /// The API routes; `/metrics` is served here too (as vLLM does) besides `--metrics-port`.
 pub fn router(state: Arc<AppState>) -> Router {
-    let limit = state.config.max_body_bytes;
+    // The body limit is enforced where the body is read (`chat::read_body`), after admission.
     Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/models", get(models))
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
         .fallback(fallback)
-        .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
 
@@ -205,20 +252,20 @@ impl Server {
     /// left then, and their streams end with finish_reason "abort"), and return.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static, grace: Duration) -> ShutdownReport {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let stopped = |mut rx: watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|s| *s).await;
-        };
-        let api = tokio::spawn(
-            axum::serve(self.api, router(self.state.clone()))
-                .with_graceful_shutdown(stopped(stop_rx.clone()))
-                .into_future(),
-        );
+        let header_timeout = self.state.config.header_read_timeout;
+        let api = tokio::spawn(listen::serve(
+            self.api,
+            router(self.state.clone()),
+            header_timeout,
+            stop_rx.clone(),
+        ));
         let metrics = self.metrics.map(|l| {
-            tokio::spawn(
-                axum::serve(l, metrics_router(self.state.clone()))
-                    .with_graceful_shutdown(stopped(stop_rx.clone()))
-                    .into_future(),
-            )
+            tokio::spawn(listen::serve(
+                l,
+                metrics_router(self.state.clone()),
+                header_timeout,
+                stop_rx.clone(),
+            ))
         });
         shutdown.await;
         let t0 = Instant::now();
@@ -267,6 +314,9 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
             ApiError::unavailable(format!("the engine failed to start: {why}")).into_response()
         }
         ServiceState::Stopped => ApiError::unavailable("the engine is stopped").into_response(),
+        ServiceState::Unhealthy(why) => {
+            ApiError::unavailable(format!("the engine hit an unrecoverable GPU error: {why}")).into_response()
+        }
     }
 }
 
@@ -291,7 +341,21 @@ async fn models(State(state): State<Arc<AppState>>) -> Response {
 
 async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
     let ready = state.service.state() == ServiceState::Ready;
-    let body = state.metrics.render(&state.service.stats(), ready);
+    let mut body = state.metrics.render(&state.service.stats(), ready);
+    // The server's own gauges: requests admitted and not yet answered (the limit is
+    // --max-pending-requests), and whether the engine is unusable after a GPU fault.
+    let unhealthy = matches!(state.service.state(), ServiceState::Unhealthy(_));
+    body.push_str(&format!(
+        "# HELP ocrvl_http_requests_in_flight Requests admitted and not yet answered.\n\
+         # TYPE ocrvl_http_requests_in_flight gauge\nocrvl_http_requests_in_flight {}\n\
+         # HELP ocrvl_http_max_pending_requests The limit on requests in flight (503 beyond).\n\
+         # TYPE ocrvl_http_max_pending_requests gauge\nocrvl_http_max_pending_requests {}\n\
+         # HELP ocrvl_engine_unhealthy 1 after an unrecoverable GPU error.\n\
+         # TYPE ocrvl_engine_unhealthy gauge\nocrvl_engine_unhealthy {}\n",
+        state.in_flight(),
+        state.config.max_pending_requests,
+        u8::from(unhealthy)
+    ));
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],

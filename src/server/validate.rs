@@ -11,13 +11,14 @@
 //! Assistant and tool messages (multi-turn) are rejected for the same reason.
 
 use crate::kernels::sampling::SamplingParams;
+use crate::service::limits::{self, check_sampling};
 use crate::service::{OcrRequest, PromptInput};
 
 use super::api::{ChatCompletionRequest, ContentPart, MessageContent, StopSpec};
 use super::error::ApiError;
 
 /// The most alternatives reported per token (the sampler's limit and OpenAI's).
-pub const MAX_TOP_LOGPROBS: usize = 20;
+pub const MAX_TOP_LOGPROBS: usize = limits::MAX_TOP_LOGPROBS;
 
 /// What validation needs to know about the server.
 #[derive(Clone, Debug)]
@@ -27,6 +28,8 @@ pub struct Limits {
     pub max_images: usize,
     /// `--max-model-len`: `max_tokens` above it can never fit.
     pub max_model_len: usize,
+    /// Upper end of `temperature`.
+    pub max_temperature: f32,
 }
 
 /// A checked request, ready for its images to be loaded.
@@ -94,7 +97,7 @@ pub fn plan_chat(req: ChatCompletionRequest, limits: &Limits) -> Result<ChatPlan
             return Err(ApiError::invalid(format!("n must be 1 (got {n})"), Some("n")));
         }
     }
-    let sampling = sampling(&req)?;
+    let sampling = sampling(&req, limits.max_temperature)?;
     let max_tokens = max_tokens(&req, limits.max_model_len)?;
 
     let logprobs = req.logprobs.unwrap_or(false);
@@ -219,22 +222,16 @@ fn user_turn(req: &ChatCompletionRequest) -> Result<(Vec<String>, String), ApiEr
     Ok((urls, text))
 }
 
-fn sampling(req: &ChatCompletionRequest) -> Result<SamplingParams, ApiError> {
+fn sampling(req: &ChatCompletionRequest, max_temperature: f32) -> Result<SamplingParams, ApiError> {
     // Greedy unless asked otherwise: every reference pipeline decodes PaddleOCR-VL greedily
     // (MODEL_SPEC §6.4), so an omitted temperature means 0 here, not OpenAI's 1.
-    let temperature = req.temperature.unwrap_or(0.0);
-    if !(temperature.is_finite() && temperature >= 0.0) {
-        return Err(ApiError::invalid(
-            format!("temperature must be >= 0 (got {temperature})"),
-            Some("temperature"),
-        ));
-    }
-    let top_p = req.top_p.unwrap_or(1.0);
-    if !(top_p > 0.0 && top_p <= 1.0) {
-        return Err(ApiError::invalid(
-            format!("top_p must be in (0, 1] (got {top_p})"),
-            Some("top_p"),
-        ));
+    let mut temperature = req.temperature.unwrap_or(0.0);
+    let mut top_p = req.top_p.unwrap_or(1.0);
+    if top_p == 0.0 {
+        // `top_p: 0` keeps only the most likely token: greedy (what PaddleX's FastDeploy
+        // clients send for it). vLLM's (0, 1] range is checked by `check_top_p` otherwise.
+        temperature = 0.0;
+        top_p = 1.0;
     }
     let top_k = match req.top_k.unwrap_or(0) {
         // vLLM's "off" is -1; ours is 0.
@@ -242,46 +239,31 @@ fn sampling(req: &ChatCompletionRequest) -> Result<SamplingParams, ApiError> {
         k if k > 0 => i32::try_from(k).unwrap_or(i32::MAX),
         k => {
             return Err(ApiError::invalid(
-                format!("top_k must be -1, 0 (off) or positive (got {k})"),
+                format!("top_k: must be -1 (off) or >= 1 (got {k})"),
                 Some("top_k"),
             ))
         }
     };
-    let penalty = |name: &'static str, value: Option<f32>| -> Result<f32, ApiError> {
-        let v = value.unwrap_or(0.0);
-        if !(-2.0..=2.0).contains(&v) {
-            return Err(ApiError::invalid(
-                format!("{name} must be in [-2, 2] (got {v})"),
-                Some(name),
-            ));
-        }
-        Ok(v)
-    };
-    let frequency_penalty = penalty("frequency_penalty", req.frequency_penalty)?;
-    let presence_penalty = penalty("presence_penalty", req.presence_penalty)?;
-    let repetition_penalty = req.repetition_penalty.unwrap_or(1.0);
-    if !(repetition_penalty.is_finite() && repetition_penalty > 0.0) {
-        return Err(ApiError::invalid(
-            format!("repetition_penalty must be > 0 (got {repetition_penalty})"),
-            Some("repetition_penalty"),
-        ));
-    }
     // Without a seed every request draws its own, so two sampled requests differ; with one,
     // the same seed reproduces the same tokens (the sampler keys on (seed, position)).
     let seed = match req.seed {
         Some(s) => s as u64,
         None => rand::random(),
     };
-    Ok(SamplingParams {
+    let params = SamplingParams {
         temperature,
         top_k,
         top_p,
         seed,
         step: 0,
-        repetition_penalty,
-        frequency_penalty,
-        presence_penalty,
-    })
+        repetition_penalty: req.repetition_penalty.unwrap_or(1.0),
+        frequency_penalty: req.frequency_penalty.unwrap_or(0.0),
+        presence_penalty: req.presence_penalty.unwrap_or(0.0),
+    };
+    // The same ranges `Service::submit` enforces for every caller, checked here before any
+    // image is loaded.
+    check_sampling(&params, max_temperature).map_err(ApiError::from)?;
+    Ok(params)
 }
 
 fn max_tokens(req: &ChatCompletionRequest, max_model_len: usize) -> Result<Option<usize>, ApiError> {
@@ -314,6 +296,7 @@ mod tests {
             served_model_names: vec!["ocrvl".into(), "PaddleOCR-VL-0.9B".into()],
             max_images: 2,
             max_model_len: 4096,
+            max_temperature: 2.0,
         }
     }
 
@@ -382,6 +365,13 @@ mod tests {
     }
 
     #[test]
+    fn top_p_zero_is_greedy() {
+        let body = with(with(user("x".into()), "top_p", 0.0.into()), "temperature", 0.8.into());
+        let p = plan(body).unwrap();
+        assert_eq!((p.sampling.temperature, p.sampling.top_p), (0.0, 1.0));
+    }
+
+    #[test]
     fn seeds_reproduce_and_default_seeds_differ() {
         let a = plan(with(user("x".into()), "seed", 7.into())).unwrap();
         let b = plan(with(user("x".into()), "seed", 7.into())).unwrap();
@@ -399,7 +389,16 @@ mod tests {
                 with(user("x".into()), "temperature", (-1.0).into()),
                 Some("temperature"),
             ),
-            (with(user("x".into()), "top_p", 0.0.into()), Some("top_p")),
+            (with(user("x".into()), "top_p", (-0.1).into()), Some("top_p")),
+            (with(user("x".into()), "temperature", 2.5.into()), Some("temperature")),
+            (
+                with(user("x".into()), "repetition_penalty", 1e-38.into()),
+                Some("repetition_penalty"),
+            ),
+            (
+                with(user("x".into()), "repetition_penalty", 2.5.into()),
+                Some("repetition_penalty"),
+            ),
             (with(user("x".into()), "top_p", 1.5.into()), Some("top_p")),
             (with(user("x".into()), "top_k", (-2).into()), Some("top_k")),
             (

@@ -18,9 +18,11 @@
 //! return to the pool.
 
 mod handle;
+pub mod limits;
 mod synthetic;
 
 pub use handle::{Completion, Event, RequestHandle, Timings};
+pub use limits::RequestLimits;
 pub use synthetic::{default_synthetic_dir, ensure_synthetic_model};
 
 use std::collections::HashMap;
@@ -53,6 +55,11 @@ pub struct ServiceConfig {
     pub synthetic_dir: Option<PathBuf>,
     /// Most images one request may carry (`--limit-mm-per-prompt`).
     pub max_images_per_request: usize,
+    /// Upper end of `temperature` ([`limits::DEFAULT_MAX_TEMPERATURE`], vLLM's, unless widened).
+    pub max_temperature: f32,
+    /// Cap on an image's decoded `width * height`; `None` is
+    /// [`limits::DECODED_PIXELS_PER_MAX_PIXELS`] times the processor's `max_pixels`.
+    pub max_decoded_pixels: Option<u64>,
 }
 
 impl Default for ServiceConfig {
@@ -63,6 +70,8 @@ impl Default for ServiceConfig {
             device: 0,
             synthetic_dir: None,
             max_images_per_request: 4,
+            max_temperature: limits::DEFAULT_MAX_TEMPERATURE,
+            max_decoded_pixels: None,
         }
     }
 }
@@ -75,6 +84,9 @@ pub enum ServiceState {
     Ready,
     /// Start-up failed; the message says why. Nothing is served.
     Failed(String),
+    /// The engine hit an unrecoverable (sticky) CUDA error: the context is unusable, every
+    /// request fails, and only a restart of the process helps. The message says which.
+    Unhealthy(String),
     /// Shut down; nothing more is accepted.
     Stopped,
 }
@@ -141,7 +153,7 @@ pub(crate) struct Frontend {
     pub(crate) processor: ImageProcessor,
     pub(crate) prompts: PromptBuilder,
     pub(crate) max_model_len: usize,
-    pub(crate) max_images: usize,
+    pub(crate) limits: RequestLimits,
 }
 
 /// Messages from the engine thread to one request.
@@ -276,6 +288,7 @@ impl Service {
                 ServiceState::Ready => return Ok(()),
                 ServiceState::Failed(why) => return Err(Error::NotReady(format!("start-up failed: {why}"))),
                 ServiceState::Stopped => return Err(Error::NotReady("the service is stopped".into())),
+                ServiceState::Unhealthy(why) => return Err(Error::NotReady(format!("the engine is unhealthy: {why}"))),
                 ServiceState::Starting => {}
             }
             state = match deadline {
@@ -301,6 +314,11 @@ impl Service {
         self.inner.status.failure.get()
     }
 
+    /// The per-request limits once the model is loaded.
+    pub fn limits(&self) -> Option<&RequestLimits> {
+        self.inner.status.frontend.get().map(|f| &f.limits)
+    }
+
     /// The model's config once loaded.
     pub fn model_config(&self) -> Option<&ModelConfig> {
         self.inner.status.frontend.get().map(|f| &f.model)
@@ -316,22 +334,8 @@ impl Service {
     pub fn submit(&self, req: OcrRequest) -> Result<RequestHandle> {
         const OP: &str = "submit";
         let front = self.ready_frontend()?;
-        if req.images.len() > front.max_images {
-            return Err(Error::invalid(
-                OP,
-                format!(
-                    "{} images in one request; the limit is {} (--limit-mm-per-prompt)",
-                    req.images.len(),
-                    front.max_images
-                ),
-            ));
-        }
-        if req.top_logprobs > 20 {
-            return Err(Error::invalid(
-                OP,
-                format!("top_logprobs {} is over 20", req.top_logprobs),
-            ));
-        }
+        // Every count, size and range first: nothing is decoded for a request that is refused.
+        front.limits.check(&req)?;
         req.sampling.validate()?;
         let mut images = Vec::with_capacity(req.images.len());
         let mut grids = Vec::with_capacity(req.images.len());
@@ -444,6 +448,12 @@ impl Service {
             ServiceState::Starting => return Err(Error::NotReady("the engine is still starting".into())),
             ServiceState::Failed(why) => return Err(Error::NotReady(format!("the engine failed to start: {why}"))),
             ServiceState::Stopped => return Err(Error::NotReady("the engine is shut down".into())),
+            ServiceState::Unhealthy(why) => {
+                return Err(Error::NotReady(format!(
+                    "the engine hit an unrecoverable GPU error and serves nothing more ({why}); restart the \
+                     process"
+                )))
+            }
         }
         self.inner
             .status
@@ -491,6 +501,18 @@ fn load(config: &ServiceConfig) -> Result<(Engine, Frontend)> {
     };
     let model = ModelConfig::from_dir(&dir)?;
     let processor = ImageProcessor::from_model_dir(&dir, &model)?;
+    let mut limits = RequestLimits::new(
+        config.max_images_per_request,
+        processor.config.max_pixels,
+        processor.config.factor() as u64,
+        model.text.vocab_size,
+        config.engine.max_model_len,
+    );
+    limits.max_temperature = config.max_temperature;
+    if let Some(px) = config.max_decoded_pixels {
+        limits.max_decoded_pixels = px;
+    }
+    let processor = processor.with_max_decoded_pixels(limits.max_decoded_pixels);
     let prompts = PromptBuilder::from_dir(&dir, &model)?;
     let t1 = Instant::now();
     let engine = Engine::new(gpu, &dir, &config.engine, config.env)?;
@@ -508,9 +530,18 @@ fn load(config: &ServiceConfig) -> Result<(Engine, Frontend)> {
             processor,
             prompts,
             max_model_len: config.engine.max_model_len,
-            max_images: config.max_images_per_request,
+            limits,
         },
     ))
+}
+
+fn current_state(status: &Status) -> ServiceState {
+    status.state.lock().map(|s| s.clone()).unwrap_or(ServiceState::Stopped)
+}
+
+/// A line that matters even under `OCRVL_QUIET` (an engine that can serve nothing more).
+fn log_always(s: &str) {
+    eprintln!("{s}");
 }
 
 fn log_line(s: &str) {
@@ -656,9 +687,20 @@ fn engine_thread(config: ServiceConfig, status: Arc<Status>, rx: Receiver<Comman
                 }
             }
             Err(e) => {
-                // A failed step fails the requests in it; the engine keeps serving new ones.
+                // A failed step fails the requests in it; the engine keeps serving new ones,
+                // unless the CUDA context is gone (a sticky error): then the service turns
+                // unhealthy (`/health` 503), says so once, and refuses new requests.
                 let msg = e.to_string();
-                log_line(&format!("ocrvl: engine step failed: {msg}"));
+                if e.is_sticky_cuda() {
+                    if !matches!(current_state(&status), ServiceState::Unhealthy(_)) {
+                        log_always(&format!(
+                            "ocrvl: UNRECOVERABLE GPU ERROR: {msg}; the engine serves nothing more, restart the process"
+                        ));
+                        set_state(&status, ServiceState::Unhealthy(msg.clone()));
+                    }
+                } else {
+                    log_line(&format!("ocrvl: engine step failed: {msg}"));
+                }
                 for (id, tx) in live.drain() {
                     engine.abort(id);
                     stats.requests_failed += 1;

@@ -12,15 +12,19 @@ mod ref_model;
 #[path = "../common/ref_sampling.rs"]
 mod ref_sampling;
 
+mod alloc_count;
 mod bindings_fresh;
 mod block_pool;
 mod config;
 mod ffi_header;
 mod fidelity_cpu;
+mod hostile_images;
 mod model_step_cpu;
 mod mrope_positions;
 mod preprocess;
 mod prompt;
+mod remote_and_local_media;
+mod request_props;
 mod runtime_cpu;
 mod sampling_cpu;
 mod scheduler;
