@@ -85,7 +85,7 @@ fn fixture(dir: &Path) -> Fixture {
                 .collect::<Vec<_>>()
                 .into(),
             grid: (h, w),
-            content_hash: 1000 + i as u64,
+            content_hash: 1000 + i as u128,
         });
         at += n;
     }

@@ -73,7 +73,7 @@ fn requests(n: usize, seed: u64, shared_prefix: usize) -> Vec<EngineRequest> {
     let image_token = cfg.tokens.image_token_id;
     let patch_dim = cfg.vision.patch_dim();
     let mut r = rng(seed);
-    let image = |r: &mut rand_chacha::ChaCha8Rng, hash: u64| EngineImage {
+    let image = |r: &mut rand_chacha::ChaCha8Rng, hash: u128| EngineImage {
         pixels: (0..64 * patch_dim)
             .map(|_| bf16::from_f32(r.random_range(-1.0..1.0)))
             .collect(),
@@ -90,7 +90,7 @@ fn requests(n: usize, seed: u64, shared_prefix: usize) -> Vec<EngineRequest> {
                     let mut p: Vec<u32> = (0..5).map(|_| r.random_range(3..900)).collect();
                     p.extend(std::iter::repeat_n(image_token, 16));
                     p.extend((p.len()..shared_prefix).map(|_| r.random_range(3..900)));
-                    let im = image(&mut r, 7000 + i as u64);
+                    let im = image(&mut r, 7000 + i as u128);
                     groups.push((p, im));
                 }
                 let (p, im) = groups.last().unwrap().clone();
@@ -99,7 +99,7 @@ fn requests(n: usize, seed: u64, shared_prefix: usize) -> Vec<EngineRequest> {
             } else if i % 4 == 0 {
                 prompt.extend((0..r.random_range(1..20)).map(|_| r.random_range(3..900)));
                 prompt.extend(std::iter::repeat_n(image_token, 16));
-                images.push(image(&mut r, 5000 + i as u64));
+                images.push(image(&mut r, 5000 + i as u128));
             }
             let len = r.random_range(1..300 - 40);
             prompt.extend((0..len).map(|_| r.random_range(3u32..900)));
