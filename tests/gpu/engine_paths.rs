@@ -28,14 +28,14 @@ const NEAR_TIE: f32 = 0.5;
 const MAX_MODEL_LEN: usize = 512;
 
 #[derive(Clone, Debug, Default)]
-struct Run {
-    tokens: Vec<u32>,
-    logprobs: Vec<f32>,
+pub(crate) struct Run {
+    pub(crate) tokens: Vec<u32>,
+    pub(crate) logprobs: Vec<f32>,
     /// top-1 minus top-2 log-prob at each step.
-    margins: Vec<f32>,
+    pub(crate) margins: Vec<f32>,
 }
 
-fn model_dir() -> TempDir {
+pub(crate) fn model_dir() -> TempDir {
     let dir = tempfile::tempdir().unwrap();
     write_synthetic_model(
         dir.path(),
@@ -51,7 +51,7 @@ fn model_dir() -> TempDir {
     dir
 }
 
-fn config(max_num_seqs: usize, max_num_batched_tokens: usize) -> EngineConfig {
+pub(crate) fn config(max_num_seqs: usize, max_num_batched_tokens: usize) -> EngineConfig {
     EngineConfig {
         max_model_len: MAX_MODEL_LEN,
         max_num_seqs,
@@ -61,7 +61,7 @@ fn config(max_num_seqs: usize, max_num_batched_tokens: usize) -> EngineConfig {
     }
 }
 
-fn engine(dir: &TempDir, cfg: &EngineConfig) -> Engine {
+pub(crate) fn engine(dir: &TempDir, cfg: &EngineConfig) -> Engine {
     Engine::new(gpu(), dir.path(), cfg, EnvFlags::from_lookup(|_| None).unwrap()).unwrap()
 }
 
@@ -163,7 +163,7 @@ fn run_together(engine: &mut Engine, reqs: &[EngineRequest]) -> Vec<Run> {
 
 /// Compares two runs of the same requests (see the module comment); returns how many
 /// requests were bit-identical.
-fn compare(what: &str, a: &[Run], b: &[Run]) -> usize {
+pub(crate) fn compare(what: &str, a: &[Run], b: &[Run]) -> usize {
     let mut identical = 0;
     let mut parted = 0;
     let mut steps = 0;
