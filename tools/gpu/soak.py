@@ -9,7 +9,7 @@ waits for /health, soaks, and stops it with SIGTERM; otherwise it uses a running
 samples the RSS of --pid (without --pid, RSS is not checked).
 
 Traffic (--concurrency workers, each sending one request after another until the time is up):
-  chat       images (PIL: synthetic pages of 3 sizes, PNG or JPEG; some reused, so the prefix
+  chat       images (PIL, else zlib PNGs: synthetic pages of 3 sizes, PNG or JPEG; some reused, so the prefix
              cache hits) or text only, max_tokens 1..256, answered whole
   stream     the same, streamed (SSE) to [DONE]
   abort      streamed, the connection closed after a few chunks (deliberately dropped)
@@ -37,17 +37,45 @@ import json
 import os
 import random
 import signal
+import struct
 import subprocess
 import sys
 import threading
 import time
 import urllib.parse
 import urllib.request
+import zlib
+
+
+def zlib_png(rng, size):
+    """The same kind of page as a PNG written with zlib alone (for a host without Pillow)."""
+    w, h = size
+    rows = []
+    for y in range(h):
+        on = (y // 8) % 3 == 0
+        shade = rng.randint(0, 60)
+        row = bytearray([0])
+        for x in range(w):
+            v = shade if on and (x // 5) % 6 != 0 else 250
+            row += bytes([v, v, v])
+        rows.append(bytes(row))
+
+    def chunk(kind, data):
+        c = kind + data
+        return struct.pack(">I", len(data)) + c + struct.pack(">I", zlib.crc32(c) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    data = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"".join(rows)))
+            + chunk(b"IEND", b""))
+    return "data:image/png;base64," + base64.b64encode(data).decode()
 
 
 def page_image(rng, size, fmt):
     """A synthetic page: dark text-like bars on white, some noise; encoded as PNG or JPEG."""
-    from PIL import Image, ImageDraw
+    try:
+        from PIL import Image, ImageDraw
+    except ImportError:
+        return zlib_png(rng, size)
 
     w, h = size
     img = Image.new("RGB", (w, h), (250, 250, 250))
