@@ -387,3 +387,59 @@ fn image_identity_is_a_keyed_128_bit_hash_of_the_bytes() {
     let block_key_low = u128::from_le_bytes(block_key_hash.as_bytes()[..16].try_into().unwrap());
     assert_ne!(image_content_hash_with(&k1, &png), block_key_low);
 }
+
+/// The FNV-1a-128 block hash this crate used before keying (the encoding of `prefix_hash`'s
+/// doc, no parent, no image), reimplemented to show what the key protects against.
+fn old_fnv_block_hash(tokens: &[u32]) -> u128 {
+    const BASIS: u128 = 0x6c62272e07bb014262b821756295c58d;
+    const PRIME: u128 = 0x0000000001000000000000000000013b;
+    let mut bytes = vec![0u8];
+    bytes.extend((tokens.len() as u32).to_le_bytes());
+    tokens.iter().for_each(|t| bytes.extend(t.to_le_bytes()));
+    bytes.push(0);
+    bytes.iter().fold(BASIS, |h, &b| (h ^ b as u128).wrapping_mul(PRIME))
+}
+
+/// Two 64-token blocks, every id under 65536 (valid ids of the model's 103424-token
+/// vocabulary), that collide under the old unkeyed FNV-1a-128 block hash: found offline in
+/// seconds by lattice reduction (a short integer combination of powers of the FNV prime that
+/// vanishes mod 2^128, then realised byte by byte through the XORs). With the old hash a
+/// prompt starting with one would have been served the KV of a prompt starting with the other.
+const COLLIDING_A: [u32; 64] = [
+    62826, 368, 17583, 7329, 4595, 3161, 6187, 4873, 27408, 49303, 276, 1295, 56576, 61453, 42063, 13036, 38755, 47010,
+    55495, 26079, 2341, 12817, 20786, 32835, 13438, 22608, 21672, 46456, 6489, 11046, 17778, 29240, 49613, 15602,
+    18529, 59997, 57590, 21544, 47964, 1634, 6227, 18909, 47953, 20117, 48953, 37011, 24326, 59372, 48060, 7614, 54838,
+    25944, 57713, 26041, 34282, 41886, 49464, 59113, 9811, 2778, 64553, 14990, 27646, 49191,
+];
+
+const COLLIDING_B: [u32; 64] = [
+    62570, 496, 17575, 25215, 4308, 3657, 2331, 3864, 38174, 51046, 9, 1648, 50183, 61446, 42073, 65405, 37284, 22435,
+    23489, 41592, 14369, 4656, 20821, 34624, 11296, 31695, 14232, 30232, 6185, 26718, 50578, 37447, 49614, 15602,
+    18529, 59997, 57590, 21544, 47964, 1634, 6227, 18909, 47953, 20117, 48953, 37011, 24326, 59372, 48060, 7614, 54838,
+    25944, 57713, 26041, 34282, 41886, 49464, 59113, 9811, 2778, 64553, 14990, 27646, 49191,
+];
+
+#[test]
+fn a_crafted_fnv_collision_no_longer_collides() {
+    assert_ne!(COLLIDING_A, COLLIDING_B);
+    assert_eq!(
+        old_fnv_block_hash(&COLLIDING_A),
+        old_fnv_block_hash(&COLLIDING_B),
+        "the crafted pair collides under the old hash"
+    );
+    assert_ne!(
+        hash_block(None, 0, &COLLIDING_A, &[]),
+        hash_block(None, 0, &COLLIDING_B, &[]),
+        "the keyed hash separates them"
+    );
+    for key in [HashKey::from_bytes([0; 32]), HashKey::random()] {
+        assert_ne!(
+            hash_block_with(&key, None, 0, &COLLIDING_A, &[]),
+            hash_block_with(&key, None, 0, &COLLIDING_B, &[])
+        );
+    }
+    // As prefixes in the pool: the second prompt finds no cached block of the first.
+    let a = full_block_hashes(&COLLIDING_A, &[], 64);
+    let b = full_block_hashes(&COLLIDING_B, &[], 64);
+    assert_ne!(a, b);
+}
