@@ -97,10 +97,11 @@ if [ "$part" = sanitizer ]; then
     run_step "sanitizer_check.sh" "$logs/sanitizer.log" timeout 560 bash "$here/tools/sanitizer_check.sh" "$bin" "$logs"
 fi
 if [ "$part" = soak ]; then
-    # SOAK_MINUTES (default 8) of random traffic against serve on the synthetic model (written
+    # SOAK_MINUTES (default 7, so that start-up, traffic, the drain and the shutdown fit one
+    # 10-minute device call) of random traffic against serve on the synthetic model (written
     # first on a fresh machine: run `bench` or `baseline` before, or lower SOAK_MINUTES).
-    soak_min=${SOAK_MINUTES:-8}
-    run_step "soak.py ($soak_min min)" "$logs/soak.log" timeout $(( soak_min * 60 + 90 )) python3 "$here/tools/soak.py" \
+    soak_min=${SOAK_MINUTES:-7}
+    run_step "soak.py ($soak_min min)" "$logs/soak.log" timeout $(( soak_min * 60 + 150 )) python3 "$here/tools/soak.py" \
         --serve "$bin/serve" --minutes "$soak_min" --logdir "$logs"
 fi
 
