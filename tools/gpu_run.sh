@@ -3,7 +3,7 @@
 # criterion benches, then the bench binary. Full logs go to LOGDIR (default $OUT, else
 # ./logs); a short summary table is printed last. It writes 4 files (tests.log, benches.log,
 # bench.log, bench.json), since the device tool brings back 8 at most.
-#   bash target/gpu-bundle/run.sh [tests|benches|bench|baseline|async|ab|checks|all] [LOGDIR]
+#   bash target/gpu-bundle/run.sh [tests|benches|bench|baseline|async|sanitizer|soak|ab|checks|all] [LOGDIR]
 # One device call runs at most 10 minutes, so the parts run as separate calls: `tests` (every
 # test executable, then the server check), `benches` (criterion benches and torch baselines),
 # `bench` (the bench binary's workloads, the full-size fidelity check and transformers'
@@ -92,6 +92,18 @@ if [ "$part" = baseline ] || [ "$part" = all ]; then
         $( [ -e "$logs/bench.json" ] && echo --bench-json "$logs/bench.json" ) \
         $( [ -e "$logs/bench_decode256.json" ] && echo --bench-json "$logs/bench_decode256.json" )
 fi
+if [ "$part" = sanitizer ]; then
+    # compute-sanitizer racecheck and synccheck over one small engine test, a verdict per tool.
+    run_step "sanitizer_check.sh" "$logs/sanitizer.log" timeout 560 bash "$here/tools/sanitizer_check.sh" "$bin" "$logs"
+fi
+if [ "$part" = soak ]; then
+    # SOAK_MINUTES (default 7, so that start-up, traffic, the drain and the shutdown fit one
+    # 10-minute device call) of random traffic against serve on the synthetic model (written
+    # first on a fresh machine: run `bench` or `baseline` before, or lower SOAK_MINUTES).
+    soak_min=${SOAK_MINUTES:-7}
+    run_step "soak.py ($soak_min min)" "$logs/soak.log" timeout $(( soak_min * 60 + 150 )) python3 "$here/tools/soak.py" \
+        --serve "$bin/serve" --minutes "$soak_min" --logdir "$logs"
+fi
 
 if [ "$part" = ab ]; then
     # Before/after on the same GPU in one call: the previous commit's bench (carried in the
@@ -125,6 +137,8 @@ grep -hE '(TFLOP/s|GB/s)' "$logs/benches.log" 2>/dev/null | grep -vE '^\s*(thrpt
 grep -E '^(\||full-size)' "$logs/bench.log" 2>/dev/null
 grep -E '^(workload |flags: |  engine host time)' "$logs/bench.log" 2>/dev/null
 grep -E '^(transformers |ratio )' "$logs/baseline.log" 2>/dev/null
+grep -E '^(PASS|FAIL) ' "$logs/sanitizer.log" 2>/dev/null
+grep -E '^(\||note:)' "$logs/soak.log" 2>/dev/null
 echo
 echo "== summary =="
 printf '| %-28s | %3s | %8s | %s |\n' step rc time result

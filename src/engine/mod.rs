@@ -4,6 +4,7 @@
 //! - [`prefix_hash`]: the content hash of a full block (chained over the prefix, images
 //!   included), the prefix cache's key.
 //! - [`sequence`]: one request's tokens, image spans, stop conditions and KV state.
+//! - [`stop_tokens`]: a request's stop token ids as a hashed set (constant-cost check).
 //! - [`scheduler`]: the per-step plan (continuous batching, chunked prefill, preempt-by-
 //!   recompute, prefix-cache reuse, the encoder budget) and the bookkeeping after a step.
 //!
@@ -15,6 +16,7 @@ pub mod prefix_hash;
 pub mod runner;
 pub mod scheduler;
 pub mod sequence;
+pub mod stop_tokens;
 
 pub use block_pool::BlockPool;
 pub use prefix_hash::BlockHash;
@@ -23,3 +25,4 @@ pub use scheduler::{
     AdmissionError, ScheduledSeq, Scheduler, SchedulerConfig, SchedulerOutput, SchedulerStats, UpdateOutput,
 };
 pub use sequence::{FinishReason, ImageSpan, Sequence, SequenceStatus, StopConditions};
+pub use stop_tokens::StopTokenSet;

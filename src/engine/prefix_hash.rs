@@ -11,30 +11,36 @@
 //! Only full blocks are hashed: the last, partial block of a sequence is still being written
 //! and is never shared.
 //!
-//! The hash is FNV-1a with 128-bit state (offset basis and prime from the FNV specification,
-//! draft-eastlake-fnv), over this little-endian byte encoding of a block:
+//! The hash is BLAKE3 in keyed mode under a key drawn from the OS's random source once per
+//! process ([`HashKey::process`]), truncated to 128 bits, over this little-endian byte
+//! encoding of a block:
 //!
 //! ```text
 //! parent:  0u8                         (first block of a sequence)
 //!        | 1u8, parent hash as u128
 //! tokens:  count as u32, then each token id as u32
 //! images:  for each image whose span intersects the block, in prompt order:
-//!            1u8, content hash u64, span start relative to the block's first token i64
+//!            1u8, content hash u128, span start relative to the block's first token i64
 //!            (negative when the image began in an earlier block), span length u64
 //!          then 0u8
 //! ```
 //!
 //! The tags and the count make the encoding injective, so different blocks differ as byte
-//! strings. The result is fixed across runs, machines and builds (no `RandomState`), which
-//! keeps scheduling reproducible. 128 bits, not 64, because a collision silently serves
-//! another prompt's KV: with 2^64 state the birthday bound is reached by a long-lived server,
-//! with 2^128 it never is. Hashing is byte-at-a-time: a 64-token block measured 0.38 µs
-//! (release build, this repository's CPU host), about 50 µs for a full 8192-token step,
-//! small next to the GPU step it plans. FNV rather than xxh3 keeps the crate's dependencies
-//! as they are; the function is one swap away if hashing ever shows in a profile.
+//! strings. Why keyed: the cache is shared by every tenant, and a collision silently serves
+//! one prompt's KV to another. An unkeyed hash (the FNV-1a this replaced, or any public
+//! function) lets a caller search offline for a prompt whose block collides with another
+//! tenant's; with a secret key nobody outside the process can compute a hash, so collisions
+//! are left to chance, and at 128 bits chance never finds one. The key changes per process,
+//! so hashes are not comparable across runs; nothing stores them. Cost: one keyed BLAKE3 of
+//! about 270 bytes per full 64-token block, well under a microsecond.
 //!
 //! The caller's image content hash must cover everything that determines the image's
-//! features and its grid (the pixels after resizing, the grid dimensions).
+//! features and its grid (the pixels after resizing, the grid dimensions); the service uses
+//! [`image_content_hash`] of the encoded bytes, keyed the same way.
+
+use std::sync::OnceLock;
+
+use rand::TryRngCore;
 
 use super::sequence::ImageSpan;
 
@@ -42,75 +48,96 @@ use super::sequence::ImageSpan;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BlockHash(pub u128);
 
-/// FNV-1a, 128-bit. The prime is 2^88 + 2^8 + 0x3b.
-#[derive(Clone, Copy, Debug)]
-pub struct Fnv1a128 {
-    state: u128,
-}
+/// A 256-bit BLAKE3 key. The engine uses one per process ([`HashKey::process`]); tests make
+/// their own to show that hashes depend on it.
+#[derive(Clone)]
+pub struct HashKey([u8; 32]);
 
-impl Fnv1a128 {
-    pub const OFFSET_BASIS: u128 = 0x6c62272e07bb014262b821756295c58d;
-    pub const PRIME: u128 = 0x0000000001000000000000000000013b;
+impl HashKey {
+    pub fn from_bytes(bytes: [u8; 32]) -> HashKey {
+        HashKey(bytes)
+    }
 
-    pub fn new() -> Self {
-        Fnv1a128 {
-            state: Self::OFFSET_BASIS,
+    /// A fresh key from the OS's random source (falling back to the thread RNG, itself
+    /// seeded from the OS, if the direct read fails).
+    pub fn random() -> HashKey {
+        let mut key = [0u8; 32];
+        if rand::rngs::OsRng.try_fill_bytes(&mut key).is_err() {
+            rand::Rng::fill(&mut rand::rng(), &mut key);
         }
+        HashKey(key)
     }
 
-    pub fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.state ^= b as u128;
-            self.state = self.state.wrapping_mul(Self::PRIME);
-        }
+    /// This process's key: drawn once, on first use.
+    pub fn process() -> &'static HashKey {
+        static KEY: OnceLock<HashKey> = OnceLock::new();
+        KEY.get_or_init(HashKey::random)
     }
 
-    pub fn write_u8(&mut self, v: u8) {
-        self.write(&[v]);
+    /// A key for another purpose, derived from this one (domain separation: an image's
+    /// hash can never equal a block's hash by construction of the input).
+    fn derive(&self, purpose: &[u8]) -> HashKey {
+        HashKey(*blake3::keyed_hash(&self.0, purpose).as_bytes())
     }
 
-    pub fn write_u32(&mut self, v: u32) {
-        self.write(&v.to_le_bytes());
-    }
-
-    pub fn write_u64(&mut self, v: u64) {
-        self.write(&v.to_le_bytes());
-    }
-
-    pub fn write_i64(&mut self, v: i64) {
-        self.write(&v.to_le_bytes());
-    }
-
-    pub fn write_u128(&mut self, v: u128) {
-        self.write(&v.to_le_bytes());
-    }
-
-    pub fn finish(&self) -> u128 {
-        self.state
+    fn hash128(&self, bytes: &[u8]) -> u128 {
+        let full = blake3::keyed_hash(&self.0, bytes);
+        let mut low = [0u8; 16];
+        low.copy_from_slice(&full.as_bytes()[..16]);
+        u128::from_le_bytes(low)
     }
 }
 
-impl Default for Fnv1a128 {
-    fn default() -> Self {
-        Self::new()
+impl std::fmt::Debug for HashKey {
+    // The key is a secret: never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HashKey(..)")
     }
+}
+
+/// The identity of an image for the prefix cache: keyed BLAKE3 (this process's key, derived
+/// for images) of its encoded bytes, 128 bits. Equal bytes give equal hashes within a
+/// process; nobody without the key can make two images collide.
+pub fn image_content_hash(bytes: &[u8]) -> u128 {
+    static IMAGE_KEY: OnceLock<HashKey> = OnceLock::new();
+    IMAGE_KEY
+        .get_or_init(|| HashKey::process().derive(b"ocrvl image identity v1"))
+        .hash128(bytes)
+}
+
+/// [`image_content_hash`] under a given key (tests).
+pub fn image_content_hash_with(key: &HashKey, bytes: &[u8]) -> u128 {
+    key.derive(b"ocrvl image identity v1").hash128(bytes)
 }
 
 /// The hash of the block holding `tokens` (exactly one block's worth) at token index
 /// `block_start` of its sequence, given the parent block's hash and the sequence's image
 /// spans (sorted by start, as in the prompt). Only images intersecting the block are hashed.
+/// Keyed with this process's key.
 pub fn hash_block(parent: Option<BlockHash>, block_start: usize, tokens: &[u32], images: &[ImageSpan]) -> BlockHash {
-    let mut h = Fnv1a128::new();
+    hash_block_with(HashKey::process(), parent, block_start, tokens, images)
+}
+
+/// [`hash_block`] under a given key.
+pub fn hash_block_with(
+    key: &HashKey,
+    parent: Option<BlockHash>,
+    block_start: usize,
+    tokens: &[u32],
+    images: &[ImageSpan],
+) -> BlockHash {
+    // The encoding is built whole and hashed in one call: one pass over ~270 bytes.
+    let mut buf = Vec::with_capacity(1 + 16 + 4 + 4 * tokens.len() + 34);
     match parent {
-        None => h.write_u8(0),
+        None => buf.push(0),
         Some(BlockHash(p)) => {
-            h.write_u8(1);
-            h.write_u128(p);
+            buf.push(1);
+            buf.extend_from_slice(&p.to_le_bytes());
         }
     }
-    h.write_u32(tokens.len() as u32);
+    buf.extend_from_slice(&(tokens.len() as u32).to_le_bytes());
     for &t in tokens {
-        h.write_u32(t);
+        buf.extend_from_slice(&t.to_le_bytes());
     }
     let block_end = block_start + tokens.len();
     for img in images {
@@ -120,13 +147,13 @@ pub fn hash_block(parent: Option<BlockHash>, block_start: usize, tokens: &[u32],
         if img.end() <= block_start {
             continue;
         }
-        h.write_u8(1);
-        h.write_u64(img.content_hash);
-        h.write_i64(img.start as i64 - block_start as i64);
-        h.write_u64(img.len as u64);
+        buf.push(1);
+        buf.extend_from_slice(&img.content_hash.to_le_bytes());
+        buf.extend_from_slice(&(img.start as i64 - block_start as i64).to_le_bytes());
+        buf.extend_from_slice(&(img.len as u64).to_le_bytes());
     }
-    h.write_u8(0);
-    BlockHash(h.finish())
+    buf.push(0);
+    BlockHash(key.hash128(&buf))
 }
 
 /// Extends `hashes`, the chain of hashes of a sequence's first blocks, to cover its first
@@ -161,16 +188,17 @@ pub fn full_block_hashes(tokens: &[u32], images: &[ImageSpan], block_size: usize
 mod tests {
     use super::*;
 
-    /// Published FNV-1a 128 test vectors (the FNV reference table).
+    /// BLAKE3's keyed-mode test vector (the reference `test_vectors.json`, input length 0,
+    /// key "whats the Elvish word for friend"): the function really is keyed BLAKE3.
     #[test]
-    fn fnv1a_128_reference_vectors() {
-        let hash = |s: &[u8]| {
-            let mut h = Fnv1a128::new();
-            h.write(s);
-            h.finish()
-        };
-        assert_eq!(hash(b""), 0x6c62272e07bb014262b821756295c58d);
-        assert_eq!(hash(b"a"), 0xd228cb696f1a8caf78912b704e4a8964);
-        assert_eq!(hash(b"foobar"), 0x343e1662793c64bf6f0d3597ba446f18);
+    fn keyed_blake3_reference_vector() {
+        let key = HashKey::from_bytes(*b"whats the Elvish word for friend");
+        let hex: String = key
+            .hash128(b"")
+            .to_le_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(hex, "92b2b75604ed3c761f9d6f62392c8a92");
     }
 }

@@ -47,8 +47,9 @@ pub struct EngineImage {
     /// Shared, so that a caller holding the same image for many requests copies nothing.
     pub pixels: Arc<[bf16]>,
     pub grid: (usize, usize),
-    /// Identifies the content for the prefix cache (e.g. a hash of the image bytes).
-    pub content_hash: u64,
+    /// Identifies the content for the prefix cache: `prefix_hash::image_content_hash` of the
+    /// image bytes (keyed, 128 bits, so no caller can make two images collide).
+    pub content_hash: u128,
 }
 
 /// A request as the engine takes it: the prompt already tokenised, with each image's
@@ -99,6 +100,9 @@ struct RequestState {
     top_logprobs: usize,
     /// Projected image tokens of each image once encoded: (packed output, first row).
     features: HashMap<usize, (Rc<DeviceTensor>, usize)>,
+    /// Tests only ([`Engine::poison_logits_for_test`]): the request's logits rows are set to
+    /// NaN before sampling, a stand-in for a model fault.
+    poisoned: bool,
 }
 
 /// Where a step's host time goes, summed over steps (seconds), for the bench's gap report.
@@ -209,6 +213,9 @@ pub struct Engine {
     next_readback: usize,
     /// The end event of the step finished last, while steps follow each other.
     last_step_end: Option<CudaEvent>,
+    /// Requests ended by a fault of their own (a logits row the sampler refused), with why,
+    /// until [`Engine::take_failed`] collects them.
+    failed: Vec<(u64, String)>,
 }
 
 impl Drop for Engine {
@@ -328,6 +335,7 @@ impl Engine {
             readback,
             next_readback: 0,
             last_step_end: None,
+            failed: Vec::new(),
         };
         if !engine.enforce_eager {
             for b in graph_batch_sizes(s) {
@@ -536,9 +544,25 @@ impl Engine {
                 sampling,
                 top_logprobs: req.top_logprobs,
                 features: HashMap::new(),
+                poisoned: false,
             },
         );
         Ok(id)
+    }
+
+    /// Requests that failed alone since the last call, with the reason: their logits row was
+    /// not finite (a model fault) or the sampler refused their parameters. Each is finished
+    /// and its blocks are back in the pool; the other requests of its steps go on. Call
+    /// after every [`Engine::step`].
+    pub fn take_failed(&mut self) -> Vec<(u64, String)> {
+        std::mem::take(&mut self.failed)
+    }
+
+    /// Tests only: from the next step on, request `id`'s logits rows are NaN when sampled, so
+    /// the request fails as a model fault would make it. False if no such request.
+    #[doc(hidden)]
+    pub fn poison_logits_for_test(&mut self, id: u64) -> bool {
+        self.requests.get_mut(&id).map(|r| r.poisoned = true).is_some()
     }
 
     /// Aborts a request in any state; its blocks return to the pool.
@@ -736,6 +760,11 @@ impl Engine {
                 status,
                 top,
             };
+            for (row, id, _) in &rows_info {
+                if self.requests[id].poisoned {
+                    b.logits.view_mut().narrow0(*row, 1)?.fill_bytes(&self.gpu, 0xFF)?;
+                }
+            }
             let mut logits = b.logits.view_mut().narrow0(0, rows)?;
             self.sampler
                 .sample(&self.gpu, self.env.sampling_class, &mut logits, &mut out)?;
@@ -841,18 +870,21 @@ impl Engine {
         let t3 = Instant::now();
         let mut outputs = Vec::with_capacity(rows);
         let mut sampled = Vec::with_capacity(rows);
+        let failed_before = self.failed.len();
         for &(row, id) in &step.rows {
             let Some(request) = self.requests.get(&id) else {
                 continue;
             };
             if statuses[row] != STATUS_OK {
-                return Err(Error::invalid(
-                    "sampling",
+                // This request's fault alone: it ends here, the rest of the step goes on.
+                self.failed.push((
+                    id,
                     format!(
                         "request {id}: sampler status {} (non-finite logits or bad parameters)",
                         statuses[row]
                     ),
                 ));
+                continue;
             }
             let top = (0..request.top_logprobs)
                 .map(|j| (top_ids[row * top_n + j] as u32, top_lps[row * top_n + j]))
@@ -865,6 +897,18 @@ impl Engine {
                 top,
                 finished: None,
             });
+        }
+        if self.failed.len() > failed_before {
+            for &(id, _) in &self.failed[failed_before..] {
+                self.requests.remove(&id);
+                self.scheduler.abort(id);
+            }
+            // A step planned ahead took the failed rows' token (-1) as input; its gather
+            // flagged it as out of range. Graph steps carry no other ids, so clear the flag
+            // once that step is done, or the next eager step would fail everyone.
+            if self.in_flight.is_some() {
+                self.embed_error.view_mut().fill_bytes(&self.gpu, 0)?;
+            }
         }
         let update = self.scheduler.update(&step.plan, &sampled);
         for (id, img) in &update.freed_encoder_outputs {

@@ -9,6 +9,7 @@
 //! once exactly one token (the last sampled one) is left.
 
 use super::prefix_hash::{self, BlockHash};
+use super::stop_tokens::StopTokenSet;
 
 /// The placeholder tokens of one image in the prompt: `len` tokens from `start`, one per
 /// merged vision token. Their embeddings come from the vision encoder, not the token table.
@@ -19,8 +20,9 @@ pub struct ImageSpan {
     /// Number of placeholder tokens.
     pub len: usize,
     /// Hash of the image's content, given by the caller; it must cover everything that
-    /// determines the image's features and grid (see `prefix_hash`).
-    pub content_hash: u64,
+    /// determines the image's features and grid (see `prefix_hash`). 128 bits: a collision
+    /// would serve one image's KV for another.
+    pub content_hash: u128,
     /// Patches the vision encoder processes for this image (before the 2x2 merge), the unit
     /// of the scheduler's per-step encoder budget.
     pub num_patches: usize,
@@ -45,7 +47,8 @@ pub struct StopConditions {
     pub max_tokens: usize,
     /// The model's end-of-sequence token, if any.
     pub eos_token_id: Option<u32>,
-    /// More tokens that end the sequence; they apply even with `ignore_eos`.
+    /// More tokens that end the sequence; they apply even with `ignore_eos`. The sequence
+    /// checks them through a hashed set built once ([`StopTokenSet`]), not this list.
     pub stop_token_ids: Vec<u32>,
     /// Keep generating past `eos_token_id` (benchmarks fix output lengths this way).
     pub ignore_eos: bool,
@@ -91,6 +94,9 @@ pub struct Sequence {
     num_prompt_tokens: usize,
     images: Vec<ImageSpan>,
     stop: StopConditions,
+    /// `stop.stop_token_ids` as a hashed set: the per-token check costs the same for any
+    /// list length (it runs on the engine thread, for every sequence of every step).
+    stop_ids: StopTokenSet,
     pub(super) status: SequenceStatus,
     pub(super) num_computed_tokens: usize,
     pub(super) block_table: Vec<u32>,
@@ -118,6 +124,7 @@ impl Sequence {
             num_prompt_tokens: prompt_token_ids.len(),
             token_ids: prompt_token_ids,
             images,
+            stop_ids: StopTokenSet::from_ids(stop.stop_token_ids.iter().copied()),
             stop,
             status: SequenceStatus::Waiting,
             num_computed_tokens: 0,
@@ -240,7 +247,7 @@ impl Sequence {
     pub(super) fn append_token(&mut self, token: u32, max_model_len: usize) -> Option<FinishReason> {
         self.token_ids.push(token);
         let stop = &self.stop;
-        if (!stop.ignore_eos && stop.eos_token_id == Some(token)) || stop.stop_token_ids.contains(&token) {
+        if (!stop.ignore_eos && stop.eos_token_id == Some(token)) || self.stop_ids.contains(&token) {
             return Some(FinishReason::Stop);
         }
         if self.reached_length(0, max_model_len) {

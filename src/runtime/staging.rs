@@ -70,6 +70,7 @@ impl PinnedStaging {
         self.copied.synchronize().op("cuEventSynchronize")?;
         let host = self.buf.as_mut_slice().op("cuEventSynchronize")?;
         let mut at = 0;
+        let mut queued = Ok(());
         for (bytes, dst) in parts.iter_mut() {
             if bytes.is_empty() {
                 continue;
@@ -78,11 +79,25 @@ impl PinnedStaging {
             part.copy_from_slice(bytes);
             // SAFETY: as in `upload`: the destination holds bytes.len() contiguous bytes and
             // this part of the pinned buffer is not rewritten before `copied` completes.
-            unsafe { cu::memcpy_htod_async(dst.device_ptr(), &*part, gpu.stream().cu_stream()) }
-                .op("cuMemcpyHtoDAsync")?;
+            queued = unsafe { cu::memcpy_htod_async(dst.device_ptr(), &*part, gpu.stream().cu_stream()) }
+                .op("cuMemcpyHtoDAsync");
+            if queued.is_err() {
+                break;
+            }
             at += bytes.len().next_multiple_of(256);
         }
-        self.copied.record(gpu.stream()).op("cuEventRecord")
+        // Recorded on every path: copies queued before a failure still read the buffer, and
+        // the next upload (or the drop) must wait for them.
+        let recorded = self.copied.record(gpu.stream()).op("cuEventRecord");
+        queued?;
+        recorded
+    }
+}
+
+impl Drop for PinnedStaging {
+    /// The page-locked memory is freed only after the copies reading it have run.
+    fn drop(&mut self) {
+        let _ = self.copied.synchronize();
     }
 }
 
@@ -125,19 +140,32 @@ impl PinnedReadback {
         let host = self.buf.as_mut_slice().op("cuEventSynchronize")?;
         self.parts.clear();
         let mut at = 0;
+        let mut queued = Ok(());
         for src in srcs {
             let n = bytes(src);
             if n > 0 {
                 // SAFETY: the source holds n contiguous bytes on the device; this part of the
                 // pinned buffer is not read before `arrived` completes, nor rewritten before
-                // the next `enqueue`, which waits for it.
-                unsafe { cu::memcpy_dtoh_async(&mut host[at..at + n], src.device_ptr(), gpu.stream().cu_stream()) }
-                    .op("cuMemcpyDtoHAsync")?;
+                // the next `enqueue` (or freed before the drop), which wait for it.
+                queued =
+                    unsafe { cu::memcpy_dtoh_async(&mut host[at..at + n], src.device_ptr(), gpu.stream().cu_stream()) }
+                        .op("cuMemcpyDtoHAsync");
+                if queued.is_err() {
+                    break;
+                }
             }
             self.parts.push(at..at + n);
             at += n.next_multiple_of(256);
         }
-        self.arrived.record(gpu.stream()).op("cuEventRecord")
+        // Recorded on every path: copies queued before a failure still write into the
+        // buffer, and the next enqueue (or the drop) must wait for them.
+        let recorded = self.arrived.record(gpu.stream()).op("cuEventRecord");
+        if queued.is_err() {
+            // No complete result to read.
+            self.parts.clear();
+        }
+        queued?;
+        recorded
     }
 
     /// Waits for the copies queued last and returns their bytes, one slice per source.
@@ -145,5 +173,12 @@ impl PinnedReadback {
         self.arrived.synchronize().op("cuEventSynchronize")?;
         let host = self.buf.as_slice().op("cuEventSynchronize")?;
         Ok(self.parts.iter().map(|r| &host[r.clone()]).collect())
+    }
+}
+
+impl Drop for PinnedReadback {
+    /// The page-locked memory is freed only after the copies writing into it have landed.
+    fn drop(&mut self) {
+        let _ = self.arrived.synchronize();
     }
 }

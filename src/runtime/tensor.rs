@@ -258,18 +258,28 @@ macro_rules! view_common {
                     self.shape.dims()[0]
                 };
                 let s = gpu.stream().cu_stream();
-                if self.is_contiguous() {
-                    // SAFETY: the view's memory holds numel contiguous elements.
-                    unsafe { cu::memcpy_dtoh_async(&mut out[..], self.ptr, s) }.op("cuMemcpyDtoHAsync")?;
+                let queued = if self.is_contiguous() {
+                    // SAFETY: the view's memory holds numel contiguous elements; `out` lives
+                    // until the stream has finished with it (below).
+                    unsafe { cu::memcpy_dtoh_async(&mut out[..], self.ptr, s) }.op("cuMemcpyDtoHAsync")
                 } else {
-                    for r in 0..rows {
+                    (0..rows).try_for_each(|r| {
                         let src = self.ptr + (r * self.stride0 * T::DTYPE.size_bytes()) as u64;
-                        // SAFETY: row r lies inside the viewed memory.
+                        // SAFETY: row r lies inside the viewed memory; `out` outlives the copy.
                         unsafe { cu::memcpy_dtoh_async(&mut out[r * inner..(r + 1) * inner], src, s) }
-                            .op("cuMemcpyDtoHAsync")?;
-                    }
+                            .op("cuMemcpyDtoHAsync")
+                    })
+                };
+                // Every path waits for the stream before `out` can be dropped: a failed copy
+                // may follow queued ones that still write into it.
+                let synced = gpu.synchronize();
+                if let Err(e) = synced {
+                    // The stream's state is unknown, so a queued copy might still land in
+                    // `out`: it is never freed (a leak, and only on a failing GPU).
+                    std::mem::forget(out);
+                    return Err(queued.err().unwrap_or(e));
                 }
-                gpu.synchronize()?;
+                queued?;
                 Ok(out)
             }
         }
@@ -489,9 +499,13 @@ impl<'a> TensorViewMut<'a> {
             return Ok(());
         }
         // SAFETY: the view addresses `want` contiguous bytes.
-        unsafe { cu::memcpy_htod_async(self.ptr, bytes, gpu.stream().cu_stream()) }.op("cuMemcpyHtoDAsync")?;
-        // A pageable source may be reused by the caller as soon as we return.
-        gpu.synchronize()
+        let queued =
+            unsafe { cu::memcpy_htod_async(self.ptr, bytes, gpu.stream().cu_stream()) }.op("cuMemcpyHtoDAsync");
+        // A pageable source may be reused by the caller as soon as we return, the error paths
+        // included: wait for the stream either way.
+        let synced = gpu.synchronize();
+        queued?;
+        synced
     }
 
     /// Copies a contiguous view of the same dtype and element count into this contiguous view,

@@ -1,16 +1,12 @@
 //! The caller's end of one request: tokens arrive from the engine thread; this side turns them
-//! into text (incremental detokenisation), applies stop strings, and builds the final result.
-//!
-//! Incremental detokenisation: decoding one token alone is wrong for tokenizers whose pieces
-//! merge (byte fallback, leading-space markers), and decoding the whole output every token is
-//! quadratic. So two offsets are kept: text is decoded from `prefix` (a few tokens back, for
-//! context) to the end, and the part past the text of `prefix..read` is new. A decode that
-//! ends in U+FFFD (an incomplete UTF-8 sequence) waits for the next token.
+//! into text (incremental detokenisation, [`super::detokenize`]: never a split character),
+//! applies stop strings, and builds the final result.
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::detokenize::IncrementalDetokenizer;
 use super::{EngineEvent, Frontend, Service};
 use crate::engine::FinishReason;
 use crate::error::{Error, Result};
@@ -76,8 +72,7 @@ pub struct RequestHandle {
     text: String,
     /// Bytes of `text` already handed out in `Event::Token`.
     sent: usize,
-    prefix: usize,
-    read: usize,
+    detokenizer: IncrementalDetokenizer,
     finished: bool,
 }
 
@@ -106,8 +101,7 @@ impl RequestHandle {
             top: Vec::new(),
             text: String::new(),
             sent: 0,
-            prefix: 0,
-            read: 0,
+            detokenizer: IncrementalDetokenizer::new(),
             finished: false,
         }
     }
@@ -200,6 +194,15 @@ impl RequestHandle {
             }
             EngineEvent::Finished { reason, at } => {
                 self.last_token.get_or_insert(at);
+                // Tokens held back for an unfinished character: their text now, U+FFFD and
+                // all; it may complete a stop string.
+                let p = &self.front.prompts;
+                let rest = self.detokenizer.flush(&self.ids, |ids| p.decode(ids, true))?;
+                self.text.push_str(&rest);
+                if let Some((cut, stop)) = self.find_stop() {
+                    self.text.truncate(cut);
+                    return Ok(Some(self.done(FinishReason::Stop, Some(stop))));
+                }
                 Ok(Some(self.done(reason, None)))
             }
             EngineEvent::Failed(msg) => {
@@ -211,17 +214,8 @@ impl RequestHandle {
 
     fn detokenize(&mut self) -> Result<()> {
         let p = &self.front.prompts;
-        let before = p.decode(&self.ids[self.prefix..self.read], true)?;
-        let after = p.decode(&self.ids[self.prefix..], true)?;
-        if after.len() > before.len() && !after.ends_with('\u{FFFD}') {
-            // The new part is what follows the old window's text, when the old text is a
-            // prefix (it is for every tokenizer we know; otherwise take the whole tail).
-            let new = after.strip_prefix(before.as_str()).unwrap_or(&after[before.len()..]);
-            self.text.push_str(new);
-            // Keep a few tokens of context for the next decode.
-            self.prefix = self.read.max(self.ids.len().saturating_sub(6));
-            self.read = self.ids.len();
-        }
+        let new = self.detokenizer.step(&self.ids, |ids| p.decode(ids, true))?;
+        self.text.push_str(&new);
         Ok(())
     }
 

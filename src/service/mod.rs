@@ -17,16 +17,17 @@
 //! steps and launches GPU work. A request whose handle is dropped is aborted and its KV blocks
 //! return to the pool.
 
+mod detokenize;
 mod handle;
 pub mod limits;
 mod synthetic;
 
+pub use detokenize::IncrementalDetokenizer;
 pub use handle::{Completion, Event, RequestHandle, Timings};
 pub use limits::RequestLimits;
 pub use synthetic::{default_synthetic_dir, ensure_synthetic_model};
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError};
@@ -35,6 +36,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::config::{EngineConfig, EnvFlags, ModelConfig};
+use crate::engine::prefix_hash::image_content_hash;
 use crate::engine::{Engine, EngineImage, EngineRequest, EngineStats, FinishReason};
 use crate::error::{Error, Result};
 use crate::kernels::sampling::SamplingParams;
@@ -348,7 +350,7 @@ impl Service {
             images.push(EngineImage {
                 pixels: p.pixel_values_bf16().into(),
                 grid: (p.grid.h, p.grid.w),
-                content_hash: content_hash(bytes),
+                content_hash: image_content_hash(bytes),
             });
         }
         let prompt = match &req.prompt {
@@ -471,15 +473,6 @@ impl Service {
 
 fn poisoned() -> Error {
     Error::NotReady("the engine thread panicked".into())
-}
-
-/// A stable content hash of image bytes (the prefix cache's image identity).
-fn content_hash(bytes: &[u8]) -> u64 {
-    // SipHash with fixed keys: stable within a build, which is all the cache needs.
-    #[allow(deprecated)]
-    let mut h = std::hash::SipHasher::new_with_keys(0x6f63_7276_6c00_0001, 0x696d_6167_6500_0002);
-    bytes.hash(&mut h);
-    h.finish()
 }
 
 fn set_state(status: &Status, state: ServiceState) {
@@ -683,6 +676,14 @@ fn engine_thread(config: ServiceConfig, status: Arc<Status>, rx: Receiver<Comman
                         live.remove(&o.request_id);
                         engine.abort(o.request_id);
                         stats.requests_aborted += 1;
+                    }
+                }
+                // Requests that failed alone (a non-finite logits row): the engine has ended
+                // them; only they learn of it.
+                for (id, why) in engine.take_failed() {
+                    if let Some(tx) = live.remove(&id) {
+                        stats.requests_failed += 1;
+                        let _ = tx.send(EngineEvent::Failed(why));
                     }
                 }
             }

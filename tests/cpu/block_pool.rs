@@ -3,7 +3,10 @@
 
 use std::collections::HashMap;
 
-use ocrvl::engine::prefix_hash::{extend_block_hashes, full_block_hashes, hash_block};
+use ocrvl::engine::prefix_hash::{
+    extend_block_hashes, full_block_hashes, hash_block, hash_block_with, image_content_hash, image_content_hash_with,
+    HashKey,
+};
 use ocrvl::engine::{BlockHash, BlockPool, ImageSpan};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -218,7 +221,7 @@ fn tokens(n: usize, seed: u64) -> Vec<u32> {
     (0..n).map(|_| rng.random_range(0..100_000)).collect()
 }
 
-fn image(start: usize, len: usize, content_hash: u64) -> ImageSpan {
+fn image(start: usize, len: usize, content_hash: u128) -> ImageSpan {
     ImageSpan {
         start,
         len,
@@ -303,15 +306,140 @@ fn an_image_counts_in_every_block_it_spans() {
 }
 
 #[test]
-fn the_hash_is_fixed_across_runs() {
-    // A change here changes every cache key: say so in the change's description. The value
-    // was cross-checked with an independent Python FNV-1a over the byte layout documented in
-    // `prefix_hash` (tag 0, 16 as u32, tokens 0..16 as u32, tag 1, 0xfeed u64, 4 i64, 8 u64,
-    // tag 0).
+fn the_hash_is_keyed_blake3_of_the_documented_layout() {
+    // The byte layout of `prefix_hash`'s doc, built by hand: tag 0 (no parent), 16 as u32,
+    // tokens 0..16 as u32, tag 1, content hash u128, start 4 as i64, length 8 as u64, tag 0.
+    let key = [7u8; 32];
     let t: Vec<u32> = (0..16).collect();
-    let h = full_block_hashes(&t, &[image(4, 8, 0xfeed)], BS);
-    assert_eq!(h.len(), 1);
-    assert_eq!(h[0], BlockHash(GOLDEN));
+    let got = hash_block_with(&HashKey::from_bytes(key), None, 0, &t, &[image(4, 8, 0xfeed)]);
+    let mut bytes = vec![0u8];
+    bytes.extend(16u32.to_le_bytes());
+    t.iter().for_each(|x| bytes.extend(x.to_le_bytes()));
+    bytes.push(1);
+    bytes.extend(0xfeed_u128.to_le_bytes());
+    bytes.extend(4i64.to_le_bytes());
+    bytes.extend(8u64.to_le_bytes());
+    bytes.push(0);
+    let full = blake3::keyed_hash(&key, &bytes);
+    let want = u128::from_le_bytes(full.as_bytes()[..16].try_into().unwrap());
+    assert_eq!(got, BlockHash(want));
 }
 
-const GOLDEN: u128 = 0x538cb7d1e0d2e545d227aebab8109437;
+#[test]
+fn block_hashes_are_stable_within_a_process_and_depend_on_the_key() {
+    let t = tokens(16 * 40, 9);
+    let images = [image(20, 30, 5)];
+    // The process key: the same input hashes the same every time, and it is the key
+    // `hash_block` uses.
+    let a = full_block_hashes(&t, &images, BS);
+    assert_eq!(a, full_block_hashes(&t, &images, BS));
+    assert_eq!(a[0], hash_block_with(HashKey::process(), None, 0, &t[..BS], &images));
+    // Other keys: every block's hash differs (the chance of one equal pair is 2^-128 each).
+    let k1 = HashKey::from_bytes([1; 32]);
+    let k2 = HashKey::from_bytes([2; 32]);
+    let fresh = HashKey::random();
+    let mut parents = [None; 3];
+    for (j, block) in t.chunks(BS).enumerate() {
+        let h: Vec<BlockHash> = [&k1, &k2, &fresh]
+            .iter()
+            .zip(&parents)
+            .map(|(k, p)| hash_block_with(k, *p, j * BS, block, &images))
+            .collect();
+        assert_ne!(h[0], h[1], "block {j}");
+        assert_ne!(h[0], h[2], "block {j}");
+        assert_ne!(h[1], h[2], "block {j}");
+        assert_ne!(h[2], a[j], "block {j}: a fresh random key gave the process key's hash");
+        parents = [Some(h[0]), Some(h[1]), Some(h[2])];
+    }
+    // Two random keys are different keys.
+    let (r1, r2) = (HashKey::random(), HashKey::random());
+    assert_ne!(
+        hash_block_with(&r1, None, 0, &t[..BS], &[]),
+        hash_block_with(&r2, None, 0, &t[..BS], &[])
+    );
+}
+
+#[test]
+fn image_identity_is_a_keyed_128_bit_hash_of_the_bytes() {
+    let png = b"\x89PNG\r\n\x1a\n some image bytes".to_vec();
+    let mut other = png.clone();
+    *other.last_mut().unwrap() ^= 1;
+    // Stable within the process, sensitive to every byte.
+    assert_eq!(image_content_hash(&png), image_content_hash(&png));
+    assert_ne!(image_content_hash(&png), image_content_hash(&other));
+    assert_eq!(
+        image_content_hash(&png),
+        image_content_hash_with(HashKey::process(), &png)
+    );
+    // Keyed: another key, another identity.
+    let k1 = HashKey::from_bytes([1; 32]);
+    let k2 = HashKey::from_bytes([2; 32]);
+    assert_ne!(image_content_hash_with(&k1, &png), image_content_hash_with(&k2, &png));
+    // 128 bits are used: across many inputs both halves vary (a u64 widened would leave
+    // the high half zero).
+    let highs: std::collections::HashSet<u64> = (0..64u32)
+        .map(|i| (image_content_hash(&i.to_le_bytes()) >> 64) as u64)
+        .collect();
+    assert_eq!(highs.len(), 64);
+    // The image key is derived for its purpose: an image's hash is not the block key's hash
+    // of the same bytes.
+    let block_key_hash = blake3::keyed_hash(&[1; 32], &png);
+    let block_key_low = u128::from_le_bytes(block_key_hash.as_bytes()[..16].try_into().unwrap());
+    assert_ne!(image_content_hash_with(&k1, &png), block_key_low);
+}
+
+/// The FNV-1a-128 block hash this crate used before keying (the encoding of `prefix_hash`'s
+/// doc, no parent, no image), reimplemented to show what the key protects against.
+fn old_fnv_block_hash(tokens: &[u32]) -> u128 {
+    const BASIS: u128 = 0x6c62272e07bb014262b821756295c58d;
+    const PRIME: u128 = 0x0000000001000000000000000000013b;
+    let mut bytes = vec![0u8];
+    bytes.extend((tokens.len() as u32).to_le_bytes());
+    tokens.iter().for_each(|t| bytes.extend(t.to_le_bytes()));
+    bytes.push(0);
+    bytes.iter().fold(BASIS, |h, &b| (h ^ b as u128).wrapping_mul(PRIME))
+}
+
+/// Two 64-token blocks, every id under 65536 (valid ids of the model's 103424-token
+/// vocabulary), that collide under the old unkeyed FNV-1a-128 block hash: found offline in
+/// seconds by lattice reduction (a short integer combination of powers of the FNV prime that
+/// vanishes mod 2^128, then realised byte by byte through the XORs). With the old hash a
+/// prompt starting with one would have been served the KV of a prompt starting with the other.
+const COLLIDING_A: [u32; 64] = [
+    62826, 368, 17583, 7329, 4595, 3161, 6187, 4873, 27408, 49303, 276, 1295, 56576, 61453, 42063, 13036, 38755, 47010,
+    55495, 26079, 2341, 12817, 20786, 32835, 13438, 22608, 21672, 46456, 6489, 11046, 17778, 29240, 49613, 15602,
+    18529, 59997, 57590, 21544, 47964, 1634, 6227, 18909, 47953, 20117, 48953, 37011, 24326, 59372, 48060, 7614, 54838,
+    25944, 57713, 26041, 34282, 41886, 49464, 59113, 9811, 2778, 64553, 14990, 27646, 49191,
+];
+
+const COLLIDING_B: [u32; 64] = [
+    62570, 496, 17575, 25215, 4308, 3657, 2331, 3864, 38174, 51046, 9, 1648, 50183, 61446, 42073, 65405, 37284, 22435,
+    23489, 41592, 14369, 4656, 20821, 34624, 11296, 31695, 14232, 30232, 6185, 26718, 50578, 37447, 49614, 15602,
+    18529, 59997, 57590, 21544, 47964, 1634, 6227, 18909, 47953, 20117, 48953, 37011, 24326, 59372, 48060, 7614, 54838,
+    25944, 57713, 26041, 34282, 41886, 49464, 59113, 9811, 2778, 64553, 14990, 27646, 49191,
+];
+
+#[test]
+fn a_crafted_fnv_collision_no_longer_collides() {
+    assert_ne!(COLLIDING_A, COLLIDING_B);
+    assert_eq!(
+        old_fnv_block_hash(&COLLIDING_A),
+        old_fnv_block_hash(&COLLIDING_B),
+        "the crafted pair collides under the old hash"
+    );
+    assert_ne!(
+        hash_block(None, 0, &COLLIDING_A, &[]),
+        hash_block(None, 0, &COLLIDING_B, &[]),
+        "the keyed hash separates them"
+    );
+    for key in [HashKey::from_bytes([0; 32]), HashKey::random()] {
+        assert_ne!(
+            hash_block_with(&key, None, 0, &COLLIDING_A, &[]),
+            hash_block_with(&key, None, 0, &COLLIDING_B, &[])
+        );
+    }
+    // As prefixes in the pool: the second prompt finds no cached block of the first.
+    let a = full_block_hashes(&COLLIDING_A, &[], 64);
+    let b = full_block_hashes(&COLLIDING_B, &[], 64);
+    assert_ne!(a, b);
+}

@@ -404,7 +404,7 @@ fn stop_conditions_finish_sequences() {
     assert_eq!(done[&(id + 1)].output_token_ids().len(), 3);
 }
 
-fn image(start: usize, len: usize, content_hash: u64, num_patches: usize) -> ImageSpan {
+fn image(start: usize, len: usize, content_hash: u128, num_patches: usize) -> ImageSpan {
     ImageSpan {
         start,
         len,
@@ -541,7 +541,7 @@ impl Tracked {
     fn push(&mut self, token: u32) {
         let p = self.tokens.len();
         let image = self.images.iter().find(|i| i.start <= p && p < i.end());
-        let image = image.map_or(0, |i| splitmix(i.content_hash ^ ((p - i.start) as u64) << 32));
+        let image = image.map_or(0, |i| splitmix(i.content_hash as u64 ^ ((p - i.start) as u64) << 32));
         let prev = self.fingerprints.last().copied().unwrap_or(0);
         self.fingerprints.push(splitmix(prev ^ splitmix(token as u64 ^ image)));
         self.tokens.push(token);
@@ -556,7 +556,7 @@ fn push_random_text(rng: &mut ChaCha8Rng, p: &mut (Vec<u32>, Vec<ImageSpan>), le
         let ilen = rng.random_range(1..=48.min(len - 1));
         let start = from + rng.random_range(0..=len - ilen);
         p.0[start..start + ilen].fill(IMAGE_TOKEN);
-        p.1.push(image(start, ilen, rng.random_range(contents), 4 * ilen));
+        p.1.push(image(start, ilen, rng.random_range(contents) as u128, 4 * ilen));
     }
 }
 

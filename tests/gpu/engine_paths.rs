@@ -28,14 +28,14 @@ const NEAR_TIE: f32 = 0.5;
 const MAX_MODEL_LEN: usize = 512;
 
 #[derive(Clone, Debug, Default)]
-struct Run {
-    tokens: Vec<u32>,
-    logprobs: Vec<f32>,
+pub(crate) struct Run {
+    pub(crate) tokens: Vec<u32>,
+    pub(crate) logprobs: Vec<f32>,
     /// top-1 minus top-2 log-prob at each step.
-    margins: Vec<f32>,
+    pub(crate) margins: Vec<f32>,
 }
 
-fn model_dir() -> TempDir {
+pub(crate) fn model_dir() -> TempDir {
     let dir = tempfile::tempdir().unwrap();
     write_synthetic_model(
         dir.path(),
@@ -51,7 +51,7 @@ fn model_dir() -> TempDir {
     dir
 }
 
-fn config(max_num_seqs: usize, max_num_batched_tokens: usize) -> EngineConfig {
+pub(crate) fn config(max_num_seqs: usize, max_num_batched_tokens: usize) -> EngineConfig {
     EngineConfig {
         max_model_len: MAX_MODEL_LEN,
         max_num_seqs,
@@ -61,7 +61,7 @@ fn config(max_num_seqs: usize, max_num_batched_tokens: usize) -> EngineConfig {
     }
 }
 
-fn engine(dir: &TempDir, cfg: &EngineConfig) -> Engine {
+pub(crate) fn engine(dir: &TempDir, cfg: &EngineConfig) -> Engine {
     Engine::new(gpu(), dir.path(), cfg, EnvFlags::from_lookup(|_| None).unwrap()).unwrap()
 }
 
@@ -73,7 +73,7 @@ fn requests(n: usize, seed: u64, shared_prefix: usize) -> Vec<EngineRequest> {
     let image_token = cfg.tokens.image_token_id;
     let patch_dim = cfg.vision.patch_dim();
     let mut r = rng(seed);
-    let image = |r: &mut rand_chacha::ChaCha8Rng, hash: u64| EngineImage {
+    let image = |r: &mut rand_chacha::ChaCha8Rng, hash: u128| EngineImage {
         pixels: (0..64 * patch_dim)
             .map(|_| bf16::from_f32(r.random_range(-1.0..1.0)))
             .collect(),
@@ -90,7 +90,7 @@ fn requests(n: usize, seed: u64, shared_prefix: usize) -> Vec<EngineRequest> {
                     let mut p: Vec<u32> = (0..5).map(|_| r.random_range(3..900)).collect();
                     p.extend(std::iter::repeat_n(image_token, 16));
                     p.extend((p.len()..shared_prefix).map(|_| r.random_range(3..900)));
-                    let im = image(&mut r, 7000 + i as u64);
+                    let im = image(&mut r, 7000 + i as u128);
                     groups.push((p, im));
                 }
                 let (p, im) = groups.last().unwrap().clone();
@@ -99,7 +99,7 @@ fn requests(n: usize, seed: u64, shared_prefix: usize) -> Vec<EngineRequest> {
             } else if i % 4 == 0 {
                 prompt.extend((0..r.random_range(1..20)).map(|_| r.random_range(3..900)));
                 prompt.extend(std::iter::repeat_n(image_token, 16));
-                images.push(image(&mut r, 5000 + i as u64));
+                images.push(image(&mut r, 5000 + i as u128));
             }
             let len = r.random_range(1..300 - 40);
             prompt.extend((0..len).map(|_| r.random_range(3u32..900)));
@@ -163,7 +163,7 @@ fn run_together(engine: &mut Engine, reqs: &[EngineRequest]) -> Vec<Run> {
 
 /// Compares two runs of the same requests (see the module comment); returns how many
 /// requests were bit-identical.
-fn compare(what: &str, a: &[Run], b: &[Run]) -> usize {
+pub(crate) fn compare(what: &str, a: &[Run], b: &[Run]) -> usize {
     let mut identical = 0;
     let mut parted = 0;
     let mut steps = 0;

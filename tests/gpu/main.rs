@@ -12,6 +12,7 @@ mod cast;
 mod decode;
 mod embedding;
 mod engine;
+mod engine_isolation;
 mod engine_paths;
 mod fidelity;
 mod gemm;

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# compute-sanitizer's racecheck (shared-memory hazards) and synccheck (barrier misuse) over a
+# small engine run to completion, on the GPU host:
+#   bash sanitizer_check.sh BIN_DIR [LOGDIR]
+# BIN_DIR holds the GPU test executable `test-gpu` (the bundle's bin/). The run is one GPU
+# test, by default engine::engine_rejects_bad_requests_and_keeps_serving: the tiny-model
+# fixture (tests/fixtures/tiny_model) loaded into an Engine, decode graphs captured, one
+# request with two images (vision encoder, prefill, 20 graph decode steps with async
+# scheduling, the sampler) run to its end, plus two rejected requests. Sized so each tool ends
+# in about a minute or two (a full-size run did not finish racecheck in 150 s); TEST=name
+# picks another test (e.g. engine_isolation::engine_a_nan_logits_row_fails_its_request_alone_eager).
+# Each tool runs under `timeout` (TOOL_TIMEOUT, default 240 s) so both fit one device call.
+# Prints one verdict line per tool; exits 1 if a tool found an error or did not finish.
+# Logs: LOGDIR (default $OUT, else /tmp)/sanitizer_{racecheck,synccheck}.log.
+set -uo pipefail
+bin=${1:?usage: sanitizer_check.sh BIN_DIR [LOGDIR]}
+logs=${2:-${OUT:-/tmp}}
+test=${TEST:-engine::engine_rejects_bad_requests_and_keeps_serving}
+limit=${TOOL_TIMEOUT:-240}
+here=$(cd "$(dirname "$0")" && pwd)
+mkdir -p "$logs"
+
+sanitizer=${COMPUTE_SANITIZER:-}
+for c in "$sanitizer" "$(command -v compute-sanitizer 2>/dev/null)" /usr/local/cuda/bin/compute-sanitizer; do
+    if [ -n "$c" ] && [ -x "$c" ]; then sanitizer=$c; break; fi
+done
+if [ -z "$sanitizer" ] || [ ! -x "$sanitizer" ]; then
+    echo "FAIL sanitizer: no compute-sanitizer (set COMPUTE_SANITIZER or install the CUDA toolkit)"
+    exit 1
+fi
+if [ ! -x "$bin/test-gpu" ]; then
+    echo "FAIL sanitizer: no $bin/test-gpu"
+    exit 1
+fi
+# The test reads the committed fixture: find the repository above this script unless told.
+if [ -z "${OCRVL_REPO_DIR:-}" ]; then
+    d=$here
+    while [ "$d" != / ] && [ ! -d "$d/tests/fixtures/tiny_model" ]; do d=$(dirname "$d"); done
+    [ -d "$d/tests/fixtures/tiny_model" ] && export OCRVL_REPO_DIR=$d
+fi
+
+failed=0
+for tool in racecheck synccheck; do
+    log="$logs/sanitizer_$tool.log"
+    extra=()
+    # Report hazards themselves (not only the analysis summary), errors and warnings alike.
+    [ "$tool" = racecheck ] && extra=(--racecheck-report hazard)
+    t0=$(date +%s.%N)
+    timeout "$limit" "$sanitizer" --tool "$tool" "${extra[@]}" --error-exitcode 99 --print-limit 50 \
+        "$bin/test-gpu" --include-ignored --exact "$test" --test-threads=1 > "$log" 2>&1
+    rc=$?
+    secs=$(python3 -c "print(f'{$(date +%s.%N) - $t0:.0f}')")
+    summary=$(grep -E 'ERROR SUMMARY' "$log" | tail -n 1 | sed 's/^========= //')
+    # racecheck also counts hazards it only warns about; shown, the verdict is on errors.
+    races=$(grep -E 'RACECHECK SUMMARY' "$log" | tail -n 1 | sed 's/^========= //')
+    result=$(grep -E '^test result:' "$log" | tail -n 1)
+    ran=$(grep -cE "^test $test \.\.\. ok" "$log")
+    if [ "$rc" = 124 ]; then
+        verdict=FAIL; why="did not finish in $limit s"
+    elif [ "$rc" = 99 ]; then
+        verdict=FAIL; why="errors found: ${summary:-see $log}"
+    elif [ "$rc" != 0 ]; then
+        verdict=FAIL; why="exit $rc (${result:-no test result}); see $log"
+    elif [ "$ran" != 1 ]; then
+        verdict=FAIL; why="the test did not run (filter '$test'?)"
+    elif echo "$summary" | grep -qE 'ERROR SUMMARY: 0 errors'; then
+        verdict=PASS; why="$summary${races:+; $races}"
+    else
+        verdict=FAIL; why="no clean summary: ${summary:-none}"
+    fi
+    [ "$verdict" = FAIL ] && failed=1
+    printf '%s %-9s %4s s  %s  [%s]\n' "$verdict" "$tool" "$secs" "$why" "$test"
+done
+exit $failed
