@@ -230,7 +230,7 @@ fn every_validation_error_has_its_status_and_shape() {
             400,
             "temperature",
         ),
-        ("top_p 0", with(ok.clone(), "top_p", 0.into()).to_string(), 400, "top_p"),
+        ("top_p 1.5", with(ok.clone(), "top_p", 1.5.into()).to_string(), 400, "top_p"),
         (
             "max_tokens 0",
             with(ok.clone(), "max_tokens", 0.into()).to_string(),

@@ -216,6 +216,7 @@ impl ocrvl_engine_config {
                 s.max_images_per_request,
                 "max_images_per_request",
             )?,
+            ..ServiceConfig::default()
         })
     }
 }

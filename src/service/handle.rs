@@ -15,6 +15,19 @@ use super::{EngineEvent, Frontend, Service};
 use crate::engine::FinishReason;
 use crate::error::{Error, Result};
 
+/// How a request's tokens become text (vLLM's sampling parameters of the same names).
+///
+/// `spaces_between_special_tokens` only matters to vLLM's slow-tokenizer path, which joins
+/// special tokens with spaces; PaddleOCR-VL ships a fast tokenizer (`tokenizer.json`), for
+/// which vLLM decodes with the tokenizers library and the flag changes nothing. It is kept
+/// here so the request says what it asked for, and the text matches vLLM's either way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Detokenize {
+    pub skip_special_tokens: bool,
+    #[allow(dead_code)]
+    pub spaces_between_special_tokens: bool,
+}
+
 /// Latencies of one request, from `submit`.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Timings {
@@ -29,7 +42,8 @@ pub struct Timings {
 /// The final result of a request.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Completion {
-    /// Generated text, special tokens skipped, a matched stop string and what follows removed.
+    /// Generated text (special tokens skipped unless the request kept them), a matched stop
+    /// string and what follows removed.
     pub text: String,
     pub token_ids: Vec<u32>,
     /// Log-probability of each generated token.
@@ -66,6 +80,7 @@ pub struct RequestHandle {
     front: Arc<Frontend>,
     events: Receiver<EngineEvent>,
     stop: Vec<String>,
+    detok: Detokenize,
     prompt_tokens: usize,
     submitted: Instant,
     first_token: Option<Instant>,
@@ -88,6 +103,7 @@ impl RequestHandle {
         front: Arc<Frontend>,
         events: Receiver<EngineEvent>,
         stop: Vec<String>,
+        detok: Detokenize,
         prompt_tokens: usize,
         submitted: Instant,
     ) -> RequestHandle {
@@ -97,6 +113,7 @@ impl RequestHandle {
             front,
             events,
             stop: stop.into_iter().filter(|s| !s.is_empty()).collect(),
+            detok,
             prompt_tokens,
             submitted,
             first_token: None,
@@ -211,8 +228,9 @@ impl RequestHandle {
 
     fn detokenize(&mut self) -> Result<()> {
         let p = &self.front.prompts;
-        let before = p.decode(&self.ids[self.prefix..self.read], true)?;
-        let after = p.decode(&self.ids[self.prefix..], true)?;
+        let skip = self.detok.skip_special_tokens;
+        let before = p.decode(&self.ids[self.prefix..self.read], skip)?;
+        let after = p.decode(&self.ids[self.prefix..], skip)?;
         if after.len() > before.len() && !after.ends_with('\u{FFFD}') {
             // The new part is what follows the old window's text, when the old text is a
             // prefix (it is for every tokenizer we know; otherwise take the whole tail).

@@ -18,9 +18,13 @@
 //! return to the pool.
 
 mod handle;
+pub mod image_cache;
+mod pixel_bounds;
 mod synthetic;
 
 pub use handle::{Completion, Event, RequestHandle, Timings};
+pub use image_cache::{ImageCache, ImageCacheStats};
+pub use pixel_bounds::{PixelBounds, ResolvedBounds};
 pub use synthetic::{default_synthetic_dir, ensure_synthetic_model};
 
 use std::collections::HashMap;
@@ -39,6 +43,7 @@ use crate::kernels::sampling::SamplingParams;
 use crate::preprocess::image::ImageProcessor;
 use crate::preprocess::prompt::{PromptBuilder, Task};
 use crate::runtime::Gpu;
+use image_cache::{CachedImage, ImageKey};
 
 /// Everything needed to start a service.
 #[derive(Clone, Debug)]
@@ -53,6 +58,10 @@ pub struct ServiceConfig {
     pub synthetic_dir: Option<PathBuf>,
     /// Most images one request may carry (`--limit-mm-per-prompt`).
     pub max_images_per_request: usize,
+    /// Bytes of the preprocessed-image cache (`--mm-processor-cache-gb`); 0 turns it off.
+    pub image_cache_bytes: usize,
+    /// A chat template file replacing the model directory's (`--chat-template`).
+    pub chat_template: Option<PathBuf>,
 }
 
 impl Default for ServiceConfig {
@@ -63,6 +72,8 @@ impl Default for ServiceConfig {
             device: 0,
             synthetic_dir: None,
             max_images_per_request: 4,
+            image_cache_bytes: (crate::config::cli_args::DEFAULT_MM_PROCESSOR_CACHE_GB * (1u64 << 30) as f64) as usize,
+            chat_template: None,
         }
     }
 }
@@ -102,6 +113,13 @@ pub struct OcrRequest {
     pub ignore_eos: bool,
     /// Alternatives reported per generated token (0 for none, at most 20).
     pub top_logprobs: usize,
+    /// Resize bounds for this request's images instead of the processor config's
+    /// (`mm_processor_kwargs`); checked against the processor and `--max-model-len`.
+    pub pixel_bounds: Option<PixelBounds>,
+    /// Leave special tokens out of the text (the default, as in vLLM).
+    pub skip_special_tokens: bool,
+    /// vLLM's flag for slow tokenizers; see [`RequestHandle`]'s detokenisation for its effect.
+    pub spaces_between_special_tokens: bool,
 }
 
 impl OcrRequest {
@@ -118,6 +136,9 @@ impl OcrRequest {
             stop_token_ids: Vec::new(),
             ignore_eos: false,
             top_logprobs: 0,
+            pixel_bounds: None,
+            skip_special_tokens: true,
+            spaces_between_special_tokens: true,
         }
     }
 }
@@ -142,6 +163,7 @@ pub(crate) struct Frontend {
     pub(crate) prompts: PromptBuilder,
     pub(crate) max_model_len: usize,
     pub(crate) max_images: usize,
+    pub(crate) image_cache: ImageCache,
 }
 
 /// Messages from the engine thread to one request.
@@ -335,17 +357,17 @@ impl Service {
         req.sampling.validate()?;
         let mut images = Vec::with_capacity(req.images.len());
         let mut grids = Vec::with_capacity(req.images.len());
+        let processor = front.processor_for(req.pixel_bounds)?;
         for (i, bytes) in req.images.iter().enumerate() {
-            let p = front
-                .processor
-                .process_bytes(bytes)
+            let image = front
+                .preprocess(&processor, bytes)
                 .map_err(|e| Error::invalid(OP, format!("image {i}: {e}")))?;
-            grids.push(p.grid);
-            images.push(EngineImage {
-                pixels: p.pixel_values_bf16().into(),
-                grid: (p.grid.h, p.grid.w),
-                content_hash: content_hash(bytes),
+            grids.push(crate::preprocess::ImageGrid {
+                t: 1,
+                h: image.grid.0,
+                w: image.grid.1,
             });
+            images.push(image);
         }
         let prompt = match &req.prompt {
             PromptInput::Task(t) => front.prompts.build_task(&grids, *t)?,
@@ -388,6 +410,10 @@ impl Service {
             ignore_eos: req.ignore_eos,
             top_logprobs: req.top_logprobs,
         };
+        let detok = handle::Detokenize {
+            skip_special_tokens: req.skip_special_tokens,
+            spaces_between_special_tokens: req.spaces_between_special_tokens,
+        };
         let (events_tx, events_rx) = mpsc::channel();
         let (reply_tx, reply_rx) = mpsc::sync_channel(1);
         let submitted = Instant::now();
@@ -405,6 +431,7 @@ impl Service {
             front,
             events_rx,
             req.stop,
+            detok,
             prompt_len,
             submitted,
         ))
@@ -459,6 +486,51 @@ impl Service {
     }
 }
 
+impl Frontend {
+    /// The processor to use for a request: the model's, or a copy with the request's bounds.
+    fn processor_for(&self, bounds: Option<PixelBounds>) -> Result<std::borrow::Cow<'_, ImageProcessor>> {
+        let Some(b) = bounds else {
+            return Ok(std::borrow::Cow::Borrowed(&self.processor));
+        };
+        let c = &self.processor.config;
+        let b = b.resolve((c.min_pixels, c.max_pixels));
+        b.check(c.factor(), self.max_model_len, ("min_pixels", "max_pixels"))
+            .map_err(|e| Error::invalid("submit", e))?;
+        let mut p = self.processor.clone();
+        p.config.min_pixels = b.min_pixels;
+        p.config.max_pixels = b.max_pixels;
+        Ok(std::borrow::Cow::Owned(p))
+    }
+
+    /// Decode, resize, normalise and patchify one image, or take it from the cache.
+    fn preprocess(&self, processor: &ImageProcessor, bytes: &[u8]) -> std::result::Result<EngineImage, String> {
+        let key = ImageKey {
+            content_hash: content_hash(bytes),
+            min_pixels: processor.config.min_pixels,
+            max_pixels: processor.config.max_pixels,
+        };
+        let image = match self.image_cache.get(&key, bytes) {
+            Some(hit) => hit,
+            None => {
+                let p = processor.process_bytes(bytes).map_err(|e| e.to_string())?;
+                let image = CachedImage {
+                    pixels: p.pixel_values_bf16().into(),
+                    grid: p.grid,
+                };
+                self.image_cache.insert(key, bytes, image.clone());
+                image
+            }
+        };
+        Ok(EngineImage {
+            pixels: image.pixels,
+            grid: (image.grid.h, image.grid.w),
+            // The prefix cache's identity of the image: the same bytes resized with other
+            // bounds are other pixels, so the bounds are part of it.
+            content_hash: key_hash(&key),
+        })
+    }
+}
+
 fn poisoned() -> Error {
     Error::NotReady("the engine thread panicked".into())
 }
@@ -469,6 +541,13 @@ fn content_hash(bytes: &[u8]) -> u64 {
     #[allow(deprecated)]
     let mut h = std::hash::SipHasher::new_with_keys(0x6f63_7276_6c00_0001, 0x696d_6167_6500_0002);
     bytes.hash(&mut h);
+    h.finish()
+}
+
+fn key_hash(key: &ImageKey) -> u64 {
+    #[allow(deprecated)]
+    let mut h = std::hash::SipHasher::new_with_keys(0x6f63_7276_6c00_0003, 0x626f_756e_6473_0004);
+    key.hash(&mut h);
     h.finish()
 }
 
@@ -491,7 +570,10 @@ fn load(config: &ServiceConfig) -> Result<(Engine, Frontend)> {
     };
     let model = ModelConfig::from_dir(&dir)?;
     let processor = ImageProcessor::from_model_dir(&dir, &model)?;
-    let prompts = PromptBuilder::from_dir(&dir, &model)?;
+    let mut prompts = PromptBuilder::from_dir(&dir, &model)?;
+    if let Some(path) = &config.chat_template {
+        prompts = prompts.with_chat_template_file(path)?;
+    }
     let t1 = Instant::now();
     let engine = Engine::new(gpu, &dir, &config.engine, config.env)?;
     log_line(&format!(
@@ -509,6 +591,7 @@ fn load(config: &ServiceConfig) -> Result<(Engine, Frontend)> {
             prompts,
             max_model_len: config.engine.max_model_len,
             max_images: config.max_images_per_request,
+            image_cache: ImageCache::new(config.image_cache_bytes),
         },
     ))
 }
