@@ -131,6 +131,7 @@ impl BenchArgs {
     name = "bench",
     about = "Throughput of ocrvl: model steps and request workloads",
     args_override_self = true,
+    allow_negative_numbers = true,
     after_help = "Environment: FLAGS_flash_attn_version (2, 3, unset), FD_SAMPLING_CLASS (base, rejection)."
 )]
 struct Cli {

@@ -33,6 +33,7 @@ use ocrvl::service::{Completion, OcrRequest, PromptInput, Service, ServiceConfig
     name = "ocr",
     about = "Read images with PaddleOCR-VL in-process",
     args_override_self = true,
+    allow_negative_numbers = true,
     after_help = "Without --model it runs a full-size synthetic model (random weights): the output is meaningless."
 )]
 struct Cli {

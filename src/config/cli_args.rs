@@ -247,7 +247,7 @@ impl EngineArgs {
 /// The engine flags alone, parsed from `args` (without a program name): for tests and tools.
 pub fn parse_engine_flags<S: AsRef<str>>(args: &[S]) -> Result<EngineSettings, String> {
     #[derive(Parser)]
-    #[command(name = "engine", args_override_self = true)]
+    #[command(name = "engine", args_override_self = true, allow_negative_numbers = true)]
     struct Only {
         #[command(flatten)]
         engine: EngineArgs,

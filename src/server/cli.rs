@@ -36,6 +36,7 @@ Environment: FLAGS_flash_attn_version (2, 3), FD_SAMPLING_CLASS (base, rejection
     name = "serve",
     about = "OpenAI-compatible server for PaddleOCR-VL",
     args_override_self = true,
+    allow_negative_numbers = true,
     after_help = AFTER_HELP
 )]
 pub struct ServeCli {

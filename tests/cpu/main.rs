@@ -14,6 +14,7 @@ mod ref_sampling;
 
 mod bindings_fresh;
 mod block_pool;
+mod command_lines;
 mod config;
 mod ffi_header;
 mod fidelity_cpu;
