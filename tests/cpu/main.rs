@@ -20,6 +20,7 @@ mod ffi_header;
 mod fidelity_cpu;
 mod model_step_cpu;
 mod mrope_positions;
+mod paddlex_requests;
 mod preprocess;
 mod prompt;
 mod runtime_cpu;
