@@ -230,7 +230,12 @@ fn every_validation_error_has_its_status_and_shape() {
             400,
             "temperature",
         ),
-        ("top_p 1.5", with(ok.clone(), "top_p", 1.5.into()).to_string(), 400, "top_p"),
+        (
+            "top_p 1.5",
+            with(ok.clone(), "top_p", 1.5.into()).to_string(),
+            400,
+            "top_p",
+        ),
         (
             "max_tokens 0",
             with(ok.clone(), "max_tokens", 0.into()).to_string(),
@@ -339,7 +344,12 @@ fn paddlex_bodies_reach_the_service() {
     );
     let (status, body) = get(&s.url("/v1/models"));
     assert_eq!(status, 200, "{body}");
-    for name in ["PaddlePaddle/PaddleOCR-VL", "PaddleOCR-VL-0.9B", "PaddleOCR-VL-1.5-0.9B", "PaddleOCR-VL-1.6-0.9B"] {
+    for name in [
+        "PaddlePaddle/PaddleOCR-VL",
+        "PaddleOCR-VL-0.9B",
+        "PaddleOCR-VL-1.5-0.9B",
+        "PaddleOCR-VL-1.6-0.9B",
+    ] {
         assert!(body.contains(&format!("\"{name}\"")), "{name} not listed: {body}");
     }
     let url = s.url("/v1/chat/completions");
@@ -348,7 +358,10 @@ fn paddlex_bodies_reach_the_service() {
         let mut bytes = Vec::new();
         img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Jpeg)
             .unwrap();
-        format!("data:image/jpeg;base64,{}", base64::engine::general_purpose::STANDARD.encode(&bytes))
+        format!(
+            "data:image/jpeg;base64,{}",
+            base64::engine::general_purpose::STANDARD.encode(&bytes)
+        )
     };
     let vllm = json!({
         "model": "PaddleOCR-VL-1.5-0.9B",
@@ -370,13 +383,22 @@ fn paddlex_bodies_reach_the_service() {
         ]}],
         "temperature": 0, "max_tokens": 4096
     });
-    for (kind, body) in [("vllm", vllm.clone()), ("sglang", sglang), ("fastdeploy", fastdeploy), ("llama.cpp", llama_cpp)] {
+    for (kind, body) in [
+        ("vllm", vllm.clone()),
+        ("sglang", sglang),
+        ("fastdeploy", fastdeploy),
+        ("llama.cpp", llama_cpp),
+    ] {
         let (status, answer) = post(&url, &body.to_string());
         assert_eq!(status, 503, "{kind}: {answer}");
         assert!(error_message(&answer).contains("failed to start"), "{kind}: {answer}");
     }
     // Bounds the model cannot honour are the caller's error.
-    let bad = with(vllm, "mm_processor_kwargs", json!({"min_pixels": 2000000, "max_pixels": 1003520}));
+    let bad = with(
+        vllm,
+        "mm_processor_kwargs",
+        json!({"min_pixels": 2000000, "max_pixels": 1003520}),
+    );
     let (status, answer) = post(&url, &bad.to_string());
     assert_eq!(status, 400, "{answer}");
     assert!(error_message(&answer).contains("min_pixels"), "{answer}");

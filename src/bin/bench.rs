@@ -63,7 +63,9 @@ use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser};
 use serde_json::{json, Value};
 
-use ocrvl::config::{normalize_flag_spelling, EngineArgs, EngineConfig, EnvFlags, FlashAttnVersion, ModelConfig, SamplingClass};
+use ocrvl::config::{
+    normalize_flag_spelling, EngineArgs, EngineConfig, EnvFlags, FlashAttnVersion, ModelConfig, SamplingClass,
+};
 use ocrvl::engine::Engine;
 use ocrvl::runtime::Gpu;
 use ocrvl::service::ensure_synthetic_model;

@@ -171,9 +171,11 @@ impl EngineArgs {
             );
         }
         if self.no_enable_chunked_prefill {
-            return Err("--no-enable-chunked-prefill: ocrvl always splits long prefills into chunks of \
+            return Err(
+                "--no-enable-chunked-prefill: ocrvl always splits long prefills into chunks of \
                         --max-num-batched-tokens; that cannot be turned off"
-                .into());
+                    .into(),
+            );
         }
         if self.enable_chunked_prefill {
             notes.push(no_effect("--enable-chunked-prefill", "chunked prefill is always on"));
@@ -341,8 +343,15 @@ fn compilation_graphs(json: &str, notes: &mut Vec<String>) -> Result<Option<bool
                 });
             }
             // Which batch sizes get graphs and how torch compiles: speed only, never results.
-            "level" | "mode" | "cudagraph_capture_sizes" | "max_capture_size" | "max_cudagraph_capture_size"
-            | "use_inductor" | "backend" | "compile_sizes" | "cudagraph_num_of_warmups" => {
+            "level"
+            | "mode"
+            | "cudagraph_capture_sizes"
+            | "max_capture_size"
+            | "max_cudagraph_capture_size"
+            | "use_inductor"
+            | "backend"
+            | "compile_sizes"
+            | "cudagraph_num_of_warmups" => {
                 notes.push(no_effect(
                     &format!("{FLAG} key `{key}`"),
                     "ocrvl sizes its decode graphs from --max-num-seqs and compiles nothing",

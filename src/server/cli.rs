@@ -289,7 +289,10 @@ mod tests {
         // Positional, as vLLM; a name already in the list is not repeated.
         let a = parse("PaddleOCR-VL-0.9B").unwrap();
         assert_eq!(a.server.served_model_names.len(), 3);
-        assert_eq!(a.engine.model.as_deref(), Some(std::path::Path::new("PaddleOCR-VL-0.9B")));
+        assert_eq!(
+            a.engine.model.as_deref(),
+            Some(std::path::Path::new("PaddleOCR-VL-0.9B"))
+        );
         // --served-model-name replaces the list: several after one flag, or the flag repeated.
         let a = parse("PaddlePaddle/PaddleOCR-VL --served-model-name a b").unwrap();
         assert_eq!(a.server.served_model_names, vec!["a", "b"]);
@@ -343,7 +346,10 @@ mod tests {
             ("--dtype float16", "--dtype"),
             ("--tensor-parallel-size 2", "--tensor-parallel-size"),
             ("--quantization fp8", "--quantization"),
-            ("--limit-mm-per-prompt {\"image\":1,\"video\":1}", "--limit-mm-per-prompt"),
+            (
+                "--limit-mm-per-prompt {\"image\":1,\"video\":1}",
+                "--limit-mm-per-prompt",
+            ),
         ] {
             let e = parse(args).unwrap_err();
             assert!(e.contains(needle), "{args}: {e}");
@@ -355,7 +361,12 @@ mod tests {
         let e = ServeArgs::parse(&["--help".to_string()]).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::DisplayHelp);
         let text = e.to_string();
-        for flag in ["--served-model-name", "--max-model-len", "--mm-processor-cache-gb", "[MODEL]"] {
+        for flag in [
+            "--served-model-name",
+            "--max-model-len",
+            "--mm-processor-cache-gb",
+            "[MODEL]",
+        ] {
             assert!(text.contains(flag), "{flag} missing from --help");
         }
     }

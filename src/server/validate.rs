@@ -650,12 +650,24 @@ mod tests {
         // max_model_len 4096 in these limits: 3,000,000 / 784 = 3826 tokens fits, 4096 * 784 not.
         assert!(kw(serde_json::json!({"max_pixels": 3_000_000})).is_ok());
         for (bad, needle) in [
-            (serde_json::json!({"min_pixels": 2_000_000, "max_pixels": 1_003_520}), "min_pixels (2000000) is above"),
+            (
+                serde_json::json!({"min_pixels": 2_000_000, "max_pixels": 1_003_520}),
+                "min_pixels (2000000) is above",
+            ),
             (serde_json::json!({"max_pixels": 700}), "max_pixels (700) is below"),
             (serde_json::json!({"max_pixels": 4096 * 784}), "max_pixels"),
-            (serde_json::json!({"size": {"longest_edge": 100}}), "size.longest_edge (100)"),
-            (serde_json::json!({"min_pixels": -1}), "min_pixels must be a whole number"),
-            (serde_json::json!({"min_pixels": 1.5}), "min_pixels must be a whole number"),
+            (
+                serde_json::json!({"size": {"longest_edge": 100}}),
+                "size.longest_edge (100)",
+            ),
+            (
+                serde_json::json!({"min_pixels": -1}),
+                "min_pixels must be a whole number",
+            ),
+            (
+                serde_json::json!({"min_pixels": 1.5}),
+                "min_pixels must be a whole number",
+            ),
             (serde_json::json!({"fps": 2}), "mm_processor_kwargs.fps"),
             (serde_json::json!("x"), "must be an object"),
         ] {

@@ -15,14 +15,15 @@ use super::{EngineEvent, Frontend, Service};
 use crate::engine::FinishReason;
 use crate::error::{Error, Result};
 
-/// How a request's tokens become text (vLLM's sampling parameters of the same names).
+/// How a request's tokens become text: its stop strings, and vLLM's detokenisation flags.
 ///
 /// `spaces_between_special_tokens` only matters to vLLM's slow-tokenizer path, which joins
 /// special tokens with spaces; PaddleOCR-VL ships a fast tokenizer (`tokenizer.json`), for
 /// which vLLM decodes with the tokenizers library and the flag changes nothing. It is kept
 /// here so the request says what it asked for, and the text matches vLLM's either way.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Detokenize {
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct TextOptions {
+    pub stop: Vec<String>,
     pub skip_special_tokens: bool,
     #[allow(dead_code)]
     pub spaces_between_special_tokens: bool,
@@ -80,7 +81,8 @@ pub struct RequestHandle {
     front: Arc<Frontend>,
     events: Receiver<EngineEvent>,
     stop: Vec<String>,
-    detok: Detokenize,
+    /// Leave special tokens out of the text.
+    skip_special: bool,
     prompt_tokens: usize,
     submitted: Instant,
     first_token: Option<Instant>,
@@ -102,8 +104,7 @@ impl RequestHandle {
         service: Service,
         front: Arc<Frontend>,
         events: Receiver<EngineEvent>,
-        stop: Vec<String>,
-        detok: Detokenize,
+        text: TextOptions,
         prompt_tokens: usize,
         submitted: Instant,
     ) -> RequestHandle {
@@ -112,8 +113,8 @@ impl RequestHandle {
             service,
             front,
             events,
-            stop: stop.into_iter().filter(|s| !s.is_empty()).collect(),
-            detok,
+            stop: text.stop.into_iter().filter(|s| !s.is_empty()).collect(),
+            skip_special: text.skip_special_tokens,
             prompt_tokens,
             submitted,
             first_token: None,
@@ -228,7 +229,7 @@ impl RequestHandle {
 
     fn detokenize(&mut self) -> Result<()> {
         let p = &self.front.prompts;
-        let skip = self.detok.skip_special_tokens;
+        let skip = self.skip_special;
         let before = p.decode(&self.ids[self.prefix..self.read], skip)?;
         let after = p.decode(&self.ids[self.prefix..], skip)?;
         if after.len() > before.len() && !after.ends_with('\u{FFFD}') {

@@ -124,7 +124,9 @@ impl ImageCache {
             lru.stats.bytes -= old.bytes;
         }
         while lru.stats.bytes + bytes > self.capacity {
-            let Some((_, victim)) = lru.order.pop_first() else { break };
+            let Some((_, victim)) = lru.order.pop_first() else {
+                break;
+            };
             if let Some(e) = lru.map.remove(&victim) {
                 lru.stats.bytes -= e.bytes;
                 lru.stats.evictions += 1;
@@ -187,7 +189,10 @@ mod tests {
         let img = image(100);
         cache.insert(key(1), b"png-1", img.clone());
         let hit = cache.get(&key(1), b"png-1").expect("a hit");
-        assert!(Arc::ptr_eq(&hit.pixels, &img.pixels), "the pixels are shared, not copied");
+        assert!(
+            Arc::ptr_eq(&hit.pixels, &img.pixels),
+            "the pixels are shared, not copied"
+        );
         assert_eq!(hit.grid, img.grid);
         let s = cache.stats();
         assert_eq!((s.hits, s.misses, s.entries), (1, 1, 1));

@@ -410,7 +410,8 @@ impl Service {
             ignore_eos: req.ignore_eos,
             top_logprobs: req.top_logprobs,
         };
-        let detok = handle::Detokenize {
+        let text = handle::TextOptions {
+            stop: req.stop,
             skip_special_tokens: req.skip_special_tokens,
             spaces_between_special_tokens: req.spaces_between_special_tokens,
         };
@@ -430,8 +431,7 @@ impl Service {
             self.clone(),
             front,
             events_rx,
-            req.stop,
-            detok,
+            text,
             prompt_len,
             submitted,
         ))

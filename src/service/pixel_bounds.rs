@@ -97,7 +97,9 @@ mod tests {
         let e = b(0, 783).check(28, 16384, NAMES).unwrap_err();
         assert!(e.starts_with("max_pixels (783) is below one 28x28 block"), "{e}");
         // 16384 tokens of 784 pixels fill --max-model-len 16384.
-        let e = b(0, 16384 * 784).check(28, 16384, ("size.shortest_edge", "size.longest_edge")).unwrap_err();
+        let e = b(0, 16384 * 784)
+            .check(28, 16384, ("size.shortest_edge", "size.longest_edge"))
+            .unwrap_err();
         assert!(e.starts_with("size.longest_edge"), "{e}");
         b(0, 16383 * 784).check(28, 16384, NAMES).unwrap();
     }

@@ -146,7 +146,9 @@ fn check(args: &ServeArgs, key: &str, want: &str, ctx: &str) {
         "names" => args.server.served_model_names.join(","),
         "note" => {
             assert!(
-                args.notes.iter().any(|n| n.starts_with(want) && n.contains("no effect")),
+                args.notes
+                    .iter()
+                    .any(|n| n.starts_with(want) && n.contains("no effect")),
                 "{ctx}: no no-effect line for {want}: {:?}",
                 args.notes
             );
@@ -205,7 +207,11 @@ fn what_ocrvl_cannot_do_is_refused_naming_the_flag() {
             "--limit-mm-per-prompt",
             "images only",
         ),
-        ("--limit-mm-per-prompt image=1,video=2", "--limit-mm-per-prompt", "images only"),
+        (
+            "--limit-mm-per-prompt image=1,video=2",
+            "--limit-mm-per-prompt",
+            "images only",
+        ),
         ("--enable-lora", "--enable-lora", "unexpected argument"),
     ] {
         let argv: Vec<String> = format!("{base} {extra}").split_whitespace().map(String::from).collect();

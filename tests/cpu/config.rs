@@ -487,7 +487,12 @@ fn engine_flags_in_every_spelling() {
     assert_eq!(s.chat_template.as_deref(), Some(std::path::Path::new("/t/chat.jinja")));
 
     // Last one wins, as with argparse.
-    let s = flags(&["--no-enable-prefix-caching", "--enable-prefix-caching", "--dtype=bfloat16"]).unwrap();
+    let s = flags(&[
+        "--no-enable-prefix-caching",
+        "--enable-prefix-caching",
+        "--dtype=bfloat16",
+    ])
+    .unwrap();
     assert!(s.engine.enable_prefix_caching);
     let s = flags(&["--max-model-len", "1000", "--max_model_len=2000"]).unwrap();
     assert_eq!(s.engine.max_model_len, 2000);
@@ -497,19 +502,44 @@ fn engine_flags_in_every_spelling() {
 #[test]
 fn graphs_follow_the_compilation_configs() {
     let eager = |list: &[&str]| flags(list).unwrap().engine.enforce_eager;
-    assert!(!eager(&["--compilation-config", r#"{"cudagraph_mode":"FULL_DECODE_ONLY"}"#]));
+    assert!(!eager(&[
+        "--compilation-config",
+        r#"{"cudagraph_mode":"FULL_DECODE_ONLY"}"#
+    ]));
     assert!(eager(&["--compilation-config", r#"{"cudagraph_mode": "NONE"}"#]));
-    assert!(!eager(&["--compilation-config", r#"{"cudagraph_mode":"FULL_AND_PIECEWISE"}"#]));
-    assert!(eager(&["--graph-optimization-config", r#"{"graph_opt_level":0, "use_cudagraph":false}"#]));
-    assert!(!eager(&["--graph-optimization-config", r#"{"graph_opt_level":0, "use_cudagraph":true}"#]));
+    assert!(!eager(&[
+        "--compilation-config",
+        r#"{"cudagraph_mode":"FULL_AND_PIECEWISE"}"#
+    ]));
+    assert!(eager(&[
+        "--graph-optimization-config",
+        r#"{"graph_opt_level":0, "use_cudagraph":false}"#
+    ]));
+    assert!(!eager(&[
+        "--graph-optimization-config",
+        r#"{"graph_opt_level":0, "use_cudagraph":true}"#
+    ]));
     assert!(eager(&["--enforce-eager"]));
     // --enforce-eager wins over a config asking for graphs, and says so.
-    let s = flags(&["--enforce-eager", "--compilation-config", r#"{"cudagraph_mode":"FULL_DECODE_ONLY"}"#]).unwrap();
+    let s = flags(&[
+        "--enforce-eager",
+        "--compilation-config",
+        r#"{"cudagraph_mode":"FULL_DECODE_ONLY"}"#,
+    ])
+    .unwrap();
     assert!(s.engine.enforce_eager);
-    assert!(s.notes.iter().any(|n| n.contains("--enforce-eager wins")), "{:?}", s.notes);
+    assert!(
+        s.notes.iter().any(|n| n.contains("--enforce-eager wins")),
+        "{:?}",
+        s.notes
+    );
     // Capture sizes: speed only, a note.
     let s = flags(&["--compilation-config", r#"{"cudagraph_capture_sizes":[1,2,4]}"#]).unwrap();
-    assert!(s.notes.iter().any(|n| n.contains("cudagraph_capture_sizes")), "{:?}", s.notes);
+    assert!(
+        s.notes.iter().any(|n| n.contains("cudagraph_capture_sizes")),
+        "{:?}",
+        s.notes
+    );
 }
 
 #[test]
@@ -553,21 +583,45 @@ fn bad_engine_flags_are_named() {
         (&["--max-num-seqs=257"], "--max-num-seqs", "1..=256"),
         (&["--max-model-len", "x"], "--max-model-len", "whole number"),
         (&["--max-model-len=0"], "--max-model-len", "at least 1"),
-        (&["--max-num-batched-tokens", "0"], "--max-num-batched-tokens", "at least 1"),
+        (
+            &["--max-num-batched-tokens", "0"],
+            "--max-num-batched-tokens",
+            "at least 1",
+        ),
         (&["--gpu-memory-utilization", "0"], "--gpu-memory-utilization", "(0, 1]"),
         (&["--gpu-memory-utilization=1.5"], "--gpu-memory-utilization", "(0, 1]"),
         (&["--gpu-memory-utilization=NaN"], "--gpu-memory-utilization", "(0, 1]"),
-        (&["--gpu-memory-utilization", "most"], "--gpu-memory-utilization", "expected a number"),
+        (
+            &["--gpu-memory-utilization", "most"],
+            "--gpu-memory-utilization",
+            "expected a number",
+        ),
         (&["--dtype", "float16"], "--dtype", "bfloat16 only"),
         (&["--dtype", "int3"], "--dtype", "valid values: bfloat16, auto"),
         (&["--enforce-eager=true"], "--enforce-eager", "unexpected value"),
         (&["--tensor-parallel-size", "2"], "--tensor-parallel-size", "one GPU"),
-        (&["--pipeline-parallel-size", "2"], "--pipeline-parallel-size", "one GPU"),
+        (
+            &["--pipeline-parallel-size", "2"],
+            "--pipeline-parallel-size",
+            "one GPU",
+        ),
         (&["--quantization", "awq"], "--quantization", "unquantized"),
-        (&["--no-enable-chunked-prefill"], "--no-enable-chunked-prefill", "cannot be turned off"),
+        (
+            &["--no-enable-chunked-prefill"],
+            "--no-enable-chunked-prefill",
+            "cannot be turned off",
+        ),
         (&["--compilation-config", "{"], "--compilation-config", "not valid JSON"),
-        (&["--compilation-config", r#"{"cudagraph_mode":"SOME"}"#], "--compilation-config", "SOME"),
-        (&["--compilation-config", r#"{"pass_config":{}}"#], "--compilation-config", "pass_config"),
+        (
+            &["--compilation-config", r#"{"cudagraph_mode":"SOME"}"#],
+            "--compilation-config",
+            "SOME",
+        ),
+        (
+            &["--compilation-config", r#"{"pass_config":{}}"#],
+            "--compilation-config",
+            "pass_config",
+        ),
         (&["--mm-processor-cache-gb", "-1"], "--mm-processor-cache-gb", ">= 0"),
         (&["--bogus-flag"], "--bogus-flag", "unexpected argument"),
     ] {
