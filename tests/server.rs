@@ -441,6 +441,9 @@ fn shutdown_is_prompt_and_refuses_new_connections() {
 
 const GPU_MAX_MODEL_LEN: usize = 2048;
 
+/// The service behind [`gpu_server`], for its counters.
+static GPU_SERVICE: OnceLock<Service> = OnceLock::new();
+
 fn gpu_server() -> &'static TestServer {
     static SERVER: OnceLock<TestServer> = OnceLock::new();
     SERVER.get_or_init(|| {
@@ -460,6 +463,7 @@ fn gpu_server() -> &'static TestServer {
             ..ServiceConfig::default()
         });
         service.wait_ready(None).expect("the synthetic model starts");
+        let _ = GPU_SERVICE.set(service.clone());
         TestServer::start(
             service,
             ServerConfig {
@@ -470,6 +474,50 @@ fn gpu_server() -> &'static TestServer {
             },
         )
     })
+}
+
+/// Per-request resize bounds (`mm_processor_kwargs`) change the image's token count by
+/// exactly what `smart_resize` says, and a repeated image is a hit of the preprocessed-image
+/// cache (the default --mm-processor-cache-gb) with the same prompt.
+#[test]
+#[ignore = "needs GPU"]
+fn gpu_pixel_bounds_and_image_cache() {
+    let s = gpu_server();
+    let service = GPU_SERVICE.get().expect("set by gpu_server");
+    let url = s.url("/v1/chat/completions");
+    // A size no other test sends, so the first request is a miss.
+    let (w, h) = (302usize, 198usize);
+    let uri = data_uri(&png(w as u32, h as u32));
+    let ask = |kwargs: Option<Value>| -> usize {
+        let mut body = with(chat(std::slice::from_ref(&uri), "OCR:"), "max_tokens", 2.into());
+        if let Some(kw) = kwargs {
+            body = with(body, "mm_processor_kwargs", kw);
+        }
+        let (status, answer) = post(&url, &body.to_string());
+        assert_eq!(status, 200, "{answer}");
+        let v: Value = serde_json::from_str(&answer).unwrap();
+        v["usage"]["prompt_tokens"].as_u64().unwrap() as usize
+    };
+    let tokens = |min: u64, max: u64| {
+        let (rh, rw) = ocrvl::preprocess::smart_resize(h, w, 28, min, max).unwrap();
+        (rh / 28) * (rw / 28)
+    };
+    let before = service.image_cache_stats();
+    let default = ask(None);
+    let small = ask(Some(json!({"min_pixels": 3136, "max_pixels": 50176})));
+    let explicit = ask(Some(json!({"min_pixels": 112896, "max_pixels": 1003520})));
+    assert_eq!(
+        default - small,
+        tokens(112_896, 1_003_520) - tokens(3136, 50176),
+        "the small bounds' image has fewer tokens by exactly smart_resize's count"
+    );
+    assert_eq!(explicit, default, "the hub bounds given explicitly are the defaults");
+    let after = service.image_cache_stats();
+    assert!(after.misses >= before.misses + 2, "{before:?} -> {after:?}");
+    assert!(
+        after.hits > before.hits,
+        "the third request reuses the first's pixels: {before:?} -> {after:?}"
+    );
 }
 
 fn small_request(max_tokens: u64) -> Value {

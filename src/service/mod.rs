@@ -437,6 +437,17 @@ impl Service {
         ))
     }
 
+    /// Counters of the preprocessed-image cache (`--mm-processor-cache-gb`); zeros until the
+    /// model is loaded.
+    pub fn image_cache_stats(&self) -> ImageCacheStats {
+        self.inner
+            .status
+            .frontend
+            .get()
+            .map(|f| f.image_cache.stats())
+            .unwrap_or_default()
+    }
+
     /// Token ids to text with the model's tokenizer (the token strings of logprobs); an error
     /// until the model is loaded.
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
