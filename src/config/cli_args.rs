@@ -50,15 +50,19 @@ pub struct EngineArgs {
     /// Weights and activations type: bfloat16 (or auto, which is bfloat16).
     #[arg(long, value_name = "DTYPE", default_value = "auto", value_parser = dtype)]
     pub dtype: String,
+    /// Reuse the KV cache of shared prompt prefixes (on by default).
     #[arg(long, overrides_with = "no_enable_prefix_caching")]
     pub enable_prefix_caching: bool,
+    /// Turn prefix caching off.
     #[arg(long, overrides_with = "enable_prefix_caching")]
     pub no_enable_prefix_caching: bool,
     /// Run every step eagerly (no CUDA graphs).
     #[arg(long)]
     pub enforce_eager: bool,
+    /// Plan the next decode step while the current one runs (on by default).
     #[arg(long, overrides_with = "no_async_scheduling")]
     pub async_scheduling: bool,
+    /// Wait for each step's tokens before planning the next.
     #[arg(long, overrides_with = "async_scheduling")]
     pub no_async_scheduling: bool,
     /// This many KV blocks instead of what the memory target allows (tests, debugging).
