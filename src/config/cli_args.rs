@@ -78,7 +78,7 @@ pub struct EngineArgs {
     /// Size of the cache of preprocessed images, in GiB (0 turns it off).
     #[arg(long, value_name = "GIB", default_value_t = DEFAULT_MM_PROCESSOR_CACHE_GB, value_parser = cache_gb)]
     pub mm_processor_cache_gb: f64,
-    /// A Jinja chat template file that replaces the checkpoint's.
+    /// A Jinja chat template (a file, or the template itself) that replaces the checkpoint's.
     #[arg(long, value_name = "PATH")]
     pub chat_template: Option<PathBuf>,
     /// 1 only: ocrvl runs the model on one GPU.

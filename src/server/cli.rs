@@ -149,6 +149,20 @@ impl ServeCli {
             (true, true) => RemoteImages::Any,
             (false, true) => RemoteImages::Off,
         };
+        // `--served-model-name` takes several values, so a model typed after it is taken as
+        // a name (as in vLLM); without this check that would serve the synthetic model.
+        if engine_args.model.is_none() {
+            if let Some(m) = self
+                .served_model_name
+                .iter()
+                .find(|n| n.contains('/') || std::path::Path::new(n.as_str()).is_dir())
+            {
+                return Err(fail(format!(
+                    "`{m}` follows --served-model-name, which takes every name after it; put the model \
+                     first (`serve {m} --served-model-name ...`) or give it with --model"
+                )));
+            }
+        }
         server.served_model_names = if self.served_model_name.is_empty() {
             default_served_names(engine_args.model.as_deref())
         } else {
@@ -343,6 +357,7 @@ mod tests {
             ("--allowed-local-media-path /no/such/dir", "--allowed-local-media-path"),
             ("--shutdown-timeout -1", "--shutdown-timeout"),
             ("a --model b", "given twice"),
+            ("--served-model-name x PaddlePaddle/PaddleOCR-VL", "put the model first"),
             ("--dtype float16", "--dtype"),
             ("--tensor-parallel-size 2", "--tensor-parallel-size"),
             ("--quantization fp8", "--quantization"),

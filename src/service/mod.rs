@@ -60,7 +60,8 @@ pub struct ServiceConfig {
     pub max_images_per_request: usize,
     /// Bytes of the preprocessed-image cache (`--mm-processor-cache-gb`); 0 turns it off.
     pub image_cache_bytes: usize,
-    /// A chat template file replacing the model directory's (`--chat-template`).
+    /// A chat template replacing the model directory's (`--chat-template`): a file, or the
+    /// template itself, as vLLM takes it.
     pub chat_template: Option<PathBuf>,
 }
 
@@ -582,8 +583,15 @@ fn load(config: &ServiceConfig) -> Result<(Engine, Frontend)> {
     let model = ModelConfig::from_dir(&dir)?;
     let processor = ImageProcessor::from_model_dir(&dir, &model)?;
     let mut prompts = PromptBuilder::from_dir(&dir, &model)?;
-    if let Some(path) = &config.chat_template {
-        prompts = prompts.with_chat_template_file(path)?;
+    if let Some(spec) = &config.chat_template {
+        // vLLM's rule: a path, or else the template itself.
+        let inline = spec
+            .to_str()
+            .filter(|t| !spec.exists() && (t.contains("{{") || t.contains("{%")));
+        prompts = match inline {
+            Some(text) => prompts.with_chat_template_text(text.to_string(), "--chat-template (inline)".into())?,
+            None => prompts.with_chat_template_file(spec)?,
+        };
     }
     let t1 = Instant::now();
     let engine = Engine::new(gpu, &dir, &config.engine, config.env)?;
