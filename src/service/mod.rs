@@ -20,6 +20,7 @@
 mod handle;
 pub mod image_cache;
 mod pixel_bounds;
+mod request_images;
 mod synthetic;
 
 pub use handle::{Completion, Event, RequestHandle, Timings};
@@ -28,7 +29,6 @@ pub use pixel_bounds::{PixelBounds, ResolvedBounds};
 pub use synthetic::{default_synthetic_dir, ensure_synthetic_model};
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError};
@@ -37,13 +37,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::config::{EngineConfig, EnvFlags, ModelConfig};
-use crate::engine::{Engine, EngineImage, EngineRequest, EngineStats, FinishReason};
+use crate::engine::{Engine, EngineRequest, EngineStats, FinishReason};
 use crate::error::{Error, Result};
 use crate::kernels::sampling::SamplingParams;
 use crate::preprocess::image::ImageProcessor;
 use crate::preprocess::prompt::{PromptBuilder, Task};
 use crate::runtime::Gpu;
-use image_cache::{CachedImage, ImageKey};
 
 /// Everything needed to start a service.
 #[derive(Clone, Debug)]
@@ -498,69 +497,8 @@ impl Service {
     }
 }
 
-impl Frontend {
-    /// The processor to use for a request: the model's, or a copy with the request's bounds.
-    fn processor_for(&self, bounds: Option<PixelBounds>) -> Result<std::borrow::Cow<'_, ImageProcessor>> {
-        let Some(b) = bounds else {
-            return Ok(std::borrow::Cow::Borrowed(&self.processor));
-        };
-        let c = &self.processor.config;
-        let b = b.resolve((c.min_pixels, c.max_pixels));
-        b.check(c.factor(), self.max_model_len, ("min_pixels", "max_pixels"))
-            .map_err(|e| Error::invalid("submit", e))?;
-        let mut p = self.processor.clone();
-        p.config.min_pixels = b.min_pixels;
-        p.config.max_pixels = b.max_pixels;
-        Ok(std::borrow::Cow::Owned(p))
-    }
-
-    /// Decode, resize, normalise and patchify one image, or take it from the cache.
-    fn preprocess(&self, processor: &ImageProcessor, bytes: &[u8]) -> std::result::Result<EngineImage, String> {
-        let key = ImageKey {
-            content_hash: content_hash(bytes),
-            min_pixels: processor.config.min_pixels,
-            max_pixels: processor.config.max_pixels,
-        };
-        let image = match self.image_cache.get(&key, bytes) {
-            Some(hit) => hit,
-            None => {
-                let p = processor.process_bytes(bytes).map_err(|e| e.to_string())?;
-                let image = CachedImage {
-                    pixels: p.pixel_values_bf16().into(),
-                    grid: p.grid,
-                };
-                self.image_cache.insert(key, bytes, image.clone());
-                image
-            }
-        };
-        Ok(EngineImage {
-            pixels: image.pixels,
-            grid: (image.grid.h, image.grid.w),
-            // The prefix cache's identity of the image: the same bytes resized with other
-            // bounds are other pixels, so the bounds are part of it.
-            content_hash: key_hash(&key),
-        })
-    }
-}
-
 fn poisoned() -> Error {
     Error::NotReady("the engine thread panicked".into())
-}
-
-/// A stable content hash of image bytes (the prefix cache's image identity).
-fn content_hash(bytes: &[u8]) -> u64 {
-    // SipHash with fixed keys: stable within a build, which is all the cache needs.
-    #[allow(deprecated)]
-    let mut h = std::hash::SipHasher::new_with_keys(0x6f63_7276_6c00_0001, 0x696d_6167_6500_0002);
-    bytes.hash(&mut h);
-    h.finish()
-}
-
-fn key_hash(key: &ImageKey) -> u64 {
-    #[allow(deprecated)]
-    let mut h = std::hash::SipHasher::new_with_keys(0x6f63_7276_6c00_0003, 0x626f_756e_6473_0004);
-    key.hash(&mut h);
-    h.finish()
 }
 
 fn set_state(status: &Status, state: ServiceState) {
