@@ -376,6 +376,89 @@ fn every_validation_error_has_its_status_and_shape() {
     error_message(&answer);
 }
 
+/// The bodies PaddleX sends per region (issue 14), against a server with the default served
+/// names of `serve PaddlePaddle/PaddleOCR-VL`: each passes parsing, the model name and
+/// validation, and stops only where the model is needed (503 here, without a GPU).
+#[test]
+fn paddlex_bodies_reach_the_service() {
+    let engine = EngineConfig {
+        model: Some("/nonexistent/ocrvl-test-model".into()),
+        ..EngineConfig::default()
+    };
+    let service = Service::spawn(ServiceConfig {
+        engine,
+        ..ServiceConfig::default()
+    });
+    assert!(service.wait_ready(Some(Duration::from_secs(30))).is_err());
+    let s = TestServer::start(
+        service,
+        ServerConfig {
+            served_model_names: ocrvl::server::cli::default_served_names(Some("PaddlePaddle/PaddleOCR-VL")),
+            ..ServerConfig::default()
+        },
+    );
+    let (status, body) = get(&s.url("/v1/models"));
+    assert_eq!(status, 200, "{body}");
+    for name in [
+        "PaddlePaddle/PaddleOCR-VL",
+        "PaddleOCR-VL-0.9B",
+        "PaddleOCR-VL-1.5-0.9B",
+        "PaddleOCR-VL-1.6-0.9B",
+    ] {
+        assert!(body.contains(&format!("\"{name}\"")), "{name} not listed: {body}");
+    }
+    let url = s.url("/v1/chat/completions");
+    let jpeg = {
+        let img = image::RgbImage::from_pixel(64, 32, image::Rgb([250, 250, 250]));
+        let mut bytes = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Jpeg)
+            .unwrap();
+        format!(
+            "data:image/jpeg;base64,{}",
+            base64::engine::general_purpose::STANDARD.encode(&bytes)
+        )
+    };
+    let vllm = json!({
+        "model": "PaddleOCR-VL-1.5-0.9B",
+        "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": jpeg}},
+            {"type": "text", "text": "OCR:"}
+        ]}],
+        "temperature": 0, "max_completion_tokens": 4096, "skip_special_tokens": true,
+        "mm_processor_kwargs": {"min_pixels": 112896, "max_pixels": 1003520}
+    });
+    let mut sglang = vllm.clone();
+    sglang.as_object_mut().unwrap().remove("mm_processor_kwargs");
+    let fastdeploy = with(with(vllm.clone(), "temperature", 1.into()), "top_p", 0.into());
+    let llama_cpp = json!({
+        "model": "PaddleOCR-VL-0.9B",
+        "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": data_uri(&png(64, 32))}},
+            {"type": "text", "text": "OCR:"}
+        ]}],
+        "temperature": 0, "max_tokens": 4096
+    });
+    for (kind, body) in [
+        ("vllm", vllm.clone()),
+        ("sglang", sglang),
+        ("fastdeploy", fastdeploy),
+        ("llama.cpp", llama_cpp),
+    ] {
+        let (status, answer) = post(&url, &body.to_string());
+        assert_eq!(status, 503, "{kind}: {answer}");
+        assert!(error_message(&answer).contains("failed to start"), "{kind}: {answer}");
+    }
+    // Bounds the model cannot honour are the caller's error.
+    let bad = with(
+        vllm,
+        "mm_processor_kwargs",
+        json!({"min_pixels": 2000000, "max_pixels": 1003520}),
+    );
+    let (status, answer) = post(&url, &bad.to_string());
+    assert_eq!(status, 400, "{answer}");
+    assert!(error_message(&answer).contains("min_pixels"), "{answer}");
+}
+
 #[test]
 fn metrics_on_both_ports() {
     let s = failed_server(1 << 20);
@@ -523,6 +606,9 @@ fn declared_oversized_bodies_are_refused_unread() {
 
 const GPU_MAX_MODEL_LEN: usize = 2048;
 
+/// The service behind [`gpu_server`], for its counters.
+static GPU_SERVICE: OnceLock<Service> = OnceLock::new();
+
 fn gpu_server() -> &'static TestServer {
     static SERVER: OnceLock<TestServer> = OnceLock::new();
     SERVER.get_or_init(|| {
@@ -542,6 +628,7 @@ fn gpu_server() -> &'static TestServer {
             ..ServiceConfig::default()
         });
         service.wait_ready(None).expect("the synthetic model starts");
+        let _ = GPU_SERVICE.set(service.clone());
         TestServer::start(
             service,
             ServerConfig {
@@ -552,6 +639,50 @@ fn gpu_server() -> &'static TestServer {
             },
         )
     })
+}
+
+/// Per-request resize bounds (`mm_processor_kwargs`) change the image's token count by
+/// exactly what `smart_resize` says, and a repeated image is a hit of the preprocessed-image
+/// cache (the default --mm-processor-cache-gb) with the same prompt.
+#[test]
+#[ignore = "needs GPU"]
+fn gpu_pixel_bounds_and_image_cache() {
+    let s = gpu_server();
+    let service = GPU_SERVICE.get().expect("set by gpu_server");
+    let url = s.url("/v1/chat/completions");
+    // A size no other test sends, so the first request is a miss.
+    let (w, h) = (302usize, 198usize);
+    let uri = data_uri(&png(w as u32, h as u32));
+    let ask = |kwargs: Option<Value>| -> usize {
+        let mut body = with(chat(std::slice::from_ref(&uri), "OCR:"), "max_tokens", 2.into());
+        if let Some(kw) = kwargs {
+            body = with(body, "mm_processor_kwargs", kw);
+        }
+        let (status, answer) = post(&url, &body.to_string());
+        assert_eq!(status, 200, "{answer}");
+        let v: Value = serde_json::from_str(&answer).unwrap();
+        v["usage"]["prompt_tokens"].as_u64().unwrap() as usize
+    };
+    let tokens = |min: u64, max: u64| {
+        let (rh, rw) = ocrvl::preprocess::smart_resize(h, w, 28, min, max).unwrap();
+        (rh / 28) * (rw / 28)
+    };
+    let before = service.image_cache_stats();
+    let default = ask(None);
+    let small = ask(Some(json!({"min_pixels": 3136, "max_pixels": 50176})));
+    let explicit = ask(Some(json!({"min_pixels": 112896, "max_pixels": 1003520})));
+    assert_eq!(
+        default - small,
+        tokens(112_896, 1_003_520) - tokens(3136, 50176),
+        "the small bounds' image has fewer tokens by exactly smart_resize's count"
+    );
+    assert_eq!(explicit, default, "the hub bounds given explicitly are the defaults");
+    let after = service.image_cache_stats();
+    assert!(after.misses >= before.misses + 2, "{before:?} -> {after:?}");
+    assert!(
+        after.hits > before.hits,
+        "the third request reuses the first's pixels: {before:?} -> {after:?}"
+    );
 }
 
 fn small_request(max_tokens: u64) -> Value {

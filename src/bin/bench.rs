@@ -58,10 +58,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
+use clap::error::ErrorKind;
+use clap::{CommandFactory, Parser};
 use serde_json::{json, Value};
 
-use ocrvl::config::{EngineConfig, EnvFlags, FlashAttnVersion, ModelConfig, SamplingClass};
+use ocrvl::config::{
+    normalize_flag_spelling, EngineArgs, EngineConfig, EnvFlags, FlashAttnVersion, ModelConfig, SamplingClass,
+};
 use ocrvl::engine::Engine;
 use ocrvl::runtime::Gpu;
 use ocrvl::service::ensure_synthetic_model;
@@ -123,14 +127,52 @@ impl BenchArgs {
     }
 }
 
-const USAGE: &str = "usage: bench [--model DIR] [--max-num-seqs 256] [--max-model-len 16384] \
-[--max-num-batched-tokens 8192] [--gpu-memory-utilization 0.9] [--enable-prefix-caching | \
---no-enable-prefix-caching] [--enforce-eager] [--no-async-scheduling] [--synthetic-dir DIR] [--vision-patches 5040] [--context 1024] \
-[--no-model-steps] [--workload decode|page-1080p|page-360p|crops|all|none (or a comma list)] \
-[--num-requests N | --num-requests decode=N,page-1080p=N,...] [--prompt-len 1024] [--output-len 1024] \
-[--warmup 32] [--dry-run] [--json PATH]
-
-Environment: FLAGS_flash_attn_version (2, 3, unset), FD_SAMPLING_CLASS (base, rejection).";
+/// `bench [flags]`.
+#[derive(Parser, Debug)]
+#[command(
+    name = "bench",
+    about = "Throughput of ocrvl: model steps and request workloads",
+    args_override_self = true,
+    allow_negative_numbers = true,
+    after_help = "Environment: FLAGS_flash_attn_version (2, 3, unset), FD_SAMPLING_CLASS (base, rejection)."
+)]
+struct Cli {
+    #[command(flatten)]
+    engine: EngineArgs,
+    /// Where the synthetic model is written when --model is not given.
+    #[arg(long, value_name = "DIR")]
+    synthetic_dir: Option<PathBuf>,
+    /// Patches of the timed vision-tower pass (5040: an A4 page at 150 dpi).
+    #[arg(long, value_name = "N", default_value_t = 5040, value_parser = positive)]
+    vision_patches: usize,
+    /// Tokens cached per sequence in the timed decode step.
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = positive)]
+    context: usize,
+    /// Skip the model-step timings.
+    #[arg(long)]
+    no_model_steps: bool,
+    /// decode, page-1080p, page-360p, crops, all, none, or a comma list.
+    #[arg(long, value_name = "LIST", default_value = "decode")]
+    workload: String,
+    /// Requests per workload: N, or WORKLOAD=N,... (1024 each by default).
+    #[arg(long, value_name = "N|W=N,...")]
+    num_requests: Option<String>,
+    /// The decode workload's prompt length.
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = positive)]
+    prompt_len: usize,
+    /// The decode workload's output length.
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = positive)]
+    output_len: usize,
+    /// Warm-up requests per workload (8 tokens out each, not timed).
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    warmup: usize,
+    /// Print the workloads' request shapes (preprocessing included) and exit: no GPU needed.
+    #[arg(long)]
+    dry_run: bool,
+    /// Write everything printed, as JSON, to this file.
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
+}
 
 fn main() -> ExitCode {
     match run() {
@@ -142,91 +184,63 @@ fn main() -> ExitCode {
     }
 }
 
-fn positive(name: &str, v: &str) -> anyhow::Result<usize> {
+fn positive(v: &str) -> Result<usize, String> {
     v.parse()
         .ok()
         .filter(|&n: &usize| n > 0)
-        .with_context(|| format!("{name}: `{v}` is not a positive integer"))
+        .ok_or_else(|| format!("`{v}` is not a positive integer"))
 }
 
+/// Parses the command line; `--help` and flag errors print and exit.
 fn parse_args() -> anyhow::Result<BenchArgs> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let (engine, rest) = EngineConfig::parse_args(&args)?;
-    let mut out = BenchArgs {
-        engine,
-        synthetic_dir: None,
-        vision_patches: 5040,
-        context: 1024,
-        model_steps: true,
-        workloads: vec![Workload::Decode],
-        num_requests: HashMap::new(),
-        prompt_len: 1024,
-        output_len: 1024,
-        warmup: 32,
-        dry_run: false,
-        json: None,
+    let argv = std::iter::once("bench".to_string()).chain(normalize_flag_spelling(std::env::args().skip(1)));
+    let cli = Cli::try_parse_from(argv).unwrap_or_else(|e| e.exit());
+    let fail = |msg: String| Cli::command().error(ErrorKind::ValueValidation, msg).exit();
+    let settings = cli.engine.resolve().unwrap_or_else(fail);
+    if settings.chat_template.is_some() {
+        fail("--chat-template: bench builds its prompts with the model directory's template".into());
+    }
+    for note in &settings.notes {
+        eprintln!("bench: {note}");
+    }
+    let workloads = match cli.workload.as_str() {
+        "all" => Workload::ALL.to_vec(),
+        "none" => Vec::new(),
+        list => list
+            .split(',')
+            .map(Workload::from_name)
+            .collect::<anyhow::Result<_>>()
+            .context("--workload")?,
     };
-    let mut it = rest.into_iter();
-    while let Some(flag) = it.next() {
-        let (name, inline) = match flag.split_once('=') {
-            Some((n, v)) => (n.to_string(), Some(v.to_string())),
-            None => (flag.clone(), None),
-        };
-        let mut value = || {
-            inline
-                .clone()
-                .or_else(|| it.next())
-                .with_context(|| format!("{name} needs a value"))
-        };
-        match name.as_str() {
-            "--synthetic-dir" => out.synthetic_dir = Some(PathBuf::from(value()?)),
-            "--vision-patches" => out.vision_patches = positive(&name, &value()?)?,
-            "--context" => out.context = positive(&name, &value()?)?,
-            "--prompt-len" => out.prompt_len = positive(&name, &value()?)?,
-            "--output-len" => out.output_len = positive(&name, &value()?)?,
-            "--warmup" => {
-                let v = value()?;
-                out.warmup = v
-                    .parse()
-                    .with_context(|| format!("--warmup: `{v}` is not a whole number"))?;
+    let mut num_requests = HashMap::new();
+    if let Some(v) = &cli.num_requests {
+        if v.contains('=') {
+            for pair in v.split(',') {
+                let (w, n) = pair
+                    .split_once('=')
+                    .with_context(|| format!("--num-requests: `{pair}` is not WORKLOAD=N"))?;
+                let n = positive(n).map_err(|e| anyhow::anyhow!("--num-requests: {e}"))?;
+                num_requests.insert(Workload::from_name(w)?.name(), n);
             }
-            "--no-model-steps" => out.model_steps = false,
-            "--dry-run" => out.dry_run = true,
-            "--workload" => {
-                let v = value()?;
-                out.workloads = match v.as_str() {
-                    "all" => Workload::ALL.to_vec(),
-                    "none" => Vec::new(),
-                    list => list
-                        .split(',')
-                        .map(Workload::from_name)
-                        .collect::<anyhow::Result<_>>()?,
-                };
-            }
-            "--num-requests" => {
-                let v = value()?;
-                if v.contains('=') {
-                    for pair in v.split(',') {
-                        let (w, n) = pair
-                            .split_once('=')
-                            .with_context(|| format!("--num-requests: `{pair}` is not WORKLOAD=N"))?;
-                        out.num_requests
-                            .insert(Workload::from_name(w)?.name(), positive(&name, n)?);
-                    }
-                } else {
-                    let n = positive(&name, &v)?;
-                    out.num_requests = Workload::ALL.iter().map(|w| (w.name(), n)).collect();
-                }
-            }
-            "--json" => out.json = Some(PathBuf::from(value()?)),
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            other => bail!("unknown argument `{other}` (see --help)"),
+        } else {
+            let n = positive(v).map_err(|e| anyhow::anyhow!("--num-requests: {e}"))?;
+            num_requests = Workload::ALL.iter().map(|w| (w.name(), n)).collect();
         }
     }
-    Ok(out)
+    Ok(BenchArgs {
+        engine: settings.engine,
+        synthetic_dir: cli.synthetic_dir,
+        vision_patches: cli.vision_patches,
+        context: cli.context,
+        model_steps: !cli.no_model_steps,
+        workloads,
+        num_requests,
+        prompt_len: cli.prompt_len,
+        output_len: cli.output_len,
+        warmup: cli.warmup,
+        dry_run: cli.dry_run,
+        json: cli.json,
+    })
 }
 
 /// The flags in force, as the engine and the environment parser read them.

@@ -1,5 +1,5 @@
 //! `ocr IMAGE... [--task ocr|table|formula|chart] [--model DIR] [--json] [--max-tokens N]
-//! [engine flags]`: runs the engine in-process and prints what it reads in each image.
+//! [engine flags, as serve takes them]`: runs the engine in-process and prints what it reads in each image.
 //!
 //! All images go to the engine at once (up to `--max-num-seqs` in flight; one worker thread
 //! per in-flight image does its decoding and preprocessing), and results print in the order
@@ -16,19 +16,45 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
+use clap::error::ErrorKind;
+use clap::{CommandFactory, Parser};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use ocrvl::config::{EngineConfig, EnvFlags};
+use ocrvl::config::{normalize_flag_spelling, EngineArgs, EngineConfig, EnvFlags};
 use ocrvl::engine::FinishReason;
 use ocrvl::preprocess::prompt::Task;
 use ocrvl::server::otsl::otsl_to_html;
 use ocrvl::service::{Completion, OcrRequest, PromptInput, Service, ServiceConfig};
 
-const USAGE: &str = "\
-usage: ocr IMAGE... [--task ocr|table|formula|chart] [--model DIR] [--json] [--max-tokens N]
-           [--synthetic-dir DIR] [--max-model-len N] [--max-num-seqs N] [--gpu-memory-utilization F] ...
-Without --model it runs a full-size synthetic model (random weights): the output is meaningless.";
+/// `ocr IMAGE... [flags]`.
+#[derive(Parser, Debug)]
+#[command(
+    name = "ocr",
+    about = "Read images with PaddleOCR-VL in-process",
+    args_override_self = true,
+    allow_negative_numbers = true,
+    after_help = "Without --model it runs a full-size synthetic model (random weights): the output is meaningless."
+)]
+struct Cli {
+    /// Images to read (PNG, JPEG, WebP, BMP, TIFF, GIF).
+    #[arg(required = true, value_name = "IMAGE")]
+    images: Vec<PathBuf>,
+    /// The task prompt: ocr, table, formula or chart.
+    #[arg(long, default_value = "ocr", value_parser = task)]
+    task: Task,
+    /// One JSON object per image and line.
+    #[arg(long)]
+    json: bool,
+    /// Most tokens generated per image (default: up to --max-model-len).
+    #[arg(long, value_name = "N")]
+    max_tokens: Option<usize>,
+    /// Where the synthetic model is written when --model is not given.
+    #[arg(long, value_name = "DIR")]
+    synthetic_dir: Option<PathBuf>,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
 
 struct Args {
     engine: EngineConfig,
@@ -37,69 +63,39 @@ struct Args {
     json: bool,
     max_tokens: Option<usize>,
     synthetic_dir: Option<PathBuf>,
+    image_cache_bytes: usize,
+    chat_template: Option<PathBuf>,
 }
 
-fn parse_args() -> Result<Option<Args>, String> {
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    let (engine, rest) = EngineConfig::parse_args(&argv).map_err(|e| e.to_string())?;
-    let mut args = Args {
-        engine,
-        images: Vec::new(),
-        task: Task::Ocr,
-        json: false,
-        max_tokens: None,
-        synthetic_dir: None,
-    };
-    let mut it = rest.into_iter();
-    while let Some(arg) = it.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if arg.starts_with("--") => (f.to_string(), Some(v.to_string())),
-            _ => (arg.clone(), None),
-        };
-        let mut value = || {
-            inline
-                .clone()
-                .or_else(|| it.next())
-                .ok_or(format!("{flag} needs a value"))
-        };
-        match flag.as_str() {
-            "-h" | "--help" => return Ok(None),
-            "--json" => args.json = true,
-            "--task" => {
-                let v = value()?;
-                args.task =
-                    Task::from_name(&v).ok_or(format!("--task {v}: valid values: ocr, table, formula, chart"))?;
-            }
-            "--max-tokens" => {
-                let v = value()?;
-                let n: usize = v
-                    .parse()
-                    .map_err(|_| format!("--max-tokens {v}: expected a whole number"))?;
-                args.max_tokens = Some(n);
-            }
-            "--synthetic-dir" => args.synthetic_dir = Some(PathBuf::from(value()?)),
-            f if f.starts_with("--") => return Err(format!("unknown argument `{f}` (see --help)")),
-            _ => args.images.push(PathBuf::from(arg)),
-        }
+fn task(v: &str) -> Result<Task, String> {
+    Task::from_name(v).ok_or_else(|| "valid values: ocr, table, formula, chart".to_string())
+}
+
+/// Parses the command line; `--help` and errors print and exit.
+fn parse_args() -> Args {
+    let argv = std::iter::once("ocr".to_string()).chain(normalize_flag_spelling(std::env::args().skip(1)));
+    let cli = Cli::try_parse_from(argv).unwrap_or_else(|e| e.exit());
+    let settings = cli
+        .engine
+        .resolve()
+        .unwrap_or_else(|e| Cli::command().error(ErrorKind::ValueValidation, e).exit());
+    for note in &settings.notes {
+        eprintln!("ocr: {note}");
     }
-    if args.images.is_empty() {
-        return Err("no images given".into());
+    Args {
+        engine: settings.engine,
+        images: cli.images,
+        task: cli.task,
+        json: cli.json,
+        max_tokens: cli.max_tokens,
+        synthetic_dir: cli.synthetic_dir,
+        image_cache_bytes: settings.image_cache_bytes,
+        chat_template: settings.chat_template,
     }
-    Ok(Some(args))
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(Some(a)) => a,
-        Ok(None) => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("ocr: {e}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    let args = parse_args();
     let env = match EnvFlags::from_env() {
         Ok(e) => e,
         Err(e) => {
@@ -116,6 +112,8 @@ fn main() -> ExitCode {
         env,
         synthetic_dir: args.synthetic_dir.clone(),
         max_images_per_request: 1,
+        image_cache_bytes: args.image_cache_bytes,
+        chat_template: args.chat_template.clone(),
         ..ServiceConfig::default()
     });
     if let Err(e) = service.wait_ready(None) {

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use ocrvl::config::EnvFlags;
-use ocrvl::server::cli::{ServeArgs, USAGE};
+use ocrvl::server::cli::ServeArgs;
 use ocrvl::server::{AppState, Server};
 use ocrvl::service::{default_synthetic_dir, Service};
 
@@ -19,16 +19,13 @@ fn main() -> ExitCode {
     let t0 = Instant::now();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args = match ServeArgs::parse(&args) {
-        Ok(a) if a.help => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
         Ok(a) => a,
-        Err(e) => {
-            eprintln!("serve: {e}\n{USAGE}");
-            return ExitCode::from(2);
-        }
+        // Prints the help (exit 0) or the error naming the flag (exit 2).
+        Err(e) => e.exit(),
     };
+    for note in &args.notes {
+        eprintln!("serve: {note}");
+    }
     let env = match EnvFlags::from_env() {
         Ok(e) => e,
         Err(e) => {

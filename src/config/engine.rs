@@ -1,5 +1,5 @@
 //! Engine settings, with the names FastDeploy and vLLM use for them, and the environment
-//! switches the engine reads. Flags and environment are each parsed in exactly one place here.
+//! switches the engine reads. The flags are parsed in [`super::cli_args`], the environment here.
 
 use std::path::PathBuf;
 
@@ -59,108 +59,6 @@ impl Default for EngineConfig {
 }
 
 impl EngineConfig {
-    /// Parses engine flags out of `args` (without the program name), starting from the
-    /// defaults. Accepts `--flag value` and `--flag=value`; a repeated flag takes its last
-    /// value. Anything this parser does not know (other `--flags`, their values, positional
-    /// arguments) is returned in order for the caller to parse.
-    pub fn parse_args(args: &[String]) -> Result<(EngineConfig, Vec<String>), ConfigError> {
-        let mut cfg = EngineConfig::default();
-        let mut rest = Vec::new();
-        let mut i = 0;
-        while i < args.len() {
-            let arg = &args[i];
-            i += 1;
-            let (flag, inline) = match arg.split_once('=') {
-                Some((flag, value)) if arg.starts_with("--") => (flag, Some(value)),
-                _ => (arg.as_str(), None),
-            };
-            match flag {
-                "--enable-prefix-caching"
-                | "--no-enable-prefix-caching"
-                | "--enforce-eager"
-                | "--async-scheduling"
-                | "--no-async-scheduling" => {
-                    if let Some(value) = inline {
-                        return Err(ConfigError::FlagValue {
-                            flag: flag.into(),
-                            value: value.into(),
-                            reason: "this switch takes no value".into(),
-                        });
-                    }
-                    match flag {
-                        "--enable-prefix-caching" => cfg.enable_prefix_caching = true,
-                        "--no-enable-prefix-caching" => cfg.enable_prefix_caching = false,
-                        "--async-scheduling" => cfg.async_scheduling = true,
-                        "--no-async-scheduling" => cfg.async_scheduling = false,
-                        _ => cfg.enforce_eager = true,
-                    }
-                }
-                "--max-model-len"
-                | "--max-num-seqs"
-                | "--max-num-batched-tokens"
-                | "--gpu-memory-utilization"
-                | "--dtype"
-                | "--num-gpu-blocks-override"
-                | "--model" => {
-                    let value = match inline {
-                        Some(value) => value.to_string(),
-                        // A following `--flag` means the value was forgotten.
-                        None => match args.get(i) {
-                            Some(next) if !next.starts_with("--") => {
-                                i += 1;
-                                next.clone()
-                            }
-                            _ => return Err(ConfigError::FlagMissingValue { flag: flag.into() }),
-                        },
-                    };
-                    cfg.set(flag, &value)?;
-                }
-                _ => rest.push(arg.clone()),
-            }
-        }
-        Ok((cfg, rest))
-    }
-
-    /// Sets one valued flag; range checks that do not need the model happen here, so the
-    /// message names the flag as typed.
-    fn set(&mut self, flag: &str, value: &str) -> Result<(), ConfigError> {
-        let bad = |reason: String| ConfigError::FlagValue {
-            flag: flag.into(),
-            value: value.into(),
-            reason,
-        };
-        let count = |min: usize, max: usize| -> Result<usize, ConfigError> {
-            match value.parse::<usize>() {
-                Ok(n) if (min..=max).contains(&n) => Ok(n),
-                Ok(_) if max == usize::MAX => Err(bad(format!("must be at least {min}"))),
-                Ok(_) => Err(bad(format!("must be in {min}..={max}"))),
-                Err(_) => Err(bad("expected a whole number".into())),
-            }
-        };
-        match flag {
-            "--max-model-len" => self.max_model_len = count(1, usize::MAX)?,
-            "--max-num-seqs" => self.max_num_seqs = count(1, MAX_NUM_SEQS_LIMIT)?,
-            "--max-num-batched-tokens" => self.max_num_batched_tokens = count(1, usize::MAX)?,
-            "--gpu-memory-utilization" => {
-                let fraction: f64 = value.parse().map_err(|_| bad("expected a number".into()))?;
-                if !(fraction > 0.0 && fraction <= 1.0) {
-                    return Err(bad("must be in (0, 1]".into()));
-                }
-                self.gpu_memory_utilization = fraction;
-            }
-            "--dtype" => {
-                self.dtype = match value {
-                    "bfloat16" | "auto" => DType::BF16,
-                    _ => return Err(bad(format!("valid values: {DTYPE_VALID}"))),
-                }
-            }
-            "--model" => self.model = Some(PathBuf::from(value)),
-            "--num-gpu-blocks-override" => self.num_gpu_blocks_override = Some(count(1, usize::MAX)?),
-            _ => unreachable!("parse_args only routes valued flags here"),
-        }
-        Ok(())
-    }
-
     /// Checks the settings against each other and against the model.
     pub fn validate(&self, model: &ModelConfig) -> Result<(), ConfigError> {
         let invalid = |field: &str, reason: String| ConfigError::Invalid {

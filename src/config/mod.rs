@@ -5,9 +5,11 @@
 //! an environment variable) and, for values from a fixed set, lists the valid ones, so that a
 //! user can fix the input from the message alone.
 
+pub mod cli_args;
 pub mod engine;
 pub mod model;
 
+pub use cli_args::{normalize_flag_spelling, parse_engine_flags, EngineArgs, EngineSettings};
 pub use engine::{EngineConfig, EnvFlags, FlashAttnVersion, SamplingClass};
 pub use model::{ModelConfig, SpecialTokens, TextConfig, VisionConfig};
 

@@ -198,6 +198,29 @@ impl PromptBuilder {
         Self::with_origins(tokenizer, "given tokenizer".into(), template, origin, model)
     }
 
+    /// Replaces the chat template with the one in `path` (`--chat-template`, as vLLM and
+    /// GPUStack pass it); the tokenizer and its special-token strings stay.
+    pub fn with_chat_template_file(self, path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| PreprocessError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        self.with_chat_template_text(text, path.display().to_string())
+    }
+
+    /// Replaces the chat template with `text` (vLLM also takes the template itself in
+    /// `--chat-template`); `origin` names it in errors.
+    pub fn with_chat_template_text(mut self, text: String, origin: String) -> Result<Self> {
+        self.env
+            .add_template_owned(TEMPLATE_NAME, text)
+            .map_err(|e| PreprocessError::ChatTemplate {
+                origin: origin.clone(),
+                message: format!("{e:#}"),
+            })?;
+        self.template_origin = origin;
+        Ok(self)
+    }
+
     fn with_origins(
         tokenizer: Tokenizer,
         tokenizer_origin: String,

@@ -3,10 +3,12 @@
 //! `repetition_penalty`, `stop_token_ids`, `ignore_eos`).
 //!
 //! Requests are parsed strictly where a wrong type would silently change the result (numbers,
-//! content parts) and leniently elsewhere: unknown fields are ignored, as OpenAI clients add
-//! new ones over time, except the few whose meaning this server cannot honour
-//! (`tools`, `response_format` other than text, `logit_bias`), which are rejected in
-//! validation rather than ignored.
+//! content parts) and leniently elsewhere: unknown fields are ignored, as vLLM does (OpenAI
+//! clients add new ones over time) and named once in the log, except the few whose meaning
+//! this server cannot honour (`tools`, `response_format` other than text, `logit_bias`), which
+//! are rejected in validation rather than ignored. From vLLM also: `mm_processor_kwargs`
+//! (per-request resize bounds, as PaddleOCR's pipeline sends them), `skip_special_tokens` and
+//! `spaces_between_special_tokens`.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -61,6 +63,17 @@ pub struct ChatCompletionRequest {
     pub response_format: Option<Value>,
     #[serde(default)]
     pub logit_bias: Option<Value>,
+    /// vLLM: the processor's arguments for this request, here `min_pixels` / `max_pixels`
+    /// (or `size: {shortest_edge, longest_edge}`), checked in validation.
+    #[serde(default)]
+    pub mm_processor_kwargs: Option<Value>,
+    #[serde(default)]
+    pub skip_special_tokens: Option<bool>,
+    #[serde(default)]
+    pub spaces_between_special_tokens: Option<bool>,
+    /// Every field not named above: ignored, and named once in the log.
+    #[serde(flatten)]
+    pub unknown: serde_json::Map<String, Value>,
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -10,9 +10,13 @@
 //! caller wrote would make results differ from the reference pipelines without telling anyone.
 //! Assistant and tool messages (multi-turn) are rejected for the same reason.
 
+use std::collections::HashSet;
+use std::sync::{Mutex, OnceLock};
+
 use crate::kernels::sampling::SamplingParams;
+use crate::preprocess::ProcessorConfig;
 use crate::service::limits::{self, check_sampling};
-use crate::service::{OcrRequest, PromptInput};
+use crate::service::{OcrRequest, PixelBounds, PromptInput};
 
 use super::api::{ChatCompletionRequest, ContentPart, MessageContent, StopSpec};
 use super::error::ApiError;
@@ -50,6 +54,12 @@ pub struct ChatPlan {
     pub top_logprobs: usize,
     pub stream: bool,
     pub include_usage: bool,
+    /// `mm_processor_kwargs` resize bounds for this request's images.
+    pub pixel_bounds: Option<PixelBounds>,
+    pub skip_special_tokens: bool,
+    pub spaces_between_special_tokens: bool,
+    /// Fields of the request this server does not read (ignored).
+    pub ignored_fields: Vec<String>,
 }
 
 impl ChatPlan {
@@ -64,6 +74,9 @@ impl ChatPlan {
         // Alternatives are only computed when asked for; the chosen token's own logprob
         // always comes with the token.
         req.top_logprobs = if self.logprobs { self.top_logprobs } else { 0 };
+        req.pixel_bounds = self.pixel_bounds;
+        req.skip_special_tokens = self.skip_special_tokens;
+        req.spaces_between_special_tokens = self.spaces_between_special_tokens;
         req
     }
 }
@@ -97,8 +110,12 @@ pub fn plan_chat(req: ChatCompletionRequest, limits: &Limits) -> Result<ChatPlan
             return Err(ApiError::invalid(format!("n must be 1 (got {n})"), Some("n")));
         }
     }
+    let req = top_p_zero_is_greedy(req);
     let sampling = sampling(&req, limits.max_temperature)?;
     let max_tokens = max_tokens(&req, limits.max_model_len)?;
+    let pixel_bounds = pixel_bounds(&req, limits.max_model_len)?;
+    let ignored_fields: Vec<String> = req.unknown.keys().cloned().collect();
+    log_ignored_fields(&ignored_fields);
 
     let logprobs = req.logprobs.unwrap_or(false);
     let top_logprobs = match req.top_logprobs {
@@ -136,6 +153,10 @@ pub fn plan_chat(req: ChatCompletionRequest, limits: &Limits) -> Result<ChatPlan
         top_logprobs,
         stream,
         include_usage: stream && req.stream_options.and_then(|o| o.include_usage).unwrap_or(false),
+        pixel_bounds,
+        skip_special_tokens: req.skip_special_tokens.unwrap_or(true),
+        spaces_between_special_tokens: req.spaces_between_special_tokens.unwrap_or(true),
+        ignored_fields,
     })
 }
 
@@ -225,14 +246,10 @@ fn user_turn(req: &ChatCompletionRequest) -> Result<(Vec<String>, String), ApiEr
 fn sampling(req: &ChatCompletionRequest, max_temperature: f32) -> Result<SamplingParams, ApiError> {
     // Greedy unless asked otherwise: every reference pipeline decodes PaddleOCR-VL greedily
     // (MODEL_SPEC §6.4), so an omitted temperature means 0 here, not OpenAI's 1.
-    let mut temperature = req.temperature.unwrap_or(0.0);
-    let mut top_p = req.top_p.unwrap_or(1.0);
-    if top_p == 0.0 {
-        // `top_p: 0` keeps only the most likely token: greedy (what PaddleX's FastDeploy
-        // clients send for it). vLLM's (0, 1] range is checked by `check_top_p` otherwise.
-        temperature = 0.0;
-        top_p = 1.0;
-    }
+    // `top_p: 0` was made greedy before this (`top_p_zero_is_greedy`); vLLM's (0, 1] range is
+    // checked by `check_top_p`.
+    let temperature = req.temperature.unwrap_or(0.0);
+    let top_p = req.top_p.unwrap_or(1.0);
     let top_k = match req.top_k.unwrap_or(0) {
         // vLLM's "off" is -1; ours is 0.
         -1 | 0 => 0,
@@ -285,6 +302,114 @@ fn max_tokens(req: &ChatCompletionRequest, max_model_len: usize) -> Result<Optio
         ));
     }
     Ok(Some(value as usize))
+}
+
+// ---------------------------------------------------------------------------------------
+// Fields vLLM clients and PaddleOCR's pipeline send (issue 14).
+
+/// `top_p: 0` with any temperature is what PaddleX sends a FastDeploy backend to ask for
+/// greedy decoding (`temperature: 1, top_p: 0`); FastDeploy decodes it greedily, so it is
+/// greedy here too (temperature 0, top_p back to 1), not a range error.
+fn top_p_zero_is_greedy(mut req: ChatCompletionRequest) -> ChatCompletionRequest {
+    if req.top_p == Some(0.0) {
+        req.top_p = None;
+        req.temperature = Some(0.0);
+    }
+    req
+}
+
+/// `mm_processor_kwargs`: `min_pixels` / `max_pixels`, or vLLM's `size: {shortest_edge,
+/// longest_edge}` (pixel counts, as in the HF processor; the explicit keys win). Checked
+/// against the hub processor's patch block (28x28) and `--max-model-len`; the service checks
+/// again against the loaded model's processor. Any other key is a 400: it would change the
+/// preprocessing in a way this server does not do.
+fn pixel_bounds(req: &ChatCompletionRequest, max_model_len: usize) -> Result<Option<PixelBounds>, ApiError> {
+    const FIELD: &str = "mm_processor_kwargs";
+    let map = match &req.mm_processor_kwargs {
+        None | Some(serde_json::Value::Null) => return Ok(None),
+        Some(serde_json::Value::Object(m)) if m.is_empty() => return Ok(None),
+        Some(serde_json::Value::Object(m)) => m,
+        Some(_) => return Err(ApiError::invalid(format!("{FIELD} must be an object"), Some(FIELD))),
+    };
+    let count = |name: &str, v: &serde_json::Value| -> Result<u64, ApiError> {
+        v.as_u64().ok_or_else(|| {
+            ApiError::invalid(
+                format!("{FIELD}.{name} must be a whole number of pixels >= 0 (got {v})"),
+                Some(FIELD),
+            )
+        })
+    };
+    let mut bounds = PixelBounds::default();
+    let (mut min_name, mut max_name) = ("min_pixels", "max_pixels");
+    if let Some(size) = map.get("size") {
+        let size = size
+            .as_object()
+            .ok_or_else(|| ApiError::invalid(format!("{FIELD}.size must be an object"), Some(FIELD)))?;
+        for (k, v) in size {
+            match k.as_str() {
+                "shortest_edge" => {
+                    bounds.min_pixels = Some(count("size.shortest_edge", v)?);
+                    min_name = "size.shortest_edge";
+                }
+                "longest_edge" => {
+                    bounds.max_pixels = Some(count("size.longest_edge", v)?);
+                    max_name = "size.longest_edge";
+                }
+                other => {
+                    return Err(ApiError::invalid(
+                        format!("{FIELD}.size.{other} is not supported (shortest_edge, longest_edge are)"),
+                        Some(FIELD),
+                    ))
+                }
+            }
+        }
+    }
+    for (k, v) in map {
+        match k.as_str() {
+            "size" => {}
+            "min_pixels" => {
+                bounds.min_pixels = Some(count(k, v)?);
+                min_name = "min_pixels";
+            }
+            "max_pixels" => {
+                bounds.max_pixels = Some(count(k, v)?);
+                max_name = "max_pixels";
+            }
+            other => {
+                return Err(ApiError::invalid(
+                    format!("{FIELD}.{other} is not supported (min_pixels, max_pixels and size are)"),
+                    Some(FIELD),
+                ))
+            }
+        }
+    }
+    let hub = ProcessorConfig::default();
+    let names = (format!("{FIELD}.{min_name}"), format!("{FIELD}.{max_name}"));
+    bounds
+        .resolve((hub.min_pixels, hub.max_pixels))
+        .check(hub.factor(), max_model_len, (&names.0, &names.1))
+        .map_err(|e| ApiError::invalid(e, Some(FIELD)))?;
+    Ok(Some(bounds))
+}
+
+/// Logs each ignored field name the first time any request carries it (vLLM logs them on
+/// every request; once per name keeps a busy log readable). Returns the names logged now.
+fn log_ignored_fields(names: &[String]) -> Vec<String> {
+    static SEEN: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+    if names.is_empty() {
+        return Vec::new();
+    }
+    let Ok(mut seen) = SEEN.get_or_init(|| Mutex::new(HashSet::new())).lock() else {
+        return Vec::new();
+    };
+    let new: Vec<String> = names.iter().filter(|n| seen.insert((*n).clone())).cloned().collect();
+    if !new.is_empty() && std::env::var_os("OCRVL_QUIET").is_none() {
+        eprintln!(
+            "serve: request field(s) {} not used by ocrvl: ignored (logged once per field name)",
+            new.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+        );
+    }
+    new
 }
 
 #[cfg(test)]
@@ -483,5 +608,98 @@ mod tests {
         let e = plan(with(user("x".into()), "model", "gpt-4o".into())).unwrap_err();
         assert_eq!(e.status, 404);
         assert_eq!(e.code, Some("model_not_found"));
+    }
+
+    #[test]
+    fn top_p_zero_is_greedy_and_max_completion_tokens_wins() {
+        let body = with(with(user("x".into()), "temperature", 1.into()), "top_p", 0.into());
+        let p = plan(body).unwrap();
+        assert_eq!((p.sampling.temperature, p.sampling.top_p), (0.0, 1.0));
+        let body = with(user("x".into()), "max_completion_tokens", 64.into());
+        assert_eq!(plan(with(body, "max_tokens", 8.into())).unwrap().max_tokens, Some(64));
+    }
+
+    #[test]
+    fn pixel_bounds_from_either_form() {
+        let kw = |v: serde_json::Value| plan(with(user("x".into()), "mm_processor_kwargs", v));
+        let p = kw(serde_json::json!({"min_pixels": 112896, "max_pixels": 1003520})).unwrap();
+        assert_eq!(
+            p.pixel_bounds,
+            Some(PixelBounds {
+                min_pixels: Some(112896),
+                max_pixels: Some(1003520)
+            })
+        );
+        let req = p.to_ocr_request(vec![]);
+        assert_eq!(req.pixel_bounds, p.pixel_bounds);
+        let p = kw(serde_json::json!({"size": {"shortest_edge": 3136, "longest_edge": 200704}})).unwrap();
+        assert_eq!(
+            p.pixel_bounds,
+            Some(PixelBounds {
+                min_pixels: Some(3136),
+                max_pixels: Some(200704)
+            })
+        );
+        assert_eq!(kw(serde_json::json!({})).unwrap().pixel_bounds, None);
+        assert_eq!(plan(user("x".into())).unwrap().pixel_bounds, None);
+        // max_model_len 4096 in these limits: 3,000,000 / 784 = 3826 tokens fits, 4096 * 784 not.
+        assert!(kw(serde_json::json!({"max_pixels": 3_000_000})).is_ok());
+        for (bad, needle) in [
+            (
+                serde_json::json!({"min_pixels": 2_000_000, "max_pixels": 1_003_520}),
+                "min_pixels (2000000) is above",
+            ),
+            (serde_json::json!({"max_pixels": 700}), "max_pixels (700) is below"),
+            (serde_json::json!({"max_pixels": 4096 * 784}), "max_pixels"),
+            (
+                serde_json::json!({"size": {"longest_edge": 100}}),
+                "size.longest_edge (100)",
+            ),
+            (
+                serde_json::json!({"min_pixels": -1}),
+                "min_pixels must be a whole number",
+            ),
+            (
+                serde_json::json!({"min_pixels": 1.5}),
+                "min_pixels must be a whole number",
+            ),
+            (serde_json::json!({"fps": 2}), "mm_processor_kwargs.fps"),
+            (serde_json::json!("x"), "must be an object"),
+        ] {
+            let e = kw(bad.clone()).expect_err(&bad.to_string());
+            assert_eq!(e.status, 400);
+            assert_eq!(e.param.as_deref(), Some("mm_processor_kwargs"));
+            assert!(e.message.contains(needle), "{bad}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn detokenisation_flags() {
+        let p = plan(user("x".into())).unwrap();
+        assert!(p.skip_special_tokens && p.spaces_between_special_tokens);
+        let body = with(user("x".into()), "skip_special_tokens", false.into());
+        let p = plan(with(body, "spaces_between_special_tokens", false.into())).unwrap();
+        assert!(!p.skip_special_tokens && !p.spaces_between_special_tokens);
+        let req = p.to_ocr_request(vec![]);
+        assert!(!req.skip_special_tokens && !req.spaces_between_special_tokens);
+        assert_eq!(
+            plan(with(user("x".into()), "skip_special_tokens", "no".into()))
+                .unwrap_err()
+                .status,
+            400
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_and_logged_once() {
+        let body = with(user("x".into()), "ocrvl_test_unknown_a", 1.into());
+        let p = plan(with(body, "ocrvl_test_unknown_b", serde_json::json!({"k": 1}))).unwrap();
+        let mut names = p.ignored_fields.clone();
+        names.sort();
+        assert_eq!(names, vec!["ocrvl_test_unknown_a", "ocrvl_test_unknown_b"]);
+        let first = log_ignored_fields(&["ocrvl_test_unknown_c".to_string()]);
+        assert_eq!(first, vec!["ocrvl_test_unknown_c"]);
+        let again = log_ignored_fields(&["ocrvl_test_unknown_c".to_string()]);
+        assert!(again.is_empty(), "logged once per name");
     }
 }

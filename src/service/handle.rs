@@ -11,6 +11,20 @@ use super::{EngineEvent, Frontend, Service};
 use crate::engine::FinishReason;
 use crate::error::{Error, Result};
 
+/// How a request's tokens become text: its stop strings, and vLLM's detokenisation flags.
+///
+/// `spaces_between_special_tokens` only matters to vLLM's slow-tokenizer path, which joins
+/// special tokens with spaces; PaddleOCR-VL ships a fast tokenizer (`tokenizer.json`), for
+/// which vLLM decodes with the tokenizers library and the flag changes nothing. It is kept
+/// here so the request says what it asked for, and the text matches vLLM's either way.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct TextOptions {
+    pub stop: Vec<String>,
+    pub skip_special_tokens: bool,
+    #[allow(dead_code)]
+    pub spaces_between_special_tokens: bool,
+}
+
 /// Latencies of one request, from `submit`.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Timings {
@@ -25,7 +39,8 @@ pub struct Timings {
 /// The final result of a request.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Completion {
-    /// Generated text, special tokens skipped, a matched stop string and what follows removed.
+    /// Generated text (special tokens skipped unless the request kept them), a matched stop
+    /// string and what follows removed.
     pub text: String,
     pub token_ids: Vec<u32>,
     /// Log-probability of each generated token.
@@ -62,6 +77,8 @@ pub struct RequestHandle {
     front: Arc<Frontend>,
     events: Receiver<EngineEvent>,
     stop: Vec<String>,
+    /// Leave special tokens out of the text.
+    skip_special: bool,
     prompt_tokens: usize,
     submitted: Instant,
     first_token: Option<Instant>,
@@ -82,7 +99,7 @@ impl RequestHandle {
         service: Service,
         front: Arc<Frontend>,
         events: Receiver<EngineEvent>,
-        stop: Vec<String>,
+        text: TextOptions,
         prompt_tokens: usize,
         submitted: Instant,
     ) -> RequestHandle {
@@ -91,7 +108,8 @@ impl RequestHandle {
             service,
             front,
             events,
-            stop: stop.into_iter().filter(|s| !s.is_empty()).collect(),
+            stop: text.stop.into_iter().filter(|s| !s.is_empty()).collect(),
+            skip_special: text.skip_special_tokens,
             prompt_tokens,
             submitted,
             first_token: None,
@@ -196,8 +214,8 @@ impl RequestHandle {
                 self.last_token.get_or_insert(at);
                 // Tokens held back for an unfinished character: their text now, U+FFFD and
                 // all; it may complete a stop string.
-                let p = &self.front.prompts;
-                let rest = self.detokenizer.flush(&self.ids, |ids| p.decode(ids, true))?;
+                let (p, skip) = (&self.front.prompts, self.skip_special);
+                let rest = self.detokenizer.flush(&self.ids, |ids| p.decode(ids, skip))?;
                 self.text.push_str(&rest);
                 if let Some((cut, stop)) = self.find_stop() {
                     self.text.truncate(cut);
@@ -214,7 +232,8 @@ impl RequestHandle {
 
     fn detokenize(&mut self) -> Result<()> {
         let p = &self.front.prompts;
-        let new = self.detokenizer.step(&self.ids, |ids| p.decode(ids, true))?;
+        let skip = self.skip_special;
+        let new = self.detokenizer.step(&self.ids, |ids| p.decode(ids, skip))?;
         self.text.push_str(&new);
         Ok(())
     }

@@ -20,11 +20,16 @@
 mod detokenize;
 mod handle;
 pub mod limits;
+pub mod image_cache;
+mod pixel_bounds;
+mod request_images;
 mod synthetic;
 
 pub use detokenize::IncrementalDetokenizer;
 pub use handle::{Completion, Event, RequestHandle, Timings};
 pub use limits::RequestLimits;
+pub use image_cache::{ImageCache, ImageCacheStats};
+pub use pixel_bounds::{PixelBounds, ResolvedBounds};
 pub use synthetic::{default_synthetic_dir, ensure_synthetic_model};
 
 use std::collections::HashMap;
@@ -36,8 +41,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::config::{EngineConfig, EnvFlags, ModelConfig};
-use crate::engine::prefix_hash::image_content_hash;
-use crate::engine::{Engine, EngineImage, EngineRequest, EngineStats, FinishReason};
+use crate::engine::{Engine, EngineRequest, EngineStats, FinishReason};
 use crate::error::{Error, Result};
 use crate::kernels::sampling::SamplingParams;
 use crate::preprocess::image::ImageProcessor;
@@ -62,6 +66,11 @@ pub struct ServiceConfig {
     /// Cap on an image's decoded `width * height`; `None` is
     /// [`limits::DECODED_PIXELS_PER_MAX_PIXELS`] times the processor's `max_pixels`.
     pub max_decoded_pixels: Option<u64>,
+    /// Bytes of the preprocessed-image cache (`--mm-processor-cache-gb`); 0 turns it off.
+    pub image_cache_bytes: usize,
+    /// A chat template replacing the model directory's (`--chat-template`): a file, or the
+    /// template itself, as vLLM takes it.
+    pub chat_template: Option<PathBuf>,
 }
 
 impl Default for ServiceConfig {
@@ -74,6 +83,8 @@ impl Default for ServiceConfig {
             max_images_per_request: 4,
             max_temperature: limits::DEFAULT_MAX_TEMPERATURE,
             max_decoded_pixels: None,
+            image_cache_bytes: (crate::config::cli_args::DEFAULT_MM_PROCESSOR_CACHE_GB * (1u64 << 30) as f64) as usize,
+            chat_template: None,
         }
     }
 }
@@ -116,6 +127,13 @@ pub struct OcrRequest {
     pub ignore_eos: bool,
     /// Alternatives reported per generated token (0 for none, at most 20).
     pub top_logprobs: usize,
+    /// Resize bounds for this request's images instead of the processor config's
+    /// (`mm_processor_kwargs`); checked against the processor and `--max-model-len`.
+    pub pixel_bounds: Option<PixelBounds>,
+    /// Leave special tokens out of the text (the default, as in vLLM).
+    pub skip_special_tokens: bool,
+    /// vLLM's flag for slow tokenizers; see [`RequestHandle`]'s detokenisation for its effect.
+    pub spaces_between_special_tokens: bool,
 }
 
 impl OcrRequest {
@@ -132,6 +150,9 @@ impl OcrRequest {
             stop_token_ids: Vec::new(),
             ignore_eos: false,
             top_logprobs: 0,
+            pixel_bounds: None,
+            skip_special_tokens: true,
+            spaces_between_special_tokens: true,
         }
     }
 }
@@ -156,6 +177,7 @@ pub(crate) struct Frontend {
     pub(crate) prompts: PromptBuilder,
     pub(crate) max_model_len: usize,
     pub(crate) limits: RequestLimits,
+    pub(crate) image_cache: ImageCache,
 }
 
 /// Messages from the engine thread to one request.
@@ -341,17 +363,17 @@ impl Service {
         req.sampling.validate()?;
         let mut images = Vec::with_capacity(req.images.len());
         let mut grids = Vec::with_capacity(req.images.len());
+        let processor = front.processor_for(req.pixel_bounds)?;
         for (i, bytes) in req.images.iter().enumerate() {
-            let p = front
-                .processor
-                .process_bytes(bytes)
+            let image = front
+                .preprocess(&processor, bytes)
                 .map_err(|e| Error::invalid(OP, format!("image {i}: {e}")))?;
-            grids.push(p.grid);
-            images.push(EngineImage {
-                pixels: p.pixel_values_bf16().into(),
-                grid: (p.grid.h, p.grid.w),
-                content_hash: image_content_hash(bytes),
+            grids.push(crate::preprocess::ImageGrid {
+                t: 1,
+                h: image.grid.0,
+                w: image.grid.1,
             });
+            images.push(image);
         }
         let prompt = match &req.prompt {
             PromptInput::Task(t) => front.prompts.build_task(&grids, *t)?,
@@ -394,6 +416,11 @@ impl Service {
             ignore_eos: req.ignore_eos,
             top_logprobs: req.top_logprobs,
         };
+        let text = handle::TextOptions {
+            stop: req.stop,
+            skip_special_tokens: req.skip_special_tokens,
+            spaces_between_special_tokens: req.spaces_between_special_tokens,
+        };
         let (events_tx, events_rx) = mpsc::channel();
         let (reply_tx, reply_rx) = mpsc::sync_channel(1);
         let submitted = Instant::now();
@@ -410,10 +437,21 @@ impl Service {
             self.clone(),
             front,
             events_rx,
-            req.stop,
+            text,
             prompt_len,
             submitted,
         ))
+    }
+
+    /// Counters of the preprocessed-image cache (`--mm-processor-cache-gb`); zeros until the
+    /// model is loaded.
+    pub fn image_cache_stats(&self) -> ImageCacheStats {
+        self.inner
+            .status
+            .frontend
+            .get()
+            .map(|f| f.image_cache.stats())
+            .unwrap_or_default()
     }
 
     /// Token ids to text with the model's tokenizer (the token strings of logprobs); an error
@@ -506,7 +544,17 @@ fn load(config: &ServiceConfig) -> Result<(Engine, Frontend)> {
         limits.max_decoded_pixels = px;
     }
     let processor = processor.with_max_decoded_pixels(limits.max_decoded_pixels);
-    let prompts = PromptBuilder::from_dir(&dir, &model)?;
+    let mut prompts = PromptBuilder::from_dir(&dir, &model)?;
+    if let Some(spec) = &config.chat_template {
+        // vLLM's rule: a path, or else the template itself.
+        let inline = spec
+            .to_str()
+            .filter(|t| !spec.exists() && (t.contains("{{") || t.contains("{%")));
+        prompts = match inline {
+            Some(text) => prompts.with_chat_template_text(text.to_string(), "--chat-template (inline)".into())?,
+            None => prompts.with_chat_template_file(spec)?,
+        };
+    }
     let t1 = Instant::now();
     let engine = Engine::new(gpu, &dir, &config.engine, config.env)?;
     log_line(&format!(
@@ -524,6 +572,7 @@ fn load(config: &ServiceConfig) -> Result<(Engine, Frontend)> {
             prompts,
             max_model_len: config.engine.max_model_len,
             limits,
+            image_cache: ImageCache::new(config.image_cache_bytes),
         },
     ))
 }

@@ -3,7 +3,10 @@
 
 use std::collections::HashMap;
 
-use ocrvl::config::{ConfigError, EngineConfig, EnvFlags, FlashAttnVersion, ModelConfig, SamplingClass};
+use ocrvl::config::{
+    parse_engine_flags, ConfigError, EngineConfig, EngineSettings, EnvFlags, FlashAttnVersion, ModelConfig,
+    SamplingClass,
+};
 use ocrvl::runtime::DType;
 use serde_json::{json, Value};
 
@@ -421,15 +424,17 @@ fn enumerated_fields_list_the_valid_values() {
     );
 }
 
-fn args(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| s.to_string()).collect()
+// The engine flags (clap, shared by serve, ocr and bench): src/config/cli_args.rs.
+
+fn flags(list: &[&str]) -> Result<EngineSettings, String> {
+    parse_engine_flags(list)
 }
 
 #[test]
 fn engine_defaults() {
-    let (cfg, rest) = EngineConfig::parse_args(&[]).unwrap();
-    assert_eq!(cfg, EngineConfig::default());
-    assert!(rest.is_empty());
+    let s = flags(&[]).unwrap();
+    assert_eq!(s.engine, EngineConfig::default());
+    let cfg = s.engine;
     assert_eq!(cfg.max_model_len, 16384);
     assert_eq!(cfg.max_num_seqs, 256);
     assert_eq!(cfg.max_num_batched_tokens, 8192);
@@ -439,17 +444,17 @@ fn engine_defaults() {
     assert!(!cfg.enforce_eager);
     assert!(cfg.async_scheduling);
     assert_eq!(cfg.model, None);
+    assert!(s.notes.is_empty());
+    assert_eq!(s.chat_template, None);
     cfg.validate(&ModelConfig::paddleocr_vl_0_9b()).unwrap();
 }
 
 #[test]
-fn engine_flags_in_both_spellings_and_unknown_ones_passed_through() {
-    let (cfg, rest) = EngineConfig::parse_args(&args(&[
+fn engine_flags_in_every_spelling() {
+    let s = flags(&[
         "--max-model-len",
         "4096",
-        "--num-prompts",
-        "7",
-        "--max-num-seqs=8",
+        "--max_num_seqs=8",
         "--max-num-batched-tokens",
         "2048",
         "--gpu-memory-utilization=0.5",
@@ -457,13 +462,17 @@ fn engine_flags_in_both_spellings_and_unknown_ones_passed_through() {
         "auto",
         "--no-enable-prefix-caching",
         "--enforce-eager",
-        "--no-async-scheduling",
+        "--no_async_scheduling",
         "--model",
         "/models/ocr",
-        "image.png",
-        "--seed=3",
-    ]))
+        "--revision",
+        "v1.5",
+        "--mm-processor-cache-gb",
+        "0.5",
+        "--chat-template=/t/chat.jinja",
+    ])
     .unwrap();
+    let cfg = &s.engine;
     assert_eq!(cfg.max_model_len, 4096);
     assert_eq!(cfg.max_num_seqs, 8);
     assert_eq!(cfg.max_num_batched_tokens, 2048);
@@ -473,90 +482,152 @@ fn engine_flags_in_both_spellings_and_unknown_ones_passed_through() {
     assert!(cfg.enforce_eager);
     assert!(!cfg.async_scheduling);
     assert_eq!(cfg.model.as_deref(), Some(std::path::Path::new("/models/ocr")));
-    assert_eq!(rest, args(&["--num-prompts", "7", "image.png", "--seed=3"]));
+    assert_eq!(s.revision.as_deref(), Some("v1.5"));
+    assert_eq!(s.image_cache_bytes, 512 << 20);
+    assert_eq!(s.chat_template.as_deref(), Some(std::path::Path::new("/t/chat.jinja")));
 
     // Last one wins, as with argparse.
-    let (cfg, _) = EngineConfig::parse_args(&args(&[
+    let s = flags(&[
         "--no-enable-prefix-caching",
         "--enable-prefix-caching",
         "--dtype=bfloat16",
-    ]))
+    ])
     .unwrap();
-    assert!(cfg.enable_prefix_caching);
+    assert!(s.engine.enable_prefix_caching);
+    let s = flags(&["--max-model-len", "1000", "--max_model_len=2000"]).unwrap();
+    assert_eq!(s.engine.max_model_len, 2000);
+    assert_eq!(flags(&["--mm-processor-cache-gb", "0"]).unwrap().image_cache_bytes, 0);
 }
 
-fn flag_error(list: &[&str]) -> ConfigError {
-    EngineConfig::parse_args(&args(list)).expect_err("flags should be rejected")
+#[test]
+fn graphs_follow_the_compilation_configs() {
+    let eager = |list: &[&str]| flags(list).unwrap().engine.enforce_eager;
+    assert!(!eager(&[
+        "--compilation-config",
+        r#"{"cudagraph_mode":"FULL_DECODE_ONLY"}"#
+    ]));
+    assert!(eager(&["--compilation-config", r#"{"cudagraph_mode": "NONE"}"#]));
+    assert!(!eager(&[
+        "--compilation-config",
+        r#"{"cudagraph_mode":"FULL_AND_PIECEWISE"}"#
+    ]));
+    assert!(eager(&[
+        "--graph-optimization-config",
+        r#"{"graph_opt_level":0, "use_cudagraph":false}"#
+    ]));
+    assert!(!eager(&[
+        "--graph-optimization-config",
+        r#"{"graph_opt_level":0, "use_cudagraph":true}"#
+    ]));
+    assert!(eager(&["--enforce-eager"]));
+    // --enforce-eager wins over a config asking for graphs, and says so.
+    let s = flags(&[
+        "--enforce-eager",
+        "--compilation-config",
+        r#"{"cudagraph_mode":"FULL_DECODE_ONLY"}"#,
+    ])
+    .unwrap();
+    assert!(s.engine.enforce_eager);
+    assert!(
+        s.notes.iter().any(|n| n.contains("--enforce-eager wins")),
+        "{:?}",
+        s.notes
+    );
+    // Capture sizes: speed only, a note.
+    let s = flags(&["--compilation-config", r#"{"cudagraph_capture_sizes":[1,2,4]}"#]).unwrap();
+    assert!(
+        s.notes.iter().any(|n| n.contains("cudagraph_capture_sizes")),
+        "{:?}",
+        s.notes
+    );
 }
 
-fn assert_flag_value(err: ConfigError, want_flag: &str, want_in_reason: &str) {
-    match &err {
-        ConfigError::FlagValue { flag, reason, .. } => {
-            assert_eq!(flag, want_flag, "{err}");
-            assert!(reason.contains(want_in_reason), "{err}");
-        }
-        other => panic!("expected FlagValue on {want_flag}, got {other:?}"),
+#[test]
+fn flags_without_effect_are_accepted_with_a_note() {
+    let s = flags(&[
+        "--trust-remote-code",
+        "--engine-worker-queue-port",
+        "8187",
+        "--api-server-count=4",
+        "--enable-chunked-prefill",
+        "--disable-log-stats",
+        "--additional_config",
+        r#"{"enable_cpu_binding":true}"#,
+        "--tensor-parallel-size",
+        "1",
+    ])
+    .unwrap();
+    assert_eq!(s.engine, EngineConfig::default(), "nothing changed");
+    for flag in [
+        "--trust-remote-code",
+        "--engine-worker-queue-port",
+        "--api-server-count",
+        "--enable-chunked-prefill",
+        "--disable-log-stats",
+        "--additional-config",
+        "--tensor-parallel-size 1",
+    ] {
+        assert!(
+            s.notes.iter().any(|n| n.starts_with(flag) && n.contains("no effect")),
+            "{flag}: {:?}",
+            s.notes
+        );
     }
 }
 
 #[test]
 fn bad_engine_flags_are_named() {
-    match flag_error(&["--max-model-len"]) {
-        ConfigError::FlagMissingValue { flag } => assert_eq!(flag, "--max-model-len"),
-        other => panic!("{other:?}"),
+    for (list, flag, why) in [
+        (&["--max-model-len"][..], "--max-model-len", "value is required"),
+        (&["--max-num-seqs", "0"], "--max-num-seqs", "1..=256"),
+        (&["--max-num-seqs=257"], "--max-num-seqs", "1..=256"),
+        (&["--max-model-len", "x"], "--max-model-len", "whole number"),
+        (&["--max-model-len=0"], "--max-model-len", "at least 1"),
+        (
+            &["--max-num-batched-tokens", "0"],
+            "--max-num-batched-tokens",
+            "at least 1",
+        ),
+        (&["--gpu-memory-utilization", "0"], "--gpu-memory-utilization", "(0, 1]"),
+        (&["--gpu-memory-utilization=1.5"], "--gpu-memory-utilization", "(0, 1]"),
+        (&["--gpu-memory-utilization=NaN"], "--gpu-memory-utilization", "(0, 1]"),
+        (
+            &["--gpu-memory-utilization", "most"],
+            "--gpu-memory-utilization",
+            "expected a number",
+        ),
+        (&["--dtype", "float16"], "--dtype", "bfloat16 only"),
+        (&["--dtype", "int3"], "--dtype", "valid values: bfloat16, auto"),
+        (&["--enforce-eager=true"], "--enforce-eager", "unexpected value"),
+        (&["--tensor-parallel-size", "2"], "--tensor-parallel-size", "one GPU"),
+        (
+            &["--pipeline-parallel-size", "2"],
+            "--pipeline-parallel-size",
+            "one GPU",
+        ),
+        (&["--quantization", "awq"], "--quantization", "unquantized"),
+        (
+            &["--no-enable-chunked-prefill"],
+            "--no-enable-chunked-prefill",
+            "cannot be turned off",
+        ),
+        (&["--compilation-config", "{"], "--compilation-config", "not valid JSON"),
+        (
+            &["--compilation-config", r#"{"cudagraph_mode":"SOME"}"#],
+            "--compilation-config",
+            "SOME",
+        ),
+        (
+            &["--compilation-config", r#"{"pass_config":{}}"#],
+            "--compilation-config",
+            "pass_config",
+        ),
+        (&["--mm-processor-cache-gb", "-1"], "--mm-processor-cache-gb", ">= 0"),
+        (&["--bogus-flag"], "--bogus-flag", "unexpected argument"),
+    ] {
+        let e = flags(list).expect_err(&format!("{list:?} should be rejected"));
+        assert!(e.contains(flag) && e.contains(why), "{list:?}: {e}");
     }
-    match flag_error(&["--model", "--enforce-eager"]) {
-        ConfigError::FlagMissingValue { flag } => assert_eq!(flag, "--model"),
-        other => panic!("{other:?}"),
-    }
-    assert_flag_value(flag_error(&["--max-num-seqs", "0"]), "--max-num-seqs", "1..=256");
-    assert_flag_value(flag_error(&["--max-num-seqs=257"]), "--max-num-seqs", "1..=256");
-    assert_flag_value(
-        flag_error(&["--max-model-len", "-5"]),
-        "--max-model-len",
-        "whole number",
-    );
-    assert_flag_value(flag_error(&["--max-model-len=0"]), "--max-model-len", "at least 1");
-    assert_flag_value(
-        flag_error(&["--max-num-batched-tokens", "0"]),
-        "--max-num-batched-tokens",
-        "at least 1",
-    );
-    assert_flag_value(
-        flag_error(&["--gpu-memory-utilization", "0"]),
-        "--gpu-memory-utilization",
-        "(0, 1]",
-    );
-    assert_flag_value(
-        flag_error(&["--gpu-memory-utilization=1.5"]),
-        "--gpu-memory-utilization",
-        "(0, 1]",
-    );
-    assert_flag_value(
-        flag_error(&["--gpu-memory-utilization=NaN"]),
-        "--gpu-memory-utilization",
-        "(0, 1]",
-    );
-    assert_flag_value(
-        flag_error(&["--gpu-memory-utilization", "most"]),
-        "--gpu-memory-utilization",
-        "expected a number",
-    );
-    assert_flag_value(
-        flag_error(&["--dtype", "float16"]),
-        "--dtype",
-        "valid values: bfloat16, auto",
-    );
-    assert_flag_value(
-        flag_error(&["--enforce-eager=true"]),
-        "--enforce-eager",
-        "takes no value",
-    );
-    assert_flag_value(
-        flag_error(&["--no-async-scheduling=1"]),
-        "--no-async-scheduling",
-        "takes no value",
-    );
 }
 
 #[test]

@@ -51,6 +51,30 @@ fn builtin_template_renders_the_spec_prompt() {
     }
 }
 
+/// `--chat-template PATH` (as GPUStack passes it) replaces the directory's template; a missing
+/// or broken file is an error naming it.
+#[test]
+fn chat_template_file_replaces_the_directory_template() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("custom.jinja");
+    std::fs::write(
+        &path,
+        "{%- for m in messages -%}{%- for c in m['content'] -%}{%- if c['type'] == 'text' -%}\
+         Q: {{ c['text'] }}{%- endif -%}{%- endfor -%}{%- endfor -%} | A:",
+    )
+    .unwrap();
+    let b = builder().with_chat_template_file(&path).unwrap();
+    assert_eq!(b.render(0, "hello world").unwrap(), "Q: hello world| A:");
+    let missing = builder()
+        .with_chat_template_file(&dir.path().join("none.jinja"))
+        .err()
+        .unwrap();
+    assert!(missing.to_string().contains("none.jinja"), "{missing}");
+    std::fs::write(&path, "{% for %}").unwrap();
+    let broken = builder().with_chat_template_file(&path).err().unwrap();
+    assert!(broken.to_string().contains("custom.jinja"), "{broken}");
+}
+
 #[test]
 fn model_dir_without_template_uses_the_builtin() {
     let dir = tempfile::tempdir().unwrap();
