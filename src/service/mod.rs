@@ -494,7 +494,7 @@ fn load(config: &ServiceConfig) -> Result<(Engine, Frontend)> {
     let prompts = PromptBuilder::from_dir(&dir, &model)?;
     let t1 = Instant::now();
     let engine = Engine::new(gpu, &dir, &config.engine, config.env)?;
-    log_line(&format!(
+    crate::log::info(format!(
         "ocrvl: model {} ready: config and tokenizer {:.2} s, weights, KV cache and graphs {:.2} s ({} KV blocks)",
         dir.display(),
         (t1 - t0).as_secs_f64(),
@@ -511,12 +511,6 @@ fn load(config: &ServiceConfig) -> Result<(Engine, Frontend)> {
             max_images: config.max_images_per_request,
         },
     ))
-}
-
-fn log_line(s: &str) {
-    if std::env::var_os("OCRVL_QUIET").is_none() {
-        eprintln!("{s}");
-    }
 }
 
 fn engine_thread(config: ServiceConfig, status: Arc<Status>, rx: Receiver<Command>) {
@@ -658,7 +652,7 @@ fn engine_thread(config: ServiceConfig, status: Arc<Status>, rx: Receiver<Comman
             Err(e) => {
                 // A failed step fails the requests in it; the engine keeps serving new ones.
                 let msg = e.to_string();
-                log_line(&format!("ocrvl: engine step failed: {msg}"));
+                crate::log::info(format!("ocrvl: engine step failed: {msg}"));
                 for (id, tx) in live.drain() {
                     engine.abort(id);
                     stats.requests_failed += 1;

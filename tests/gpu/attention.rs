@@ -20,7 +20,7 @@
 use half::bf16;
 use ocrvl::kernels::attention::{
     fa3_unavailable_reason, prefill_paged_version, prefill_paged_with, vision_varlen_version, vision_varlen_with,
-    AttentionVersion, PagedKv, PrefillOptions, Varlen, VisionQkv, VisionTile,
+    AttentionKernels, AttentionVersion, PagedKv, PrefillOptions, Varlen, VisionQkv, VisionTile,
 };
 use ocrvl::runtime::{DType, DeviceTensor, Gpu};
 use ocrvl::sys::OcrvlStatus;
@@ -83,11 +83,12 @@ pub(crate) fn vision_tiles(version: AttentionVersion) -> [VisionTile; 2] {
     }
 }
 
-pub(crate) fn text_opts(causal: bool, version: AttentionVersion) -> PrefillOptions {
+/// The model's scale, `causal`, and the kernels (a version, or FA3 with a mainloop).
+pub(crate) fn text_opts(causal: bool, kernels: impl Into<AttentionKernels>) -> PrefillOptions {
     PrefillOptions {
         scale: text_scale(),
         causal,
-        version,
+        kernels: kernels.into(),
     }
 }
 
@@ -518,7 +519,14 @@ impl VisionBatch {
 
 /// Runs the vision kernel; out is the first 1152 columns of a poisoned, wider buffer whose
 /// other columns must stay untouched. Returns `[total, HV * DV]`.
-pub(crate) fn run_vision(g: &Gpu, b: &VisionBatch, tile: VisionTile, version: AttentionVersion) -> Vec<bf16> {
+/// `kernels`: a version, or FA3 with a mainloop and a tile.
+pub(crate) fn run_vision(
+    g: &Gpu,
+    b: &VisionBatch,
+    tile: VisionTile,
+    kernels: impl Into<AttentionKernels>,
+) -> Vec<bf16> {
+    let kernels = kernels.into();
     let total = b.total();
     let qkv = DeviceTensor::from_host(g, &[total, 3 * V_COLS], &b.qkv).unwrap();
     let cu = DeviceTensor::from_host(g, &[b.lens.len() + 1], &cu_seqlens(b.lens.iter().copied())).unwrap();
@@ -539,9 +547,9 @@ pub(crate) fn run_vision(g: &Gpu, b: &VisionBatch, tile: VisionTile, version: At
         };
         let mut o = out.view_mut().columns(0, V_COLS).unwrap();
         if tile == VisionTile::default() {
-            vision_varlen_version(g, &mut o, &views, &images, vision_scale(), version).unwrap();
+            vision_varlen_version(g, &mut o, &views, &images, vision_scale(), kernels).unwrap();
         } else {
-            vision_varlen_with(g, &mut o, &views, &images, vision_scale(), tile, version).unwrap();
+            vision_varlen_with(g, &mut o, &views, &images, vision_scale(), tile, kernels).unwrap();
         }
     }
     let all: Vec<bf16> = out.to_host(g).unwrap();

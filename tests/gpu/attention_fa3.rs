@@ -15,8 +15,7 @@
 use half::bf16;
 use ocrvl::config::FlashAttnVersion;
 use ocrvl::kernels::attention::{
-    resolve_version, vision_varlen_with, with_fa3_mainloop, with_fa3_vision_tile, AttentionVersion, Fa3Mainloop,
-    Fa3VisionTile, Varlen, VisionQkv, VisionTile,
+    vision_varlen_with, AttentionKernels, AttentionVersion, Fa3Mainloop, Fa3VisionTile, Varlen, VisionQkv, VisionTile,
 };
 use ocrvl::runtime::Gpu;
 use ocrvl::runtime::{DType, DeviceTensor};
@@ -83,25 +82,13 @@ fn assert_same_within_rounding(label: &str, got: &[bf16], want: &[bf16], lens: &
 #[ignore = "needs GPU"]
 fn fa3_version_resolution() {
     let g = gpu();
-    assert_eq!(
-        resolve_version(&g, FlashAttnVersion::Fa2).unwrap(),
-        AttentionVersion::Fa2
-    );
+    assert_eq!(FlashAttnVersion::Fa2.resolve(&g).unwrap(), AttentionVersion::Fa2);
     if fa3_runs(&g) {
-        assert_eq!(
-            resolve_version(&g, FlashAttnVersion::Auto).unwrap(),
-            AttentionVersion::Fa3
-        );
-        assert_eq!(
-            resolve_version(&g, FlashAttnVersion::Fa3).unwrap(),
-            AttentionVersion::Fa3
-        );
+        assert_eq!(FlashAttnVersion::Auto.resolve(&g).unwrap(), AttentionVersion::Fa3);
+        assert_eq!(FlashAttnVersion::Fa3.resolve(&g).unwrap(), AttentionVersion::Fa3);
     } else {
-        assert_eq!(
-            resolve_version(&g, FlashAttnVersion::Auto).unwrap(),
-            AttentionVersion::Fa2
-        );
-        let err = resolve_version(&g, FlashAttnVersion::Fa3).unwrap_err();
+        assert_eq!(FlashAttnVersion::Auto.resolve(&g).unwrap(), AttentionVersion::Fa2);
+        let err = FlashAttnVersion::Fa3.resolve(&g).unwrap_err();
         assert!(matches!(err, Error::Invalid { .. }), "{err}");
         let msg = err.to_string();
         assert!(
@@ -245,16 +232,8 @@ fn mainloops_match_fa2() {
                 let l2: Vec<f64> = fa2.lse.unwrap().iter().map(|&x| x as f64).collect();
                 for m in Fa3Mainloop::ALL {
                     let label = format!("FA3 {m:?} vs FA2, block_size {bs}, causal {causal}");
-                    let fa3 = with_fa3_mainloop(m, || {
-                        run_text(
-                            &g,
-                            &b,
-                            &pool,
-                            &pool.tables,
-                            text_opts(causal, AttentionVersion::Fa3),
-                            true,
-                        )
-                    });
+                    let opts = text_opts(causal, AttentionKernels::fa3(m, None));
+                    let fa3 = run_text(&g, &b, &pool, &pool.tables, opts, true);
                     assert_same_within_rounding(&label, &fa3.out, &fa2.out, &lens, Q_COLS);
                     let l3: Vec<f64> = fa3.lse.unwrap().iter().map(|&x| x as f64).collect();
                     assert_close(&format!("{label}, lse"), &l3, &l2, 1e-3, 1e-4);
@@ -266,7 +245,7 @@ fn mainloops_match_fa2() {
             let fa2 = run_vision(&g, &b, VisionTile::Qk80, AttentionVersion::Fa2);
             for m in Fa3Mainloop::ALL {
                 for tile in [VisionTile::Qk80, VisionTile::Pv128] {
-                    let fa3 = with_fa3_mainloop(m, || run_vision(&g, &b, tile, AttentionVersion::Fa3));
+                    let fa3 = run_vision(&g, &b, tile, AttentionKernels::fa3(m, None));
                     assert_same_within_rounding(
                         &format!("FA3 {m:?} {tile:?} vs FA2, images {lens:?}"),
                         &fa3,
@@ -305,9 +284,7 @@ fn vision_tiles_match_fa2() {
             let fa2 = run_vision(&g, &b, VisionTile::Qk80, AttentionVersion::Fa2);
             for t in Fa3VisionTile::ALL {
                 for m in Fa3Mainloop::ALL {
-                    let fa3 = with_fa3_vision_tile(t, || {
-                        with_fa3_mainloop(m, || run_vision(&g, &b, VisionTile::Qk80, AttentionVersion::Fa3))
-                    });
+                    let fa3 = run_vision(&g, &b, VisionTile::Qk80, AttentionKernels::fa3(m, Some(t)));
                     assert_same_within_rounding(
                         &format!("FA3 {t:?} {m:?} vs FA2, images {lens:?}"),
                         &fa3,
@@ -346,17 +323,16 @@ fn vision_tiles_refuse_pv128() {
             max_seqlen: total,
         };
         for t in [Fa3VisionTile::M128Stages3, Fa3VisionTile::M192] {
-            let err = with_fa3_vision_tile(t, || {
-                vision_varlen_with(
-                    &g,
-                    &mut out.view_mut(),
-                    &views,
-                    &images,
-                    0.125,
-                    VisionTile::Pv128,
-                    AttentionVersion::Fa3,
-                )
-            })
+            let kernels = AttentionKernels::fa3(Fa3Mainloop::default(), Some(t));
+            let err = vision_varlen_with(
+                &g,
+                &mut out.view_mut(),
+                &views,
+                &images,
+                0.125,
+                VisionTile::Pv128,
+                kernels,
+            )
             .unwrap_err();
             assert!(is_unsupported(&err), "{t:?} with Pv128: {err}");
         }

@@ -1,0 +1,21 @@
+//! The crate's log lines: one line each on stderr, all silenced by `OCRVL_QUIET` (read once,
+//! by [`EnvFlags::quiet_from_env`]). Errors that end a command-line program are not log lines
+//! and go to stderr directly.
+
+use std::fmt::Display;
+use std::sync::OnceLock;
+
+use crate::config::EnvFlags;
+
+/// Whether log lines are printed (`OCRVL_QUIET` unset).
+pub fn enabled() -> bool {
+    static QUIET: OnceLock<bool> = OnceLock::new();
+    !*QUIET.get_or_init(EnvFlags::quiet_from_env)
+}
+
+/// Prints `line` on stderr unless `OCRVL_QUIET` is set.
+pub fn info(line: impl Display) {
+    if enabled() {
+        eprintln!("{line}");
+    }
+}
