@@ -20,7 +20,7 @@ use ocrvl::kernels::attention::{
     fa3_unavailable_reason, prefill_paged_with, vision_varlen_with, AttentionKernels, AttentionVersion, Fa3Mainloop,
     Fa3VisionTile, PagedKv, PrefillOptions, Varlen, VisionQkv, VisionTile,
 };
-use ocrvl::runtime::{DeviceTensor, Gpu, GpuTimer};
+use ocrvl::runtime::{DeviceTensor, Gpu};
 
 const HQ: usize = 16;
 const HKV: usize = 2;
@@ -50,14 +50,11 @@ fn cu_seqlens(lens: &[usize]) -> Vec<i32> {
     cu
 }
 
-fn report(name: &str, ms: f64, flops: f64) {
-    let tflops = flops / (ms * 1e-3) / 1e12;
-    println!(
-        "attention {name}: {:.1} us, {tflops:.1} TFLOP/s ({:.0}% of {} TFLOP/s bf16)",
-        ms * 1e3,
-        100.0 * tflops / common::H100_BF16_TFLOPS,
-        common::H100_BF16_TFLOPS
-    );
+/// Times `run`, prints its TFLOP/s line and registers the criterion bench.
+fn measure(c: &mut Criterion, gpu: &Gpu, name: &str, flops: f64, mut run: impl FnMut()) {
+    let ms = common::mean_ms(gpu, 3, 20, &mut run);
+    common::report_tflops(&format!("attention {name}"), flops, ms, "TFLOP/s bf16");
+    c.bench_function(name, |b| b.iter_custom(|iters| common::time_gpu(gpu, iters, &mut run)));
 }
 
 /// Fresh prompts (q_len == seqused_k) of `lens`, identity block tables.
@@ -101,18 +98,12 @@ fn bench_text(c: &mut Criterion, gpu: &Gpu, name: &str, lens: &[usize], causal: 
         causal,
         kernels,
     };
-    let mut run = || prefill_paged_with(gpu, &mut out.view_mut(), None, &q, &queries, &kv, opts).unwrap();
+    let run = || prefill_paged_with(gpu, &mut out.view_mut(), None, &q, &queries, &kv, opts).unwrap();
     let flops: f64 = lens
         .iter()
         .map(|&l| 4.0 * (l * l * HQ * D) as f64 * if causal { 0.5 } else { 1.0 })
         .sum();
-    let ms = GpuTimer::time_mean_ms(gpu, 3, 20, || {
-        run();
-        Ok(())
-    })
-    .unwrap();
-    report(name, ms, flops);
-    c.bench_function(name, |b| b.iter_custom(|iters| common::time_gpu(gpu, iters, &mut run)));
+    measure(c, gpu, name, flops, run);
 }
 
 fn bench_vision(c: &mut Criterion, gpu: &Gpu, name: &str, lens: &[usize], tile: VisionTile, kernels: AttentionKernels) {
@@ -133,15 +124,9 @@ fn bench_vision(c: &mut Criterion, gpu: &Gpu, name: &str, lens: &[usize], tile: 
         max_seqlen: lens.iter().copied().max().unwrap(),
     };
     let scale = 1.0 / (DV as f32).sqrt();
-    let mut run = || vision_varlen_with(gpu, &mut out.view_mut(), &views, &images, scale, tile, kernels).unwrap();
+    let run = || vision_varlen_with(gpu, &mut out.view_mut(), &views, &images, scale, tile, kernels).unwrap();
     let flops: f64 = lens.iter().map(|&l| 4.0 * (l * l * HV * DV) as f64).sum();
-    let ms = GpuTimer::time_mean_ms(gpu, 3, 20, || {
-        run();
-        Ok(())
-    })
-    .unwrap();
-    report(name, ms, flops);
-    c.bench_function(name, |b| b.iter_custom(|iters| common::time_gpu(gpu, iters, &mut run)));
+    measure(c, gpu, name, flops, run);
 }
 
 /// Row-name suffix of an FA3 mainloop.
