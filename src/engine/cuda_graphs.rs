@@ -79,10 +79,6 @@ impl ModelRunner {
             self.gpu.sm_count(),
         );
         for capture in [false, true] {
-            self.ws.reset();
-            let mut inputs = layout.inputs(self.buffers.meta.view(), None)?;
-            inputs.decode_splits = Some(splits);
-            let mut logits = self.buffers.logits.view_mut().narrow0(0, batch)?;
             if capture {
                 self.gpu.synchronize()?;
                 self.gpu
@@ -94,15 +90,7 @@ impl ModelRunner {
             // capturing: timing synchronises). OCRVL_GEMM_AUTOTUNE=0 keeps the heuristic's.
             let tune = !capture && self.gemm_autotune;
             self.gemm.set_autotune(if tune { usize::MAX } else { 0 });
-            let run = self.model.forward(
-                &self.gpu,
-                &mut self.gemm,
-                &self.ws,
-                &mut self.cache,
-                &inputs,
-                &mut self.embed_error.view_mut(),
-                &mut logits,
-            );
+            let run = self.eager_forward(&layout, None, batch, Some(splits));
             self.gemm.set_autotune(0);
             if capture {
                 // End the capture whatever happened, so the stream is usable afterwards.

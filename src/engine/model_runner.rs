@@ -318,9 +318,23 @@ impl ModelRunner {
             self.timings.graph_steps += 1;
             return Ok(());
         }
+        self.eager_forward(layout, features, layout.logits_len(), None)
+    }
+
+    /// The model's forward over the packed step at the start of `meta` (and `features`, the
+    /// image rows), writing `logits_rows` logits rows; `decode_splits` fixes the decode
+    /// kernel's split count (a graph's), `None` lets its heuristic choose.
+    pub(super) fn eager_forward(
+        &mut self,
+        layout: &StepLayout,
+        features: Option<&DeviceTensor>,
+        logits_rows: usize,
+        decode_splits: Option<usize>,
+    ) -> Result<()> {
         self.ws.reset();
-        let inputs = layout.inputs(self.buffers.meta.view(), features.map(DeviceTensor::view))?;
-        let mut logits = self.buffers.logits.view_mut().narrow0(0, layout.logits_len())?;
+        let mut inputs = layout.inputs(self.buffers.meta.view(), features.map(DeviceTensor::view))?;
+        inputs.decode_splits = decode_splits;
+        let mut logits = self.buffers.logits.view_mut().narrow0(0, logits_rows)?;
         self.model.forward(
             &self.gpu,
             &mut self.gemm,
