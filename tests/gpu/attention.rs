@@ -96,6 +96,15 @@ fn causal(version: AttentionVersion) -> PrefillOptions {
     text_opts(true, version)
 }
 
+/// Runs the batch on every path this GPU has ([`versions`]), `causal` or not, with the LSE
+/// when `lse`, and checks each run against the reference; `label` names the case.
+fn check_every_version(g: &Gpu, b: &TextBatch, pool: &Pool, causal: bool, lse: bool, label: &str) {
+    for v in versions(g) {
+        let run = run_text(g, b, pool, &pool.tables, text_opts(causal, v), lse);
+        check_text(&format!("{v:?} {label}"), b, &run, causal);
+    }
+}
+
 /// A text batch: (q_len, seqused_k) per sequence and the exact bf16 inputs.
 pub(crate) struct TextBatch {
     pub(crate) seqs: Vec<(usize, usize)>,
@@ -365,10 +374,7 @@ fn prefill_fresh_prompts_match_reference() {
         for &len in &[1usize, 2, 17, 128, 1000, 5120] {
             let b = TextBatch::new(&mut r, &[(len, len)], 4.0);
             let pool = Pool::new(&mut r, &b, bs);
-            for v in versions(&g) {
-                let run = run_text(&g, &b, &pool, &pool.tables, causal(v), false);
-                check_text(&format!("{v:?} fresh prompt, block_size {bs}"), &b, &run, true);
-            }
+            check_every_version(&g, &b, &pool, true, false, &format!("fresh prompt, block_size {bs}"));
         }
     }
 }
@@ -383,10 +389,7 @@ fn prefill_mixed_batch_with_cached_prefixes_matches_reference() {
     for &bs in &[16usize, 32, 64, 256] {
         let b = TextBatch::new(&mut r, MIXED, 4.0);
         let pool = Pool::new(&mut r, &b, bs);
-        for v in versions(&g) {
-            let run = run_text(&g, &b, &pool, &pool.tables, causal(v), true);
-            check_text(&format!("{v:?} mixed batch, block_size {bs}"), &b, &run, true);
-        }
+        check_every_version(&g, &b, &pool, true, true, &format!("mixed batch, block_size {bs}"));
     }
 }
 
@@ -403,10 +406,7 @@ fn prefill_peaked_softmax_matches_reference() {
         24.0,
     );
     let pool = Pool::new(&mut r, &b, 64);
-    for v in versions(&g) {
-        let run = run_text(&g, &b, &pool, &pool.tables, causal(v), true);
-        check_text(&format!("{v:?} peaked softmax"), &b, &run, true);
-    }
+    check_every_version(&g, &b, &pool, true, true, "peaked softmax");
 }
 
 #[test]
@@ -416,10 +416,7 @@ fn prefill_non_causal_matches_reference() {
     let mut r = rng(0xA77E_0004);
     let b = TextBatch::new(&mut r, &[(1, 1), (17, 300), (128, 128), (1000, 1000), (70, 2000)], 4.0);
     let pool = Pool::new(&mut r, &b, 64);
-    for v in versions(&g) {
-        let run = run_text(&g, &b, &pool, &pool.tables, text_opts(false, v), true);
-        check_text(&format!("{v:?} non-causal"), &b, &run, false);
-    }
+    check_every_version(&g, &b, &pool, false, true, "non-causal");
 }
 
 #[test]
