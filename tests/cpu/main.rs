@@ -17,6 +17,7 @@ mod block_pool;
 mod config;
 mod ffi_header;
 mod fidelity_cpu;
+mod kv_cache_manager;
 mod model_step_cpu;
 mod mrope_positions;
 mod preprocess;
