@@ -1,5 +1,5 @@
 //! The decode step as CUDA graphs: one captured forward per padded batch size, replayed by
-//! decode-only steps ([`super::model_runner::ModelRunner::launch`]). A graph reads the packed
+//! decode-only steps (`ModelRunner::launch`). A graph reads the packed
 //! step at the start of the runner's `meta` buffer in the layout it was captured with and
 //! writes logits rows `0..batch`; padding rows decode on the scratch block.
 

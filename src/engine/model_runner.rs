@@ -2,9 +2,9 @@
 //! [`ModelFamily`]), the KV cache tensors, the device buffers a step reads and writes, the
 //! captured decode graphs ([`super::cuda_graphs`]), the sampler and the readback of sampled
 //! tokens, and sizes the KV cache from the memory left. The engine hands it a scheduler plan;
-//! [`ModelRunner::launch`] encodes the images the plan needs, packs and uploads the step,
+//! `ModelRunner::launch` encodes the images the plan needs, packs and uploads the step,
 //! queues the forward (a graph replay for decode-only steps), the sampler and the copy of the
-//! tokens home, and returns without waiting; [`ModelRunner::collect`] waits for them.
+//! tokens home, and returns without waiting; `ModelRunner::collect` waits for them.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -105,13 +105,13 @@ pub struct ModelRunner {
     pub(super) gpu: Gpu,
     pub(super) model: Box<dyn ModelFamily>,
     pub(super) gemm: Gemm,
-    pub(super) ws: Workspace,
+    ws: Workspace,
     pub(super) cache: KvCache,
     sampler: Sampler,
     sampling_class: SamplingClass,
     /// Time the GEMM candidates while warming up the decode graphs (`OCRVL_GEMM_AUTOTUNE`).
     pub(super) gemm_autotune: bool,
-    pub(super) embed_error: DeviceTensor,
+    embed_error: DeviceTensor,
     pub(super) buffers: StepBuffers,
     /// Blocks of the cache sequences may own (the scheduler's pool).
     num_kv_blocks: usize,

@@ -1,7 +1,7 @@
 //! What goes in and out of the engine: a request ([`EngineRequest`], its images
 //! [`EngineImage`]), one generated token ([`StepOutput`]), and the engine's gauges
 //! ([`EngineStats`], [`StepTimings`]); plus the engine's own state of a request
-//! ([`RequestState`]) beside the scheduler's [`super::Sequence`].
+//! (`RequestState`) beside the scheduler's [`super::Sequence`].
 
 use std::collections::HashMap;
 use std::rc::Rc;
