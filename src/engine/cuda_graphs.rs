@@ -74,7 +74,7 @@ impl ModelRunner {
         b.staging.upload(&self.gpu, &b.packed, &mut dst)?;
         let splits = decode_num_splits(
             batch,
-            self.model.config().text.num_key_value_heads,
+            self.model.num_kv_heads(),
             self.table_width * BLOCK_SIZE,
             self.gpu.sm_count(),
         );

@@ -78,7 +78,6 @@ impl Engine {
             ));
         }
         let model = self.runner.model();
-        let cfg = model.config();
         let grids: Vec<ImageGrid> = req
             .images
             .iter()
@@ -89,7 +88,7 @@ impl Engine {
             })
             .collect();
         let layout = model
-            .layout_prompt(&req.prompt_ids, cfg.tokens.image_token_id, &grids)
+            .layout_prompt(&req.prompt_ids, &grids)
             .map_err(|e| Error::invalid(OP, e.to_string()))?;
         // Image spans: each image's run of placeholders, in order, as the layout found them.
         let mut spans = Vec::with_capacity(req.images.len());
@@ -111,7 +110,7 @@ impl Engine {
         let id = self.next_id;
         let stop = StopConditions {
             max_tokens: req.max_tokens,
-            eos_token_id: cfg.tokens.eos_token_ids.first().copied(),
+            eos_token_id: model.eos_token_id(),
             stop_token_ids: req.stop_token_ids.clone(),
             ignore_eos: req.ignore_eos,
         };

@@ -151,7 +151,7 @@ impl ModelRunner {
         // Packed step bound: ids, 3 position rows, slots and image rows per token; a table row,
         // a length and a few offsets per sequence (HostStep::pack_into).
         let meta_capacity = 6 * t + s * table_width + 4 * s + 1;
-        let vocab = model.config().text.vocab_size;
+        let vocab = model.vocab_size();
         let buffers = StepBuffers {
             meta: DeviceTensor::zeros(&gpu, DType::I32, &[meta_capacity])?,
             staging: PinnedStaging::new(&gpu, meta_capacity * 4)?,
@@ -505,7 +505,7 @@ impl ModelRunner {
         // A graph step's inputs are tokens the sampler drew, always in range; other steps
         // carry prompt tokens, which the gather checks on the device.
         if step.graph_batch.is_none() {
-            let vocab = self.model.config().text.vocab_size;
+            let vocab = self.model.vocab_size();
             take_embedding_error(&self.gpu, &mut self.embed_error.view_mut(), vocab)?;
         }
         Ok(s)
@@ -622,7 +622,7 @@ impl ModelRunner {
         // Image slots are in chunk order, which `HostStep::build` keeps for prefill chunks
         // (decodes never hold image tokens).
         let total: usize = pieces.iter().map(|p| p.2).sum();
-        let hidden = self.model.config().text.hidden_size;
+        let hidden = self.model.feature_width();
         let mut feats = DeviceTensor::alloc(&self.gpu, DType::BF16, &[total, hidden])?;
         let mut row = 0;
         for (t, first, n) in &pieces {

@@ -8,8 +8,9 @@
 //!   given patch grid becomes ([`ModelFamily::image_tokens`], from the config's merge size);
 //! - the image encoder: a packed batch of images in, one feature row per image token out;
 //! - the decoder: the forward of one step's flat batch over the paged KV cache
-//!   ([`StepInputs`]: ids, 3 position rows, slots, decode/prefill split, image rows), the
-//!   cache's geometry, and the workspace both passes need;
+//!   ([`StepInputs`]: ids, 3 position rows, slots, decode/prefill split, image rows), its
+//!   vocabulary and end-of-sequence token, the cache's geometry, and the workspace both
+//!   passes need;
 //! - its weights' inventory (the tensors a checkpoint must hold) and their device size.
 //!
 //! PaddleOCR-VL ([`super::paddleocr_vl::PaddleOcrVl`]) is the one implementation today. The
@@ -61,24 +62,29 @@ pub trait ModelFamily {
     /// The family's name, for logs.
     fn name(&self) -> &'static str;
 
-    /// The checkpoint's configuration.
+    /// The checkpoint's configuration (for callers that report it; the engine asks the
+    /// methods below).
     fn config(&self) -> &ModelConfig;
 
-    /// The rotary positions and image spans of `ids`, whose image placeholders are expanded
-    /// in place for `grids` (one per image, in order). Errors name a placeholder run that
-    /// does not match its grid.
-    fn layout_prompt(
-        &self,
-        ids: &[u32],
-        image_token_id: u32,
-        grids: &[ImageGrid],
-    ) -> std::result::Result<PromptLayout, PreprocessError>;
+    /// Logits per token.
+    fn vocab_size(&self) -> usize;
+
+    /// The end-of-sequence token generation stops at, if any.
+    fn eos_token_id(&self) -> Option<u32>;
+
+    /// The rotary positions and image spans of `ids`, whose image placeholders (the model's
+    /// image token) are expanded in place for `grids` (one per image, in order). Errors name
+    /// a placeholder run that does not match its grid.
+    fn layout_prompt(&self, ids: &[u32], grids: &[ImageGrid]) -> std::result::Result<PromptLayout, PreprocessError>;
 
     /// Placeholder tokens (and encoder output rows) of an image of `grid` patches.
     fn image_tokens(&self, grid: ImageGrid) -> usize;
 
     /// Values of one patch in an image's pixels.
     fn patch_values(&self) -> usize;
+
+    /// Width of one image token's features (the decoder's hidden size).
+    fn feature_width(&self) -> usize;
 
     /// Workspace bytes of [`ModelFamily::forward`] and of [`ModelFamily::encode_images`] at
     /// these sizes, whichever is larger.
@@ -97,6 +103,9 @@ pub trait ModelFamily {
 
     /// Bytes one KV block of `block_size` tokens takes over all layers.
     fn kv_bytes_per_block(&self, block_size: usize) -> usize;
+
+    /// KV heads per layer (the decode kernel's split heuristic reads it).
+    fn num_kv_heads(&self) -> usize;
 
     /// The paged KV cache of every layer.
     fn new_kv_cache(&self, gpu: &Gpu, num_blocks: usize, block_size: usize) -> Result<KvCache>;

@@ -51,13 +51,16 @@ impl ModelFamily for PaddleOcrVl {
         &self.cfg
     }
 
-    fn layout_prompt(
-        &self,
-        ids: &[u32],
-        image_token_id: u32,
-        grids: &[ImageGrid],
-    ) -> std::result::Result<PromptLayout, PreprocessError> {
-        let positions = mrope_positions(ids, image_token_id, grids, self.merge())?;
+    fn vocab_size(&self) -> usize {
+        self.cfg.text.vocab_size
+    }
+
+    fn eos_token_id(&self) -> Option<u32> {
+        self.cfg.tokens.eos_token_ids.first().copied()
+    }
+
+    fn layout_prompt(&self, ids: &[u32], grids: &[ImageGrid]) -> std::result::Result<PromptLayout, PreprocessError> {
+        let positions = mrope_positions(ids, self.cfg.tokens.image_token_id, grids, self.merge())?;
         Ok(PromptLayout { positions })
     }
 
@@ -67,6 +70,10 @@ impl ModelFamily for PaddleOcrVl {
 
     fn patch_values(&self) -> usize {
         self.cfg.vision.patch_dim()
+    }
+
+    fn feature_width(&self) -> usize {
+        self.cfg.text.hidden_size
     }
 
     fn workspace_bytes(&self, tokens: usize, logit_rows: usize, decode_seqs: usize, encoder_patches: usize) -> usize {
@@ -88,7 +95,7 @@ impl ModelFamily for PaddleOcrVl {
         let mut pixels = DeviceTensor::alloc(gpu, DType::BF16, &[p, self.patch_values()])?;
         write_pixels(&mut pixels.view_mut())?;
         let tokens: usize = grids.iter().map(|&g| self.image_tokens(g)).sum();
-        let mut out = DeviceTensor::alloc(gpu, DType::BF16, &[tokens, self.cfg.text.hidden_size])?;
+        let mut out = DeviceTensor::alloc(gpu, DType::BF16, &[tokens, self.feature_width()])?;
         vision::encode(
             gpu,
             gemm,
@@ -104,6 +111,10 @@ impl ModelFamily for PaddleOcrVl {
 
     fn kv_bytes_per_block(&self, block_size: usize) -> usize {
         KvCache::bytes_per_block(&self.cfg, block_size)
+    }
+
+    fn num_kv_heads(&self) -> usize {
+        self.cfg.text.num_key_value_heads
     }
 
     fn new_kv_cache(&self, gpu: &Gpu, num_blocks: usize, block_size: usize) -> Result<KvCache> {
