@@ -17,10 +17,10 @@ mod common;
 use criterion::{criterion_group, criterion_main, Criterion};
 use half::bf16;
 use ocrvl::kernels::attention::{
-    fa3_unavailable_reason, prefill_paged_with, vision_varlen_with, with_fa3_mainloop, with_fa3_vision_tile,
-    AttentionVersion, Fa3Mainloop, Fa3VisionTile, PagedKv, PrefillOptions, Varlen, VisionQkv, VisionTile,
+    fa3_unavailable_reason, prefill_paged_with, vision_varlen_with, AttentionKernels, AttentionVersion, Fa3Mainloop,
+    Fa3VisionTile, PagedKv, PrefillOptions, Varlen, VisionQkv, VisionTile,
 };
-use ocrvl::runtime::{DeviceTensor, Gpu, GpuTimer};
+use ocrvl::runtime::{DeviceTensor, Gpu};
 
 const HQ: usize = 16;
 const HKV: usize = 2;
@@ -50,18 +50,15 @@ fn cu_seqlens(lens: &[usize]) -> Vec<i32> {
     cu
 }
 
-fn report(name: &str, ms: f64, flops: f64) {
-    let tflops = flops / (ms * 1e-3) / 1e12;
-    println!(
-        "attention {name}: {:.1} us, {tflops:.1} TFLOP/s ({:.0}% of {} TFLOP/s bf16)",
-        ms * 1e3,
-        100.0 * tflops / common::H100_BF16_TFLOPS,
-        common::H100_BF16_TFLOPS
-    );
+/// Times `run`, prints its TFLOP/s line and registers the criterion bench.
+fn measure(c: &mut Criterion, gpu: &Gpu, name: &str, flops: f64, mut run: impl FnMut()) {
+    let ms = common::mean_ms(gpu, 3, 20, &mut run);
+    common::report_tflops(&format!("attention {name}"), flops, ms, "TFLOP/s bf16");
+    c.bench_function(name, |b| b.iter_custom(|iters| common::time_gpu(gpu, iters, &mut run)));
 }
 
 /// Fresh prompts (q_len == seqused_k) of `lens`, identity block tables.
-fn bench_text(c: &mut Criterion, gpu: &Gpu, name: &str, lens: &[usize], causal: bool, version: AttentionVersion) {
+fn bench_text(c: &mut Criterion, gpu: &Gpu, name: &str, lens: &[usize], causal: bool, kernels: AttentionKernels) {
     let total: usize = lens.iter().sum();
     let fused_cols = (HQ + 2 * HKV) * D;
     let qkv = DeviceTensor::from_host(gpu, &[total, fused_cols], &filler(total * fused_cols, 1)).unwrap();
@@ -99,23 +96,17 @@ fn bench_text(c: &mut Criterion, gpu: &Gpu, name: &str, lens: &[usize], causal: 
     let opts = PrefillOptions {
         scale: 1.0 / (D as f32).sqrt(),
         causal,
-        version,
+        kernels,
     };
-    let mut run = || prefill_paged_with(gpu, &mut out.view_mut(), None, &q, &queries, &kv, opts).unwrap();
+    let run = || prefill_paged_with(gpu, &mut out.view_mut(), None, &q, &queries, &kv, opts).unwrap();
     let flops: f64 = lens
         .iter()
         .map(|&l| 4.0 * (l * l * HQ * D) as f64 * if causal { 0.5 } else { 1.0 })
         .sum();
-    let ms = GpuTimer::time_mean_ms(gpu, 3, 20, || {
-        run();
-        Ok(())
-    })
-    .unwrap();
-    report(name, ms, flops);
-    c.bench_function(name, |b| b.iter_custom(|iters| common::time_gpu(gpu, iters, &mut run)));
+    measure(c, gpu, name, flops, run);
 }
 
-fn bench_vision(c: &mut Criterion, gpu: &Gpu, name: &str, lens: &[usize], tile: VisionTile, version: AttentionVersion) {
+fn bench_vision(c: &mut Criterion, gpu: &Gpu, name: &str, lens: &[usize], tile: VisionTile, kernels: AttentionKernels) {
     let total: usize = lens.iter().sum();
     let cols = HV * DV;
     let qkv = DeviceTensor::from_host(gpu, &[total, 3 * cols], &filler(total * 3 * cols, 4)).unwrap();
@@ -133,15 +124,9 @@ fn bench_vision(c: &mut Criterion, gpu: &Gpu, name: &str, lens: &[usize], tile: 
         max_seqlen: lens.iter().copied().max().unwrap(),
     };
     let scale = 1.0 / (DV as f32).sqrt();
-    let mut run = || vision_varlen_with(gpu, &mut out.view_mut(), &views, &images, scale, tile, version).unwrap();
+    let run = || vision_varlen_with(gpu, &mut out.view_mut(), &views, &images, scale, tile, kernels).unwrap();
     let flops: f64 = lens.iter().map(|&l| 4.0 * (l * l * HV * DV) as f64).sum();
-    let ms = GpuTimer::time_mean_ms(gpu, 3, 20, || {
-        run();
-        Ok(())
-    })
-    .unwrap();
-    report(name, ms, flops);
-    c.bench_function(name, |b| b.iter_custom(|iters| common::time_gpu(gpu, iters, &mut run)));
+    measure(c, gpu, name, flops, run);
 }
 
 /// Row-name suffix of an FA3 mainloop.
@@ -178,11 +163,11 @@ fn attention_benches(c: &mut Criterion) {
         ("prefill_noncausal_4x2048", &[2048; 4], false),
     ];
     for (name, lens, causal) in text {
-        bench_text(c, &gpu, name, lens, causal, AttentionVersion::Fa2);
+        bench_text(c, &gpu, name, lens, causal, AttentionVersion::Fa2.into());
         if fa3 {
             for m in Fa3Mainloop::ALL {
                 let row = format!("{name}_fa3{}", mainloop_suffix(m));
-                with_fa3_mainloop(m, || bench_text(c, &gpu, &row, lens, causal, AttentionVersion::Fa3));
+                bench_text(c, &gpu, &row, lens, causal, AttentionKernels::fa3(m, None));
             }
         }
     }
@@ -227,7 +212,7 @@ fn attention_benches(c: &mut Criterion) {
     ];
     for (name, lens, tile, version) in vision {
         if version == AttentionVersion::Fa2 {
-            bench_vision(c, &gpu, name, lens, tile, version);
+            bench_vision(c, &gpu, name, lens, tile, version.into());
         } else if fa3 {
             let tiles: &[Fa3VisionTile] = if tile == VisionTile::Qk80 {
                 &Fa3VisionTile::ALL
@@ -237,9 +222,7 @@ fn attention_benches(c: &mut Criterion) {
             for &t in tiles {
                 for m in Fa3Mainloop::ALL {
                     let row = format!("{name}{}{}", vision_tile_suffix(t), mainloop_suffix(m));
-                    with_fa3_vision_tile(t, || {
-                        with_fa3_mainloop(m, || bench_vision(c, &gpu, &row, lens, tile, version))
-                    });
+                    bench_vision(c, &gpu, &row, lens, tile, AttentionKernels::fa3(m, Some(t)));
                 }
             }
         }

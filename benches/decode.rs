@@ -112,13 +112,7 @@ fn measure(gpu: &Gpu, p: &Pool, c: &Case, name: &str, splits: Option<usize>) {
     })
     .unwrap();
     let b = bytes(c);
-    let gbps = b as f64 / (ms * 1e-3) / 1e9;
-    println!(
-        "decode {name} ({used} splits): {:.1} us, {gbps:.0} GB/s ({:.0}% of {} GB/s copy)",
-        ms * 1e3,
-        100.0 * gbps / common::H100_COPY_GBPS,
-        common::H100_COPY_GBPS
-    );
+    common::report_gbps(&format!("decode {name} ({used} splits)"), b, ms);
 }
 
 fn decode_benches(cr: &mut Criterion) {

@@ -2,10 +2,9 @@
 
 mod common;
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use half::bf16;
+use criterion::{criterion_group, criterion_main, Criterion};
 use ocrvl::kernels::elementwise::{bias_add, cast_scale, gelu, silu_mul, Gelu};
-use ocrvl::runtime::{DType, DeviceTensor, Gpu, GpuTimer};
+use ocrvl::runtime::{DType, DeviceTensor};
 
 fn elementwise_benches(c: &mut Criterion) {
     let gpu = common::gpu();
@@ -26,75 +25,10 @@ fn elementwise_benches(c: &mut Criterion) {
         drop(src);
         let mut out = DeviceTensor::alloc(&gpu, dout, &[n]).unwrap();
         let bytes = n * (din.size_bytes() + dout.size_bytes());
-        group.throughput(Throughput::Bytes(bytes as u64));
-        let mut run = || cast_scale(&gpu, &mut out.view_mut(), &x.view(), 0.5).unwrap();
-        let ms = GpuTimer::time_mean_ms(&gpu, 3, 50, || {
-            run();
-            Ok(())
-        })
-        .unwrap();
-        let gbps = bytes as f64 / (ms * 1e-3) / 1e9;
-        println!(
-            "{name}: {:.1} us, {gbps:.0} GB/s ({:.0}% of {} GB/s copy)",
-            ms * 1e3,
-            100.0 * gbps / common::H100_COPY_GBPS,
-            common::H100_COPY_GBPS
-        );
-        group.bench_function(name, |b| b.iter_custom(|iters| common::time_gpu(&gpu, iters, &mut run)));
+        let run = || cast_scale(&gpu, &mut out.view_mut(), &x.view(), 0.5).unwrap();
+        common::bench_gbps(&mut group, &gpu, name, bytes, 50, run);
     }
     group.finish();
-}
-
-/// Non-zero bf16 data in [-4, 4): zeros time faster than real data and hide unwritten outputs.
-fn filled(gpu: &Gpu, dims: &[usize]) -> DeviceTensor {
-    let n: usize = dims.iter().product();
-    let vals: Vec<bf16> = (0..n)
-        .map(|i| bf16::from_f32(((i as u32).wrapping_mul(2654435761) % 2001) as f32 / 250.0 - 4.0))
-        .collect();
-    DeviceTensor::from_host(gpu, dims, &vals).unwrap()
-}
-
-/// How many input/output sets to cycle through so that one pass touches at least 200 MB: a
-/// set that fits in the 50 MB L2 would otherwise be timed from L2 (the torch baseline
-/// rotates the same way, so the two stay comparable).
-fn sets_for(bytes: usize) -> usize {
-    (200_000_000usize).div_ceil(bytes).clamp(1, 64)
-}
-
-fn report(name: &str, bytes: usize, ms: f64) {
-    let gbps = bytes as f64 / (ms * 1e-3) / 1e9;
-    println!(
-        "{name}: {:.1} us, {gbps:.0} GB/s ({:.0}% of {} GB/s copy)",
-        ms * 1e3,
-        100.0 * gbps / common::H100_COPY_GBPS,
-        common::H100_COPY_GBPS
-    );
-}
-
-/// Times `op(set index)` over `sets` rotating sets, prints the line the run script greps and
-/// registers the criterion bench.
-fn bench_rotating(
-    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
-    gpu: &Gpu,
-    name: &str,
-    bytes: usize,
-    sets: usize,
-    mut op: impl FnMut(usize),
-) {
-    group.throughput(Throughput::Bytes(bytes as u64));
-    let mut k = 0usize;
-    let mut run = || {
-        op(k % sets);
-        k += 1;
-    };
-    let iters = 50.max(2 * sets);
-    let ms = GpuTimer::time_mean_ms(gpu, sets.max(3), iters, || {
-        run();
-        Ok(())
-    })
-    .unwrap();
-    report(name, bytes, ms);
-    group.bench_function(name, |b| b.iter_custom(|iters| common::time_gpu(gpu, iters, &mut run)));
 }
 
 fn activation_benches(c: &mut Criterion) {
@@ -105,10 +39,12 @@ fn activation_benches(c: &mut Criterion) {
     for (name, tokens) in [("silu_mul_16384x3072", 16384usize), ("silu_mul_256x3072", 256)] {
         let inter = 3072;
         let bytes = tokens * inter * 2 * 3;
-        let sets = sets_for(bytes);
-        let ins: Vec<DeviceTensor> = (0..sets).map(|_| filled(&gpu, &[tokens, 2 * inter])).collect();
-        let mut outs: Vec<DeviceTensor> = (0..sets).map(|_| filled(&gpu, &[tokens, inter])).collect();
-        bench_rotating(&mut group, &gpu, name, bytes, sets, |k| {
+        let sets = common::sets_for(bytes);
+        let ins: Vec<DeviceTensor> = (0..sets)
+            .map(|_| common::filled(&gpu, &[tokens, 2 * inter], 0))
+            .collect();
+        let mut outs: Vec<DeviceTensor> = (0..sets).map(|_| common::filled(&gpu, &[tokens, inter], 0)).collect();
+        common::bench_rotating(&mut group, &gpu, name, bytes, sets, |k| {
             silu_mul(&gpu, &mut outs[k].view_mut(), &ins[k].view()).unwrap()
         });
     }
@@ -117,10 +53,10 @@ fn activation_benches(c: &mut Criterion) {
     for (name, kind) in [("gelu_tanh_5040x4304", Gelu::Tanh), ("gelu_erf_5040x4304", Gelu::Erf)] {
         let (rows, width) = (5040usize, 4304);
         let bytes = rows * width * 2 * 2;
-        let sets = sets_for(bytes);
-        let ins: Vec<DeviceTensor> = (0..sets).map(|_| filled(&gpu, &[rows, width])).collect();
-        let mut outs: Vec<DeviceTensor> = (0..sets).map(|_| filled(&gpu, &[rows, width])).collect();
-        bench_rotating(&mut group, &gpu, name, bytes, sets, |k| {
+        let sets = common::sets_for(bytes);
+        let ins: Vec<DeviceTensor> = (0..sets).map(|_| common::filled(&gpu, &[rows, width], 0)).collect();
+        let mut outs: Vec<DeviceTensor> = (0..sets).map(|_| common::filled(&gpu, &[rows, width], 0)).collect();
+        common::bench_rotating(&mut group, &gpu, name, bytes, sets, |k| {
             gelu(&gpu, &mut outs[k].view_mut(), &ins[k].view(), kind).unwrap()
         });
     }
@@ -129,12 +65,12 @@ fn activation_benches(c: &mut Criterion) {
     {
         let (rows, width) = (16384usize, 1024);
         let bytes = rows * width * 2 * 3 + width * 2;
-        let sets = sets_for(bytes);
-        let xs: Vec<DeviceTensor> = (0..sets).map(|_| filled(&gpu, &[rows, width])).collect();
-        let res: Vec<DeviceTensor> = (0..sets).map(|_| filled(&gpu, &[rows, width])).collect();
-        let mut outs: Vec<DeviceTensor> = (0..sets).map(|_| filled(&gpu, &[rows, width])).collect();
-        let b = filled(&gpu, &[width]);
-        bench_rotating(&mut group, &gpu, "bias_add_residual_16384x1024", bytes, sets, |k| {
+        let sets = common::sets_for(bytes);
+        let xs: Vec<DeviceTensor> = (0..sets).map(|_| common::filled(&gpu, &[rows, width], 0)).collect();
+        let res: Vec<DeviceTensor> = (0..sets).map(|_| common::filled(&gpu, &[rows, width], 0)).collect();
+        let mut outs: Vec<DeviceTensor> = (0..sets).map(|_| common::filled(&gpu, &[rows, width], 0)).collect();
+        let b = common::filled(&gpu, &[width], 0);
+        common::bench_rotating(&mut group, &gpu, "bias_add_residual_16384x1024", bytes, sets, |k| {
             bias_add(
                 &gpu,
                 &mut outs[k].view_mut(),

@@ -5,22 +5,12 @@
 
 mod common;
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use half::bf16;
+use criterion::{criterion_group, criterion_main, Criterion};
 use ocrvl::kernels::embedding::{embedding_gather, pos_embed_resample_add, scatter_rows};
-use ocrvl::runtime::{DType, DeviceTensor, Gpu, GpuTimer};
+use ocrvl::runtime::{DType, DeviceTensor, Gpu};
 
 const VOCAB: usize = 103424;
 const HIDDEN: usize = 1024;
-
-/// Non-zero bf16 data in [-4, 4): zeros time faster than real data and hide unwritten outputs.
-fn filled(gpu: &Gpu, dims: &[usize], salt: u32) -> DeviceTensor {
-    let n: usize = dims.iter().product();
-    let vals: Vec<bf16> = (0..n)
-        .map(|i| bf16::from_f32(((i as u32 ^ salt).wrapping_mul(2654435761) % 2001) as f32 / 250.0 - 4.0))
-        .collect();
-    DeviceTensor::from_host(gpu, dims, &vals).unwrap()
-}
 
 /// Pseudo-random ids in [0, n) (a multiplicative hash: no RNG needed for timing).
 fn ids(gpu: &Gpu, len: usize, n: usize, salt: u32) -> DeviceTensor {
@@ -30,47 +20,10 @@ fn ids(gpu: &Gpu, len: usize, n: usize, salt: u32) -> DeviceTensor {
     DeviceTensor::from_host(gpu, &[len], &v).unwrap()
 }
 
-/// Sets to cycle through so that one pass touches at least 200 MB, keeping small shapes out of
-/// the 50 MB L2 (the torch baseline rotates the same way).
-fn sets_for(bytes: usize) -> usize {
-    (200_000_000usize).div_ceil(bytes).clamp(1, 64)
-}
-
-/// Times `op(set index)` over rotating sets, prints the line the run script greps and
-/// registers the criterion bench.
-fn bench_rotating(
-    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
-    gpu: &Gpu,
-    name: &str,
-    bytes: usize,
-    sets: usize,
-    mut op: impl FnMut(usize),
-) {
-    group.throughput(Throughput::Bytes(bytes as u64));
-    let mut k = 0usize;
-    let mut run = || {
-        op(k % sets);
-        k += 1;
-    };
-    let ms = GpuTimer::time_mean_ms(gpu, sets.max(3), 50.max(2 * sets), || {
-        run();
-        Ok(())
-    })
-    .unwrap();
-    let gbps = bytes as f64 / (ms * 1e-3) / 1e9;
-    println!(
-        "{name}: {:.1} us, {gbps:.0} GB/s ({:.0}% of {} GB/s copy)",
-        ms * 1e3,
-        100.0 * gbps / common::H100_COPY_GBPS,
-        common::H100_COPY_GBPS
-    );
-    group.bench_function(name, |b| b.iter_custom(|iters| common::time_gpu(gpu, iters, &mut run)));
-}
-
 fn embedding_benches(c: &mut Criterion) {
     let gpu = common::gpu();
     let mut group = c.benchmark_group("embedding");
-    let table = filled(&gpu, &[VOCAB, HIDDEN], 1);
+    let table = common::filled(&gpu, &[VOCAB, HIDDEN], 1);
     let mut err = DeviceTensor::zeros(&gpu, DType::I32, &[1]).unwrap();
 
     // Gather: each output row read once from the table and written once, plus the ids.
@@ -79,10 +32,12 @@ fn embedding_benches(c: &mut Criterion) {
         ("embedding_gather_256x1024", 256),
     ] {
         let bytes = tokens * HIDDEN * 2 * 2 + tokens * 4;
-        let sets = sets_for(bytes);
+        let sets = common::sets_for(bytes);
         let id_sets: Vec<DeviceTensor> = (0..sets).map(|k| ids(&gpu, tokens, VOCAB, k as u32)).collect();
-        let mut outs: Vec<DeviceTensor> = (0..sets).map(|k| filled(&gpu, &[tokens, HIDDEN], k as u32)).collect();
-        bench_rotating(&mut group, &gpu, name, bytes, sets, |k| {
+        let mut outs: Vec<DeviceTensor> = (0..sets)
+            .map(|k| common::filled(&gpu, &[tokens, HIDDEN], k as u32))
+            .collect();
+        common::bench_rotating(&mut group, &gpu, name, bytes, sets, |k| {
             embedding_gather(
                 &gpu,
                 &mut outs[k].view_mut(),
@@ -98,12 +53,16 @@ fn embedding_benches(c: &mut Criterion) {
     {
         let (tokens, n) = (5040usize, 1280usize);
         let bytes = n * HIDDEN * 2 * 2 + n * 4;
-        let sets = sets_for(bytes);
+        let sets = common::sets_for(bytes);
         let rows: Vec<i32> = (20..20 + n as i32).collect();
         let d_rows = DeviceTensor::from_host(&gpu, &[n], &rows).unwrap();
-        let srcs: Vec<DeviceTensor> = (0..sets).map(|k| filled(&gpu, &[n, HIDDEN], k as u32)).collect();
-        let mut dsts: Vec<DeviceTensor> = (0..sets).map(|k| filled(&gpu, &[tokens, HIDDEN], k as u32)).collect();
-        bench_rotating(&mut group, &gpu, "scatter_rows_1280_into_5040x1024", bytes, sets, |k| {
+        let srcs: Vec<DeviceTensor> = (0..sets)
+            .map(|k| common::filled(&gpu, &[n, HIDDEN], k as u32))
+            .collect();
+        let mut dsts: Vec<DeviceTensor> = (0..sets)
+            .map(|k| common::filled(&gpu, &[tokens, HIDDEN], k as u32))
+            .collect();
+        common::bench_rotating(&mut group, &gpu, "scatter_rows_1280_into_5040x1024", bytes, sets, |k| {
             scatter_rows(&gpu, &mut dsts[k].view_mut(), &srcs[k].view(), &d_rows.view()).unwrap()
         });
     }
@@ -114,12 +73,14 @@ fn embedding_benches(c: &mut Criterion) {
         let (h, w, dim, side) = (72usize, 70usize, 1152usize, 27usize);
         let total = h * w;
         let bytes = total * dim * 2 * 2 + side * side * dim * 2;
-        let sets = sets_for(bytes);
-        let pos_table = filled(&gpu, &[side * side, dim], 7);
+        let sets = common::sets_for(bytes);
+        let pos_table = common::filled(&gpu, &[side * side, dim], 7);
         let cu = DeviceTensor::from_host(&gpu, &[2], &[0i32, total as i32]).unwrap();
         let hw = DeviceTensor::from_host(&gpu, &[1, 2], &[h as i32, w as i32]).unwrap();
-        let mut xs: Vec<DeviceTensor> = (0..sets).map(|k| filled(&gpu, &[total, dim], k as u32)).collect();
-        bench_rotating(&mut group, &gpu, "pos_embed_resample_add_5040x1152", bytes, sets, |k| {
+        let mut xs: Vec<DeviceTensor> = (0..sets)
+            .map(|k| common::filled(&gpu, &[total, dim], k as u32))
+            .collect();
+        common::bench_rotating(&mut group, &gpu, "pos_embed_resample_add_5040x1152", bytes, sets, |k| {
             pos_embed_resample_add(
                 &gpu,
                 &mut xs[k].view_mut(),

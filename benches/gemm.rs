@@ -53,18 +53,8 @@ fn gemm_benches(c: &mut Criterion) {
             .unwrap()
         };
         run();
-        let ms = GpuTimer::time_mean_ms(&gpu, 3, 20, || {
-            run();
-            Ok(())
-        })
-        .unwrap();
-        let tflops = flops / (ms * 1e-3) / 1e12;
-        println!(
-            "gemm {name}: M={m} N={n} K={k}: {:.1} us, {tflops:.1} TFLOP/s ({:.0}% of {} measured)",
-            ms * 1e3,
-            100.0 * tflops / common::H100_BF16_TFLOPS,
-            common::H100_BF16_TFLOPS
-        );
+        let ms = common::mean_ms(&gpu, 3, 20, &mut run);
+        common::report_tflops(&format!("gemm {name}: M={m} N={n} K={k}"), flops, ms, "measured");
         group.bench_function(name, |b| b.iter_custom(|iters| common::time_gpu(&gpu, iters, &mut run)));
         if m <= 512 {
             // The engine times the heuristic's candidates for decode shapes (Gemm::set_autotune).
@@ -82,13 +72,8 @@ fn gemm_benches(c: &mut Criterion) {
                 )
             })
             .unwrap();
-            let tflops = flops / (ms * 1e-3) / 1e12;
-            println!(
-                "gemm {name}_autotuned: M={m} N={n} K={k}: {:.1} us, {tflops:.1} TFLOP/s ({:.0}% of {} measured)",
-                ms * 1e3,
-                100.0 * tflops / common::H100_BF16_TFLOPS,
-                common::H100_BF16_TFLOPS
-            );
+            let label = format!("gemm {name}_autotuned: M={m} N={n} K={k}");
+            common::report_tflops(&label, flops, ms, "measured");
         }
     }
     group.finish();

@@ -5,10 +5,10 @@
 
 mod common;
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, Criterion};
 use half::bf16;
 use ocrvl::kernels::kv_cache::{write_kv, DEFAULT_BLOCK_SIZE};
-use ocrvl::runtime::{DType, DeviceTensor, GpuTimer};
+use ocrvl::runtime::{DType, DeviceTensor};
 
 fn kv_cache_benches(c: &mut Criterion) {
     let gpu = common::gpu();
@@ -41,8 +41,7 @@ fn kv_cache_benches(c: &mut Criterion) {
         );
 
         let bytes = tokens * 2 * heads * head_dim * 2 * 2;
-        group.throughput(Throughput::Bytes(bytes as u64));
-        let mut run = || {
+        let run = || {
             write_kv(
                 &gpu,
                 &mut k_cache.view_mut(),
@@ -53,19 +52,7 @@ fn kv_cache_benches(c: &mut Criterion) {
             )
             .unwrap()
         };
-        let ms = GpuTimer::time_mean_ms(&gpu, 3, 50, || {
-            run();
-            Ok(())
-        })
-        .unwrap();
-        let gbps = bytes as f64 / (ms * 1e-3) / 1e9;
-        println!(
-            "{name}: {:.1} us, {gbps:.0} GB/s ({:.0}% of {} GB/s copy)",
-            ms * 1e3,
-            100.0 * gbps / common::H100_COPY_GBPS,
-            common::H100_COPY_GBPS
-        );
-        group.bench_function(name, |b| b.iter_custom(|iters| common::time_gpu(&gpu, iters, &mut run)));
+        common::bench_gbps(&mut group, &gpu, name, bytes, 50, run);
     }
     group.finish();
 }

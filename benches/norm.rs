@@ -10,7 +10,7 @@ mod common;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use half::bf16;
 use ocrvl::kernels::norm::{layernorm, layernorm_add, rmsnorm, rmsnorm_add};
-use ocrvl::runtime::{DeviceTensor, Gpu, GpuTimer};
+use ocrvl::runtime::{DeviceTensor, Gpu};
 
 #[derive(Clone, Copy)]
 enum Op {
@@ -86,18 +86,8 @@ fn norm_benches(c: &mut Criterion) {
             run(&gpu, op, &mut sets[k % sets_n], &w, &b);
             k += 1;
         };
-        let ms = GpuTimer::time_mean_ms(&gpu, 3 * sets_n, 60 * sets_n, || {
-            step();
-            Ok(())
-        })
-        .unwrap();
-        let gbps = bytes as f64 / (ms * 1e-3) / 1e9;
-        println!(
-            "{name}: {:.1} us, {gbps:.0} GB/s ({:.0}% of {} GB/s copy)",
-            ms * 1e3,
-            100.0 * gbps / common::H100_COPY_GBPS,
-            common::H100_COPY_GBPS
-        );
+        let ms = common::mean_ms(&gpu, 3 * sets_n, 60 * sets_n, &mut step);
+        common::report_gbps(name, bytes, ms);
         group.bench_function(name, |bch| {
             bch.iter_custom(|iters| common::time_gpu(&gpu, iters, &mut step))
         });

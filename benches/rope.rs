@@ -4,10 +4,10 @@
 
 mod common;
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, Criterion};
 use half::bf16;
 use ocrvl::kernels::rope::{mrope, vision_rope};
-use ocrvl::runtime::{DType, DeviceTensor, Gpu, GpuTimer, TensorViewMut};
+use ocrvl::runtime::{DType, DeviceTensor, Gpu, TensorViewMut};
 
 #[derive(Clone, Copy)]
 enum Kind {
@@ -67,9 +67,8 @@ fn rope_benches(c: &mut Criterion) {
         let cols = DeviceTensor::from_host(&gpu, &[tokens], &rc).unwrap();
 
         let bytes = tokens * (qw + kw) * 2 * 2;
-        group.throughput(Throughput::Bytes(bytes as u64));
         let mut i = 0usize;
-        let mut run = || {
+        let run = || {
             let (mut q, mut k) = qk_views(&mut bufs[i % copies], (0, qw), (qw, kw));
             i += 1;
             match kind {
@@ -77,19 +76,7 @@ fn rope_benches(c: &mut Criterion) {
                 Kind::Vision => vision_rope(&gpu, &mut q, &mut k, &rows.view(), &cols.view(), 72, 10000.0).unwrap(),
             }
         };
-        let ms = GpuTimer::time_mean_ms(&gpu, 3, 50, || {
-            run();
-            Ok(())
-        })
-        .unwrap();
-        let gbps = bytes as f64 / (ms * 1e-3) / 1e9;
-        println!(
-            "{name}: {:.1} us, {gbps:.0} GB/s ({:.0}% of {} GB/s copy)",
-            ms * 1e3,
-            100.0 * gbps / common::H100_COPY_GBPS,
-            common::H100_COPY_GBPS
-        );
-        group.bench_function(name, |b| b.iter_custom(|iters| common::time_gpu(&gpu, iters, &mut run)));
+        common::bench_gbps(&mut group, &gpu, name, bytes, 50, run);
     }
     group.finish();
 }

@@ -7,7 +7,7 @@ mod common;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use ocrvl::config::SamplingClass;
 use ocrvl::kernels::sampling::{Sampler, SamplingOutputs, SamplingParams};
-use ocrvl::runtime::{DType, DeviceTensor, GpuTimer};
+use ocrvl::runtime::{DType, DeviceTensor};
 
 const VOCAB: usize = 103424;
 
@@ -103,18 +103,8 @@ fn sampling_benches(c: &mut Criterion) {
                 };
                 sampler.sample(&gpu, class, &mut x.view_mut(), &mut out).unwrap();
             };
-            let ms = GpuTimer::time_mean_ms(&gpu, 3, 50, || {
-                run();
-                Ok(())
-            })
-            .unwrap();
-            let gbps = bytes as f64 / (ms * 1e-3) / 1e9;
-            println!(
-                "sampling {name} b{batch}: {:.1} us, {gbps:.0} GB/s ({:.0}% of {} GB/s copy)",
-                ms * 1e3,
-                100.0 * gbps / common::H100_COPY_GBPS,
-                common::H100_COPY_GBPS
-            );
+            let ms = common::mean_ms(&gpu, 3, 50, &mut run);
+            common::report_gbps(&format!("sampling {name} b{batch}"), bytes, ms);
             if criterion {
                 group.bench_function(format!("{name}_b{batch}"), |b| {
                     b.iter_custom(|iters| common::time_gpu(&gpu, iters, &mut run))

@@ -5,13 +5,17 @@
 //! - `kernels`: safe wrappers that check shapes and dtypes, then call `sys`.
 //! - `runtime`: CUDA context and streams (cudarc, loaded at run time), typed device tensors,
 //!   a workspace arena, event timing and the cuBLASLt GEMM.
-//! - `config` and `model`: the hub config, engine flags, weights and synthetic checkpoints.
+//! - `config` and `model`: the hub config, engine flags, weights and synthetic checkpoints;
+//!   `model::family` is the boundary the engine sees a model through.
+//! - `engine`, `service`, then `server`, `ffi` and the binaries; docs/ARCHITECTURE.md draws
+//!   the whole path of a request.
 
 pub mod config;
 pub mod engine;
 pub mod error;
 pub mod ffi;
 pub mod kernels;
+pub mod log;
 pub mod model;
 pub mod preprocess;
 pub mod runtime;

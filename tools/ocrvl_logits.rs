@@ -67,8 +67,10 @@ fn run() -> anyhow::Result<()> {
     let cfg = ModelConfig::from_dir(&model)?;
     let ckpt = Checkpoint::open(&model)?;
     let mut weights = ModelWeights::upload(&gpu, &cfg, &ckpt.validate(&cfg)?)?;
-    weights.attention =
-        ocrvl::kernels::attention::resolve_version(&gpu, ocrvl::config::EnvFlags::from_env()?.flash_attn_version)?;
+    weights.attention = ocrvl::config::EnvFlags::from_env()?
+        .flash_attn_version
+        .resolve(&gpu)?
+        .into();
 
     let bytes = std::fs::read(&inputs).with_context(|| format!("reading {}", inputs.display()))?;
     let st = SafeTensors::deserialize(&bytes).with_context(|| format!("parsing {}", inputs.display()))?;

@@ -1,5 +1,5 @@
-//! Engine settings, with the names FastDeploy and vLLM use for them, and the environment
-//! switches the engine reads. The flags are parsed in [`super::cli_args`], the environment here.
+//! Engine settings, with the names FastDeploy and vLLM use for them. The flags are parsed in
+//! [`super::cli_args`], the environment switches in [`super::env_flags`].
 
 use std::path::PathBuf;
 
@@ -108,87 +108,5 @@ impl EngineConfig {
             ));
         }
         Ok(())
-    }
-}
-
-/// Which FlashAttention generation runs the attention kernels (`FLAGS_flash_attn_version`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FlashAttnVersion {
-    /// Unset or empty: the engine picks by GPU (FA3 on sm_90 when compiled, else FA2).
-    Auto,
-    Fa2,
-    Fa3,
-}
-
-/// Which sampler runs (`FD_SAMPLING_CLASS`, FastDeploy's name).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SamplingClass {
-    /// Unset, empty, or "base": softmax then top-k/top-p sampling.
-    Base,
-    /// "rejection": sort-free rejection sampling for top-k/top-p.
-    Rejection,
-}
-
-/// Environment switches, read once at startup.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct EnvFlags {
-    pub flash_attn_version: FlashAttnVersion,
-    pub sampling_class: SamplingClass,
-}
-
-impl Default for EnvFlags {
-    /// Both unset: automatic attention version, the base sampler.
-    fn default() -> Self {
-        EnvFlags {
-            flash_attn_version: FlashAttnVersion::Auto,
-            sampling_class: SamplingClass::Base,
-        }
-    }
-}
-
-impl EnvFlags {
-    pub const FLASH_ATTN_VERSION: &'static str = "FLAGS_flash_attn_version";
-    pub const SAMPLING_CLASS: &'static str = "FD_SAMPLING_CLASS";
-
-    pub fn from_env() -> Result<EnvFlags, ConfigError> {
-        Self::from_lookup(|name| {
-            // A value that is not UTF-8 cannot be valid; show it lossily in the error.
-            std::env::var_os(name).map(|v| v.to_string_lossy().into_owned())
-        })
-    }
-
-    /// Same as [`EnvFlags::from_env`] with `lookup` standing in for the process environment,
-    /// so tests never touch (racy, process-wide) environment variables.
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<EnvFlags, ConfigError> {
-        // Empty counts as unset for both: `FOO= cmd` is how shells clear a variable.
-        let read = |name: &str| lookup(name).filter(|v| !v.is_empty());
-
-        let flash_attn_version = match read(Self::FLASH_ATTN_VERSION).as_deref() {
-            None => FlashAttnVersion::Auto,
-            Some("2") => FlashAttnVersion::Fa2,
-            Some("3") => FlashAttnVersion::Fa3,
-            Some(other) => {
-                return Err(ConfigError::EnvValue {
-                    name: Self::FLASH_ATTN_VERSION,
-                    value: other.into(),
-                    valid: "2, 3 (or unset/empty for automatic)",
-                })
-            }
-        };
-        let sampling_class = match read(Self::SAMPLING_CLASS).as_deref() {
-            None | Some("base") => SamplingClass::Base,
-            Some("rejection") => SamplingClass::Rejection,
-            Some(other) => {
-                return Err(ConfigError::EnvValue {
-                    name: Self::SAMPLING_CLASS,
-                    value: other.into(),
-                    valid: "base, rejection (or unset for base)",
-                })
-            }
-        };
-        Ok(EnvFlags {
-            flash_attn_version,
-            sampling_class,
-        })
     }
 }

@@ -1,5 +1,5 @@
-//! Configuration: the model's `config.json` ([`model`]) and the engine's flags and environment
-//! switches ([`engine`]).
+//! Configuration: the model's `config.json` ([`model`]), the engine's flags ([`engine`]) and
+//! the environment switches ([`env_flags`]).
 //!
 //! Every error names where the bad value came from (a file and a field, a command-line flag, or
 //! an environment variable) and, for values from a fixed set, lists the valid ones, so that a
@@ -7,10 +7,12 @@
 
 pub mod cli_args;
 pub mod engine;
+pub mod env_flags;
 pub mod model;
 
 pub use cli_args::{normalize_flag_spelling, parse_engine_flags, EngineArgs, EngineSettings};
-pub use engine::{EngineConfig, EnvFlags, FlashAttnVersion, SamplingClass};
+pub use engine::EngineConfig;
+pub use env_flags::{EnvFlags, FlashAttnVersion, SamplingClass};
 pub use model::{ModelConfig, SpecialTokens, TextConfig, VisionConfig};
 
 use std::path::PathBuf;

@@ -1,4 +1,6 @@
 //! The scheduler: which sequences run in the next step, and how many tokens each computes.
+//! It keeps the policy; the blocks themselves (prefix-cache hits, allocation, registration,
+//! freeing) are the [`KvCacheManager`]'s.
 //!
 //! vLLM v1's model, kept nano-vllm small. There are no separate prefill and decode phases:
 //! each running sequence computes the known tokens it has not computed yet (its
@@ -56,6 +58,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use super::block_pool::BlockPool;
+use super::kv_cache_manager::{kv_slot, KvCacheManager};
 use super::sequence::{FinishReason, ImageSpan, Sequence, SequenceStatus};
 use crate::config::EngineConfig;
 use crate::Error;
@@ -263,7 +266,8 @@ pub struct UpdateOutput {
 
 pub struct Scheduler {
     config: SchedulerConfig,
-    pool: BlockPool,
+    /// The blocks: prefix-cache hits, allocation, registration, freeing.
+    kv: KvCacheManager,
     /// Every queued or running sequence, by id.
     seqs: HashMap<u64, Sequence>,
     /// Arrival order; preempted sequences are pushed back at the front.
@@ -287,7 +291,7 @@ impl Scheduler {
     pub fn new(config: SchedulerConfig) -> Result<Self, Error> {
         config.validate()?;
         Ok(Scheduler {
-            pool: BlockPool::new(config.num_blocks),
+            kv: KvCacheManager::new(config.num_blocks, config.block_size, config.enable_prefix_caching),
             config,
             seqs: HashMap::new(),
             waiting: VecDeque::new(),
@@ -302,7 +306,7 @@ impl Scheduler {
     }
 
     pub fn pool(&self) -> &BlockPool {
-        &self.pool
+        self.kv.pool()
     }
 
     pub fn stats(&self) -> SchedulerStats {
@@ -396,11 +400,9 @@ impl Scheduler {
                 i += 1; // its next image is over this step's encoder budget
                 continue;
             }
-            let needed = self
-                .blocks_for(start + plan.num_tokens)
-                .saturating_sub(seq.block_table.len());
+            let needed = self.kv.blocks_needed(seq, start + plan.num_tokens);
             let mut preempted_self = false;
-            while self.pool.num_free() < needed {
+            while self.kv.num_free() < needed {
                 let victim = self.running.pop().expect("the sequence being scheduled is running");
                 self.preempt(victim, &mut out);
                 if victim == id {
@@ -412,10 +414,7 @@ impl Scheduler {
                 break; // it was the last running sequence
             }
             let seq = self.seqs.get_mut(&id).expect("running sequences are stored");
-            for _ in 0..needed {
-                seq.block_table
-                    .push(self.pool.allocate().expect("free blocks counted above"));
-            }
+            self.kv.allocate_slots(seq, start + plan.num_tokens);
             encoder_budget -= plan.patches;
             budget -= plan.num_tokens;
             mark_encoded(seq, &plan, &mut out);
@@ -463,11 +462,11 @@ impl Scheduler {
                 continue; // that token is its last
             }
             let position = e.start + e.num_tokens;
-            let new_block = self.blocks_for(position + 1) > seq.block_table.len();
+            let new_block = self.kv.blocks_needed(seq, position + 1) > 0;
             rows.push((e.seq_id, position, prev_row, new_block));
         }
         let new_blocks = rows.iter().filter(|r| r.3).count();
-        if rows.is_empty() || new_blocks > self.pool.num_free() {
+        if rows.is_empty() || new_blocks > self.kv.num_free() {
             return None; // nothing continues, or preemption needed: `schedule` decides
         }
         // The oldest waiting sequence would be admitted by `schedule` (a free seat, and its
@@ -478,7 +477,7 @@ impl Scheduler {
                 let encoder_budget = self.config.max_encoder_patches_per_step;
                 let fits = self
                     .plan_admission(head, budget, encoder_budget)
-                    .is_some_and(|(_, _, _, takes)| takes + new_blocks <= self.pool.num_free());
+                    .is_some_and(|(_, _, _, takes)| takes + new_blocks <= self.kv.num_free());
                 if fits {
                     return None;
                 }
@@ -492,8 +491,7 @@ impl Scheduler {
         for (id, position, prev_row, new_block) in rows {
             let seq = self.seqs.get_mut(&id).expect("looked up above");
             if new_block {
-                seq.block_table
-                    .push(self.pool.allocate().expect("free blocks counted above"));
+                self.kv.allocate_slots(seq, position + 1);
             }
             seq.num_scheduled_ahead += 1;
             out.input_ids.push(0);
@@ -521,7 +519,6 @@ impl Scheduler {
     pub fn update(&mut self, output: &SchedulerOutput, sampled: &[(u64, u32)]) -> UpdateOutput {
         let sampled: HashMap<u64, u32> = sampled.iter().copied().collect();
         let mut result = UpdateOutput::default();
-        let bs = self.config.block_size;
         for entry in &output.scheduled {
             // Missing: aborted after `schedule`.
             let Some(seq) = self.seqs.get_mut(&entry.seq_id) else {
@@ -538,13 +535,7 @@ impl Scheduler {
             let old = seq.num_computed_tokens;
             let new = old + entry.num_tokens;
             seq.num_computed_tokens = new;
-            if self.config.enable_prefix_caching && new / bs > old / bs {
-                // Blocks old/bs .. new/bs are now full and final.
-                seq.extend_block_hashes(bs, new / bs);
-                for j in old / bs..new / bs {
-                    self.pool.register(seq.block_table[j], seq.block_hashes[j]);
-                }
-            }
+            self.kv.register_full_blocks(seq, old, new);
             seq.release_encoder_outputs(false, &mut result.freed_encoder_outputs);
             let token = sampled.get(&entry.seq_id).copied();
             if !entry.needs_logits {
@@ -590,7 +581,7 @@ impl Scheduler {
     /// Checks the scheduler's and the pool's invariants with a full walk. Call between steps
     /// (after `update`); for tests and debugging.
     pub fn check_invariants(&self) -> Result<(), String> {
-        self.pool.check_invariants()?;
+        self.kv.pool().check_invariants()?;
         let bs = self.config.block_size;
         if self.running.len() > self.config.max_num_seqs {
             return Err(format!(
@@ -607,7 +598,6 @@ impl Scheduler {
                 self.waiting.len()
             ));
         }
-        let mut refs = vec![0u32; self.pool.num_blocks()];
         let mut last_arrival = None;
         for (id, expect_running) in self
             .running
@@ -656,23 +646,9 @@ impl Scheduler {
                     ));
                 }
             }
-            for &b in &seq.block_table {
-                refs[b as usize] += 1;
-            }
         }
-        for (b, &r) in refs.iter().enumerate() {
-            if self.pool.ref_count(b as u32) != r {
-                return Err(format!(
-                    "block {b}: ref count {} but {r} tables hold it",
-                    self.pool.ref_count(b as u32)
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    fn blocks_for(&self, num_tokens: usize) -> usize {
-        num_tokens.div_ceil(self.config.block_size)
+        let queued = self.running.iter().chain(&self.waiting);
+        self.kv.check_ref_counts(queued.map(|id| &self.seqs[id]))
     }
 
     /// Plans the first chunk of the waiting sequence `id` and, when it fits, commits it:
@@ -680,7 +656,7 @@ impl Scheduler {
     /// untouched.
     fn admit(&mut self, id: u64, budget: usize, encoder_budget: usize) -> Option<ChunkPlan> {
         let (plan, hits, new_blocks, takes) = self.plan_admission(id, budget, encoder_budget)?;
-        if self.pool.num_free() < takes {
+        if self.kv.num_free() < takes {
             return None;
         }
         let seq = &self.seqs[&id];
@@ -690,14 +666,7 @@ impl Scheduler {
             self.stats.prefix_cache_hit_tokens += start as u64;
         }
         let seq = self.seqs.get_mut(&id).expect("waiting sequences are stored");
-        for j in 0..hits {
-            let block = self.pool.lookup(seq.block_hashes[j]).expect("peeked above");
-            seq.block_table.push(block);
-        }
-        for _ in 0..new_blocks {
-            seq.block_table
-                .push(self.pool.allocate().expect("free blocks counted above"));
-        }
+        self.kv.allocate_with_prefix(seq, hits, new_blocks);
         seq.num_computed_tokens = start;
         seq.status = SequenceStatus::Running;
         Some(plan)
@@ -712,31 +681,17 @@ impl Scheduler {
         budget: usize,
         encoder_budget: usize,
     ) -> Option<(ChunkPlan, usize, usize, usize)> {
-        let bs = self.config.block_size;
         let seq = self.seqs.get_mut(&id).expect("waiting sequences are stored");
-        // Reuse at most the full blocks before the last token: the step must compute at
-        // least one token to produce logits, and cached blocks are never written.
-        let mut hits = 0;
-        if self.config.enable_prefix_caching {
-            let max_hits = (seq.total_len() - 1) / bs;
-            seq.extend_block_hashes(bs, max_hits);
-            hits = seq.block_hashes[..max_hits]
-                .iter()
-                .take_while(|&&h| self.pool.peek(h).is_some())
-                .count();
-        }
+        let hits = self.kv.computed_blocks(seq);
         let seq = &self.seqs[&id];
-        let start = hits * bs;
+        let start = hits * self.config.block_size;
         let plan = plan_chunk(seq, start, (seq.total_len() - start).min(budget), encoder_budget);
         if plan.num_tokens == 0 {
             return None;
         }
-        let new_blocks = self.blocks_for(start + plan.num_tokens) - hits;
+        let new_blocks = self.kv.blocks_for(start + plan.num_tokens) - hits;
         // Cached blocks that are free leave the free list when reused.
-        let reused_free = seq.block_hashes[..hits]
-            .iter()
-            .filter(|&&h| self.pool.peek(h).is_some_and(|b| self.pool.is_free(b)))
-            .count();
+        let reused_free = self.kv.cached_blocks_on_free_list(seq, hits);
         Some((plan, hits, new_blocks, new_blocks + reused_free))
     }
 
@@ -753,13 +708,10 @@ impl Scheduler {
         self.stats.num_preemptions += 1;
     }
 
-    /// Returns a sequence's blocks to the pool, last block first (see `block_pool`), resets
-    /// its computed count, and lists its held encoder outputs in `freed`.
+    /// Returns a sequence's blocks to the pool, resets its computed count, and lists its held
+    /// encoder outputs in `freed`.
     fn release(&mut self, seq: &mut Sequence, freed: &mut Vec<(u64, usize)>) {
-        for &b in seq.block_table.iter().rev() {
-            self.pool.free(b);
-        }
-        seq.block_table.clear();
+        self.kv.free(seq);
         seq.release_encoder_outputs(true, freed);
         seq.num_computed_tokens = 0;
         seq.num_scheduled_ahead = 0;
@@ -797,11 +749,6 @@ impl Scheduler {
             });
         }
     }
-}
-
-/// The KV cache slot of position `p` of a sequence with blocks `table`.
-fn kv_slot(table: &[u32], p: usize, block_size: usize) -> i32 {
-    (table[p / block_size] as usize * block_size + p % block_size) as i32
 }
 
 /// Clips the chunk `start..start + max_tokens` of `seq` at the first image it meets that is

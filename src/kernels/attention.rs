@@ -1,7 +1,8 @@
 //! Wrappers for `kernels/include/attention.h`: prefill attention, FlashAttention-2-style
 //! (sm_80 instructions, every GPU) or FlashAttention-3-style (TMA + wgmma, sm_90 with an sm_90a
-//! build), chosen per call by [`AttentionVersion`]; [`resolve_version`] turns
-//! `FLAGS_flash_attn_version` into that choice for the GPU at hand.
+//! build), chosen per call by [`AttentionKernels`] (the version and the FA3 variants), which
+//! the caller holds: the model runner after resolving `FLAGS_flash_attn_version`
+//! (`config::FlashAttnVersion::resolve`), benchmarks and tests per call.
 //!
 //! - [`prefill_paged`]: text prefill, queries of several sequences packed, K/V from the
 //!   block-paged cache (`kv_cache.h` layout), causal with the queries being the last `q_len`
@@ -20,7 +21,6 @@
 //! hold positions below `seqused_k[s]` lie in `[0, num_blocks)`. Outputs must not overlap
 //! inputs.
 
-use crate::config::FlashAttnVersion;
 use crate::error::{Error, Result};
 use crate::runtime::{DType, Gpu, TensorView, TensorViewMut};
 use crate::sys;
@@ -74,25 +74,6 @@ impl Fa3Mainloop {
     }
 }
 
-thread_local! {
-    static FA3_MAINLOOP: std::cell::Cell<Fa3Mainloop> = const { std::cell::Cell::new(Fa3Mainloop::PingPong) };
-}
-
-/// Runs `f` with the FA3 calls made on this thread using `mainloop` (default
-/// [`Fa3Mainloop::PingPong`]), then restores the previous choice. For benchmarks and tests
-/// that compare the mainloops; FA2 calls ignore it. Thread-local, so parallel tests do not
-/// see each other's choice.
-pub fn with_fa3_mainloop<R>(mainloop: Fa3Mainloop, f: impl FnOnce() -> R) -> R {
-    struct Restore(Fa3Mainloop);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            FA3_MAINLOOP.with(|m| m.set(self.0));
-        }
-    }
-    let _restore = Restore(FA3_MAINLOOP.with(|m| m.replace(mainloop)));
-    f()
-}
-
 /// The tile of the FA3 vision (d 72) kernels (`OCRVL_FA3_VISION_*` in
 /// `kernels/include/attention.h`); all give the same results within bf16 rounding, with every
 /// [`Fa3Mainloop`]. Only [`VisionTile::Qk80`] is built on tiles other than `M128`.
@@ -120,24 +101,38 @@ impl Fa3VisionTile {
     }
 }
 
-thread_local! {
-    /// `None`: the launcher's default (`OCRVL_FA3_VISION_DEFAULT`).
-    static FA3_VISION_TILE: std::cell::Cell<Option<Fa3VisionTile>> = const { std::cell::Cell::new(None) };
+/// Which attention kernels run: the version and, for FA3, the mainloop and the vision tile
+/// (FA2 ignores both; text calls ignore the tile). Chosen once by whoever owns the model (the
+/// engine's model runner) and passed with every call; benchmarks and tests that compare the
+/// variants pass each in turn.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AttentionKernels {
+    pub version: AttentionVersion,
+    pub fa3_mainloop: Fa3Mainloop,
+    /// `None`: the launcher's choice by image length (`OCRVL_FA3_VISION_DEFAULT` in
+    /// `kernels/attention/fa3_attention.cu`).
+    pub fa3_vision_tile: Option<Fa3VisionTile>,
 }
 
-/// Runs `f` with the FA3 vision calls made on this thread using `tile` (by default the
-/// launcher's choice, `OCRVL_FA3_VISION_DEFAULT` in `kernels/attention/fa3_attention.cu`), then
-/// restores the previous choice. For benchmarks and tests that compare the tiles; FA2 and text
-/// calls ignore it. Thread-local, as [`with_fa3_mainloop`].
-pub fn with_fa3_vision_tile<R>(tile: Fa3VisionTile, f: impl FnOnce() -> R) -> R {
-    struct Restore(Option<Fa3VisionTile>);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            FA3_VISION_TILE.with(|m| m.set(self.0));
+impl AttentionKernels {
+    /// FA3 with the given mainloop and vision tile.
+    pub fn fa3(mainloop: Fa3Mainloop, vision_tile: Option<Fa3VisionTile>) -> AttentionKernels {
+        AttentionKernels {
+            version: AttentionVersion::Fa3,
+            fa3_mainloop: mainloop,
+            fa3_vision_tile: vision_tile,
         }
     }
-    let _restore = Restore(FA3_VISION_TILE.with(|m| m.replace(Some(tile))));
-    f()
+}
+
+impl From<AttentionVersion> for AttentionKernels {
+    /// The version with its default variants.
+    fn from(version: AttentionVersion) -> AttentionKernels {
+        AttentionKernels {
+            version,
+            ..AttentionKernels::default()
+        }
+    }
 }
 
 /// True when this build contains the FA3 kernels (sm_90a code); says nothing about the GPU.
@@ -161,30 +156,6 @@ pub fn fa3_unavailable_reason(gpu: &Gpu) -> Option<String> {
         ));
     }
     None
-}
-
-/// The attention kernels for `flag` (`FLAGS_flash_attn_version`, parsed by
-/// [`crate::config::EnvFlags`]) on `gpu`:
-/// - `Auto` (unset): the fastest path built and supported here: FA3 on sm_90 when the build
-///   has sm_90a code, else FA2. (FA3 is at least as fast on every benchmarked shape, see
-///   `docs/notes/attention.md`; a shape where it lost would be routed to FA2 here.)
-/// - `Fa2`: FA2, always available.
-/// - `Fa3`: FA3, or an error naming the reason (no sm_90a in this build, or not an sm_90 GPU).
-pub fn resolve_version(gpu: &Gpu, flag: FlashAttnVersion) -> Result<AttentionVersion> {
-    match flag {
-        FlashAttnVersion::Fa2 => Ok(AttentionVersion::Fa2),
-        FlashAttnVersion::Auto => Ok(match fa3_unavailable_reason(gpu) {
-            None => AttentionVersion::Fa3,
-            Some(_) => AttentionVersion::Fa2,
-        }),
-        FlashAttnVersion::Fa3 => match fa3_unavailable_reason(gpu) {
-            None => Ok(AttentionVersion::Fa3),
-            Some(why) => Err(Error::invalid(
-                "FLAGS_flash_attn_version",
-                format!("3 asks for the FA3 attention kernels, but {why}; unset it or set 2"),
-            )),
-        },
-    }
 }
 
 /// Packed variable-length runs: `cu_seqlens` is i32 `[num_seqs + 1]`, the token offsets of
@@ -218,8 +189,8 @@ pub struct PrefillOptions {
     pub scale: f32,
     /// `false` lets every query see all `seqused_k` keys (benchmarks; the model is causal).
     pub causal: bool,
-    /// The kernels to run; see [`resolve_version`].
-    pub version: AttentionVersion,
+    /// The kernels to run (FA2 or FA3, and the FA3 mainloop).
+    pub kernels: AttentionKernels,
 }
 
 /// q, k and v of the vision tower: each `[total, num_heads * 72]` (or `[total, num_heads, 72]`),
@@ -267,12 +238,12 @@ pub fn prefill_paged_version(
     queries: &Varlen<'_>,
     kv: &PagedKv<'_>,
     scale: f32,
-    version: AttentionVersion,
+    kernels: impl Into<AttentionKernels>,
 ) -> Result<()> {
     let opts = PrefillOptions {
         scale,
         causal: true,
-        version,
+        kernels: kernels.into(),
     };
     prefill_paged_with(gpu, out, None, q, queries, kv, opts)
 }
@@ -287,7 +258,7 @@ pub fn prefill_paged_version(
 ///   cache's kv heads.
 /// - `lse`: optional f32 `[num_heads, total_q]`, contiguous: `ln Σ_j exp(scale · q·k_j)`.
 /// - `queries`: the query runs of the sequences in `q`; `kv`: see [`PagedKv`].
-/// - `opts.version`: FA2 or FA3 kernels; the same results within bf16 rounding.
+/// - `opts.kernels`: FA2 or FA3 kernels; the same results within bf16 rounding.
 pub fn prefill_paged_with(
     gpu: &Gpu,
     out: &mut TensorViewMut<'_>,
@@ -297,7 +268,7 @@ pub fn prefill_paged_with(
     kv: &PagedKv<'_>,
     opts: PrefillOptions,
 ) -> Result<()> {
-    let op: &'static str = match opts.version {
+    let op: &'static str = match opts.kernels.version {
         AttentionVersion::Fa2 => "attention_prefill_paged",
         AttentionVersion::Fa3 => "attention_prefill_paged_fa3",
     };
@@ -380,7 +351,7 @@ pub fn prefill_paged_with(
         fa3_mainloop: 0,
         fa3_vision_tile: 0,
     };
-    launch(op, gpu, &params, true, opts.version)
+    launch(op, gpu, &params, true, opts.kernels)
 }
 
 /// Vision attention with the default tile, FA2: see [`vision_varlen_with`].
@@ -409,9 +380,9 @@ pub fn vision_varlen_version(
     qkv: &VisionQkv<'_>,
     images: &Varlen<'_>,
     scale: f32,
-    version: AttentionVersion,
+    kernels: impl Into<AttentionKernels>,
 ) -> Result<()> {
-    vision_varlen_with(gpu, out, qkv, images, scale, VisionTile::default(), version)
+    vision_varlen_with(gpu, out, qkv, images, scale, VisionTile::default(), kernels)
 }
 
 /// Vision attention with a chosen tile, FA2: see [`vision_varlen_with`].
@@ -433,7 +404,8 @@ pub fn vision_varlen_tile(
 ///   `[total, num_heads, head_dim]`, any token stride (a multiple of 8).
 /// - `tile`: [`VisionTile::Qk80`] for the model; the others for comparison (`Pad96` FA2 only,
 ///   `Pv128` FA3 only; the other path returns `OCRVL_STATUS_UNSUPPORTED`).
-/// - `version`: FA2 or FA3 kernels; the same results within bf16 rounding.
+/// - `kernels`: FA2 or FA3 kernels (and the FA3 mainloop and tile); the same results within
+///   bf16 rounding.
 pub fn vision_varlen_with(
     gpu: &Gpu,
     out: &mut TensorViewMut<'_>,
@@ -441,9 +413,10 @@ pub fn vision_varlen_with(
     images: &Varlen<'_>,
     scale: f32,
     tile: VisionTile,
-    version: AttentionVersion,
+    kernels: impl Into<AttentionKernels>,
 ) -> Result<()> {
-    let op: &'static str = match version {
+    let kernels = kernels.into();
+    let op: &'static str = match kernels.version {
         AttentionVersion::Fa2 => "attention_vision_varlen",
         AttentionVersion::Fa3 => "attention_vision_varlen_fa3",
     };
@@ -499,7 +472,7 @@ pub fn vision_varlen_with(
         fa3_mainloop: 0,
         fa3_vision_tile: 0,
     };
-    launch(op, gpu, &params, false, version)
+    launch(op, gpu, &params, false, kernels)
 }
 
 /// The one place a launcher is called.
@@ -508,7 +481,7 @@ fn launch(
     gpu: &Gpu,
     params: &sys::OcrvlAttnParams,
     paged: bool,
-    version: AttentionVersion,
+    kernels: AttentionKernels,
 ) -> Result<()> {
     if !params.scale.is_finite() || params.scale <= 0.0 {
         return Err(Error::invalid(
@@ -517,12 +490,12 @@ fn launch(
         ));
     }
     let params = &sys::OcrvlAttnParams {
-        fa3_mainloop: match version {
+        fa3_mainloop: match kernels.version {
             AttentionVersion::Fa2 => 0,
-            AttentionVersion::Fa3 => FA3_MAINLOOP.with(|m| m.get()).c_value(),
+            AttentionVersion::Fa3 => kernels.fa3_mainloop.c_value(),
         },
-        fa3_vision_tile: match (version, paged) {
-            (AttentionVersion::Fa3, false) => FA3_VISION_TILE.with(|m| m.get()).map_or(0, Fa3VisionTile::c_value),
+        fa3_vision_tile: match (kernels.version, paged) {
+            (AttentionVersion::Fa3, false) => kernels.fa3_vision_tile.map_or(0, Fa3VisionTile::c_value),
             _ => 0,
         },
         ..*params
@@ -531,7 +504,7 @@ fn launch(
     // sizes in `params` on this GPU (device contents are trusted as documented above), and the
     // stream is the one all other work on these views is queued on.
     let status = unsafe {
-        match (version, paged) {
+        match (kernels.version, paged) {
             (AttentionVersion::Fa2, true) => sys::ocrvl_attention_prefill_paged(params, gpu.raw_stream()),
             (AttentionVersion::Fa2, false) => sys::ocrvl_attention_varlen(params, gpu.raw_stream()),
             (AttentionVersion::Fa3, true) => sys::ocrvl_attention_prefill_paged_fa3(params, gpu.raw_stream()),

@@ -26,9 +26,7 @@ pub fn rmsnorm(
     eps: f32,
 ) -> Result<()> {
     const OP: &str = "rmsnorm";
-    let (tokens, hidden) = rows_of(OP, "x", x)?;
-    same_rows(OP, "out", &out.as_view(), x)?;
-    vector_of(OP, "weight", weight, x)?;
+    let (tokens, hidden) = operands(OP, x, &out.as_view(), None, weight, None)?;
     // SAFETY: the views were checked to be [tokens, hidden] rows of one dtype with their row
     // strides, and weight [hidden]; they are used on the stream every other use is ordered on.
     // `out` is borrowed mutably, so it overlaps no input.
@@ -65,10 +63,7 @@ pub fn rmsnorm_add(
     eps: f32,
 ) -> Result<()> {
     const OP: &str = "rmsnorm_add";
-    let (tokens, hidden) = rows_of(OP, "x", x)?;
-    same_rows(OP, "out", &out.as_view(), x)?;
-    same_rows(OP, "residual", &residual.as_view(), x)?;
-    vector_of(OP, "weight", weight, x)?;
+    let (tokens, hidden) = operands(OP, x, &out.as_view(), Some(&residual.as_view()), weight, None)?;
     // SAFETY: as in `rmsnorm`; `out` and `residual` are distinct mutable borrows, so neither
     // overlaps the other or an input.
     let status = unsafe {
@@ -103,10 +98,7 @@ pub fn layernorm(
     eps: f32,
 ) -> Result<()> {
     const OP: &str = "layernorm";
-    let (tokens, hidden) = rows_of(OP, "x", x)?;
-    same_rows(OP, "out", &out.as_view(), x)?;
-    vector_of(OP, "weight", weight, x)?;
-    vector_of(OP, "bias", bias, x)?;
+    let (tokens, hidden) = operands(OP, x, &out.as_view(), None, weight, Some(bias))?;
     // SAFETY: as in `rmsnorm`, with bias [hidden] checked like weight.
     let status = unsafe {
         sys::ocrvl_layernorm(
@@ -141,11 +133,7 @@ pub fn layernorm_add(
     eps: f32,
 ) -> Result<()> {
     const OP: &str = "layernorm_add";
-    let (tokens, hidden) = rows_of(OP, "x", x)?;
-    same_rows(OP, "out", &out.as_view(), x)?;
-    same_rows(OP, "residual", &residual.as_view(), x)?;
-    vector_of(OP, "weight", weight, x)?;
-    vector_of(OP, "bias", bias, x)?;
+    let (tokens, hidden) = operands(OP, x, &out.as_view(), Some(&residual.as_view()), weight, Some(bias))?;
     // SAFETY: as in `rmsnorm_add`, with bias [hidden] checked like weight.
     let status = unsafe {
         sys::ocrvl_layernorm_add(
@@ -165,6 +153,29 @@ pub fn layernorm_add(
         )
     };
     check(OP, status)
+}
+
+/// The prologue of every norm: checks `x`'s rows, then that `out` (and `residual`) match
+/// them and that `weight` (and `bias`) are `[hidden]`, in that order; returns `(tokens,
+/// hidden)`.
+fn operands(
+    op: &'static str,
+    x: &TensorView<'_>,
+    out: &TensorView<'_>,
+    residual: Option<&TensorView<'_>>,
+    weight: &TensorView<'_>,
+    bias: Option<&TensorView<'_>>,
+) -> Result<(usize, usize)> {
+    let rows = rows_of(op, "x", x)?;
+    same_rows(op, "out", out, x)?;
+    if let Some(r) = residual {
+        same_rows(op, "residual", r, x)?;
+    }
+    vector_of(op, "weight", weight, x)?;
+    if let Some(b) = bias {
+        vector_of(op, "bias", b, x)?;
+    }
+    Ok(rows)
 }
 
 /// `(tokens, hidden)` of a 2-D row operand. Its dtype goes to the launcher, which rejects

@@ -14,12 +14,21 @@
 //! [`sample`] takes device views; [`Sampler`] owns the per-row parameter buffers and the
 //! workspace, uploads a batch's parameters from the host, and allocates nothing per step.
 
-use crate::config::SamplingClass;
 use crate::error::{Error, Result};
 use crate::runtime::{DType, DeviceTensor, Gpu, PinnedStaging, TensorView, TensorViewMut};
 use crate::sys;
 
 use super::{c_dtype, check};
+
+/// Which sampler runs (chosen by `FD_SAMPLING_CLASS`, FastDeploy's name, in
+/// `config::EnvFlags`; re-exported there).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SamplingClass {
+    /// Unset, empty, or "base": softmax then top-k/top-p sampling.
+    Base,
+    /// "rejection": sort-free rejection sampling for top-k/top-p.
+    Rejection,
+}
 
 /// The most top-n alternatives a row can return.
 pub const MAX_TOP_N: usize = sys::OCRVL_SAMPLING_MAX_TOP_N as usize;

@@ -11,7 +11,7 @@ use super::names::{text_layer, vision_layer, EMBED_TOKENS, LM_HEAD};
 use super::weights::ValidatedWeights;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::kernels::attention::AttentionVersion;
+use crate::kernels::attention::AttentionKernels;
 use crate::runtime::{DType, DeviceTensor, Gpu, TensorView};
 
 pub struct VisionLayerWeights {
@@ -62,9 +62,9 @@ pub struct ModelWeights {
     pub norm: DeviceTensor,
     /// None when the checkpoint ties lm_head to the embedding.
     lm_head: Option<DeviceTensor>,
-    /// Which attention kernels the forwards use (FA2 after upload; the engine sets the
+    /// Which attention kernels the forwards use (FA2 after upload; the model runner sets the
     /// version `FLAGS_flash_attn_version` resolves to).
-    pub attention: AttentionVersion,
+    pub attention: AttentionKernels,
 }
 
 /// Uploads host tensors, concatenated along dim 0, as one device tensor of `dims`.
@@ -198,7 +198,7 @@ impl ModelWeights {
             } else {
                 Some(up.one(LM_HEAD)?)
             },
-            attention: AttentionVersion::Fa2,
+            attention: AttentionKernels::default(),
         })
     }
 

@@ -11,6 +11,8 @@
 //! at sequence index `s ≥ prompt_len` gets `s + rope_delta` on all three axes, so decode
 //! needs only this one number per sequence.
 
+use std::ops::Range;
+
 use super::image::ImageGrid;
 use super::{PreprocessError, Result};
 
@@ -22,6 +24,9 @@ pub struct MropePositions {
     pub seq_len: usize,
     /// Add to a generated token's sequence index to get its position (all three axes).
     pub rope_delta: i32,
+    /// Per image, in order, the range of its placeholder tokens: the walk finds them anyway,
+    /// and they are the ranges `Prompt::image_spans` holds for the same prompt.
+    pub image_spans: Vec<Range<usize>>,
 }
 
 impl MropePositions {
@@ -33,6 +38,16 @@ impl MropePositions {
     /// The (T, H, W) position of token `index` of the prompt.
     pub fn at(&self, index: usize) -> [i32; 3] {
         [0, 1, 2].map(|a| self.positions[a * self.seq_len + index])
+    }
+
+    /// The (T, H, W) position of the token at sequence index `index`: the prompt's own, or
+    /// [`decode_position`] on all three axes for a generated token (the one rule for both).
+    pub fn of_token(&self, index: usize) -> [i32; 3] {
+        if index < self.seq_len {
+            self.at(index)
+        } else {
+            [decode_position(index, self.rope_delta); 3]
+        }
     }
 }
 
@@ -61,6 +76,7 @@ pub fn mrope_positions(ids: &[u32], image_token_id: u32, grids: &[ImageGrid], me
     let mut w = Vec::with_capacity(seq_len);
     let mut cur: i64 = 0;
     let mut next_image = 0;
+    let mut image_spans = Vec::with_capacity(grids.len());
     let mut i = 0;
     while i < seq_len {
         if ids[i] != image_token_id {
@@ -92,6 +108,7 @@ pub fn mrope_positions(ids: &[u32], image_token_id: u32, grids: &[ImageGrid], me
             w.push(cur + (k % gw) as i64);
         }
         cur += gh.max(gw) as i64;
+        image_spans.push(i..i + n);
         i += n;
         next_image += 1;
     }
@@ -112,5 +129,6 @@ pub fn mrope_positions(ids: &[u32], image_token_id: u32, grids: &[ImageGrid], me
         positions,
         seq_len,
         rope_delta: rope_delta as i32,
+        image_spans,
     })
 }

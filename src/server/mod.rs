@@ -272,7 +272,7 @@ impl Server {
         let state = self.state;
         state.shutting_down.store(true, Ordering::SeqCst);
         let in_flight = state.in_flight();
-        log(&format!(
+        crate::log::info(format!(
             "serve: shutting down: refusing new requests, {in_flight} in flight, waiting up to {:.0} s",
             grace.as_secs_f64()
         ));
@@ -290,7 +290,7 @@ impl Server {
         // the aborted requests send their last chunk and close.
         let clean = tokio::time::timeout(grace + Duration::from_secs(5), all).await.is_ok();
         let took = t0.elapsed();
-        log(&format!(
+        crate::log::info(format!(
             "serve: stopped in {:.2} s{}",
             took.as_secs_f64(),
             if clean { "" } else { " (gave up waiting)" }
@@ -382,11 +382,4 @@ pub(crate) fn json_response(status: StatusCode, value: &impl serde::Serialize) -
 
 pub(crate) fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
-/// Server log lines go to stderr, like the service's (silenced by `OCRVL_QUIET`).
-pub(crate) fn log(s: &str) {
-    if std::env::var_os("OCRVL_QUIET").is_none() {
-        eprintln!("{s}");
-    }
 }

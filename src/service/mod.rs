@@ -557,7 +557,7 @@ fn load(config: &ServiceConfig) -> Result<(Engine, Frontend)> {
     }
     let t1 = Instant::now();
     let engine = Engine::new(gpu, &dir, &config.engine, config.env)?;
-    log_line(&format!(
+    crate::log::info(format!(
         "ocrvl: model {} ready: config and tokenizer {:.2} s, weights, KV cache and graphs {:.2} s ({} KV blocks)",
         dir.display(),
         (t1 - t0).as_secs_f64(),
@@ -579,17 +579,6 @@ fn load(config: &ServiceConfig) -> Result<(Engine, Frontend)> {
 
 fn current_state(status: &Status) -> ServiceState {
     status.state.lock().map(|s| s.clone()).unwrap_or(ServiceState::Stopped)
-}
-
-/// A line that matters even under `OCRVL_QUIET` (an engine that can serve nothing more).
-fn log_always(s: &str) {
-    eprintln!("{s}");
-}
-
-fn log_line(s: &str) {
-    if std::env::var_os("OCRVL_QUIET").is_none() {
-        eprintln!("{s}");
-    }
 }
 
 fn engine_thread(config: ServiceConfig, status: Arc<Status>, rx: Receiver<Command>) {
@@ -743,13 +732,13 @@ fn engine_thread(config: ServiceConfig, status: Arc<Status>, rx: Receiver<Comman
                 let msg = e.to_string();
                 if e.is_sticky_cuda() {
                     if !matches!(current_state(&status), ServiceState::Unhealthy(_)) {
-                        log_always(&format!(
+                        crate::log::always(format!(
                             "ocrvl: UNRECOVERABLE GPU ERROR: {msg}; the engine serves nothing more, restart the process"
                         ));
                         set_state(&status, ServiceState::Unhealthy(msg.clone()));
                     }
                 } else {
-                    log_line(&format!("ocrvl: engine step failed: {msg}"));
+                    crate::log::info(format!("ocrvl: engine step failed: {msg}"));
                 }
                 for (id, tx) in live.drain() {
                     engine.abort(id);

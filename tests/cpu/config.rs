@@ -731,3 +731,19 @@ fn env_flags_invalid_values_list_the_valid_ones() {
         assert!(msg.contains("valid values: base, rejection"), "{msg}");
     }
 }
+
+#[test]
+fn env_flags_quiet_and_gemm_autotune() {
+    let flags = env(&[]).unwrap();
+    assert!(!flags.quiet);
+    assert!(flags.gemm_autotune);
+    // OCRVL_QUIET counts when set at all, even empty.
+    assert!(env(&[("OCRVL_QUIET", "")]).unwrap().quiet);
+    assert!(env(&[("OCRVL_QUIET", "1")]).unwrap().quiet);
+    // Only 0 turns the autotuning off.
+    assert!(!env(&[("OCRVL_GEMM_AUTOTUNE", "0")]).unwrap().gemm_autotune);
+    for on in ["1", "", "yes"] {
+        assert!(env(&[("OCRVL_GEMM_AUTOTUNE", on)]).unwrap().gemm_autotune, "{on:?}");
+    }
+    assert_eq!(env(&[]).unwrap(), EnvFlags::default());
+}

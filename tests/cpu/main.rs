@@ -21,6 +21,7 @@ mod detokenize;
 mod ffi_header;
 mod fidelity_cpu;
 mod hostile_images;
+mod kv_cache_manager;
 mod model_step_cpu;
 mod mrope_positions;
 mod paddlex_requests;

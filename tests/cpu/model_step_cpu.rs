@@ -120,7 +120,7 @@ fn vision_batch_merge_rows_follow_the_spec_order() {
 
 #[test]
 fn graph_batch_sizes_cover_every_batch() {
-    use ocrvl::engine::runner::graph_batch_sizes;
+    use ocrvl::engine::graph_batch_sizes;
     assert_eq!(graph_batch_sizes(1), vec![1]);
     assert_eq!(graph_batch_sizes(10), vec![1, 2, 4, 8, 10]);
     let full = graph_batch_sizes(256);

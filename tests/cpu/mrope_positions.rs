@@ -122,16 +122,22 @@ fn tall_image_advances_by_rows() {
     assert_eq!(pos.rope_delta, 9 - 14);
 }
 
-#[test]
-fn several_images_and_back_to_back_images() {
+/// Text, image 0 (3 tokens), text, images 1 and 2 back to back (2 + 1 tokens), text; image
+/// token 1000.
+fn three_images() -> ([u32; 11], [ImageGrid; 3]) {
     let img = 1000;
     let g = [
         ImageGrid { t: 1, h: 2, w: 6 },
         ImageGrid { t: 1, h: 4, w: 2 },
         ImageGrid { t: 1, h: 2, w: 2 },
     ];
-    // Text, image 0 (3 tokens), text, images 1 and 2 back to back (2 + 1 tokens), text.
-    let ids = [1, 2, img, img, img, 3, img, img, img, 4, 5];
+    ([1, 2, img, img, img, 3, img, img, img, 4, 5], g)
+}
+
+#[test]
+fn several_images_and_back_to_back_images() {
+    let img = 1000;
+    let (ids, g) = three_images();
     let pos = mrope_positions(&ids, img, &g, MERGE).unwrap();
     assert_eq!(pos.at(2), [2, 2, 2]);
     assert_eq!(pos.at(4), [2, 2, 4]);
@@ -200,4 +206,33 @@ fn mismatched_placeholders_are_errors() {
     let odd = ImageGrid { t: 1, h: 3, w: 4 };
     let err = mrope_positions(&short, img, &[odd], MERGE).unwrap_err();
     assert!(matches!(err, PreprocessError::InvalidGrid { .. }), "{err}");
+}
+
+/// The walk reports each image's placeholder run (what `Prompt::image_spans` holds and the
+/// engine's sequences take), back-to-back images as two runs, and `of_token` is the one
+/// position rule: the prompt's own positions, then `index + rope_delta` on all three axes.
+#[test]
+fn image_spans_and_token_positions() {
+    let img = 1000;
+    let (ids, g) = three_images();
+    let pos = mrope_positions(&ids, img, &g, MERGE).unwrap();
+    assert_eq!(pos.image_spans, vec![2..5, 6..8, 8..9]);
+    for (span, grid) in pos.image_spans.iter().zip(&g) {
+        assert_eq!(span.len(), grid.num_merged_tokens(MERGE));
+    }
+    for t in 0..ids.len() {
+        assert_eq!(pos.of_token(t), pos.at(t), "prompt token {t}");
+    }
+    for t in ids.len()..ids.len() + 5 {
+        assert_eq!(
+            pos.of_token(t),
+            [decode_position(t, pos.rope_delta); 3],
+            "generated token {t}"
+        );
+    }
+    // The first generated token continues one past the last prompt token's position (10).
+    assert_eq!(pos.at(ids.len() - 1), [10, 10, 10]);
+    assert_eq!(pos.of_token(ids.len()), [11, 11, 11]);
+    let text = mrope_positions(&[5, 6, 7], img, &[], MERGE).unwrap();
+    assert!(text.image_spans.is_empty());
 }

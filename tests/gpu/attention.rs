@@ -20,7 +20,7 @@
 use half::bf16;
 use ocrvl::kernels::attention::{
     fa3_unavailable_reason, prefill_paged_version, prefill_paged_with, vision_varlen_version, vision_varlen_with,
-    AttentionVersion, PagedKv, PrefillOptions, Varlen, VisionQkv, VisionTile,
+    AttentionKernels, AttentionVersion, PagedKv, PrefillOptions, Varlen, VisionQkv, VisionTile,
 };
 use ocrvl::runtime::{DType, DeviceTensor, Gpu};
 use ocrvl::sys::OcrvlStatus;
@@ -83,16 +83,26 @@ pub(crate) fn vision_tiles(version: AttentionVersion) -> [VisionTile; 2] {
     }
 }
 
-pub(crate) fn text_opts(causal: bool, version: AttentionVersion) -> PrefillOptions {
+/// The model's scale, `causal`, and the kernels (a version, or FA3 with a mainloop).
+pub(crate) fn text_opts(causal: bool, kernels: impl Into<AttentionKernels>) -> PrefillOptions {
     PrefillOptions {
         scale: text_scale(),
         causal,
-        version,
+        kernels: kernels.into(),
     }
 }
 
 fn causal(version: AttentionVersion) -> PrefillOptions {
     text_opts(true, version)
+}
+
+/// Runs the batch on every path this GPU has ([`versions`]), `causal` or not, with the LSE
+/// when `lse`, and checks each run against the reference; `label` names the case.
+fn check_every_version(g: &Gpu, b: &TextBatch, pool: &Pool, causal: bool, lse: bool, label: &str) {
+    for v in versions(g) {
+        let run = run_text(g, b, pool, &pool.tables, text_opts(causal, v), lse);
+        check_text(&format!("{v:?} {label}"), b, &run, causal);
+    }
 }
 
 /// A text batch: (q_len, seqused_k) per sequence and the exact bf16 inputs.
@@ -364,10 +374,7 @@ fn prefill_fresh_prompts_match_reference() {
         for &len in &[1usize, 2, 17, 128, 1000, 5120] {
             let b = TextBatch::new(&mut r, &[(len, len)], 4.0);
             let pool = Pool::new(&mut r, &b, bs);
-            for v in versions(&g) {
-                let run = run_text(&g, &b, &pool, &pool.tables, causal(v), false);
-                check_text(&format!("{v:?} fresh prompt, block_size {bs}"), &b, &run, true);
-            }
+            check_every_version(&g, &b, &pool, true, false, &format!("fresh prompt, block_size {bs}"));
         }
     }
 }
@@ -382,10 +389,7 @@ fn prefill_mixed_batch_with_cached_prefixes_matches_reference() {
     for &bs in &[16usize, 32, 64, 256] {
         let b = TextBatch::new(&mut r, MIXED, 4.0);
         let pool = Pool::new(&mut r, &b, bs);
-        for v in versions(&g) {
-            let run = run_text(&g, &b, &pool, &pool.tables, causal(v), true);
-            check_text(&format!("{v:?} mixed batch, block_size {bs}"), &b, &run, true);
-        }
+        check_every_version(&g, &b, &pool, true, true, &format!("mixed batch, block_size {bs}"));
     }
 }
 
@@ -402,10 +406,7 @@ fn prefill_peaked_softmax_matches_reference() {
         24.0,
     );
     let pool = Pool::new(&mut r, &b, 64);
-    for v in versions(&g) {
-        let run = run_text(&g, &b, &pool, &pool.tables, causal(v), true);
-        check_text(&format!("{v:?} peaked softmax"), &b, &run, true);
-    }
+    check_every_version(&g, &b, &pool, true, true, "peaked softmax");
 }
 
 #[test]
@@ -415,10 +416,7 @@ fn prefill_non_causal_matches_reference() {
     let mut r = rng(0xA77E_0004);
     let b = TextBatch::new(&mut r, &[(1, 1), (17, 300), (128, 128), (1000, 1000), (70, 2000)], 4.0);
     let pool = Pool::new(&mut r, &b, 64);
-    for v in versions(&g) {
-        let run = run_text(&g, &b, &pool, &pool.tables, text_opts(false, v), true);
-        check_text(&format!("{v:?} non-causal"), &b, &run, false);
-    }
+    check_every_version(&g, &b, &pool, false, true, "non-causal");
 }
 
 #[test]
@@ -518,7 +516,14 @@ impl VisionBatch {
 
 /// Runs the vision kernel; out is the first 1152 columns of a poisoned, wider buffer whose
 /// other columns must stay untouched. Returns `[total, HV * DV]`.
-pub(crate) fn run_vision(g: &Gpu, b: &VisionBatch, tile: VisionTile, version: AttentionVersion) -> Vec<bf16> {
+/// `kernels`: a version, or FA3 with a mainloop and a tile.
+pub(crate) fn run_vision(
+    g: &Gpu,
+    b: &VisionBatch,
+    tile: VisionTile,
+    kernels: impl Into<AttentionKernels>,
+) -> Vec<bf16> {
+    let kernels = kernels.into();
     let total = b.total();
     let qkv = DeviceTensor::from_host(g, &[total, 3 * V_COLS], &b.qkv).unwrap();
     let cu = DeviceTensor::from_host(g, &[b.lens.len() + 1], &cu_seqlens(b.lens.iter().copied())).unwrap();
@@ -539,9 +544,9 @@ pub(crate) fn run_vision(g: &Gpu, b: &VisionBatch, tile: VisionTile, version: At
         };
         let mut o = out.view_mut().columns(0, V_COLS).unwrap();
         if tile == VisionTile::default() {
-            vision_varlen_version(g, &mut o, &views, &images, vision_scale(), version).unwrap();
+            vision_varlen_version(g, &mut o, &views, &images, vision_scale(), kernels).unwrap();
         } else {
-            vision_varlen_with(g, &mut o, &views, &images, vision_scale(), tile, version).unwrap();
+            vision_varlen_with(g, &mut o, &views, &images, vision_scale(), tile, kernels).unwrap();
         }
     }
     let all: Vec<bf16> = out.to_host(g).unwrap();

@@ -15,16 +15,16 @@
 use half::bf16;
 use ocrvl::config::FlashAttnVersion;
 use ocrvl::kernels::attention::{
-    resolve_version, vision_varlen_with, with_fa3_mainloop, with_fa3_vision_tile, AttentionVersion, Fa3Mainloop,
-    Fa3VisionTile, Varlen, VisionQkv, VisionTile,
+    vision_varlen_with, AttentionKernels, AttentionVersion, Fa3Mainloop, Fa3VisionTile, Varlen, VisionQkv, VisionTile,
 };
 use ocrvl::runtime::Gpu;
 use ocrvl::runtime::{DType, DeviceTensor};
 use ocrvl::Error;
+use rand_chacha::ChaCha8Rng;
 
 use crate::attention::{
     check_text, check_vision, is_unsupported, paged_try, run_text, run_vision, text_opts, versions, Pool, TextBatch,
-    VisionBatch, HQ, HV, MIXED, Q_COLS, V_COLS,
+    TextRun, VisionBatch, HQ, HV, MIXED, Q_COLS, V_COLS,
 };
 use crate::common::tol::{assert_close, rms, BF16_RTOL};
 use crate::common::{gpu, rng};
@@ -79,29 +79,64 @@ fn assert_same_within_rounding(label: &str, got: &[bf16], want: &[bf16], lens: &
     }
 }
 
+/// The FA2 run of a text batch with LSE: the reference each FA3 variant is compared with.
+fn text_fa2(g: &Gpu, b: &TextBatch, pool: &Pool, causal: bool) -> TextRun {
+    run_text(g, b, pool, &pool.tables, text_opts(causal, AttentionVersion::Fa2), true)
+}
+
+/// Runs `kernels` on the text batch and compares it with FA2's run `fa2`: outputs within
+/// rounding, every row (`label`), and the LSE within 1e-3 (`lse_label`): scores are exact bf16
+/// products summed in f32 by both.
+#[allow(clippy::too_many_arguments)]
+fn assert_text_matches_fa2(
+    g: &Gpu,
+    b: &TextBatch,
+    pool: &Pool,
+    causal: bool,
+    kernels: AttentionKernels,
+    fa2: &TextRun,
+    label: &str,
+    lse_label: &str,
+) {
+    let fa3 = run_text(g, b, pool, &pool.tables, text_opts(causal, kernels), true);
+    let lens: Vec<usize> = b.seqs.iter().map(|s| s.0).collect();
+    assert_same_within_rounding(label, &fa3.out, &fa2.out, &lens, Q_COLS);
+    // LSE [HQ, total_q].
+    let l2: Vec<f64> = fa2.lse.as_ref().unwrap().iter().map(|&x| x as f64).collect();
+    let l3: Vec<f64> = fa3.lse.unwrap().iter().map(|&x| x as f64).collect();
+    assert_eq!(l2.len(), HQ * b.total_q());
+    assert_close(lse_label, &l3, &l2, 1e-3, 1e-4);
+}
+
+/// Every variant `(label, vision tile, kernels)` against FA2 (tile Qk80) on each image set of
+/// `lens_sets`, outputs compared within rounding, every row.
+fn assert_vision_matches_fa2(
+    g: &Gpu,
+    r: &mut ChaCha8Rng,
+    lens_sets: &[Vec<usize>],
+    variants: &[(String, VisionTile, AttentionKernels)],
+) {
+    for lens in lens_sets {
+        let b = VisionBatch::new(r, lens);
+        let fa2 = run_vision(g, &b, VisionTile::Qk80, AttentionVersion::Fa2);
+        for (label, tile, kernels) in variants {
+            let fa3 = run_vision(g, &b, *tile, *kernels);
+            assert_same_within_rounding(&format!("{label} vs FA2, images {lens:?}"), &fa3, &fa2, lens, V_COLS);
+        }
+    }
+}
+
 #[test]
 #[ignore = "needs GPU"]
 fn fa3_version_resolution() {
     let g = gpu();
-    assert_eq!(
-        resolve_version(&g, FlashAttnVersion::Fa2).unwrap(),
-        AttentionVersion::Fa2
-    );
+    assert_eq!(FlashAttnVersion::Fa2.resolve(&g).unwrap(), AttentionVersion::Fa2);
     if fa3_runs(&g) {
-        assert_eq!(
-            resolve_version(&g, FlashAttnVersion::Auto).unwrap(),
-            AttentionVersion::Fa3
-        );
-        assert_eq!(
-            resolve_version(&g, FlashAttnVersion::Fa3).unwrap(),
-            AttentionVersion::Fa3
-        );
+        assert_eq!(FlashAttnVersion::Auto.resolve(&g).unwrap(), AttentionVersion::Fa3);
+        assert_eq!(FlashAttnVersion::Fa3.resolve(&g).unwrap(), AttentionVersion::Fa3);
     } else {
-        assert_eq!(
-            resolve_version(&g, FlashAttnVersion::Auto).unwrap(),
-            AttentionVersion::Fa2
-        );
-        let err = resolve_version(&g, FlashAttnVersion::Fa3).unwrap_err();
+        assert_eq!(FlashAttnVersion::Auto.resolve(&g).unwrap(), AttentionVersion::Fa2);
+        let err = FlashAttnVersion::Fa3.resolve(&g).unwrap_err();
         assert!(matches!(err, Error::Invalid { .. }), "{err}");
         let msg = err.to_string();
         assert!(
@@ -118,34 +153,22 @@ fn fa3_matches_fa2_text() {
     if fa3_runs(&g) {
         let mut r = rng(0xFA3_0001);
         let seqs: Vec<(usize, usize)> = MIXED.iter().chain(ODD).copied().collect();
-        let lens: Vec<usize> = seqs.iter().map(|s| s.0).collect();
         for &bs in &[16usize, 32, 64, 256] {
             let b = TextBatch::new(&mut r, &seqs, 4.0);
             let pool = Pool::new(&mut r, &b, bs);
             for causal in [true, false] {
                 let label = format!("block_size {bs}, causal {causal}");
-                let fa2 = run_text(
+                let fa2 = text_fa2(&g, &b, &pool, causal);
+                assert_text_matches_fa2(
                     &g,
                     &b,
                     &pool,
-                    &pool.tables,
-                    text_opts(causal, AttentionVersion::Fa2),
-                    true,
+                    causal,
+                    AttentionVersion::Fa3.into(),
+                    &fa2,
+                    &format!("FA3 vs FA2, {label}"),
+                    &format!("FA3 vs FA2 lse, {label}"),
                 );
-                let fa3 = run_text(
-                    &g,
-                    &b,
-                    &pool,
-                    &pool.tables,
-                    text_opts(causal, AttentionVersion::Fa3),
-                    true,
-                );
-                assert_same_within_rounding(&format!("FA3 vs FA2, {label}"), &fa3.out, &fa2.out, &lens, Q_COLS);
-                // LSE [HQ, total_q]: scores are exact bf16 products summed in f32 by both.
-                let l2: Vec<f64> = fa2.lse.unwrap().iter().map(|&x| x as f64).collect();
-                let l3: Vec<f64> = fa3.lse.unwrap().iter().map(|&x| x as f64).collect();
-                assert_eq!(l2.len(), HQ * b.total_q());
-                assert_close(&format!("FA3 vs FA2 lse, {label}"), &l3, &l2, 1e-3, 1e-4);
             }
         }
     }
@@ -157,7 +180,7 @@ fn fa3_matches_fa2_vision() {
     let g = gpu();
     if fa3_runs(&g) {
         let mut r = rng(0xFA3_0002);
-        for lens in [
+        let lens_sets = [
             vec![1usize],
             vec![7],
             vec![83],
@@ -166,20 +189,12 @@ fn fa3_matches_fa2_vision() {
             vec![5040, 5040],
             vec![576, 1, 5120, 17, 1000, 2, 128, 4103, 64, 65],
             vec![7, 83, 129, 1, 5040, 128, 127],
-        ] {
-            let b = VisionBatch::new(&mut r, &lens);
-            let fa2 = run_vision(&g, &b, VisionTile::Qk80, AttentionVersion::Fa2);
-            for tile in [VisionTile::Qk80, VisionTile::Pv128] {
-                let fa3 = run_vision(&g, &b, tile, AttentionVersion::Fa3);
-                assert_same_within_rounding(
-                    &format!("FA3 {tile:?} vs FA2, images {lens:?}"),
-                    &fa3,
-                    &fa2,
-                    &lens,
-                    V_COLS,
-                );
-            }
-        }
+        ];
+        let variants: Vec<_> = [VisionTile::Qk80, VisionTile::Pv128]
+            .into_iter()
+            .map(|tile| (format!("FA3 {tile:?}"), tile, AttentionVersion::Fa3.into()))
+            .collect();
+        assert_vision_matches_fa2(&g, &mut r, &lens_sets, &variants);
     }
 }
 
@@ -229,54 +244,27 @@ fn mainloops_match_fa2() {
     let g = gpu();
     if fa3_runs(&g) {
         let mut r = rng(0xFA3_0004);
-        let lens: Vec<usize> = ODD.iter().map(|s| s.0).collect();
         for &bs in &[16usize, 64] {
             let b = TextBatch::new(&mut r, ODD, 4.0);
             let pool = Pool::new(&mut r, &b, bs);
             for causal in [true, false] {
-                let fa2 = run_text(
-                    &g,
-                    &b,
-                    &pool,
-                    &pool.tables,
-                    text_opts(causal, AttentionVersion::Fa2),
-                    true,
-                );
-                let l2: Vec<f64> = fa2.lse.unwrap().iter().map(|&x| x as f64).collect();
+                let fa2 = text_fa2(&g, &b, &pool, causal);
                 for m in Fa3Mainloop::ALL {
                     let label = format!("FA3 {m:?} vs FA2, block_size {bs}, causal {causal}");
-                    let fa3 = with_fa3_mainloop(m, || {
-                        run_text(
-                            &g,
-                            &b,
-                            &pool,
-                            &pool.tables,
-                            text_opts(causal, AttentionVersion::Fa3),
-                            true,
-                        )
-                    });
-                    assert_same_within_rounding(&label, &fa3.out, &fa2.out, &lens, Q_COLS);
-                    let l3: Vec<f64> = fa3.lse.unwrap().iter().map(|&x| x as f64).collect();
-                    assert_close(&format!("{label}, lse"), &l3, &l2, 1e-3, 1e-4);
+                    let kernels = AttentionKernels::fa3(m, None);
+                    assert_text_matches_fa2(&g, &b, &pool, causal, kernels, &fa2, &label, &format!("{label}, lse"));
                 }
             }
         }
-        for lens in [vec![7usize, 83, 129, 1, 5040, 128, 127], vec![5040, 256]] {
-            let b = VisionBatch::new(&mut r, &lens);
-            let fa2 = run_vision(&g, &b, VisionTile::Qk80, AttentionVersion::Fa2);
-            for m in Fa3Mainloop::ALL {
-                for tile in [VisionTile::Qk80, VisionTile::Pv128] {
-                    let fa3 = with_fa3_mainloop(m, || run_vision(&g, &b, tile, AttentionVersion::Fa3));
-                    assert_same_within_rounding(
-                        &format!("FA3 {m:?} {tile:?} vs FA2, images {lens:?}"),
-                        &fa3,
-                        &fa2,
-                        &lens,
-                        V_COLS,
-                    );
-                }
-            }
-        }
+        let lens_sets = [vec![7usize, 83, 129, 1, 5040, 128, 127], vec![5040, 256]];
+        let variants: Vec<_> = Fa3Mainloop::ALL
+            .into_iter()
+            .flat_map(|m| {
+                [VisionTile::Qk80, VisionTile::Pv128]
+                    .map(|tile| (format!("FA3 {m:?} {tile:?}"), tile, AttentionKernels::fa3(m, None)))
+            })
+            .collect();
+        assert_vision_matches_fa2(&g, &mut r, &lens_sets, &variants);
     }
 }
 
@@ -291,7 +279,7 @@ fn vision_tiles_match_fa2() {
     let g = gpu();
     if fa3_runs(&g) {
         let mut r = rng(0xFA3_0005);
-        for lens in [
+        let lens_sets = [
             vec![1usize],
             vec![7],
             vec![83],
@@ -300,24 +288,20 @@ fn vision_tiles_match_fa2() {
             vec![5040],
             vec![7, 83, 129, 1, 5040, 128, 127],
             vec![576, 1, 5120, 17, 1000, 2, 384, 4103, 64, 65],
-        ] {
-            let b = VisionBatch::new(&mut r, &lens);
-            let fa2 = run_vision(&g, &b, VisionTile::Qk80, AttentionVersion::Fa2);
-            for t in Fa3VisionTile::ALL {
-                for m in Fa3Mainloop::ALL {
-                    let fa3 = with_fa3_vision_tile(t, || {
-                        with_fa3_mainloop(m, || run_vision(&g, &b, VisionTile::Qk80, AttentionVersion::Fa3))
-                    });
-                    assert_same_within_rounding(
-                        &format!("FA3 {t:?} {m:?} vs FA2, images {lens:?}"),
-                        &fa3,
-                        &fa2,
-                        &lens,
-                        V_COLS,
-                    );
-                }
-            }
-        }
+        ];
+        let variants: Vec<_> = Fa3VisionTile::ALL
+            .into_iter()
+            .flat_map(|t| {
+                Fa3Mainloop::ALL.map(|m| {
+                    (
+                        format!("FA3 {t:?} {m:?}"),
+                        VisionTile::Qk80,
+                        AttentionKernels::fa3(m, Some(t)),
+                    )
+                })
+            })
+            .collect();
+        assert_vision_matches_fa2(&g, &mut r, &lens_sets, &variants);
     }
 }
 
@@ -346,17 +330,16 @@ fn vision_tiles_refuse_pv128() {
             max_seqlen: total,
         };
         for t in [Fa3VisionTile::M128Stages3, Fa3VisionTile::M192] {
-            let err = with_fa3_vision_tile(t, || {
-                vision_varlen_with(
-                    &g,
-                    &mut out.view_mut(),
-                    &views,
-                    &images,
-                    0.125,
-                    VisionTile::Pv128,
-                    AttentionVersion::Fa3,
-                )
-            })
+            let kernels = AttentionKernels::fa3(Fa3Mainloop::default(), Some(t));
+            let err = vision_varlen_with(
+                &g,
+                &mut out.view_mut(),
+                &views,
+                &images,
+                0.125,
+                VisionTile::Pv128,
+                kernels,
+            )
             .unwrap_err();
             assert!(is_unsupported(&err), "{t:?} with Pv128: {err}");
         }

@@ -11,7 +11,6 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
 
 use ocrvl::config::{EnvFlags, ModelConfig};
-use ocrvl::kernels::attention::resolve_version;
 use ocrvl::model::gpu_weights::ModelWeights;
 use ocrvl::model::step::{HostStep, SeqChunk};
 use ocrvl::model::text::{self, KvCache};
@@ -78,7 +77,7 @@ pub(crate) fn model_steps(args: &BenchArgs, gpu: &Gpu, cfg: &ModelConfig, dir: &
     let valid = ckpt.validate(cfg)?;
     let mut weights = ModelWeights::upload(gpu, cfg, &valid)?;
     // The attention kernels the engine would pick (FLAGS_flash_attn_version).
-    weights.attention = resolve_version(gpu, EnvFlags::from_env()?.flash_attn_version)?;
+    weights.attention = EnvFlags::from_env()?.flash_attn_version.resolve(gpu)?.into();
     gpu.synchronize()?;
     let load_s = t.elapsed().as_secs_f64();
     println!(

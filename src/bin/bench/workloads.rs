@@ -15,7 +15,7 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
 
 use ocrvl::config::ModelConfig;
-use ocrvl::engine::runner::StepTimings;
+use ocrvl::engine::StepTimings;
 use ocrvl::engine::{Engine, EngineImage, EngineRequest};
 use ocrvl::kernels::sampling::SamplingParams;
 use ocrvl::preprocess::{ImageProcessor, PromptBuilder, Rgb8Image, Task};
