@@ -19,16 +19,16 @@
 
 mod detokenize;
 mod handle;
-pub mod limits;
 pub mod image_cache;
+pub mod limits;
 mod pixel_bounds;
 mod request_images;
 mod synthetic;
 
 pub use detokenize::IncrementalDetokenizer;
 pub use handle::{Completion, Event, RequestHandle, Timings};
-pub use limits::RequestLimits;
 pub use image_cache::{ImageCache, ImageCacheStats};
+pub use limits::RequestLimits;
 pub use pixel_bounds::{PixelBounds, ResolvedBounds};
 pub use synthetic::{default_synthetic_dir, ensure_synthetic_model};
 

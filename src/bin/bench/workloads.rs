@@ -267,6 +267,7 @@ pub(crate) fn engine_workload(args: &BenchArgs, engine: &mut Engine, dir: &Path,
     }
     while engine.has_unfinished() {
         engine.step()?;
+        fail_on_failed_requests(engine)?;
     }
     if args.warmup > 0 {
         println!(
@@ -317,6 +318,7 @@ pub(crate) fn engine_workload(args: &BenchArgs, engine: &mut Engine, dir: &Path,
         let s = Instant::now();
         let outs = engine.step()?;
         step_ms.push(s.elapsed().as_secs_f64() * 1e3);
+        fail_on_failed_requests(engine)?;
         let now = t0.elapsed().as_secs_f64();
         for o in &outs {
             if let Some(t) = tracks.get_mut(&o.request_id) {
@@ -457,4 +459,13 @@ fn step_timings_json(before: &StepTimings, after: &StepTimings) -> Value {
         "ahead_steps": after.ahead_steps - before.ahead_steps,
         "gpu_idle_ms": per_step(after.gpu_idle_s, before.gpu_idle_s),
     })
+}
+
+/// A request the engine ended alone (a non-finite logits row) is a broken measurement: stop
+/// with its reason rather than wait for tokens that will never come.
+fn fail_on_failed_requests(engine: &mut Engine) -> anyhow::Result<()> {
+    match engine.take_failed().first() {
+        Some((id, why)) => anyhow::bail!("request {id} failed: {why}"),
+        None => Ok(()),
+    }
 }
