@@ -2,7 +2,7 @@
 # Starts `serve` on the full-size synthetic model and runs overload_check.py (beside this
 # script) against it with the server's PID, then stops the server:
 #   bash overload_check.sh BIN_DIR [LOGDIR]
-# BIN_DIR holds the release `serve`. 64 sequences, so --max-pending-requests is its default
+# BIN_DIR holds the release `serve`. GPU_UTIL (default 0.5) is its --gpu-memory-utilization. 64 sequences, so --max-pending-requests is its default
 # 4 x 64 = 256. Writes serve_overload.log and overload_check.log to LOGDIR (default $OUT, else
 # /tmp); prints the PASS/FAIL lines; exits 1 if a check failed. About 2-4 minutes (the first
 # run on a host also writes the 1.9 GB synthetic model).
@@ -16,7 +16,7 @@ base="http://127.0.0.1:$port"
 mkdir -p "$logs"
 
 "$bin/serve" --host 127.0.0.1 --port "$port" --metrics-port "$mport" --max-model-len 4096 \
-    --max-num-seqs 64 --gpu-memory-utilization 0.5 --shutdown-timeout 5 \
+    --max-num-seqs 64 --gpu-memory-utilization "${GPU_UTIL:-0.5}" --shutdown-timeout 5 \
     > "$logs/serve_overload.log" 2>&1 &
 pid=$!
 ready=0

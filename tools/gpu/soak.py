@@ -339,7 +339,7 @@ def rss_mb(pid):
 
 def start_serve(args):
     cmd = [args.serve, "--host", "127.0.0.1", "--port", str(args.port), "--max-model-len", "4096",
-           "--max-num-seqs", str(args.max_num_seqs), "--gpu-memory-utilization", "0.5"]
+           "--max-num-seqs", str(args.max_num_seqs), "--gpu-memory-utilization", str(args.gpu_memory_utilization)]
     log = open(os.path.join(args.logdir, "soak_serve.log"), "w")
     p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{args.port}"
@@ -365,6 +365,8 @@ def main():
     ap.add_argument("--port", type=int, default=18100)
     ap.add_argument("--max-num-seqs", type=int, default=32, help="with --serve")
     ap.add_argument("--minutes", type=float, default=8.0)
+    ap.add_argument("--gpu-memory-utilization", type=float, default=0.5,
+                    help="with --serve; lower it when other servers share the GPU")
     ap.add_argument("--concurrency", type=int, default=24)
     ap.add_argument("--warmup-s", type=float, default=90.0, help="RSS baseline: the first sample after this")
     ap.add_argument("--rss-slack-mb", type=float, default=256.0)
