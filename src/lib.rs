@@ -6,11 +6,13 @@
 //! - `runtime`: CUDA context and streams (cudarc, loaded at run time), typed device tensors,
 //!   a workspace arena, event timing and the cuBLASLt GEMM.
 //! - `config` and `model`: the hub config, engine flags, weights and synthetic checkpoints.
+//! - `hub`: `--model` as a directory or a hub repo id (caches, download).
 
 pub mod config;
 pub mod engine;
 pub mod error;
 pub mod ffi;
+pub mod hub;
 pub mod kernels;
 pub mod model;
 pub mod preprocess;

@@ -252,7 +252,8 @@ fn flags_json(e: &EngineConfig, env: EnvFlags) -> Value {
 }
 
 fn run() -> anyhow::Result<()> {
-    let args = parse_args()?;
+    let mut args = parse_args()?;
+    ocrvl::hub::resolve_model_option(&mut args.engine.model, None)?;
     let env = EnvFlags::from_env()?;
     if args.dry_run {
         return dry_run(&args, env);

@@ -89,7 +89,7 @@ fn parse_args() -> Result<Option<Args>, String> {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
+    let mut args = match parse_args() {
         Ok(Some(a)) => a,
         Ok(None) => {
             println!("{USAGE}");
@@ -100,6 +100,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(e) = ocrvl::hub::resolve_model_option(&mut args.engine.model, None) {
+        eprintln!("ocr: {e}");
+        return ExitCode::FAILURE;
+    }
     let env = match EnvFlags::from_env() {
         Ok(e) => e,
         Err(e) => {

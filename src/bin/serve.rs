@@ -18,7 +18,7 @@ use ocrvl::service::{default_synthetic_dir, Service};
 fn main() -> ExitCode {
     let t0 = Instant::now();
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let args = match ServeArgs::parse(&args) {
+    let mut args = match ServeArgs::parse(&args) {
         Ok(a) if a.help => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -29,6 +29,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(e) = ocrvl::hub::resolve_model_option(&mut args.engine.model, None) {
+        eprintln!("serve: {e}");
+        return ExitCode::FAILURE;
+    }
     let env = match EnvFlags::from_env() {
         Ok(e) => e,
         Err(e) => {

@@ -165,6 +165,8 @@ impl Fail {
             | Error::Preprocess(PreprocessError::Io { .. }) => Status::Io,
             Error::Config(_) | Error::Preprocess(_) => for_phase(Status::Model),
             Error::Weights(_) => Status::Model,
+            Error::Hub(crate::hub::HubError::Io { .. }) => Status::Io,
+            Error::Hub(_) => Status::Model,
             Error::NotReady(_) => Status::NotReady,
         };
         Fail::new(status, e.to_string())

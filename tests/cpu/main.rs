@@ -17,6 +17,8 @@ mod block_pool;
 mod config;
 mod ffi_header;
 mod fidelity_cpu;
+mod hub;
+mod hub_server;
 mod model_step_cpu;
 mod mrope_positions;
 mod preprocess;
