@@ -15,6 +15,7 @@ pub mod ffi;
 pub mod hub;
 pub mod kernels;
 pub mod model;
+pub mod postprocess;
 pub mod preprocess;
 pub mod runtime;
 pub mod server;

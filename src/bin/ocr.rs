@@ -1,4 +1,4 @@
-//! `ocr IMAGE... [--task ocr|table|formula|chart] [--model DIR] [--json] [--max-tokens N]
+//! `ocr IMAGE... [--task ocr|table|formula|chart|spotting|seal] [--model DIR] [--json] [--max-tokens N]
 //! [engine flags]`: runs the engine in-process and prints what it reads in each image.
 //!
 //! All images go to the engine at once (up to `--max-num-seqs` in flight; one worker thread
@@ -6,7 +6,8 @@
 //! the images were given, each as soon as it and those before it are done. Tables are printed
 //! as HTML converted from the model's OTSL tags, formulas as the LaTeX the model writes,
 //! charts as its `|`-separated rows (MODEL_SPEC §6.4). `--json` prints one JSON object per
-//! image and line instead. A file that cannot be read or decoded is reported by name and the
+//! image and line instead; for `--task spotting` it holds `lines`, each text line with its
+//! polygon in image pixels (src/postprocess/spotting.rs). A file that cannot be read or decoded is reported by name and the
 //! others still run; the exit status is 1 if any image failed.
 
 use std::collections::BTreeMap;
@@ -21,12 +22,13 @@ use serde_json::json;
 
 use ocrvl::config::{EngineConfig, EnvFlags};
 use ocrvl::engine::FinishReason;
+use ocrvl::postprocess::spotting;
 use ocrvl::preprocess::prompt::Task;
 use ocrvl::server::otsl::otsl_to_html;
 use ocrvl::service::{Completion, OcrRequest, PromptInput, Service, ServiceConfig};
 
 const USAGE: &str = "\
-usage: ocr IMAGE... [--task ocr|table|formula|chart] [--model DIR] [--json] [--max-tokens N]
+usage: ocr IMAGE... [--task ocr|table|formula|chart|spotting|seal] [--model DIR] [--json] [--max-tokens N]
            [--synthetic-dir DIR] [--max-model-len N] [--max-num-seqs N] [--gpu-memory-utilization F] ...
 Without --model it runs a full-size synthetic model (random weights): the output is meaningless.";
 
@@ -68,7 +70,7 @@ fn parse_args() -> Result<Option<Args>, String> {
             "--task" => {
                 let v = value()?;
                 args.task =
-                    Task::from_name(&v).ok_or(format!("--task {v}: valid values: ocr, table, formula, chart"))?;
+                    Task::from_name(&v).ok_or(format!("--task {v}: valid values: {}", Task::names()))?;
             }
             "--max-tokens" => {
                 let v = value()?;
@@ -185,7 +187,7 @@ fn run(args: &Args, service: &Service) -> usize {
             if result.is_err() {
                 failed += 1;
             }
-            bar.suspend(|| print_result(args, &path, result));
+            bar.suspend(|| print_result(args, service, &path, result));
             printed += 1;
         }
     }
@@ -193,8 +195,8 @@ fn run(args: &Args, service: &Service) -> usize {
     failed
 }
 
-fn print_result(args: &Args, path: &str, result: Result<(Completion, f64), String>) {
-    let task = format!("{:?}", args.task).to_lowercase();
+fn print_result(args: &Args, service: &Service, path: &str, result: Result<(Completion, f64), String>) {
+    let task = args.task.name();
     match result {
         Err(e) => {
             eprintln!("ocr: {path}: {e}");
@@ -226,6 +228,9 @@ fn print_result(args: &Args, path: &str, result: Result<(Completion, f64), Strin
                 if let Some(h) = html {
                     obj["html"] = h.into();
                 }
+                if args.task == Task::Spotting {
+                    add_spotting(&mut obj, service, path, &c);
+                }
                 println!("{obj}");
             } else {
                 if args.images.len() > 1 {
@@ -237,5 +242,30 @@ fn print_result(args: &Args, path: &str, result: Result<(Completion, f64), Strin
                 }
             }
         }
+    }
+}
+
+/// `lines: [{text, polygon: [[x, y] x 4]}]` in image pixels, from the output decoded with its
+/// location tokens (special tokens, which `text` has skipped); `spotting_error` instead when
+/// the output is not well formed, with the raw output in `raw`.
+fn add_spotting(obj: &mut serde_json::Value, service: &Service, path: &str, c: &Completion) {
+    let parsed = service
+        .decode(&c.token_ids, false)
+        .map_err(|e| e.to_string())
+        .and_then(|raw| {
+            let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+            let (w, h) = spotting::oriented_size(&bytes)?;
+            obj["raw"] = raw.clone().into();
+            spotting::parse_spotting(&raw, w, h).map_err(|e| e.to_string())
+        });
+    match parsed {
+        Ok(lines) => {
+            let lines: Vec<_> = lines
+                .into_iter()
+                .map(|l| json!({"text": l.text, "polygon": l.polygon}))
+                .collect();
+            obj["lines"] = lines.into();
+        }
+        Err(e) => obj["spotting_error"] = e.into(),
     }
 }

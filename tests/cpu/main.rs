@@ -14,6 +14,7 @@ mod ref_sampling;
 
 mod bindings_fresh;
 mod block_pool;
+mod checkpoint_layouts;
 mod config;
 mod ffi_header;
 mod fidelity_cpu;
@@ -26,5 +27,6 @@ mod prompt;
 mod runtime_cpu;
 mod sampling_cpu;
 mod scheduler;
+mod spotting;
 mod synthetic_tokenizer;
 mod weights;
