@@ -10,7 +10,8 @@ use std::time::Instant;
 
 use ocrvl::model::synthetic::{synthetic_config, write_synthetic_model, CheckpointVersion, SyntheticOptions};
 
-const USAGE: &str = "usage: synth-model --out DIR [--tiny] [--version 1|1.5|1.6] [--seed N] [--shards N] [--no-unused] [--no-lm-head]
+const USAGE: &str =
+    "usage: synth-model --out DIR [--tiny] [--version 1|1.5|1.6] [--seed N] [--shards N] [--no-unused] [--no-lm-head]
 
   --out DIR      directory to write (created if missing)
   --tiny         the small test model instead of the full 0.9B one

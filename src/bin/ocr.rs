@@ -69,8 +69,7 @@ fn parse_args() -> Result<Option<Args>, String> {
             "--json" => args.json = true,
             "--task" => {
                 let v = value()?;
-                args.task =
-                    Task::from_name(&v).ok_or(format!("--task {v}: valid values: {}", Task::names()))?;
+                args.task = Task::from_name(&v).ok_or(format!("--task {v}: valid values: {}", Task::names()))?;
             }
             "--max-tokens" => {
                 let v = value()?;

@@ -60,7 +60,11 @@ pub(super) fn download_snapshot(repo: &RepoId, revision: &str, opts: &HubOptions
     // Last, so that a ref only ever names a complete snapshot.
     write_ref(&repo_dir, revision, &commit)?;
     let snapshot = repo_dir.join("snapshots").join(&commit);
-    Ok(if folder.is_empty() { snapshot } else { snapshot.join(folder) })
+    Ok(if folder.is_empty() {
+        snapshot
+    } else {
+        snapshot.join(folder)
+    })
 }
 
 /// Files of the model folder itself (not of other folders) that a loader reads: configs,
@@ -197,7 +201,12 @@ impl<'a> Client<'a> {
         if !(200..400).contains(&status) {
             return Err(self.http_error(what, format!("HTTP {status} from HEAD {resolve}")));
         }
-        let header = |name: &str| head.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let header = |name: &str| {
+            head.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
         let etag = header("x-linked-etag")
             .or_else(|| header("etag"))
             .map(|e| clean_etag(&e))
@@ -243,7 +252,13 @@ impl<'a> Client<'a> {
     }
 
     /// One GET of `source` into `partial`, continuing from its current length.
-    fn fetch_into(&self, source: &str, partial: &Path, size: Option<u64>, bar: &ProgressBar) -> std::result::Result<(), Attempt> {
+    fn fetch_into(
+        &self,
+        source: &str,
+        partial: &Path,
+        size: Option<u64>,
+        bar: &ProgressBar,
+    ) -> std::result::Result<(), Attempt> {
         let have = std::fs::metadata(partial).map_or(0, |m| m.len());
         if size == Some(have) {
             return Ok(());
@@ -264,7 +279,9 @@ impl<'a> Client<'a> {
                     .and_then(content_range_start);
                 if start != Some(have) {
                     truncate(partial)?;
-                    return Err(Attempt::Retry(format!("the server resumed at {start:?}, not at byte {have}")));
+                    return Err(Attempt::Retry(format!(
+                        "the server resumed at {start:?}, not at byte {have}"
+                    )));
                 }
                 true
             }
@@ -280,7 +297,11 @@ impl<'a> Client<'a> {
                     endpoint: self.endpoint().to_string(),
                     detail: format!("HTTP {status}"),
                 };
-                return Err(if status >= 500 { Attempt::Retry(fatal.to_string()) } else { Attempt::Fatal(fatal) });
+                return Err(if status >= 500 {
+                    Attempt::Retry(fatal.to_string())
+                } else {
+                    Attempt::Fatal(fatal)
+                });
             }
         };
         let mut out = if resumed {
@@ -322,8 +343,9 @@ impl<'a> Client<'a> {
             Some(s) => ProgressBar::new(s),
             None => ProgressBar::no_length(),
         };
-        let style = ProgressStyle::with_template("{msg:30!} {bar:30} {bytes:>10}/{total_bytes:<10} {bytes_per_sec:>12} {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar());
+        let style =
+            ProgressStyle::with_template("{msg:30!} {bar:30} {bytes:>10}/{total_bytes:<10} {bytes_per_sec:>12} {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar());
         bar.set_style(style);
         bar.set_message(file.to_string());
         bar

@@ -88,7 +88,11 @@ impl ProcessorConfig {
                     return Self::from_json_str(&part.to_string(), &format!("{origin}: image_processor"));
                 }
                 Some(other) => {
-                    return Err(invalid(&origin, "image_processor", format!("must be an object, found {other}")));
+                    return Err(invalid(
+                        &origin,
+                        "image_processor",
+                        format!("must be an object, found {other}"),
+                    ));
                 }
                 // A processor file without image settings: the older file may have them.
                 None => {}

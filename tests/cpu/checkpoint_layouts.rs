@@ -34,7 +34,10 @@ fn v1_5_directory_has_the_1_5_files_and_its_processor_config_is_read() {
     let (dir, cfg) = write(CheckpointVersion::V1_5);
     let d = dir.path();
     assert!(d.join("processor_config.json").is_file());
-    assert!(!d.join("preprocessor_config.json").exists(), "1.5 ships processor_config.json");
+    assert!(
+        !d.join("preprocessor_config.json").exists(),
+        "1.5 ships processor_config.json"
+    );
     assert_eq!(ModelConfig::from_dir(d).unwrap(), cfg);
     let pc = ProcessorConfig::from_dir(d).unwrap();
     assert_eq!(pc, ProcessorConfig::default(), "the hub values");
@@ -56,10 +59,16 @@ fn v1_5_directory_has_the_1_5_files_and_its_processor_config_is_read() {
     // A malformed one is an error naming the file and the field.
     std::fs::write(&path, r#"{"image_processor": [1, 2]}"#).unwrap();
     let err = ProcessorConfig::from_dir(d).unwrap_err().to_string();
-    assert!(err.contains("processor_config.json") && err.contains("image_processor"), "{err}");
+    assert!(
+        err.contains("processor_config.json") && err.contains("image_processor"),
+        "{err}"
+    );
     std::fs::write(&path, r#"{"image_processor": {"resample": 2}}"#).unwrap();
     let err = ProcessorConfig::from_dir(d).unwrap_err().to_string();
-    assert!(err.contains("processor_config.json") && err.contains("resample"), "{err}");
+    assert!(
+        err.contains("processor_config.json") && err.contains("resample"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -69,7 +78,10 @@ fn v1_5_template_is_the_directorys_and_ends_with_assistant_newline() {
     let prompts = PromptBuilder::from_dir(d, &cfg).unwrap();
     for (task, text) in [(Task::Spotting, "Spotting:"), (Task::Seal, "Seal Recognition:")] {
         let rendered = prompts.render(1, task.prompt()).unwrap();
-        assert!(rendered.ends_with(&format!("<|IMAGE_END|>{text}\nAssistant:\n")), "{rendered:?}");
+        assert!(
+            rendered.ends_with(&format!("<|IMAGE_END|>{text}\nAssistant:\n")),
+            "{rendered:?}"
+        );
     }
     // It is the file that is rendered: the older "Assistant: " variant shows when written.
     let path = d.join("chat_template.jinja");
@@ -96,8 +108,14 @@ fn v1_5_tokenizer_has_the_location_and_table_tokens() {
         assert!(tok.token_to_id(marker).is_some(), "{marker}");
     }
     // The special ids still where config.json puts them.
-    assert_eq!(tok.token_to_id("<|IMAGE_PLACEHOLDER|>"), Some(cfg.tokens.image_token_id));
-    assert_eq!(tok.token_to_id("<|IMAGE_START|>"), Some(cfg.tokens.vision_start_token_id));
+    assert_eq!(
+        tok.token_to_id("<|IMAGE_PLACEHOLDER|>"),
+        Some(cfg.tokens.image_token_id)
+    );
+    assert_eq!(
+        tok.token_to_id("<|IMAGE_START|>"),
+        Some(cfg.tokens.vision_start_token_id)
+    );
 
     // Each location token is one id, in text too (the synthetic tokenizer knows single
     // characters and the prompt words only); special, so skipped by the usual decode.
@@ -119,13 +137,17 @@ fn v1_5_tokenizer_has_the_location_and_table_tokens() {
     let lines = parse_spotting(&prompts.decode(&answer, false).unwrap(), 500, 1000).unwrap();
     assert_eq!(lines.len(), 1);
     assert_eq!(lines[0].text, "Seal 1");
-    assert_eq!(lines[0].polygon, [[50.0, 200.0], [150.0, 200.0], [150.0, 400.0], [50.0, 400.0]]);
+    assert_eq!(
+        lines[0].polygon,
+        [[50.0, 200.0], [150.0, 200.0], [150.0, 400.0], [50.0, 400.0]]
+    );
 }
 
 #[test]
 fn full_size_1_5_tokenizer_fits_the_real_vocabulary() {
     let cfg = synthetic_config(CheckpointVersion::V1_5, false);
-    let json: Value = serde_json::from_str(&synthetic_tokenizer_json_for(&cfg, CheckpointVersion::V1_5).unwrap()).unwrap();
+    let json: Value =
+        serde_json::from_str(&synthetic_tokenizer_json_for(&cfg, CheckpointVersion::V1_5).unwrap()).unwrap();
     let vocab = json["model"]["vocab"].as_object().unwrap();
     assert_eq!(vocab.len(), cfg.text.vocab_size);
     // Above the vision tokens, clear of every id the config names.
@@ -160,7 +182,10 @@ fn directories_carry_what_other_loaders_need() {
         assert_eq!(config["text_config"]["tie_word_embeddings"], false, "{version:?}");
         assert_eq!(config["text_config"]["vocab_size"], cfg.text.vocab_size);
         assert_eq!(config["text_config"]["hidden_size"], cfg.text.hidden_size);
-        assert_eq!(config["text_config"]["rope_parameters"]["mrope_section"], serde_json::json!(cfg.text.mrope_section));
+        assert_eq!(
+            config["text_config"]["rope_parameters"]["mrope_section"],
+            serde_json::json!(cfg.text.mrope_section)
+        );
         // The flat keys are still there for the hub's remote code.
         assert_eq!(config["hidden_size"], cfg.text.hidden_size);
         assert_eq!(ModelConfig::from_dir(d).unwrap(), cfg);

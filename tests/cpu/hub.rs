@@ -146,7 +146,10 @@ fn a_missing_repo_or_file_is_an_error_naming_it() {
     server.list_only(other, "tokenizer.json");
     let err = resolve_model_with(other, None, &opts).unwrap_err();
     assert!(matches!(err, HubError::FileNotFound { .. }), "{err:?}");
-    assert!(err.to_string().contains("Org/Broken") && err.to_string().contains("tokenizer.json"), "{err}");
+    assert!(
+        err.to_string().contains("Org/Broken") && err.to_string().contains("tokenizer.json"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -160,7 +163,10 @@ fn offline_mode_uses_the_cache_and_refuses_to_download() {
     let err = resolve_model_with(REPO, None, &opts).unwrap_err();
     assert!(matches!(err, HubError::Offline { .. }), "{err:?}");
     let text = err.to_string();
-    assert!(text.contains(REPO) && text.contains("models--PaddlePaddle--PaddleOCR-VL"), "{text}");
+    assert!(
+        text.contains(REPO) && text.contains("models--PaddlePaddle--PaddleOCR-VL"),
+        "{text}"
+    );
     assert!(server.seen().is_empty(), "offline mode made a request");
 
     opts.offline = false;
@@ -196,7 +202,10 @@ fn the_subfolder_layout_resolves_from_the_hub_and_from_a_path() {
 #[test]
 fn the_modelscope_cache_resolves_in_both_layouts() {
     let files = synthetic_files();
-    for (layout, name) in [("models/PaddlePaddle", "PaddleOCR-VL-1___5"), ("PaddlePaddle", "PaddleOCR-VL-1.5")] {
+    for (layout, name) in [
+        ("models/PaddlePaddle", "PaddleOCR-VL-1___5"),
+        ("PaddlePaddle", "PaddleOCR-VL-1.5"),
+    ] {
         let root = tempfile::tempdir().unwrap();
         let model = root.path().join(layout).join(name).join(MODEL_SUBFOLDER);
         std::fs::create_dir_all(&model).unwrap();
@@ -207,7 +216,10 @@ fn the_modelscope_cache_resolves_in_both_layouts() {
         let mut opts = options(hf.path(), "http://127.0.0.1:9"); // nothing listens there
         opts.offline = true;
         let err = resolve_model_with("PaddlePaddle/PaddleOCR-VL-1.5", None, &opts).unwrap_err();
-        assert!(matches!(err, HubError::Offline { .. }), "without VLLM_USE_MODELSCOPE: {err:?}");
+        assert!(
+            matches!(err, HubError::Offline { .. }),
+            "without VLLM_USE_MODELSCOPE: {err:?}"
+        );
         opts.modelscope_cache = Some(root.path().to_path_buf());
         let dir = resolve_model_with("PaddlePaddle/PaddleOCR-VL-1.5", None, &opts).unwrap();
         assert_eq!(dir, model, "{layout}");

@@ -84,7 +84,10 @@ impl HubServer {
     /// Lists `path` in `repo`'s file list without serving it.
     pub fn list_only(&self, repo: &str, path: &str) {
         let mut s = self.state.lock().unwrap();
-        s.listed_only.entry(repo.to_string()).or_default().push(path.to_string());
+        s.listed_only
+            .entry(repo.to_string())
+            .or_default()
+            .push(path.to_string());
     }
 
     pub fn cut_once(&self, path: &str, bytes: usize) {
@@ -260,8 +263,10 @@ fn route(s: &mut State, method: &str, path: &str, range: Option<&str>) -> Reply 
     let total = bytes.len();
     let mut r = if range.is_some() {
         let mut r = reply("206 Partial Content", bytes[start..].to_vec());
-        r.headers
-            .push(("Content-Range".into(), format!("bytes {start}-{}/{total}", total.saturating_sub(1))));
+        r.headers.push((
+            "Content-Range".into(),
+            format!("bytes {start}-{}/{total}", total.saturating_sub(1)),
+        ));
         r
     } else {
         reply("200 OK", bytes)

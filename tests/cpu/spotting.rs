@@ -17,9 +17,15 @@ fn bare_lines_scale_to_image_pixels() {
     let lines = parse_spotting(&out, 2000, 300).unwrap();
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[0].text, "Hello world");
-    assert_eq!(lines[0].polygon, [[0.0, 0.0], [1000.0, 0.0], [1000.0, 30.0], [0.0, 30.0]]);
+    assert_eq!(
+        lines[0].polygon,
+        [[0.0, 0.0], [1000.0, 0.0], [1000.0, 30.0], [0.0, 30.0]]
+    );
     assert_eq!(lines[1].text, "Second line");
-    assert_eq!(lines[1].polygon, [[200.0, 60.0], [2000.0, 60.0], [2000.0, 300.0], [200.0, 300.0]]);
+    assert_eq!(
+        lines[1].polygon,
+        [[200.0, 60.0], [2000.0, 60.0], [2000.0, 300.0], [200.0, 300.0]]
+    );
 }
 
 #[test]
@@ -66,7 +72,10 @@ fn fewer_than_eight_locations_is_an_error_naming_the_line() {
     assert!(err.to_string().contains("short"), "{err}");
     // Too many in one run is wrong too.
     let err = parse_spotting(&format!("a{}{}", locs([0; 8]), locs([0; 8])), 9, 9).unwrap_err();
-    assert!(matches!(err, SpottingError::WrongLocationCount { found: 16, .. }), "{err:?}");
+    assert!(
+        matches!(err, SpottingError::WrongLocationCount { found: 16, .. }),
+        "{err:?}"
+    );
 }
 
 #[test]
