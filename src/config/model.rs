@@ -516,11 +516,7 @@ impl ModelConfig {
                 "hidden_act": TEXT_ACT,
                 "max_position_embeddings": t.max_position_embeddings,
                 "rms_norm_eps": t.rms_norm_eps,
-                "rope_parameters": {
-                    "rope_type": "default",
-                    "rope_theta": t.rope_theta,
-                    "mrope_section": t.mrope_section,
-                },
+                "rope_parameters": text_rope_parameters(t),
                 "use_bias": false,
                 "tie_word_embeddings": self.tie_word_embeddings,
                 "pad_token_id": tok.pad_token_id,
@@ -531,6 +527,16 @@ impl ModelConfig {
         });
         serde_json::to_string_pretty(&config).expect("a json! value always serializes")
     }
+}
+
+/// `text_config.rope_parameters`. `mrope_section` only when it is not the [16, 24, 24] that
+/// transformers 5 falls back to: its rope validation warns about the key for `default`.
+fn text_rope_parameters(t: &TextConfig) -> Value {
+    let mut p = json!({"rope_type": "default", "rope_theta": t.rope_theta});
+    if t.mrope_section != DEFAULT_MROPE_SECTION {
+        p["mrope_section"] = json!(t.mrope_section);
+    }
+    p
 }
 
 fn parse_text(t: &Fields, nested: bool) -> Result<TextConfig, ConfigError> {

@@ -3,8 +3,9 @@
 //!
 //! The real PaddleOCR-VL tokenizer (a SentencePiece BPE of 103424 pieces) cannot be shipped;
 //! this one is a WordLevel tokenizer that covers every id of the model's vocabulary:
-//! - the special tokens at the ids the config names (MODEL_SPEC §6.5), and
-//!   `<|begin_of_sentence|>` at 100273 when the vocabulary reaches it;
+//! - the special tokens at the ids the config names (MODEL_SPEC §6.5),
+//!   `<|begin_of_sentence|>` at 100273 when the vocabulary reaches it, and
+//!   `<|end_of_sentence|>` (the sep_token) on the next free id;
 //! - the words and characters of the chat template and the task prompts, then printable
 //!   ASCII, so every prompt the engine builds encodes without `<unk>`;
 //! - every other id a filler word `w<id>` followed by a space, so random output reads as words.
@@ -94,6 +95,16 @@ fn special_tokens(cfg: &ModelConfig, version: CheckpointVersion) -> Result<Vec<(
             .ok_or_else(|| Error::invalid("synthetic tokenizer", "no free id for <|begin_of_sentence|>"))?
     };
     out.push((bos, "<|begin_of_sentence|>".to_string()));
+    // The sep_token tokenizer_config.json names: transformers would append it past the
+    // vocabulary if tokenizer.json lacked it. Its real id is not known (MODEL_SPEC §6.1), so
+    // the first free id after the others.
+    let taken: HashSet<u32> = out.iter().map(|s| s.0).collect();
+    let start = taken.iter().max().copied().unwrap_or(0) + 1;
+    let eos_sentence = (start..vocab)
+        .chain(3..start)
+        .find(|id| !taken.contains(id))
+        .ok_or_else(|| Error::invalid("synthetic tokenizer", "no free id for <|end_of_sentence|>"))?;
+    out.push((eos_sentence, "<|end_of_sentence|>".to_string()));
     let mut out: Vec<(u32, String, bool)> = out.into_iter().map(|(id, c)| (id, c, true)).collect();
     if version == CheckpointVersion::V1_5 {
         let extra = (0..LOC_TOKENS)

@@ -174,6 +174,23 @@ fn directories_carry_what_other_loaders_need() {
         let d = dir.path();
         let tc = read_json(&d.join("tokenizer_config.json"));
         assert_eq!(tc["extra_special_tokens"]["image_token"], "<|IMAGE_PLACEHOLDER|>");
+        // Every token tokenizer_config.json names is in tokenizer.json: one it lacked,
+        // transformers would append past the model's vocabulary.
+        let tok = tokenizers::Tokenizer::from_file(d.join("tokenizer.json")).unwrap();
+        for key in [
+            "bos_token",
+            "eos_token",
+            "unk_token",
+            "pad_token",
+            "cls_token",
+            "sep_token",
+        ] {
+            let content = tc[key].as_str().unwrap();
+            let id = tok
+                .token_to_id(content)
+                .unwrap_or_else(|| panic!("{key} {content} not in tokenizer.json"));
+            assert!((id as usize) < cfg.text.vocab_size);
+        }
         assert!(d.join("chat_template.jinja").is_file());
         let config = read_json(&d.join("config.json"));
         assert_eq!(config["tie_word_embeddings"], false);
@@ -182,9 +199,12 @@ fn directories_carry_what_other_loaders_need() {
         assert_eq!(config["text_config"]["tie_word_embeddings"], false, "{version:?}");
         assert_eq!(config["text_config"]["vocab_size"], cfg.text.vocab_size);
         assert_eq!(config["text_config"]["hidden_size"], cfg.text.hidden_size);
+        // transformers' fallback section is the model's; the key stays out (it draws a warning).
+        assert_eq!(cfg.text.mrope_section, [16, 24, 24]);
+        assert!(config["text_config"]["rope_parameters"]["mrope_section"].is_null());
         assert_eq!(
-            config["text_config"]["rope_parameters"]["mrope_section"],
-            serde_json::json!(cfg.text.mrope_section)
+            config["text_config"]["rope_parameters"]["rope_theta"],
+            cfg.text.rope_theta
         );
         // The flat keys are still there for the hub's remote code.
         assert_eq!(config["hidden_size"], cfg.text.hidden_size);
