@@ -25,6 +25,8 @@ use super::{io, HubError, HubOptions, RepoId, Result, MODEL_SUBFOLDER};
 
 /// Attempts per file: the first plus resumptions after a dropped connection.
 const ATTEMPTS: usize = 4;
+/// Same-host redirects followed by a HEAD.
+const MAX_RELATIVE_REDIRECTS: usize = 5;
 /// Read buffer for the body stream.
 const CHUNK: usize = 1 << 20;
 
@@ -185,12 +187,8 @@ impl<'a> Client<'a> {
     fn fetch_blob(&self, repo: &RepoId, commit: &str, file: &str, repo_dir: &Path) -> Result<String> {
         let resolve = format!("{}/{repo}/resolve/{commit}/{file}", self.endpoint());
         let what = format!("{file} of {repo}");
-        let head = self
-            .authorize(self.no_follow.head(&resolve), &resolve)
-            .call()
-            .map_err(|e| self.http_error(&what, e))?;
-        let status = head.status().as_u16();
-        if status == 404 {
+        let head = self.head(&resolve, &what)?;
+        if head.status == 404 {
             return Err(HubError::FileNotFound {
                 repo: repo.to_string(),
                 revision: commit.to_string(),
@@ -198,27 +196,18 @@ impl<'a> Client<'a> {
                 file: file.to_string(),
             });
         }
-        if !(200..400).contains(&status) {
-            return Err(self.http_error(what, format!("HTTP {status} from HEAD {resolve}")));
+        if !(200..400).contains(&head.status) {
+            return Err(self.http_error(what, format!("HTTP {} from HEAD {}", head.status, head.url)));
         }
-        let header = |name: &str| {
-            head.headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
-        let etag = header("x-linked-etag")
-            .or_else(|| header("etag"))
+        let etag = head
+            .linked_etag
+            .clone()
+            .or_else(|| head.etag.clone())
             .map(|e| clean_etag(&e))
             .filter(|e| !e.is_empty() && !e.contains(['/', '\\']) && e != "." && e != "..")
             .ok_or_else(|| self.http_error(&what, "the server sent no usable ETag to name the file by"))?;
-        let size: Option<u64> = header("x-linked-size")
-            .or_else(|| if status < 300 { header("content-length") } else { None })
-            .and_then(|s| s.parse().ok());
-        let source = match header("location") {
-            Some(loc) if (300..400).contains(&status) => absolute_url(self.endpoint(), &loc),
-            _ => resolve.clone(),
-        };
+        let size = head.size;
+        let source = head.source.clone();
 
         let (blob, partial) = blob_paths(repo_dir, &etag);
         if let Ok(meta) = std::fs::metadata(&blob) {
@@ -249,6 +238,52 @@ impl<'a> Client<'a> {
             what,
             format!("{last_error} (gave up after {ATTEMPTS} attempts; the next start resumes it)"),
         ))
+    }
+
+    /// HEAD of a resolve URL, following the hub's relative redirects (same host: a renamed
+    /// repo, the resolve cache) but not one to another host (a CDN), whose address is where
+    /// the bytes are. The blob name is the first `X-Linked-Etag` seen, else the last `ETag`.
+    fn head(&self, url: &str, what: &str) -> Result<HeadInfo> {
+        let mut info = HeadInfo {
+            url: url.to_string(),
+            status: 0,
+            linked_etag: None,
+            etag: None,
+            size: None,
+            source: url.to_string(),
+        };
+        for _ in 0..MAX_RELATIVE_REDIRECTS {
+            let resp = self
+                .authorize(self.no_follow.head(&info.url), &info.url)
+                .call()
+                .map_err(|e| self.http_error(what, e))?;
+            let header = |name: &str| {
+                resp.headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            };
+            info.status = resp.status().as_u16();
+            info.linked_etag = info.linked_etag.take().or_else(|| header("x-linked-etag"));
+            info.etag = header("etag").or(info.etag.take());
+            let redirect = (300..400).contains(&info.status);
+            info.size = header("x-linked-size")
+                .or_else(|| if redirect { None } else { header("content-length") })
+                .and_then(|s| s.parse().ok())
+                .or(info.size);
+            match header("location") {
+                Some(loc) if redirect && !loc.starts_with("http://") && !loc.starts_with("https://") => {
+                    info.url = absolute_url(self.endpoint(), &loc);
+                    info.source = info.url.clone();
+                }
+                Some(loc) if redirect => {
+                    info.source = loc;
+                    return Ok(info);
+                }
+                _ => return Ok(info),
+            }
+        }
+        Err(self.http_error(what, format!("more than {MAX_RELATIVE_REDIRECTS} redirects from {url}")))
     }
 
     /// One GET of `source` into `partial`, continuing from its current length.
@@ -350,6 +385,18 @@ impl<'a> Client<'a> {
         bar.set_message(file.to_string());
         bar
     }
+}
+
+/// What the HEAD of a file said.
+struct HeadInfo {
+    /// The last URL asked.
+    url: String,
+    status: u16,
+    linked_etag: Option<String>,
+    etag: Option<String>,
+    size: Option<u64>,
+    /// Where to GET the bytes.
+    source: String,
 }
 
 /// How one attempt failed: worth another try (network), or not (disk, 4xx).

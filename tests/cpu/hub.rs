@@ -71,6 +71,10 @@ fn first_resolve_downloads_then_the_cache_serves_without_the_server() {
     // The weights came from the redirect target, the small files from resolve/.
     let seen = server.seen();
     assert!(seen.iter().any(|s| s.method == "GET" && s.path.starts_with("/cdn/")));
+    // The template came through the same-host redirect, named by the ETag seen on the way.
+    assert!(seen.iter().any(|s| s.method == "HEAD" && s.path.starts_with("/cache/")));
+    let template = &files["chat_template.jinja"];
+    assert!(repo_dir.join("blobs").join(etag_of(template)).is_file());
     // HF_TOKEN goes to the endpoint as a bearer token.
     assert!(seen
         .iter()

@@ -3,7 +3,8 @@
 //! - `GET /api/models/{repo}/revision/{rev}`: the commit and the file list;
 //! - `HEAD /{repo}/resolve/{commit}/{path}`: `ETag` and `Content-Length`; for `.safetensors`
 //!   files a 302 to `/cdn/{etag}` with `X-Linked-Etag` / `X-Linked-Size`, as the hub answers
-//!   for LFS files;
+//!   for LFS files; for `.jinja` files a same-host 307 to `/cache/{etag}`, as the hub's
+//!   resolve cache answers;
 //! - `GET` of either place, honouring `Range: bytes=N-` with a 206.
 //!
 //! `cut_once(path, bytes)` makes the next full GET of that file send its headers (the whole
@@ -210,7 +211,8 @@ fn route(s: &mut State, method: &str, path: &str, range: Option<&str>) -> Reply 
         }
         return reply("404 Not Found", br#"{"error":"Repository not found"}"#.to_vec());
     }
-    let (file_key, bytes) = if let Some(etag) = path.strip_prefix("/cdn/") {
+    let blob = path.strip_prefix("/cdn/").or_else(|| path.strip_prefix("/cache/"));
+    let (file_key, bytes) = if let Some(etag) = blob {
         let found = s
             .repos
             .values()
@@ -235,6 +237,13 @@ fn route(s: &mut State, method: &str, path: &str, range: Option<&str>) -> Reply 
             return reply("404 Not Found", b"Entry not found".to_vec());
         };
         let etag = etag_of(bytes);
+        if parts[4].ends_with(".jinja") {
+            // The hub's same-host redirect for small files (its resolve cache).
+            let mut r = reply("307 Temporary Redirect", Vec::new());
+            r.headers.push(("Location".into(), format!("/cache/{etag}")));
+            r.headers.push(("ETag".into(), format!("\"{etag}\"")));
+            return r;
+        }
         if parts[4].ends_with(".safetensors") {
             let mut r = reply("302 Found", Vec::new());
             r.headers.push(("Location".into(), format!("/cdn/{etag}")));
@@ -252,6 +261,14 @@ fn route(s: &mut State, method: &str, path: &str, range: Option<&str>) -> Reply 
         }
         (parts[4].to_string(), bytes.clone())
     };
+    if method == "HEAD" {
+        let mut r = reply("200 OK", Vec::new());
+        r.headers = vec![
+            ("Content-Length".into(), bytes.len().to_string()),
+            ("ETag".into(), format!("\"{}\"", etag_of(&bytes))),
+        ];
+        return r;
+    }
     let start: usize = range
         .and_then(|r| r.strip_prefix("bytes="))
         .and_then(|r| r.strip_suffix('-'))
