@@ -7,9 +7,12 @@
 //!    `refs/<revision>` (default `main`) unless the revision is itself a commit hash;
 //! 2. the ModelScope cache when `VLLM_USE_MODELSCOPE` is true (`MODELSCOPE_CACHE`, else
 //!    `~/.cache/modelscope/hub`), as `models/Org/Name` or `Org/Name`;
-//! 3. a download from `HF_ENDPOINT` (default `https://huggingface.co`) with `HF_TOKEN`, into the
-//!    Hugging Face cache layout, so the next start (and Python tools) find it. `HF_HUB_OFFLINE=1`
-//!    forbids this step.
+//! 3. a download from `HF_ENDPOINT` (default `https://huggingface.co`) with `HF_TOKEN` (or the
+//!    token `huggingface-cli login` saved), into the Hugging Face cache layout, so the next start
+//!    (and Python tools) find it. `HF_HUB_OFFLINE=1` forbids this step.
+//!
+//! Not handled: two processes downloading the same file at the same moment (huggingface_hub
+//! takes a file lock; the std lock API is newer than this crate's minimum Rust).
 //!
 //! The model files may sit at the repository root or in its `PaddleOCR-VL-0.9B/` subfolder
 //! (ModelScope's layout of PaddlePaddle/PaddleOCR-VL); [`model_dir_in`] picks whichever holds
@@ -100,20 +103,45 @@ pub struct HubOptions {
 }
 
 impl HubOptions {
-    /// From `HF_HUB_CACHE` / `HF_HOME`, `VLLM_USE_MODELSCOPE` / `MODELSCOPE_CACHE`,
-    /// `HF_ENDPOINT`, `HF_TOKEN` and `HF_HUB_OFFLINE`.
+    /// [`HubOptions::from_lookup`] over the process environment.
     pub fn from_env() -> Self {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// The options the usual variables ask for, as huggingface_hub and vLLM read them:
+    /// - cache: `HF_HUB_CACHE` (or the older `HUGGINGFACE_HUB_CACHE`), else `HF_HOME/hub`,
+    ///   else `$XDG_CACHE_HOME/huggingface/hub`, else `~/.cache/huggingface/hub`;
+    /// - `VLLM_USE_MODELSCOPE` true: the ModelScope cache `MODELSCOPE_CACHE`, else
+    ///   `~/.cache/modelscope/hub`;
+    /// - `HF_ENDPOINT`; `HF_TOKEN` (or `HUGGING_FACE_HUB_TOKEN`), else the file `huggingface-cli
+    ///   login` writes (`HF_TOKEN_PATH`, else `HF_HOME/token`);
+    /// - `HF_HUB_OFFLINE` (or `TRANSFORMERS_OFFLINE`) true: no download.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Self {
+        let var = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
         let home = var("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
-        let hf_cache = match (var("HF_HUB_CACHE"), var("HF_HOME")) {
-            (Some(cache), _) => PathBuf::from(cache),
-            (None, Some(hf_home)) => PathBuf::from(hf_home).join("hub"),
-            (None, None) => home.join(".cache/huggingface/hub"),
-        };
+        let xdg_cache = var("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| home.join(".cache"));
+        let hf_home = var("HF_HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| xdg_cache.join("huggingface"));
+        let hf_cache = var("HF_HUB_CACHE")
+            .or_else(|| var("HUGGINGFACE_HUB_CACHE"))
+            .map(PathBuf::from)
+            .unwrap_or_else(|| hf_home.join("hub"));
         let modelscope_cache = var("VLLM_USE_MODELSCOPE").filter(|v| truthy(v)).map(|_| {
             var("MODELSCOPE_CACHE")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| home.join(".cache/modelscope/hub"))
+        });
+        let token_file = var("HF_TOKEN_PATH")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| hf_home.join("token"));
+        let token = var("HF_TOKEN").or_else(|| var("HUGGING_FACE_HUB_TOKEN")).or_else(|| {
+            std::fs::read_to_string(token_file)
+                .ok()
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty())
         });
         HubOptions {
             hf_cache,
@@ -122,8 +150,10 @@ impl HubOptions {
                 .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string())
                 .trim_end_matches('/')
                 .to_string(),
-            token: var("HF_TOKEN").or_else(|| var("HUGGING_FACE_HUB_TOKEN")),
-            offline: var("HF_HUB_OFFLINE").is_some_and(|v| truthy(&v)),
+            token,
+            offline: ["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"]
+                .iter()
+                .any(|name| var(name).is_some_and(|v| truthy(&v))),
             progress: true,
         }
     }
@@ -257,6 +287,50 @@ mod tests {
         for bad in ["PaddleOCR-VL", "a/b/c", "/abs", "../x", "a/..", "a b/c", "a/"] {
             assert!(RepoId::parse(bad).is_none(), "{bad}");
         }
+    }
+
+    #[test]
+    fn options_from_the_variables() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+        };
+        let o = HubOptions::from_lookup(env(&[("HOME", "/h")]));
+        assert_eq!(o.hf_cache, PathBuf::from("/h/.cache/huggingface/hub"));
+        assert_eq!(o.endpoint, DEFAULT_ENDPOINT);
+        assert!(o.modelscope_cache.is_none() && !o.offline && o.token.is_none());
+
+        let o = HubOptions::from_lookup(env(&[
+            ("HOME", "/h"),
+            ("HF_HOME", "/hf"),
+            ("HF_ENDPOINT", "https://mirror.example/"),
+            ("HF_TOKEN", "t"),
+            ("HF_HUB_OFFLINE", "1"),
+            ("VLLM_USE_MODELSCOPE", "True"),
+        ]));
+        assert_eq!(o.hf_cache, PathBuf::from("/hf/hub"));
+        assert_eq!(o.endpoint, "https://mirror.example");
+        assert_eq!(o.token.as_deref(), Some("t"));
+        assert!(o.offline);
+        assert_eq!(o.modelscope_cache, Some(PathBuf::from("/h/.cache/modelscope/hub")));
+
+        let o = HubOptions::from_lookup(env(&[
+            ("HF_HOME", "/hf"),
+            ("HF_HUB_CACHE", "/c"),
+            ("MODELSCOPE_CACHE", "/ms"),
+            ("VLLM_USE_MODELSCOPE", "false"),
+            ("TRANSFORMERS_OFFLINE", "yes"),
+        ]));
+        assert_eq!(o.hf_cache, PathBuf::from("/c"));
+        assert!(o.modelscope_cache.is_none() && o.offline);
+    }
+
+    #[test]
+    fn the_login_token_file_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token"), "hf_abc\n").unwrap();
+        let home = dir.path().to_string_lossy().to_string();
+        let o = HubOptions::from_lookup(|name| (name == "HF_HOME").then(|| home.clone()));
+        assert_eq!(o.token.as_deref(), Some("hf_abc"));
     }
 
     #[test]
