@@ -7,8 +7,9 @@
 //! as HTML converted from the model's OTSL tags, formulas as the LaTeX the model writes,
 //! charts as its `|`-separated rows (MODEL_SPEC §6.4). `--json` prints one JSON object per
 //! image and line instead; for `--task spotting` it holds `lines`, each text line with its
-//! polygon in image pixels (src/postprocess/spotting.rs). A file that cannot be read or decoded is reported by name and the
-//! others still run; the exit status is 1 if any image failed.
+//! polygon in image pixels (src/postprocess/spotting.rs). A file that cannot be read or
+//! decoded is reported by name and the others still run; the exit status is 1 if any image
+//! failed.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -244,9 +245,9 @@ fn print_result(args: &Args, service: &Service, path: &str, result: Result<(Comp
     }
 }
 
-/// `lines: [{text, polygon: [[x, y] x 4]}]` in image pixels, from the output decoded with its
-/// location tokens (special tokens, which `text` has skipped); `spotting_error` instead when
-/// the output is not well formed, with the raw output in `raw`.
+/// `lines: [{text, polygon: [[x, y] x 4]}]` in image pixels, parsed from `raw`, the output
+/// decoded with its location tokens (special tokens, which `text` has skipped);
+/// `spotting_error` instead of `lines` when the output is not well formed.
 fn add_spotting(obj: &mut serde_json::Value, service: &Service, path: &str, c: &Completion) {
     let parsed = service
         .decode(&c.token_ids, false)
