@@ -52,7 +52,10 @@ pub enum HubError {
         revision: String,
         searched: Vec<PathBuf>,
     },
-    #[error("repository {repo} (revision {revision}) not found at {endpoint} ({detail})")]
+    #[error(
+        "repository {repo} (revision {revision}) not found at {endpoint} ({detail}); nor is there a \
+         directory of that name"
+    )]
     RepoNotFound {
         repo: String,
         revision: String,
