@@ -45,7 +45,7 @@
 extern "C" {
 #endif
 
-#define OCRVL_ABI_VERSION 1u
+#define OCRVL_ABI_VERSION 2u
 
 /* Status of every call. Fixed-width (not an enum type) so the ABI does not depend on the
  * compiler's choice of enum size. New values are only appended. */
@@ -87,7 +87,14 @@ enum ocrvl_task {
     OCRVL_TASK_FORMULA = 2,
     OCRVL_TASK_CHART = 3,
     /* The prompt text is given by the caller (ocrvl_submit's prompt argument). */
-    OCRVL_TASK_PROMPT = 4
+    OCRVL_TASK_PROMPT = 4,
+    /* PaddleOCR-VL-1.5 and later (ABI 2). "Spotting:": text lines, each followed by 8
+     * <|LOC_n|> tokens, n in 0..=1000: the line's four corners (x, y) as thousandths of the
+     * image's width and height. The tokens are special: read them with the text decoded
+     * without skipping special tokens. */
+    OCRVL_TASK_SPOTTING = 5,
+    /* "Seal Recognition:": the text of seals and stamps. */
+    OCRVL_TASK_SEAL = 6
 };
 
 enum ocrvl_finish_reason {

@@ -61,6 +61,10 @@ pub enum Error {
     /// Images, prompts and tokenizer files (decode, resize, template, tokenise).
     #[error(transparent)]
     Preprocess(#[from] crate::preprocess::PreprocessError),
+
+    /// `--model` as a directory or hub repo id: not found, offline, download failed.
+    #[error(transparent)]
+    Hub(#[from] crate::hub::HubError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

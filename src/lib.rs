@@ -9,14 +9,17 @@
 //!   `model::family` is the boundary the engine sees a model through.
 //! - `engine`, `service`, then `server`, `ffi` and the binaries; docs/ARCHITECTURE.md draws
 //!   the whole path of a request.
+//! - `hub`: `--model` as a directory or a hub repo id (caches, download).
 
 pub mod config;
 pub mod engine;
 pub mod error;
 pub mod ffi;
+pub mod hub;
 pub mod kernels;
 pub mod log;
 pub mod model;
+pub mod postprocess;
 pub mod preprocess;
 pub mod runtime;
 pub mod server;

@@ -1,19 +1,23 @@
 //! `synth-model`: writes a synthetic PaddleOCR-VL checkpoint (random bf16 weights with the real
 //! names and shapes, plus config.json and preprocessor_config.json) for tests and benchmarks.
 //!
-//! synth-model --out DIR [--tiny] [--seed N] [--shards N] [--no-unused] [--no-lm-head]
+//! synth-model --out DIR [--tiny] [--version 1|1.5|1.6] [--seed N] [--shards N] [--no-unused]
+//! [--no-lm-head]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use ocrvl::config::ModelConfig;
-use ocrvl::model::synthetic::{write_synthetic_model, SyntheticOptions};
+use ocrvl::model::synthetic::{synthetic_config, write_synthetic_model, CheckpointVersion, SyntheticOptions};
 
-const USAGE: &str = "usage: synth-model --out DIR [--tiny] [--seed N] [--shards N] [--no-unused] [--no-lm-head]
+const USAGE: &str =
+    "usage: synth-model --out DIR [--tiny] [--version 1|1.5|1.6] [--seed N] [--shards N] [--no-unused] [--no-lm-head]
 
   --out DIR      directory to write (created if missing)
   --tiny         the small test model instead of the full 0.9B one
+  --version V    the checkpoint layout: 1 (default; preprocessor_config.json) or 1.5 / 1.6
+                 (processor_config.json, a tokenizer with <|LOC_0|>..<|LOC_1000|> and the
+                 table tokens; the tiny 1.5 model has a 2048-token vocabulary to hold them)
   --seed N       random seed (default 0); same seed, same bytes
   --shards N     1 writes model.safetensors (default); N > 1 writes N shards and an index
   --no-unused    leave out the tensors the model never reads
@@ -55,6 +59,15 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
                 };
             }
             "--tiny" => tiny = true,
+            "--version" => {
+                let v = value()?;
+                opts.version = match v.as_str() {
+                    "1" | "1.0" => CheckpointVersion::V1,
+                    // 1.6 keeps 1.5's layout (issue 14).
+                    "1.5" | "1.6" => CheckpointVersion::V1_5,
+                    _ => return Err(format!("--version: {v:?} is not 1, 1.5 or 1.6")),
+                };
+            }
             "--no-unused" => opts.include_unused = false,
             "--no-lm-head" => opts.include_lm_head = false,
             "-h" | "--help" => return Err(String::new()),
@@ -81,11 +94,7 @@ fn main() -> ExitCode {
             };
         }
     };
-    let cfg = if args.tiny {
-        ModelConfig::tiny()
-    } else {
-        ModelConfig::paddleocr_vl_0_9b()
-    };
+    let cfg = synthetic_config(args.opts.version, args.tiny);
     let start = Instant::now();
     match write_synthetic_model(&args.out, &cfg, &args.opts) {
         Ok(report) => {

@@ -1,7 +1,7 @@
 /*
  * ocr_image: OCR one image file with ocrvl's C ABI, streaming the text as it is generated.
  *
- *   ocr_image [--model DIR] [--synthetic-dir DIR] [--task ocr|table|formula|chart] [--device N]
+ *   ocr_image [--model DIR] [--synthetic-dir DIR] [--task ocr|table|formula|chart|spotting|seal] [--device N]
  *             [--max-model-len N] [--max-num-seqs N] [--gpu-memory-utilization F]
  *             [--max-tokens N] IMAGE
  *
@@ -69,11 +69,13 @@ static int task_from_name(const char* s) {
     if (strcmp(s, "table") == 0) return OCRVL_TASK_TABLE;
     if (strcmp(s, "formula") == 0) return OCRVL_TASK_FORMULA;
     if (strcmp(s, "chart") == 0) return OCRVL_TASK_CHART;
+    if (strcmp(s, "spotting") == 0) return OCRVL_TASK_SPOTTING;
+    if (strcmp(s, "seal") == 0) return OCRVL_TASK_SEAL;
     return -1;
 }
 
 static int usage(void) {
-    fprintf(stderr, "usage: ocr_image [--model DIR] [--synthetic-dir DIR] [--task ocr|table|formula|chart] [--device N]\n"
+    fprintf(stderr, "usage: ocr_image [--model DIR] [--synthetic-dir DIR] [--task ocr|table|formula|chart|spotting|seal] [--device N]\n"
                     "                 [--max-model-len N] [--max-num-seqs N] [--gpu-memory-utilization F]\n"
                     "                 [--max-tokens N] IMAGE\n");
     return 2;

@@ -107,6 +107,8 @@ impl Workload {
 
 pub(crate) struct BenchArgs {
     engine: EngineConfig,
+    /// `--revision` of a hub repo id given as --model.
+    revision: Option<String>,
     synthetic_dir: Option<PathBuf>,
     vision_patches: usize,
     context: usize,
@@ -229,6 +231,7 @@ fn parse_args() -> anyhow::Result<BenchArgs> {
     }
     Ok(BenchArgs {
         engine: settings.engine,
+        revision: settings.revision,
         synthetic_dir: cli.synthetic_dir,
         vision_patches: cli.vision_patches,
         context: cli.context,
@@ -266,7 +269,8 @@ fn flags_json(e: &EngineConfig, env: EnvFlags) -> Value {
 }
 
 fn run() -> anyhow::Result<()> {
-    let args = parse_args()?;
+    let mut args = parse_args()?;
+    ocrvl::hub::resolve_model_option(&mut args.engine.model, args.revision.as_deref())?;
     let env = EnvFlags::from_env()?;
     if args.dry_run {
         return dry_run(&args, env);

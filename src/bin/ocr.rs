@@ -1,4 +1,4 @@
-//! `ocr IMAGE... [--task ocr|table|formula|chart] [--model DIR] [--json] [--max-tokens N]
+//! `ocr IMAGE... [--task ocr|table|formula|chart|spotting|seal] [--model DIR] [--json] [--max-tokens N]
 //! [engine flags, as serve takes them]`: runs the engine in-process and prints what it reads in each image.
 //!
 //! All images go to the engine at once (up to `--max-num-seqs` in flight; one worker thread
@@ -6,8 +6,10 @@
 //! the images were given, each as soon as it and those before it are done. Tables are printed
 //! as HTML converted from the model's OTSL tags, formulas as the LaTeX the model writes,
 //! charts as its `|`-separated rows (MODEL_SPEC §6.4). `--json` prints one JSON object per
-//! image and line instead. A file that cannot be read or decoded is reported by name and the
-//! others still run; the exit status is 1 if any image failed.
+//! image and line instead; for `--task spotting` it holds `lines`, each text line with its
+//! polygon in image pixels (src/postprocess/spotting.rs). A file that cannot be read or
+//! decoded is reported by name and the others still run; the exit status is 1 if any image
+//! failed.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -23,6 +25,7 @@ use serde_json::json;
 
 use ocrvl::config::{normalize_flag_spelling, EngineArgs, EngineConfig, EnvFlags};
 use ocrvl::engine::FinishReason;
+use ocrvl::postprocess::spotting;
 use ocrvl::preprocess::prompt::Task;
 use ocrvl::server::otsl::otsl_to_html;
 use ocrvl::service::{Completion, OcrRequest, PromptInput, Service, ServiceConfig};
@@ -40,7 +43,7 @@ struct Cli {
     /// Images to read (PNG, JPEG, WebP, BMP, TIFF, GIF).
     #[arg(required = true, value_name = "IMAGE")]
     images: Vec<PathBuf>,
-    /// The task prompt: ocr, table, formula or chart.
+    /// The task prompt: ocr, table, formula, chart, spotting or seal.
     #[arg(long, default_value = "ocr", value_parser = task)]
     task: Task,
     /// One JSON object per image and line.
@@ -65,10 +68,12 @@ struct Args {
     synthetic_dir: Option<PathBuf>,
     image_cache_bytes: usize,
     chat_template: Option<PathBuf>,
+    /// `--revision` of a hub repo id given as --model.
+    revision: Option<String>,
 }
 
 fn task(v: &str) -> Result<Task, String> {
-    Task::from_name(v).ok_or_else(|| "valid values: ocr, table, formula, chart".to_string())
+    Task::from_name(v).ok_or_else(|| format!("valid values: {}", Task::names()))
 }
 
 /// Parses the command line; `--help` and errors print and exit.
@@ -91,11 +96,16 @@ fn parse_args() -> Args {
         synthetic_dir: cli.synthetic_dir,
         image_cache_bytes: settings.image_cache_bytes,
         chat_template: settings.chat_template,
+        revision: settings.revision,
     }
 }
 
 fn main() -> ExitCode {
-    let args = parse_args();
+    let mut args = parse_args();
+    if let Err(e) = ocrvl::hub::resolve_model_option(&mut args.engine.model, args.revision.as_deref()) {
+        eprintln!("ocr: {e}");
+        return ExitCode::FAILURE;
+    }
     let env = match EnvFlags::from_env() {
         Ok(e) => e,
         Err(e) => {
@@ -179,7 +189,7 @@ fn run(args: &Args, service: &Service) -> usize {
             if result.is_err() {
                 failed += 1;
             }
-            bar.suspend(|| print_result(args, &path, result));
+            bar.suspend(|| print_result(args, service, &path, result));
             printed += 1;
         }
     }
@@ -187,8 +197,8 @@ fn run(args: &Args, service: &Service) -> usize {
     failed
 }
 
-fn print_result(args: &Args, path: &str, result: Result<(Completion, f64), String>) {
-    let task = format!("{:?}", args.task).to_lowercase();
+fn print_result(args: &Args, service: &Service, path: &str, result: Result<(Completion, f64), String>) {
+    let task = args.task.name();
     match result {
         Err(e) => {
             eprintln!("ocr: {path}: {e}");
@@ -220,6 +230,9 @@ fn print_result(args: &Args, path: &str, result: Result<(Completion, f64), Strin
                 if let Some(h) = html {
                     obj["html"] = h.into();
                 }
+                if args.task == Task::Spotting {
+                    add_spotting(&mut obj, service, path, &c);
+                }
                 println!("{obj}");
             } else {
                 if args.images.len() > 1 {
@@ -231,5 +244,30 @@ fn print_result(args: &Args, path: &str, result: Result<(Completion, f64), Strin
                 }
             }
         }
+    }
+}
+
+/// `lines: [{text, polygon: [[x, y] x 4]}]` in image pixels, parsed from `raw`, the output
+/// decoded with its location tokens (special tokens, which `text` has skipped);
+/// `spotting_error` instead of `lines` when the output is not well formed.
+fn add_spotting(obj: &mut serde_json::Value, service: &Service, path: &str, c: &Completion) {
+    let parsed = service
+        .decode(&c.token_ids, false)
+        .map_err(|e| e.to_string())
+        .and_then(|raw| {
+            let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+            let (w, h) = spotting::oriented_size(&bytes)?;
+            obj["raw"] = raw.clone().into();
+            spotting::parse_spotting(&raw, w, h).map_err(|e| e.to_string())
+        });
+    match parsed {
+        Ok(lines) => {
+            let lines: Vec<_> = lines
+                .into_iter()
+                .map(|l| json!({"text": l.text, "polygon": l.polygon}))
+                .collect();
+            obj["lines"] = lines.into();
+        }
+        Err(e) => obj["spotting_error"] = e.into(),
     }
 }

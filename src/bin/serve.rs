@@ -18,13 +18,17 @@ use ocrvl::service::{default_synthetic_dir, Service};
 fn main() -> ExitCode {
     let t0 = Instant::now();
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let args = match ServeArgs::parse(&args) {
+    let mut args = match ServeArgs::parse(&args) {
         Ok(a) => a,
         // Prints the help (exit 0) or the error naming the flag (exit 2).
         Err(e) => e.exit(),
     };
     for note in &args.notes {
         eprintln!("serve: {note}");
+    }
+    if let Err(e) = ocrvl::hub::resolve_model_option(&mut args.engine.model, args.revision.as_deref()) {
+        eprintln!("serve: {e}");
+        return ExitCode::FAILURE;
     }
     let env = match EnvFlags::from_env() {
         Ok(e) => e,

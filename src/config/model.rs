@@ -435,7 +435,17 @@ impl ModelConfig {
         Ok(())
     }
 
-    /// The hub "flat" `config.json` (MODEL_SPEC §2), as written for synthetic checkpoints.
+    /// The hub "flat" `config.json` (MODEL_SPEC §2), as written for synthetic checkpoints,
+    /// plus a `text_config` holding the same text fields in the transformers 5 spelling.
+    ///
+    /// Why both: transformers 5 builds its text sub-config from the flat keys it recognises,
+    /// and `tie_word_embeddings` is not among them (the top-level config consumes it), so the
+    /// text config keeps its class default, true, and the model ties `lm_head` to the
+    /// embedding: a flat `false` reads as true, and vLLM then drops `lm_head.weight`. With
+    /// `text_config` present, transformers takes the text fields (the tie included) from it.
+    /// The flat keys stay for loaders that read them (the hub's remote code, PaddleX, older
+    /// ocrvl). This reader takes `text_config` when present and the top-level tie first, so
+    /// both halves say the same thing by construction.
     pub fn to_hub_json(&self) -> String {
         let t = &self.text;
         let v = &self.vision;
@@ -489,16 +499,44 @@ impl ModelConfig {
             "tie_word_embeddings": self.tie_word_embeddings,
             "pad_token_id": tok.pad_token_id,
             "bos_token_id": tok.bos_token_id,
-            "eos_token_id": eos,
+            "eos_token_id": eos.clone(),
             "image_token_id": tok.image_token_id,
             "video_token_id": tok.video_token_id,
             "vision_start_token_id": tok.vision_start_token_id,
             "vision_end_token_id": tok.vision_end_token_id,
             "torch_dtype": "bfloat16",
+            "text_config": {
+                "vocab_size": t.vocab_size,
+                "hidden_size": t.hidden_size,
+                "intermediate_size": t.intermediate_size,
+                "num_hidden_layers": t.num_hidden_layers,
+                "num_attention_heads": t.num_attention_heads,
+                "num_key_value_heads": t.num_key_value_heads,
+                "head_dim": t.head_dim,
+                "hidden_act": TEXT_ACT,
+                "max_position_embeddings": t.max_position_embeddings,
+                "rms_norm_eps": t.rms_norm_eps,
+                "rope_parameters": text_rope_parameters(t),
+                "use_bias": false,
+                "tie_word_embeddings": self.tie_word_embeddings,
+                "pad_token_id": tok.pad_token_id,
+                "bos_token_id": tok.bos_token_id,
+                "eos_token_id": eos,
+            },
             "vision_config": vision,
         });
         serde_json::to_string_pretty(&config).expect("a json! value always serializes")
     }
+}
+
+/// `text_config.rope_parameters`. `mrope_section` only when it is not the [16, 24, 24] that
+/// transformers 5 falls back to: its rope validation warns about the key for `default`.
+fn text_rope_parameters(t: &TextConfig) -> Value {
+    let mut p = json!({"rope_type": "default", "rope_theta": t.rope_theta});
+    if t.mrope_section != DEFAULT_MROPE_SECTION {
+        p["mrope_section"] = json!(t.mrope_section);
+    }
+    p
 }
 
 fn parse_text(t: &Fields, nested: bool) -> Result<TextConfig, ConfigError> {

@@ -8,7 +8,7 @@ use super::request::ocrvl_request;
 use super::types::{ocrvl_engine_config, ocrvl_sampling_params, read_in};
 use super::{
     guard, non_null, ocrvl_status, out_ptr, Fail, FfiResult, Phase, OCRVL_TASK_CHART, OCRVL_TASK_FORMULA,
-    OCRVL_TASK_OCR, OCRVL_TASK_PROMPT, OCRVL_TASK_TABLE,
+    OCRVL_TASK_OCR, OCRVL_TASK_PROMPT, OCRVL_TASK_SEAL, OCRVL_TASK_SPOTTING, OCRVL_TASK_TABLE,
 };
 use crate::config::ModelConfig;
 use crate::error::Error;
@@ -192,9 +192,11 @@ unsafe fn read_prompt(task: i32, prompt: *const c_char) -> FfiResult<PromptInput
         OCRVL_TASK_TABLE => Task::Table,
         OCRVL_TASK_FORMULA => Task::Formula,
         OCRVL_TASK_CHART => Task::Chart,
+        OCRVL_TASK_SPOTTING => Task::Spotting,
+        OCRVL_TASK_SEAL => Task::Seal,
         t => {
             return Err(Fail::invalid(format!(
-                "task is {t}; valid: 0 (OCR), 1 (TABLE), 2 (FORMULA), 3 (CHART), 4 (PROMPT)"
+                "task is {t}; valid: 0 (OCR), 1 (TABLE), 2 (FORMULA), 3 (CHART), 4 (PROMPT), 5 (SPOTTING), 6 (SEAL)"
             )))
         }
     };

@@ -45,7 +45,7 @@ use crate::model::weights::WeightsError;
 use crate::preprocess::PreprocessError;
 
 /// `OCRVL_ABI_VERSION` in the header; bump both together on any incompatible change.
-pub const OCRVL_ABI_VERSION: u32 = 1;
+pub const OCRVL_ABI_VERSION: u32 = 2;
 
 /// The status every export returns (`typedef int32_t ocrvl_status`).
 pub type ocrvl_status = i32;
@@ -114,6 +114,9 @@ pub const OCRVL_TASK_TABLE: i32 = 1;
 pub const OCRVL_TASK_FORMULA: i32 = 2;
 pub const OCRVL_TASK_CHART: i32 = 3;
 pub const OCRVL_TASK_PROMPT: i32 = 4;
+/// PaddleOCR-VL-1.5 and later (ABI 2).
+pub const OCRVL_TASK_SPOTTING: i32 = 5;
+pub const OCRVL_TASK_SEAL: i32 = 6;
 
 pub const OCRVL_FINISH_NONE: i32 = 0;
 pub const OCRVL_FINISH_STOP: i32 = 1;
@@ -165,6 +168,8 @@ impl Fail {
             | Error::Preprocess(PreprocessError::Io { .. }) => Status::Io,
             Error::Config(_) | Error::Preprocess(_) => for_phase(Status::Model),
             Error::Weights(_) => Status::Model,
+            Error::Hub(crate::hub::HubError::Io { .. }) => Status::Io,
+            Error::Hub(_) => Status::Model,
             Error::NotReady(_) => Status::NotReady,
         };
         Fail::new(status, e.to_string())

@@ -20,6 +20,7 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 
 use super::names::{expected_tensors, unused_tensors, TensorKind, TensorSpec, LM_HEAD};
+pub use super::synthetic_tokenizer::CheckpointVersion;
 use super::weights::{INDEX_FILE, SINGLE_FILE};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
@@ -48,6 +49,9 @@ pub struct SyntheticOptions {
     /// Multiplies the lm_head's values: random models have tiny logit margins, so greedy
     /// paths tie often; engine tests widen them (the "larger lm_head").
     pub lm_head_scale: f32,
+    /// The file layout: v1 writes `preprocessor_config.json`; 1.5 writes
+    /// `processor_config.json` and a tokenizer with the location and table tokens.
+    pub version: CheckpointVersion,
 }
 
 impl Default for SyntheticOptions {
@@ -58,6 +62,24 @@ impl Default for SyntheticOptions {
             include_unused: true,
             include_lm_head: true,
             lm_head_scale: 1.0,
+            version: CheckpointVersion::V1,
+        }
+    }
+}
+
+/// Vocabulary of the tiny model in the 1.5 layout: the tiny 1024 has no room for the 1001
+/// location tokens.
+pub const TINY_V1_5_VOCAB: usize = 2048;
+
+/// The configuration `synth-model` writes for `version`, full-size or tiny.
+pub fn synthetic_config(version: CheckpointVersion, tiny: bool) -> ModelConfig {
+    match (tiny, version) {
+        (false, _) => ModelConfig::paddleocr_vl_0_9b(),
+        (true, CheckpointVersion::V1) => ModelConfig::tiny(),
+        (true, CheckpointVersion::V1_5) => {
+            let mut cfg = ModelConfig::tiny();
+            cfg.text.vocab_size = TINY_V1_5_VOCAB;
+            cfg
         }
     }
 }
@@ -84,8 +106,9 @@ pub fn synthetic_tensor_specs(cfg: &ModelConfig, opts: &SyntheticOptions) -> Vec
     specs
 }
 
-/// Writes `config.json` (hub flat form), `preprocessor_config.json` (hub values) and the
-/// weights into `dir`, creating it if needed.
+/// Writes `config.json` (hub flat form plus `text_config`), the processor config (hub values;
+/// its file name per `opts.version`), the tokenizer, `chat_template.jinja` and the weights into
+/// `dir`, creating it if needed.
 pub fn write_synthetic_model(dir: &Path, cfg: &ModelConfig, opts: &SyntheticOptions) -> Result<SyntheticReport> {
     const OP: &str = "write_synthetic_model";
     cfg.validate()?;
@@ -117,12 +140,20 @@ pub fn write_synthetic_model(dir: &Path, cfg: &ModelConfig, opts: &SyntheticOpti
     let config_path = dir.join("config.json");
     write_text(&config_path, &cfg.to_hub_json())?;
     files.push(config_path);
-    let preprocessor_path = dir.join("preprocessor_config.json");
-    write_text(&preprocessor_path, &preprocessor_config_json(cfg))?;
-    files.push(preprocessor_path);
-    super::synthetic_tokenizer::write_synthetic_tokenizer(dir, cfg)?;
+    let (processor_path, processor_json) = match opts.version {
+        CheckpointVersion::V1 => (dir.join("preprocessor_config.json"), preprocessor_config_json(cfg)),
+        CheckpointVersion::V1_5 => (dir.join("processor_config.json"), processor_config_json(cfg)),
+    };
+    write_text(&processor_path, &processor_json)?;
+    files.push(processor_path);
+    super::synthetic_tokenizer::write_synthetic_tokenizer_for(dir, cfg, opts.version)?;
     files.push(dir.join("tokenizer.json"));
     files.push(dir.join("tokenizer_config.json"));
+    // The hub template (both versions end the generation prompt with "Assistant:\n"), so that
+    // transformers and vLLM find one without `--chat-template`.
+    let template_path = dir.join("chat_template.jinja");
+    write_text(&template_path, crate::preprocess::prompt::DEFAULT_CHAT_TEMPLATE)?;
+    files.push(template_path);
 
     let mut metadata = BTreeMap::new();
     metadata.insert("format", "pt".to_string());
@@ -168,7 +199,21 @@ pub fn synthetic_tensor_data(seed: u64, spec: &TensorSpec) -> Vec<u8> {
 
 /// The hub `preprocessor_config.json` (MODEL_SPEC §5.1); patch and merge sizes follow `cfg`.
 fn preprocessor_config_json(cfg: &ModelConfig) -> String {
-    let value = json!({
+    serde_json::to_string_pretty(&image_processor_value(cfg)).expect("json")
+}
+
+/// `processor_config.json` as transformers 5 writes a processor (PaddleOCR-VL-1.5's form): the
+/// image processor's settings under `image_processor`, with the v5 `size` spelling of the
+/// pixel bounds beside the flat keys.
+fn processor_config_json(cfg: &ModelConfig) -> String {
+    let mut image = image_processor_value(cfg);
+    image["size"] = json!({"shortest_edge": image["min_pixels"], "longest_edge": image["max_pixels"]});
+    let value = json!({"image_processor": image, "processor_class": "PaddleOCRVLProcessor"});
+    serde_json::to_string_pretty(&value).expect("json")
+}
+
+fn image_processor_value(cfg: &ModelConfig) -> serde_json::Value {
+    json!({
         "image_processor_type": "PaddleOCRVLImageProcessor",
         "processor_class": "PaddleOCRVLProcessor",
         "do_convert_rgb": true,
@@ -184,8 +229,7 @@ fn preprocessor_config_json(cfg: &ModelConfig) -> String {
         "patch_size": cfg.vision.patch_size,
         "temporal_patch_size": 1,
         "merge_size": cfg.vision.spatial_merge_size,
-    });
-    serde_json::to_string_pretty(&value).expect("json")
+    })
 }
 
 /// Consecutive groups of roughly equal bytes; every group non-empty (caller checked

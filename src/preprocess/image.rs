@@ -353,7 +353,8 @@ fn to_rgb8_on_white(img: &DynamicImage) -> Rgb8Image {
     Rgb8Image { width, height, data }
 }
 
-/// The image half of the model's processor: `preprocessor_config.json` plus the decode limit.
+/// The image half of the model's processor: its config file ([`ProcessorConfig::from_dir`])
+/// plus the decode limit.
 #[derive(Clone, Debug)]
 pub struct ImageProcessor {
     pub config: ProcessorConfig,
@@ -372,8 +373,8 @@ impl ImageProcessor {
         }
     }
 
-    /// The processor of a model directory: its `preprocessor_config.json` (hub values when
-    /// absent), checked against the model's patch size and merge.
+    /// The processor of a model directory: its `processor_config.json` or
+    /// `preprocessor_config.json` (hub values when absent), checked against the model's patch size and merge.
     pub fn from_model_dir(dir: impl AsRef<std::path::Path>, model: &ModelConfig) -> Result<Self> {
         let config = ProcessorConfig::from_dir(dir)?;
         config.check_model(model)?;

@@ -4,7 +4,8 @@
 //! - [`image`] decodes any supported format to RGB8 (alpha composited on white), computes
 //!   `smart_resize`, resizes with the PIL-exact bicubic of [`resample`], rescales, normalises
 //!   and patchifies.
-//! - [`processor_config`] reads `preprocessor_config.json`.
+//! - [`processor_config`] reads `processor_config.json` (its `image_processor` part) or
+//!   `preprocessor_config.json`.
 //! - [`prompt`] loads `tokenizer.json` and the chat template, renders the task prompts and
 //!   expands the image placeholders.
 //! - [`mrope`] computes the 3-D M-RoPE position ids and `rope_delta` of one sequence.

@@ -1,4 +1,6 @@
-//! `preprocessor_config.json` (MODEL_SPEC §5.1).
+//! `preprocessor_config.json` (MODEL_SPEC §5.1), or the `image_processor` part of
+//! `processor_config.json`, the single file transformers 5 writes for a processor and the
+//! one PaddleOCR-VL-1.5 and 1.6 ship.
 //!
 //! The hub file carries the values that matter (mean/std 0.5, min/max pixels 112896/1003520);
 //! the processor *class* defaults differ (CLIP mean/std, other pixel bounds) and are overridden
@@ -68,13 +70,38 @@ impl ProcessorConfig {
         3 * self.patch_size * self.patch_size
     }
 
-    /// Reads `dir/preprocessor_config.json`; the hub defaults when the file does not exist.
+    /// Reads the `image_processor` object of `dir/processor_config.json`, else
+    /// `dir/preprocessor_config.json`; the hub defaults when neither exists. When both exist
+    /// the first wins: it is the newer file, and the one transformers 5 reads.
     pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self> {
-        let path = dir.as_ref().join("preprocessor_config.json");
-        match std::fs::read_to_string(&path) {
-            Ok(text) => Self::from_json_str(&text, &path.display().to_string()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(source) => Err(PreprocessError::Io { path, source }),
+        let dir = dir.as_ref();
+        let combined = dir.join("processor_config.json");
+        if let Some(text) = read_optional(&combined)? {
+            let origin = combined.display().to_string();
+            let value: Value = serde_json::from_str(&text).map_err(|e| PreprocessError::ProcessorConfig {
+                origin: origin.clone(),
+                field: "(file)".into(),
+                reason: format!("is not valid JSON: {e}"),
+            })?;
+            match value.get("image_processor") {
+                Some(part @ Value::Object(_)) => {
+                    return Self::from_json_str(&part.to_string(), &format!("{origin}: image_processor"));
+                }
+                Some(other) => {
+                    return Err(invalid(
+                        &origin,
+                        "image_processor",
+                        format!("must be an object, found {other}"),
+                    ));
+                }
+                // A processor file without image settings: the older file may have them.
+                None => {}
+            }
+        }
+        let path = dir.join("preprocessor_config.json");
+        match read_optional(&path)? {
+            Some(text) => Self::from_json_str(&text, &path.display().to_string()),
+            None => Ok(Self::default()),
         }
     }
 
@@ -217,6 +244,18 @@ impl ProcessorConfig {
             ));
         }
         Ok(())
+    }
+}
+
+/// `Ok(None)` when the file does not exist.
+fn read_optional(path: &Path) -> Result<Option<String>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(PreprocessError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }
 

@@ -86,17 +86,31 @@ const TEMPLATE_TOKEN_KEYS: [&str; 7] = [
     "mask_token",
 ];
 
-/// The four tasks of PaddleOCR-VL 0.9B (MODEL_SPEC §6.2).
+/// The tasks of PaddleOCR-VL (MODEL_SPEC §6.2): the four of 0.9B v1, and `Spotting` and
+/// `Seal` added by PaddleOCR-VL-1.5 (also in 1.6). A v1 checkpoint was not trained on the last
+/// two; nothing stops asking it, as nothing stops the official pipeline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Task {
     Ocr,
     Table,
     Formula,
     Chart,
+    /// Text lines, each followed by its quadrilateral as 8 `<|LOC_n|>` tokens
+    /// ([`crate::postprocess::spotting`]).
+    Spotting,
+    /// Text of seals and stamps.
+    Seal,
 }
 
 impl Task {
-    pub const ALL: [Task; 4] = [Task::Ocr, Task::Table, Task::Formula, Task::Chart];
+    pub const ALL: [Task; 6] = [
+        Task::Ocr,
+        Task::Table,
+        Task::Formula,
+        Task::Chart,
+        Task::Spotting,
+        Task::Seal,
+    ];
 
     /// The exact text the model was trained with.
     pub fn prompt(self) -> &'static str {
@@ -105,18 +119,33 @@ impl Task {
             Task::Table => "Table Recognition:",
             Task::Formula => "Formula Recognition:",
             Task::Chart => "Chart Recognition:",
+            Task::Spotting => "Spotting:",
+            Task::Seal => "Seal Recognition:",
         }
     }
 
-    /// Short names as PaddleX and candle spell them: `ocr`, `table`, `formula`, `chart`.
-    pub fn from_name(name: &str) -> Option<Task> {
-        match name.to_ascii_lowercase().as_str() {
-            "ocr" => Some(Task::Ocr),
-            "table" => Some(Task::Table),
-            "formula" => Some(Task::Formula),
-            "chart" => Some(Task::Chart),
-            _ => None,
+    /// The short name [`Task::from_name`] reads: `ocr`, `table`, `formula`, `chart`,
+    /// `spotting`, `seal`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Task::Ocr => "ocr",
+            Task::Table => "table",
+            Task::Formula => "formula",
+            Task::Chart => "chart",
+            Task::Spotting => "spotting",
+            Task::Seal => "seal",
         }
+    }
+
+    /// Short names as PaddleX and candle spell them (any case), [`Task::name`].
+    pub fn from_name(name: &str) -> Option<Task> {
+        let name = name.to_ascii_lowercase();
+        Task::ALL.into_iter().find(|t| t.name() == name)
+    }
+
+    /// The short names, comma-separated, for error messages and usage text.
+    pub fn names() -> String {
+        Task::ALL.map(Task::name).join(", ")
     }
 }
 
@@ -329,7 +358,7 @@ impl PromptBuilder {
         Ok(Prompt { ids, image_spans })
     }
 
-    /// [`Self::build`] with one of the four task prompts as the text.
+    /// [`Self::build`] with one of the task prompts as the text.
     pub fn build_task(&self, grids: &[ImageGrid], task: Task) -> Result<Prompt> {
         self.build(grids, task.prompt())
     }

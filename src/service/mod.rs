@@ -104,7 +104,7 @@ pub enum ServiceState {
     Stopped,
 }
 
-/// The prompt text: one of the model's four tasks, or free text.
+/// The prompt text: one of the model's tasks ([`crate::preprocess::prompt::Task::ALL`]), or free text.
 #[derive(Clone, Debug)]
 pub enum PromptInput {
     Task(Task),

@@ -219,6 +219,7 @@ fn hub_json_round_trips() {
     odd.tokens.pad_token_id = None;
     odd.vision.rope_theta = 12345.0;
     odd.tie_word_embeddings = true;
+    odd.text.mrope_section = [8, 28, 28];
     for cfg in [ModelConfig::paddleocr_vl_0_9b(), ModelConfig::tiny(), odd] {
         let text = cfg.to_hub_json();
         assert_eq!(ModelConfig::from_json_str(&text, "roundtrip").unwrap(), cfg);

@@ -397,6 +397,29 @@ fn enum_values_and_abi_version_match() {
     assert_eq!(ocrvl::ffi::ocrvl_abi_version(), define);
 }
 
+/// Every task the engine knows has a C value (named after it), plus OCRVL_TASK_PROMPT, and the
+/// values are 0, 1, ... with none skipped: new tasks are appended.
+#[test]
+fn every_task_has_a_c_value() {
+    let enums = header_enums();
+    let tasks = &enums["ocrvl_task"];
+    let names: Vec<&str> = tasks.iter().map(|(n, _)| n.as_str()).collect();
+    for task in ocrvl::preprocess::prompt::Task::ALL {
+        let c_name = format!("OCRVL_TASK_{}", task.name().to_ascii_uppercase());
+        assert!(names.contains(&c_name.as_str()), "{task:?} has no {c_name} in ocrvl.h");
+    }
+    assert!(names.contains(&"OCRVL_TASK_PROMPT"));
+    assert_eq!(tasks.len(), ocrvl::preprocess::prompt::Task::ALL.len() + 1);
+    let mut values: Vec<i64> = tasks.iter().map(|(_, v)| *v).collect();
+    values.sort_unstable();
+    assert_eq!(values, (0..tasks.len() as i64).collect::<Vec<_>>());
+    // The tasks 1.5 added are appended after PROMPT, so ABI-1 values keep their meaning.
+    assert!(tasks.contains(&("OCRVL_TASK_PROMPT".to_string(), 4)));
+    assert!(tasks.contains(&("OCRVL_TASK_SPOTTING".to_string(), 5)));
+    assert!(tasks.contains(&("OCRVL_TASK_SEAL".to_string(), 6)));
+    const { assert!(ocrvl::ffi::OCRVL_ABI_VERSION >= 2, "new task values need an ABI bump") };
+}
+
 #[test]
 fn the_type_parser_reads_pointers_right() {
     assert_eq!(c_type_to_rust("const uint8_t* const*"), "*const *const u8");

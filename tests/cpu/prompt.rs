@@ -101,12 +101,19 @@ fn task_prompts_are_the_exact_strings() {
             "OCR:",
             "Table Recognition:",
             "Formula Recognition:",
-            "Chart Recognition:"
+            "Chart Recognition:",
+            "Spotting:",
+            "Seal Recognition:"
         ]
     );
     assert_eq!(Task::from_name("OCR"), Some(Task::Ocr));
     assert_eq!(Task::from_name("chart"), Some(Task::Chart));
-    assert_eq!(Task::from_name("seal"), None);
+    assert_eq!(Task::from_name("Spotting"), Some(Task::Spotting));
+    assert_eq!(Task::from_name("seal"), Some(Task::Seal));
+    assert_eq!(Task::from_name("stamp"), None);
+    for task in Task::ALL {
+        assert_eq!(Task::from_name(task.name()), Some(task));
+    }
 }
 
 #[test]

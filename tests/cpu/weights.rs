@@ -26,6 +26,7 @@ fn opts(shards: usize) -> SyntheticOptions {
         include_unused: false,
         include_lm_head: true,
         lm_head_scale: 1.0,
+        ..SyntheticOptions::default()
     }
 }
 

@@ -9,6 +9,7 @@ mod activation;
 mod attention;
 mod attention_fa3;
 mod cast;
+mod checkpoint_v1_5;
 mod decode;
 mod embedding;
 mod engine;
