@@ -73,7 +73,8 @@ done
 if [ "$ready" = 1 ]; then
     row "serve ORG/NAME from cache" PASS "$(grep -m1 -iE 'model|resolv' "$logs/serve_replay.log" | cut -c1-120)"
     # load_elsewhere (transformers, small) beside the replay.
-    timeout 200 python3 "$here/load_elsewhere_check.py" --synth-model "$bin/synth-model" --workdir /tmp/ocrvl-elsewhere \
+    ( "$bin/synth-model" --tiny --out /tmp/ocrvl-v1 && "$bin/synth-model" --tiny --version 1.5 --out /tmp/ocrvl-v15 \
+        && timeout 200 python3 "$here/load_elsewhere_check.py" /tmp/ocrvl-v1 /tmp/ocrvl-v15 "$synth" ) \
         > "$logs/load_elsewhere.out" 2>&1 &
     le_pid=$!
     timeout 240 python3 "$here/pipeline_replay.py" --url http://127.0.0.1:18200/v1 -n "${REPLAY_N:-2000}" \
