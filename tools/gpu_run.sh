@@ -3,7 +3,7 @@
 # criterion benches, then the bench binary. Full logs go to LOGDIR (default $OUT, else
 # ./logs); a short summary table is printed last. It writes 4 files (tests.log, benches.log,
 # bench.log, bench.json), since the device tool brings back 8 at most.
-#   bash target/gpu-bundle/run.sh [tests|benches|bench|baseline|async|sanitizer|soak|ab|checks|all] [LOGDIR]
+#   bash target/gpu-bundle/run.sh [tests|benches|bench|baseline|async|sanitizer|soak|ab|checks|seeds|all] [LOGDIR]
 # One device call runs at most 10 minutes, so the parts run as separate calls: `tests` (every
 # test executable, then the server check), `benches` (criterion benches and torch baselines),
 # `bench` (the bench binary's workloads, the full-size fidelity check and transformers'
@@ -124,8 +124,14 @@ if [ "$part" = ab ]; then
     fi
 fi
 if [ "$part" = checks ]; then
-    # Serving checks of this round, in parallel where they share nothing: see checks.sh.
-    run_step "checks.sh" "$logs/checks.log" timeout 580 bash "$here/tools/checks.sh" "$bin" "$logs"
+    # Serving checks of this round, in parallel where they share nothing: see checks.sh. The
+    # seed command lines run in their own part (`seeds`) so the soak's 8 minutes fit a call.
+    SEEDS=0 run_step "checks.sh" "$logs/checks.log" timeout 595 bash "$here/tools/checks.sh" "$bin" "$logs"
+    tail -n 30 "$logs/checks.log"
+fi
+if [ "$part" = seeds ]; then
+    SEEDS_ONLY=1 run_step "checks.sh (seeds)" "$logs/checks.log" timeout 300 bash "$here/tools/checks.sh" "$bin" "$logs"
+    tail -n 16 "$logs/checks.log"
 fi
 
 echo

@@ -7,7 +7,7 @@
 # 2. Then side by side, each server with its own share of the GPU's memory (the engine's
 #    --gpu-memory-utilization is a device-wide target, so each later server is given the
 #    earlier ones' share plus its own):
-#    - soak.py: SOAK_MINUTES (default 5) of random traffic against one server (share 0.25);
+#    - soak.py: SOAK_MINUTES (default 8) of random traffic against one server (share 0.25);
 #    - `serve PaddlePaddle/PaddleOCR-VL` from the hub cache (share 0.25) with the pipeline's
 #      traffic replayed by pipeline_replay.py (2000 regions, 200 in flight), then
 #      overload_check.sh on a fresh server (share 0.25);
@@ -33,15 +33,24 @@ verdict() { # name rc logfile: PASS/FAIL from the exit code, the log's last line
     > "$logs/synth.log" 2>&1
 bash "$here/prepare_hf_cache.sh" "$synth" "$hf" PaddlePaddle/PaddleOCR-VL > "$logs/hf_cache.log" 2>&1
 
-# 1. Seed command lines, one at a time.
-timeout 240 python3 "$here/seed_commands_check.py" --serve "$bin/serve" \
-    --fixture "$repo/tests/fixtures/command_lines.txt" --model-dir "$synth" --hf-home "$hf" --logdir "$logs" \
-    > "$logs/seed_commands.out" 2>&1
-rc=$?
-while IFS= read -r line; do
-    case "$line" in PASS*|FAIL*) row "$(echo "$line" | cut -d: -f1 | cut -d' ' -f2-)" "${line%% *}" "${line#*: }";; esac
-done < "$logs/seed_commands.out"
-[ "$rc" = 0 ] || row "seed commands" FAIL "exit $rc; see seed_commands.out"
+# 1. Seed command lines, one at a time, alone on the GPU (SEEDS=1; run.sh's `seeds` part
+#    runs them on their own when the soak needs the whole call).
+if [ "${SEEDS:-1}" = 1 ]; then
+    timeout 240 python3 "$here/seed_commands_check.py" --serve "$bin/serve" \
+        --fixture "$repo/tests/fixtures/command_lines.txt" --model-dir "$synth" --hf-home "$hf" --logdir "$logs" \
+        > "$logs/seed_commands.out" 2>&1
+    rc=$?
+    while IFS= read -r line; do
+        case "$line" in PASS*|FAIL*) row "$(echo "$line" | cut -d: -f1 | cut -d' ' -f2-)" "${line%% *}" "${line#*: }";; esac
+    done < "$logs/seed_commands.out"
+    [ "$rc" = 0 ] || row "seed commands" FAIL "exit $rc; see seed_commands.out"
+fi
+
+if [ "${SEEDS_ONLY:-0}" = 1 ]; then
+    printf '| %-26s | %-4s | %s |\n' check ok detail
+    printf '%s\n' "${rows[@]}"
+    exit 0
+fi
 
 # The openai client for the replay (the host has no network): from the bundle's wheels.
 if ! python3 -c 'import openai' 2>/dev/null && [ -d "$here/../wheels" ]; then
@@ -50,8 +59,8 @@ if ! python3 -c 'import openai' 2>/dev/null && [ -d "$here/../wheels" ]; then
 fi
 
 # 2a. Soak, in the background.
-soak_min=${SOAK_MINUTES:-5}
-timeout $(( soak_min * 60 + 120 )) python3 "$here/soak.py" --serve "$bin/serve" --port 18400 --minutes "$soak_min" \
+soak_min=${SOAK_MINUTES:-8}
+timeout $(( ${soak_min%.*} * 60 + 90 )) python3 "$here/soak.py" --serve "$bin/serve" --port 18400 --minutes "$soak_min" \
     --gpu-memory-utilization 0.25 --warmup-s 60 --logdir "$logs" > "$logs/soak.out" 2>&1 &
 soak_pid=$!
 # Let the soak's server take its share first.
