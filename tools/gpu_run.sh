@@ -110,6 +110,9 @@ if [ "$part" = ab ]; then
     # bundle as before-bench, when gpu_bundle.sh found target/before/bench) and this one's,
     # alternating, model steps plus every workload at reduced request counts.
     if [ -x "$bin/before-bench" ]; then
+        # The synthetic model written by this round's code (its directory layout changed).
+        [ -e "$synth/model.safetensors" ] || "$bin/bench" --synthetic-dir "$synth" --workload none \
+            --no-model-steps >> "$logs/ab.log" 2>&1
         for round in 1 2; do
             for which in before after; do
                 exe="$bin/bench"; [ "$which" = before ] && exe="$bin/before-bench"
