@@ -113,7 +113,7 @@ if [ "$part" = ab ]; then
         # The synthetic model written by this round's code (its directory layout changed).
         [ -e "$synth/model.safetensors" ] || "$bin/bench" --synthetic-dir "$synth" --workload none \
             --no-model-steps >> "$logs/ab.log" 2>&1
-        for round in 1 2; do
+        for round in $(seq 1 "${AB_ROUNDS:-2}"); do
             for which in before after; do
                 exe="$bin/bench"; [ "$which" = before ] && exe="$bin/before-bench"
                 run_step "bench $which ($round)" "$logs/ab.log" timeout 240 "$exe" --synthetic-dir "$synth" \

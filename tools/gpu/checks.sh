@@ -86,7 +86,7 @@ if [ "$ready" = 1 ]; then
         && timeout 200 python3 "$here/load_elsewhere_check.py" /tmp/ocrvl-v1 /tmp/ocrvl-v15 "$synth" ) \
         > "$logs/load_elsewhere.out" 2>&1 &
     le_pid=$!
-    timeout 240 python3 "$here/pipeline_replay.py" --url http://127.0.0.1:18200/v1 -n "${REPLAY_N:-2000}" \
+    timeout "${REPLAY_TIMEOUT:-240}" python3 "$here/pipeline_replay.py" --url http://127.0.0.1:18200/v1 -n "${REPLAY_N:-2000}" \
         --concurrency 200 --max-completion-tokens 64 > "$logs/pipeline_replay.out" 2>&1
     verdict "pipeline replay" $? "$logs/pipeline_replay.out"
     wait "$le_pid"; verdict "load elsewhere (transformers)" $? "$logs/load_elsewhere.out"
@@ -96,7 +96,7 @@ fi
 kill -TERM "$serve_pid" 2>/dev/null; wait "$serve_pid" 2>/dev/null
 
 # 2c. Overload on a fresh server (its own RSS is measured).
-GPU_UTIL=0.5 PORT=18100 timeout 280 bash "$here/overload_check.sh" "$bin" "$logs" > "$logs/overload.out" 2>&1
+GPU_UTIL=0.5 PORT=18100 timeout "${OVERLOAD_TIMEOUT:-280}" bash "$here/overload_check.sh" "$bin" "$logs" > "$logs/overload.out" 2>&1
 rc=$?
 while IFS= read -r line; do
     case "$line" in PASS*|FAIL*) row "overload: $(echo "$line" | cut -d' ' -f2 | tr -d :)" "${line%% *}" "$(echo "$line" | cut -d' ' -f3-)";; esac
