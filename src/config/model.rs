@@ -476,9 +476,8 @@ impl ModelConfig {
         if v.rope_theta != DEFAULT_VISION_ROPE_THETA {
             vision["rope_parameters"] = json!({"rope_type": "axial", "rope_theta": v.rope_theta});
         }
-        let config = json!({
-            "architectures": ["PaddleOCRVLForConditionalGeneration"],
-            "model_type": "paddleocr_vl",
+        // The text fields, written flat at the top and again in `text_config` (see above).
+        let text_fields = json!({
             "vocab_size": t.vocab_size,
             "hidden_size": t.hidden_size,
             "intermediate_size": t.intermediate_size,
@@ -489,42 +488,33 @@ impl ModelConfig {
             "hidden_act": TEXT_ACT,
             "max_position_embeddings": t.max_position_embeddings,
             "rms_norm_eps": t.rms_norm_eps,
-            "rope_theta": t.rope_theta,
-            "rope_scaling": {
-                "mrope_section": t.mrope_section,
-                "rope_type": "default",
-                "type": "default",
-            },
             "use_bias": false,
             "tie_word_embeddings": self.tie_word_embeddings,
             "pad_token_id": tok.pad_token_id,
             "bos_token_id": tok.bos_token_id,
-            "eos_token_id": eos.clone(),
-            "image_token_id": tok.image_token_id,
-            "video_token_id": tok.video_token_id,
-            "vision_start_token_id": tok.vision_start_token_id,
-            "vision_end_token_id": tok.vision_end_token_id,
-            "torch_dtype": "bfloat16",
-            "text_config": {
-                "vocab_size": t.vocab_size,
-                "hidden_size": t.hidden_size,
-                "intermediate_size": t.intermediate_size,
-                "num_hidden_layers": t.num_hidden_layers,
-                "num_attention_heads": t.num_attention_heads,
-                "num_key_value_heads": t.num_key_value_heads,
-                "head_dim": t.head_dim,
-                "hidden_act": TEXT_ACT,
-                "max_position_embeddings": t.max_position_embeddings,
-                "rms_norm_eps": t.rms_norm_eps,
-                "rope_parameters": text_rope_parameters(t),
-                "use_bias": false,
-                "tie_word_embeddings": self.tie_word_embeddings,
-                "pad_token_id": tok.pad_token_id,
-                "bos_token_id": tok.bos_token_id,
-                "eos_token_id": eos,
-            },
-            "vision_config": vision,
+            "eos_token_id": eos,
         });
+        let mut text_config = text_fields.clone();
+        text_config["rope_parameters"] = text_rope_parameters(t);
+        let mut config = text_fields;
+        for (key, value) in [
+            ("architectures", json!(["PaddleOCRVLForConditionalGeneration"])),
+            ("model_type", json!("paddleocr_vl")),
+            ("rope_theta", json!(t.rope_theta)),
+            (
+                "rope_scaling",
+                json!({"mrope_section": t.mrope_section, "rope_type": "default", "type": "default"}),
+            ),
+            ("image_token_id", json!(tok.image_token_id)),
+            ("video_token_id", json!(tok.video_token_id)),
+            ("vision_start_token_id", json!(tok.vision_start_token_id)),
+            ("vision_end_token_id", json!(tok.vision_end_token_id)),
+            ("torch_dtype", json!("bfloat16")),
+            ("text_config", text_config),
+            ("vision_config", vision),
+        ] {
+            config[key] = value;
+        }
         serde_json::to_string_pretty(&config).expect("a json! value always serializes")
     }
 }

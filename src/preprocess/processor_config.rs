@@ -248,7 +248,7 @@ impl ProcessorConfig {
 }
 
 /// `Ok(None)` when the file does not exist.
-fn read_optional(path: &Path) -> Result<Option<String>> {
+pub(super) fn read_optional(path: &Path) -> Result<Option<String>> {
     match std::fs::read_to_string(path) {
         Ok(text) => Ok(Some(text)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),

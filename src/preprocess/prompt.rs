@@ -19,6 +19,7 @@ use serde_json::{json, Map, Value};
 use tokenizers::Tokenizer;
 
 use super::image::ImageGrid;
+use super::processor_config::read_optional;
 use super::{PreprocessError, Result};
 use crate::config::{ModelConfig, SpecialTokens};
 
@@ -406,18 +407,6 @@ fn check_special_token(tokenizer: &Tokenizer, origin: &str, role: &'static str, 
         Some(back) if back == id => Ok(()),
         Some(back) => Err(mismatch(format!("the tokenizer maps {token:?} to {back}"))),
         None => Err(mismatch(format!("the tokenizer cannot encode {token:?}"))),
-    }
-}
-
-/// `Ok(None)` when the file does not exist.
-fn read_optional(path: &Path) -> Result<Option<String>> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => Ok(Some(text)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(PreprocessError::Io {
-            path: path.to_path_buf(),
-            source,
-        }),
     }
 }
 
