@@ -341,9 +341,14 @@ pub fn sample(
 /// Blocks per row that [`sample_greedy`] uses by default for `batch` rows of `vocab` logits on
 /// `gpu` (kernels/sampling/greedy.cuh says why): 1 once the batch fills the GPU.
 pub fn greedy_num_splits(gpu: &Gpu, batch: usize, vocab: usize) -> usize {
+    greedy_num_splits_for(batch, vocab, gpu.sm_count())
+}
+
+/// [`greedy_num_splits`] for a GPU of `num_sms` multiprocessors.
+pub fn greedy_num_splits_for(batch: usize, vocab: usize, num_sms: usize) -> usize {
     let clamp = |v: usize| v.min(i32::MAX as usize) as i32;
     // SAFETY: a pure function of its arguments.
-    let n = unsafe { sys::ocrvl_sampling_greedy_num_splits(clamp(batch), clamp(vocab), clamp(gpu.sm_count())) };
+    let n = unsafe { sys::ocrvl_sampling_greedy_num_splits(clamp(batch), clamp(vocab), clamp(num_sms)) };
     n.max(1) as usize
 }
 
@@ -677,5 +682,75 @@ impl Sampler {
     /// `set_batch` (with or without top-n alternatives asked).
     pub fn uses_greedy_path(&self, top_n: bool) -> bool {
         self.all_greedy && !self.penalties && !top_n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greedy_split_count_fills_the_gpu_in_one_wave() {
+        const H100_SMS: usize = 132;
+        const VOCAB: usize = 103424;
+        // A batch that gives every SM a row runs one block per row (no combine launch).
+        for batch in [132, 133, 256, 1024] {
+            assert_eq!(greedy_num_splits_for(batch, VOCAB, H100_SMS), 1, "batch {batch}");
+        }
+        // Smaller batches: about two blocks per SM, never more (one wave), no slice under
+        // 16384 logits (103424 allows 6), never over the cap.
+        for batch in 1..H100_SMS {
+            let s = greedy_num_splits_for(batch, VOCAB, H100_SMS);
+            assert!((1..=6).contains(&s), "batch {batch}: {s} splits");
+            assert!(batch * s <= 2 * H100_SMS, "batch {batch}: {s} splits overfill");
+            assert!(
+                s == 6 || batch * (s + 1) > 2 * H100_SMS,
+                "batch {batch}: {s} splits leave SMs idle"
+            );
+        }
+        assert_eq!(greedy_num_splits_for(1, VOCAB, H100_SMS), 6);
+        assert_eq!(greedy_num_splits_for(32, VOCAB, H100_SMS), 6);
+        assert_eq!(greedy_num_splits_for(66, VOCAB, H100_SMS), 4);
+        assert_eq!(greedy_num_splits_for(131, VOCAB, H100_SMS), 2);
+        // Small vocabularies are never split; huge ones stop at the cap.
+        assert_eq!(greedy_num_splits_for(1, 1000, H100_SMS), 1);
+        assert_eq!(greedy_num_splits_for(1, MAX_VOCAB, H100_SMS), GREEDY_MAX_SPLITS);
+        // Degenerate inputs still give a usable count.
+        assert_eq!(greedy_num_splits_for(0, VOCAB, H100_SMS), 1);
+    }
+
+    #[test]
+    fn greedy_workspace_is_16_bytes_per_split_row() {
+        assert_eq!(greedy_workspace_bytes(256, 1), 0);
+        assert_eq!(greedy_workspace_bytes(7, 6), 7 * 6 * 16);
+        assert_eq!(greedy_workspace_bytes(1, GREEDY_MAX_SPLITS), 16 * GREEDY_MAX_SPLITS);
+        assert_eq!(greedy_workspace_bytes(4, 0), usize::MAX);
+        assert_eq!(greedy_workspace_bytes(4, GREEDY_MAX_SPLITS + 1), usize::MAX);
+    }
+
+    #[test]
+    fn greedy_rows_are_the_kernels_greedy_rows() {
+        let p = SamplingParams::default();
+        assert!(SamplingParams::greedy().is_greedy());
+        assert!(SamplingParams { temperature: 9e-6, ..p }.is_greedy());
+        assert!(SamplingParams {
+            temperature: 0.7,
+            top_k: 1,
+            ..p
+        }
+        .is_greedy());
+        assert!(SamplingParams { temperature: -1.0, ..p }.is_greedy()); // the kernel reports it
+        assert!(!SamplingParams { temperature: 1e-5, ..p }.is_greedy());
+        assert!(!SamplingParams {
+            temperature: f32::NAN,
+            ..p
+        }
+        .is_greedy());
+        assert!(!SamplingParams {
+            temperature: 0.7,
+            top_k: 2,
+            ..p
+        }
+        .is_greedy());
     }
 }

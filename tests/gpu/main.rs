@@ -21,3 +21,4 @@ mod model;
 mod norm;
 mod rope;
 mod sampling;
+mod sampling_greedy;
