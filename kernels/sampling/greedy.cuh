@@ -36,7 +36,11 @@
 // time, so the end of a row does not serialise on load latency.
 //
 // Determinism: per-thread order is by vector index, the merges run in a fixed shuffle order,
-// so a row's outputs depend on (its logits, its parameters, num_splits) only.
+// so a row's outputs depend on (its logits, its parameters, num_splits) only. The token is an
+// exact argmax and never depends on num_splits; the log-prob's f32 sum does, in its last bits,
+// and num_splits follows the batch size (as it differs from the general kernel's sum order).
+// Making the sum independent of the split would need per-tile states merged in one fixed tree,
+// which costs a block barrier per tile (or a larger workspace) for a difference near 1e-7.
 #pragma once
 #include "sampling.h"
 #include "sampling/row.cuh"
@@ -272,7 +276,7 @@ int32_t launch_greedy(GreedyKernelArgs a, cudaStream_t stream) {
     if (a.splits > 1) {
         const int32_t st = launch_status();
         if (st != OCRVL_STATUS_OK) return st;
-        greedy_combine_kernel<<<(a.batch + kCombineRows - 1) / kCombineRows, 32 * kCombineRows, 0, stream>>>(a);
+        greedy_combine_kernel<<<(a.batch - 1) / kCombineRows + 1, 32 * kCombineRows, 0, stream>>>(a);
     }
     return launch_status();
 }
