@@ -13,6 +13,10 @@
 //!
 //! [`sample`] takes device views; [`Sampler`] owns the per-row parameter buffers and the
 //! workspace, uploads a batch's parameters from the host, and allocates nothing per step.
+//!
+//! [`sample_greedy`] is the fast path for batches whose every row is greedy (no penalties, no
+//! top-n): one pass over the logits, an argmax with the log-softmax normaliser; the
+//! [`Sampler`] takes it by itself when a batch qualifies (docs/notes/sampling_greedy.md).
 
 use crate::error::{Error, Result};
 use crate::runtime::{DType, DeviceTensor, Gpu, PinnedStaging, TensorView, TensorViewMut};
