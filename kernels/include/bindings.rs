@@ -16,6 +16,7 @@ pub const OCRVL_FA3_VISION_M128_S3: u32 = 2;
 pub const OCRVL_FA3_VISION_M192: u32 = 3;
 pub const OCRVL_SAMPLING_MAX_TOP_N: u32 = 20;
 pub const OCRVL_SAMPLING_MAX_VOCAB: u32 = 8388608;
+pub const OCRVL_SAMPLING_GREEDY_MAX_SPLITS: u32 = 32;
 #[repr(u32)]
 #[derive(Debug, Copy, Clone, Hash, PartialEq, Eq)]
 pub enum OcrvlStatus {
@@ -432,6 +433,45 @@ unsafe extern "C" {
 unsafe extern "C" {
     pub fn ocrvl_sampling(
         args: *const OcrvlSamplingArgs,
+        workspace: *mut ::std::os::raw::c_void,
+        workspace_bytes: i64,
+        stream: ocrvl_stream_t,
+    ) -> i32;
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct OcrvlSamplingGreedyArgs {
+    pub logits: *const ::std::os::raw::c_void,
+    pub logits_stride: i64,
+    pub logits_dtype: OcrvlDType,
+    pub batch: i32,
+    pub vocab: i32,
+    pub temperature: *const f32,
+    pub top_k: *const i32,
+    pub top_p: *const f32,
+    pub token: *mut i32,
+    pub logprob: *mut f32,
+    pub status: *mut i32,
+    pub num_splits: i32,
+}
+impl Default for OcrvlSamplingGreedyArgs {
+    fn default() -> Self {
+        let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::std::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+unsafe extern "C" {
+    pub fn ocrvl_sampling_greedy_num_splits(batch: i32, vocab: i32, num_sms: i32) -> i32;
+}
+unsafe extern "C" {
+    pub fn ocrvl_sampling_greedy_workspace_size(batch: i32, num_splits: i32) -> i64;
+}
+unsafe extern "C" {
+    pub fn ocrvl_sampling_greedy(
+        args: *const OcrvlSamplingGreedyArgs,
         workspace: *mut ::std::os::raw::c_void,
         workspace_bytes: i64,
         stream: ocrvl_stream_t,

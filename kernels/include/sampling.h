@@ -103,6 +103,55 @@ int64_t ocrvl_sampling_workspace_size(int64_t history_capacity);
 int32_t ocrvl_sampling(const OcrvlSamplingArgs* args, void* workspace, int64_t workspace_bytes,
                        ocrvl_stream_t stream);
 
+/* ---- Greedy fast path -------------------------------------------------------------------
+ * For batches whose every row is greedy (temperature < 1e-5 or top_k == 1), no penalties and
+ * no top-n alternatives: one pass over each row computes the argmax of z = x * (1 / t) (t = 1
+ * for temperature < 1e-5; ties to the LOWEST index) and the log-softmax normaliser, so that
+ * token, logprob and status are those ocrvl_sampling gives for the same rows (log-probs up to
+ * the f32 summation order). Statuses 0, 1 and 3 as above (parameters checked as above, the
+ * penalties excepted, since there are none), plus:
+ *   4 the row is not greedy (temperature >= 1e-5 and top_k != 1): this launcher cannot draw
+ *     it; use ocrvl_sampling.
+ * A row with a non-zero status has token -1 and logprob -inf. The logits are only read.
+ *
+ * num_splits blocks share each row (contiguous slices); with more than one, each block writes
+ * a partial (max, its index, sum of exp) to the workspace and a second small launch combines
+ * them. ocrvl_sampling_greedy_num_splits gives the split count that fills the GPU. */
+
+/* The most blocks one row may be split across. */
+#define OCRVL_SAMPLING_GREEDY_MAX_SPLITS 32
+
+typedef struct OcrvlSamplingGreedyArgs {
+    const void* logits;               /* [batch, vocab], row stride logits_stride elements; bf16 or
+                                         f32; read only */
+    int64_t logits_stride;            /* elements between rows, >= vocab */
+    OcrvlDType logits_dtype;          /* OCRVL_DTYPE_BF16 or OCRVL_DTYPE_F32 */
+    int32_t batch;                    /* rows, >= 0 */
+    int32_t vocab;                    /* 1 .. OCRVL_SAMPLING_MAX_VOCAB */
+    const float* temperature;         /* [batch] */
+    const int32_t* top_k;             /* [batch] */
+    const float* top_p;               /* [batch] (only checked: > 0) */
+    int32_t* token;                   /* [batch] out */
+    float* logprob;                   /* [batch] out */
+    int32_t* status;                  /* [batch] out */
+    int32_t num_splits;               /* 1 .. OCRVL_SAMPLING_GREEDY_MAX_SPLITS blocks per row */
+} OcrvlSamplingGreedyArgs;
+
+/* The split count for a batch on a GPU of num_sms multiprocessors (1 once the batch alone
+ * fills the GPU); 0 for a batch, vocab or num_sms < 1. */
+int32_t ocrvl_sampling_greedy_num_splits(int32_t batch, int32_t vocab, int32_t num_sms);
+
+/* Bytes of workspace ocrvl_sampling_greedy needs: 0 for one split, else 16 per (row, split);
+ * -1 for a batch < 0 or a split count outside 1 .. OCRVL_SAMPLING_GREEDY_MAX_SPLITS. */
+int64_t ocrvl_sampling_greedy_workspace_size(int32_t batch, int32_t num_splits);
+
+/* Greedy tokens of every row (see above). workspace: workspace_bytes >= the size above (may be
+ * NULL when that is 0); its contents need no initialisation.
+ * Grid: (batch, num_splits), Block: (512), 256 bytes of static shared memory; with
+ * num_splits > 1 then Grid: (ceil(batch / 8)), Block: (256), one warp per row. */
+int32_t ocrvl_sampling_greedy(const OcrvlSamplingGreedyArgs* args, void* workspace, int64_t workspace_bytes,
+                              ocrvl_stream_t stream);
+
 #ifdef __cplusplus
 }
 #endif

@@ -28,7 +28,8 @@
 // backwards, starting on the tail that pass 1 left in L2); overflowing rows (large top_k, flat
 // top-p sets, massive ties) take one more pass per rejection round or per radix digit.
 // Measured on the H100 (benches/sampling.rs, top_k 50, top_p 0.9, temperature 0.7): batch 256
-// in 70 us (exact) and 72 us (rejection), greedy in 45 us (80% of copy bandwidth).
+// in 70 us (exact) and 72 us (rejection), greedy in 45 us (80% of copy bandwidth). Batches
+// whose every row is greedy (no penalties, no top-n) now go to greedy.cuh instead.
 //
 // Occupancy: 512 threads, ~45 KB static shared memory and at most 64 registers per thread, so
 // two blocks per SM: batch 256 runs in one wave on 132 SMs. A single row is streamed by one

@@ -13,6 +13,10 @@
 //!
 //! [`sample`] takes device views; [`Sampler`] owns the per-row parameter buffers and the
 //! workspace, uploads a batch's parameters from the host, and allocates nothing per step.
+//!
+//! [`sample_greedy`] is the fast path for batches whose every row is greedy (no penalties, no
+//! top-n): one pass over the logits, an argmax with the log-softmax normaliser; the
+//! [`Sampler`] takes it by itself when a batch qualifies (docs/notes/sampling_greedy.md).
 
 use crate::error::{Error, Result};
 use crate::runtime::{DType, DeviceTensor, Gpu, PinnedStaging, TensorView, TensorViewMut};
@@ -43,6 +47,14 @@ pub const STATUS_BAD_LOGITS: i32 = 1;
 pub const STATUS_BAD_HISTORY: i32 = 2;
 /// Row status: a parameter is out of range (see [`SamplingParams::validate`]).
 pub const STATUS_BAD_PARAMS: i32 = 3;
+/// Row status of [`sample_greedy`] only: the row is not greedy (see
+/// [`SamplingParams::is_greedy`]), so the greedy kernel cannot draw it.
+pub const STATUS_NOT_GREEDY: i32 = 4;
+
+/// Temperatures below this are greedy (vLLM's epsilon; `kMinTemperature` in the kernels).
+pub const GREEDY_TEMPERATURE: f32 = 1e-5;
+/// The most blocks [`sample_greedy`] splits a row across.
+pub const GREEDY_MAX_SPLITS: usize = sys::OCRVL_SAMPLING_GREEDY_MAX_SPLITS as usize;
 
 /// One row's sampling parameters, as the host holds them.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -85,6 +97,13 @@ impl SamplingParams {
             temperature: 0.0,
             ..Default::default()
         }
+    }
+
+    /// Whether the row's token is the argmax of its (penalized) logits: temperature below
+    /// [`GREEDY_TEMPERATURE`] or top_k 1, the kernels' own test. A NaN temperature is not
+    /// greedy (unless top_k is 1); either way the kernel reports it as a bad parameter.
+    pub fn is_greedy(&self) -> bool {
+        self.temperature < GREEDY_TEMPERATURE || self.top_k == 1
     }
 
     pub fn has_penalties(&self) -> bool {
@@ -323,15 +342,158 @@ pub fn sample(
     check(OP, status)
 }
 
+/// Blocks per row that [`sample_greedy`] uses by default for `batch` rows of `vocab` logits on
+/// `gpu` (kernels/sampling/greedy.cuh says why): 1 once the batch fills the GPU.
+pub fn greedy_num_splits(gpu: &Gpu, batch: usize, vocab: usize) -> usize {
+    greedy_num_splits_for(batch, vocab, gpu.sm_count())
+}
+
+/// [`greedy_num_splits`] for a GPU of `num_sms` multiprocessors.
+pub fn greedy_num_splits_for(batch: usize, vocab: usize, num_sms: usize) -> usize {
+    let clamp = |v: usize| v.min(i32::MAX as usize) as i32;
+    // SAFETY: a pure function of its arguments.
+    let n = unsafe { sys::ocrvl_sampling_greedy_num_splits(clamp(batch), clamp(vocab), clamp(num_sms)) };
+    n.max(1) as usize
+}
+
+/// Bytes of workspace [`sample_greedy`] needs for `batch` rows split `num_splits` ways (0 for
+/// one split).
+pub fn greedy_workspace_bytes(batch: usize, num_splits: usize) -> usize {
+    let (Ok(b), Ok(s)) = (i32::try_from(batch), i32::try_from(num_splits)) else {
+        return usize::MAX;
+    };
+    // SAFETY: a pure function of its arguments.
+    let n = unsafe { sys::ocrvl_sampling_greedy_workspace_size(b, s) };
+    if n < 0 {
+        usize::MAX
+    } else {
+        n as usize
+    }
+}
+
+/// The greedy fast path: token, log-prob and status of every row of `logits` (F32 or BF16
+/// [batch, vocab], rows may be strided; only read) in one pass over the logits, as [`sample`]
+/// gives them for greedy rows (log-probs up to f32 summation order). For batches whose every
+/// row is greedy, without penalties and without top-n alternatives; a row that is not greedy
+/// gets [`STATUS_NOT_GREEDY`]. `num_splits` blocks share each row (`None`: the
+/// [`greedy_num_splits`] choice); more than one needs a `workspace` of
+/// [`greedy_workspace_bytes`].
+pub fn sample_greedy(
+    gpu: &Gpu,
+    logits: &TensorView<'_>,
+    params: &SamplingBatch<'_>,
+    out: &mut SamplingOutputs<'_>,
+    num_splits: Option<usize>,
+    workspace: Option<&mut TensorViewMut<'_>>,
+) -> Result<()> {
+    const OP: &str = "sampling_greedy";
+    let dims = logits.dims().to_vec();
+    if dims.len() != 2 {
+        return Err(Error::invalid(
+            OP,
+            format!("logits must be [batch, vocab], got {dims:?}"),
+        ));
+    }
+    let (batch, vocab) = (dims[0], dims[1]);
+    if !matches!(logits.dtype(), DType::F32 | DType::BF16) {
+        return Err(Error::invalid(
+            OP,
+            format!("logits are {}; only f32 and bf16 are supported", logits.dtype()),
+        ));
+    }
+    if vocab == 0 || vocab > MAX_VOCAB {
+        return Err(Error::invalid(OP, format!("vocab {vocab} outside 1..={MAX_VOCAB}")));
+    }
+    if batch > i32::MAX as usize {
+        return Err(Error::invalid(OP, format!("batch {batch} too large")));
+    }
+    if params.penalties.is_some() {
+        return Err(Error::invalid(
+            OP,
+            "the greedy path applies no penalties; rows with penalties go through `sample`",
+        ));
+    }
+    if out.top.is_some() {
+        return Err(Error::invalid(
+            OP,
+            "the greedy path gives no top-n alternatives; such rows go through `sample`",
+        ));
+    }
+    expect_vec(OP, "temperature", &params.temperature, DType::F32, &[batch])?;
+    expect_vec(OP, "top_k", &params.top_k, DType::I32, &[batch])?;
+    expect_vec(OP, "top_p", &params.top_p, DType::F32, &[batch])?;
+    expect_vec(OP, "token", &out.token.as_view(), DType::I32, &[batch])?;
+    expect_vec(OP, "logprob", &out.logprob.as_view(), DType::F32, &[batch])?;
+    expect_vec(OP, "status", &out.status.as_view(), DType::I32, &[batch])?;
+    let splits = num_splits.unwrap_or_else(|| greedy_num_splits(gpu, batch, vocab));
+    if splits == 0 || splits > GREEDY_MAX_SPLITS {
+        return Err(Error::invalid(
+            OP,
+            format!("{splits} splits outside 1..={GREEDY_MAX_SPLITS}"),
+        ));
+    }
+    let need = greedy_workspace_bytes(batch, splits);
+    let (mut ws_ptr, mut ws_bytes) = (std::ptr::null_mut(), 0i64);
+    if need > 0 {
+        let ws = workspace
+            .as_ref()
+            .ok_or_else(|| Error::invalid(OP, format!("{splits} splits need a workspace of {need} bytes")))?;
+        let have = ws.numel() * ws.dtype().size_bytes();
+        if have < need || !ws.is_contiguous() || ws.device_ptr() % 16 != 0 {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "workspace of {have} bytes (contiguous: {}, 16-byte aligned: {}); {need} needed",
+                    ws.is_contiguous(),
+                    ws.device_ptr() % 16 == 0
+                ),
+            ));
+        }
+        ws_ptr = ws.device_ptr() as *mut std::ffi::c_void;
+        ws_bytes = have as i64;
+    }
+    let args = sys::OcrvlSamplingGreedyArgs {
+        logits: logits.device_ptr() as *const _,
+        logits_stride: logits.stride0() as i64,
+        logits_dtype: c_dtype(logits.dtype()),
+        batch: batch as i32,
+        vocab: vocab as i32,
+        temperature: params.temperature.device_ptr() as *const f32,
+        top_k: params.top_k.device_ptr() as *const i32,
+        top_p: params.top_p.device_ptr() as *const f32,
+        token: out.token.device_ptr() as *mut i32,
+        logprob: out.logprob.device_ptr() as *mut f32,
+        status: out.status.device_ptr() as *mut i32,
+        num_splits: splits as i32,
+    };
+    // SAFETY: every pointer addresses a device buffer of the shape checked above on this GPU
+    // (the workspace holds `need` bytes, 16-byte aligned), used on this stream.
+    let status = unsafe { sys::ocrvl_sampling_greedy(&args, ws_ptr, ws_bytes, gpu.raw_stream()) };
+    check(OP, status)
+}
+
 /// Owns the device buffers of a batch's sampling parameters (up to `max_batch` rows and
-/// `history_capacity` history tokens) and the workspace; uploads each step's parameters.
+/// `history_capacity` history tokens) and the workspaces; uploads each step's parameters.
+///
+/// It picks the kernel per batch, on the host, from the parameters `set_batch` was given: a
+/// batch whose every row is greedy, with no penalties to apply and no top-n alternatives
+/// asked, goes through [`sample_greedy`] (one pass, an argmax); any other batch through
+/// [`sample`], whose results for greedy rows are the same. CUDA graphs capture only the
+/// decode forward (engine/cuda_graphs.rs); the sampler always launches eagerly after it, so the
+/// choice is made afresh every step and never baked into a graph. Were the sampler ever
+/// captured, the choice (and the split count, a function of the batch size) would have to be
+/// part of the graph's key.
 pub struct Sampler {
     max_batch: usize,
     history_capacity: usize,
     batch: usize,
     penalties: bool,
+    /// Every row of the batch is greedy ([`SamplingParams::is_greedy`]).
+    all_greedy: bool,
     buf: ParamBuffers,
     workspace: DeviceTensor,
+    /// The greedy path's per-(row, split) partials, sized for the largest batch.
+    greedy_workspace: DeviceTensor,
     host_i32: Vec<i32>,
     host_cu: Vec<i32>,
     staging: PinnedStaging,
@@ -378,11 +540,17 @@ impl Sampler {
     pub fn new(gpu: &Gpu, max_batch: usize, history_capacity: usize) -> Result<Sampler> {
         let f = |dims: &[usize]| DeviceTensor::zeros(gpu, DType::F32, dims);
         let i = |dims: &[usize]| DeviceTensor::zeros(gpu, DType::I32, dims);
+        // The split count never falls as the vocab grows, so the largest vocab bounds it.
+        let greedy_bytes = (1..=max_batch)
+            .map(|b| greedy_workspace_bytes(b, greedy_num_splits(gpu, b, MAX_VOCAB)))
+            .max()
+            .unwrap_or(0);
         Ok(Sampler {
             max_batch,
             history_capacity,
             batch: 0,
             penalties: false,
+            all_greedy: false,
             buf: ParamBuffers {
                 temperature: f(&[max_batch])?,
                 top_k: i(&[max_batch])?,
@@ -396,6 +564,8 @@ impl Sampler {
                 cu_history: i(&[max_batch + 1])?,
             },
             workspace: DeviceTensor::zeros(gpu, DType::I32, &[workspace_bytes(history_capacity).div_ceil(4)])?,
+            // I32 elements; allocations are at least 256-byte aligned, as the kernel needs 16.
+            greedy_workspace: DeviceTensor::zeros(gpu, DType::I32, &[greedy_bytes.div_ceil(4).max(1)])?,
             host_i32: Vec::with_capacity(2 * max_batch),
             host_cu: Vec::with_capacity(max_batch + 1),
             // Eight per-row arrays of 4-8 bytes, the history and its offsets, each part
@@ -424,6 +594,7 @@ impl Sampler {
         }
         self.batch = n;
         self.penalties = !histories.is_empty() && params.iter().any(SamplingParams::has_penalties);
+        self.all_greedy = params.iter().all(SamplingParams::is_greedy);
         if n == 0 {
             return Ok(());
         }
@@ -503,7 +674,87 @@ impl Sampler {
             ));
         }
         let params = self.buf.views(self.batch, self.penalties)?;
+        if self.uses_greedy_path(out.top.is_some()) {
+            let mut ws = self.greedy_workspace.view_mut();
+            return sample_greedy(gpu, &logits.as_view(), &params, out, None, Some(&mut ws));
+        }
         let mut ws = self.workspace.view_mut();
         sample(gpu, class, logits, &params, out, Some(&mut ws))
+    }
+
+    /// Whether [`Sampler::sample`] takes the greedy path for the batch of the last
+    /// `set_batch` (with or without top-n alternatives asked).
+    pub fn uses_greedy_path(&self, top_n: bool) -> bool {
+        self.all_greedy && !self.penalties && !top_n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greedy_split_count_fills_the_gpu_in_one_wave() {
+        const H100_SMS: usize = 132;
+        const VOCAB: usize = 103424;
+        // A batch that gives every SM a row runs one block per row (no combine launch).
+        for batch in [132, 133, 256, 1024] {
+            assert_eq!(greedy_num_splits_for(batch, VOCAB, H100_SMS), 1, "batch {batch}");
+        }
+        // Smaller batches: about two blocks per SM, never more (one wave), no slice under
+        // 16384 logits (103424 allows 6), never over the cap.
+        for batch in 1..H100_SMS {
+            let s = greedy_num_splits_for(batch, VOCAB, H100_SMS);
+            assert!((1..=6).contains(&s), "batch {batch}: {s} splits");
+            assert!(batch * s <= 2 * H100_SMS, "batch {batch}: {s} splits overfill");
+            assert!(
+                s == 6 || batch * (s + 1) > 2 * H100_SMS,
+                "batch {batch}: {s} splits leave SMs idle"
+            );
+        }
+        assert_eq!(greedy_num_splits_for(1, VOCAB, H100_SMS), 6);
+        assert_eq!(greedy_num_splits_for(32, VOCAB, H100_SMS), 6);
+        assert_eq!(greedy_num_splits_for(66, VOCAB, H100_SMS), 4);
+        assert_eq!(greedy_num_splits_for(131, VOCAB, H100_SMS), 2);
+        // Small vocabularies are never split; huge ones stop at the cap.
+        assert_eq!(greedy_num_splits_for(1, 1000, H100_SMS), 1);
+        assert_eq!(greedy_num_splits_for(1, MAX_VOCAB, H100_SMS), GREEDY_MAX_SPLITS);
+        // Degenerate inputs still give a usable count.
+        assert_eq!(greedy_num_splits_for(0, VOCAB, H100_SMS), 1);
+    }
+
+    #[test]
+    fn greedy_workspace_is_16_bytes_per_split_row() {
+        assert_eq!(greedy_workspace_bytes(256, 1), 0);
+        assert_eq!(greedy_workspace_bytes(7, 6), 7 * 6 * 16);
+        assert_eq!(greedy_workspace_bytes(1, GREEDY_MAX_SPLITS), 16 * GREEDY_MAX_SPLITS);
+        assert_eq!(greedy_workspace_bytes(4, 0), usize::MAX);
+        assert_eq!(greedy_workspace_bytes(4, GREEDY_MAX_SPLITS + 1), usize::MAX);
+    }
+
+    #[test]
+    fn greedy_rows_are_the_kernels_greedy_rows() {
+        let p = SamplingParams::default();
+        assert!(SamplingParams::greedy().is_greedy());
+        assert!(SamplingParams { temperature: 9e-6, ..p }.is_greedy());
+        assert!(SamplingParams {
+            temperature: 0.7,
+            top_k: 1,
+            ..p
+        }
+        .is_greedy());
+        assert!(SamplingParams { temperature: -1.0, ..p }.is_greedy()); // the kernel reports it
+        assert!(!SamplingParams { temperature: 1e-5, ..p }.is_greedy());
+        assert!(!SamplingParams {
+            temperature: f32::NAN,
+            ..p
+        }
+        .is_greedy());
+        assert!(!SamplingParams {
+            temperature: 0.7,
+            top_k: 2,
+            ..p
+        }
+        .is_greedy());
     }
 }

@@ -22,3 +22,4 @@ mod model;
 mod norm;
 mod rope;
 mod sampling;
+mod sampling_greedy;

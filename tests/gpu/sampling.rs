@@ -25,10 +25,10 @@ use crate::common::{gpu, rng};
 const CLASSES: [SamplingClass; 2] = [SamplingClass::Base, SamplingClass::Rejection];
 /// i32 outputs are poisoned with 0xFE bytes (0xFF would read as the legitimate token -1);
 /// f32 outputs with 0xFF (NaN).
-const POISON_I32: i32 = 0xFEFE_FEFEu32 as i32;
+pub(super) const POISON_I32: i32 = 0xFEFE_FEFEu32 as i32;
 /// Log-probs of f32 (and exactly held bf16) logits against f64: the kernel's f32 sum of up
 /// to 103424 exponentials and one logf.
-const LOGPROB_ATOL: f64 = 1e-4;
+pub(super) const LOGPROB_ATOL: f64 = 1e-4;
 
 fn normal(r: &mut ChaCha8Rng) -> f64 {
     let u1: f64 = r.random_range(1e-12..1.0);
@@ -37,7 +37,7 @@ fn normal(r: &mut ChaCha8Rng) -> f64 {
 }
 
 /// The logits the kernel sees: z = x * (1 / t) in f32 (x itself for t < 1e-5), as f64.
-fn kernel_z(x: &[f32], temperature: f32) -> Vec<f64> {
+pub(super) fn kernel_z(x: &[f32], temperature: f32) -> Vec<f64> {
     if temperature < 1e-5 {
         return x.iter().map(|&v| v as f64).collect();
     }
@@ -46,7 +46,7 @@ fn kernel_z(x: &[f32], temperature: f32) -> Vec<f64> {
 }
 
 /// Uploads logits in `dtype`; returns the tensor and the values it holds.
-fn device_logits(g: &Gpu, dtype: DType, dims: &[usize], vals: &[f32]) -> (DeviceTensor, Vec<f32>) {
+pub(super) fn device_logits(g: &Gpu, dtype: DType, dims: &[usize], vals: &[f32]) -> (DeviceTensor, Vec<f32>) {
     match dtype {
         DType::BF16 => {
             let v: Vec<bf16> = vals.iter().map(|&x| bf16::from_f32(x)).collect();
@@ -66,23 +66,24 @@ fn read_logits(g: &Gpu, t: &DeviceTensor) -> Vec<f32> {
     }
 }
 
-struct Out {
+/// Poisoned output buffers (also used by sampling_greedy.rs).
+pub(super) struct Out {
     token: DeviceTensor,
     logprob: DeviceTensor,
     status: DeviceTensor,
     top: Option<(DeviceTensor, DeviceTensor)>,
 }
 
-struct Host {
-    token: Vec<i32>,
-    logprob: Vec<f32>,
-    status: Vec<i32>,
-    top_ids: Vec<i32>,
-    top_lps: Vec<f32>,
+pub(super) struct Host {
+    pub(super) token: Vec<i32>,
+    pub(super) logprob: Vec<f32>,
+    pub(super) status: Vec<i32>,
+    pub(super) top_ids: Vec<i32>,
+    pub(super) top_lps: Vec<f32>,
 }
 
 impl Out {
-    fn new(g: &Gpu, batch: usize, n_top: usize) -> Out {
+    pub(super) fn new(g: &Gpu, batch: usize, n_top: usize) -> Out {
         let poisoned = |dtype: DType, dims: &[usize]| {
             let mut t = DeviceTensor::alloc(g, dtype, dims).unwrap();
             let byte = if dtype == DType::I32 { 0xFE } else { 0xFF };
@@ -102,7 +103,7 @@ impl Out {
         }
     }
 
-    fn views(&mut self) -> SamplingOutputs<'_> {
+    pub(super) fn views(&mut self) -> SamplingOutputs<'_> {
         SamplingOutputs {
             token: self.token.view_mut(),
             logprob: self.logprob.view_mut(),
@@ -112,7 +113,7 @@ impl Out {
     }
 
     /// Downloads and checks that every element was written.
-    fn read(&self, g: &Gpu) -> Host {
+    pub(super) fn read(&self, g: &Gpu) -> Host {
         let h = Host {
             token: self.token.to_host(g).unwrap(),
             logprob: self.logprob.to_host(g).unwrap(),
