@@ -140,6 +140,7 @@ fn sampling_benches(c: &mut Criterion) {
     let gpu = common::gpu();
     let mut group = c.benchmark_group("sampling");
     let mut sampler = Sampler::new(&gpu, 256, 0).unwrap();
+    sampler.set_greedy_kernel(true);
     let mut greedy_ws =
         DeviceTensor::alloc(&gpu, DType::I32, &[greedy_workspace_bytes(256, GREEDY_MAX_SPLITS) / 4]).unwrap();
     for batch in [1usize, 32, 256] {

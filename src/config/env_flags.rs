@@ -7,6 +7,7 @@
 //! | `FD_SAMPLING_CLASS` | base, rejection, unset | the sampler (FastDeploy's name) |
 //! | `OCRVL_QUIET` | set or unset | silences the engine's and the server's log lines |
 //! | `OCRVL_GEMM_AUTOTUNE` | 0, anything else, unset | 0 keeps cuBLASLt's heuristic GEMM algorithms for the decode graphs instead of timing the candidates |
+//! | `OCRVL_GREEDY_KERNEL` | 1, unset | 1 lets all-greedy steps sample with the one-pass greedy kernel (off until measured on the GPU) |
 
 use super::ConfigError;
 use crate::error::{Error, Result};
@@ -79,6 +80,8 @@ pub struct EnvFlags {
     pub quiet: bool,
     /// `OCRVL_GEMM_AUTOTUNE` is not `0`: the decode graphs' warm-up times the GEMM candidates.
     pub gemm_autotune: bool,
+    /// `OCRVL_GREEDY_KERNEL=1`: all-greedy steps sample with the one-pass greedy kernel.
+    pub greedy_kernel: bool,
 }
 
 impl Default for EnvFlags {
@@ -89,6 +92,7 @@ impl Default for EnvFlags {
             sampling_class: SamplingClass::Base,
             quiet: false,
             gemm_autotune: true,
+            greedy_kernel: false,
         }
     }
 }
@@ -98,6 +102,7 @@ impl EnvFlags {
     pub const SAMPLING_CLASS: &'static str = "FD_SAMPLING_CLASS";
     pub const QUIET: &'static str = "OCRVL_QUIET";
     pub const GEMM_AUTOTUNE: &'static str = "OCRVL_GEMM_AUTOTUNE";
+    pub const GREEDY_KERNEL: &'static str = "OCRVL_GREEDY_KERNEL";
 
     pub fn from_env() -> Result<EnvFlags, ConfigError> {
         Self::from_lookup(process_env)
@@ -119,6 +124,7 @@ impl EnvFlags {
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<EnvFlags, ConfigError> {
         let quiet = Self::quiet_in(&lookup);
         let gemm_autotune = lookup(Self::GEMM_AUTOTUNE).is_none_or(|v| v != "0");
+        let greedy_kernel = lookup(Self::GREEDY_KERNEL).is_some_and(|v| v == "1");
         // Empty counts as unset for the others: `FOO= cmd` is how shells clear a variable.
         let read = |name: &str| lookup(name).filter(|v| !v.is_empty());
 
@@ -150,6 +156,7 @@ impl EnvFlags {
             sampling_class,
             quiet,
             gemm_autotune,
+            greedy_kernel,
         })
     }
 }

@@ -145,7 +145,8 @@ impl ModelRunner {
         let gemm = Gemm::new(&gpu)?;
         let (t, s) = (engine.max_num_batched_tokens, engine.max_num_seqs);
         let ws = Workspace::new(&gpu, model.workspace_bytes(t, s, s, ENCODER_PATCHES_PER_STEP))?;
-        let sampler = Sampler::new(&gpu, s, PENALTY_HISTORY_CAPACITY)?;
+        let mut sampler = Sampler::new(&gpu, s, PENALTY_HISTORY_CAPACITY)?;
+        sampler.set_greedy_kernel(env.greedy_kernel);
         let embed_error = DeviceTensor::zeros(&gpu, DType::I32, &[1])?;
         let table_width = engine.max_model_len.div_ceil(BLOCK_SIZE);
         // Packed step bound: ids, 3 position rows, slots and image rows per token; a table row,

@@ -490,6 +490,8 @@ pub struct Sampler {
     penalties: bool,
     /// Every row of the batch is greedy ([`SamplingParams::is_greedy`]).
     all_greedy: bool,
+    /// Greedy batches may take the one-pass greedy kernel ([`Sampler::set_greedy_kernel`]).
+    greedy_kernel: bool,
     buf: ParamBuffers,
     workspace: DeviceTensor,
     /// The greedy path's per-(row, split) partials, sized for the largest batch.
@@ -551,6 +553,7 @@ impl Sampler {
             batch: 0,
             penalties: false,
             all_greedy: false,
+            greedy_kernel: false,
             buf: ParamBuffers {
                 temperature: f(&[max_batch])?,
                 top_k: i(&[max_batch])?,
@@ -685,7 +688,14 @@ impl Sampler {
     /// Whether [`Sampler::sample`] takes the greedy path for the batch of the last
     /// `set_batch` (with or without top-n alternatives asked).
     pub fn uses_greedy_path(&self, top_n: bool) -> bool {
-        self.all_greedy && !self.penalties && !top_n
+        self.greedy_kernel && self.all_greedy && !self.penalties && !top_n
+    }
+
+    /// Lets all-greedy batches take the one-pass greedy kernel. Off by default (the engine
+    /// turns it on with `OCRVL_GREEDY_KERNEL=1`) until its GPU tests and timing have run on
+    /// the GPU host: see docs/notes/sampling_greedy.md.
+    pub fn set_greedy_kernel(&mut self, on: bool) {
+        self.greedy_kernel = on;
     }
 }
 

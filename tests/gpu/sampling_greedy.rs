@@ -425,6 +425,7 @@ fn sampler_takes_the_greedy_path_only_for_all_greedy_batches() {
     let g = gpu();
     let mut r = rng(0x5A3B);
     let mut sampler = Sampler::new(&g, 256, 64).unwrap();
+    sampler.set_greedy_kernel(true);
     let mut ws = dirty_workspace(&g);
     let batch = 256;
     let vals = make_rows(&mut r, batch, VOCAB);
