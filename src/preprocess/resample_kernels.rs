@@ -60,9 +60,13 @@ impl Isa {
 }
 
 /// `f` inlined into a function compiled with AVX2 enabled.
+///
+/// # Safety
+/// The CPU must support AVX2. (An `unsafe fn` rather than a safe one with the target feature:
+/// the crate's MSRV, 1.85, predates safe `#[target_feature]` functions.)
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
+unsafe fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
@@ -167,19 +171,19 @@ const COLUMN: usize = 32;
 /// whose outputs are never copied back.
 #[inline(always)]
 fn to_columns<const C: usize>(block: &[u8], in_w: usize, columns: &mut [u8]) {
-    let columns = &mut columns.as_chunks_mut::<COLUMN>().0[..in_w];
+    let columns = &mut columns[..in_w * COLUMN];
     for (r, row) in block.chunks_exact(in_w * C).enumerate() {
         let lane = r * C;
         if C == 3 {
             // All but the last pixel as 4-byte moves (the 4th byte is the next pixel's).
-            let (body, last) = columns.split_at_mut(in_w - 1);
-            for (x, column) in body.iter_mut().enumerate() {
+            let (body, last) = columns.split_at_mut((in_w - 1) * COLUMN);
+            for (x, column) in body.chunks_exact_mut(COLUMN).enumerate() {
                 let px: [u8; 4] = row[x * 3..x * 3 + 4].try_into().expect("4 bytes");
                 column[lane..lane + 4].copy_from_slice(&px);
             }
-            last[0][lane..lane + 3].copy_from_slice(&row[(in_w - 1) * 3..]);
+            last[lane..lane + 3].copy_from_slice(&row[(in_w - 1) * 3..]);
         } else {
-            for (column, px) in columns.iter_mut().zip(row.as_chunks::<C>().0) {
+            for (column, px) in columns.chunks_exact_mut(COLUMN).zip(row.chunks_exact(C)) {
                 column[lane..lane + C].copy_from_slice(px);
             }
         }
@@ -189,20 +193,20 @@ fn to_columns<const C: usize>(block: &[u8], in_w: usize, columns: &mut [u8]) {
 /// Columns back to the rows of `block` (`[n, out_w, C]`).
 #[inline(always)]
 fn from_columns<const C: usize>(columns: &[u8], block: &mut [u8]) {
-    let columns = columns.as_chunks::<COLUMN>().0;
-    let out_w = columns.len();
+    let out_w = columns.len() / COLUMN;
     for (r, row) in block.chunks_exact_mut(out_w * C).enumerate() {
         let lane = r * C;
         if C == 3 {
             // All but the last pixel as 4-byte moves, left to right so that each pixel
             // overwrites the byte its left neighbour spilled.
-            for (x, column) in columns[..out_w - 1].iter().enumerate() {
+            let (body, last) = columns.split_at((out_w - 1) * COLUMN);
+            for (x, column) in body.chunks_exact(COLUMN).enumerate() {
                 let px: [u8; 4] = column[lane..lane + 4].try_into().expect("4 bytes");
                 row[x * 3..x * 3 + 4].copy_from_slice(&px);
             }
-            row[(out_w - 1) * 3..].copy_from_slice(&columns[out_w - 1][lane..lane + 3]);
+            row[(out_w - 1) * 3..].copy_from_slice(&last[lane..lane + 3]);
         } else {
-            for (px, column) in row.as_chunks_mut::<C>().0.iter_mut().zip(columns) {
+            for (px, column) in row.chunks_exact_mut(C).zip(columns.chunks_exact(COLUMN)) {
                 px.copy_from_slice(&column[lane..lane + C]);
             }
         }
@@ -214,12 +218,15 @@ fn from_columns<const C: usize>(columns: &[u8], block: &mut [u8]) {
 #[inline(always)]
 fn horizontal_columns(columns: &[u8], taps: &WindowTaps, out: &mut [u8]) {
     let len = taps.len;
-    let columns = columns.as_chunks::<COLUMN>().0;
-    let out = out.as_chunks_mut::<COLUMN>().0;
-    let outputs = out.iter_mut().zip(&taps.start).zip(taps.weights.chunks_exact(len));
+    let outputs = out
+        .chunks_exact_mut(COLUMN)
+        .zip(&taps.start)
+        .zip(taps.weights.chunks_exact(len));
     for ((out_column, &start), weights) in outputs {
         let mut acc = [[HALF; 8]; HGROUPS];
-        for (column, &wt) in columns[start..start + len].iter().zip(weights) {
+        let window = columns[start * COLUMN..(start + len) * COLUMN].chunks_exact(COLUMN);
+        for (column, &wt) in window.zip(weights) {
+            let column: &[u8; COLUMN] = column.try_into().expect("one column");
             for (g, acc) in acc.iter_mut().enumerate() {
                 for (i, a) in acc.iter_mut().enumerate() {
                     *a += i32::from(column[g * 8 + i]) * wt;
