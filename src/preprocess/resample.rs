@@ -24,6 +24,11 @@
 //!
 //! Only the arithmetic of the 8-bit path is reproduced; the 16-bit and float paths of Pillow are
 //! not needed because images are converted to RGB8 first.
+//!
+//! This file computes the taps and chooses the passes; the passes themselves are in
+//! `resample_kernels.rs`, arranged so that the compiler vectorises them (the sums are exact
+//! integers, so their order does not change a bit). tests/cpu/preprocess_fast_paths.rs keeps a
+//! plain per-pixel transcription of Pillow to compare against.
 
 use std::ops::Range;
 
