@@ -10,6 +10,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use image::{DynamicImage, ImageDecoder, ImageReader, Limits};
 
+use half::bf16;
+
+use super::patchify::{f32_slice_to_bf16, level_table, level_table_bf16, patchify};
 use super::processor_config::ProcessorConfig;
 use super::resample::{resize_bicubic_with_order, PassOrder};
 use super::{PreprocessError, Result};
@@ -78,12 +81,13 @@ impl ImageGrid {
     }
 }
 
-/// One image ready for the vision tower.
+/// One image ready for the vision tower, its values in f32 (what transformers computes) or,
+/// from the `*_bf16` methods, in bf16 (what the vision tower runs in).
 #[derive(Clone, Debug, PartialEq)]
-pub struct ProcessedImage {
-    /// `[grid.num_patches(), 3 * patch * patch]` f32, patches in raster order over the grid,
+pub struct ProcessedImage<T = f32> {
+    /// `[grid.num_patches(), 3 * patch * patch]`, patches in raster order over the grid,
     /// each flattened `(c, ky, kx)`: the K order of the patch-embedding GEMM.
-    pub pixel_values: Vec<f32>,
+    pub pixel_values: Vec<T>,
     pub grid: ImageGrid,
     /// Size after `smart_resize`, in pixels.
     pub resized_height: usize,
@@ -91,9 +95,11 @@ pub struct ProcessedImage {
 }
 
 impl ProcessedImage {
-    /// The same values in bf16 (round to nearest even), the dtype the vision tower runs in.
-    pub fn pixel_values_bf16(&self) -> Vec<half::bf16> {
-        self.pixel_values.iter().map(|&v| half::bf16::from_f32(v)).collect()
+    /// The same values in bf16 (round to nearest even, as `half::bf16::from_f32`), the dtype
+    /// the vision tower runs in. The `*_bf16` methods of [`ImageProcessor`] give the same
+    /// values without the f32 image.
+    pub fn pixel_values_bf16(&self) -> Vec<bf16> {
+        f32_slice_to_bf16(&self.pixel_values)
     }
 }
 
@@ -228,7 +234,7 @@ pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<Rgb8Image> {
         .unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut img = DynamicImage::from_decoder(decoder).map_err(decode_error)?;
     img.apply_orientation(orientation);
-    Ok(to_rgb8_on_white(&img))
+    Ok(to_rgb8_on_white(img))
 }
 
 /// The most bytes a decoder may allocate for an image of at most `max_pixels`: RGBA f32
@@ -311,12 +317,23 @@ fn composite_on_white(rgb: [u8; 3], alpha: u8) -> [u8; 3] {
 }
 
 /// Any decoded layout to RGB8 on white. Grey replicates to the three channels; 16-bit samples
-/// keep their high byte; float samples are clipped to [0, 1] and rounded.
-fn to_rgb8_on_white(img: &DynamicImage) -> Rgb8Image {
+/// keep their high byte; float samples are clipped to [0, 1] and rounded. RGB8 is taken as it
+/// is, without a copy.
+fn to_rgb8_on_white(img: DynamicImage) -> Rgb8Image {
     let (width, height) = (img.width() as usize, img.height() as usize);
+    let img = match img {
+        DynamicImage::ImageRgb8(im) => {
+            return Rgb8Image {
+                width,
+                height,
+                data: im.into_raw(),
+            }
+        }
+        other => other,
+    };
     let mut data = Vec::with_capacity(width * height * 3);
     let hi = |v: u16| (v >> 8) as u8;
-    match img {
+    match &img {
         DynamicImage::ImageRgb8(im) => data.extend_from_slice(im.as_raw()),
         DynamicImage::ImageLuma8(im) => im.as_raw().iter().for_each(|&l| data.extend_from_slice(&[l; 3])),
         DynamicImage::ImageLumaA8(im) => {
@@ -404,6 +421,19 @@ impl ImageProcessor {
         Ok(self.normalize_patchify(&resized))
     }
 
+    /// [`Self::process_bytes`] straight to bf16: the same values as
+    /// [`ProcessedImage::pixel_values_bf16`] of its result, without the f32 image.
+    pub fn process_bytes_bf16(&self, bytes: &[u8]) -> Result<ProcessedImage<bf16>> {
+        let rgb = decode_rgb(bytes, self.max_decoded_pixels)?;
+        self.process_rgb_bf16(&rgb)
+    }
+
+    /// [`Self::process_rgb`] straight to bf16 (see [`Self::process_bytes_bf16`]).
+    pub fn process_rgb_bf16(&self, img: &Rgb8Image) -> Result<ProcessedImage<bf16>> {
+        let resized = self.resize(img)?;
+        Ok(self.normalize_patchify_bf16(&resized))
+    }
+
     /// `smart_resize` then the PIL bicubic resize (or, with `do_resize` off, a check that the
     /// image already fits the patch grid).
     pub fn resize(&self, img: &Rgb8Image) -> Result<Rgb8Image> {
@@ -430,56 +460,33 @@ impl ImageProcessor {
     /// Rescale, normalise and cut a resized image into patches. The sides must be multiples of
     /// the patch size (`resize` guarantees it).
     pub fn normalize_patchify(&self, img: &Rgb8Image) -> ProcessedImage {
+        self.patches(img, &level_table(&self.config))
+    }
+
+    /// [`Self::normalize_patchify`] in bf16: the same values rounded to bf16, from a table
+    /// of the 3 × 256 levels rather than an f32 image.
+    pub fn normalize_patchify_bf16(&self, img: &Rgb8Image) -> ProcessedImage<bf16> {
+        self.patches(img, &level_table_bf16(&self.config))
+    }
+
+    fn patches<T: Copy + Default>(&self, img: &Rgb8Image, lut: &[[T; 256]; 3]) -> ProcessedImage<T> {
         let ps = self.config.patch_size;
         assert!(
-            img.height % ps == 0 && img.width % ps == 0,
+            ps > 0 && img.height % ps == 0 && img.width % ps == 0,
             "normalize_patchify: {}x{} is not a multiple of the patch size {ps}",
             img.height,
             img.width
         );
-        let lut = self.level_table();
-        let (gh, gw) = (img.height / ps, img.width / ps);
-        let patch_dim = self.config.patch_dim();
-        let mut out = vec![0f32; gh * gw * patch_dim];
-        for (p, patch) in out.chunks_exact_mut(patch_dim).enumerate() {
-            let (py, px) = (p / gw, p % gw);
-            for c in 0..3 {
-                for ky in 0..ps {
-                    let row = (py * ps + ky) * img.width + px * ps;
-                    let dst = &mut patch[(c * ps + ky) * ps..(c * ps + ky + 1) * ps];
-                    for (kx, d) in dst.iter_mut().enumerate() {
-                        *d = lut[c][usize::from(img.data[(row + kx) * 3 + c])];
-                    }
-                }
-            }
-        }
         ProcessedImage {
-            pixel_values: out,
-            grid: ImageGrid { t: 1, h: gh, w: gw },
+            pixel_values: patchify(&img.data, (img.height, img.width), ps, lut),
+            grid: ImageGrid {
+                t: 1,
+                h: img.height / ps,
+                w: img.width / ps,
+            },
             resized_height: img.height,
             resized_width: img.width,
         }
-    }
-
-    /// The value of every uint8 level per channel, computed as transformers does:
-    /// `rescale` multiplies in f64 and stores f32, `normalize` subtracts and divides in f32.
-    fn level_table(&self) -> [[f32; 256]; 3] {
-        let c = &self.config;
-        let mut lut = [[0f32; 256]; 3];
-        for (ch, table) in lut.iter_mut().enumerate() {
-            for (level, v) in table.iter_mut().enumerate() {
-                let mut x = if c.do_rescale {
-                    (level as f64 * c.rescale_factor) as f32
-                } else {
-                    level as f32
-                };
-                if c.do_normalize {
-                    x = (x - c.image_mean[ch]) / c.image_std[ch];
-                }
-                *v = x;
-            }
-        }
-        lut
     }
 
     /// Processes many encoded images on up to `max_threads` CPU threads (each takes the next

@@ -14,9 +14,11 @@
 
 pub mod image;
 pub mod mrope;
+mod patchify;
 pub mod processor_config;
 pub mod prompt;
 pub mod resample;
+mod resample_kernels;
 
 pub use self::image::{
     decode_rgb, smart_resize, ImageGrid, ImageProcessor, ProcessedImage, Rgb8Image, DEFAULT_MAX_DECODED_PIXELS,

@@ -24,13 +24,20 @@
 //!
 //! Only the arithmetic of the 8-bit path is reproduced; the 16-bit and float paths of Pillow are
 //! not needed because images are converted to RGB8 first.
+//!
+//! This file computes the taps and chooses the passes; the passes themselves are in
+//! `resample_kernels.rs`, arranged so that the compiler vectorises them (the sums are exact
+//! integers, so their order does not change a bit). tests/cpu/preprocess_fast_paths.rs keeps a
+//! plain per-pixel transcription of Pillow to compare against.
 
 use std::ops::Range;
+
+use super::resample_kernels::{horizontal_pass, vertical_pass, Isa};
 
 /// Bits of fraction in the fixed-point weights (Pillow's `PRECISION_BITS`).
 const PRECISION_BITS: u32 = 32 - 8 - 2;
 /// Half of one output level in fixed point: the accumulators start here to round.
-const HALF: i32 = 1 << (PRECISION_BITS - 1);
+pub(super) const HALF: i32 = 1 << (PRECISION_BITS - 1);
 /// Support of the bicubic kernel in source pixels at scale 1.
 const BICUBIC_SUPPORT: f64 = 2.0;
 
@@ -48,16 +55,16 @@ fn bicubic_kernel(x: f64) -> f64 {
 }
 
 /// The taps of one axis: for output index `o`, source pixels `first[o] .. first[o] + count[o]`
-/// with fixed-point weights `weights[o * ksize ..][.. count[o]]`.
-struct AxisTaps {
-    ksize: usize,
-    first: Vec<usize>,
-    count: Vec<usize>,
-    weights: Vec<i32>,
+/// with fixed-point weights `weights[o * ksize ..][.. count[o]]` (Pillow's windows exactly).
+pub(super) struct AxisTaps {
+    pub(super) ksize: usize,
+    pub(super) first: Vec<usize>,
+    pub(super) count: Vec<usize>,
+    pub(super) weights: Vec<i32>,
 }
 
 impl AxisTaps {
-    fn new(in_size: usize, out_size: usize) -> Self {
+    pub(super) fn new(in_size: usize, out_size: usize) -> Self {
         // PIL computes `(double)(in1 - in0) / outSize` from float box edges; for any size
         // below 2^24 the float is exact, so this is the same double.
         let scale = in_size as f64 / out_size as f64;
@@ -98,9 +105,43 @@ impl AxisTaps {
         }
     }
 
-    fn taps(&self, o: usize) -> (usize, &[i32]) {
+    pub(super) fn taps(&self, o: usize) -> (usize, &[i32]) {
         let start = o * self.ksize;
         (self.first[o], &self.weights[start..start + self.count[o]])
+    }
+
+    /// The source rows (or columns) that some output reads.
+    pub(super) fn source_span(&self) -> Range<usize> {
+        let last = self.first.len() - 1;
+        self.first[0]..self.first[last] + self.count[last]
+    }
+}
+
+/// The same taps as [`AxisTaps`] in windows of one length for every output, which lets the
+/// horizontal kernel run a fixed-shape loop: output `o` reads source pixels
+/// `start[o] .. start[o] + len` with weights `weights[o * len ..][.. len]`. Each window is
+/// Pillow's window shifted left where it would run past the image, the extra taps weighted 0,
+/// so every sum is the same integer.
+pub(super) struct WindowTaps {
+    pub(super) len: usize,
+    pub(super) start: Vec<usize>,
+    pub(super) weights: Vec<i32>,
+}
+
+impl WindowTaps {
+    pub(super) fn new(taps: &AxisTaps, in_size: usize) -> Self {
+        // Pillow's windows lie inside the image, so the longest fits.
+        let len = taps.count.iter().copied().max().unwrap_or(1);
+        let out_size = taps.first.len();
+        let mut start = Vec::with_capacity(out_size);
+        let mut weights = vec![0i32; out_size * len];
+        for (o, row) in weights.chunks_exact_mut(len).enumerate() {
+            let (lo, w) = taps.taps(o);
+            let s = lo.min(in_size - len);
+            row[lo - s..lo - s + w.len()].copy_from_slice(w);
+            start.push(s);
+        }
+        WindowTaps { len, start, weights }
     }
 }
 
@@ -116,7 +157,8 @@ fn to_fixed(weight: f64) -> i32 {
 }
 
 /// Fixed-point accumulator to a pixel: drop the fraction (floor), clip to [0, 255].
-fn clip8(acc: i32) -> u8 {
+#[inline(always)]
+pub(super) fn clip8(acc: i32) -> u8 {
     (acc >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
@@ -188,69 +230,27 @@ fn resize_channels<const C: usize>(
 ) -> Vec<u8> {
     let need_horizontal = out_w != in_w;
     let need_vertical = out_h != in_h;
+    let isa = Isa::detect();
+    let horizontal = |src: &[u8], rows: Range<usize>| {
+        let taps = WindowTaps::new(&AxisTaps::new(in_w, out_w), in_w);
+        horizontal_pass::<C>(isa, src, in_w, &taps, rows)
+    };
     match (need_horizontal, need_vertical) {
         (false, false) => src.to_vec(),
-        (false, true) => vertical_pass::<C>(src, in_w, &AxisTaps::new(in_h, out_h), 0, out_h),
-        (true, false) => horizontal_pass::<C>(src, in_w, &AxisTaps::new(in_w, out_w), 0..in_h),
+        (false, true) => vertical_pass::<C>(isa, src, in_w, &AxisTaps::new(in_h, out_h), 0),
+        (true, false) => horizontal(src, 0..in_h),
         (true, true) if vertical_first => {
-            let rows = vertical_pass::<C>(src, in_w, &AxisTaps::new(in_h, out_h), 0, out_h);
-            horizontal_pass::<C>(&rows, in_w, &AxisTaps::new(in_w, out_w), 0..out_h)
+            let rows = vertical_pass::<C>(isa, src, in_w, &AxisTaps::new(in_h, out_h), 0);
+            horizontal(&rows, 0..out_h)
         }
         (true, true) => {
             // Only the source rows some output row reads go through the horizontal pass.
             let vertical = AxisTaps::new(in_h, out_h);
-            let row_first = vertical.first[0];
-            let row_last = vertical.first[out_h - 1] + vertical.count[out_h - 1];
-            let rows = horizontal_pass::<C>(src, in_w, &AxisTaps::new(in_w, out_w), row_first..row_last);
-            vertical_pass::<C>(&rows, out_w, &vertical, row_first, out_h)
+            let span = vertical.source_span();
+            let rows = horizontal(src, span.clone());
+            vertical_pass::<C>(isa, &rows, out_w, &vertical, span.start)
         }
     }
-}
-
-/// The horizontal pass over rows `rows` of `src` (width `in_w`): one output row per row.
-fn horizontal_pass<const C: usize>(src: &[u8], in_w: usize, taps: &AxisTaps, rows: Range<usize>) -> Vec<u8> {
-    let out_w = taps.first.len();
-    let mut out = vec![0u8; rows.len() * out_w * C];
-    for (out_row, r) in out.chunks_exact_mut(out_w * C).zip(rows) {
-        let in_row = &src[r * in_w * C..(r + 1) * in_w * C];
-        for (x, out_px) in out_row.chunks_exact_mut(C).enumerate() {
-            let (lo, weights) = taps.taps(x);
-            let mut acc = [HALF; C];
-            for (i, &w) in weights.iter().enumerate() {
-                let px = &in_row[(lo + i) * C..(lo + i + 1) * C];
-                for c in 0..C {
-                    acc[c] += i32::from(px[c]) * w;
-                }
-            }
-            for c in 0..C {
-                out_px[c] = clip8(acc[c]);
-            }
-        }
-    }
-    out
-}
-
-/// The vertical pass over `src` (width `w`), whose row 0 is source row `row_offset`.
-fn vertical_pass<const C: usize>(src: &[u8], w: usize, taps: &AxisTaps, row_offset: usize, out_h: usize) -> Vec<u8> {
-    let stride = w * C;
-    let mut out = vec![0u8; out_h * stride];
-    let mut acc = vec![0i32; stride];
-    for (y, out_row) in out.chunks_exact_mut(stride).enumerate() {
-        let (lo, weights) = taps.taps(y);
-        acc.fill(HALF);
-        // Row-major accumulation: same sums as PIL's per-pixel loop (integer addition is
-        // exact and associative), but streaming through memory.
-        for (i, &wt) in weights.iter().enumerate() {
-            let row = &src[(lo - row_offset + i) * stride..(lo - row_offset + i + 1) * stride];
-            for (a, &p) in acc.iter_mut().zip(row) {
-                *a += i32::from(p) * wt;
-            }
-        }
-        for (o, &a) in out_row.iter_mut().zip(&acc) {
-            *o = clip8(a);
-        }
-    }
-    out
 }
 
 #[cfg(test)]

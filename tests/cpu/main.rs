@@ -29,6 +29,7 @@ mod model_step_cpu;
 mod mrope_positions;
 mod paddlex_requests;
 mod preprocess;
+mod preprocess_fast_paths;
 mod prompt;
 mod remote_and_local_media;
 mod request_props;
