@@ -41,9 +41,11 @@ impl Frontend {
         let image = match self.image_cache.get(&key, bytes) {
             Some(hit) => hit,
             None => {
-                let p = processor.process_bytes(bytes).map_err(|e| e.to_string())?;
+                // Straight to bf16: the same bits as process_bytes + pixel_values_bf16
+                // (tests/cpu/preprocess_fast_paths.rs), without the f32 image between.
+                let p = processor.process_bytes_bf16(bytes).map_err(|e| e.to_string())?;
                 let image = CachedImage {
-                    pixels: p.pixel_values_bf16().into(),
+                    pixels: p.pixel_values.into(),
                     grid: p.grid,
                 };
                 self.image_cache.insert(key, bytes, image.clone());

@@ -135,9 +135,9 @@ pub(crate) fn workload_shapes(
     for (kind, width, height, task, output_len, share) in specs {
         let page = synthetic_page(width, height, task == Task::Table, &mut rng);
         let t = Instant::now();
-        let processed = processor.process_rgb(&page)?;
-        let pixels = processed.pixel_values_bf16();
+        let mut processed = processor.process_rgb_bf16(&page)?;
         let preprocess_ms = t.elapsed().as_secs_f64() * 1e3;
+        let pixels = std::mem::take(&mut processed.pixel_values);
         let grid = processed.grid;
         let prompt = prompts.build_task(&[grid], task)?;
         let image_tokens = grid.num_merged_tokens(cfg.vision.spatial_merge_size);
