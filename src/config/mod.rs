@@ -8,12 +8,17 @@
 pub mod cli_args;
 pub mod engine;
 pub mod env_flags;
+pub mod ernie_vl;
+pub(crate) mod fields;
 pub mod model;
+pub mod model_family;
 
 pub use cli_args::{normalize_flag_spelling, parse_engine_flags, EngineArgs, EngineSettings};
 pub use engine::EngineConfig;
 pub use env_flags::{EnvFlags, FlashAttnVersion, SamplingClass};
+pub use ernie_vl::ErnieVlConfig;
 pub use model::{ModelConfig, SpecialTokens, TextConfig, VisionConfig};
+pub use model_family::{detect_model_family, ModelFamilyKind};
 
 use std::path::PathBuf;
 
@@ -62,6 +67,14 @@ pub enum ConfigError {
         origin: String,
         field: String,
         reason: String,
+    },
+
+    /// A model family ocrvl recognises from config.json but cannot serve yet.
+    #[error("{origin}: {family} is recognised but not yet servable: {missing}")]
+    NotServable {
+        origin: String,
+        family: &'static str,
+        missing: &'static str,
     },
 
     #[error("flag `{flag}` needs a value")]

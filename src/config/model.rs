@@ -13,8 +13,9 @@
 
 use std::path::Path;
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
+use super::fields::Fields;
 use super::ConfigError;
 
 /// The one text activation the engine implements (ERNIE-4.5 SwiGLU).
@@ -247,6 +248,10 @@ impl ModelConfig {
     }
 
     pub fn from_json_value(value: &Value, origin: &str) -> Result<Self, ConfigError> {
+        // Another family's config gets that family's message, not a PaddleOCR-VL field error.
+        if super::detect_model_family(value) == super::ModelFamilyKind::ErnieVl {
+            return Err(super::model_family::not_servable(value, origin));
+        }
         let top = Fields::root(value, origin)?;
         if let Some(model_type) = top.str_opt("model_type")? {
             if model_type != "paddleocr_vl" {
@@ -631,175 +636,4 @@ fn parse_vision(v: &Fields) -> Result<VisionConfig, ConfigError> {
         layer_norm_eps: v.f64_req("layer_norm_eps")?,
         rope_theta,
     })
-}
-
-/// Typed access to one JSON object; errors name the field by its dotted path and the file.
-/// A `null` value counts as absent, as HF writes `null` for unset optionals.
-#[derive(Clone)]
-struct Fields<'a> {
-    obj: &'a Map<String, Value>,
-    prefix: String,
-    origin: &'a str,
-}
-
-impl<'a> Fields<'a> {
-    fn root(value: &'a Value, origin: &'a str) -> Result<Self, ConfigError> {
-        match value {
-            Value::Object(obj) => Ok(Fields {
-                obj,
-                prefix: String::new(),
-                origin,
-            }),
-            other => Err(ConfigError::FieldType {
-                origin: origin.to_string(),
-                field: "(top level)".into(),
-                expected: "an object",
-                found: describe(other),
-            }),
-        }
-    }
-
-    fn path(&self, key: &str) -> String {
-        if self.prefix.is_empty() {
-            key.to_string()
-        } else {
-            format!("{}.{key}", self.prefix)
-        }
-    }
-
-    fn get(&self, key: &str) -> Option<&'a Value> {
-        self.obj.get(key).filter(|v| !v.is_null())
-    }
-
-    fn missing(&self, key: &str) -> ConfigError {
-        ConfigError::MissingField {
-            origin: self.origin.to_string(),
-            field: self.path(key),
-        }
-    }
-
-    fn wrong_type(&self, key: &str, expected: &'static str, found: &Value) -> ConfigError {
-        ConfigError::FieldType {
-            origin: self.origin.to_string(),
-            field: self.path(key),
-            expected,
-            found: describe(found),
-        }
-    }
-
-    fn bad_value(&self, key: &str, value: &str, valid: &str) -> ConfigError {
-        ConfigError::FieldValue {
-            origin: self.origin.to_string(),
-            field: self.path(key),
-            value: format!("{value:?}"),
-            valid: valid.to_string(),
-        }
-    }
-
-    fn usize_opt(&self, key: &str) -> Result<Option<usize>, ConfigError> {
-        let Some(value) = self.get(key) else { return Ok(None) };
-        match value.as_u64().and_then(|n| usize::try_from(n).ok()) {
-            Some(n) => Ok(Some(n)),
-            None => Err(self.wrong_type(key, "a non-negative integer", value)),
-        }
-    }
-
-    fn usize_req(&self, key: &str) -> Result<usize, ConfigError> {
-        self.usize_opt(key)?.ok_or_else(|| self.missing(key))
-    }
-
-    fn f64_opt(&self, key: &str) -> Result<Option<f64>, ConfigError> {
-        let Some(value) = self.get(key) else { return Ok(None) };
-        value
-            .as_f64()
-            .map(Some)
-            .ok_or_else(|| self.wrong_type(key, "a number", value))
-    }
-
-    fn f64_req(&self, key: &str) -> Result<f64, ConfigError> {
-        self.f64_opt(key)?.ok_or_else(|| self.missing(key))
-    }
-
-    fn bool_opt(&self, key: &str) -> Result<Option<bool>, ConfigError> {
-        let Some(value) = self.get(key) else { return Ok(None) };
-        value
-            .as_bool()
-            .map(Some)
-            .ok_or_else(|| self.wrong_type(key, "true or false", value))
-    }
-
-    fn str_opt(&self, key: &str) -> Result<Option<&'a str>, ConfigError> {
-        let Some(value) = self.get(key) else { return Ok(None) };
-        value
-            .as_str()
-            .map(Some)
-            .ok_or_else(|| self.wrong_type(key, "a string", value))
-    }
-
-    fn obj_opt(&self, key: &str) -> Result<Option<Fields<'a>>, ConfigError> {
-        let Some(value) = self.get(key) else { return Ok(None) };
-        match value {
-            Value::Object(obj) => Ok(Some(Fields {
-                obj,
-                prefix: self.path(key),
-                origin: self.origin,
-            })),
-            other => Err(self.wrong_type(key, "an object", other)),
-        }
-    }
-
-    fn obj_req(&self, key: &str) -> Result<Fields<'a>, ConfigError> {
-        self.obj_opt(key)?.ok_or_else(|| self.missing(key))
-    }
-
-    fn token_opt(&self, key: &str) -> Result<Option<u32>, ConfigError> {
-        let Some(value) = self.get(key) else { return Ok(None) };
-        match value.as_u64().and_then(|n| u32::try_from(n).ok()) {
-            Some(id) => Ok(Some(id)),
-            None => Err(self.wrong_type(key, "a token id (integer below 2^32)", value)),
-        }
-    }
-
-    fn token_req(&self, key: &str) -> Result<u32, ConfigError> {
-        self.token_opt(key)?.ok_or_else(|| self.missing(key))
-    }
-
-    /// A single id or a list of ids (HF allows both for `eos_token_id`).
-    fn token_list_opt(&self, key: &str) -> Result<Option<Vec<u32>>, ConfigError> {
-        let Some(value) = self.get(key) else { return Ok(None) };
-        let as_id = |v: &Value| v.as_u64().and_then(|n| u32::try_from(n).ok());
-        let ids = match value {
-            Value::Array(items) => items.iter().map(as_id).collect::<Option<Vec<u32>>>(),
-            single => as_id(single).map(|id| vec![id]),
-        };
-        ids.map(Some)
-            .ok_or_else(|| self.wrong_type(key, "a token id or a list of token ids", value))
-    }
-
-    fn mrope_section_opt(&self) -> Result<Option<[usize; 3]>, ConfigError> {
-        let key = "mrope_section";
-        let Some(value) = self.get(key) else { return Ok(None) };
-        let parsed = value.as_array().and_then(|items| {
-            let nums: Option<Vec<usize>> = items
-                .iter()
-                .map(|v| v.as_u64().and_then(|n| usize::try_from(n).ok()))
-                .collect();
-            <[usize; 3]>::try_from(nums?).ok()
-        });
-        parsed
-            .map(Some)
-            .ok_or_else(|| self.wrong_type(key, "a list of 3 non-negative integers", value))
-    }
-}
-
-/// Short description of a JSON value for "found ..." in messages.
-fn describe(value: &Value) -> String {
-    match value {
-        Value::Null => "null".into(),
-        Value::Bool(b) => b.to_string(),
-        Value::Number(n) => format!("the number {n}"),
-        Value::String(s) => format!("the string {s:?}"),
-        Value::Array(_) => "a list".into(),
-        Value::Object(_) => "an object".into(),
-    }
 }

@@ -1,0 +1,73 @@
+//! Which model family a checkpoint's `config.json` describes, decided once from its
+//! `architectures` and `model_type` before any family's parser runs, so that a directory of
+//! another family gets a message about that family instead of a field error of this one.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::ernie_vl::ErnieVlConfig;
+use super::ConfigError;
+
+/// The families ocrvl knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelFamilyKind {
+    /// PaddleOCR-VL (and any config that names no other family: the historical default).
+    PaddleOcrVl,
+    /// ERNIE-4.5-VL (28B-A3B, its Thinking variant, 424B-A47B): recognised, not yet served.
+    ErnieVl,
+}
+
+/// `model_type` values of ERNIE-4.5-VL: Baidu's flat hub file, transformers' native config and
+/// the name of transformers' development port (spec §1, §2).
+const ERNIE_MODEL_TYPES: [&str; 3] = ["ernie4_5_moe_vl", "ernie4_5_vl_moe", "ernie4_5_vl"];
+/// `architectures` entries of ERNIE-4.5-VL (with and without transformers' deprecated alias).
+const ERNIE_ARCHITECTURES: [&str; 2] = [
+    "Ernie4_5_VLMoeForConditionalGeneration",
+    "Ernie4_5_VL_MoeForConditionalGeneration",
+];
+
+/// What is missing before ERNIE-4.5-VL can be served: the message's tail.
+pub const ERNIE_MISSING: &str = "its config, tensor inventory and synthetic checkpoints exist, but the \
+     forward does not yet (MoE routing and grouped expert GEMMs, the ViT and resampler, the 3D \
+     rotary, the decoder step); see docs/ERNIE_4_5_VL_SPEC.md and issue 18";
+
+/// The family of a parsed `config.json`. Anything that is not recognisably ERNIE-4.5-VL is
+/// PaddleOCR-VL, whose parser then reports what is wrong with it (unchanged behaviour).
+pub fn detect_model_family(config: &Value) -> ModelFamilyKind {
+    let model_type = config.get("model_type").and_then(Value::as_str);
+    let archs = config.get("architectures").and_then(Value::as_array);
+    let named_arch = archs.is_some_and(|list| {
+        list.iter()
+            .filter_map(Value::as_str)
+            .any(|a| ERNIE_ARCHITECTURES.contains(&a))
+    });
+    if model_type.is_some_and(|t| ERNIE_MODEL_TYPES.contains(&t)) || named_arch {
+        ModelFamilyKind::ErnieVl
+    } else {
+        ModelFamilyKind::PaddleOcrVl
+    }
+}
+
+/// Reads `dir/config.json` and detects its family.
+pub fn detect_model_family_in(dir: &Path) -> Result<ModelFamilyKind, ConfigError> {
+    let path = dir.join("config.json");
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Io { path, source })?;
+    let value: Value = serde_json::from_str(&text).map_err(|source| ConfigError::Json { origin, source })?;
+    Ok(detect_model_family(&value))
+}
+
+/// The error for a family ocrvl recognises but cannot serve yet. A broken ERNIE config gets
+/// its own field error first (the parser runs), so the user fixes the file before learning the
+/// rest.
+pub fn not_servable(config: &Value, origin: &str) -> ConfigError {
+    if let Err(err) = ErnieVlConfig::from_json_value(config, origin) {
+        return err;
+    }
+    ConfigError::NotServable {
+        origin: origin.to_string(),
+        family: "ERNIE-4.5-VL",
+        missing: ERNIE_MISSING,
+    }
+}
