@@ -2,6 +2,7 @@
 //! checkpoints. Model quirks live here, never inside kernel dispatch. [`family`] is what the
 //! engine sees of a model; [`paddleocr_vl`] implements it.
 
+pub mod ernie_vl;
 pub mod family;
 pub mod gpu_weights;
 pub mod names;

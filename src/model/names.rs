@@ -64,11 +64,11 @@ pub fn text_layer(layer: usize, suffix: &str) -> String {
     format!("{TEXT_PREFIX}layers.{layer}.{suffix}")
 }
 
-/// Appends specs; every tensor of this model is bf16.
-struct Inventory(Vec<TensorSpec>);
+/// Appends specs, all bf16 (every tensor of PaddleOCR-VL, and the ERNIE-4.5-VL inventory).
+pub(crate) struct Inventory(pub(crate) Vec<TensorSpec>);
 
 impl Inventory {
-    fn push(&mut self, name: String, shape: &[usize], kind: TensorKind) {
+    pub(crate) fn push(&mut self, name: String, shape: &[usize], kind: TensorKind) {
         self.0.push(TensorSpec {
             name,
             shape: shape.to_vec(),
@@ -78,7 +78,7 @@ impl Inventory {
     }
 
     /// `{prefix}weight [out, in]` and `{prefix}bias [out]`.
-    fn linear_with_bias(&mut self, prefix: &str, out: usize, inp: usize) {
+    pub(crate) fn linear_with_bias(&mut self, prefix: &str, out: usize, inp: usize) {
         self.push(
             format!("{prefix}weight"),
             &[out, inp],
@@ -87,11 +87,11 @@ impl Inventory {
         self.push(format!("{prefix}bias"), &[out], TensorKind::Bias);
     }
 
-    fn linear(&mut self, name: String, out: usize, inp: usize) {
+    pub(crate) fn linear(&mut self, name: String, out: usize, inp: usize) {
         self.push(name, &[out, inp], TensorKind::Linear { fan_in: inp });
     }
 
-    fn layer_norm(&mut self, prefix: &str, width: usize) {
+    pub(crate) fn layer_norm(&mut self, prefix: &str, width: usize) {
         self.push(format!("{prefix}weight"), &[width], TensorKind::NormWeight);
         self.push(format!("{prefix}bias"), &[width], TensorKind::NormBias);
     }

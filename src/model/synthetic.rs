@@ -110,30 +110,9 @@ pub fn synthetic_tensor_specs(cfg: &ModelConfig, opts: &SyntheticOptions) -> Vec
 /// its file name per `opts.version`), the tokenizer, `chat_template.jinja` and the weights into
 /// `dir`, creating it if needed.
 pub fn write_synthetic_model(dir: &Path, cfg: &ModelConfig, opts: &SyntheticOptions) -> Result<SyntheticReport> {
-    const OP: &str = "write_synthetic_model";
     cfg.validate()?;
     let specs = synthetic_tensor_specs(cfg, opts);
-    if opts.shards == 0 || opts.shards > specs.len() {
-        return Err(Error::invalid(
-            OP,
-            format!(
-                "shards must be in 1..={} (one tensor per shard at least), got {}",
-                specs.len(),
-                opts.shards
-            ),
-        ));
-    }
-    // The loader prefers model.safetensors over an index, so a leftover single file would
-    // silently shadow the shards written now.
-    if opts.shards > 1 && dir.join(SINGLE_FILE).exists() {
-        return Err(Error::invalid(
-            OP,
-            format!(
-                "{} already holds {SINGLE_FILE}, which would shadow the shards; remove it",
-                dir.display()
-            ),
-        ));
-    }
+    check_shards(dir, &specs, opts.shards)?;
     std::fs::create_dir_all(dir).map_err(|source| io_error(dir, source))?;
 
     let mut files = Vec::new();
@@ -155,23 +134,70 @@ pub fn write_synthetic_model(dir: &Path, cfg: &ModelConfig, opts: &SyntheticOpti
     write_text(&template_path, crate::preprocess::prompt::DEFAULT_CHAT_TEMPLATE)?;
     files.push(template_path);
 
+    files.extend(write_weight_files(dir, &specs, opts.seed, opts.shards, opts.lm_head_scale)?);
+    Ok(SyntheticReport {
+        files,
+        num_tensors: specs.len(),
+        tensor_bytes: specs.iter().map(|s| s.size_bytes() as u64).sum(),
+    })
+}
+
+/// Refuses a shard count the specs cannot fill, or shards beside a `model.safetensors` that
+/// would shadow them. Called before anything is written.
+pub(crate) fn check_shards(dir: &Path, specs: &[TensorSpec], shards: usize) -> Result<()> {
+    const OP: &str = "write_synthetic_model";
+    if shards == 0 || shards > specs.len() {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "shards must be in 1..={} (one tensor per shard at least), got {}",
+                specs.len(),
+                shards
+            ),
+        ));
+    }
+    // The loader prefers model.safetensors over an index, so a leftover single file would
+    // silently shadow the shards written now.
+    if shards > 1 && dir.join(SINGLE_FILE).exists() {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "{} already holds {SINGLE_FILE}, which would shadow the shards; remove it",
+                dir.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Writes `specs` (random bf16 values, seeded per tensor) as `model.safetensors` (`shards`
+/// 1) or as `shards` files plus `model.safetensors.index.json`; returns the files written. The
+/// family-independent half of [`write_synthetic_model`]; `dir` must exist.
+pub(crate) fn write_weight_files(
+    dir: &Path,
+    specs: &[TensorSpec],
+    seed: u64,
+    shards: usize,
+    lm_head_scale: f32,
+) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
     let mut metadata = BTreeMap::new();
     metadata.insert("format", "pt".to_string());
     metadata.insert(SYNTHETIC_KEY, "ocrvl".to_string());
-    metadata.insert(SEED_KEY, opts.seed.to_string());
+    metadata.insert(SEED_KEY, seed.to_string());
 
-    let groups = split_into_shards(&specs, opts.shards);
+    let groups = split_into_shards(specs, shards);
     let mut buffer = Vec::new();
-    if opts.shards == 1 {
+    if shards == 1 {
         let path = dir.join(SINGLE_FILE);
-        write_safetensors(&path, &specs, &metadata, opts.seed, opts.lm_head_scale, &mut buffer)?;
+        write_safetensors(&path, specs, &metadata, seed, lm_head_scale, &mut buffer)?;
         files.push(path);
     } else {
         let mut weight_map = BTreeMap::new();
         for (k, group) in groups.iter().enumerate() {
-            let file = format!("model-{:05}-of-{:05}.safetensors", k + 1, opts.shards);
+            let file = format!("model-{:05}-of-{:05}.safetensors", k + 1, shards);
             let path = dir.join(&file);
-            write_safetensors(&path, group, &metadata, opts.seed, opts.lm_head_scale, &mut buffer)?;
+            write_safetensors(&path, group, &metadata, seed, lm_head_scale, &mut buffer)?;
             files.push(path);
             for spec in *group {
                 weight_map.insert(spec.name.clone(), file.clone());
@@ -183,11 +209,7 @@ pub fn write_synthetic_model(dir: &Path, cfg: &ModelConfig, opts: &SyntheticOpti
         write_text(&index_path, &serde_json::to_string_pretty(&index).expect("json"))?;
         files.push(index_path);
     }
-    Ok(SyntheticReport {
-        files,
-        num_tensors: specs.len(),
-        tensor_bytes: specs.iter().map(|s| s.size_bytes() as u64).sum(),
-    })
+    Ok(files)
 }
 
 /// The bytes (bf16, little-endian) that a synthetic checkpoint with `seed` holds for `spec`.
@@ -391,11 +413,11 @@ fn name_hash(name: &str) -> u64 {
     })
 }
 
-fn write_text(path: &Path, text: &str) -> Result<()> {
+pub(crate) fn write_text(path: &Path, text: &str) -> Result<()> {
     std::fs::write(path, text).map_err(|source| io_error(path, source))
 }
 
-fn io_error(path: &Path, source: std::io::Error) -> Error {
+pub(crate) fn io_error(path: &Path, source: std::io::Error) -> Error {
     Error::Io {
         path: path.to_path_buf(),
         source,

@@ -140,16 +140,26 @@ pub fn synthetic_tokenizer_json(cfg: &ModelConfig) -> Result<String> {
 
 /// The `tokenizer.json` text for `cfg`'s vocabulary in `version`'s layout.
 pub fn synthetic_tokenizer_json_for(cfg: &ModelConfig, version: CheckpointVersion) -> Result<String> {
-    let vocab_size = cfg.text.vocab_size as u32;
     let specials = special_tokens(cfg, version)?;
-    let special_ids: HashSet<u32> = specials.iter().map(|s| s.0).collect();
     let mut pieces: Vec<String> = PROMPT_WORDS.iter().map(|w| w.to_string()).collect();
     pieces.extend((0x20u8..0x7f).map(|c| (c as char).to_string()));
     pieces.push("\n".to_string());
     pieces.extend(V1_5_WORDS.iter().map(|w| w.to_string()));
+    word_level_tokenizer_json(cfg.text.vocab_size as u32, &specials, pieces)
+}
 
+/// A WordLevel `tokenizer.json` of `vocab_size` ids: `specials` (id, content, special) as
+/// added tokens at their ids, then `pieces` on the free ids in order, then a filler word
+/// `w<id> ` on every id left (see the module doc). Shared by every family's synthetic
+/// checkpoint.
+pub(crate) fn word_level_tokenizer_json(
+    vocab_size: u32,
+    specials: &[(u32, String, bool)],
+    pieces: Vec<String>,
+) -> Result<String> {
+    let special_ids: HashSet<u32> = specials.iter().map(|s| s.0).collect();
     let mut vocab: BTreeMap<String, u32> = BTreeMap::new();
-    for (id, content, _) in &specials {
+    for (id, content, _) in specials {
         vocab.insert(content.clone(), *id);
     }
     let mut next_piece = pieces.into_iter();

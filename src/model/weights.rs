@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 use safetensors::tensor::Metadata;
 
-use super::names::{canonical_name, expected_tensors, unused_tensors, EMBED_TOKENS, LM_HEAD};
+use super::names::{canonical_name, expected_tensors, unused_tensors, TensorSpec, EMBED_TOKENS, LM_HEAD};
 use crate::config::ModelConfig;
 use crate::runtime::DType;
 
@@ -91,6 +91,14 @@ pub enum WeightsError {
 
     #[error("{}: missing tensor `{name}`", dir.display())]
     MissingTensor { dir: PathBuf, name: String },
+
+    /// A stored tensor that a strict inventory (ERNIE-4.5-VL) does not list.
+    #[error("{}: tensor `{name}` is not in the {model} inventory (a different checkpoint layout or model size?)", dir.display())]
+    UnexpectedTensor {
+        dir: PathBuf,
+        model: &'static str,
+        name: String,
+    },
 
     #[error("{}: tensor `{name}` has shape {found:?}, expected {expected:?}", file.display())]
     WrongShape {
@@ -301,10 +309,26 @@ impl Checkpoint {
     /// conversion path that nothing else exercises; it is reported as a wrong dtype instead.
     /// Tensors the model does not use are skipped and counted, never rejected.
     pub fn validate(&self, cfg: &ModelConfig) -> Result<ValidatedWeights<'_>, WeightsError> {
-        let expected = expected_tensors(cfg);
+        let unused: HashSet<String> = unused_tensors(cfg).into_iter().map(|s| s.name).collect();
+        self.validate_specs(&expected_tensors(cfg), &|name| unused.contains(name), &|spec, found| {
+            found == spec.dtype
+        })
+    }
+
+    /// The family-independent check behind [`Checkpoint::validate`]: every tensor of
+    /// `expected` must be present (except `lm_head.weight`, whose absence means tied) with its
+    /// shape and a dtype `dtype_ok` accepts; stored tensors outside `expected` are counted as
+    /// known-unused when `known_unused` says so and listed as unknown otherwise (a family that
+    /// wants them rejected checks [`ValidatedWeights::unknown_skipped`]).
+    pub fn validate_specs(
+        &self,
+        expected: &[TensorSpec],
+        known_unused: &dyn Fn(&str) -> bool,
+        dtype_ok: &dyn Fn(&TensorSpec, DType) -> bool,
+    ) -> Result<ValidatedWeights<'_>, WeightsError> {
         let mut tensors = Vec::with_capacity(expected.len());
         let mut lm_head_tied = false;
-        for spec in &expected {
+        for spec in expected {
             let Some((name, entry)) = self.entries.get_key_value(&spec.name) else {
                 // MODEL_SPEC §4.4: no lm_head means it is tied to the token embedding,
                 // whatever tie_word_embeddings says.
@@ -327,7 +351,7 @@ impl Checkpoint {
                 });
             }
             let tensor = self.view(name, entry)?;
-            if tensor.dtype != spec.dtype {
+            if !dtype_ok(spec, tensor.dtype) {
                 return Err(WeightsError::WrongDtype {
                     file: file.clone(),
                     name: spec.name.clone(),
@@ -339,13 +363,12 @@ impl Checkpoint {
         }
 
         let used: HashSet<&str> = expected.iter().map(|s| s.name.as_str()).collect();
-        let unused: HashSet<String> = unused_tensors(cfg).into_iter().map(|s| s.name).collect();
         let mut unused_skipped = 0;
         let mut unknown_skipped = Vec::new();
         for name in self.entries.keys() {
             if used.contains(name.as_str()) {
                 continue;
-            } else if unused.contains(name) {
+            } else if known_unused(name) {
                 unused_skipped += 1;
             } else {
                 unknown_skipped.push(name.clone());
