@@ -3,15 +3,19 @@
 //!
 //! synth-model --out DIR [--tiny] [--version 1|1.5|1.6] [--seed N] [--shards N] [--no-unused]
 //! [--no-lm-head]
+//! synth-model --arch ernie-4.5-vl-28b-a3b (--out DIR | --dry-run) [--tiny] [--seed N] [--shards N]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
+use ocrvl::config::ErnieVlConfig;
+use ocrvl::model::ernie_vl::synthetic as ernie;
 use ocrvl::model::synthetic::{synthetic_config, write_synthetic_model, CheckpointVersion, SyntheticOptions};
 
 const USAGE: &str =
     "usage: synth-model --out DIR [--tiny] [--version 1|1.5|1.6] [--seed N] [--shards N] [--no-unused] [--no-lm-head]
+       synth-model --arch ernie-4.5-vl-28b-a3b (--out DIR | --dry-run) [--tiny] [--seed N] [--shards N]
 
   --out DIR      directory to write (created if missing)
   --tiny         the small test model instead of the full 0.9B one
@@ -21,18 +25,25 @@ const USAGE: &str =
   --seed N       random seed (default 0); same seed, same bytes
   --shards N     1 writes model.safetensors (default); N > 1 writes N shards and an index
   --no-unused    leave out the tensors the model never reads
-  --no-lm-head   leave out lm_head.weight (the loader then ties it to the embedding)";
+  --no-lm-head   leave out lm_head.weight (the loader then ties it to the embedding)
+  --arch A       paddleocr-vl (default) or ernie-4.5-vl-28b-a3b (always sharded: 3 files
+                 tiny, 12 full; the full model is ~58.8 GB)
+  --dry-run      print the inventory's tensor count, parameters and bytes; write nothing";
 
 struct Args {
-    out: PathBuf,
+    out: Option<PathBuf>,
     tiny: bool,
     opts: SyntheticOptions,
+    ernie: bool,
+    shards_given: bool,
+    dry_run: bool,
 }
 
 fn parse_args(args: &[String]) -> Result<Args, String> {
     let mut out = None;
     let mut tiny = false;
     let mut opts = SyntheticOptions::default();
+    let (mut ernie, mut shards_given, mut dry_run) = (false, false, false);
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -57,7 +68,17 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
                     Ok(n) if n >= 1 => n,
                     _ => return Err(format!("--shards: {v:?} is not a whole number >= 1")),
                 };
+                shards_given = true;
             }
+            "--arch" => {
+                let v = value()?;
+                ernie = match v.as_str() {
+                    "paddleocr-vl" => false,
+                    ernie::ARCH => true,
+                    _ => return Err(format!("--arch: {v:?} is not paddleocr-vl or {}", ernie::ARCH)),
+                };
+            }
+            "--dry-run" => dry_run = true,
             "--tiny" => tiny = true,
             "--version" => {
                 let v = value()?;
@@ -74,8 +95,20 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
-    let out = out.ok_or("--out DIR is required")?;
-    Ok(Args { out, tiny, opts })
+    if out.is_none() && !dry_run {
+        return Err("--out DIR is required".into());
+    }
+    if dry_run && !ernie {
+        return Err("--dry-run is only implemented for --arch ernie-4.5-vl-28b-a3b".into());
+    }
+    Ok(Args {
+        out,
+        tiny,
+        opts,
+        ernie,
+        shards_given,
+        dry_run,
+    })
 }
 
 fn main() -> ExitCode {
@@ -94,9 +127,13 @@ fn main() -> ExitCode {
             };
         }
     };
+    if args.ernie {
+        return run_ernie(&args);
+    }
+    let out = args.out.clone().expect("checked by parse_args");
     let cfg = synthetic_config(args.opts.version, args.tiny);
     let start = Instant::now();
-    match write_synthetic_model(&args.out, &cfg, &args.opts) {
+    match write_synthetic_model(&out, &cfg, &args.opts) {
         Ok(report) => {
             let secs = start.elapsed().as_secs_f64();
             println!(
@@ -105,11 +142,58 @@ fn main() -> ExitCode {
                 report.num_tensors,
                 report.tensor_bytes as f64 / 1e6,
                 args.opts.seed,
-                args.out.display(),
+                out.display(),
             );
             for file in &report.files {
                 println!("  {}", file.display());
             }
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("synth-model: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--arch ernie-4.5-vl-28b-a3b`: the dry run prints sizes from the inventory alone; otherwise
+/// the sharded directory is written.
+fn run_ernie(args: &Args) -> ExitCode {
+    let cfg = if args.tiny {
+        ErnieVlConfig::tiny()
+    } else {
+        ErnieVlConfig::ernie_4_5_vl_28b_a3b()
+    };
+    let size = ernie::synthetic_size(&cfg);
+    let model = if args.tiny { "tiny ERNIE-4.5-VL" } else { "ERNIE-4.5-VL-28B-A3B" };
+    if args.dry_run {
+        println!(
+            "{model}: {} tensors, {} parameters ({} active per text token), {} bytes of bf16 ({:.1} GB)",
+            size.tensors,
+            size.params,
+            size.active_params,
+            size.bytes,
+            size.bytes as f64 / 1e9
+        );
+        return ExitCode::SUCCESS;
+    }
+    let out = args.out.clone().expect("checked by parse_args");
+    let mut opts = ernie::ErnieSyntheticOptions::for_model(args.tiny);
+    opts.seed = args.opts.seed;
+    if args.shards_given {
+        opts.shards = args.opts.shards;
+    }
+    let start = Instant::now();
+    match ernie::write_synthetic_model(&out, &cfg, &opts) {
+        Ok(report) => {
+            println!(
+                "wrote {model} ({} tensors, {:.1} MB of bf16, seed {}) to {} in {:.1} s",
+                report.num_tensors,
+                report.tensor_bytes as f64 / 1e6,
+                opts.seed,
+                out.display(),
+                start.elapsed().as_secs_f64(),
+            );
             ExitCode::SUCCESS
         }
         Err(err) => {

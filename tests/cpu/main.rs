@@ -19,6 +19,8 @@ mod checkpoint_layouts;
 mod command_lines;
 mod config;
 mod detokenize;
+mod ernie_vl_checkpoint;
+mod ernie_vl_config;
 mod ffi_header;
 mod fidelity_cpu;
 mod hostile_images;
