@@ -170,7 +170,10 @@ fn tokenizer_and_template_render_an_image_prompt() {
     assert!(render(Some(true)).ends_with("\nAssistant: <think>"));
 
     let tok = tokenizers::Tokenizer::from_file(dir.path().join("tokenizer.json")).unwrap();
-    let ids = tok.encode(off.as_str(), false).unwrap().get_ids().to_vec();
+    // The template's own text encodes without <unk> (free text beyond the template words and
+    // single characters is out of the synthetic vocabulary, as for PaddleOCR-VL's).
+    let scaffold = off.replace("Be brief.", "").replace("Describe the image.", "");
+    let ids = tok.encode(scaffold.as_str(), false).unwrap().get_ids().to_vec();
     let t = &cfg.tokens;
     for id in [t.image_token_id, t.image_start_token_id, t.image_end_token_id] {
         assert_eq!(ids.iter().filter(|&&x| x == id).count(), 1, "id {id} in {ids:?}");

@@ -6,106 +6,113 @@ use ocrvl::config::ernie_vl::ErnieConfigLayout;
 use ocrvl::config::model_family::detect_model_family_in;
 use ocrvl::config::{detect_model_family, ConfigError, ErnieVlConfig, ModelConfig, ModelFamilyKind};
 
+const HUB_FLAT: &str = r#"{
+    "architectures": ["Ernie4_5_VLMoeForConditionalGeneration"],
+    "auto_map": {"AutoConfig": "configuration_ernie_45t_vl.Ernie4_5_VLMoEConfig"},
+    "model_type": "ernie4_5_moe_vl",
+    "hidden_size": 2560,
+    "intermediate_size": 12288,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 20,
+    "num_key_value_heads": 4,
+    "rms_norm_eps": 1e-05,
+    "vocab_size": 103424,
+    "max_position_embeddings": 131072,
+    "rope_theta": 500000,
+    "freq_allocation": 20,
+    "rope_3d": true,
+    "tie_word_embeddings": true,
+    "use_bias": false,
+    "moe_num_experts": [64, 64],
+    "moe_intermediate_size": [1536, 512],
+    "moe_k": 6,
+    "moe_num_shared_experts": 2,
+    "moe_layer_start_index": [1, 1],
+    "moe_layer_end_index": [29, 28],
+    "moe_layer_interval": 1,
+    "moe_gate": "topk",
+    "moe_use_aux_free": true,
+    "im_patch_id": 100295,
+    "pixel_hidden_size": 1280,
+    "spatial_conv_size": 2,
+    "temporal_conv_size": 2,
+    "use_temporal_conv": true,
+    "pad_token_id": 0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "torch_dtype": "bfloat16",
+    "vision_config": {
+        "depth": 32,
+        "embed_dim": 1280,
+        "hidden_size": 1280,
+        "num_heads": 16,
+        "mlp_ratio": 4,
+        "hidden_act": "quick_gelu",
+        "in_channels": 3,
+        "patch_size": 14,
+        "spatial_merge_size": 2
+    }
+}"#;
+
 /// The flat hub config of baidu/ERNIE-4.5-VL-28B-A3B-PT as the spec's §2.1 table reconstructs
 /// it, plus keys that do not change inference (`auto_map`, `moe_gate`, ...), which must be
 /// ignored. `moe_layer_end_index` [29, 28] is what a third-party loader's test of the
 /// checkpoint quotes; the spec leaves the exact list to verify.
 fn hub_flat() -> Value {
-    json!({
-        "architectures": ["Ernie4_5_VLMoeForConditionalGeneration"],
-        "auto_map": {"AutoConfig": "configuration_ernie_45t_vl.Ernie4_5_VLMoEConfig"},
-        "model_type": "ernie4_5_moe_vl",
+    serde_json::from_str(HUB_FLAT).unwrap()
+}
+
+const NATIVE: &str = r#"{
+    "architectures": ["Ernie4_5_VLMoeForConditionalGeneration"],
+    "model_type": "ernie4_5_vl_moe",
+    "image_token_id": 100295,
+    "image_start_token_id": 101304,
+    "image_end_token_id": 101305,
+    "video_start_token_id": 101306,
+    "video_end_token_id": 101307,
+    "video_token_id": 103367,
+    "tie_word_embeddings": true,
+    "text_config": {
+        "model_type": "ernie4_5_vl_moe_text",
+        "vocab_size": 103424,
         "hidden_size": 2560,
         "intermediate_size": 12288,
         "num_hidden_layers": 28,
         "num_attention_heads": 20,
         "num_key_value_heads": 4,
-        "rms_norm_eps": 1e-5,
-        "vocab_size": 103424,
+        "hidden_act": "silu",
         "max_position_embeddings": 131072,
-        "rope_theta": 500000,
-        "freq_allocation": 20,
-        "rope_3d": true,
-        "tie_word_embeddings": true,
+        "rms_norm_eps": 1e-5,
         "use_bias": false,
-        "moe_num_experts": [64, 64],
+        "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0, "mrope_section": [22, 22, 20]},
         "moe_intermediate_size": [1536, 512],
         "moe_k": 6,
+        "moe_num_experts": 64,
         "moe_num_shared_experts": 2,
-        "moe_layer_start_index": [1, 1],
-        "moe_layer_end_index": [29, 28],
-        "moe_layer_interval": 1,
-        "moe_gate": "topk",
-        "moe_use_aux_free": true,
-        "im_patch_id": 100295,
-        "pixel_hidden_size": 1280,
-        "spatial_conv_size": 2,
-        "temporal_conv_size": 2,
-        "use_temporal_conv": true,
-        "pad_token_id": 0,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-        "torch_dtype": "bfloat16",
-        "vision_config": {
-            "depth": 32,
-            "embed_dim": 1280,
-            "hidden_size": 1280,
-            "num_heads": 16,
-            "mlp_ratio": 4,
-            "hidden_act": "quick_gelu",
-            "in_channels": 3,
-            "patch_size": 14,
-            "spatial_merge_size": 2
-        }
-    })
-}
+        "moe_norm_min": 1e-12,
+        "mlp_layer_types": ["dense"]
+    },
+    "vision_config": {
+        "model_type": "ernie4_5_vl_moe_vision",
+        "depth": 32,
+        "hidden_size": 1280,
+        "intermediate_size": 5120,
+        "num_heads": 16,
+        "hidden_act": "quick_gelu",
+        "in_channels": 3,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_merge_size": 2,
+        "rms_norm_eps": 1e-6
+    }
+}"#;
 
 /// The transformers-native nested form (spec §2.2), as its converter writes it.
 fn native() -> Value {
-    json!({
-        "architectures": ["Ernie4_5_VLMoeForConditionalGeneration"],
-        "model_type": "ernie4_5_vl_moe",
-        "image_token_id": 100295,
-        "image_start_token_id": 101304,
-        "image_end_token_id": 101305,
-        "video_start_token_id": 101306,
-        "video_end_token_id": 101307,
-        "video_token_id": 103367,
-        "tie_word_embeddings": true,
-        "text_config": {
-            "model_type": "ernie4_5_vl_moe_text",
-            "vocab_size": 103424,
-            "hidden_size": 2560,
-            "intermediate_size": 12288,
-            "num_hidden_layers": 28,
-            "num_attention_heads": 20,
-            "num_key_value_heads": 4,
-            "hidden_act": "silu",
-            "max_position_embeddings": 131072,
-            "rms_norm_eps": 1e-5,
-            "use_bias": false,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0, "mrope_section": [22, 22, 20]},
-            "moe_intermediate_size": [1536, 512],
-            "moe_k": 6,
-            "moe_num_experts": 64,
-            "moe_num_shared_experts": 2,
-            "moe_norm_min": 1e-12,
-            "mlp_layer_types": std::iter::once("dense").chain(std::iter::repeat_n("sparse", 27)).collect::<Vec<_>>()
-        },
-        "vision_config": {
-            "model_type": "ernie4_5_vl_moe_vision",
-            "depth": 32,
-            "hidden_size": 1280,
-            "intermediate_size": 5120,
-            "num_heads": 16,
-            "hidden_act": "quick_gelu",
-            "in_channels": 3,
-            "patch_size": 14,
-            "spatial_merge_size": 2,
-            "temporal_merge_size": 2,
-            "rms_norm_eps": 1e-6
-        }
-    })
+    let mut value: Value = serde_json::from_str(NATIVE).unwrap();
+    let kinds: Vec<&str> = std::iter::once("dense").chain(std::iter::repeat_n("sparse", 27)).collect();
+    value["text_config"]["mlp_layer_types"] = json!(kinds);
+    value
 }
 
 fn parse(value: &Value) -> Result<ErnieVlConfig, ConfigError> {
