@@ -165,7 +165,11 @@ fn run_ernie(args: &Args) -> ExitCode {
         ErnieVlConfig::ernie_4_5_vl_28b_a3b()
     };
     let size = ernie::synthetic_size(&cfg);
-    let model = if args.tiny { "tiny ERNIE-4.5-VL" } else { "ERNIE-4.5-VL-28B-A3B" };
+    let model = if args.tiny {
+        "tiny ERNIE-4.5-VL"
+    } else {
+        "ERNIE-4.5-VL-28B-A3B"
+    };
     if args.dry_run {
         println!(
             "{model}: {} tensors, {} parameters ({} active per text token), {} bytes of bf16 ({:.1} GB)",

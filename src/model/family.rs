@@ -143,10 +143,15 @@ pub fn load(gpu: &Gpu, dir: &Path, cfg: ModelConfig, attention: AttentionKernels
         ModelFamilyKind::PaddleOcrVl => Ok(Box::new(PaddleOcrVl::load(gpu, dir, cfg, attention)?)),
         ModelFamilyKind::ErnieVl => {
             let path = dir.join("config.json");
-            let text = std::fs::read_to_string(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
+            let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
+                path: path.clone(),
+                source,
+            })?;
             let origin = path.display().to_string();
-            let value: serde_json::Value =
-                serde_json::from_str(&text).map_err(|source| ConfigError::Json { origin: origin.clone(), source })?;
+            let value: serde_json::Value = serde_json::from_str(&text).map_err(|source| ConfigError::Json {
+                origin: origin.clone(),
+                source,
+            })?;
             Err(not_servable(&value, &origin).into())
         }
     }

@@ -134,7 +134,13 @@ pub fn write_synthetic_model(dir: &Path, cfg: &ModelConfig, opts: &SyntheticOpti
     write_text(&template_path, crate::preprocess::prompt::DEFAULT_CHAT_TEMPLATE)?;
     files.push(template_path);
 
-    files.extend(write_weight_files(dir, &specs, opts.seed, opts.shards, opts.lm_head_scale)?);
+    files.extend(write_weight_files(
+        dir,
+        &specs,
+        opts.seed,
+        opts.shards,
+        opts.lm_head_scale,
+    )?);
     Ok(SyntheticReport {
         files,
         num_tensors: specs.len(),
@@ -170,9 +176,9 @@ pub(crate) fn check_shards(dir: &Path, specs: &[TensorSpec], shards: usize) -> R
     Ok(())
 }
 
-/// Writes `specs` (random bf16 values, seeded per tensor) as `model.safetensors` (`shards`
-/// 1) or as `shards` files plus `model.safetensors.index.json`; returns the files written. The
-/// family-independent half of [`write_synthetic_model`]; `dir` must exist.
+/// Writes `specs` (random bf16 values, seeded per tensor) as `model.safetensors` when
+/// `shards` is 1, else as `shards` files plus `model.safetensors.index.json`; returns the
+/// files written. The family-independent half of [`write_synthetic_model`]; `dir` must exist.
 pub(crate) fn write_weight_files(
     dir: &Path,
     specs: &[TensorSpec],

@@ -42,7 +42,11 @@ fn full_inventory_matches_the_spec() {
     let active = active_params_per_text_token(&cfg);
     assert_eq!(active, 3_352_151_936);
     assert_eq!(size.active_params, active);
-    let vision: usize = specs.iter().filter(|s| s.name.starts_with("vision_model.")).map(|s| s.numel()).sum();
+    let vision: usize = specs
+        .iter()
+        .filter(|s| s.name.starts_with("vision_model."))
+        .map(|s| s.numel())
+        .sum();
     assert_eq!(vision, 630_433_280);
 
     let s = shapes(&cfg);
@@ -94,7 +98,10 @@ fn tiny_inventory_and_an_untied_head() {
     untied.tie_word_embeddings = false;
     let specs = expected_tensors(&untied);
     let last = specs.last().unwrap();
-    assert_eq!((last.name.as_str(), last.shape.clone()), ("lm_head.weight", vec![1024, 256]));
+    assert_eq!(
+        (last.name.as_str(), last.shape.clone()),
+        ("lm_head.weight", vec![1024, 256])
+    );
 }
 
 #[test]
@@ -105,7 +112,10 @@ fn full_size_dry_run_prints_the_inventory_without_writing() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.contains("11105 tensors, 29399294336 parameters (3352151936 active"), "{text}");
+    assert!(
+        text.contains("11105 tensors, 29399294336 parameters (3352151936 active"),
+        "{text}"
+    );
     assert!(text.contains("58798588672 bytes"), "{text}");
 }
 
@@ -126,7 +136,12 @@ fn tiny_synthetic_directory_round_trips() {
     let d = dir.path();
     assert!(!d.join("model.safetensors").exists());
     let index = read_json(&d.join("model.safetensors.index.json"));
-    let files: HashSet<&str> = index["weight_map"].as_object().unwrap().values().map(|v| v.as_str().unwrap()).collect();
+    let files: HashSet<&str> = index["weight_map"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_str().unwrap())
+        .collect();
     assert_eq!(files.len(), 3);
 
     let report = check_dir(d, &cfg).unwrap();
@@ -155,7 +170,9 @@ fn tokenizer_and_template_render_an_image_prompt() {
     ]);
     let render = |thinking: Option<bool>| {
         let ctx = match thinking {
-            Some(t) => minijinja::context! { messages => messages, add_generation_prompt => true, enable_thinking => t },
+            Some(t) => {
+                minijinja::context! { messages => messages, add_generation_prompt => true, enable_thinking => t }
+            }
             None => minijinja::context! { messages => messages, add_generation_prompt => true },
         };
         env.get_template("chat").unwrap().render(ctx).unwrap()
@@ -213,7 +230,9 @@ fn a_missing_or_mis_shaped_tensor_is_named() {
     let err = check_dir(dir.path(), &cfg).unwrap_err();
     let msg = err.to_string();
     match err {
-        WeightsError::WrongShape { name, expected, found, .. } => {
+        WeightsError::WrongShape {
+            name, expected, found, ..
+        } => {
             assert_eq!(name, "model.layers.1.mlp.experts.8.gate_proj.weight");
             assert_eq!((expected, found), (vec![32, 256], vec![48, 256]));
         }

@@ -110,7 +110,9 @@ const NATIVE: &str = r#"{
 /// The transformers-native nested form (spec §2.2), as its converter writes it.
 fn native() -> Value {
     let mut value: Value = serde_json::from_str(NATIVE).unwrap();
-    let kinds: Vec<&str> = std::iter::once("dense").chain(std::iter::repeat_n("sparse", 27)).collect();
+    let kinds: Vec<&str> = std::iter::once("dense")
+        .chain(std::iter::repeat_n("sparse", 27))
+        .collect();
     value["text_config"]["mlp_layer_types"] = json!(kinds);
     value
 }
@@ -131,19 +133,39 @@ fn hub_flat_config_gives_the_28b_a3b_numbers() {
     let cfg = parse(&hub_flat()).unwrap();
     assert_eq!(cfg, ErnieVlConfig::ernie_4_5_vl_28b_a3b());
     // The spec's headline numbers, spelled out rather than only compared with the preset.
-    assert_eq!((cfg.text.num_attention_heads, cfg.text.num_key_value_heads, cfg.text.head_dim), (20, 4, 128));
+    assert_eq!(
+        (
+            cfg.text.num_attention_heads,
+            cfg.text.num_key_value_heads,
+            cfg.text.head_dim
+        ),
+        (20, 4, 128)
+    );
     assert_eq!(cfg.text.mrope_section, [22, 22, 20]);
     assert_eq!(cfg.text.rope_theta, 500_000.0);
     assert!(!cfg.moe.is_moe_layer(0));
     assert!((1..28).all(|l| cfg.moe.is_moe_layer(l)));
     assert_eq!(cfg.moe.num_moe_layers(), 27);
     assert_eq!(cfg.moe.shared_intermediate_size(), 3072);
-    assert_eq!((cfg.moe.text_intermediate_size, cfg.moe.vision_intermediate_size), (1536, 512));
-    assert_eq!((cfg.vision.intermediate_size, cfg.vision.head_dim(), cfg.vision.merged_width()), (5120, 80, 5120));
+    assert_eq!(
+        (cfg.moe.text_intermediate_size, cfg.moe.vision_intermediate_size),
+        (1536, 512)
+    );
+    assert_eq!(
+        (
+            cfg.vision.intermediate_size,
+            cfg.vision.head_dim(),
+            cfg.vision.merged_width()
+        ),
+        (5120, 80, 5120)
+    );
     assert_eq!(cfg.vision.layer_norm_eps, 1e-6);
     assert_eq!(cfg.tokens.image_token_id, 100_295);
     // Absent from the flat file: transformers' defaults, one below PaddleOCR-VL's ids.
-    assert_eq!((cfg.tokens.image_start_token_id, cfg.tokens.image_end_token_id), (101_304, 101_305));
+    assert_eq!(
+        (cfg.tokens.image_start_token_id, cfg.tokens.image_end_token_id),
+        (101_304, 101_305)
+    );
     assert_eq!(cfg.layout, ErnieConfigLayout::HubFlat);
 }
 
@@ -196,22 +218,34 @@ fn errors_name_the_file_and_the_field() {
     assert_eq!(msg, "test/config.json: missing field `moe_k`");
 
     let msg = hub_error(|v| v["vision_config"]["num_heads"] = json!("16"));
-    assert!(msg.contains("test/config.json") && msg.contains("`vision_config.num_heads`"), "{msg}");
+    assert!(
+        msg.contains("test/config.json") && msg.contains("`vision_config.num_heads`"),
+        "{msg}"
+    );
 
     let msg = hub_error(|v| v["moe_num_experts"] = json!([64, 32]));
-    assert!(msg.contains("`moe_num_experts`") && msg.contains("same expert count"), "{msg}");
+    assert!(
+        msg.contains("`moe_num_experts`") && msg.contains("same expert count"),
+        "{msg}"
+    );
 
     let msg = hub_error(|v| v["hidden_act"] = json!("gelu"));
     assert!(msg.contains("`hidden_act`") && msg.contains("silu"), "{msg}");
 
     let msg = hub_error(|v| v["vision_config"]["hidden_act"] = json!("gelu"));
-    assert!(msg.contains("`vision_config.hidden_act`") && msg.contains("quick_gelu"), "{msg}");
+    assert!(
+        msg.contains("`vision_config.hidden_act`") && msg.contains("quick_gelu"),
+        "{msg}"
+    );
 
     let msg = hub_error(|v| v["freq_allocation"] = json!(21));
     assert!(msg.contains("`freq_allocation`"), "{msg}");
 
     let msg = hub_error(|v| v["moe_layer_end_index"] = json!([27, 20]));
-    assert!(msg.contains("`moe_layer_start_index`") && msg.contains("layer 21"), "{msg}");
+    assert!(
+        msg.contains("`moe_layer_start_index`") && msg.contains("layer 21"),
+        "{msg}"
+    );
 
     let msg = hub_error(|v| v["moe_k"] = json!(65));
     assert!(msg.contains("`moe_k`") && msg.contains("exceeds"), "{msg}");
@@ -220,7 +254,10 @@ fn errors_name_the_file_and_the_field() {
     assert!(msg.contains("`pixel_hidden_size`"), "{msg}");
 
     let msg = hub_error(|v| v["im_patch_id"] = json!(200_000));
-    assert!(msg.contains("`im_patch_id`") && msg.contains("outside the vocabulary"), "{msg}");
+    assert!(
+        msg.contains("`im_patch_id`") && msg.contains("outside the vocabulary"),
+        "{msg}"
+    );
 
     let mut value = native();
     value["text_config"]["mlp_layer_types"][3] = json!("moe");
@@ -258,10 +295,14 @@ fn an_ernie_directory_is_recognised_but_not_served() {
     // A broken ERNIE file gets its own field error, not a PaddleOCR-VL one.
     let mut broken = hub_flat();
     broken.as_object_mut().unwrap().remove("moe_intermediate_size");
-    let msg = ModelConfig::from_json_str(&broken.to_string(), "x/config.json").unwrap_err().to_string();
+    let msg = ModelConfig::from_json_str(&broken.to_string(), "x/config.json")
+        .unwrap_err()
+        .to_string();
     assert_eq!(msg, "x/config.json: missing field `moe_intermediate_size`");
 
     // PaddleOCR-VL's own errors are unchanged.
-    let msg = ModelConfig::from_json_str(r#"{"model_type": "llama"}"#, "p/config.json").unwrap_err().to_string();
+    let msg = ModelConfig::from_json_str(r#"{"model_type": "llama"}"#, "p/config.json")
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains("`model_type`") && msg.contains("paddleocr_vl"), "{msg}");
 }

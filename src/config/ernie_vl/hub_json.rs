@@ -37,7 +37,10 @@ impl ErnieVlConfig {
             [one] => json!(one),
             many => json!(many),
         };
-        let (mlp_ratio, ratio_exact) = (v.intermediate_size / v.hidden_size, v.intermediate_size % v.hidden_size == 0);
+        let (mlp_ratio, ratio_exact) = (
+            v.intermediate_size / v.hidden_size,
+            v.intermediate_size % v.hidden_size == 0,
+        );
         let mut vision = json!({
             "depth": v.depth,
             "embed_dim": v.hidden_size,

@@ -333,7 +333,11 @@ impl ErnieVlConfig {
         if m.moe_layers.len() != t.num_hidden_layers {
             return Err(invalid(
                 "mlp_layer_types",
-                format!("lists {} layers but num_hidden_layers is {}", m.moe_layers.len(), t.num_hidden_layers),
+                format!(
+                    "lists {} layers but num_hidden_layers is {}",
+                    m.moe_layers.len(),
+                    t.num_hidden_layers
+                ),
             ));
         }
         if v.hidden_size % v.num_heads != 0 || v.head_dim() % 4 != 0 {
@@ -355,7 +359,10 @@ impl ErnieVlConfig {
         ];
         for (i, (field, id)) in ids.iter().enumerate() {
             if *id as usize >= t.vocab_size {
-                return Err(invalid(field, format!("({id}) is outside the vocabulary of {}", t.vocab_size)));
+                return Err(invalid(
+                    field,
+                    format!("({id}) is outside the vocabulary of {}", t.vocab_size),
+                ));
             }
             if let Some((other, _)) = ids[..i].iter().find(|(_, o)| o == id) {
                 return Err(invalid(field, format!("({id}) must differ from {other}")));

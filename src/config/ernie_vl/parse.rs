@@ -76,7 +76,9 @@ fn parse_flat(top: &Fields) -> Result<ErnieVlConfig, ConfigError> {
     text.mrope_section = [hw, hw, t_pairs];
     text.rope_theta = top.f64_opt("rope_theta")?.unwrap_or(DEFAULT_ROPE_THETA);
 
-    let [text_experts, vision_experts] = top.usize_pair_opt("moe_num_experts")?.ok_or_else(|| top.missing("moe_num_experts"))?;
+    let [text_experts, vision_experts] = top
+        .usize_pair_opt("moe_num_experts")?
+        .ok_or_else(|| top.missing("moe_num_experts"))?;
     if text_experts != vision_experts {
         return Err(top.invalid(
             "moe_num_experts",
@@ -112,7 +114,9 @@ fn parse_flat(top: &Fields) -> Result<ErnieVlConfig, ConfigError> {
 
     let image_token_id = match top.token_opt("im_patch_id")? {
         Some(id) => id,
-        None => top.token_opt("image_token_id")?.ok_or_else(|| top.missing("im_patch_id"))?,
+        None => top
+            .token_opt("image_token_id")?
+            .ok_or_else(|| top.missing("im_patch_id"))?,
     };
     let tokens = parse_tokens(top, top, image_token_id)?;
     Ok(ErnieVlConfig {
@@ -238,7 +242,9 @@ fn parse_moe_common(t: &Fields, experts: usize, moe_layers: Vec<bool>) -> Result
 /// reads them per pool; a layer with only one pool is not a layout the hub checkpoint has).
 /// An end index past the last layer (the hub file's 29 for 28 layers) or -1 means "to the end".
 fn moe_layers_from_ranges(t: &Fields, layers: usize) -> Result<Vec<bool>, ConfigError> {
-    let start = t.usize_pair_opt("moe_layer_start_index")?.ok_or_else(|| t.missing("moe_layer_start_index"))?;
+    let start = t
+        .usize_pair_opt("moe_layer_start_index")?
+        .ok_or_else(|| t.missing("moe_layer_start_index"))?;
     let end = match t.get("moe_layer_end_index") {
         None => [layers.saturating_sub(1); 2],
         Some(v) if v.as_i64() == Some(-1) => [layers.saturating_sub(1); 2],

@@ -105,7 +105,11 @@ fn push_resampler(inv: &mut Inventory, cfg: &ErnieVlConfig) {
     inv.layer_norm(&format!("{spatial}3."), merged);
     if cfg.use_temporal_conv {
         let temporal = format!("{RESAMPLER_PREFIX}temporal_linear.");
-        inv.linear_with_bias(&format!("{temporal}0."), merged, cfg.vision.temporal_merge_size * merged);
+        inv.linear_with_bias(
+            &format!("{temporal}0."),
+            merged,
+            cfg.vision.temporal_merge_size * merged,
+        );
         inv.linear_with_bias(&format!("{temporal}2."), merged, merged);
         inv.layer_norm(&format!("{temporal}3."), merged);
     }
@@ -123,19 +127,31 @@ fn push_language_model(inv: &mut Inventory, cfg: &ErnieVlConfig) {
     let d = t.hidden_size;
     inv.push(EMBED_TOKENS.to_string(), &[t.vocab_size, d], TensorKind::Embedding);
     for layer in 0..t.num_hidden_layers {
-        inv.push(text_layer(layer, "input_layernorm.weight"), &[d], TensorKind::NormWeight);
+        inv.push(
+            text_layer(layer, "input_layernorm.weight"),
+            &[d],
+            TensorKind::NormWeight,
+        );
         inv.linear(text_layer(layer, "self_attn.q_proj.weight"), t.q_width(), d);
         inv.linear(text_layer(layer, "self_attn.k_proj.weight"), t.kv_width(), d);
         inv.linear(text_layer(layer, "self_attn.v_proj.weight"), t.kv_width(), d);
         inv.linear(text_layer(layer, "self_attn.o_proj.weight"), d, t.q_width());
-        inv.push(text_layer(layer, "post_attention_layernorm.weight"), &[d], TensorKind::NormWeight);
+        inv.push(
+            text_layer(layer, "post_attention_layernorm.weight"),
+            &[d],
+            TensorKind::NormWeight,
+        );
         if !m.is_moe_layer(layer) {
             swiglu(inv, &text_layer(layer, "mlp."), t.intermediate_size, d);
             continue;
         }
         // Routers [hidden, experts]: the dot product runs over the hidden size.
         for pool in [ExpertPool::Text, ExpertPool::Vision] {
-            inv.push(router(layer, pool), &[d, m.num_experts], TensorKind::Linear { fan_in: d });
+            inv.push(
+                router(layer, pool),
+                &[d, m.num_experts],
+                TensorKind::Linear { fan_in: d },
+            );
         }
         inv.push(correction_bias(layer), &[2, m.num_experts], TensorKind::Bias);
         for (pool, width) in [
@@ -149,7 +165,12 @@ fn push_language_model(inv: &mut Inventory, cfg: &ErnieVlConfig) {
             }
         }
         if m.num_shared_experts > 0 {
-            swiglu(inv, &text_layer(layer, "mlp.shared_experts."), m.shared_intermediate_size(), d);
+            swiglu(
+                inv,
+                &text_layer(layer, "mlp.shared_experts."),
+                m.shared_intermediate_size(),
+                d,
+            );
         }
     }
     inv.push("model.norm.weight".to_string(), &[d], TensorKind::NormWeight);
@@ -175,11 +196,16 @@ pub fn active_params_per_text_token(cfg: &ErnieVlConfig) -> usize {
     let mut one_text_expert_per_moe_layer = 0;
     for spec in expected_tensors(cfg) {
         let name = spec.name.as_str();
-        if name.starts_with(VISION_PREFIX) || name.starts_with(RESAMPLER_PREFIX) || name.ends_with("mlp.gate.weight_1") {
+        if name.starts_with(VISION_PREFIX) || name.starts_with(RESAMPLER_PREFIX) || name.ends_with("mlp.gate.weight_1")
+        {
             continue;
         }
         if let Some(rest) = name.split(".mlp.experts.").nth(1) {
-            let index: usize = rest.split('.').next().and_then(|n| n.parse().ok()).unwrap_or(usize::MAX);
+            let index: usize = rest
+                .split('.')
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(usize::MAX);
             // Count expert 0's tensors once per layer; scaled by top_k below.
             if index == 0 {
                 one_text_expert_per_moe_layer += spec.numel();

@@ -81,7 +81,10 @@ pub fn write_synthetic_model(dir: &Path, cfg: &ErnieVlConfig, opts: &ErnieSynthe
     if opts.shards < 2 {
         return Err(Error::invalid(
             "write_synthetic_model",
-            format!("ERNIE-4.5-VL checkpoints are sharded: shards must be at least 2, got {}", opts.shards),
+            format!(
+                "ERNIE-4.5-VL checkpoints are sharded: shards must be at least 2, got {}",
+                opts.shards
+            ),
         ));
     }
     check_shards(dir, &specs, opts.shards)?;
@@ -92,7 +95,10 @@ pub fn write_synthetic_model(dir: &Path, cfg: &ErnieVlConfig, opts: &ErnieSynthe
     let texts = [
         ("config.json", cfg.to_hub_json()?),
         ("preprocessor_config.json", preprocessor_config_json(cfg)),
-        ("generation_config.json", generation_config_json(cfg, id_of("<|end_of_sentence|>"))),
+        (
+            "generation_config.json",
+            generation_config_json(cfg, id_of("<|end_of_sentence|>")),
+        ),
         ("tokenizer.json", tokenizer_json(cfg, &specials)?),
         ("tokenizer_config.json", tokenizer_config_json()),
         ("chat_template.jinja", CHAT_TEMPLATE.to_string()),
