@@ -98,6 +98,10 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
     if out.is_none() && !dry_run {
         return Err("--out DIR is required".into());
     }
+    let paddle_only = opts.version != CheckpointVersion::V1 || !opts.include_unused || !opts.include_lm_head;
+    if ernie && paddle_only {
+        return Err("--version, --no-unused and --no-lm-head are PaddleOCR-VL options".into());
+    }
     if dry_run && !ernie {
         return Err("--dry-run is only implemented for --arch ernie-4.5-vl-28b-a3b".into());
     }
