@@ -51,11 +51,20 @@ pub fn detect_model_family(config: &Value) -> ModelFamilyKind {
 
 /// Reads `dir/config.json` and detects its family.
 pub fn detect_model_family_in(dir: &Path) -> Result<ModelFamilyKind, ConfigError> {
+    let (value, _) = read_config_json(dir)?;
+    Ok(detect_model_family(&value))
+}
+
+/// `dir/config.json` as JSON, and its path for messages.
+pub fn read_config_json(dir: &Path) -> Result<(Value, String), ConfigError> {
     let path = dir.join("config.json");
     let origin = path.display().to_string();
     let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Io { path, source })?;
-    let value: Value = serde_json::from_str(&text).map_err(|source| ConfigError::Json { origin, source })?;
-    Ok(detect_model_family(&value))
+    let value: Value = serde_json::from_str(&text).map_err(|source| ConfigError::Json {
+        origin: origin.clone(),
+        source,
+    })?;
+    Ok((value, origin))
 }
 
 /// The error for a family ocrvl recognises but cannot serve yet. A broken ERNIE config gets

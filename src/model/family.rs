@@ -24,9 +24,9 @@ use std::path::Path;
 use super::names::TensorSpec;
 use super::paddleocr_vl::PaddleOcrVl;
 use super::text::{KvCache, StepInputs};
-use crate::config::model_family::{detect_model_family_in, not_servable};
-use crate::config::{ConfigError, ModelConfig, ModelFamilyKind};
-use crate::error::{Error, Result};
+use crate::config::model_family::{not_servable, read_config_json};
+use crate::config::{detect_model_family, ModelConfig, ModelFamilyKind};
+use crate::error::Result;
 use crate::kernels::attention::AttentionKernels;
 use crate::preprocess::image::ImageGrid;
 use crate::preprocess::{MropePositions, PreprocessError};
@@ -134,25 +134,14 @@ pub trait ModelFamily {
 }
 
 /// Loads the model in `dir` with the attention kernels `attention`: the family its
-/// config.json names ([`detect_model_family_in`]). ERNIE-4.5-VL is recognised but has no
+/// config.json names ([`detect_model_family`]). ERNIE-4.5-VL is recognised but has no
 /// forward yet, so it gets a clear error (its config is parsed first, so a broken file gets a
 /// field error). `ModelConfig::from_dir` runs the same detection, so callers that parse the
 /// config first see the same message.
 pub fn load(gpu: &Gpu, dir: &Path, cfg: ModelConfig, attention: AttentionKernels) -> Result<Box<dyn ModelFamily>> {
-    match detect_model_family_in(dir)? {
+    let (config, origin) = read_config_json(dir)?;
+    match detect_model_family(&config) {
         ModelFamilyKind::PaddleOcrVl => Ok(Box::new(PaddleOcrVl::load(gpu, dir, cfg, attention)?)),
-        ModelFamilyKind::ErnieVl => {
-            let path = dir.join("config.json");
-            let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
-                path: path.clone(),
-                source,
-            })?;
-            let origin = path.display().to_string();
-            let value: serde_json::Value = serde_json::from_str(&text).map_err(|source| ConfigError::Json {
-                origin: origin.clone(),
-                source,
-            })?;
-            Err(not_servable(&value, &origin).into())
-        }
+        ModelFamilyKind::ErnieVl => Err(not_servable(&config, &origin).into()),
     }
 }

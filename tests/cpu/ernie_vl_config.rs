@@ -184,7 +184,13 @@ fn native_config_gives_the_same_model() {
 
 #[test]
 fn written_hub_json_reads_back() {
-    for cfg in [ErnieVlConfig::ernie_4_5_vl_28b_a3b(), ErnieVlConfig::tiny()] {
+    let mut with_video_id = ErnieVlConfig::tiny();
+    with_video_id.tokens.video_token_id = Some(1005);
+    for cfg in [
+        ErnieVlConfig::ernie_4_5_vl_28b_a3b(),
+        ErnieVlConfig::tiny(),
+        with_video_id,
+    ] {
         let text = cfg.to_hub_json().unwrap();
         assert_eq!(ErnieVlConfig::from_json_str(&text, "roundtrip").unwrap(), cfg);
     }

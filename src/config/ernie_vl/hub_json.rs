@@ -56,7 +56,7 @@ impl ErnieVlConfig {
         } else {
             vision["intermediate_size"] = json!(v.intermediate_size);
         }
-        let config = json!({
+        let mut config = json!({
             "architectures": ["Ernie4_5_VLMoeForConditionalGeneration"],
             "model_type": "ernie4_5_moe_vl",
             "torch_dtype": "bfloat16",
@@ -92,12 +92,14 @@ impl ErnieVlConfig {
             "image_end_token_id": tok.image_end_token_id,
             "video_start_token_id": tok.video_start_token_id,
             "video_end_token_id": tok.video_end_token_id,
-            "video_token_id": tok.video_token_id,
             "pad_token_id": tok.pad_token_id,
             "bos_token_id": tok.bos_token_id,
             "eos_token_id": eos,
             "vision_config": vision,
         });
+        if let Some(id) = tok.video_token_id {
+            config["video_token_id"] = json!(id);
+        }
         Ok(serde_json::to_string_pretty(&config).expect("a json! value always serializes"))
     }
 }
