@@ -213,3 +213,36 @@ pub(crate) fn describe(value: &Value) -> String {
         Value::Object(_) => "an object".into(),
     }
 }
+
+/// The checks every model config shares, each error naming `origin` and the field: counts
+/// that must be positive, numbers that must be positive and finite, and query heads that
+/// must be a multiple of KV heads.
+pub(crate) fn check_shared_rules(
+    origin: &str,
+    positive: &[(&str, usize)],
+    positive_finite: &[(&str, f64)],
+    (heads, kv_heads): (usize, usize),
+) -> Result<(), ConfigError> {
+    let invalid = |field: &str, reason: String| ConfigError::Invalid {
+        origin: origin.to_string(),
+        field: field.to_string(),
+        reason,
+    };
+    for &(field, value) in positive {
+        if value == 0 {
+            return Err(invalid(field, "must be positive, found 0".into()));
+        }
+    }
+    for &(field, value) in positive_finite {
+        if !(value.is_finite() && value > 0.0) {
+            return Err(invalid(field, format!("must be a positive number, found {value}")));
+        }
+    }
+    if heads % kv_heads != 0 {
+        return Err(invalid(
+            "num_attention_heads",
+            format!("({heads}) must be a multiple of num_key_value_heads ({kv_heads})"),
+        ));
+    }
+    Ok(())
+}

@@ -334,30 +334,17 @@ impl ModelConfig {
             ("vision_config.num_channels", v.num_channels),
             ("vision_config.patch_size", v.patch_size),
         ];
-        for (field, value) in positive {
-            if value == 0 {
-                return Err(invalid(field, "must be positive, found 0".into()));
-            }
-        }
-        for (field, value) in [
-            ("rms_norm_eps", t.rms_norm_eps),
-            ("rope_theta", t.rope_theta),
-            ("vision_config.layer_norm_eps", v.layer_norm_eps),
-            ("vision_config.rope_theta", v.rope_theta),
-        ] {
-            if !(value.is_finite() && value > 0.0) {
-                return Err(invalid(field, format!("must be a positive number, found {value}")));
-            }
-        }
-        if t.num_attention_heads % t.num_key_value_heads != 0 {
-            return Err(invalid(
-                "num_attention_heads",
-                format!(
-                    "({}) must be a multiple of num_key_value_heads ({})",
-                    t.num_attention_heads, t.num_key_value_heads
-                ),
-            ));
-        }
+        super::fields::check_shared_rules(
+            origin,
+            &positive,
+            &[
+                ("rms_norm_eps", t.rms_norm_eps),
+                ("rope_theta", t.rope_theta),
+                ("vision_config.layer_norm_eps", v.layer_norm_eps),
+                ("vision_config.rope_theta", v.rope_theta),
+            ],
+            (t.num_attention_heads, t.num_key_value_heads),
+        )?;
         if t.head_dim % 2 != 0 {
             return Err(invalid(
                 "head_dim",

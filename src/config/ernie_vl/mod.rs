@@ -290,29 +290,16 @@ impl ErnieVlConfig {
             ("vision_config.spatial_merge_size", v.spatial_merge_size),
             ("vision_config.temporal_merge_size", v.temporal_merge_size),
         ];
-        for (field, value) in positive {
-            if value == 0 {
-                return Err(invalid(field, "must be positive, found 0".into()));
-            }
-        }
-        for (field, value) in [
-            ("rms_norm_eps", t.rms_norm_eps),
-            ("rope_theta", t.rope_theta),
-            ("vision_config.rms_norm_eps", v.layer_norm_eps),
-        ] {
-            if !(value.is_finite() && value > 0.0) {
-                return Err(invalid(field, format!("must be a positive number, found {value}")));
-            }
-        }
-        if t.num_attention_heads % t.num_key_value_heads != 0 {
-            return Err(invalid(
-                "num_attention_heads",
-                format!(
-                    "({}) must be a multiple of num_key_value_heads ({})",
-                    t.num_attention_heads, t.num_key_value_heads
-                ),
-            ));
-        }
+        super::fields::check_shared_rules(
+            origin,
+            &positive,
+            &[
+                ("rms_norm_eps", t.rms_norm_eps),
+                ("rope_theta", t.rope_theta),
+                ("vision_config.rms_norm_eps", v.layer_norm_eps),
+            ],
+            (t.num_attention_heads, t.num_key_value_heads),
+        )?;
         let [h, w, time] = t.mrope_section;
         if h + w + time != t.head_dim / 2 || h != w || t.head_dim % 2 != 0 {
             return Err(invalid(
