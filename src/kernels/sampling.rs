@@ -216,6 +216,31 @@ fn expect_vec(op: &'static str, what: &str, v: &TensorView<'_>, dtype: DType, di
     Ok(())
 }
 
+/// `(batch, vocab)` of a sampler's logits: `[batch, vocab]`, f32 or bf16, vocab in
+/// 1..=MAX_VOCAB; errors name `op`.
+fn logits_shape(op: &'static str, dims: &[usize], dtype: DType) -> Result<(usize, usize)> {
+    let [batch, vocab] = dims else {
+        return Err(Error::invalid(
+            op,
+            format!("logits must be [batch, vocab], got {dims:?}"),
+        ));
+    };
+    let (batch, vocab) = (*batch, *vocab);
+    if !matches!(dtype, DType::F32 | DType::BF16) {
+        return Err(Error::invalid(
+            op,
+            format!("logits are {dtype}; only f32 and bf16 are supported"),
+        ));
+    }
+    if vocab == 0 || vocab > MAX_VOCAB {
+        return Err(Error::invalid(op, format!("vocab {vocab} outside 1..={MAX_VOCAB}")));
+    }
+    if batch > i32::MAX as usize {
+        return Err(Error::invalid(op, format!("batch {batch} too large")));
+    }
+    Ok((batch, vocab))
+}
+
 /// Samples one token per row of `logits` (F32 or BF16 [batch, vocab]; rows may be strided).
 /// Penalties, when given, are applied to `logits` in place. `workspace` needs
 /// [`workspace_bytes`] of the history capacity (any dtype), and may be `None` without
@@ -229,26 +254,7 @@ pub fn sample(
     workspace: Option<&mut TensorViewMut<'_>>,
 ) -> Result<()> {
     const OP: &str = "sampling";
-    let dims = logits.dims().to_vec();
-    if dims.len() != 2 {
-        return Err(Error::invalid(
-            OP,
-            format!("logits must be [batch, vocab], got {dims:?}"),
-        ));
-    }
-    let (batch, vocab) = (dims[0], dims[1]);
-    if !matches!(logits.dtype(), DType::F32 | DType::BF16) {
-        return Err(Error::invalid(
-            OP,
-            format!("logits are {}; only f32 and bf16 are supported", logits.dtype()),
-        ));
-    }
-    if vocab == 0 || vocab > MAX_VOCAB {
-        return Err(Error::invalid(OP, format!("vocab {vocab} outside 1..={MAX_VOCAB}")));
-    }
-    if batch > i32::MAX as usize {
-        return Err(Error::invalid(OP, format!("batch {batch} too large")));
-    }
+    let (batch, vocab) = logits_shape(OP, logits.dims(), logits.dtype())?;
     expect_vec(OP, "temperature", &params.temperature, DType::F32, &[batch])?;
     expect_vec(OP, "top_k", &params.top_k, DType::I32, &[batch])?;
     expect_vec(OP, "top_p", &params.top_p, DType::F32, &[batch])?;
@@ -387,26 +393,7 @@ pub fn sample_greedy(
     workspace: Option<&mut TensorViewMut<'_>>,
 ) -> Result<()> {
     const OP: &str = "sampling_greedy";
-    let dims = logits.dims().to_vec();
-    if dims.len() != 2 {
-        return Err(Error::invalid(
-            OP,
-            format!("logits must be [batch, vocab], got {dims:?}"),
-        ));
-    }
-    let (batch, vocab) = (dims[0], dims[1]);
-    if !matches!(logits.dtype(), DType::F32 | DType::BF16) {
-        return Err(Error::invalid(
-            OP,
-            format!("logits are {}; only f32 and bf16 are supported", logits.dtype()),
-        ));
-    }
-    if vocab == 0 || vocab > MAX_VOCAB {
-        return Err(Error::invalid(OP, format!("vocab {vocab} outside 1..={MAX_VOCAB}")));
-    }
-    if batch > i32::MAX as usize {
-        return Err(Error::invalid(OP, format!("batch {batch} too large")));
-    }
+    let (batch, vocab) = logits_shape(OP, logits.dims(), logits.dtype())?;
     if params.penalties.is_some() {
         return Err(Error::invalid(
             OP,
