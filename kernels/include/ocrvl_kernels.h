@@ -9,3 +9,4 @@
 #include "decode.h"
 #include "attention.h"
 #include "sampling.h"
+#include "moe.h"

@@ -7,6 +7,7 @@ pub mod decode;
 pub mod elementwise;
 pub mod embedding;
 pub mod kv_cache;
+pub mod moe;
 pub mod norm;
 pub mod rope;
 pub mod sampling;

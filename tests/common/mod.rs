@@ -4,6 +4,7 @@
 pub mod ref_attention;
 pub mod ref_decode;
 pub mod ref_elementwise;
+pub mod ref_moe;
 pub mod ref_norm;
 pub mod ref_rope;
 pub mod ref_sampling;

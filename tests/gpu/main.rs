@@ -19,6 +19,7 @@ mod fidelity;
 mod gemm;
 mod kv_cache;
 mod model;
+mod moe;
 mod norm;
 mod rope;
 mod sampling;

@@ -1,0 +1,129 @@
+/* Mixture-of-experts kernels for ERNIE-4.5-VL's MoE layers (docs/ERNIE_4_5_VL_SPEC.md §3.12):
+ * a softmax router with a selection-only correction bias and per-modality expert pools, then
+ * the routed experts' SwiGLU MLPs as grouped GEMMs over the tokens sorted by expert, then the
+ * weighted sum back into token order. The steps of one MoE layer, for T tokens, top-k K:
+ *
+ *   1. ocrvl_moe_router_logits  logits[T, P*E] = f32(x) · router_weightᵀ  (every pool's router)
+ *   2. ocrvl_moe_topk           per token: its pool's E logits → K expert ids and weights
+ *   3. ocrvl_moe_align          the T*K (token, k) pairs sorted by expert, each expert's run
+ *                               padded to OCRVL_MOE_BLOCK_M rows: slots, and each tile's expert
+ *   4. ocrvl_moe_grouped_gemm   per pool: h[slot] = swiglu(x[token(slot)] · W_gate_upᵀ)
+ *      ocrvl_moe_grouped_gemm   per pool: y[slot] = h[slot] · W_downᵀ
+ *   5. ocrvl_moe_combine        out[t] = Σ_k w[t,k] · y[slot(t,k)] + shared[t]
+ *
+ * Expert ids are global: pool p's expert e is p*E + e. Every size a step needs is a bound
+ * known before the step runs (no device-to-host read), so a whole layer can be captured in a
+ * CUDA graph: the grouped GEMM's grid covers ocrvl_moe_max_tiles tiles and a tile beyond the
+ * used ones exits at once. Every launcher returns an OcrvlStatus and allocates nothing. */
+#pragma once
+#include "common.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Rows per tile of the grouped GEMM: each expert's run of slots is padded to a multiple. */
+#define OCRVL_MOE_BLOCK_M 64
+/* Output columns per tile of the grouped GEMM (n must be a multiple) and the k step (k must
+ * be a multiple). */
+#define OCRVL_MOE_BLOCK_N 128
+#define OCRVL_MOE_BLOCK_K 64
+/* Experts over all pools (ocrvl_moe_align keeps 32 counters per expert in shared memory). */
+#define OCRVL_MOE_MAX_EXPERTS 256
+/* Experts in one pool (ocrvl_moe_topk holds a pool's logits in one warp's registers). */
+#define OCRVL_MOE_MAX_POOL_EXPERTS 256
+#define OCRVL_MOE_MAX_TOP_K 16
+
+/* ocrvl_moe_grouped_gemm's epilogues. */
+#define OCRVL_MOE_EPILOGUE_NONE 0
+#define OCRVL_MOE_EPILOGUE_SWIGLU 1
+
+/* 1. Router logits, f32 throughout (as transformers keeps the router in f32):
+ *      logits[t, j] = Σ_i f32(x[t, i]) · weight[j, i]
+ * logits [num_tokens, num_logits] f32, contiguous
+ * x      [num_tokens, hidden] bf16, row stride x_stride
+ * weight [num_logits, hidden] f32, contiguous (the pools' router weights stacked)
+ * Grid: (ceil(num_tokens / 16), ceil(num_logits / 64)), Block: (128). */
+int32_t ocrvl_moe_router_logits(float* logits, const void* x, int64_t x_stride, const float* weight,
+                                int64_t num_tokens, int64_t hidden, int64_t num_logits, ocrvl_stream_t stream);
+
+/* 2. Top-k routing, one warp per token. Token t uses pool p = token_pool[t] (all pool 0 when
+ * token_pool is NULL) and that pool's logits l = logits[t, p*E .. p*E+E):
+ *      prob  = softmax(l)                                        (f32, expf)
+ *      chosen = the top_k experts by prob + bias[p, :]           (bias NULL: none; ties go to
+ *                                                                 the lower expert id)
+ *      weight_k = bf16(prob[chosen_k] / max(Σ_k prob[chosen_k], norm_min))   stored as f32
+ *      topk_ids[t, k] = p*E + chosen_k, in descending order of prob + bias
+ * The bias only chooses; the weights are the unbiased probabilities renormalised over the
+ * chosen, rounded to bf16 as transformers casts them to the activation dtype.
+ * topk_ids     [num_tokens, top_k] int32
+ * topk_weights [num_tokens, top_k] f32
+ * logits       [num_tokens, logits_stride] f32, logits_stride >= num_pools * num_experts
+ * token_pool   [num_tokens] int32 in [0, num_pools), or NULL; a value out of range is taken as
+ *              pool 0 (the launcher cannot read device memory to refuse it)
+ * bias         [num_pools, num_experts] f32, or NULL
+ * Limits: num_experts <= OCRVL_MOE_MAX_POOL_EXPERTS, 1 <= top_k <= min(num_experts,
+ * OCRVL_MOE_MAX_TOP_K), norm_min > 0. Grid: (ceil(num_tokens / 4)), Block: (128). */
+int32_t ocrvl_moe_topk(int32_t* topk_ids, float* topk_weights, const float* logits, int64_t logits_stride,
+                       const int32_t* token_pool, const float* bias, int64_t num_tokens, int64_t num_experts,
+                       int64_t num_pools, int64_t top_k, float norm_min, ocrvl_stream_t stream);
+
+/* The number of tiles ocrvl_moe_align may use for num_pairs pairs over num_experts experts:
+ * Σ_e ceil(count_e / BLOCK_M) <= ceil(num_pairs / BLOCK_M) + min(num_experts, num_pairs).
+ * Buffers sized from it: sorted_pairs [max_tiles * BLOCK_M], tile_expert [max_tiles], and the
+ * grouped GEMM's slot-indexed rows [max_tiles * BLOCK_M, ...]. */
+int64_t ocrvl_moe_max_tiles(int64_t num_pairs, int64_t num_experts);
+
+/* 3. Sorting the pairs by expert. Pair i = t*top_k + k has expert topk_ids[i]. Each expert e
+ * gets a run of ceil(count_e / BLOCK_M) tiles, in expert order; within a run the pairs keep
+ * their order (a stable sort, so the result does not depend on thread timing). Outputs:
+ *   sorted_pairs[slot] = the pair in that slot, or -1 for a padding slot (every slot of
+ *                        [0, max_tiles * BLOCK_M) is written)
+ *   pair_slot[i]       = the slot of pair i; -1 when topk_ids[i] is outside [0, num_experts)
+ *                        (such a pair is left out)
+ *   tile_expert[j]     = the expert of tile j, or -1 for a tile past the used ones
+ * One block of 1024 threads. max_tiles >= ocrvl_moe_max_tiles(num_pairs, num_experts), else
+ * INVALID_ARGUMENT; num_experts <= OCRVL_MOE_MAX_EXPERTS. */
+int32_t ocrvl_moe_align(int32_t* sorted_pairs, int32_t* pair_slot, int32_t* tile_expert, const int32_t* topk_ids,
+                        int64_t num_pairs, int64_t num_experts, int64_t max_tiles, ocrvl_stream_t stream);
+
+/* 4. Grouped GEMM over the sorted slots, bf16 in and out, f32 accumulation, for the experts
+ * [expert_begin, expert_end) (one pool: its experts have one shape):
+ *   for each tile j with e = tile_expert[j] in range, for each slot s of the tile with
+ *   sorted_pairs[s] >= 0:
+ *     row = gather_top_k > 0 ? a[sorted_pairs[s] / gather_top_k] : a[s]
+ *     acc[s, c] = Σ_i row[i] · weight[e - expert_begin][c, i]           (c < n, f32)
+ *   EPILOGUE_NONE:   out[s, c] = bf16(acc[s, c]) for c < n
+ *   EPILOGUE_SWIGLU: the weight rows come gate and up interleaved in groups of 8: rows
+ *     16g..16g+7 are gate rows 8g..8g+7 and rows 16g+8..16g+15 are up rows 8g..8g+7. For
+ *     c < n/2 with g = c/8, r = c%8:
+ *       gate = bf16(acc[s, 16g + r]), up = bf16(acc[s, 16g + 8 + r])
+ *       out[s, c] = bf16(bf16(silu(gate)) · up)        (transformers' bf16 roundings)
+ * Padding slots and tiles outside the range are not written.
+ * out    [max_tiles * BLOCK_M, n or n/2] bf16, row stride out_stride
+ * a      bf16, row stride a_stride, k columns: [num_tokens, k] when gathering, else slot rows
+ * weight [expert_end - expert_begin, n, k] bf16, contiguous
+ * Limits: n % BLOCK_N == 0, k % BLOCK_K == 0, 16-byte aligned pointers and strides.
+ * Grid: (n / BLOCK_N, max_tiles), Block: (128), 72 KiB dynamic shared memory. */
+int32_t ocrvl_moe_grouped_gemm(void* out, int64_t out_stride, const void* a, int64_t a_stride,
+                               const int32_t* sorted_pairs, int32_t gather_top_k, const void* weight,
+                               const int32_t* tile_expert, int64_t max_tiles, int64_t expert_begin,
+                               int64_t expert_end, int64_t n, int64_t k, int32_t epilogue, ocrvl_stream_t stream);
+
+/* 5. The weighted sum back into token order, f32 accumulation, one rounding:
+ *   out[t, c] = bf16( Σ_k topk_weights[t, k] · f32(expert_out[pair_slot[t*K + k], c])
+ *                     + f32(shared[t, c]) )
+ * Pairs with pair_slot -1 add nothing; shared may be NULL (then no shared term).
+ * out        [num_tokens, hidden] bf16, row stride out_stride (may not overlap the inputs)
+ * expert_out [slots, hidden] bf16, row stride expert_out_stride
+ * shared     [num_tokens, hidden] bf16, row stride shared_stride, or NULL
+ * Limits: hidden % 8 == 0, 16-byte aligned pointers and strides, top_k <= OCRVL_MOE_MAX_TOP_K.
+ * Grid: (num_tokens), Block: (128). */
+int32_t ocrvl_moe_combine(void* out, int64_t out_stride, const void* expert_out, int64_t expert_out_stride,
+                          const int32_t* pair_slot, const float* topk_weights, const void* shared,
+                          int64_t shared_stride, int64_t num_tokens, int64_t top_k, int64_t hidden,
+                          ocrvl_stream_t stream);
+
+#ifdef __cplusplus
+}
+#endif

@@ -1,0 +1,129 @@
+// extern "C" launchers for kernels/include/moe.h: argument checks, then the kernels of
+// router.cuh, align.cuh, grouped_gemm.cuh and combine.cuh.
+#include <stdint.h>
+
+#include "common/check.cuh"
+#include "moe.h"
+#include "moe/align.cuh"
+#include "moe/combine.cuh"
+#include "moe/grouped_gemm.cuh"
+#include "moe/router.cuh"
+
+namespace {
+
+using bf16 = __nv_bfloat16;
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+
+cudaStream_t as_cuda(ocrvl_stream_t s) { return reinterpret_cast<cudaStream_t>(s); }
+
+}  // namespace
+
+extern "C" int32_t ocrvl_moe_router_logits(float* logits, const void* x, int64_t x_stride, const float* weight,
+                                           int64_t num_tokens, int64_t hidden, int64_t num_logits,
+                                           ocrvl_stream_t stream) {
+    OCRVL_CHECK_ARG(num_tokens >= 0 && hidden > 0 && num_logits > 0 && x_stride >= hidden);
+    OCRVL_CHECK_ARG(num_tokens <= INT32_MAX && hidden <= INT32_MAX && num_logits <= 65535LL * 64);
+    if (num_tokens == 0) return OCRVL_STATUS_OK;
+    OCRVL_CHECK_ARG(logits != nullptr && x != nullptr && weight != nullptr);
+    const dim3 grid((unsigned)((num_tokens + ocrvl::moe::kLogitTokens - 1) / ocrvl::moe::kLogitTokens),
+                    (unsigned)((num_logits + ocrvl::moe::kLogitCols - 1) / ocrvl::moe::kLogitCols));
+    ocrvl::moe::router_logits_kernel<<<grid, 128, 0, as_cuda(stream)>>>(
+        logits, static_cast<const bf16*>(x), x_stride, weight, (int)num_tokens, (int)hidden, (int)num_logits);
+    return ocrvl::launch_status();
+}
+
+extern "C" int32_t ocrvl_moe_topk(int32_t* topk_ids, float* topk_weights, const float* logits, int64_t logits_stride,
+                                  const int32_t* token_pool, const float* bias, int64_t num_tokens,
+                                  int64_t num_experts, int64_t num_pools, int64_t top_k, float norm_min,
+                                  ocrvl_stream_t stream) {
+    OCRVL_CHECK_ARG(num_tokens >= 0 && num_tokens <= INT32_MAX);
+    OCRVL_CHECK_ARG(num_experts > 0 && num_pools > 0 && top_k > 0 && top_k <= num_experts);
+    OCRVL_CHECK_ARG(logits_stride >= num_experts * num_pools);
+    OCRVL_CHECK_ARG(norm_min > 0.f);  // false for NaN as well
+    if (num_experts > OCRVL_MOE_MAX_POOL_EXPERTS || top_k > OCRVL_MOE_MAX_TOP_K) return OCRVL_STATUS_UNSUPPORTED;
+    if (num_pools * num_experts > INT32_MAX) return OCRVL_STATUS_UNSUPPORTED;
+    if (num_tokens == 0) return OCRVL_STATUS_OK;
+    OCRVL_CHECK_ARG(topk_ids != nullptr && topk_weights != nullptr && logits != nullptr);
+    ocrvl::moe::topk_kernel<<<(unsigned)((num_tokens + 3) / 4), 128, 0, as_cuda(stream)>>>(
+        topk_ids, topk_weights, logits, logits_stride, token_pool, bias, (int)num_tokens, (int)num_experts,
+        (int)num_pools, (int)top_k, norm_min);
+    return ocrvl::launch_status();
+}
+
+extern "C" int64_t ocrvl_moe_max_tiles(int64_t num_pairs, int64_t num_experts) {
+    if (num_pairs <= 0 || num_experts <= 0) return 0;
+    const int64_t bound = num_pairs < num_experts ? num_pairs : num_experts;
+    return (num_pairs + OCRVL_MOE_BLOCK_M - 1) / OCRVL_MOE_BLOCK_M + bound;
+}
+
+extern "C" int32_t ocrvl_moe_align(int32_t* sorted_pairs, int32_t* pair_slot, int32_t* tile_expert,
+                                   const int32_t* topk_ids, int64_t num_pairs, int64_t num_experts, int64_t max_tiles,
+                                   ocrvl_stream_t stream) {
+    OCRVL_CHECK_ARG(num_pairs >= 0 && num_experts > 0 && max_tiles >= 0);
+    if (num_experts > OCRVL_MOE_MAX_EXPERTS) return OCRVL_STATUS_UNSUPPORTED;
+    OCRVL_CHECK_ARG(max_tiles >= ocrvl_moe_max_tiles(num_pairs, num_experts));
+    OCRVL_CHECK_ARG(max_tiles * OCRVL_MOE_BLOCK_M <= INT32_MAX);  // slots are int32
+    if (max_tiles == 0) return OCRVL_STATUS_OK;
+    OCRVL_CHECK_ARG(sorted_pairs != nullptr && tile_expert != nullptr);
+    OCRVL_CHECK_ARG(num_pairs == 0 || (pair_slot != nullptr && topk_ids != nullptr));
+    ocrvl::moe::align_kernel<<<1, ocrvl::moe::kAlignThreads, 0, as_cuda(stream)>>>(
+        sorted_pairs, pair_slot, tile_expert, topk_ids, (int)num_pairs, (int)num_experts, (int)max_tiles);
+    return ocrvl::launch_status();
+}
+
+extern "C" int32_t ocrvl_moe_grouped_gemm(void* out, int64_t out_stride, const void* a, int64_t a_stride,
+                                          const int32_t* sorted_pairs, int32_t gather_top_k, const void* weight,
+                                          const int32_t* tile_expert, int64_t max_tiles, int64_t expert_begin,
+                                          int64_t expert_end, int64_t n, int64_t k, int32_t epilogue,
+                                          ocrvl_stream_t stream) {
+    using namespace ocrvl::moe;
+    OCRVL_CHECK_ARG(max_tiles >= 0 && max_tiles <= 65535 && n > 0 && k > 0 && gather_top_k >= 0);
+    OCRVL_CHECK_ARG(expert_begin >= 0 && expert_end > expert_begin && expert_end <= OCRVL_MOE_MAX_EXPERTS);
+    OCRVL_CHECK_ARG(epilogue == OCRVL_MOE_EPILOGUE_NONE || epilogue == OCRVL_MOE_EPILOGUE_SWIGLU);
+    const int64_t out_cols = epilogue == OCRVL_MOE_EPILOGUE_SWIGLU ? n / 2 : n;
+    OCRVL_CHECK_ARG(a_stride >= k && out_stride >= out_cols);
+    OCRVL_CHECK_ARG(n <= INT32_MAX && k <= INT32_MAX);
+    if (n % kGemmN != 0 || k % kGemmK != 0) return OCRVL_STATUS_UNSUPPORTED;
+    if (max_tiles == 0) return OCRVL_STATUS_OK;
+    OCRVL_CHECK_ARG(out != nullptr && a != nullptr && sorted_pairs != nullptr && weight != nullptr &&
+                    tile_expert != nullptr);
+    if (!aligned16(out) || !aligned16(a) || !aligned16(weight) || a_stride % 8 != 0 || out_stride % 2 != 0)
+        return OCRVL_STATUS_UNSUPPORTED;
+    const dim3 grid((unsigned)(n / kGemmN), (unsigned)max_tiles);
+    const cudaStream_t s = as_cuda(stream);
+    if (epilogue == OCRVL_MOE_EPILOGUE_NONE) {
+        auto kernel = grouped_gemm_kernel<OCRVL_MOE_EPILOGUE_NONE>;
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kGemmSmemBytes);
+        kernel<<<grid, kGemmThreads, kGemmSmemBytes, s>>>(
+            static_cast<bf16*>(out), out_stride, static_cast<const bf16*>(a), a_stride, sorted_pairs, gather_top_k,
+            static_cast<const bf16*>(weight), tile_expert, (int)expert_begin, (int)expert_end, (int)n, (int)k);
+    } else {
+        auto kernel = grouped_gemm_kernel<OCRVL_MOE_EPILOGUE_SWIGLU>;
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kGemmSmemBytes);
+        kernel<<<grid, kGemmThreads, kGemmSmemBytes, s>>>(
+            static_cast<bf16*>(out), out_stride, static_cast<const bf16*>(a), a_stride, sorted_pairs, gather_top_k,
+            static_cast<const bf16*>(weight), tile_expert, (int)expert_begin, (int)expert_end, (int)n, (int)k);
+    }
+    return ocrvl::launch_status();
+}
+
+extern "C" int32_t ocrvl_moe_combine(void* out, int64_t out_stride, const void* expert_out,
+                                     int64_t expert_out_stride, const int32_t* pair_slot,
+                                     const float* topk_weights, const void* shared, int64_t shared_stride,
+                                     int64_t num_tokens, int64_t top_k, int64_t hidden, ocrvl_stream_t stream) {
+    OCRVL_CHECK_ARG(num_tokens >= 0 && num_tokens <= INT32_MAX && top_k > 0 && hidden > 0);
+    OCRVL_CHECK_ARG(out_stride >= hidden && expert_out_stride >= hidden);
+    OCRVL_CHECK_ARG(shared == nullptr || shared_stride >= hidden);
+    if (top_k > OCRVL_MOE_MAX_TOP_K || hidden > INT32_MAX) return OCRVL_STATUS_UNSUPPORTED;
+    if (num_tokens == 0) return OCRVL_STATUS_OK;
+    OCRVL_CHECK_ARG(out != nullptr && expert_out != nullptr && pair_slot != nullptr && topk_weights != nullptr);
+    if (hidden % 8 != 0 || !aligned16(out) || !aligned16(expert_out) || out_stride % 8 != 0 ||
+        expert_out_stride % 8 != 0)
+        return OCRVL_STATUS_UNSUPPORTED;
+    if (shared != nullptr && (!aligned16(shared) || shared_stride % 8 != 0)) return OCRVL_STATUS_UNSUPPORTED;
+    ocrvl::moe::combine_kernel<<<(unsigned)num_tokens, 128, 0, as_cuda(stream)>>>(
+        static_cast<bf16*>(out), out_stride, static_cast<const bf16*>(expert_out), expert_out_stride, pair_slot,
+        topk_weights, static_cast<const bf16*>(shared), shared_stride, (int)top_k, (int)hidden);
+    return ocrvl::launch_status();
+}
