@@ -4,7 +4,7 @@
 #   tools/gpu_bundle.sh            then, on the GPU host:  bash target/gpu-bundle/run.sh [LOGDIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bundle=target/gpu-bundle
+bundle=${OCRVL_BUNDLE_DIR:-target/gpu-bundle}  # another directory keeps a bundle in use intact
 rm -rf "$bundle"
 mkdir -p "$bundle/bin" "$bundle/tools"
 

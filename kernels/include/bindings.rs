@@ -17,6 +17,14 @@ pub const OCRVL_FA3_VISION_M192: u32 = 3;
 pub const OCRVL_SAMPLING_MAX_TOP_N: u32 = 20;
 pub const OCRVL_SAMPLING_MAX_VOCAB: u32 = 8388608;
 pub const OCRVL_SAMPLING_GREEDY_MAX_SPLITS: u32 = 32;
+pub const OCRVL_MOE_BLOCK_M: u32 = 64;
+pub const OCRVL_MOE_BLOCK_N: u32 = 128;
+pub const OCRVL_MOE_BLOCK_K: u32 = 64;
+pub const OCRVL_MOE_MAX_EXPERTS: u32 = 256;
+pub const OCRVL_MOE_MAX_POOL_EXPERTS: u32 = 256;
+pub const OCRVL_MOE_MAX_TOP_K: u32 = 16;
+pub const OCRVL_MOE_EPILOGUE_NONE: u32 = 0;
+pub const OCRVL_MOE_EPILOGUE_SWIGLU: u32 = 1;
 #[repr(u32)]
 #[derive(Debug, Copy, Clone, Hash, PartialEq, Eq)]
 pub enum OcrvlStatus {
@@ -474,6 +482,84 @@ unsafe extern "C" {
         args: *const OcrvlSamplingGreedyArgs,
         workspace: *mut ::std::os::raw::c_void,
         workspace_bytes: i64,
+        stream: ocrvl_stream_t,
+    ) -> i32;
+}
+unsafe extern "C" {
+    pub fn ocrvl_moe_router_logits(
+        logits: *mut f32,
+        x: *const ::std::os::raw::c_void,
+        x_stride: i64,
+        weight: *const f32,
+        num_tokens: i64,
+        hidden: i64,
+        num_logits: i64,
+        stream: ocrvl_stream_t,
+    ) -> i32;
+}
+unsafe extern "C" {
+    pub fn ocrvl_moe_topk(
+        topk_ids: *mut i32,
+        topk_weights: *mut f32,
+        logits: *const f32,
+        logits_stride: i64,
+        token_pool: *const i32,
+        bias: *const f32,
+        num_tokens: i64,
+        num_experts: i64,
+        num_pools: i64,
+        top_k: i64,
+        norm_min: f32,
+        stream: ocrvl_stream_t,
+    ) -> i32;
+}
+unsafe extern "C" {
+    pub fn ocrvl_moe_max_tiles(num_pairs: i64, num_experts: i64) -> i64;
+}
+unsafe extern "C" {
+    pub fn ocrvl_moe_align(
+        sorted_pairs: *mut i32,
+        pair_slot: *mut i32,
+        tile_expert: *mut i32,
+        topk_ids: *const i32,
+        num_pairs: i64,
+        num_experts: i64,
+        max_tiles: i64,
+        stream: ocrvl_stream_t,
+    ) -> i32;
+}
+unsafe extern "C" {
+    pub fn ocrvl_moe_grouped_gemm(
+        out: *mut ::std::os::raw::c_void,
+        out_stride: i64,
+        a: *const ::std::os::raw::c_void,
+        a_stride: i64,
+        sorted_pairs: *const i32,
+        gather_top_k: i32,
+        weight: *const ::std::os::raw::c_void,
+        tile_expert: *const i32,
+        max_tiles: i64,
+        expert_begin: i64,
+        expert_end: i64,
+        n: i64,
+        k: i64,
+        epilogue: i32,
+        stream: ocrvl_stream_t,
+    ) -> i32;
+}
+unsafe extern "C" {
+    pub fn ocrvl_moe_combine(
+        out: *mut ::std::os::raw::c_void,
+        out_stride: i64,
+        expert_out: *const ::std::os::raw::c_void,
+        expert_out_stride: i64,
+        pair_slot: *const i32,
+        topk_weights: *const f32,
+        shared: *const ::std::os::raw::c_void,
+        shared_stride: i64,
+        num_tokens: i64,
+        top_k: i64,
+        hidden: i64,
         stream: ocrvl_stream_t,
     ) -> i32;
 }

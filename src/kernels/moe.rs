@@ -89,7 +89,9 @@ pub fn router_logits(
     let (tokens, hidden) = matrix(OP, "x", x, DType::BF16)?;
     let num_logits = weight.dims().first().copied().unwrap_or(0);
     weight.expect(OP, "weight", DType::F32, &[num_logits, hidden])?;
-    logits.as_view().expect(OP, "logits", DType::F32, &[tokens, num_logits])?;
+    logits
+        .as_view()
+        .expect(OP, "logits", DType::F32, &[tokens, num_logits])?;
     contiguous(OP, "weight", weight)?;
     contiguous(OP, "logits", &logits.as_view())?;
     // SAFETY: shapes, dtypes and contiguity were checked against the header's contract; all
@@ -187,7 +189,9 @@ pub fn align(
     let pairs = tokens * top_k;
     let tiles = tile_expert.dims().first().copied().unwrap_or(0);
     tile_expert.as_view().expect(OP, "tile_expert", DType::I32, &[tiles])?;
-    sorted_pairs.as_view().expect(OP, "sorted_pairs", DType::I32, &[tiles * BLOCK_M])?;
+    sorted_pairs
+        .as_view()
+        .expect(OP, "sorted_pairs", DType::I32, &[tiles * BLOCK_M])?;
     pair_slot.as_view().expect(OP, "pair_slot", DType::I32, &[pairs])?;
     let need = max_tiles(pairs, num_experts);
     if tiles < need {
@@ -233,7 +237,12 @@ pub fn grouped_gemm(
     const OP: &str = "moe::grouped_gemm";
     let [num, n, k] = match *weight.dims() {
         [e, n, k] => [e, n, k],
-        _ => return Err(Error::invalid(OP, format!("weight must be [experts, n, k], got {:?}", weight.dims()))),
+        _ => {
+            return Err(Error::invalid(
+                OP,
+                format!("weight must be [experts, n, k], got {:?}", weight.dims()),
+            ))
+        }
     };
     weight.expect(OP, "weight", DType::BF16, &[experts.len(), n, k])?;
     contiguous(OP, "weight", weight)?;
@@ -257,7 +266,8 @@ pub fn grouped_gemm(
         Epilogue::None => n,
         Epilogue::SwiGlu => n / 2,
     };
-    out.as_view().expect(OP, "out", DType::BF16, &[tiles * BLOCK_M, out_cols])?;
+    out.as_view()
+        .expect(OP, "out", DType::BF16, &[tiles * BLOCK_M, out_cols])?;
     if gather_top_k == Some(0) {
         return Err(Error::invalid(OP, "gather_top_k must be at least 1"));
     }

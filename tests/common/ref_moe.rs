@@ -37,7 +37,14 @@ pub struct Route {
 
 /// Softmax over the pool's logits, top-k of probability + bias (ties to the lower id),
 /// weights = chosen probabilities / max(their sum, norm_min).
-pub fn route(logits: &[f64], bias: Option<&[f64]>, pool: usize, num_experts: usize, top_k: usize, norm_min: f64) -> Route {
+pub fn route(
+    logits: &[f64],
+    bias: Option<&[f64]>,
+    pool: usize,
+    num_experts: usize,
+    top_k: usize,
+    norm_min: f64,
+) -> Route {
     let l = &logits[pool * num_experts..(pool + 1) * num_experts];
     let m = l.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
     let e: Vec<f64> = l.iter().map(|v| (v - m).exp()).collect();

@@ -24,8 +24,6 @@ fn poisoned(g: &Gpu, dtype: DType, dims: &[usize], byte: u8) -> DeviceTensor {
     t
 }
 
-const POISON_I32: i32 = 0x7F7F_7F7F;
-
 #[test]
 #[ignore = "needs GPU"]
 fn router_logits_match_f64() {
@@ -33,7 +31,13 @@ fn router_logits_match_f64() {
     let mut r = rng(0x30e1);
     // (tokens, hidden, num_logits): decode and prefill at the model's 2560 x (2 pools x 64),
     // one token, and widths that leave partial tiles in every dimension.
-    for (tokens, hidden, num_logits) in [(256, 2560, 128), (1, 2560, 128), (1000, 2560, 128), (17, 72, 100), (33, 40, 1)] {
+    for (tokens, hidden, num_logits) in [
+        (256, 2560, 128),
+        (1, 2560, 128),
+        (1000, 2560, 128),
+        (17, 72, 100),
+        (33, 40, 1),
+    ] {
         let x = rand_bf16(&mut r, tokens * hidden, 1.0);
         let w = rand_f32(&mut r, num_logits * hidden, 0.05);
         let xd = DeviceTensor::from_host(&g, &[tokens, hidden], &x).unwrap();
@@ -75,8 +79,17 @@ fn gpu_topk(
     let mut w = poisoned(g, DType::F32, &[tokens, top_k], 0xFF);
     let pv = pd.as_ref().map(|t| t.view());
     let bv = bd.as_ref().map(|t| t.view());
-    moe::topk(g, &mut ids.view_mut(), &mut w.view_mut(), &ld.view(), pv.as_ref(), bv.as_ref(), num_experts, 1e-12)
-        .unwrap();
+    moe::topk(
+        g,
+        &mut ids.view_mut(),
+        &mut w.view_mut(),
+        &ld.view(),
+        pv.as_ref(),
+        bv.as_ref(),
+        num_experts,
+        1e-12,
+    )
+    .unwrap();
     (ids.to_host(g).unwrap(), w.to_host(g).unwrap())
 }
 
@@ -113,23 +126,27 @@ fn topk_matches_reference_routing() {
         for t in 0..tokens {
             let l64: Vec<f64> = logits[t * width..(t + 1) * width].iter().map(|&v| v as f64).collect();
             let pool = token_pool[t] as usize;
-            let b64: Vec<f64> = bias[pool * num_experts..(pool + 1) * num_experts].iter().map(|&v| v as f64).collect();
+            let b64: Vec<f64> = bias[pool * num_experts..(pool + 1) * num_experts]
+                .iter()
+                .map(|&v| v as f64)
+                .collect();
             let want = ref_moe::route(&l64, with_bias.then_some(&b64[..]), pool, num_experts, top_k, 1e-12);
             let got_ids: Vec<usize> = ids[t * top_k..(t + 1) * top_k].iter().map(|&v| v as usize).collect();
             if want.margin < 1e-6 && got_ids != want.ids {
                 near_ties += 1; // f32 against f64 may order a near-tie either way
                 continue;
             }
-            assert_eq!(got_ids, want.ids, "{tokens}x{pools}x{num_experts} top-{top_k}: token {t}'s experts");
+            assert_eq!(
+                got_ids, want.ids,
+                "{tokens}x{pools}x{num_experts} top-{top_k}: token {t}'s experts"
+            );
             let got_w: Vec<f64> = w[t * top_k..(t + 1) * top_k].iter().map(|&v| v as f64).collect();
-            for k in 0..top_k {
+            for (k, (&gw, &ww)) in got_w.iter().zip(&want.weights).enumerate() {
                 // f32 probabilities and one bf16 rounding.
-                assert_eq!(got_w[k], bf16::from_f32(got_w[k] as f32).to_f64(), "weights are rounded to bf16");
+                assert_eq!(gw, bf16::from_f32(gw as f32).to_f64(), "weights are rounded to bf16");
                 assert!(
-                    (got_w[k] - want.weights[k]).abs() <= BF16_RTOL * want.weights[k] + 1e-7,
-                    "token {t} k {k}: weight {} want {}",
-                    got_w[k],
-                    want.weights[k]
+                    (gw - ww).abs() <= BF16_RTOL * ww + 1e-7,
+                    "token {t} k {k}: weight {gw} want {ww}"
                 );
             }
         }
@@ -154,7 +171,10 @@ fn topk_without_pools_or_bias_and_with_nan_logits_stays_in_range() {
     let (ids, _) = gpu_topk(&g, &logits, tokens, 128, None, None, num_experts, top_k);
     for t in 0..tokens {
         let mut row: Vec<i32> = ids[t * top_k..(t + 1) * top_k].to_vec();
-        assert!(row.iter().all(|&e| (0..64).contains(&e)), "token {t}: ids {row:?} outside pool 0");
+        assert!(
+            row.iter().all(|&e| (0..64).contains(&e)),
+            "token {t}: ids {row:?} outside pool 0"
+        );
         row.sort();
         row.dedup();
         assert_eq!(row.len(), top_k, "token {t}: repeated experts");
@@ -172,8 +192,15 @@ fn gpu_align(g: &Gpu, ids: &[i32], num_experts: usize, tiles: usize) -> ref_moe:
     let mut sorted = poisoned(g, DType::I32, &[tiles * BLOCK_M], 0x7F);
     let mut slot = poisoned(g, DType::I32, &[ids.len()], 0x7F);
     let mut tile_expert = poisoned(g, DType::I32, &[tiles], 0x7F);
-    moe::align(g, &mut sorted.view_mut(), &mut slot.view_mut(), &mut tile_expert.view_mut(), &idd.view(), num_experts)
-        .unwrap();
+    moe::align(
+        g,
+        &mut sorted.view_mut(),
+        &mut slot.view_mut(),
+        &mut tile_expert.view_mut(),
+        &idd.view(),
+        num_experts,
+    )
+    .unwrap();
     ref_moe::Aligned {
         sorted_pairs: sorted.to_host(g).unwrap(),
         pair_slot: slot.to_host(g).unwrap(),
@@ -222,8 +249,15 @@ fn align_sorts_pairs_stably_into_tiles() {
     let mut sorted = DeviceTensor::alloc(&g, DType::I32, &[tiles * BLOCK_M]).unwrap();
     let mut slot = DeviceTensor::alloc(&g, DType::I32, &[1536]).unwrap();
     let mut te = DeviceTensor::alloc(&g, DType::I32, &[tiles]).unwrap();
-    let err = moe::align(&g, &mut sorted.view_mut(), &mut slot.view_mut(), &mut te.view_mut(), &idd.view(), 128)
-        .unwrap_err();
+    let err = moe::align(
+        &g,
+        &mut sorted.view_mut(),
+        &mut slot.view_mut(),
+        &mut te.view_mut(),
+        &idd.view(),
+        128,
+    )
+    .unwrap_err();
     assert!(matches!(err, Error::Invalid { .. }), "{err}");
 }
 
@@ -264,7 +298,17 @@ fn make_pool(g: &Gpu, r: &mut ChaCha8Rng, experts: usize, inter: usize, hidden: 
 /// The experts' MLPs over routed pairs, two pools, on the GPU and in f64: `ids` `[tokens,
 /// top_k]` global (pool p's expert e is p · experts + e). Checks h (gate/up + SwiGLU) and y
 /// (down) at every used slot, and that padding slots stay untouched.
-fn check_grouped_gemm(name: &str, g: &Gpu, r: &mut ChaCha8Rng, pools: &[Pool], experts: usize, hidden: usize, ids: &[i32], top_k: usize) {
+#[allow(clippy::too_many_arguments)]
+fn check_grouped_gemm(
+    name: &str,
+    g: &Gpu,
+    r: &mut ChaCha8Rng,
+    pools: &[Pool],
+    experts: usize,
+    hidden: usize,
+    ids: &[i32],
+    top_k: usize,
+) {
     let tokens = ids.len() / top_k;
     let total_experts = experts * pools.len();
     let x = rand_bf16(r, tokens * hidden, 1.0);
@@ -275,19 +319,46 @@ fn check_grouped_gemm(name: &str, g: &Gpu, r: &mut ChaCha8Rng, pools: &[Pool], e
     let mut sorted = DeviceTensor::alloc(g, DType::I32, &[slots]).unwrap();
     let mut pair_slot = DeviceTensor::alloc(g, DType::I32, &[ids.len()]).unwrap();
     let mut tile_expert = DeviceTensor::alloc(g, DType::I32, &[tiles]).unwrap();
-    moe::align(g, &mut sorted.view_mut(), &mut pair_slot.view_mut(), &mut tile_expert.view_mut(), &idd.view(), total_experts)
-        .unwrap();
+    moe::align(
+        g,
+        &mut sorted.view_mut(),
+        &mut pair_slot.view_mut(),
+        &mut tile_expert.view_mut(),
+        &idd.view(),
+        total_experts,
+    )
+    .unwrap();
     let max_inter = pools.iter().map(|p| p.inter).max().unwrap();
     let mut h = poisoned(g, DType::BF16, &[slots, max_inter], 0xFF);
     let mut y = poisoned(g, DType::BF16, &[slots, hidden], 0xFF);
     for (p, pool) in pools.iter().enumerate() {
         let range = p * experts..(p + 1) * experts;
         let mut hv = h.view_mut().columns(0, pool.inter).unwrap();
-        moe::grouped_gemm(g, &mut hv, &xd.view(), &sorted.view(), Some(top_k), &pool.gate_up_dev.view(), &tile_expert.view(), range.clone(), Epilogue::SwiGlu)
-            .unwrap();
+        moe::grouped_gemm(
+            g,
+            &mut hv,
+            &xd.view(),
+            &sorted.view(),
+            Some(top_k),
+            &pool.gate_up_dev.view(),
+            &tile_expert.view(),
+            range.clone(),
+            Epilogue::SwiGlu,
+        )
+        .unwrap();
         let hin = h.view().columns(0, pool.inter).unwrap();
-        moe::grouped_gemm(g, &mut y.view_mut(), &hin, &sorted.view(), None, &pool.down_dev.view(), &tile_expert.view(), range, Epilogue::None)
-            .unwrap();
+        moe::grouped_gemm(
+            g,
+            &mut y.view_mut(),
+            &hin,
+            &sorted.view(),
+            None,
+            &pool.down_dev.view(),
+            &tile_expert.view(),
+            range,
+            Epilogue::None,
+        )
+        .unwrap();
     }
     let sorted_h: Vec<i32> = sorted.to_host(g).unwrap();
     let h_got = bf16_to_f64(&h.to_host::<bf16>(g).unwrap());
@@ -297,7 +368,10 @@ fn check_grouped_gemm(name: &str, g: &Gpu, r: &mut ChaCha8Rng, pools: &[Pool], e
     for s in 0..slots {
         let pair = sorted_h[s];
         if pair < 0 {
-            assert!(y_got[s * hidden..(s + 1) * hidden].iter().all(|v| v.is_nan()), "{name}: padding slot {s} was written");
+            assert!(
+                y_got[s * hidden..(s + 1) * hidden].iter().all(|v| v.is_nan()),
+                "{name}: padding slot {s} was written"
+            );
             continue;
         }
         let (t, e) = (pair as usize / top_k, ids[pair as usize] as usize);
@@ -345,7 +419,10 @@ fn grouped_gemm_matches_f64_at_the_model_shapes() {
     // k = 1536 / 512 for down). 8 experts per pool keep the host's reference fast; the kernel
     // indexes a pool's experts the same way whatever their number.
     let (hidden, experts, top_k) = (2560, 8, 6);
-    let pools = [make_pool(&g, &mut r, experts, 1536, hidden), make_pool(&g, &mut r, experts, 512, hidden)];
+    let pools = [
+        make_pool(&g, &mut r, experts, 1536, hidden),
+        make_pool(&g, &mut r, experts, 512, hidden),
+    ];
     let ids = random_ids(&mut r, 64, 2, experts, top_k);
     check_grouped_gemm("model shapes", &g, &mut r, &pools, experts, hidden, &ids, top_k);
 }
@@ -358,7 +435,10 @@ fn grouped_gemm_handles_empty_full_and_overflowing_tiles() {
     // Small widths (one n tile, two k steps) so every slot can be checked: pool 0 of 4
     // experts with inter 64 (n = 128), pool 1 with inter 128 (n = 256); hidden 128.
     let (hidden, experts) = (128, 4);
-    let pools = [make_pool(&g, &mut r, experts, 64, hidden), make_pool(&g, &mut r, experts, 128, hidden)];
+    let pools = [
+        make_pool(&g, &mut r, experts, 64, hidden),
+        make_pool(&g, &mut r, experts, 128, hidden),
+    ];
     // top_k 1: expert 1 gets 64 pairs (one full tile), expert 2 gets 65 (a tile and one),
     // expert 6 gets 1, the others none.
     let mut ids = vec![1i32; 64];
@@ -366,7 +446,10 @@ fn grouped_gemm_handles_empty_full_and_overflowing_tiles() {
     ids.push(6);
     check_grouped_gemm("64/65/1 pairs", &g, &mut r, &pools, experts, hidden, &ids, 1);
     // top_k 2 over 300 tokens, all in pool 1: pool 0's call writes nothing.
-    let ids = random_ids(&mut r, 300, 1, experts, 2).iter().map(|&e| e + experts as i32).collect::<Vec<_>>();
+    let ids = random_ids(&mut r, 300, 1, experts, 2)
+        .iter()
+        .map(|&e| e + experts as i32)
+        .collect::<Vec<_>>();
     check_grouped_gemm("one pool only", &g, &mut r, &pools, experts, hidden, &ids, 2);
 }
 
@@ -382,10 +465,26 @@ fn grouped_gemm_refuses_widths_it_has_no_tile_for() {
         let a = DeviceTensor::zeros(&g, DType::BF16, &[4, k]).unwrap();
         let w = DeviceTensor::zeros(&g, DType::BF16, &[1, n, k]).unwrap();
         let mut out = DeviceTensor::zeros(&g, DType::BF16, &[tiles * BLOCK_M, n]).unwrap();
-        let err = moe::grouped_gemm(&g, &mut out.view_mut(), &a.view(), &sorted.view(), Some(1), &w.view(), &te.view(), 0..1, Epilogue::None)
-            .unwrap_err();
+        let err = moe::grouped_gemm(
+            &g,
+            &mut out.view_mut(),
+            &a.view(),
+            &sorted.view(),
+            Some(1),
+            &w.view(),
+            &te.view(),
+            0..1,
+            Epilogue::None,
+        )
+        .unwrap_err();
         assert!(
-            matches!(err, Error::Kernel { status: OcrvlStatus::OCRVL_STATUS_UNSUPPORTED, .. }),
+            matches!(
+                err,
+                Error::Kernel {
+                    status: OcrvlStatus::OCRVL_STATUS_UNSUPPORTED,
+                    ..
+                }
+            ),
             "n {n} k {k}: {err}"
         );
     }
@@ -398,26 +497,47 @@ fn combine_matches_f64() {
     let mut r = rng(0xc0b1);
     // (tokens, top_k, hidden, with shared): the model's 2560 and top-6 at decode and prefill
     // sizes, and a width of one 8-column vector.
-    for (tokens, top_k, hidden, with_shared) in [(256, 6, 2560, true), (257, 6, 2560, false), (5, 3, 8, true), (1, 16, 1032, true)] {
+    for (tokens, top_k, hidden, with_shared) in [
+        (256, 6, 2560, true),
+        (257, 6, 2560, false),
+        (5, 3, 8, true),
+        (1, 16, 1032, true),
+    ] {
         let slots = tokens * top_k + 64;
         let y = rand_bf16(&mut r, slots * hidden, 1.0);
         let shared = rand_bf16(&mut r, tokens * hidden, 1.0);
         // A permutation of slots, with one pair left out (-1).
-        let mut pair_slot: Vec<i32> = (0..(tokens * top_k) as i32).map(|i| (i * 7919) % slots as i32).collect();
+        let mut pair_slot: Vec<i32> = (0..(tokens * top_k) as i32)
+            .map(|i| (i * 7919) % slots as i32)
+            .collect();
         pair_slot[tokens * top_k / 2] = -1;
-        let w: Vec<f32> = (0..tokens * top_k).map(|_| bf16::from_f32(r.random_range(0.0..1.0)).to_f32()).collect();
+        let w: Vec<f32> = (0..tokens * top_k)
+            .map(|_| bf16::from_f32(r.random_range(0.0..1.0)).to_f32())
+            .collect();
         let yd = DeviceTensor::from_host(&g, &[slots, hidden], &y).unwrap();
         let sd = DeviceTensor::from_host(&g, &[tokens, hidden], &shared).unwrap();
         let pd = DeviceTensor::from_host(&g, &[tokens * top_k], &pair_slot).unwrap();
         let wd = DeviceTensor::from_host(&g, &[tokens, top_k], &w).unwrap();
         let mut out = poisoned(&g, DType::BF16, &[tokens, hidden], 0xFF);
         let sv = sd.view();
-        moe::combine(&g, &mut out.view_mut(), &yd.view(), &pd.view(), &wd.view(), with_shared.then_some(&sv)).unwrap();
+        moe::combine(
+            &g,
+            &mut out.view_mut(),
+            &yd.view(),
+            &pd.view(),
+            &wd.view(),
+            with_shared.then_some(&sv),
+        )
+        .unwrap();
         let got = bf16_to_f64(&out.to_host::<bf16>(&g).unwrap());
         let mut want = vec![0.0; tokens * hidden];
         for t in 0..tokens {
             for c in 0..hidden {
-                let mut s = if with_shared { shared[t * hidden + c].to_f64() } else { 0.0 };
+                let mut s = if with_shared {
+                    shared[t * hidden + c].to_f64()
+                } else {
+                    0.0
+                };
                 for k in 0..top_k {
                     let slot = pair_slot[t * top_k + k];
                     if slot >= 0 {
@@ -427,7 +547,13 @@ fn combine_matches_f64() {
                 want[t * hidden + c] = s;
             }
         }
-        assert_close(&format!("combine {tokens}x{top_k}x{hidden}"), &got, &want, 1e-3 * rms(&want), BF16_RTOL);
+        assert_close(
+            &format!("combine {tokens}x{top_k}x{hidden}"),
+            &got,
+            &want,
+            1e-3 * rms(&want),
+            BF16_RTOL,
+        );
     }
 }
 
@@ -440,7 +566,10 @@ fn moe_layer_matches_f64() {
     let g = gpu();
     let mut r = rng(0x1a7e);
     let (tokens, hidden, experts, top_k) = (200, 256, 16, 4);
-    let pools = [make_pool(&g, &mut r, experts, 256, hidden), make_pool(&g, &mut r, experts, 128, hidden)];
+    let pools = [
+        make_pool(&g, &mut r, experts, 256, hidden),
+        make_pool(&g, &mut r, experts, 128, hidden),
+    ];
     let router = rand_f32(&mut r, 2 * experts * hidden, 0.1);
     let bias = rand_f32(&mut r, 2 * experts, 0.02);
     let token_pool: Vec<i32> = (0..tokens).map(|t| i32::from(t % 3 == 0)).collect();
@@ -466,20 +595,65 @@ fn moe_layer_matches_f64() {
 
     moe::router_logits(&g, &mut logits.view_mut(), &xd.view(), &rd.view()).unwrap();
     let (pv, bv) = (pd.view(), bd.view());
-    moe::topk(&g, &mut ids.view_mut(), &mut w.view_mut(), &logits.view(), Some(&pv), Some(&bv), experts, 1e-12).unwrap();
-    moe::align(&g, &mut sorted.view_mut(), &mut pair_slot.view_mut(), &mut tile_expert.view_mut(), &ids.view(), 2 * experts)
-        .unwrap();
+    moe::topk(
+        &g,
+        &mut ids.view_mut(),
+        &mut w.view_mut(),
+        &logits.view(),
+        Some(&pv),
+        Some(&bv),
+        experts,
+        1e-12,
+    )
+    .unwrap();
+    moe::align(
+        &g,
+        &mut sorted.view_mut(),
+        &mut pair_slot.view_mut(),
+        &mut tile_expert.view_mut(),
+        &ids.view(),
+        2 * experts,
+    )
+    .unwrap();
     for (p, pool) in pools.iter().enumerate() {
         let range = p * experts..(p + 1) * experts;
         let mut hv = h.view_mut().columns(0, pool.inter).unwrap();
-        moe::grouped_gemm(&g, &mut hv, &xd.view(), &sorted.view(), Some(top_k), &pool.gate_up_dev.view(), &tile_expert.view(), range.clone(), Epilogue::SwiGlu)
-            .unwrap();
+        moe::grouped_gemm(
+            &g,
+            &mut hv,
+            &xd.view(),
+            &sorted.view(),
+            Some(top_k),
+            &pool.gate_up_dev.view(),
+            &tile_expert.view(),
+            range.clone(),
+            Epilogue::SwiGlu,
+        )
+        .unwrap();
         let hin = h.view().columns(0, pool.inter).unwrap();
-        moe::grouped_gemm(&g, &mut y.view_mut(), &hin, &sorted.view(), None, &pool.down_dev.view(), &tile_expert.view(), range, Epilogue::None)
-            .unwrap();
+        moe::grouped_gemm(
+            &g,
+            &mut y.view_mut(),
+            &hin,
+            &sorted.view(),
+            None,
+            &pool.down_dev.view(),
+            &tile_expert.view(),
+            range,
+            Epilogue::None,
+        )
+        .unwrap();
     }
     let sv = sd.view();
-    moe::combine(&g, &mut out.view_mut(), &y.view(), &pair_slot.view(), &w.view(), Some(&sv)).unwrap();
+    moe::combine(
+        &g,
+        &mut out.view_mut(),
+        &y.view(),
+        &pair_slot.view(),
+        &w.view(),
+        Some(&sv),
+    )
+    .unwrap();
     let got = bf16_to_f64(&out.to_host::<bf16>(&g).unwrap());
 
     let x64 = bf16_to_f64(&x);
@@ -502,7 +676,10 @@ fn moe_layer_matches_f64() {
             continue;
         }
         let xr = &x64[t * hidden..(t + 1) * hidden];
-        let mut acc: Vec<f64> = shared[t * hidden..(t + 1) * hidden].iter().map(|v| v.to_f64()).collect();
+        let mut acc: Vec<f64> = shared[t * hidden..(t + 1) * hidden]
+            .iter()
+            .map(|v| v.to_f64())
+            .collect();
         for (k, &e) in route.ids.iter().enumerate() {
             let (pl, local) = (&pools[e / experts], e % experts);
             let hr = ref_moe::swiglu_row(xr, &pl.gate[local], &pl.up[local], pl.inter, hidden);
