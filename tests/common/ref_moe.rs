@@ -26,8 +26,8 @@ pub fn router_logits(x: &[f64], w: &[f64], tokens: usize, hidden: usize, num_log
 }
 
 /// One token's routing: global expert ids in descending order of score, their renormalised
-/// weights (not rounded), and the score gap between the last chosen and the best one left
-/// (how close the choice was to a tie; infinite when every expert was chosen).
+/// weights (not rounded), and the smallest score gap among the first top_k + 1 experts in
+/// score order (how close the choice or its order came to a tie).
 #[derive(Clone, Debug)]
 pub struct Route {
     pub ids: Vec<usize>,
@@ -56,11 +56,11 @@ pub fn route(
     let chosen = &order[..top_k];
     let total: f64 = chosen.iter().map(|&i| p[i]).sum();
     let denom = total.max(norm_min);
-    let margin = if top_k < num_experts {
-        score[order[top_k - 1]] - score[order[top_k]]
-    } else {
-        f64::INFINITY
-    };
+    let ranked = &order[..(top_k + 1).min(num_experts)];
+    let margin = ranked
+        .windows(2)
+        .map(|w| score[w[0]] - score[w[1]])
+        .fold(f64::INFINITY, f64::min);
     Route {
         ids: chosen.iter().map(|&i| pool * num_experts + i).collect(),
         weights: chosen.iter().map(|&i| p[i] / denom).collect(),

@@ -48,7 +48,9 @@ fn router_logits_match_f64() {
         let w64: Vec<f64> = w.iter().map(|&v| v as f64).collect();
         let (want, scale) = ref_moe::router_logits(&bf16_to_f64(&x), &w64, tokens, hidden, num_logits);
         for i in 0..want.len() {
-            let bound = 1e-6 * scale[i] + 1e-30;
+            // f32 products summed in f32 over `hidden` terms: a few 1e-6 of Σ|terms| in
+            // practice (bf16 inputs would be ~4e-3).
+            let bound = 3e-5 * scale[i] + 1e-30;
             let d = (got[i] as f64 - want[i]).abs();
             assert!(
                 d <= bound,
