@@ -20,6 +20,7 @@ mod gemm;
 mod kv_cache;
 mod model;
 mod moe;
+mod moe_block;
 mod norm;
 mod rope;
 mod sampling;

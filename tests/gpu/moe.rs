@@ -265,16 +265,16 @@ fn align_sorts_pairs_stably_into_tiles() {
 
 /// One pool's experts for the grouped GEMM test: gate, up, down per expert as f64, and the
 /// device weights in the kernel's layout.
-struct Pool {
-    inter: usize,
-    gate: Vec<Vec<f64>>,
-    up: Vec<Vec<f64>>,
-    down: Vec<Vec<f64>>,
-    gate_up_dev: DeviceTensor,
-    down_dev: DeviceTensor,
+pub(crate) struct Pool {
+    pub inter: usize,
+    pub gate: Vec<Vec<f64>>,
+    pub up: Vec<Vec<f64>>,
+    pub down: Vec<Vec<f64>>,
+    pub gate_up_dev: DeviceTensor,
+    pub down_dev: DeviceTensor,
 }
 
-fn make_pool(g: &Gpu, r: &mut ChaCha8Rng, experts: usize, inter: usize, hidden: usize) -> Pool {
+pub(crate) fn make_pool(g: &Gpu, r: &mut ChaCha8Rng, experts: usize, inter: usize, hidden: usize) -> Pool {
     let (mut gate, mut up, mut down) = (vec![], vec![], vec![]);
     let (mut gu_all, mut down_all) = (vec![], vec![]);
     for _ in 0..experts {

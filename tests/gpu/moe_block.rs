@@ -1,0 +1,138 @@
+//! ERNIE-4.5-VL's MoE block (src/model/ernie_vl/moe_block.rs: shared experts through the dense
+//! GEMM, routed experts through the MoE kernels) against the f64 block with its own routing,
+//! text and vision tokens mixed, at two token counts from one scratch (the second reuses the
+//! first's buffers, as a decode step after a prefill does).
+
+use half::bf16;
+use rand::Rng;
+
+use ocrvl::model::ernie_vl::moe_block::{moe_block, ExpertPoolWeights, MoeBlockShape, MoeBlockWeights, MoeScratch};
+use ocrvl::runtime::{DType, DeviceTensor, Gemm};
+
+use crate::common::ref_moe;
+use crate::common::tol::{assert_close, rms, BF16_RTOL};
+use crate::common::{bf16_to_f64, gpu, rand_bf16, rand_f32, rng};
+use crate::moe::make_pool;
+
+fn round_bf16(v: f64) -> f64 {
+    bf16::from_f64(v).to_f64()
+}
+
+#[test]
+#[ignore = "needs GPU"]
+fn moe_block_matches_f64_with_shared_experts() {
+    let g = gpu();
+    let mut gemm = Gemm::new(&g).unwrap();
+    let mut r = rng(0xb10c);
+    let (hidden, experts, top_k, shared_inter) = (256, 16, 4, 256);
+    let shape = MoeBlockShape {
+        hidden,
+        experts_per_pool: experts,
+        pool_inter: vec![256, 128],
+        shared_inter,
+        top_k,
+        norm_min: 1e-12,
+    };
+    let pools = [
+        make_pool(&g, &mut r, experts, 256, hidden),
+        make_pool(&g, &mut r, experts, 128, hidden),
+    ];
+    let router = rand_f32(&mut r, 2 * experts * hidden, 0.1);
+    let bias = rand_f32(&mut r, 2 * experts, 0.02);
+    let sg = rand_bf16(&mut r, shared_inter * hidden, 0.05);
+    let su = rand_bf16(&mut r, shared_inter * hidden, 0.05);
+    let sd = rand_bf16(&mut r, hidden * shared_inter, 0.05);
+    let rd = DeviceTensor::from_host(&g, &[2 * experts, hidden], &router).unwrap();
+    let bd = DeviceTensor::from_host(&g, &[2, experts], &bias).unwrap();
+    let sgu_d = DeviceTensor::from_host(&g, &[2 * shared_inter, hidden], &[sg.clone(), su.clone()].concat()).unwrap();
+    let sd_d = DeviceTensor::from_host(&g, &[hidden, shared_inter], &sd).unwrap();
+    let weights = MoeBlockWeights {
+        router: rd.view(),
+        correction_bias: bd.view(),
+        pools: pools
+            .iter()
+            .map(|p| ExpertPoolWeights {
+                gate_up: p.gate_up_dev.view(),
+                down: p.down_dev.view(),
+            })
+            .collect(),
+        shared_gate_up: Some(sgu_d.view()),
+        shared_down: Some(sd_d.view()),
+    };
+    let mut scratch = MoeScratch::new(&g, &shape, 300).unwrap();
+    let (sg64, su64, sd64) = (bf16_to_f64(&sg), bf16_to_f64(&su), bf16_to_f64(&sd));
+    let r64: Vec<f64> = router.iter().map(|&v| v as f64).collect();
+    let b64: Vec<f64> = bias.iter().map(|&v| v as f64).collect();
+
+    for tokens in [300, 7] {
+        let x = rand_bf16(&mut r, tokens * hidden, 1.0);
+        let token_pool: Vec<i32> = (0..tokens).map(|_| i32::from(r.random_range(0..4) == 0)).collect();
+        let xd = DeviceTensor::from_host(&g, &[tokens, hidden], &x).unwrap();
+        let pd = DeviceTensor::from_host(&g, &[tokens], &token_pool).unwrap();
+        let mut out = DeviceTensor::alloc(&g, DType::BF16, &[tokens, hidden]).unwrap();
+        out.view_mut().fill_bytes(&g, 0xFF).unwrap();
+        moe_block(
+            &g,
+            &mut gemm,
+            &mut out.view_mut(),
+            &xd.view(),
+            &pd.view(),
+            &weights,
+            &mut scratch,
+        )
+        .unwrap();
+        let got = bf16_to_f64(&out.to_host::<bf16>(&g).unwrap());
+
+        let x64 = bf16_to_f64(&x);
+        let (logits, _) = ref_moe::router_logits(&x64, &r64, tokens, hidden, 2 * experts);
+        let (mut gs, mut ws, mut skipped) = (vec![], vec![], 0);
+        for t in 0..tokens {
+            let pool = token_pool[t] as usize;
+            let route = ref_moe::route(
+                &logits[t * 2 * experts..(t + 1) * 2 * experts],
+                Some(&b64[pool * experts..(pool + 1) * experts]),
+                pool,
+                experts,
+                top_k,
+                1e-12,
+            );
+            if route.margin < 1e-6 {
+                skipped += 1;
+                continue;
+            }
+            let xr = &x64[t * hidden..(t + 1) * hidden];
+            // Shared: gate and up rounded by the GEMM, silu(g)·u rounded once (silu_mul), the
+            // down GEMM rounded.
+            let act: Vec<f64> = (0..shared_inter)
+                .map(|c| {
+                    let gv = round_bf16((0..hidden).map(|i| xr[i] * sg64[c * hidden + i]).sum());
+                    let uv = round_bf16((0..hidden).map(|i| xr[i] * su64[c * hidden + i]).sum());
+                    round_bf16(gv / (1.0 + (-gv).exp()) * uv)
+                })
+                .collect();
+            let mut acc: Vec<f64> = ref_moe::matvec(&act, &sd64, hidden, shared_inter)
+                .into_iter()
+                .map(round_bf16)
+                .collect();
+            for (k, &e) in route.ids.iter().enumerate() {
+                let (pl, local) = (&pools[e / experts], e % experts);
+                let hr = ref_moe::swiglu_row(xr, &pl.gate[local], &pl.up[local], pl.inter, hidden);
+                let yr = ref_moe::matvec(&hr, &pl.down[local], hidden, pl.inter);
+                let wk = round_bf16(route.weights[k]);
+                for c in 0..hidden {
+                    acc[c] += wk * round_bf16(yr[c]);
+                }
+            }
+            gs.extend_from_slice(&got[t * hidden..(t + 1) * hidden]);
+            ws.extend(acc);
+        }
+        assert!(skipped <= 2, "{tokens} tokens: {skipped} routed within 1e-6 of a tie");
+        assert_close(
+            &format!("moe block, {tokens} tokens"),
+            &gs,
+            &ws,
+            2e-2 * rms(&ws),
+            2.0 * BF16_RTOL,
+        );
+    }
+}
