@@ -190,6 +190,37 @@ impl Metrics {
             "Prompt tokens found in the prefix cache.",
             e.prefix_cache_hit_tokens,
         );
+        let c = &stats.image_cache;
+        one(
+            "ocrvl_mm_cache_bytes",
+            "gauge",
+            "Bytes held by the preprocessed-image cache (--mm-processor-cache-gb).",
+            c.bytes as u64,
+        );
+        one(
+            "ocrvl_mm_cache_entries",
+            "gauge",
+            "Images held by the preprocessed-image cache.",
+            c.entries as u64,
+        );
+        one(
+            "ocrvl_mm_cache_hits_total",
+            "counter",
+            "Images found in the preprocessed-image cache.",
+            c.hits,
+        );
+        one(
+            "ocrvl_mm_cache_misses_total",
+            "counter",
+            "Images looked up and not found in the preprocessed-image cache.",
+            c.misses,
+        );
+        one(
+            "ocrvl_mm_cache_evictions_total",
+            "counter",
+            "Images evicted from the preprocessed-image cache to make room.",
+            c.evictions,
+        );
         one(
             "ocrvl_prompt_tokens_total",
             "counter",
@@ -281,8 +312,12 @@ mod tests {
         stats.engine.kv_blocks_total = 100;
         stats.engine.kv_blocks_free = 90;
         stats.prompt_tokens = 123;
+        stats.image_cache.bytes = 4096;
+        stats.image_cache.hits = 7;
         let text = m.render(&stats, true);
         for line in [
+            "ocrvl_mm_cache_bytes 4096",
+            "ocrvl_mm_cache_hits_total 7",
             "ocrvl_engine_ready 1",
             "ocrvl_kv_blocks_used 10",
             "ocrvl_kv_blocks_free 90",

@@ -168,6 +168,8 @@ pub struct ServiceStats {
     pub prompt_tokens: u64,
     pub generation_tokens: u64,
     pub steps: u64,
+    /// The preprocessed-image cache (`--mm-processor-cache-gb`), read when the stats are taken.
+    pub image_cache: ImageCacheStats,
 }
 
 /// What callers share: the model's front half and the channel to the engine thread.
@@ -349,7 +351,9 @@ impl Service {
     }
 
     pub fn stats(&self) -> ServiceStats {
-        self.inner.status.stats.lock().map(|s| s.clone()).unwrap_or_default()
+        let mut stats = self.inner.status.stats.lock().map(|s| s.clone()).unwrap_or_default();
+        stats.image_cache = self.image_cache_stats();
+        stats
     }
 
     /// Preprocesses `req` on the calling thread and queues it. Every problem with the request
