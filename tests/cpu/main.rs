@@ -21,6 +21,7 @@ mod config;
 mod detokenize;
 mod ernie_vl_checkpoint;
 mod ernie_vl_config;
+mod ernie_vl_moe_weights;
 mod ffi_header;
 mod fidelity_cpu;
 mod hostile_images;

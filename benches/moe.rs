@@ -1,0 +1,237 @@
+//! ERNIE-4.5-VL-28B-A3B's MoE block (src/model/ernie_vl/moe_block.rs) at full size, against
+//! the ceilings: two pools of 64 experts (text SwiGLU 1536, vision 512) over hidden 2560, top-6,
+//! shared experts of 3072.
+//!
+//! - decode, 256 tokens (90% text): nearly every expert's weights are read once, so the block
+//!   is weight-streaming: reported in GB/s of the weights of the experts the routing used
+//!   (read back once) against the copy rate.
+//! - prefill, 8192 tokens (70% text, 30% vision): reported in TFLOP/s of the routed and shared
+//!   GEMMs against cuBLAS's bf16 rate.
+//! - the text pool's gate/up grouped GEMM alone at decode, in GB/s.
+//!
+//! Weights are filled with one non-zero byte pattern on the device (2 GB: a host pattern would
+//! take longer than the bench); the router is random so the routing spreads as a trained one.
+
+mod common;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use ocrvl::kernels::moe::{self, Epilogue, BLOCK_M};
+use ocrvl::model::ernie_vl::moe_block::{moe_block, ExpertPoolWeights, MoeBlockShape, MoeBlockWeights, MoeScratch};
+use ocrvl::runtime::{DType, DeviceTensor, Gemm, Gpu};
+
+const HIDDEN: usize = 2560;
+const EXPERTS: usize = 64;
+const TOP_K: usize = 6;
+const INTER: [usize; 2] = [1536, 512];
+const SHARED_INTER: usize = 3072;
+
+fn filled(gpu: &Gpu, dims: &[usize], byte: u8) -> DeviceTensor {
+    let mut t = DeviceTensor::alloc(gpu, DType::BF16, dims).unwrap();
+    t.view_mut().fill_bytes(gpu, byte).unwrap();
+    t
+}
+
+/// Deterministic values in [-scale, scale).
+fn pattern_f32(n: usize, salt: u32, scale: f32) -> Vec<f32> {
+    (0..n)
+        .map(|i| {
+            let h = (i as u32 ^ salt).wrapping_mul(2654435761) >> 8;
+            (h as f32 / (1u32 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+fn pattern_bf16(n: usize, salt: u32) -> Vec<half::bf16> {
+    pattern_f32(n, salt, 1.0)
+        .into_iter()
+        .map(half::bf16::from_f32)
+        .collect()
+}
+
+/// Weight bytes of the experts a routing used (global ids) plus the shared experts and the
+/// router.
+fn weight_bytes_used(experts_used: &[i32]) -> usize {
+    let mut used = [false; 2 * EXPERTS];
+    for &e in experts_used.iter().filter(|&&e| e >= 0) {
+        used[e as usize] = true;
+    }
+    let per_expert = |pool: usize| 3 * INTER[pool] * HIDDEN * 2;
+    let routed: usize = (0..2 * EXPERTS)
+        .filter(|&e| used[e])
+        .map(|e| per_expert(e / EXPERTS))
+        .sum();
+    routed + 3 * SHARED_INTER * HIDDEN * 2 + 2 * EXPERTS * HIDDEN * 4
+}
+
+fn moe_benches(c: &mut Criterion) {
+    let gpu = common::gpu();
+    let mut gemm = Gemm::new(&gpu).unwrap();
+    let shape = MoeBlockShape {
+        hidden: HIDDEN,
+        experts_per_pool: EXPERTS,
+        pool_inter: INTER.to_vec(),
+        shared_inter: SHARED_INTER,
+        top_k: TOP_K,
+        norm_min: 1e-12,
+    };
+    let pools: Vec<(DeviceTensor, DeviceTensor)> = INTER
+        .iter()
+        .map(|&i| {
+            (
+                filled(&gpu, &[EXPERTS, 2 * i, HIDDEN], 0x3C),
+                filled(&gpu, &[EXPERTS, HIDDEN, i], 0x3B),
+            )
+        })
+        .collect();
+    let router = DeviceTensor::from_host(
+        &gpu,
+        &[2 * EXPERTS, HIDDEN],
+        &pattern_f32(2 * EXPERTS * HIDDEN, 7, 0.05),
+    )
+    .unwrap();
+    let bias = DeviceTensor::from_host(&gpu, &[2, EXPERTS], &pattern_f32(2 * EXPERTS, 9, 0.01)).unwrap();
+    let shared_gate_up = filled(&gpu, &[2 * SHARED_INTER, HIDDEN], 0x3C);
+    let shared_down = filled(&gpu, &[HIDDEN, SHARED_INTER], 0x3B);
+    let weights = MoeBlockWeights {
+        router: router.view(),
+        correction_bias: bias.view(),
+        pools: pools
+            .iter()
+            .map(|(gu, d)| ExpertPoolWeights {
+                gate_up: gu.view(),
+                down: d.view(),
+            })
+            .collect(),
+        shared_gate_up: Some(shared_gate_up.view()),
+        shared_down: Some(shared_down.view()),
+    };
+    let mut scratch = MoeScratch::new(&gpu, &shape, 8192).unwrap();
+    let mut group = c.benchmark_group("moe");
+
+    for (name, tokens, vision_every) in [("block_decode_256", 256usize, 10usize), ("block_prefill_8192", 8192, 3)] {
+        let x =
+            DeviceTensor::from_host(&gpu, &[tokens, HIDDEN], &pattern_bf16(tokens * HIDDEN, tokens as u32)).unwrap();
+        let pool: Vec<i32> = (0..tokens).map(|t| i32::from(t % vision_every == 0)).collect();
+        let pool = DeviceTensor::from_host(&gpu, &[tokens], &pool).unwrap();
+        let mut out = DeviceTensor::alloc(&gpu, DType::BF16, &[tokens, HIDDEN]).unwrap();
+        let mut step = || {
+            moe_block(
+                &gpu,
+                &mut gemm,
+                &mut out.view_mut(),
+                &x.view(),
+                &pool.view(),
+                &weights,
+                &mut scratch,
+            )
+            .unwrap();
+        };
+        let ms = common::mean_ms(&gpu, 3, 20, &mut step);
+        // The routing of the timed runs (the same every run): which experts, how many pairs.
+        let ids: Vec<i32> = {
+            let mut ids = DeviceTensor::alloc(&gpu, DType::I32, &[tokens, TOP_K]).unwrap();
+            let mut w = DeviceTensor::alloc(&gpu, DType::F32, &[tokens, TOP_K]).unwrap();
+            let mut logits = DeviceTensor::alloc(&gpu, DType::F32, &[tokens, 2 * EXPERTS]).unwrap();
+            moe::router_logits(&gpu, &mut logits.view_mut(), &x.view(), &router.view()).unwrap();
+            let (pv, bv) = (pool.view(), bias.view());
+            moe::topk(
+                &gpu,
+                &mut ids.view_mut(),
+                &mut w.view_mut(),
+                &logits.view(),
+                Some(&pv),
+                Some(&bv),
+                EXPERTS,
+                1e-12,
+            )
+            .unwrap();
+            ids.to_host(&gpu).unwrap()
+        };
+        let mut experts_used: Vec<i32> = ids.clone();
+        experts_used.sort();
+        experts_used.dedup();
+        let bytes = weight_bytes_used(&experts_used);
+        let flops: f64 = ids
+            .iter()
+            .map(|&e| 2.0 * 3.0 * (INTER[e as usize / EXPERTS] * HIDDEN) as f64)
+            .sum::<f64>()
+            + tokens as f64 * 2.0 * 3.0 * (SHARED_INTER * HIDDEN) as f64;
+        println!(
+            "{name}: {:.1} us; {} experts used; weights {:.0} MB at {:.0} GB/s ({:.0}% of {} GB/s copy); {:.1} TFLOP/s ({:.0}% of {} bf16)",
+            ms * 1e3,
+            experts_used.len(),
+            bytes as f64 / 1e6,
+            bytes as f64 / (ms * 1e-3) / 1e9,
+            100.0 * bytes as f64 / (ms * 1e-3) / 1e9 / common::H100_COPY_GBPS,
+            common::H100_COPY_GBPS,
+            flops / (ms * 1e-3) / 1e12,
+            100.0 * flops / (ms * 1e-3) / 1e12 / common::H100_BF16_TFLOPS,
+            common::H100_BF16_TFLOPS
+        );
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| common::time_gpu(&gpu, iters, &mut step))
+        });
+    }
+
+    // The text pool's gate/up grouped GEMM alone at decode: 256 text tokens routed into
+    // buffers of its own.
+    let tokens = 256;
+    let x = DeviceTensor::from_host(&gpu, &[tokens, HIDDEN], &pattern_bf16(tokens * HIDDEN, 5)).unwrap();
+    let mut logits = DeviceTensor::alloc(&gpu, DType::F32, &[tokens, 2 * EXPERTS]).unwrap();
+    let mut ids = DeviceTensor::alloc(&gpu, DType::I32, &[tokens, TOP_K]).unwrap();
+    let mut w = DeviceTensor::alloc(&gpu, DType::F32, &[tokens, TOP_K]).unwrap();
+    let tiles = moe::max_tiles(tokens * TOP_K, 2 * EXPERTS);
+    let mut sorted = DeviceTensor::alloc(&gpu, DType::I32, &[tiles * BLOCK_M]).unwrap();
+    let mut pair_slot = DeviceTensor::alloc(&gpu, DType::I32, &[tokens * TOP_K]).unwrap();
+    let mut tile_expert = DeviceTensor::alloc(&gpu, DType::I32, &[tiles]).unwrap();
+    let mut h = DeviceTensor::alloc(&gpu, DType::BF16, &[tiles * BLOCK_M, INTER[0]]).unwrap();
+    moe::router_logits(&gpu, &mut logits.view_mut(), &x.view(), &router.view()).unwrap();
+    let bv = bias.view();
+    moe::topk(
+        &gpu,
+        &mut ids.view_mut(),
+        &mut w.view_mut(),
+        &logits.view(),
+        None,
+        Some(&bv.narrow0(0, 1).unwrap()),
+        EXPERTS,
+        1e-12,
+    )
+    .unwrap();
+    moe::align(
+        &gpu,
+        &mut sorted.view_mut(),
+        &mut pair_slot.view_mut(),
+        &mut tile_expert.view_mut(),
+        &ids.view(),
+        2 * EXPERTS,
+    )
+    .unwrap();
+    let used: Vec<i32> = tile_expert.to_host(&gpu).unwrap();
+    let mut used: Vec<i32> = used.into_iter().filter(|&e| e >= 0).collect();
+    used.dedup();
+    let bytes = used.len() * 2 * INTER[0] * HIDDEN * 2;
+    let mut step = || {
+        moe::grouped_gemm(
+            &gpu,
+            &mut h.view_mut(),
+            &x.view(),
+            &sorted.view(),
+            Some(TOP_K),
+            &pools[0].0.view(),
+            &tile_expert.view(),
+            0..EXPERTS,
+            Epilogue::SwiGlu,
+        )
+        .unwrap();
+    };
+    let ms = common::mean_ms(&gpu, 3, 50, &mut step);
+    common::report_gbps(&format!("gate_up_text_decode_256 ({} experts)", used.len()), bytes, ms);
+    group.bench_function("gate_up_text_decode_256", |b| {
+        b.iter_custom(|iters| common::time_gpu(&gpu, iters, &mut step))
+    });
+    group.finish();
+}
+
+criterion_group! { name = benches; config = common::criterion(); targets = moe_benches }
+criterion_main!(benches);
