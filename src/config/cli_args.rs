@@ -93,6 +93,11 @@ pub struct EngineArgs {
     /// Refused: ocrvl runs the bf16 checkpoint as it is.
     #[arg(long, value_name = "METHOD", value_parser = quantization)]
     pub quantization: Option<String>,
+    /// `ernie-45-vl` (alias `ernie45`) or `ernie-45-vl-thinking`: split a thinking model's
+    /// output into `reasoning_content` (src/service/reasoning.rs). Refused while the served
+    /// model has no thinking output (PaddleOCR-VL; ERNIE-4.5-VL is not servable yet).
+    #[arg(long, value_name = "NAME", value_parser = reasoning_parser)]
+    pub reasoning_parser: Option<String>,
     /// Chunked prefill is always on here; accepted.
     #[arg(long)]
     pub enable_chunked_prefill: bool,
@@ -137,6 +142,12 @@ impl EngineArgs {
     /// Applies the flags to [`EngineConfig::default`]. An error names the flag and why.
     pub fn resolve(&self) -> Result<EngineSettings, String> {
         let defaults = EngineConfig::default();
+        if let Some(name) = &self.reasoning_parser {
+            return Err(format!(
+                "--reasoning-parser {name}: PaddleOCR-VL has no thinking output; the parser is for \
+                 ERNIE-4.5-VL, which ocrvl does not serve yet"
+            ));
+        }
         let mut notes = Vec::new();
         let mut engine = EngineConfig {
             max_model_len: self.max_model_len,
@@ -455,6 +466,12 @@ fn one_gpu(v: &str) -> Result<usize, String> {
         Ok(_) => Err("ocrvl runs the model on one GPU (the 0.9B model fits one); only 1 is accepted".into()),
         Err(_) => Err("expected a whole number".into()),
     }
+}
+
+fn reasoning_parser(name: &str) -> Result<String, String> {
+    crate::service::reasoning::ReasoningParser::from_name(name)
+        .map(|_| name.to_string())
+        .map_err(|e| e.to_string())
 }
 
 fn quantization(_: &str) -> Result<String, String> {

@@ -22,6 +22,7 @@ mod handle;
 pub mod image_cache;
 pub mod limits;
 mod pixel_bounds;
+pub mod reasoning;
 mod request_images;
 mod synthetic;
 

@@ -213,6 +213,13 @@ fn what_ocrvl_cannot_do_is_refused_naming_the_flag() {
             "images only",
         ),
         ("--enable-lora", "--enable-lora", "unexpected argument"),
+        (
+            "--reasoning-parser ernie-45-vl",
+            "--reasoning-parser",
+            "no thinking output",
+        ),
+        ("--reasoning-parser ernie45", "--reasoning-parser", "no thinking output"),
+        ("--reasoning-parser qwen3", "--reasoning-parser", "unknown parser"),
     ] {
         let argv: Vec<String> = format!("{base} {extra}").split_whitespace().map(String::from).collect();
         let e = ServeArgs::parse(&argv).expect_err(extra).to_string();
