@@ -238,6 +238,24 @@ unsafe extern "C" {
     ) -> i32;
 }
 unsafe extern "C" {
+    pub fn ocrvl_rope_mrope_interleaved(
+        q: *mut ::std::os::raw::c_void,
+        q_stride: i64,
+        k: *mut ::std::os::raw::c_void,
+        k_stride: i64,
+        positions: *const i32,
+        pos_stride: i64,
+        num_tokens: i64,
+        num_q_heads: i32,
+        num_kv_heads: i32,
+        head_dim: i32,
+        section_hw: i32,
+        theta: f32,
+        dtype: OcrvlDType,
+        stream: ocrvl_stream_t,
+    ) -> i32;
+}
+unsafe extern "C" {
     pub fn ocrvl_rope_vision(
         q: *mut ::std::os::raw::c_void,
         q_stride: i64,

@@ -45,6 +45,26 @@ int32_t ocrvl_rope_mrope(void* q, int64_t q_stride, void* k, int64_t k_stride,
                          int32_t section_t, int32_t section_h, int32_t section_w, float theta,
                          OcrvlDType dtype, ocrvl_stream_t stream);
 
+/* ERNIE-4.5-VL's 3D rope, INTERLEAVED pairs (elements 2i and 2i+1 of a head rotate
+ * together, GPT-J style; not the neox convention of the other two launchers), in place on q
+ * and k. Pair i in [0, head_dim/2) turns by positions[axis(i), t] * inv_freq[i] with
+ * inv_freq[i] = 1 / theta^(2i/head_dim) and axis(i) = H (row 1) for even i < section_hw,
+ * W (row 2) for odd i < section_hw, T (row 0) for i >= section_hw (ERNIE-4.5-VL: section_hw
+ * 44 = 22 H + 22 W pairs, then 20 T pairs; docs/ERNIE_4_5_VL_SPEC.md §3.10):
+ *   x'[2i] = x[2i] cos - x[2i+1] sin,  x'[2i+1] = x[2i+1] cos + x[2i] sin   (f32, one rounding)
+ * q         [num_tokens, num_q_heads, head_dim]  token stride q_stride (elements)
+ * k         [num_tokens, num_kv_heads, head_dim] token stride k_stride (elements)
+ * positions [3, num_tokens] int32 (rows T, H, W), row stride pos_stride (elements); 0 makes
+ *           all three axes read row 0 (text-only batches).
+ * head_dim a multiple of 8 (128 for the model), 0 <= section_hw <= head_dim / 2, section_hw
+ * even. q, k 16-byte aligned, strides multiples of 8 elements.
+ * Grid: (min(ceil(items / 256), 1048560)), items = num_tokens * (heads) * head_dim / 8;
+ * Block: (256); grid-stride beyond. */
+int32_t ocrvl_rope_mrope_interleaved(void* q, int64_t q_stride, void* k, int64_t k_stride,
+                                     const int32_t* positions, int64_t pos_stride, int64_t num_tokens,
+                                     int32_t num_q_heads, int32_t num_kv_heads, int32_t head_dim,
+                                     int32_t section_hw, float theta, OcrvlDType dtype, ocrvl_stream_t stream);
+
 /* 2-D vision rope (SigLIP/NaViT axial rope), neox style, in place on q and k. The kernel
  * knows nothing of images: each token brings its own (row, col).
  * q    [num_tokens, num_q_heads, head_dim]  token stride q_stride (elements)

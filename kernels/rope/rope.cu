@@ -4,6 +4,7 @@
 #include "common/check.cuh"
 #include "rope.h"
 #include "rope/mrope.cuh"
+#include "rope/mrope_interleaved.cuh"
 #include "rope/vision_rope.cuh"
 
 namespace {
@@ -50,6 +51,29 @@ extern "C" int32_t ocrvl_rope_mrope(void* q, int64_t q_stride, void* k, int64_t 
                                                          section_h, theta, s);
             default: return OCRVL_STATUS_UNSUPPORTED;
         }
+    });
+}
+
+extern "C" int32_t ocrvl_rope_mrope_interleaved(void* q, int64_t q_stride, void* k, int64_t k_stride,
+                                                const int32_t* positions, int64_t pos_stride, int64_t num_tokens,
+                                                int32_t num_q_heads, int32_t num_kv_heads, int32_t head_dim,
+                                                int32_t section_hw, float theta, OcrvlDType dtype,
+                                                ocrvl_stream_t stream) {
+    const int32_t st = check_common(q, q_stride, k, k_stride, num_tokens, num_q_heads, num_kv_heads, head_dim, theta);
+    if (st != OCRVL_STATUS_OK) return st;
+    OCRVL_CHECK_ARG(positions != nullptr);
+    OCRVL_CHECK_ARG(pos_stride == 0 || pos_stride >= num_tokens);
+    OCRVL_CHECK_ARG(section_hw >= 0 && section_hw <= head_dim / 2 && section_hw % 2 == 0);
+    if (head_dim % 8 != 0) return OCRVL_STATUS_UNSUPPORTED;
+    if (!ocrvl::rope::aligned_to(q, 16) || !ocrvl::rope::aligned_to(k, 16) || q_stride % 8 != 0 || k_stride % 8 != 0)
+        return OCRVL_STATUS_UNSUPPORTED;
+    if (num_tokens == 0) return OCRVL_STATUS_OK;
+    cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
+    return ocrvl::rope::dispatch_16bit(dtype, [&](auto tag) -> int32_t {
+        using T = decltype(tag);
+        return ocrvl::rope::launch_mrope_interleaved<T>(static_cast<T*>(q), q_stride, static_cast<T*>(k), k_stride,
+                                                        positions, pos_stride, num_tokens, num_q_heads,
+                                                        num_kv_heads, head_dim, section_hw, theta, s);
     });
 }
 

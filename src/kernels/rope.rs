@@ -85,6 +85,72 @@ pub fn mrope(
     check(OP, status)
 }
 
+/// ERNIE-4.5-VL's 3D rope with INTERLEAVED pairs (elements `2i`, `2i+1` rotate together), in
+/// place on q and k: pair `i` turns by the H position for even `i < section_hw`, the W position
+/// for odd `i < section_hw`, the T position beyond (the model: `section_hw` 44 of 64 pairs,
+/// theta 500000; docs/ERNIE_4_5_VL_SPEC.md §3.10). f32 math, one rounding.
+///
+/// `q`: `[tokens, q_heads · head_dim]`, `k`: `[tokens, kv_heads · head_dim]` (column slices of
+/// a fused qkv buffer allowed); `positions`: i32 `[3, tokens]` (rows T, H, W) or `[tokens]`
+/// (one position for all three axes: text-only batches).
+pub fn mrope_interleaved(
+    gpu: &Gpu,
+    q: &mut TensorViewMut<'_>,
+    k: &mut TensorViewMut<'_>,
+    positions: &TensorView<'_>,
+    head_dim: usize,
+    section_hw: usize,
+    theta: f32,
+) -> Result<()> {
+    const OP: &str = "mrope_interleaved";
+    let qk = check_qk(OP, q, k, head_dim, 16, theta)?;
+    if section_hw > head_dim / 2 || section_hw % 2 != 0 {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "section_hw {section_hw} must be even and at most head_dim / 2 = {}",
+                head_dim / 2
+            ),
+        ));
+    }
+    if positions.dtype() != DType::I32 {
+        return Err(Error::invalid(
+            OP,
+            format!("positions must be i32, got {}", positions.dtype()),
+        ));
+    }
+    let pos_stride = match positions.dims() {
+        [n] if *n == qk.tokens => 0,
+        [3, n] if *n == qk.tokens => positions.stride0(),
+        d => {
+            return Err(Error::invalid(
+                OP,
+                format!("positions must be [3, {t}] or [{t}], got {d:?}", t = qk.tokens),
+            ))
+        }
+    };
+    // SAFETY: as in `mrope`: q, k and positions were checked against the header's contract.
+    let status = unsafe {
+        sys::ocrvl_rope_mrope_interleaved(
+            q.device_ptr() as *mut _,
+            q.stride0() as i64,
+            k.device_ptr() as *mut _,
+            k.stride0() as i64,
+            positions.device_ptr() as *const i32,
+            pos_stride as i64,
+            qk.tokens as i64,
+            qk.q_heads,
+            qk.kv_heads,
+            head_dim as i32,
+            section_hw as i32,
+            theta,
+            c_dtype(q.dtype()),
+            gpu.raw_stream(),
+        )
+    };
+    check(OP, status)
+}
+
 /// 2-D vision rope (§3.4 of the model spec): with `f = head_dim / 4` frequencies
 /// `theta^(-2i / (head_dim/2))`, pair `j < f` of each head turns by `rows[t] * inv_freq[j]` and
 /// pair `f <= j < head_dim/2` by `cols[t] * inv_freq[j - f]`; pair `j` couples elements `j` and

@@ -69,3 +69,40 @@ pub fn rotate_half(x: &[f64], heads: usize, head_dim: usize, angles: &[Vec<f64>]
     }
     out
 }
+
+/// Per token, the angle of each pair i in [0, head_dim/2) for ERNIE-4.5-VL's 3D rope: axis H
+/// (`pos[1]`) for even i < section_hw, W (`pos[2]`) for odd i < section_hw, T (`pos[0]`)
+/// beyond; inv_freq[i] = theta^(-2i/head_dim). Returns `[tokens][head_dim/2]`.
+pub fn ernie_angles(pos: [&[i32]; 3], head_dim: usize, section_hw: usize, theta: f64) -> Vec<Vec<f64>> {
+    (0..pos[0].len())
+        .map(|t| {
+            (0..head_dim / 2)
+                .map(|i| {
+                    let axis = if i < section_hw { 1 + (i & 1) } else { 0 };
+                    pos[axis][t] as f64 * theta.powf(-2.0 * i as f64 / head_dim as f64)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Interleaved-pair rope of `x` `[tokens][heads * head_dim]` by `angles` `[tokens][head_dim/2]`:
+/// elements 2i and 2i+1 of every head become (x_2i cos a_i - x_2i+1 sin a_i,
+/// x_2i+1 cos a_i + x_2i sin a_i).
+pub fn rotate_interleaved(x: &[f64], heads: usize, head_dim: usize, angles: &[Vec<f64>]) -> Vec<f64> {
+    let width = heads * head_dim;
+    assert_eq!(x.len(), angles.len() * width);
+    let mut out = vec![0.0; x.len()];
+    for (t, ang) in angles.iter().enumerate() {
+        for h in 0..heads {
+            let base = t * width + h * head_dim;
+            for (i, a) in ang.iter().enumerate() {
+                let (s, c) = a.sin_cos();
+                let (x0, x1) = (x[base + 2 * i], x[base + 2 * i + 1]);
+                out[base + 2 * i] = x0 * c - x1 * s;
+                out[base + 2 * i + 1] = x1 * c + x0 * s;
+            }
+        }
+    }
+    out
+}

@@ -12,14 +12,14 @@
 //! their input and fail the comparison (every angle is non-zero but for row or column 0).
 
 use half::{bf16, f16};
-use ocrvl::kernels::rope::{mrope, vision_rope};
+use ocrvl::kernels::rope::{mrope, mrope_interleaved, vision_rope};
 use ocrvl::runtime::{DType, DeviceTensor, Gpu, TensorViewMut};
 use ocrvl::sys::OcrvlStatus;
 use ocrvl::{Error, Result};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::common::ref_rope::{mrope_angles, rotate_half, vision_angles};
+use crate::common::ref_rope::{ernie_angles, mrope_angles, rotate_half, rotate_interleaved, vision_angles};
 use crate::common::tol::{assert_close, rms, BF16_RTOL, F16_RTOL};
 use crate::common::{gpu, rand_f32, rng};
 
@@ -170,8 +170,12 @@ fn run_text(g: &Gpu, c: &TextCase, seed: u64) {
         (c.q_heads, c.kv_heads),
         c.head_dim,
         &angles,
+        rotate_half,
     );
 }
+
+/// A reference rotation: rotate-half (neox) or interleaved pairs.
+type Rotate = fn(&[f64], usize, usize, &[Vec<f64>]) -> Vec<f64>;
 
 /// Compares the q and k columns of the fused buffer with the reference rotation of their
 /// inputs, and the v columns (the rest of the row) bit for bit with their inputs.
@@ -185,11 +189,12 @@ fn check_qkv(
     heads: (usize, usize),
     head_dim: usize,
     angles: &[Vec<f64>],
+    rotate: Rotate,
 ) {
     let (qw, kw) = (heads.0 * head_dim, heads.1 * head_dim);
     let rtol = if dtype == DType::F16 { F16_RTOL } else { BF16_RTOL };
     for (name, start, len, h) in [("q", 0, qw, heads.0), ("k", qw, kw, heads.1)] {
-        let want = rotate_half(&host_columns(dtype, before, width, start, len), h, head_dim, angles);
+        let want = rotate(&host_columns(dtype, before, width, start, len), h, head_dim, angles);
         let got = host_columns(dtype, after, width, start, len);
         assert_close(&format!("{what} {name}"), &got, &want, 1e-2 * rms(&want), rtol);
     }
@@ -273,7 +278,17 @@ fn run_vision(g: &Gpu, tokens: usize, heads: usize, dtype: DType, seed: u64) {
     }
     let after = download_bits(g, &fused);
     let angles = vision_angles(&rows, &cols, head_dim, VISION_THETA as f64);
-    check_qkv(&what, dtype, &before, &after, width, (heads, heads), head_dim, &angles);
+    check_qkv(
+        &what,
+        dtype,
+        &before,
+        &after,
+        width,
+        (heads, heads),
+        head_dim,
+        &angles,
+        rotate_half,
+    );
 }
 
 #[test]
@@ -321,6 +336,80 @@ fn vision_rope_rows_and_cols_differ() {
             }
         }
     }
+}
+
+/// ERNIE-4.5-VL's 3D rope (interleaved pairs) on a fused q | k | v buffer: `shared` passes one
+/// position row for all axes (text), else three different rows.
+#[allow(clippy::too_many_arguments)]
+fn run_ernie(
+    g: &Gpu,
+    tokens: usize,
+    heads: (usize, usize),
+    head_dim: usize,
+    section_hw: usize,
+    shared: bool,
+    dtype: DType,
+    seed: u64,
+) {
+    let what = format!(
+        "mrope_interleaved tokens={tokens} heads={heads:?} d={head_dim} hw={section_hw} shared={shared} {dtype}"
+    );
+    let mut r = rng(seed);
+    let (qw, kw) = (heads.0 * head_dim, heads.1 * head_dim);
+    let width = qw + 2 * kw;
+    let (mut fused, before) = fused_buffer(g, &mut r, dtype, tokens, width);
+    let rows: Vec<Vec<i32>> = (0..3)
+        .map(|_| (0..tokens).map(|_| r.random_range(0..16384)).collect())
+        .collect();
+    let (used, pos_dev): ([&[i32]; 3], DeviceTensor) = if shared {
+        (
+            [&rows[0], &rows[0], &rows[0]],
+            DeviceTensor::from_host(g, &[tokens], &rows[0]).unwrap(),
+        )
+    } else {
+        (
+            [&rows[0], &rows[1], &rows[2]],
+            DeviceTensor::from_host(g, &[3, tokens], &rows.concat()).unwrap(),
+        )
+    };
+    {
+        let (mut q, mut k) = qk_views(&mut fused, (0, qw), (qw, kw));
+        mrope_interleaved(g, &mut q, &mut k, &pos_dev.view(), head_dim, section_hw, TEXT_THETA).unwrap();
+    }
+    let after = download_bits(g, &fused);
+    let angles = ernie_angles(used, head_dim, section_hw, TEXT_THETA as f64);
+    check_qkv(
+        &what,
+        dtype,
+        &before,
+        &after,
+        width,
+        heads,
+        head_dim,
+        &angles,
+        rotate_interleaved,
+    );
+}
+
+#[test]
+#[ignore = "needs GPU"]
+fn mrope_interleaved_matches_f64_reference() {
+    let g = gpu();
+    // ERNIE-4.5-VL-28B-A3B: 20 q heads, 4 kv heads of 128, 22 H + 22 W pairs then 20 T pairs.
+    for (i, tokens) in [1usize, 7, 300, 4099].into_iter().enumerate() {
+        run_ernie(&g, tokens, (20, 4), 128, 44, false, DType::BF16, 0xe3d0 + i as u64);
+    }
+    // Text-only positions; every pair on T (section_hw 0) and every pair on H/W; head_dim 64;
+    // f16.
+    run_ernie(&g, 33, (20, 4), 128, 44, true, DType::BF16, 0xe3e0);
+    run_ernie(&g, 17, (2, 1), 64, 0, false, DType::BF16, 0xe3e1);
+    run_ernie(&g, 17, (2, 1), 64, 32, false, DType::F16, 0xe3e2);
+    // A pair rotates by its own axis: with H and W rows swapped, a pair below section_hw
+    // changes and a T pair does not.
+    let rows_a: [&[i32]; 3] = [&[5], &[100], &[3000]];
+    let rows_b: [&[i32]; 3] = [&[5], &[3000], &[100]];
+    let (a, b) = (ernie_angles(rows_a, 128, 44, 5e5), ernie_angles(rows_b, 128, 44, 5e5));
+    assert!(a[0][0] != b[0][0] && a[0][1] != b[0][1] && a[0][50] == b[0][50]);
 }
 
 fn is_status(r: &Result<()>, status: OcrvlStatus) -> bool {
