@@ -43,22 +43,7 @@ pub fn mrope(
             ),
         ));
     }
-    if positions.dtype() != DType::I32 {
-        return Err(Error::invalid(
-            OP,
-            format!("positions must be i32, got {}", positions.dtype()),
-        ));
-    }
-    let pos_stride = match positions.dims() {
-        [n] if *n == qk.tokens => 0,
-        [3, n] if *n == qk.tokens => positions.stride0(),
-        d => {
-            return Err(Error::invalid(
-                OP,
-                format!("positions must be [3, {t}] or [{t}], got {d:?}", t = qk.tokens),
-            ))
-        }
-    };
+    let pos_stride = position_rows(OP, positions, qk.tokens)?;
     // SAFETY: the views were checked above: q and k address `tokens` rows of their widths at
     // their strides, positions 3 rows (or one) of `tokens` i32; all on this GPU, ordered on its
     // stream.
@@ -113,22 +98,7 @@ pub fn mrope_interleaved(
             ),
         ));
     }
-    if positions.dtype() != DType::I32 {
-        return Err(Error::invalid(
-            OP,
-            format!("positions must be i32, got {}", positions.dtype()),
-        ));
-    }
-    let pos_stride = match positions.dims() {
-        [n] if *n == qk.tokens => 0,
-        [3, n] if *n == qk.tokens => positions.stride0(),
-        d => {
-            return Err(Error::invalid(
-                OP,
-                format!("positions must be [3, {t}] or [{t}], got {d:?}", t = qk.tokens),
-            ))
-        }
-    };
+    let pos_stride = position_rows(OP, positions, qk.tokens)?;
     // SAFETY: as in `mrope`: q, k and positions were checked against the header's contract.
     let status = unsafe {
         sys::ocrvl_rope_mrope_interleaved(
@@ -195,6 +165,25 @@ struct QkShape {
     tokens: usize,
     q_heads: i32,
     kv_heads: i32,
+}
+
+/// The row stride of `positions`: i32 `[3, tokens]` (rows T, H, W; its row stride) or
+/// `[tokens]` (one row for all three axes: 0).
+fn position_rows(op: &'static str, positions: &TensorView<'_>, tokens: usize) -> Result<usize> {
+    if positions.dtype() != DType::I32 {
+        return Err(Error::invalid(
+            op,
+            format!("positions must be i32, got {}", positions.dtype()),
+        ));
+    }
+    match positions.dims() {
+        [n] if *n == tokens => Ok(0),
+        [3, n] if *n == tokens => Ok(positions.stride0()),
+        d => Err(Error::invalid(
+            op,
+            format!("positions must be [3, {tokens}] or [{tokens}], got {d:?}"),
+        )),
+    }
 }
 
 /// Checks q and k against the module's contract; `align` is the vector width in bytes the

@@ -333,35 +333,7 @@ fn check_grouped_gemm(
     let max_inter = pools.iter().map(|p| p.inter).max().unwrap();
     let mut h = poisoned(g, DType::BF16, &[slots, max_inter], 0xFF);
     let mut y = poisoned(g, DType::BF16, &[slots, hidden], 0xFF);
-    for (p, pool) in pools.iter().enumerate() {
-        let range = p * experts..(p + 1) * experts;
-        let mut hv = h.view_mut().columns(0, pool.inter).unwrap();
-        moe::grouped_gemm(
-            g,
-            &mut hv,
-            &xd.view(),
-            &sorted.view(),
-            Some(top_k),
-            &pool.gate_up_dev.view(),
-            &tile_expert.view(),
-            range.clone(),
-            Epilogue::SwiGlu,
-        )
-        .unwrap();
-        let hin = h.view().columns(0, pool.inter).unwrap();
-        moe::grouped_gemm(
-            g,
-            &mut y.view_mut(),
-            &hin,
-            &sorted.view(),
-            None,
-            &pool.down_dev.view(),
-            &tile_expert.view(),
-            range,
-            Epilogue::None,
-        )
-        .unwrap();
-    }
+    run_pools(g, pools, experts, &xd, top_k, &sorted, &tile_expert, &mut h, &mut y);
     let sorted_h: Vec<i32> = sorted.to_host(g).unwrap();
     let h_got = bf16_to_f64(&h.to_host::<bf16>(g).unwrap());
     let y_got = bf16_to_f64(&y.to_host::<bf16>(g).unwrap());
@@ -393,6 +365,51 @@ fn check_grouped_gemm(
     // which moves h by up to 2^-8 relative; then one more rounding.
     assert_close(&format!("{name}: h"), &hg, &hw, 1e-3 * rms(&hw), 4.0 * BF16_RTOL);
     assert_close(&format!("{name}: y"), &yg, &yw, 1e-2 * rms(&yw), BF16_RTOL);
+}
+
+/// Both grouped GEMMs of every pool over routed slots: `h = swiglu(x[token] · gate_upᵀ)` into
+/// the first `inter` columns of `h`, then `y = h · downᵀ`.
+#[allow(clippy::too_many_arguments)]
+fn run_pools(
+    g: &Gpu,
+    pools: &[Pool],
+    experts: usize,
+    xd: &DeviceTensor,
+    top_k: usize,
+    sorted: &DeviceTensor,
+    tile_expert: &DeviceTensor,
+    h: &mut DeviceTensor,
+    y: &mut DeviceTensor,
+) {
+    for (p, pool) in pools.iter().enumerate() {
+        let range = p * experts..(p + 1) * experts;
+        let mut hv = h.view_mut().columns(0, pool.inter).unwrap();
+        moe::grouped_gemm(
+            g,
+            &mut hv,
+            &xd.view(),
+            &sorted.view(),
+            Some(top_k),
+            &pool.gate_up_dev.view(),
+            &tile_expert.view(),
+            range.clone(),
+            Epilogue::SwiGlu,
+        )
+        .unwrap();
+        let hin = h.view().columns(0, pool.inter).unwrap();
+        moe::grouped_gemm(
+            g,
+            &mut y.view_mut(),
+            &hin,
+            &sorted.view(),
+            None,
+            &pool.down_dev.view(),
+            &tile_expert.view(),
+            range,
+            Epilogue::None,
+        )
+        .unwrap();
+    }
 }
 
 /// Random routing: each token picks a pool, then top_k distinct experts in it.
@@ -617,35 +634,7 @@ fn moe_layer_matches_f64() {
         2 * experts,
     )
     .unwrap();
-    for (p, pool) in pools.iter().enumerate() {
-        let range = p * experts..(p + 1) * experts;
-        let mut hv = h.view_mut().columns(0, pool.inter).unwrap();
-        moe::grouped_gemm(
-            &g,
-            &mut hv,
-            &xd.view(),
-            &sorted.view(),
-            Some(top_k),
-            &pool.gate_up_dev.view(),
-            &tile_expert.view(),
-            range.clone(),
-            Epilogue::SwiGlu,
-        )
-        .unwrap();
-        let hin = h.view().columns(0, pool.inter).unwrap();
-        moe::grouped_gemm(
-            &g,
-            &mut y.view_mut(),
-            &hin,
-            &sorted.view(),
-            None,
-            &pool.down_dev.view(),
-            &tile_expert.view(),
-            range,
-            Epilogue::None,
-        )
-        .unwrap();
-    }
+    run_pools(&g, &pools, experts, &xd, top_k, &sorted, &tile_expert, &mut h, &mut y);
     let sv = sd.view();
     moe::combine(
         &g,
