@@ -28,6 +28,8 @@ pub struct ErnieImageConfig {
 }
 
 impl Default for ErnieImageConfig {
+    // CLIP's mean and std as the processors write them (more digits than an f32 keeps).
+    #[allow(clippy::excessive_precision)]
     fn default() -> Self {
         ErnieImageConfig {
             min_pixels: 56 * 56,
