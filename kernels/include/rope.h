@@ -73,9 +73,10 @@ int32_t ocrvl_rope_mrope_interleaved(void* q, int64_t q_stride, void* k, int64_t
  * cols [num_tokens] int32
  * With h = head_dim / 2 and f = head_dim / 4 frequencies inv_freq[i] = theta^(-2i/h):
  * pair j < f rotates by rows[t] * inv_freq[j], pair f <= j < h by cols[t] * inv_freq[j - f].
- * head_dim: 72 (others OCRVL_STATUS_UNSUPPORTED). A 72-d head is 144 bytes, whose halves
- * (72 bytes) are not whole 16-byte vectors, so each thread moves 4 pairs as two 8-byte
- * vectors: q, k 8-byte aligned, strides multiples of 4 elements.
+ * head_dim: 72 (PaddleOCR-VL's tower) or 80 (ERNIE-4.5-VL's ViT, the same frequencies:
+ * theta^(-k/20) for k < 20); others OCRVL_STATUS_UNSUPPORTED. A 72-d head is 144 bytes, whose
+ * halves (72 bytes) are not whole 16-byte vectors, so each thread moves 4 pairs as two 8-byte
+ * vectors (80 uses the same variant): q, k 8-byte aligned, strides multiples of 4 elements.
  * Grid: (ceil(num_tokens / tokens_per_block)), tokens_per_block = 640 / (4-pair work items
  * per token) clamped to [1, 16] (2 for the vision tower); Block: (256). */
 int32_t ocrvl_rope_vision(void* q, int64_t q_stride, void* k, int64_t k_stride,

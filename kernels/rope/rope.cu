@@ -94,6 +94,9 @@ extern "C" int32_t ocrvl_rope_vision(void* q, int64_t q_stride, void* k, int64_t
             case 72:
                 return ocrvl::rope::launch_vision_rope<T, 72>(qt, q_stride, kt, k_stride, rows, cols, num_tokens,
                                                               num_q_heads, num_kv_heads, theta, s);
+            case 80:  // ERNIE-4.5-VL's ViT (16 heads of 80); same 8-byte variant, not tuned
+                return ocrvl::rope::launch_vision_rope<T, 80>(qt, q_stride, kt, k_stride, rows, cols, num_tokens,
+                                                              num_q_heads, num_kv_heads, theta, s);
             default: return OCRVL_STATUS_UNSUPPORTED;
         }
     });

@@ -4,7 +4,7 @@
 //! q and k are 2-D views `[tokens, heads * head_dim]`: the last dim contiguous, any token stride
 //! (`stride0`), so they may be column slices of one fused qkv buffer. The head counts are the
 //! widths over `head_dim`. q and k must not share elements. Dtypes: bf16 or f16, the same for
-//! both. Which head dims have a kernel is the launcher's choice (M-RoPE 64 and 128, vision 72);
+//! both. Which head dims have a kernel is the launcher's choice (M-RoPE 64 and 128, vision 72 and 80);
 //! others return `Error::Kernel` with `OCRVL_STATUS_UNSUPPORTED`.
 
 use crate::error::{Error, Result};

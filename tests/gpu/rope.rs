@@ -253,8 +253,11 @@ fn mrope_shared_positions_head_dim_64_and_f16() {
 }
 
 fn run_vision(g: &Gpu, tokens: usize, heads: usize, dtype: DType, seed: u64) {
-    let what = format!("vision_rope tokens={tokens} heads={heads} {dtype}");
-    let head_dim = 72;
+    run_vision_d(g, tokens, heads, 72, dtype, seed)
+}
+
+fn run_vision_d(g: &Gpu, tokens: usize, heads: usize, head_dim: usize, dtype: DType, seed: u64) {
+    let what = format!("vision_rope tokens={tokens} heads={heads} d={head_dim} {dtype}");
     let mut r = rng(seed);
     let w = heads * head_dim;
     let width = 3 * w; // q | k | v
@@ -301,6 +304,10 @@ fn vision_rope_matches_f64_reference() {
     // A head count that leaves a partial round of work items, and f16.
     run_vision(&g, 1030, 3, DType::BF16, 0x60BE_2100);
     run_vision(&g, 83, 16, DType::F16, 0x60BE_2101);
+    // ERNIE-4.5-VL's ViT: 16 heads of 80.
+    for (i, &tokens) in [1usize, 7, 3996].iter().enumerate() {
+        run_vision_d(&g, tokens, 16, 80, DType::BF16, 0x60BE_2200 + i as u64);
+    }
 }
 
 /// The rows and the columns must not be swapped, and row and column must each matter: a
