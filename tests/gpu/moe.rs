@@ -576,6 +576,44 @@ fn combine_matches_f64() {
     }
 }
 
+/// The routed part of an MoE layer for one token in f64, with its own routing from `logits`
+/// (`[pools · experts]`) and `bias` (`[pools, experts]`): `Σ_k bf16(w_k) · bf16(y_k)`, each
+/// expert's SwiGLU with transformers' roundings. None when the routing is within 1e-6 of a tie
+/// (f32 may choose the other expert there).
+pub(crate) fn routed_reference(
+    pools: &[Pool],
+    experts: usize,
+    top_k: usize,
+    logits: &[f64],
+    bias: &[f64],
+    pool: usize,
+    xr: &[f64],
+) -> Option<Vec<f64>> {
+    let hidden = xr.len();
+    let route = ref_moe::route(
+        logits,
+        Some(&bias[pool * experts..(pool + 1) * experts]),
+        pool,
+        experts,
+        top_k,
+        1e-12,
+    );
+    if route.margin < 1e-6 {
+        return None;
+    }
+    let mut acc = vec![0.0; hidden];
+    for (&e, &w) in route.ids.iter().zip(&route.weights) {
+        let (pl, local) = (&pools[e / experts], e % experts);
+        let hr = ref_moe::swiglu_row(xr, &pl.gate[local], &pl.up[local], pl.inter, hidden);
+        let yr = ref_moe::matvec(&hr, &pl.down[local], hidden, pl.inter);
+        let wk = bf16::from_f64(w).to_f64();
+        for (a, y) in acc.iter_mut().zip(yr) {
+            *a += wk * bf16::from_f64(y).to_f64();
+        }
+    }
+    Some(acc)
+}
+
 /// A whole MoE layer's routed part (router → top-k → align → grouped GEMMs → combine) against
 /// the f64 layer with its own routing. Tokens whose f64 routing is within 1e-6 of a tie are
 /// skipped (f32 may choose the other expert there), and there must be few of them.
@@ -653,32 +691,14 @@ fn moe_layer_matches_f64() {
     let (ref_logits, _) = ref_moe::router_logits(&x64, &r64, tokens, hidden, 2 * experts);
     let (mut gs, mut ws, mut skipped) = (vec![], vec![], 0);
     for t in 0..tokens {
-        let pool = token_pool[t] as usize;
-        let route = ref_moe::route(
-            &ref_logits[t * 2 * experts..(t + 1) * 2 * experts],
-            Some(&b64[pool * experts..(pool + 1) * experts]),
-            pool,
-            experts,
-            top_k,
-            1e-12,
-        );
-        if route.margin < 1e-6 {
+        let xr = &x64[t * hidden..(t + 1) * hidden];
+        let row = &ref_logits[t * 2 * experts..(t + 1) * 2 * experts];
+        let Some(mut acc) = routed_reference(&pools, experts, top_k, row, &b64, token_pool[t] as usize, xr) else {
             skipped += 1;
             continue;
-        }
-        let xr = &x64[t * hidden..(t + 1) * hidden];
-        let mut acc: Vec<f64> = shared[t * hidden..(t + 1) * hidden]
-            .iter()
-            .map(|v| v.to_f64())
-            .collect();
-        for (k, &e) in route.ids.iter().enumerate() {
-            let (pl, local) = (&pools[e / experts], e % experts);
-            let hr = ref_moe::swiglu_row(xr, &pl.gate[local], &pl.up[local], pl.inter, hidden);
-            let yr = ref_moe::matvec(&hr, &pl.down[local], hidden, pl.inter);
-            let wk = bf16::from_f64(route.weights[k]).to_f64();
-            for c in 0..hidden {
-                acc[c] += wk * bf16::from_f64(yr[c]).to_f64();
-            }
+        };
+        for (a, v) in acc.iter_mut().zip(&shared[t * hidden..(t + 1) * hidden]) {
+            *a += v.to_f64();
         }
         gs.extend_from_slice(&got[t * hidden..(t + 1) * hidden]);
         ws.extend(acc);

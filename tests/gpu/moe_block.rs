@@ -12,7 +12,7 @@ use ocrvl::runtime::{DType, DeviceTensor, Gemm};
 use crate::common::ref_moe;
 use crate::common::tol::{assert_close, rms, BF16_RTOL};
 use crate::common::{bf16_to_f64, gpu, rand_bf16, rand_f32, rng};
-use crate::moe::make_pool;
+use crate::moe::{make_pool, routed_reference};
 
 fn round_bf16(v: f64) -> f64 {
     bf16::from_f64(v).to_f64()
@@ -87,20 +87,12 @@ fn moe_block_matches_f64_with_shared_experts() {
         let (logits, _) = ref_moe::router_logits(&x64, &r64, tokens, hidden, 2 * experts);
         let (mut gs, mut ws, mut skipped) = (vec![], vec![], 0);
         for t in 0..tokens {
-            let pool = token_pool[t] as usize;
-            let route = ref_moe::route(
-                &logits[t * 2 * experts..(t + 1) * 2 * experts],
-                Some(&b64[pool * experts..(pool + 1) * experts]),
-                pool,
-                experts,
-                top_k,
-                1e-12,
-            );
-            if route.margin < 1e-6 {
+            let row = &logits[t * 2 * experts..(t + 1) * 2 * experts];
+            let xr = &x64[t * hidden..(t + 1) * hidden];
+            let Some(routed) = routed_reference(&pools, experts, top_k, row, &b64, token_pool[t] as usize, xr) else {
                 skipped += 1;
                 continue;
-            }
-            let xr = &x64[t * hidden..(t + 1) * hidden];
+            };
             // Shared: gate and up rounded by the GEMM, silu(g)·u rounded once (silu_mul), the
             // down GEMM rounded.
             let act: Vec<f64> = (0..shared_inter)
@@ -110,19 +102,8 @@ fn moe_block_matches_f64_with_shared_experts() {
                     round_bf16(gv / (1.0 + (-gv).exp()) * uv)
                 })
                 .collect();
-            let mut acc: Vec<f64> = ref_moe::matvec(&act, &sd64, hidden, shared_inter)
-                .into_iter()
-                .map(round_bf16)
-                .collect();
-            for (k, &e) in route.ids.iter().enumerate() {
-                let (pl, local) = (&pools[e / experts], e % experts);
-                let hr = ref_moe::swiglu_row(xr, &pl.gate[local], &pl.up[local], pl.inter, hidden);
-                let yr = ref_moe::matvec(&hr, &pl.down[local], hidden, pl.inter);
-                let wk = round_bf16(route.weights[k]);
-                for c in 0..hidden {
-                    acc[c] += wk * round_bf16(yr[c]);
-                }
-            }
+            let shared = ref_moe::matvec(&act, &sd64, hidden, shared_inter);
+            let acc: Vec<f64> = routed.iter().zip(shared).map(|(r, s)| r + round_bf16(s)).collect();
             gs.extend_from_slice(&got[t * hidden..(t + 1) * hidden]);
             ws.extend(acc);
         }
