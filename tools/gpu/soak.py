@@ -468,6 +468,10 @@ def main():
     row("KV blocks used = 0", "PASS" if used == 0 else "FAIL",
         f"used {used} of {m.get('ocrvl_kv_blocks_total')} after {settle_s:.1f} s; running "
         f"{m.get('ocrvl_requests_running')}, waiting {m.get('ocrvl_requests_waiting')}")
+    # The whole series, for a look at its shape (seconds, RSS MB, image cache MB).
+    with open(os.path.join(args.logdir, "soak_rss.tsv"), "w") as f:
+        f.write("t_s\trss_mb\tmm_cache_mb\n")
+        f.writelines(f"{t:.0f}\t{v:.1f}\t{c:.1f}\n" for t, v, c in samples)
     after = [s for s in samples if s[0] >= args.warmup_s]
     if pid is None:
         row("RSS flat after warm-up", "SKIP", "no --pid")
