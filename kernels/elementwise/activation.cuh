@@ -1,5 +1,5 @@
 // Activations over [rows, width] tensors of two-byte floats: SwiGLU (silu_mul) on the fused
-// gate/up GEMM output, and GELU in its tanh and exact (erf) forms.
+// gate/up GEMM output, GELU in its tanh and exact (erf) forms, and quick_gelu.
 //
 // Memory-bound: each thread loads one 16-byte vector (two for silu_mul: gate and up) of one
 // row, computes in f32 and stores one vector, rounded once. Launch shape from row_launch
@@ -44,6 +44,11 @@ struct GeluErf {
     __device__ __forceinline__ float operator()(float x) const {
         return 0.5f * x * (1.0f + erff(x * 0.7071067811865476f));  // x / sqrt(2)
     }
+};
+
+// quick_gelu (ERNIE-4.5-VL's ViT MLP): x * sigmoid(1.702 x), with the full-precision expf.
+struct QuickGelu {
+    __device__ __forceinline__ float operator()(float x) const { return x / (1.0f + expf(-1.702f * x)); }
 };
 
 // In place when out == in: each element is read once, then written by the same thread, so

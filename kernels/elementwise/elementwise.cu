@@ -90,6 +90,11 @@ extern "C" int32_t ocrvl_gelu_erf(void* out, int64_t out_stride, const void* in,
     return gelu<ocrvl::GeluErf>(out, out_stride, in, in_stride, rows, width, dtype, stream);
 }
 
+extern "C" int32_t ocrvl_quick_gelu(void* out, int64_t out_stride, const void* in, int64_t in_stride, int64_t rows,
+                                    int64_t width, OcrvlDType dtype, ocrvl_stream_t stream) {
+    return gelu<ocrvl::QuickGelu>(out, out_stride, in, in_stride, rows, width, dtype, stream);
+}
+
 extern "C" int32_t ocrvl_bias_add(void* out, int64_t out_stride, const void* x, int64_t x_stride, const void* bias,
                                   const void* residual, int64_t residual_stride, int64_t rows, int64_t width,
                                   OcrvlDType dtype, ocrvl_stream_t stream) {

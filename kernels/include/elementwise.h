@@ -45,6 +45,11 @@ int32_t ocrvl_gelu_tanh(void* out, int64_t out_stride, const void* in, int64_t i
 int32_t ocrvl_gelu_erf(void* out, int64_t out_stride, const void* in, int64_t in_stride,
                        int64_t rows, int64_t width, OcrvlDType dtype, ocrvl_stream_t stream);
 
+/* quick_gelu (ERNIE-4.5-VL's ViT MLP): out = x * sigmoid(1.702 x), with expf. Same layout and
+ * aliasing rules as gelu_tanh. */
+int32_t ocrvl_quick_gelu(void* out, int64_t out_stride, const void* in, int64_t in_stride,
+                         int64_t rows, int64_t width, OcrvlDType dtype, ocrvl_stream_t stream);
+
 /* out[r, c] = x[r, c] + bias[c] (+ residual[r, c]), the sum in f32, rounded once. For the
  * bias adds that a cuBLASLt epilogue does not cover.
  * out      [rows, width] row stride out_stride

@@ -106,12 +106,14 @@ pub fn silu_mul(gpu: &Gpu, out: &mut TensorViewMut<'_>, gate_up: &TensorView<'_>
     check(OP, status)
 }
 
-/// The two GELU forms: `Tanh` is PyTorch's `approximate="tanh"` (the vision MLP), `Erf` the
-/// exact `approximate="none"` (the projector).
+/// The GELU forms: `Tanh` is PyTorch's `approximate="tanh"` (PaddleOCR-VL's vision MLP),
+/// `Erf` the exact `approximate="none"` (the projectors), `Quick` is `x · sigmoid(1.702 x)`
+/// (ERNIE-4.5-VL's ViT MLP, transformers' `quick_gelu`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Gelu {
     Tanh,
     Erf,
+    Quick,
 }
 
 impl Gelu {
@@ -119,6 +121,7 @@ impl Gelu {
         match self {
             Gelu::Tanh => "gelu_tanh",
             Gelu::Erf => "gelu_erf",
+            Gelu::Quick => "quick_gelu",
         }
     }
 }
@@ -129,6 +132,7 @@ unsafe fn gelu_raw(gpu: &Gpu, kind: Gelu, out: (u64, i64), x: (u64, i64), rows: 
     let f = match kind {
         Gelu::Tanh => sys::ocrvl_gelu_tanh,
         Gelu::Erf => sys::ocrvl_gelu_erf,
+        Gelu::Quick => sys::ocrvl_quick_gelu,
     };
     f(
         out.0 as *mut _,

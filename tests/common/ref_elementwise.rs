@@ -18,6 +18,11 @@ pub fn gelu_erf(v: f64) -> f64 {
     0.5 * v * (1.0 + erf(v / std::f64::consts::SQRT_2))
 }
 
+/// quick_gelu: v · sigmoid(1.702 v).
+pub fn quick_gelu(v: f64) -> f64 {
+    v / (1.0 + (-1.702 * v).exp())
+}
+
 /// erf in f64 (std has none on stable). The all-positive series
 /// erf(z) = 2/sqrt(pi) e^(-z^2) sum_n 2^n z^(2n+1) / (1·3·…·(2n+1)) has no cancellation, so it is
 /// accurate to a few ulp; past |z| = 6, erfc(z) < 3e-17 and erf is ±1 in f64.

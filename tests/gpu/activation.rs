@@ -12,7 +12,7 @@ use ocrvl::runtime::{DType, DeviceTensor, Gpu};
 use ocrvl::sys::OcrvlStatus;
 use ocrvl::Error;
 
-use crate::common::ref_elementwise::{erf, gelu_erf, gelu_tanh, silu};
+use crate::common::ref_elementwise::{erf, gelu_erf, gelu_tanh, quick_gelu, silu};
 use crate::common::tol::{assert_close, BF16_RTOL};
 use crate::common::{bf16_to_f64, gpu, rand_bf16, rng};
 
@@ -188,6 +188,7 @@ fn run_gelu(g: &Gpu, kind: Gelu, rows: usize, width: usize, pad: usize, in_place
     let f = table_of(match kind {
         Gelu::Tanh => gelu_tanh,
         Gelu::Erf => gelu_erf,
+        Gelu::Quick => quick_gelu,
     });
     let want: Vec<f64> = x.iter().map(|v| f[v.to_bits() as usize]).collect();
     assert_close(&what, &got, &want, ATOL, BF16_RTOL);
@@ -195,14 +196,14 @@ fn run_gelu(g: &Gpu, kind: Gelu, rows: usize, width: usize, pad: usize, in_place
 
 #[test]
 #[ignore = "needs GPU"]
-fn gelu_tanh_and_erf_match_f64_reference() {
+fn gelu_tanh_erf_and_quick_match_f64_reference() {
     let g = gpu();
     let mut seed = 0x6E10;
-    for kind in [Gelu::Tanh, Gelu::Erf] {
+    for kind in [Gelu::Tanh, Gelu::Erf, Gelu::Quick] {
         for &rows in &TOKENS {
             // 4304: the vision MLP (538 vectors: three blocks of 192 threads, 180 busy);
-            // 4608: the projector.
-            for width in [4304usize, 4608] {
+            // 4608: the projector; 5120: ERNIE-4.5-VL's ViT MLP (quick_gelu) and resampler.
+            for width in [4304usize, 4608, 5120] {
                 seed += 1;
                 run_gelu(&g, kind, rows, width, 0, false, seed);
             }
@@ -273,7 +274,7 @@ fn row_kernels_reject_unsupported_shapes_and_dtypes() {
     let (gu, mut out) = (z(DType::BF16, &[4, 2 * 1001]), z(DType::BF16, &[4, 1001]));
     assert_unsupported("silu_mul inter 1001", silu_mul(&g, &mut out.view_mut(), &gu.view()));
     let x = z(DType::BF16, &[4, 1001]);
-    for kind in [Gelu::Tanh, Gelu::Erf] {
+    for kind in [Gelu::Tanh, Gelu::Erf, Gelu::Quick] {
         assert_unsupported("gelu width 1001", gelu(&g, &mut out.view_mut(), &x.view(), kind));
         assert_unsupported("gelu in place width 1001", gelu_in_place(&g, &mut out.view_mut(), kind));
     }

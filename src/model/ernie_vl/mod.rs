@@ -10,9 +10,11 @@
 //! and the layer loop are not written yet; `family::load` says so for an ERNIE directory.
 
 pub mod checkpoint;
+pub mod decoder;
 pub mod image;
 pub mod moe_block;
 pub mod moe_weights;
 pub mod names;
 pub mod synthetic;
+pub mod text_weights;
 pub mod token_pools;

@@ -1,0 +1,286 @@
+//! The ERNIE-4.5-VL language model on the GPU (docs/ERNIE_4_5_VL_SPEC.md §3.8–§3.13), one
+//! engine step over a flat batch: decode tokens first, then prefill chunks, K/V written to the
+//! block-paged cache before attention, as PaddleOCR-VL's decoder does (`model::text`). What
+//! differs: the 3D rotary with interleaved pairs, GQA 20:4 at head_dim 128, and the
+//! feed-forward, dense in layer 0 and the MoE block (two expert pools) in the others, each
+//! token in the pool `token_pool` names.
+//!
+//! Per layer (pre-norm, residual stream `res` in bf16):
+//! ```text
+//! qkv = y·Wqkvᵀ                          one GEMM                   [T, q + 2·kv]
+//! rope3d(q, k); write_kv(k, v → cache)   interleaved pairs, H/W/T
+//! o   = attention(q, cache)              decode | prefill           [T, q]
+//! y   = rmsnorm(res += o·Woᵀ, post_ln)
+//! d   = dense SwiGLU(y) | moe_block(y, token_pool)                  [T, H]
+//! y   = rmsnorm(res += d, next input_ln)  or the final norm
+//! ```
+//! Then the rows that need logits go through lm_head (the tied embedding in 28B-A3B).
+
+use super::moe_block::{moe_block, MoeScratch};
+use super::text_weights::{ErnieTextWeights, FeedForward};
+use crate::config::ErnieVlConfig;
+use crate::error::{Error, Result};
+use crate::kernels::attention::{prefill_paged_version, AttentionKernels, PagedKv, Varlen};
+use crate::kernels::decode::{self, decode_paged};
+use crate::kernels::elementwise::silu_mul;
+use crate::kernels::embedding::{embedding_gather, scatter_rows};
+use crate::kernels::kv_cache::write_kv;
+use crate::kernels::norm::{rmsnorm, rmsnorm_add};
+use crate::kernels::rope::mrope_interleaved;
+use crate::model::text::{KvCache, StepInputs};
+use crate::runtime::{DType, DeviceTensor, Epilogue, Gemm, Gpu, TensorView, TensorViewMut, Workspace};
+
+/// The block-paged KV cache of every layer, `[blocks, kv_heads, block_size, head_dim]` bf16.
+pub fn new_kv_cache(gpu: &Gpu, cfg: &ErnieVlConfig, num_blocks: usize, block_size: usize) -> Result<KvCache> {
+    let t = &cfg.text;
+    let dims = [num_blocks, t.num_key_value_heads, block_size, t.head_dim];
+    let mut k = Vec::with_capacity(t.num_hidden_layers);
+    let mut v = Vec::with_capacity(t.num_hidden_layers);
+    for _ in 0..t.num_hidden_layers {
+        k.push(DeviceTensor::alloc(gpu, DType::BF16, &dims)?);
+        v.push(DeviceTensor::alloc(gpu, DType::BF16, &dims)?);
+    }
+    Ok(KvCache {
+        k,
+        v,
+        num_blocks,
+        block_size,
+    })
+}
+
+/// Bytes of one KV block over all layers, K and V (28B-A3B: 56 KiB per token).
+pub fn kv_bytes_per_block(cfg: &ErnieVlConfig, block_size: usize) -> usize {
+    let t = &cfg.text;
+    2 * t.num_hidden_layers * t.num_key_value_heads * block_size * t.head_dim * 2
+}
+
+/// Workspace bytes of [`forward`] (the MoE block's intermediates live in its [`MoeScratch`]).
+pub fn workspace_bytes(cfg: &ErnieVlConfig, tokens: usize, logit_rows: usize, decode_seqs: usize) -> usize {
+    let t = &cfg.text;
+    let qkv = t.q_width() + 2 * t.kv_width();
+    let elems = tokens * (t.hidden_size * 3 + qkv + t.q_width() + 3 * t.intermediate_size) + logit_rows * t.hidden_size;
+    let decode_ws = decode::decode_workspace_bytes(
+        decode_seqs.max(1),
+        t.num_attention_heads,
+        t.head_dim,
+        decode::MAX_SPLITS,
+    );
+    elems * 2 + logit_rows * t.vocab_size * 4 + decode_ws + 16 * 256
+}
+
+/// Pairs of the head that turn by the H and W positions (the rest take T): 44 of 64.
+pub fn rope_section_hw(cfg: &ErnieVlConfig) -> usize {
+    cfg.text.mrope_section[0] + cfg.text.mrope_section[1]
+}
+
+/// One decoder step: f32 logits `[S, vocab]` of `inputs.logits_rows` into `logits`.
+/// `token_pool`: i32 `[T]`, 0 text / 1 vision per token of the batch (`token_pools`; decode
+/// tokens are text). `moe`: the MoE block's scratch, sized for at least `T` tokens.
+#[allow(clippy::too_many_arguments)]
+pub fn forward(
+    gpu: &Gpu,
+    gemm: &mut Gemm,
+    ws: &Workspace,
+    cfg: &ErnieVlConfig,
+    w: &ErnieTextWeights,
+    attention: AttentionKernels,
+    cache: &mut KvCache,
+    inputs: &StepInputs<'_>,
+    token_pool: &TensorView<'_>,
+    moe: &mut MoeScratch,
+    embed_error: &mut TensorViewMut<'_>,
+    logits: &mut TensorViewMut<'_>,
+) -> Result<()> {
+    const OP: &str = "ernie text forward";
+    let t = &cfg.text;
+    let (hidden, hd) = (t.hidden_size, t.head_dim);
+    let (qw, kvw) = (t.q_width(), t.kv_width());
+    let tokens = inputs.ids.numel();
+    let s = inputs.logits_rows.numel();
+    logits.expect(OP, "logits", DType::F32, &[s, t.vocab_size])?;
+    if tokens == 0 {
+        return Err(Error::invalid(OP, "a step with no tokens"));
+    }
+    if inputs.num_decode > tokens {
+        return Err(Error::invalid(
+            OP,
+            format!("{} decode tokens in a batch of {tokens}", inputs.num_decode),
+        ));
+    }
+    if token_pool.dtype() != DType::I32 || token_pool.numel() != tokens {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "token_pool is {} [{}]; expected i32 [{tokens}]",
+                token_pool.dtype(),
+                token_pool.numel()
+            ),
+        ));
+    }
+    if w.layers.len() != t.num_hidden_layers || cache.k.len() != t.num_hidden_layers {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "{} weight layers and {} cache layers for a {}-layer model",
+                w.layers.len(),
+                cache.k.len(),
+                t.num_hidden_layers
+            ),
+        ));
+    }
+    let eps = t.rms_norm_eps as f32;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let section_hw = rope_section_hw(cfg);
+
+    let mut res = ws.alloc(DType::BF16, &[tokens, hidden])?;
+    embedding_gather(gpu, &mut res, &w.embed.view(), &inputs.ids, embed_error)?;
+    if let Some((rows, feats)) = &inputs.image_rows {
+        scatter_rows(gpu, &mut res, feats, rows)?;
+    }
+    let mut y = ws.alloc(DType::BF16, &[tokens, hidden])?;
+    let mut qkv = ws.alloc(DType::BF16, &[tokens, qw + 2 * kvw])?;
+    let mut o = ws.alloc(DType::BF16, &[tokens, qw])?;
+    let mut delta = ws.alloc(DType::BF16, &[tokens, hidden])?;
+    let mut gate_up = ws.alloc(DType::BF16, &[tokens, 2 * t.intermediate_size])?;
+    let mut act = ws.alloc(DType::BF16, &[tokens, t.intermediate_size])?;
+    let nd = inputs.num_decode;
+    let decode_ws_bytes = if nd > 0 {
+        decode::decode_workspace_bytes(nd, t.num_attention_heads, hd, decode::MAX_SPLITS)
+    } else {
+        0
+    };
+    let mut decode_ws = ws.alloc(DType::F32, &[decode_ws_bytes.div_ceil(4).max(1)])?;
+
+    rmsnorm(gpu, &mut y, &res.as_view(), &w.layers[0].input_ln.view(), eps)?;
+    for (l, lw) in w.layers.iter().enumerate() {
+        gemm.matmul(
+            gpu,
+            &mut qkv,
+            &y.as_view(),
+            &lw.qkv_w.view(),
+            None,
+            Epilogue::None,
+            false,
+        )?;
+        {
+            let [mut q, mut k, v] = qkv.reborrow().split_columns([qw, kvw, kvw])?;
+            mrope_interleaved(
+                gpu,
+                &mut q,
+                &mut k,
+                &inputs.positions,
+                hd,
+                section_hw,
+                t.rope_theta as f32,
+            )?;
+            let (kc, vc) = (&mut cache.k[l], &mut cache.v[l]);
+            write_kv(
+                gpu,
+                &mut kc.view_mut(),
+                &mut vc.view_mut(),
+                &k.as_view(),
+                &v.as_view(),
+                &inputs.slot_mapping,
+            )?;
+        }
+        let q_all = qkv.as_view().columns(0, qw)?;
+        if nd > 0 {
+            let kv = decode::PagedKv {
+                k_cache: cache.k[l].view(),
+                v_cache: cache.v[l].view(),
+                block_tables: inputs
+                    .decode_block_tables
+                    .ok_or_else(|| Error::invalid(OP, "decode tokens without block tables"))?,
+                seq_lens: inputs
+                    .decode_seq_lens
+                    .ok_or_else(|| Error::invalid(OP, "decode tokens without seq lens"))?,
+                max_seq_len: inputs.decode_max_len,
+            };
+            let mut o_dec = o.reborrow().narrow0(0, nd)?;
+            decode_paged(
+                gpu,
+                &mut o_dec,
+                &q_all.narrow0(0, nd)?,
+                &kv,
+                scale,
+                inputs.decode_splits,
+                Some(&mut decode_ws.reborrow()),
+            )?;
+        }
+        if nd < tokens {
+            let kv = PagedKv {
+                k_cache: cache.k[l].view(),
+                v_cache: cache.v[l].view(),
+                block_tables: inputs
+                    .prefill_block_tables
+                    .ok_or_else(|| Error::invalid(OP, "prefill without block tables"))?,
+                seqused_k: inputs
+                    .prefill_seqused_k
+                    .ok_or_else(|| Error::invalid(OP, "prefill without seqused_k"))?,
+            };
+            let queries = Varlen {
+                cu_seqlens: inputs
+                    .prefill_cu_seqlens
+                    .ok_or_else(|| Error::invalid(OP, "prefill without cu_seqlens"))?,
+                max_seqlen: inputs.prefill_max_q,
+            };
+            let mut o_pre = o.reborrow().narrow0(nd, tokens - nd)?;
+            prefill_paged_version(
+                gpu,
+                &mut o_pre,
+                &q_all.narrow0(nd, tokens - nd)?,
+                &queries,
+                &kv,
+                scale,
+                attention,
+            )?;
+        }
+        gemm.matmul(
+            gpu,
+            &mut delta,
+            &o.as_view(),
+            &lw.o_w.view(),
+            None,
+            Epilogue::None,
+            false,
+        )?;
+        rmsnorm_add(gpu, &mut y, &delta.as_view(), &mut res, &lw.post_ln.view(), eps)?;
+        match &lw.ffn {
+            FeedForward::Dense { gate_up_w, down_w } => {
+                gemm.matmul(
+                    gpu,
+                    &mut gate_up,
+                    &y.as_view(),
+                    &gate_up_w.view(),
+                    None,
+                    Epilogue::None,
+                    false,
+                )?;
+                silu_mul(gpu, &mut act, &gate_up.as_view())?;
+                gemm.matmul(
+                    gpu,
+                    &mut delta,
+                    &act.as_view(),
+                    &down_w.view(),
+                    None,
+                    Epilogue::None,
+                    false,
+                )?;
+            }
+            FeedForward::Moe(m) => {
+                moe_block(gpu, gemm, &mut delta, &y.as_view(), token_pool, &m.views(), moe)?;
+            }
+        }
+        let next_norm = w.layers.get(l + 1).map_or(&w.norm, |n| &n.input_ln);
+        rmsnorm_add(gpu, &mut y, &delta.as_view(), &mut res, &next_norm.view(), eps)?;
+    }
+
+    if s == 0 {
+        return Ok(());
+    }
+    let mut last = ws.alloc(DType::BF16, &[s, hidden])?;
+    let mut gather_error = ws.alloc(DType::I32, &[1])?;
+    gather_error.fill_bytes(gpu, 0)?;
+    embedding_gather(gpu, &mut last, &y.as_view(), &inputs.logits_rows, &mut gather_error)?;
+    gemm.matmul(gpu, logits, &last.as_view(), &w.lm_head(), None, Epilogue::None, false)
+}
