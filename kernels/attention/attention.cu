@@ -90,12 +90,17 @@ extern "C" int32_t ocrvl_attention_varlen(const OcrvlAttnParams* p, ocrvl_stream
     const int64_t kv_row = (int64_t)p->num_kv_heads * p->head_dim;
     OCRVL_CHECK_ARG(stride_ok(p->k_stride, kv_row) && stride_ok(p->v_stride, kv_row));
     OCRVL_CHECK_ARG(p->causal == 0 || p->causal == 1);
-    // Only the vision shape is built: non-causal d = 72.
-    if (p->causal != 0 || p->head_dim != 72) return OCRVL_STATUS_UNSUPPORTED;
+    // Only the vision shapes are built: non-causal d = 72 (PaddleOCR-VL) and d = 80
+    // (ERNIE-4.5-VL, unpadded: padded_head_dim 0 or 80).
+    if (p->causal != 0 || (p->head_dim != 72 && p->head_dim != 80)) return OCRVL_STATUS_UNSUPPORTED;
     args.cu_seqlens_k = p->cu_seqlens_k;
     args.k_stride = p->k_stride;
     args.v_stride = p->v_stride;
     cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
+    if (p->head_dim == 80) {
+        if (p->padded_head_dim != 0 && p->padded_head_dim != 80) return OCRVL_STATUS_UNSUPPORTED;
+        return ocrvl::attn::run_fwd<80, 80, false, false>(args, p->num_seqs, p->num_heads, p->max_seqlen_q, s);
+    }
     switch (p->padded_head_dim) {
         case 0:
         case 80: return ocrvl::attn::run_fwd<72, 80, false, false>(args, p->num_seqs, p->num_heads, p->max_seqlen_q, s);

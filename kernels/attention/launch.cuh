@@ -49,5 +49,8 @@ template <>
 int32_t run_fwd<72, 80, false, false>(const FwdArgs&, int, int, int, cudaStream_t);
 template <>
 int32_t run_fwd<72, 96, false, false>(const FwdArgs&, int, int, int, cudaStream_t);
+// Vision varlen, d = 80, unpadded (fwd_d80.cu): ERNIE-4.5-VL's ViT.
+template <>
+int32_t run_fwd<80, 80, false, false>(const FwdArgs&, int, int, int, cudaStream_t);
 
 }  // namespace ocrvl::attn

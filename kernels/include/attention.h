@@ -15,7 +15,8 @@
  * bf16 in and out. Instantiated (anything else returns OCRVL_STATUS_UNSUPPORTED):
  *   prefill_paged: head_dim 128, causal or not, block_size a power of two in 16..256;
  *   varlen:        head_dim 72, causal 0, padded_head_dim 0 or 80 (the default 72/80 tile)
- *                  or 96 (72 padded to 96, kept to measure against).
+ *                  or 96 (72 padded to 96, kept to measure against); head_dim 80 (ERNIE-4.5-VL's
+ *                  ViT), causal 0, padded_head_dim 0 or 80. The FA3 varlen builds d = 72 only.
  * Trusted, not checked (device memory): cu_seqlens_* non-decreasing with
  * cu_seqlens_q[num_seqs] <= total_q, every q_len <= max_seqlen_q (longer runs are left
  * partly unwritten), seqused_k[s] >= q_len of s, block_tables entries in [0, num_blocks) for
@@ -75,7 +76,8 @@ typedef struct OcrvlAttnParams {
     float scale;
     int32_t causal;
     /* varlen only, head_dim 72: 0 or 80 for the default 72/80 tile (Q·Kᵀ over 80, P·V over
-     * 72); 96 pads the head to 96 throughout (FA2's d96 tile), kept for measurement. */
+     * 72); 96 pads the head to 96 throughout (FA2's d96 tile), kept for measurement.
+     * head_dim 80: 0 or 80 (nothing padded). */
     int32_t padded_head_dim;
     /* Element type of q, k, v, o; only OCRVL_DTYPE_BF16 is built. */
     OcrvlDType dtype;

@@ -7,6 +7,7 @@ mod common;
 
 mod activation;
 mod attention;
+mod attention_d80;
 mod attention_fa3;
 mod cast;
 mod checkpoint_v1_5;
