@@ -18,3 +18,4 @@ pub mod names;
 pub mod synthetic;
 pub mod text_weights;
 pub mod token_pools;
+pub mod vision;
