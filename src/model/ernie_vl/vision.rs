@@ -482,3 +482,36 @@ fn resampler_pair(
     )?;
     layernorm(gpu, out, &h2.as_view(), &pair.ln_w.view(), &pair.ln_b.view(), eps)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_block_order_positions() {
+        // A 4x6 patch grid: blocks of 2x2 row-major over a 2x3 block grid; inside a block
+        // (top-left, top-right, bottom-left, bottom-right).
+        let b = ErnieVisionBatchHost::new(&[(4, 6), (2, 2)]).unwrap();
+        assert_eq!(b.cu_patches, vec![0, 24, 28]);
+        assert_eq!(b.max_patches, 24);
+        let first: Vec<(i32, i32)> = b.rows[..8].iter().copied().zip(b.cols[..8].iter().copied()).collect();
+        assert_eq!(
+            first,
+            vec![(0, 0), (0, 1), (1, 0), (1, 1), (0, 2), (0, 3), (1, 2), (1, 3)]
+        );
+        // Block 3 is the second block row's first block.
+        assert_eq!((b.rows[12], b.cols[12]), (2, 0));
+        // Every (row, col) of the first image exactly once.
+        let mut seen: Vec<(i32, i32)> = b.rows[..24].iter().copied().zip(b.cols[..24].iter().copied()).collect();
+        seen.sort();
+        let want: Vec<(i32, i32)> = (0..4).flat_map(|r| (0..6).map(move |c| (r, c))).collect();
+        assert_eq!(seen, want);
+        // The second image restarts at (0, 0).
+        assert_eq!((b.rows[24], b.cols[24]), (0, 0));
+        assert_eq!(b.num_tokens(), 7);
+        assert_eq!(b.pair_first, vec![0, 2, 4, 6, 8, 10, 12]);
+        assert_eq!(b.pair_second, vec![1, 3, 5, 7, 9, 11, 13]);
+        assert!(ErnieVisionBatchHost::new(&[(3, 4)]).is_err());
+        assert!(ErnieVisionBatchHost::new(&[(0, 4)]).is_err());
+    }
+}
