@@ -124,6 +124,21 @@ int32_t ocrvl_moe_combine(void* out, int64_t out_stride, const void* expert_out,
                           int64_t shared_stride, int64_t num_tokens, int64_t top_k, int64_t hidden,
                           ocrvl_stream_t stream);
 
+/* Which pool each token of a step goes to (ERNIE-4.5-VL, docs/ERNIE_4_5_VL_SPEC.md §3.8):
+ *   pool[t] = 1 (vision) if t >= num_text_prefix and ids[t] is one of vision_ids[0..num_vision_ids),
+ *             0 (text) otherwise.
+ * The step's first num_text_prefix tokens are its decode tokens, which are text whatever their
+ * id; vision_ids holds the image placeholder id and, as transformers routes them, the image
+ * and video start/end markers. ids, pool: i32 [num_tokens]. num_vision_ids <= 8.
+ * Grid: (ceil(num_tokens / 256)), Block: (256). */
+#define OCRVL_MOE_MAX_VISION_IDS 8
+typedef struct {
+    int32_t ids[OCRVL_MOE_MAX_VISION_IDS];
+    int32_t count;
+} OcrvlMoeVisionIds;
+int32_t ocrvl_moe_token_pool(int32_t* pool, const int32_t* ids, int64_t num_tokens, int64_t num_text_prefix,
+                             OcrvlMoeVisionIds vision_ids, ocrvl_stream_t stream);
+
 #ifdef __cplusplus
 }
 #endif

@@ -127,3 +127,34 @@ extern "C" int32_t ocrvl_moe_combine(void* out, int64_t out_stride, const void* 
         topk_weights, static_cast<const bf16*>(shared), shared_stride, (int)top_k, (int)hidden);
     return ocrvl::launch_status();
 }
+
+namespace ocrvl::moe {
+
+// One thread per token. Grid: (ceil(num_tokens / 256)), Block: (256).
+__global__ void token_pool_kernel(int32_t* __restrict__ pool, const int32_t* __restrict__ ids, int num_tokens,
+                                  int num_text_prefix, OcrvlMoeVisionIds vision) {
+    const int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= num_tokens) return;
+    int32_t p = 0;
+    if (t >= num_text_prefix) {
+        const int32_t id = ids[t];
+        for (int i = 0; i < vision.count; ++i) p |= (id == vision.ids[i]);
+    }
+    pool[t] = p;
+}
+
+}  // namespace ocrvl::moe
+
+extern "C" int32_t ocrvl_moe_token_pool(int32_t* pool, const int32_t* ids, int64_t num_tokens,
+                                        int64_t num_text_prefix, OcrvlMoeVisionIds vision_ids,
+                                        ocrvl_stream_t stream) {
+    OCRVL_CHECK_ARG(num_tokens >= 0 && num_tokens <= INT32_MAX && num_text_prefix >= 0);
+    OCRVL_CHECK_ARG(vision_ids.count >= 0 && vision_ids.count <= OCRVL_MOE_MAX_VISION_IDS);
+    if (num_tokens == 0) return OCRVL_STATUS_OK;
+    OCRVL_CHECK_ARG(pool != nullptr && ids != nullptr);
+    const int prefix = (int)(num_text_prefix < num_tokens ? num_text_prefix : num_tokens);
+    const unsigned blocks = (unsigned)((num_tokens + 255) / 256);
+    ocrvl::moe::token_pool_kernel<<<blocks, 256, 0, as_cuda(stream)>>>(pool, ids, (int)num_tokens, prefix,
+                                                                        vision_ids);
+    return ocrvl::launch_status();
+}

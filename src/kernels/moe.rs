@@ -339,6 +339,53 @@ pub fn combine(
     check(OP, status)
 }
 
+/// Ids at most [`token_pool`] takes as vision ids.
+pub const MAX_VISION_IDS: usize = 8;
+
+/// `pool[t] = 1` where `t >= num_text_prefix` and `ids[t]` is one of `vision_ids`, else 0: the
+/// MoE pool of each token of a step (its first `num_text_prefix` tokens, the decode tokens,
+/// are text). `pool`, `ids`: i32 `[T]`.
+pub fn token_pool(
+    gpu: &Gpu,
+    pool: &mut TensorViewMut<'_>,
+    ids: &TensorView<'_>,
+    num_text_prefix: usize,
+    vision_ids: &[u32],
+) -> Result<()> {
+    const OP: &str = "moe::token_pool";
+    let t = ids.numel();
+    ids.expect(OP, "ids", DType::I32, &[t])?;
+    pool.as_view().expect(OP, "pool", DType::I32, &[t])?;
+    contiguous(OP, "ids", ids)?;
+    contiguous(OP, "pool", &pool.as_view())?;
+    if vision_ids.len() > MAX_VISION_IDS {
+        return Err(Error::invalid(
+            OP,
+            format!("{} vision ids; at most {MAX_VISION_IDS}", vision_ids.len()),
+        ));
+    }
+    let mut v = sys::OcrvlMoeVisionIds {
+        ids: [-1; MAX_VISION_IDS],
+        count: vision_ids.len() as i32,
+    };
+    for (slot, &id) in v.ids.iter_mut().zip(vision_ids) {
+        *slot = i32::try_from(id).map_err(|_| Error::invalid(OP, format!("vision id {id}")))?;
+    }
+    // SAFETY: ids and pool address t contiguous i32 on this GPU (checked above); pool is
+    // borrowed mutably, so it does not overlap ids.
+    let status = unsafe {
+        sys::ocrvl_moe_token_pool(
+            pool.device_ptr() as *mut i32,
+            ids.device_ptr() as *const i32,
+            t as i64,
+            num_text_prefix as i64,
+            v,
+            gpu.raw_stream(),
+        )
+    };
+    check(OP, status)
+}
+
 /// `(rows, cols)` of a 2-D operand of the given dtype.
 fn matrix(op: &'static str, what: &str, v: &TensorView<'_>, dtype: DType) -> Result<(usize, usize)> {
     match *v.dims() {

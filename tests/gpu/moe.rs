@@ -706,3 +706,39 @@ fn moe_layer_matches_f64() {
     assert!(skipped <= 2, "{skipped} tokens routed within 1e-6 of a tie");
     assert_close("moe layer", &gs, &ws, 2e-2 * rms(&ws), 2.0 * BF16_RTOL);
 }
+
+#[test]
+#[ignore = "needs GPU"]
+fn token_pool_marks_vision_ids_after_the_decode_prefix() {
+    let g = gpu();
+    let mut r = rng(0x7001_0001);
+    // ERNIE-4.5-VL's placeholder and start/end markers among ordinary ids.
+    let vision = [100_295u32, 101_304, 101_305, 101_306, 101_307];
+    for &(tokens, prefix) in &[(1usize, 0usize), (1, 1), (300, 0), (300, 37), (4097, 256), (5, 9)] {
+        let ids: Vec<i32> = (0..tokens)
+            .map(|_| {
+                if r.random_bool(0.4) {
+                    vision[r.random_range(0..vision.len())] as i32
+                } else {
+                    r.random_range(0..103_424)
+                }
+            })
+            .collect();
+        let d_ids = DeviceTensor::from_host(&g, &[tokens], &ids).unwrap();
+        let mut pool = poisoned(&g, DType::I32, &[tokens], 0x7F);
+        moe::token_pool(&g, &mut pool.view_mut(), &d_ids.view(), prefix, &vision).unwrap();
+        let got: Vec<i32> = pool.to_host(&g).unwrap();
+        let want: Vec<i32> = ids
+            .iter()
+            .enumerate()
+            .map(|(t, &id)| i32::from(t >= prefix && vision.contains(&(id as u32))))
+            .collect();
+        assert_eq!(got, want, "tokens {tokens}, prefix {prefix}");
+    }
+    // No vision ids: every token text; too many ids: refused before launch.
+    let ids = DeviceTensor::from_host(&g, &[3], &[100_295i32, 1, 2]).unwrap();
+    let mut pool = poisoned(&g, DType::I32, &[3], 0x7F);
+    moe::token_pool(&g, &mut pool.view_mut(), &ids.view(), 0, &[]).unwrap();
+    assert_eq!(pool.to_host::<i32>(&g).unwrap(), vec![0, 0, 0]);
+    assert!(moe::token_pool(&g, &mut pool.view_mut(), &ids.view(), 0, &[1; 9]).is_err());
+}
