@@ -299,7 +299,8 @@ impl Engine {
         self.runner.graph_batch_sizes()
     }
 
-    pub fn config(&self) -> &ModelConfig {
+    /// The model's PaddleOCR-VL configuration; None for another family.
+    pub fn config(&self) -> Option<&ModelConfig> {
         self.runner.model().config()
     }
 

@@ -63,9 +63,9 @@ pub trait ModelFamily {
     /// The family's name, for logs.
     fn name(&self) -> &'static str;
 
-    /// The checkpoint's configuration (for callers that report it; the engine asks the
-    /// methods below).
-    fn config(&self) -> &ModelConfig;
+    /// PaddleOCR-VL's configuration (for callers that report it or build its workloads; the
+    /// engine asks the methods below); None for another family.
+    fn config(&self) -> Option<&ModelConfig>;
 
     /// Logits per token.
     fn vocab_size(&self) -> usize;

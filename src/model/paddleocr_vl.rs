@@ -47,8 +47,8 @@ impl ModelFamily for PaddleOcrVl {
         "PaddleOCR-VL"
     }
 
-    fn config(&self) -> &ModelConfig {
-        &self.cfg
+    fn config(&self) -> Option<&ModelConfig> {
+        Some(&self.cfg)
     }
 
     fn vocab_size(&self) -> usize {

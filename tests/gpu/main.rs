@@ -16,6 +16,7 @@ mod embedding;
 mod engine;
 mod engine_isolation;
 mod engine_paths;
+mod ernie_family;
 mod fidelity;
 mod gemm;
 mod kv_cache;

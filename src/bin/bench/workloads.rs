@@ -254,8 +254,12 @@ fn progress_bar(len: u64, name: &str) -> ProgressBar {
 pub(crate) fn engine_workload(args: &BenchArgs, engine: &mut Engine, dir: &Path, w: Workload) -> anyhow::Result<Value> {
     let n = args.requests(w);
     println!("\nworkload {}: {n} requests", w.name());
-    let shapes = workload_shapes(args, &engine.config().clone(), dir, w)?;
-    let vocab = engine.config().text.vocab_size;
+    let cfg = engine
+        .config()
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("bench's workloads are PaddleOCR-VL's; this model is another family"))?;
+    let shapes = workload_shapes(args, &cfg, dir, w)?;
+    let vocab = cfg.text.vocab_size;
     let shares: Vec<f64> = shapes.iter().map(|s| s.1).collect();
     let mut rng = ChaCha8Rng::seed_from_u64(11);
 

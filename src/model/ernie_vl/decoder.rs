@@ -75,7 +75,8 @@ pub fn rope_section_hw(cfg: &ErnieVlConfig) -> usize {
 
 /// One decoder step: f32 logits `[S, vocab]` of `inputs.logits_rows` into `logits`.
 /// `token_pool`: i32 `[T]`, 0 text / 1 vision per token of the batch (`token_pools`; decode
-/// tokens are text). `moe`: the MoE block's scratch, sized for at least `T` tokens.
+/// tokens are text). `moe`: the MoE block's scratch, sized for at least `T` tokens (None only
+/// for a model without MoE layers).
 #[allow(clippy::too_many_arguments)]
 pub fn forward(
     gpu: &Gpu,
@@ -87,7 +88,7 @@ pub fn forward(
     cache: &mut KvCache,
     inputs: &StepInputs<'_>,
     token_pool: &TensorView<'_>,
-    moe: &mut MoeScratch,
+    mut moe: Option<&mut MoeScratch>,
     embed_error: &mut TensorViewMut<'_>,
     logits: &mut TensorViewMut<'_>,
 ) -> Result<()> {
@@ -268,7 +269,10 @@ pub fn forward(
                 )?;
             }
             FeedForward::Moe(m) => {
-                moe_block(gpu, gemm, &mut delta, &y.as_view(), token_pool, &m.views(), moe)?;
+                let scratch = moe.as_deref_mut().ok_or_else(|| {
+                    Error::invalid(OP, format!("layer {l} is an MoE layer and no MoE scratch was given"))
+                })?;
+                moe_block(gpu, gemm, &mut delta, &y.as_view(), token_pool, &m.views(), scratch)?;
             }
         }
         let next_norm = w.layers.get(l + 1).map_or(&w.norm, |n| &n.input_ln);

@@ -2,15 +2,21 @@
 //! - [`names`]: the hub checkpoint's tensor inventory; [`checkpoint`] checks a directory
 //!   against it; [`synthetic`] writes random-weight checkpoints with the real names and shapes;
 //! - [`image`]: image preprocessing (FastDeploy's resize, merge-block patch order);
-//! - [`token_pools`]: which prompt tokens go to the text or the vision experts;
+//! - [`token_pools`]: which prompt tokens go to the text or the vision experts (host side;
+//!   `kernels::moe::token_pool` does the same per step on the device);
 //! - [`moe_weights`]: an MoE layer's tensors in the MoE kernels' layout; [`moe_block`] runs one
-//!   MoE block on the GPU.
+//!   MoE block on the GPU;
+//! - [`vision`]: the ViT (d80 attention, quick_gelu) and the resampler, weights and forward;
+//! - [`text_weights`] and [`decoder`]: the language model's weights and its step over the
+//!   paged KV cache (3D interleaved rope, dense layer 0, MoE layers).
 //!
-//! The 3D rope and the ViT's rope are kernels (`kernels::rope`). The ViT blocks, the resampler
-//! and the layer loop are not written yet; `family::load` says so for an ERNIE directory.
+//! Written but not yet run on a GPU: `vision`, `text_weights`, `decoder`. Not written: the
+//! `ModelFamily` implementation that joins them to the engine (prompt layout, image encoding,
+//! the MoE scratch), so `family::load` still refuses an ERNIE directory with a clear error.
 
 pub mod checkpoint;
 pub mod decoder;
+pub mod family;
 pub mod image;
 pub mod moe_block;
 pub mod moe_weights;

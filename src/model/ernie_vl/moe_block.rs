@@ -107,6 +107,11 @@ impl MoeScratch {
         })
     }
 
+    /// The most tokens a block may run with this scratch.
+    pub fn max_tokens(&self) -> usize {
+        self.max_tokens
+    }
+
     /// Device bytes the scratch takes (for the engine's memory plan).
     pub fn nbytes(&self) -> usize {
         [

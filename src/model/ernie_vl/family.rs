@@ -1,0 +1,231 @@
+//! ERNIE-4.5-VL behind the model boundary ([`ModelFamily`]): the ViT and resampler
+//! ([`super::vision`]), the MoE language model ([`super::decoder`]), Qwen2-VL-rule 3D positions
+//! with ERNIE's placeholder id (spec §3.9: the rule PaddleOCR-VL uses) and the hub inventory.
+//!
+//! Two things the step needs beyond [`StepInputs`]:
+//! - each token's expert pool, computed on the device from the step's ids
+//!   ([`crate::kernels::moe::token_pool`]: the decode tokens text, the placeholder and the
+//!   image/video start/end markers vision, as transformers routes them). A prefill chunk that
+//!   recomputes generated tokens (after a preemption) would route a generated marker id to the
+//!   vision pool where transformers, which types generated tokens text, would not;
+//! - the MoE block's scratch, sized for the largest step seen and grown (outside any graph
+//!   capture: the engine runs its largest step shapes before it captures decode graphs) when a
+//!   larger step comes.
+//!
+//! Not yet joined to the service: its image preprocessing (merge-block patch order,
+//! [`super::image`]) and chat template are ERNIE's own, so `family::load` still refuses an
+//! ERNIE directory; [`ErnieVl::load`] is what tests and tools use until then.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use super::checkpoint::validate;
+use super::decoder;
+use super::moe_block::MoeScratch;
+use super::names::expected_tensors;
+use super::text_weights::{ErnieTextWeights, FeedForward};
+use super::vision::{self, ErnieVisionBatch, ErnieVisionBatchHost, ErnieVisionWeights};
+use crate::config::{ErnieVlConfig, ModelConfig};
+use crate::error::{Error, Result};
+use crate::kernels::attention::AttentionKernels;
+use crate::kernels::moe::token_pool;
+use crate::model::family::{ModelFamily, PixelWriter, PromptLayout};
+use crate::model::names::TensorSpec;
+use crate::model::text::{KvCache, StepInputs};
+use crate::model::weights::Checkpoint;
+use crate::preprocess::image::ImageGrid;
+use crate::preprocess::{mrope_positions, PreprocessError};
+use crate::runtime::{DType, DeviceTensor, Gemm, Gpu, TensorViewMut, Workspace};
+
+/// The smallest MoE scratch allocated (tokens): a prefill chunk of this size needs no regrowth.
+const MIN_MOE_TOKENS: usize = 2048;
+
+pub struct ErnieVl {
+    cfg: ErnieVlConfig,
+    vision: ErnieVisionWeights,
+    text: ErnieTextWeights,
+    /// The text attention's kernels (the ViT's d80 attention is FA2).
+    attention: AttentionKernels,
+    /// Ids routed to the vision pool.
+    vision_ids: Vec<u32>,
+    moe: Mutex<Option<MoeScratch>>,
+}
+
+impl ErnieVl {
+    /// Opens the checkpoint in `dir` (config.json read there), checks it against the inventory
+    /// and uploads it.
+    pub fn load(gpu: &Gpu, dir: &Path, attention: AttentionKernels) -> Result<ErnieVl> {
+        let cfg = ErnieVlConfig::from_dir(dir)?;
+        let ckpt = Checkpoint::open(dir)?;
+        let host = validate(&ckpt, &cfg)?;
+        let vision = ErnieVisionWeights::upload(gpu, &cfg, &host)?;
+        let text = ErnieTextWeights::upload(gpu, &cfg, &host)?;
+        let t = &cfg.tokens;
+        let mut vision_ids = vec![
+            t.image_token_id,
+            t.image_start_token_id,
+            t.image_end_token_id,
+            t.video_start_token_id,
+            t.video_end_token_id,
+        ];
+        vision_ids.extend(t.video_token_id);
+        Ok(ErnieVl {
+            cfg,
+            vision,
+            text,
+            attention,
+            vision_ids,
+            moe: Mutex::new(None),
+        })
+    }
+
+    pub fn ernie_config(&self) -> &ErnieVlConfig {
+        &self.cfg
+    }
+
+    fn merge(&self) -> usize {
+        self.cfg.vision.spatial_merge_size
+    }
+
+    /// The shape every MoE layer shares (the first MoE layer's; all are built alike).
+    fn moe_shape(&self) -> Option<super::moe_block::MoeBlockShape> {
+        self.text.layers.iter().find_map(|l| match &l.ffn {
+            FeedForward::Moe(m) => Some(m.shape.clone()),
+            FeedForward::Dense { .. } => None,
+        })
+    }
+}
+
+impl ModelFamily for ErnieVl {
+    fn name(&self) -> &'static str {
+        "ERNIE-4.5-VL"
+    }
+
+    fn config(&self) -> Option<&ModelConfig> {
+        None
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.cfg.text.vocab_size
+    }
+
+    fn eos_token_id(&self) -> Option<u32> {
+        self.cfg.tokens.eos_token_ids.first().copied()
+    }
+
+    fn layout_prompt(&self, ids: &[u32], grids: &[ImageGrid]) -> std::result::Result<PromptLayout, PreprocessError> {
+        let positions = mrope_positions(ids, self.cfg.tokens.image_token_id, grids, self.merge())?;
+        Ok(PromptLayout { positions })
+    }
+
+    fn image_tokens(&self, grid: ImageGrid) -> usize {
+        grid.num_merged_tokens(self.merge())
+    }
+
+    fn patch_values(&self) -> usize {
+        self.cfg.vision.patch_dim()
+    }
+
+    fn feature_width(&self) -> usize {
+        self.cfg.text.hidden_size
+    }
+
+    fn workspace_bytes(&self, tokens: usize, logit_rows: usize, decode_seqs: usize, encoder_patches: usize) -> usize {
+        // The decoder's workspace plus the step's token pools.
+        (decoder::workspace_bytes(&self.cfg, tokens, logit_rows, decode_seqs) + tokens * 4 + 256)
+            .max(vision::workspace_bytes(&self.cfg, encoder_patches))
+    }
+
+    fn encode_images(
+        &self,
+        gpu: &Gpu,
+        gemm: &mut Gemm,
+        ws: &Workspace,
+        grids: &[ImageGrid],
+        write_pixels: &mut PixelWriter<'_>,
+    ) -> Result<DeviceTensor> {
+        if let Some(g) = grids.iter().find(|g| g.t != 1) {
+            return Err(Error::invalid(
+                "ernie encode",
+                format!("a grid with t = {} (video input is not supported)", g.t),
+            ));
+        }
+        let hw: Vec<(usize, usize)> = grids.iter().map(|g| (g.h, g.w)).collect();
+        let batch = ErnieVisionBatch::upload(gpu, ErnieVisionBatchHost::new(&hw)?)?;
+        let p = batch.host.num_patches();
+        let mut pixels = DeviceTensor::alloc(gpu, DType::BF16, &[p, self.patch_values()])?;
+        write_pixels(&mut pixels.view_mut())?;
+        let mut out = DeviceTensor::alloc(gpu, DType::BF16, &[batch.host.num_tokens(), self.feature_width()])?;
+        vision::encode(
+            gpu,
+            gemm,
+            ws,
+            &self.cfg,
+            &self.vision,
+            &batch,
+            &pixels.view(),
+            &mut out.view_mut(),
+        )?;
+        Ok(out)
+    }
+
+    fn kv_bytes_per_block(&self, block_size: usize) -> usize {
+        decoder::kv_bytes_per_block(&self.cfg, block_size)
+    }
+
+    fn num_kv_heads(&self) -> usize {
+        self.cfg.text.num_key_value_heads
+    }
+
+    fn new_kv_cache(&self, gpu: &Gpu, num_blocks: usize, block_size: usize) -> Result<KvCache> {
+        decoder::new_kv_cache(gpu, &self.cfg, num_blocks, block_size)
+    }
+
+    fn forward(
+        &self,
+        gpu: &Gpu,
+        gemm: &mut Gemm,
+        ws: &Workspace,
+        cache: &mut KvCache,
+        inputs: &StepInputs<'_>,
+        embed_error: &mut TensorViewMut<'_>,
+        logits: &mut TensorViewMut<'_>,
+    ) -> Result<()> {
+        let tokens = inputs.ids.numel();
+        let mut pools = ws.alloc(DType::I32, &[tokens.max(1)])?;
+        let mut pools = pools.reborrow().narrow0(0, tokens)?;
+        token_pool(gpu, &mut pools, &inputs.ids, inputs.num_decode, &self.vision_ids)?;
+        let mut guard = self
+            .moe
+            .lock()
+            .map_err(|_| Error::invalid("ernie forward", "the MoE scratch lock is poisoned"))?;
+        if let Some(shape) = self.moe_shape() {
+            let grow = guard.as_ref().is_none_or(|s| s.max_tokens() < tokens);
+            if grow {
+                *guard = Some(MoeScratch::new(gpu, &shape, tokens.max(MIN_MOE_TOKENS))?);
+            }
+        }
+        decoder::forward(
+            gpu,
+            gemm,
+            ws,
+            &self.cfg,
+            &self.text,
+            self.attention,
+            cache,
+            inputs,
+            &pools.as_view(),
+            guard.as_mut(),
+            embed_error,
+            logits,
+        )
+    }
+
+    fn weights_inventory(&self) -> Vec<TensorSpec> {
+        expected_tensors(&self.cfg)
+    }
+
+    fn weight_bytes(&self) -> usize {
+        self.vision.total_bytes() + self.text.total_bytes()
+    }
+}
