@@ -247,12 +247,12 @@ pub fn forward(
         )?;
         rmsnorm_add(gpu, &mut y, &delta.as_view(), &mut res, &lw.post_ln.view(), eps)?;
         match &lw.ffn {
-            FeedForward::Dense { gate_up_w, down_w } => {
+            FeedForward::Dense(d) => {
                 gemm.matmul(
                     gpu,
                     &mut gate_up,
                     &y.as_view(),
-                    &gate_up_w.view(),
+                    &d.gate_up_w.view(),
                     None,
                     Epilogue::None,
                     false,
@@ -262,7 +262,7 @@ pub fn forward(
                     gpu,
                     &mut delta,
                     &act.as_view(),
-                    &down_w.view(),
+                    &d.down_w.view(),
                     None,
                     Epilogue::None,
                     false,

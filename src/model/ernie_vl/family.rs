@@ -91,7 +91,7 @@ impl ErnieVl {
     fn moe_shape(&self) -> Option<super::moe_block::MoeBlockShape> {
         self.text.layers.iter().find_map(|l| match &l.ffn {
             FeedForward::Moe(m) => Some(m.shape.clone()),
-            FeedForward::Dense { .. } => None,
+            FeedForward::Dense(_) => None,
         })
     }
 }

@@ -66,12 +66,15 @@ impl MoeLayerDevice {
     }
 }
 
+/// The dense SwiGLU: `[2·I, H]` gate rows then up rows, and `[H, I]`.
+pub struct DenseFfn {
+    pub gate_up_w: DeviceTensor,
+    pub down_w: DeviceTensor,
+}
+
 /// A decoder layer's feed-forward: the dense SwiGLU (layer 0 of 28B-A3B) or the MoE block.
 pub enum FeedForward {
-    Dense {
-        gate_up_w: DeviceTensor,
-        down_w: DeviceTensor,
-    },
+    Dense(Box<DenseFfn>),
     Moe(Box<MoeLayerDevice>),
 }
 
@@ -101,7 +104,7 @@ impl ErnieTextWeights {
                 let ffn = if cfg.moe.is_moe_layer(l) {
                     FeedForward::Moe(Box::new(upload_moe(gpu, cfg, l, host)?))
                 } else {
-                    FeedForward::Dense {
+                    FeedForward::Dense(Box::new(DenseFfn {
                         gate_up_w: cat(
                             gpu,
                             host,
@@ -109,7 +112,7 @@ impl ErnieTextWeights {
                             &[2 * t.intermediate_size, h],
                         )?,
                         down_w: one(gpu, host, &n("mlp.down_proj.weight"))?,
-                    }
+                    }))
                 };
                 Ok(ErnieTextLayer {
                     input_ln: one(gpu, host, &n("input_layernorm.weight"))?,
@@ -152,7 +155,7 @@ impl ErnieTextWeights {
             .iter()
             .map(|l| {
                 let ffn = match &l.ffn {
-                    FeedForward::Dense { gate_up_w, down_w } => gate_up_w.nbytes() + down_w.nbytes(),
+                    FeedForward::Dense(d) => d.gate_up_w.nbytes() + d.down_w.nbytes(),
                     FeedForward::Moe(m) => m.nbytes(),
                 };
                 l.input_ln.nbytes() + l.qkv_w.nbytes() + l.o_w.nbytes() + l.post_ln.nbytes() + ffn
