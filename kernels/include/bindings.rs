@@ -25,6 +25,7 @@ pub const OCRVL_MOE_MAX_POOL_EXPERTS: u32 = 256;
 pub const OCRVL_MOE_MAX_TOP_K: u32 = 16;
 pub const OCRVL_MOE_EPILOGUE_NONE: u32 = 0;
 pub const OCRVL_MOE_EPILOGUE_SWIGLU: u32 = 1;
+pub const OCRVL_MOE_MAX_VISION_IDS: u32 = 8;
 #[repr(u32)]
 #[derive(Debug, Copy, Clone, Hash, PartialEq, Eq)]
 pub enum OcrvlStatus {
@@ -87,6 +88,18 @@ unsafe extern "C" {
 }
 unsafe extern "C" {
     pub fn ocrvl_gelu_erf(
+        out: *mut ::std::os::raw::c_void,
+        out_stride: i64,
+        in_: *const ::std::os::raw::c_void,
+        in_stride: i64,
+        rows: i64,
+        width: i64,
+        dtype: OcrvlDType,
+        stream: ocrvl_stream_t,
+    ) -> i32;
+}
+unsafe extern "C" {
+    pub fn ocrvl_quick_gelu(
         out: *mut ::std::os::raw::c_void,
         out_stride: i64,
         in_: *const ::std::os::raw::c_void,
@@ -578,6 +591,22 @@ unsafe extern "C" {
         num_tokens: i64,
         top_k: i64,
         hidden: i64,
+        stream: ocrvl_stream_t,
+    ) -> i32;
+}
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct OcrvlMoeVisionIds {
+    pub ids: [i32; 8usize],
+    pub count: i32,
+}
+unsafe extern "C" {
+    pub fn ocrvl_moe_token_pool(
+        pool: *mut i32,
+        ids: *const i32,
+        num_tokens: i64,
+        num_text_prefix: i64,
+        vision_ids: OcrvlMoeVisionIds,
         stream: ocrvl_stream_t,
     ) -> i32;
 }
