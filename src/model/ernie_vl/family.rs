@@ -96,6 +96,18 @@ impl ErnieVl {
     }
 }
 
+/// The 3D positions and image spans of a prompt (spec §3.9): runs of `<|IMAGE_PLACEHOLDER|>`
+/// are the images' merged tokens; the start/end markers are text here (they go to the vision
+/// experts, which is a separate matter: `token_pools`).
+pub fn layout_prompt(
+    cfg: &ErnieVlConfig,
+    ids: &[u32],
+    grids: &[ImageGrid],
+) -> std::result::Result<PromptLayout, PreprocessError> {
+    let positions = mrope_positions(ids, cfg.tokens.image_token_id, grids, cfg.vision.spatial_merge_size)?;
+    Ok(PromptLayout { positions })
+}
+
 impl ModelFamily for ErnieVl {
     fn name(&self) -> &'static str {
         "ERNIE-4.5-VL"
@@ -114,8 +126,7 @@ impl ModelFamily for ErnieVl {
     }
 
     fn layout_prompt(&self, ids: &[u32], grids: &[ImageGrid]) -> std::result::Result<PromptLayout, PreprocessError> {
-        let positions = mrope_positions(ids, self.cfg.tokens.image_token_id, grids, self.merge())?;
-        Ok(PromptLayout { positions })
+        layout_prompt(&self.cfg, ids, grids)
     }
 
     fn image_tokens(&self, grid: ImageGrid) -> usize {
@@ -227,5 +238,39 @@ impl ModelFamily for ErnieVl {
 
     fn weight_bytes(&self) -> usize {
         self.vision.total_bytes() + self.text.total_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompt_positions_follow_the_qwen2_vl_rule_with_ernies_ids() {
+        let cfg = ErnieVlConfig::tiny();
+        let t = &cfg.tokens;
+        // "5" <start> 6 x <image> (a 4x6-patch image: 2x3 merged tokens) <end> "7"
+        let mut ids = vec![5, t.image_start_token_id];
+        ids.extend(std::iter::repeat_n(t.image_token_id, 6));
+        ids.extend([t.image_end_token_id, 7]);
+        let grid = ImageGrid { t: 1, h: 4, w: 6 };
+        let l = layout_prompt(&cfg, &ids, &[grid]).unwrap();
+        assert_eq!(l.image_spans(), &[2..8]);
+        let at = |i| l.position(i);
+        assert_eq!(at(0), [0, 0, 0]);
+        assert_eq!(at(1), [1, 1, 1]);
+        // Image token (r, c) of the 2x3 grid: (cur, cur + r, cur + c) with cur = 2.
+        let image: Vec<[i32; 3]> = (2..8).map(at).collect();
+        assert_eq!(
+            image,
+            vec![[2, 2, 2], [2, 2, 3], [2, 2, 4], [2, 3, 2], [2, 3, 3], [2, 3, 4]]
+        );
+        // After the image the text continues at cur + max(2, 3) = 5.
+        assert_eq!(at(8), [5, 5, 5]);
+        assert_eq!(at(9), [6, 6, 6]);
+        // Generated tokens: index + rope_delta (7 - 10 = -3) on every axis.
+        assert_eq!(at(10), [7, 7, 7]);
+        // A placeholder run that does not match its grid is an error naming the mismatch.
+        assert!(layout_prompt(&cfg, &ids, &[ImageGrid { t: 1, h: 4, w: 4 }]).is_err());
     }
 }
