@@ -3,7 +3,7 @@
 //!
 //! synth-model --out DIR [--tiny] [--version 1|1.5|1.6] [--seed N] [--shards N] [--no-unused]
 //! [--no-lm-head]
-//! synth-model --arch ernie-4.5-vl-28b-a3b (--out DIR | --dry-run) [--tiny] [--seed N] [--shards N]
+//! synth-model --arch ernie-4.5-vl-28b-a3b (--out DIR | --dry-run) [--tiny | --reduced] [--seed N] [--shards N]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,7 +15,7 @@ use ocrvl::model::synthetic::{synthetic_config, write_synthetic_model, Checkpoin
 
 const USAGE: &str =
     "usage: synth-model --out DIR [--tiny] [--version 1|1.5|1.6] [--seed N] [--shards N] [--no-unused] [--no-lm-head]
-       synth-model --arch ernie-4.5-vl-28b-a3b (--out DIR | --dry-run) [--tiny] [--seed N] [--shards N]
+       synth-model --arch ernie-4.5-vl-28b-a3b (--out DIR | --dry-run) [--tiny | --reduced] [--seed N] [--shards N]
 
   --out DIR      directory to write (created if missing)
   --tiny         the small test model instead of the full 0.9B one
@@ -28,11 +28,14 @@ const USAGE: &str =
   --no-lm-head   leave out lm_head.weight (the loader then ties it to the embedding)
   --arch A       paddleocr-vl (default) or ernie-4.5-vl-28b-a3b (always sharded: 3 files
                  tiny, 12 full; the full model is ~58.8 GB)
+  --reduced      ERNIE only: the real widths at reduced depth (3 decoder layers: dense, MoE,
+                 MoE; 2 ViT blocks), the fidelity test's model (5.3 GB)
   --dry-run      print the inventory's tensor count, parameters and bytes; write nothing";
 
 struct Args {
     out: Option<PathBuf>,
     tiny: bool,
+    reduced: bool,
     opts: SyntheticOptions,
     ernie: bool,
     shards_given: bool,
@@ -42,6 +45,7 @@ struct Args {
 fn parse_args(args: &[String]) -> Result<Args, String> {
     let mut out = None;
     let mut tiny = false;
+    let mut reduced = false;
     let mut opts = SyntheticOptions::default();
     let (mut ernie, mut shards_given, mut dry_run) = (false, false, false);
     let mut it = args.iter();
@@ -80,6 +84,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
             }
             "--dry-run" => dry_run = true,
             "--tiny" => tiny = true,
+            "--reduced" => reduced = true,
             "--version" => {
                 let v = value()?;
                 opts.version = match v.as_str() {
@@ -102,12 +107,19 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
     if ernie && paddle_only {
         return Err("--version, --no-unused and --no-lm-head are PaddleOCR-VL options".into());
     }
+    if reduced && !ernie {
+        return Err("--reduced is an ERNIE-4.5-VL option (--arch ernie-4.5-vl-28b-a3b)".into());
+    }
+    if reduced && tiny {
+        return Err("--reduced and --tiny are two different models: give one".into());
+    }
     if dry_run && !ernie {
         return Err("--dry-run is only implemented for --arch ernie-4.5-vl-28b-a3b".into());
     }
     Ok(Args {
         out,
         tiny,
+        reduced,
         opts,
         ernie,
         shards_given,
@@ -163,17 +175,14 @@ fn main() -> ExitCode {
 /// `--arch ernie-4.5-vl-28b-a3b`: the dry run prints sizes from the inventory alone; otherwise
 /// the sharded directory is written.
 fn run_ernie(args: &Args) -> ExitCode {
-    let cfg = if args.tiny {
-        ErnieVlConfig::tiny()
+    let (cfg, model) = if args.tiny {
+        (ErnieVlConfig::tiny(), "tiny ERNIE-4.5-VL")
+    } else if args.reduced {
+        (ErnieVlConfig::reduced(), "reduced-depth ERNIE-4.5-VL-28B-A3B")
     } else {
-        ErnieVlConfig::ernie_4_5_vl_28b_a3b()
+        (ErnieVlConfig::ernie_4_5_vl_28b_a3b(), "ERNIE-4.5-VL-28B-A3B")
     };
     let size = ernie::synthetic_size(&cfg);
-    let model = if args.tiny {
-        "tiny ERNIE-4.5-VL"
-    } else {
-        "ERNIE-4.5-VL-28B-A3B"
-    };
     if args.dry_run {
         println!(
             "{model}: {} tensors, {} parameters ({} active per text token), {} bytes of bf16 ({:.1} GB)",

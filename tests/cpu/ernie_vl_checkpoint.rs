@@ -105,6 +105,44 @@ fn tiny_inventory_and_an_untied_head() {
 }
 
 #[test]
+fn reduced_model_has_the_full_widths_at_three_layers() {
+    let cfg = ErnieVlConfig::reduced();
+    cfg.validate_in("reduced").unwrap();
+    let full = ErnieVlConfig::ernie_4_5_vl_28b_a3b();
+    assert_eq!(cfg.text.num_hidden_layers, 3);
+    assert_eq!(cfg.moe.moe_layers, vec![false, true, true]);
+    assert_eq!(cfg.vision.depth, 2);
+    let s = shapes(&cfg);
+    let f = shapes(&full);
+    // Every tensor of the reduced model has the full model's shape under the same name.
+    for (name, shape) in &s {
+        assert_eq!(f.get(name), Some(shape), "{name}");
+    }
+    // Per decoder layer: 1 + 4 + 1 attention and norms; dense 3; MoE 2 routers, the bias,
+    // 128 experts x 3 and the shared 3. Vision: patch + 2 x 12 + ln 2; resampler 15; + embed + norm.
+    assert_eq!(s.len(), 1 + 24 + 2 + 15 + 1 + (6 + 3) + 2 * (6 + 3 + 384 + 3) + 1);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_synth-model"))
+        .args(["--arch", "ernie-4.5-vl-28b-a3b", "--reduced", "--dry-run"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains(&format!("{} tensors", s.len())), "{text}");
+    // --reduced is ERNIE's, and not with --tiny.
+    for args in [
+        &["--reduced", "--dry-run"][..],
+        &["--arch", "ernie-4.5-vl-28b-a3b", "--reduced", "--tiny", "--dry-run"],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_synth-model"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--reduced"), "{args:?}");
+    }
+}
+
+#[test]
 fn full_size_dry_run_prints_the_inventory_without_writing() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_synth-model"))
         .args(["--arch", "ernie-4.5-vl-28b-a3b", "--dry-run"])

@@ -260,6 +260,30 @@ impl ErnieVlConfig {
         }
     }
 
+    /// The real widths (hidden 2560, 20/4 heads of 128, 64 + 64 experts of 1536 / 512, ViT
+    /// 1280 with 16 heads of 80, the real vocabulary and ids) at reduced depth: 3 decoder
+    /// layers (layer 0 dense, 1 and 2 MoE) and 2 ViT blocks. The fidelity test's model (issue
+    /// 18: "a reduced-depth, full-width random model"), the shape `ernie_oracle.py --variant
+    /// reduced` builds; about 2.6B parameters.
+    pub fn reduced() -> Self {
+        let full = Self::ernie_4_5_vl_28b_a3b();
+        ErnieVlConfig {
+            text: ErnieTextConfig {
+                num_hidden_layers: 3,
+                ..full.text
+            },
+            moe: ErnieMoeConfig {
+                moe_layers: vec![false, true, true],
+                ..full.moe
+            },
+            vision: ErnieVisionConfig {
+                depth: 2,
+                ..full.vision
+            },
+            ..full
+        }
+    }
+
     /// Checks the rules the model code will rely on; `origin` names the file in errors.
     pub fn validate_in(&self, origin: &str) -> Result<(), ConfigError> {
         let invalid = |field: &str, reason: String| ConfigError::Invalid {
