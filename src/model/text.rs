@@ -20,7 +20,7 @@
 use super::gpu_weights::ModelWeights;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::kernels::attention::{prefill_paged_version, PagedKv, Varlen};
+use crate::kernels::attention::{prefill_paged_version, AttentionKernels, PagedKv, Varlen};
 use crate::kernels::decode::{self, decode_paged};
 use crate::kernels::elementwise::silu_mul;
 use crate::kernels::embedding::{embedding_gather, scatter_rows};
@@ -193,57 +193,17 @@ pub fn forward(
             )?;
         }
         let q_all = qkv.as_view().columns(0, qw)?;
-        if nd > 0 {
-            let kv = decode::PagedKv {
-                k_cache: cache.k[l].view(),
-                v_cache: cache.v[l].view(),
-                block_tables: inputs
-                    .decode_block_tables
-                    .ok_or_else(|| Error::invalid(OP, "decode tokens without block tables"))?,
-                seq_lens: inputs
-                    .decode_seq_lens
-                    .ok_or_else(|| Error::invalid(OP, "decode tokens without seq lens"))?,
-                max_seq_len: inputs.decode_max_len,
-            };
-            let mut o_dec = o.reborrow().narrow0(0, nd)?;
-            decode_paged(
-                gpu,
-                &mut o_dec,
-                &q_all.narrow0(0, nd)?,
-                &kv,
-                scale,
-                inputs.decode_splits,
-                Some(&mut decode_ws.reborrow()),
-            )?;
-        }
-        if nd < tokens {
-            let kv = PagedKv {
-                k_cache: cache.k[l].view(),
-                v_cache: cache.v[l].view(),
-                block_tables: inputs
-                    .prefill_block_tables
-                    .ok_or_else(|| Error::invalid(OP, "prefill without block tables"))?,
-                seqused_k: inputs
-                    .prefill_seqused_k
-                    .ok_or_else(|| Error::invalid(OP, "prefill without seqused_k"))?,
-            };
-            let queries = Varlen {
-                cu_seqlens: inputs
-                    .prefill_cu_seqlens
-                    .ok_or_else(|| Error::invalid(OP, "prefill without cu_seqlens"))?,
-                max_seqlen: inputs.prefill_max_q,
-            };
-            let mut o_pre = o.reborrow().narrow0(nd, tokens - nd)?;
-            prefill_paged_version(
-                gpu,
-                &mut o_pre,
-                &q_all.narrow0(nd, tokens - nd)?,
-                &queries,
-                &kv,
-                scale,
-                w.attention,
-            )?;
-        }
+        paged_attention(
+            gpu,
+            &mut o,
+            &q_all,
+            cache,
+            l,
+            inputs,
+            scale,
+            w.attention,
+            &mut decode_ws,
+        )?;
         gemm.matmul(
             gpu,
             &mut delta,
@@ -286,4 +246,78 @@ pub fn forward(
     gather_error.fill_bytes(gpu, 0)?;
     embedding_gather(gpu, &mut last, &y.as_view(), &inputs.logits_rows, &mut gather_error)?;
     gemm.matmul(gpu, logits, &last.as_view(), &w.lm_head(), None, Epilogue::None, false)
+}
+
+/// Attention of layer `layer` for every token of the step, its K/V already written to the
+/// cache: the first `num_decode` rows through the paged decode kernel, the rest through the
+/// paged prefill kernel (causal). `q`, `o`: `[T, heads · head_dim]` (column slices of a fused
+/// buffer allowed); `decode_ws`: the decode kernel's split-KV workspace. Every family's
+/// decoder step calls it.
+#[allow(clippy::too_many_arguments)]
+pub fn paged_attention(
+    gpu: &Gpu,
+    o: &mut TensorViewMut<'_>,
+    q: &TensorView<'_>,
+    cache: &KvCache,
+    layer: usize,
+    inputs: &StepInputs<'_>,
+    scale: f32,
+    attention: AttentionKernels,
+    decode_ws: &mut TensorViewMut<'_>,
+) -> Result<()> {
+    const OP: &str = "paged attention";
+    let tokens = q.dims().first().copied().unwrap_or(0);
+    let nd = inputs.num_decode;
+    if nd > 0 {
+        let kv = decode::PagedKv {
+            k_cache: cache.k[layer].view(),
+            v_cache: cache.v[layer].view(),
+            block_tables: inputs
+                .decode_block_tables
+                .ok_or_else(|| Error::invalid(OP, "decode tokens without block tables"))?,
+            seq_lens: inputs
+                .decode_seq_lens
+                .ok_or_else(|| Error::invalid(OP, "decode tokens without seq lens"))?,
+            max_seq_len: inputs.decode_max_len,
+        };
+        let mut o_dec = o.reborrow().narrow0(0, nd)?;
+        decode_paged(
+            gpu,
+            &mut o_dec,
+            &q.narrow0(0, nd)?,
+            &kv,
+            scale,
+            inputs.decode_splits,
+            Some(&mut decode_ws.reborrow()),
+        )?;
+    }
+    if nd < tokens {
+        let kv = PagedKv {
+            k_cache: cache.k[layer].view(),
+            v_cache: cache.v[layer].view(),
+            block_tables: inputs
+                .prefill_block_tables
+                .ok_or_else(|| Error::invalid(OP, "prefill without block tables"))?,
+            seqused_k: inputs
+                .prefill_seqused_k
+                .ok_or_else(|| Error::invalid(OP, "prefill without seqused_k"))?,
+        };
+        let queries = Varlen {
+            cu_seqlens: inputs
+                .prefill_cu_seqlens
+                .ok_or_else(|| Error::invalid(OP, "prefill without cu_seqlens"))?,
+            max_seqlen: inputs.prefill_max_q,
+        };
+        let mut o_pre = o.reborrow().narrow0(nd, tokens - nd)?;
+        prefill_paged_version(
+            gpu,
+            &mut o_pre,
+            &q.narrow0(nd, tokens - nd)?,
+            &queries,
+            &kv,
+            scale,
+            attention,
+        )?;
+    }
+    Ok(())
 }

@@ -20,14 +20,14 @@ use super::moe_block::{moe_block, MoeScratch};
 use super::text_weights::{ErnieTextWeights, FeedForward};
 use crate::config::ErnieVlConfig;
 use crate::error::{Error, Result};
-use crate::kernels::attention::{prefill_paged_version, AttentionKernels, PagedKv, Varlen};
-use crate::kernels::decode::{self, decode_paged};
+use crate::kernels::attention::AttentionKernels;
+use crate::kernels::decode;
 use crate::kernels::elementwise::silu_mul;
 use crate::kernels::embedding::{embedding_gather, scatter_rows};
 use crate::kernels::kv_cache::write_kv;
 use crate::kernels::norm::{rmsnorm, rmsnorm_add};
 use crate::kernels::rope::mrope_interleaved;
-use crate::model::text::{KvCache, StepInputs};
+use crate::model::text::{paged_attention, KvCache, StepInputs};
 use crate::runtime::{DType, DeviceTensor, Epilogue, Gemm, Gpu, TensorView, TensorViewMut, Workspace};
 
 /// The block-paged KV cache of every layer, `[blocks, kv_heads, block_size, head_dim]` bf16.
@@ -185,57 +185,7 @@ pub fn forward(
             )?;
         }
         let q_all = qkv.as_view().columns(0, qw)?;
-        if nd > 0 {
-            let kv = decode::PagedKv {
-                k_cache: cache.k[l].view(),
-                v_cache: cache.v[l].view(),
-                block_tables: inputs
-                    .decode_block_tables
-                    .ok_or_else(|| Error::invalid(OP, "decode tokens without block tables"))?,
-                seq_lens: inputs
-                    .decode_seq_lens
-                    .ok_or_else(|| Error::invalid(OP, "decode tokens without seq lens"))?,
-                max_seq_len: inputs.decode_max_len,
-            };
-            let mut o_dec = o.reborrow().narrow0(0, nd)?;
-            decode_paged(
-                gpu,
-                &mut o_dec,
-                &q_all.narrow0(0, nd)?,
-                &kv,
-                scale,
-                inputs.decode_splits,
-                Some(&mut decode_ws.reborrow()),
-            )?;
-        }
-        if nd < tokens {
-            let kv = PagedKv {
-                k_cache: cache.k[l].view(),
-                v_cache: cache.v[l].view(),
-                block_tables: inputs
-                    .prefill_block_tables
-                    .ok_or_else(|| Error::invalid(OP, "prefill without block tables"))?,
-                seqused_k: inputs
-                    .prefill_seqused_k
-                    .ok_or_else(|| Error::invalid(OP, "prefill without seqused_k"))?,
-            };
-            let queries = Varlen {
-                cu_seqlens: inputs
-                    .prefill_cu_seqlens
-                    .ok_or_else(|| Error::invalid(OP, "prefill without cu_seqlens"))?,
-                max_seqlen: inputs.prefill_max_q,
-            };
-            let mut o_pre = o.reborrow().narrow0(nd, tokens - nd)?;
-            prefill_paged_version(
-                gpu,
-                &mut o_pre,
-                &q_all.narrow0(nd, tokens - nd)?,
-                &queries,
-                &kv,
-                scale,
-                attention,
-            )?;
-        }
+        paged_attention(gpu, &mut o, &q_all, cache, l, inputs, scale, attention, &mut decode_ws)?;
         gemm.matmul(
             gpu,
             &mut delta,

@@ -255,7 +255,7 @@ mod tests {
         ids.extend([t.image_end_token_id, 7]);
         let grid = ImageGrid { t: 1, h: 4, w: 6 };
         let l = layout_prompt(&cfg, &ids, &[grid]).unwrap();
-        assert_eq!(l.image_spans(), &[2..8]);
+        assert_eq!(l.image_spans(), std::slice::from_ref(&(2..8)));
         let at = |i| l.position(i);
         assert_eq!(at(0), [0, 0, 0]);
         assert_eq!(at(1), [1, 1, 1]);
