@@ -145,6 +145,7 @@ impl ModelRunner {
         let gemm = Gemm::new(&gpu)?;
         let (t, s) = (engine.max_num_batched_tokens, engine.max_num_seqs);
         let ws = Workspace::new(&gpu, model.workspace_bytes(t, s, s, ENCODER_PATCHES_PER_STEP))?;
+        model.reserve(&gpu, t)?;
         let mut sampler = Sampler::new(&gpu, s, PENALTY_HISTORY_CAPACITY)?;
         sampler.set_greedy_kernel(env.greedy_kernel);
         let embed_error = DeviceTensor::zeros(&gpu, DType::I32, &[1])?;

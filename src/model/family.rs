@@ -102,6 +102,14 @@ pub trait ModelFamily {
         write_pixels: &mut PixelWriter<'_>,
     ) -> Result<DeviceTensor>;
 
+    /// Allocates what the family's steps need beyond the workspace for steps of up to
+    /// `max_tokens` tokens (ERNIE-4.5-VL: the MoE block's scratch), before the engine sizes
+    /// the KV cache from the memory left, so a step never allocates. Default: nothing.
+    fn reserve(&self, gpu: &Gpu, max_tokens: usize) -> Result<()> {
+        let _ = (gpu, max_tokens);
+        Ok(())
+    }
+
     /// Bytes one KV block of `block_size` tokens takes over all layers.
     fn kv_bytes_per_block(&self, block_size: usize) -> usize;
 

@@ -8,9 +8,10 @@
 //!   image/video start/end markers vision, as transformers routes them). A prefill chunk that
 //!   recomputes generated tokens (after a preemption) would route a generated marker id to the
 //!   vision pool where transformers, which types generated tokens text, would not;
-//! - the MoE block's scratch, sized for the largest step seen and grown (outside any graph
-//!   capture: the engine runs its largest step shapes before it captures decode graphs) when a
-//!   larger step comes.
+//! - the MoE block's scratch, allocated by [`ModelFamily::reserve`] for the engine's largest
+//!   step (`--max-num-batched-tokens`) before the KV cache takes the memory left, so a step
+//!   allocates nothing (and a captured graph never sees an allocation); a caller that skips
+//!   `reserve` (a test) gets it allocated, and grown, on the first step that needs it.
 //!
 //! Not yet joined to the service: its image preprocessing (merge-block patch order,
 //! [`super::image`]) and chat template are ERNIE's own, so `family::load` still refuses an
@@ -178,6 +179,20 @@ impl ModelFamily for ErnieVl {
             &mut out.view_mut(),
         )?;
         Ok(out)
+    }
+
+    fn reserve(&self, gpu: &Gpu, max_tokens: usize) -> Result<()> {
+        let Some(shape) = self.moe_shape() else {
+            return Ok(());
+        };
+        let mut guard = self
+            .moe
+            .lock()
+            .map_err(|_| Error::invalid("ernie reserve", "the MoE scratch lock is poisoned"))?;
+        if guard.as_ref().is_none_or(|s| s.max_tokens() < max_tokens) {
+            *guard = Some(MoeScratch::new(gpu, &shape, max_tokens.max(1))?);
+        }
+        Ok(())
     }
 
     fn kv_bytes_per_block(&self, block_size: usize) -> usize {
