@@ -202,6 +202,7 @@ pub fn forward(
             inputs,
             scale,
             w.attention,
+            DecodePath::Kernel,
             &mut decode_ws,
         )?;
         gemm.matmul(
@@ -248,11 +249,23 @@ pub fn forward(
     gemm.matmul(gpu, logits, &last.as_view(), &w.lm_head(), None, Epilogue::None, false)
 }
 
+/// How [`paged_attention`] attends a step's decode rows.
+#[derive(Clone, Copy)]
+pub enum DecodePath<'a> {
+    /// The paged decode kernel: head_dim 128 with 8 query heads per KV head (PaddleOCR-VL's
+    /// decoder; kernels/include/decode.h builds that group only).
+    Kernel,
+    /// The paged prefill kernel with one query per sequence, for any GQA group (ERNIE-4.5-VL's
+    /// 20 / 4 = 5). `iota`: i32 `[0, 1, …, n]`, n at least the step's decode rows: their query
+    /// offsets. The same attention as the decode kernel; slower at large batch.
+    Prefill { iota: TensorView<'a> },
+}
+
 /// Attention of layer `layer` for every token of the step, its K/V already written to the
-/// cache: the first `num_decode` rows through the paged decode kernel, the rest through the
-/// paged prefill kernel (causal). `q`, `o`: `[T, heads · head_dim]` (column slices of a fused
-/// buffer allowed); `decode_ws`: the decode kernel's split-KV workspace. Every family's
-/// decoder step calls it.
+/// cache: the first `num_decode` rows as `decode` says, the rest through the paged prefill
+/// kernel (causal). `q`, `o`: `[T, heads · head_dim]` (column slices of a fused buffer
+/// allowed); `decode_ws`: the decode kernel's split-KV workspace. Every family's decoder step
+/// calls it.
 #[allow(clippy::too_many_arguments)]
 pub fn paged_attention(
     gpu: &Gpu,
@@ -263,12 +276,36 @@ pub fn paged_attention(
     inputs: &StepInputs<'_>,
     scale: f32,
     attention: AttentionKernels,
+    decode: DecodePath<'_>,
     decode_ws: &mut TensorViewMut<'_>,
 ) -> Result<()> {
     const OP: &str = "paged attention";
     let tokens = q.dims().first().copied().unwrap_or(0);
     let nd = inputs.num_decode;
-    if nd > 0 {
+    if let (true, DecodePath::Prefill { iota }) = (nd > 0, decode) {
+        if iota.numel() < nd + 1 {
+            return Err(Error::invalid(
+                OP,
+                format!("{nd} decode rows and an iota of {}", iota.numel()),
+            ));
+        }
+        let kv = PagedKv {
+            k_cache: cache.k[layer].view(),
+            v_cache: cache.v[layer].view(),
+            block_tables: inputs
+                .decode_block_tables
+                .ok_or_else(|| Error::invalid(OP, "decode tokens without block tables"))?,
+            seqused_k: inputs
+                .decode_seq_lens
+                .ok_or_else(|| Error::invalid(OP, "decode tokens without seq lens"))?,
+        };
+        let queries = Varlen {
+            cu_seqlens: iota.narrow0(0, nd + 1)?,
+            max_seqlen: 1,
+        };
+        let mut o_dec = o.reborrow().narrow0(0, nd)?;
+        prefill_paged_version(gpu, &mut o_dec, &q.narrow0(0, nd)?, &queries, &kv, scale, attention)?;
+    } else if nd > 0 {
         let kv = decode::PagedKv {
             k_cache: cache.k[layer].view(),
             v_cache: cache.v[layer].view(),

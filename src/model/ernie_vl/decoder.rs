@@ -27,7 +27,7 @@ use crate::kernels::embedding::{embedding_gather, scatter_rows};
 use crate::kernels::kv_cache::write_kv;
 use crate::kernels::norm::{rmsnorm, rmsnorm_add};
 use crate::kernels::rope::mrope_interleaved;
-use crate::model::text::{paged_attention, KvCache, StepInputs};
+use crate::model::text::{paged_attention, DecodePath, KvCache, StepInputs};
 use crate::runtime::{DType, DeviceTensor, Epilogue, Gemm, Gpu, TensorView, TensorViewMut, Workspace};
 
 /// The block-paged KV cache of every layer, `[blocks, kv_heads, block_size, head_dim]` bf16.
@@ -76,7 +76,8 @@ pub fn rope_section_hw(cfg: &ErnieVlConfig) -> usize {
 /// One decoder step: f32 logits `[S, vocab]` of `inputs.logits_rows` into `logits`.
 /// `token_pool`: i32 `[T]`, 0 text / 1 vision per token of the batch (`token_pools`; decode
 /// tokens are text). `moe`: the MoE block's scratch, sized for at least `T` tokens (None only
-/// for a model without MoE layers).
+/// for a model without MoE layers). `decode_path`: how decode rows are attended (the paged
+/// decode kernel builds 8 query heads per KV head; 28B-A3B has 5, so [`DecodePath::Prefill`]).
 #[allow(clippy::too_many_arguments)]
 pub fn forward(
     gpu: &Gpu,
@@ -89,6 +90,7 @@ pub fn forward(
     inputs: &StepInputs<'_>,
     token_pool: &TensorView<'_>,
     mut moe: Option<&mut MoeScratch>,
+    decode_path: DecodePath<'_>,
     embed_error: &mut TensorViewMut<'_>,
     logits: &mut TensorViewMut<'_>,
 ) -> Result<()> {
@@ -185,7 +187,18 @@ pub fn forward(
             )?;
         }
         let q_all = qkv.as_view().columns(0, qw)?;
-        paged_attention(gpu, &mut o, &q_all, cache, l, inputs, scale, attention, &mut decode_ws)?;
+        paged_attention(
+            gpu,
+            &mut o,
+            &q_all,
+            cache,
+            l,
+            inputs,
+            scale,
+            attention,
+            decode_path,
+            &mut decode_ws,
+        )?;
         gemm.matmul(
             gpu,
             &mut delta,

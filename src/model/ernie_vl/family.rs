@@ -32,7 +32,7 @@ use crate::kernels::attention::AttentionKernels;
 use crate::kernels::moe::token_pool;
 use crate::model::family::{ModelFamily, PixelWriter, PromptLayout};
 use crate::model::names::TensorSpec;
-use crate::model::text::{KvCache, StepInputs};
+use crate::model::text::{DecodePath, KvCache, StepInputs};
 use crate::model::weights::Checkpoint;
 use crate::preprocess::image::ImageGrid;
 use crate::preprocess::{mrope_positions, PreprocessError};
@@ -50,6 +50,9 @@ pub struct ErnieVl {
     /// Ids routed to the vision pool.
     vision_ids: Vec<u32>,
     moe: Mutex<Option<MoeScratch>>,
+    /// i32 `[0, 1, …, n]`: the decode rows' query offsets when they go through the prefill
+    /// kernel (the decode kernel builds 8 query heads per KV head only).
+    iota: Mutex<Option<DeviceTensor>>,
 }
 
 impl ErnieVl {
@@ -77,6 +80,7 @@ impl ErnieVl {
             attention,
             vision_ids,
             moe: Mutex::new(None),
+            iota: Mutex::new(None),
         })
     }
 
@@ -86,6 +90,26 @@ impl ErnieVl {
 
     fn merge(&self) -> usize {
         self.cfg.vision.spatial_merge_size
+    }
+
+    /// Whether decode rows take the paged decode kernel (its one GQA group, 8).
+    fn decode_kernel_fits(&self) -> bool {
+        let t = &self.cfg.text;
+        t.head_dim == 128 && t.num_attention_heads == 8 * t.num_key_value_heads
+    }
+
+    /// Makes the iota at least `[0..=rows]` long.
+    fn ensure_iota(&self, gpu: &Gpu, rows: usize) -> Result<()> {
+        let mut guard = self
+            .iota
+            .lock()
+            .map_err(|_| Error::invalid("ernie iota", "the lock is poisoned"))?;
+        if guard.as_ref().is_none_or(|t| t.numel() < rows + 1) {
+            let n = rows.max(MIN_MOE_TOKENS);
+            let values: Vec<i32> = (0..=n as i32).collect();
+            *guard = Some(DeviceTensor::from_host(gpu, &[n + 1], &values)?);
+        }
+        Ok(())
     }
 
     /// The shape every MoE layer shares (the first MoE layer's; all are built alike).
@@ -182,6 +206,7 @@ impl ModelFamily for ErnieVl {
     }
 
     fn reserve(&self, gpu: &Gpu, max_tokens: usize) -> Result<()> {
+        self.ensure_iota(gpu, max_tokens)?;
         let Some(shape) = self.moe_shape() else {
             return Ok(());
         };
@@ -231,6 +256,18 @@ impl ModelFamily for ErnieVl {
                 *guard = Some(MoeScratch::new(gpu, &shape, tokens.max(MIN_MOE_TOKENS))?);
             }
         }
+        if !self.decode_kernel_fits() {
+            self.ensure_iota(gpu, inputs.num_decode)?;
+        }
+        let iota_guard = self
+            .iota
+            .lock()
+            .map_err(|_| Error::invalid("ernie forward", "the iota lock is poisoned"))?;
+        let decode_path = match (self.decode_kernel_fits(), iota_guard.as_ref()) {
+            (true, _) => DecodePath::Kernel,
+            (false, Some(iota)) => DecodePath::Prefill { iota: iota.view() },
+            (false, None) => return Err(Error::invalid("ernie forward", "no decode iota")),
+        };
         decoder::forward(
             gpu,
             gemm,
@@ -242,6 +279,7 @@ impl ModelFamily for ErnieVl {
             inputs,
             &pools.as_view(),
             guard.as_mut(),
+            decode_path,
             embed_error,
             logits,
         )
