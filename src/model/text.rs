@@ -125,27 +125,12 @@ pub fn forward(
     let t = &cfg.text;
     let (hidden, hd) = (t.hidden_size, t.head_dim);
     let (qw, kvw) = (t.q_width(), t.kv_width());
-    let tokens = inputs.ids.numel();
-    let s = inputs.logits_rows.numel();
-    logits.expect(OP, "logits", DType::F32, &[s, t.vocab_size])?;
-    if tokens == 0 {
-        return Err(Error::invalid(OP, "a step with no tokens"));
-    }
-    if inputs.num_decode > tokens {
-        return Err(Error::invalid(
-            OP,
-            format!("{} decode tokens in a batch of {tokens}", inputs.num_decode),
-        ));
-    }
+    let tokens = check_step(OP, inputs, t.vocab_size, logits)?;
     let eps = t.rms_norm_eps as f32;
     let sections = t.mrope_section.map(|v| v as u32);
     let scale = 1.0 / (hd as f32).sqrt();
 
-    let mut res = ws.alloc(DType::BF16, &[tokens, hidden])?;
-    embedding_gather(gpu, &mut res, &w.embed.view(), &inputs.ids, embed_error)?;
-    if let Some((rows, feats)) = &inputs.image_rows {
-        scatter_rows(gpu, &mut res, feats, rows)?;
-    }
+    let mut res = embed_step(gpu, ws, &w.embed.view(), inputs, embed_error)?;
     let mut y = ws.alloc(DType::BF16, &[tokens, hidden])?;
     let mut qkv = ws.alloc(DType::BF16, &[tokens, qw + 2 * kvw])?;
     let mut o = ws.alloc(DType::BF16, &[tokens, qw])?;
@@ -238,15 +223,70 @@ pub fn forward(
         rmsnorm_add(gpu, &mut y, &delta.as_view(), &mut res, &next_norm.view(), eps)?;
     }
 
-    // Only the rows that need logits go through lm_head (the last token of each sequence).
+    step_logits(gpu, gemm, ws, &y.as_view(), &inputs.logits_rows, &w.lm_head(), logits)
+}
+
+/// Checks a step's shape against its logits buffer (f32 `[S, vocab]`): some tokens, at most
+/// that many decode rows. Returns the token count.
+pub fn check_step(
+    op: &'static str,
+    inputs: &StepInputs<'_>,
+    vocab: usize,
+    logits: &TensorViewMut<'_>,
+) -> Result<usize> {
+    let tokens = inputs.ids.numel();
+    logits.expect(op, "logits", DType::F32, &[inputs.logits_rows.numel(), vocab])?;
+    if tokens == 0 {
+        return Err(Error::invalid(op, "a step with no tokens"));
+    }
+    if inputs.num_decode > tokens {
+        return Err(Error::invalid(
+            op,
+            format!("{} decode tokens in a batch of {tokens}", inputs.num_decode),
+        ));
+    }
+    Ok(tokens)
+}
+
+/// The step's residual stream: each token's embedding row (`embed_error` gets an out-of-range
+/// id), then the image features over their placeholder rows. bf16 `[T, hidden]` from `ws`.
+pub fn embed_step<'w>(
+    gpu: &Gpu,
+    ws: &'w Workspace,
+    embed: &TensorView<'_>,
+    inputs: &StepInputs<'_>,
+    embed_error: &mut TensorViewMut<'_>,
+) -> Result<TensorViewMut<'w>> {
+    let hidden = embed.dims().get(1).copied().unwrap_or(0);
+    let mut res = ws.alloc(DType::BF16, &[inputs.ids.numel(), hidden])?;
+    embedding_gather(gpu, &mut res, embed, &inputs.ids, embed_error)?;
+    if let Some((rows, feats)) = &inputs.image_rows {
+        scatter_rows(gpu, &mut res, feats, rows)?;
+    }
+    Ok(res)
+}
+
+/// f32 logits `[S, vocab]` of the rows `logits_rows` of the final hidden states `y`: only the
+/// rows that need logits (the last token of each sequence) go through `lm_head`.
+pub fn step_logits(
+    gpu: &Gpu,
+    gemm: &mut Gemm,
+    ws: &Workspace,
+    y: &TensorView<'_>,
+    logits_rows: &TensorView<'_>,
+    lm_head: &TensorView<'_>,
+    logits: &mut TensorViewMut<'_>,
+) -> Result<()> {
+    let s = logits_rows.numel();
     if s == 0 {
         return Ok(());
     }
+    let hidden = y.dims().get(1).copied().unwrap_or(0);
     let mut last = ws.alloc(DType::BF16, &[s, hidden])?;
     let mut gather_error = ws.alloc(DType::I32, &[1])?;
     gather_error.fill_bytes(gpu, 0)?;
-    embedding_gather(gpu, &mut last, &y.as_view(), &inputs.logits_rows, &mut gather_error)?;
-    gemm.matmul(gpu, logits, &last.as_view(), &w.lm_head(), None, Epilogue::None, false)
+    embedding_gather(gpu, &mut last, y, logits_rows, &mut gather_error)?;
+    gemm.matmul(gpu, logits, &last.as_view(), lm_head, None, Epilogue::None, false)
 }
 
 /// How [`paged_attention`] attends a step's decode rows.

@@ -23,11 +23,10 @@ use crate::error::{Error, Result};
 use crate::kernels::attention::AttentionKernels;
 use crate::kernels::decode;
 use crate::kernels::elementwise::silu_mul;
-use crate::kernels::embedding::{embedding_gather, scatter_rows};
 use crate::kernels::kv_cache::write_kv;
 use crate::kernels::norm::{rmsnorm, rmsnorm_add};
 use crate::kernels::rope::mrope_interleaved;
-use crate::model::text::{paged_attention, DecodePath, KvCache, StepInputs};
+use crate::model::text::{check_step, embed_step, paged_attention, step_logits, DecodePath, KvCache, StepInputs};
 use crate::runtime::{DType, DeviceTensor, Epilogue, Gemm, Gpu, TensorView, TensorViewMut, Workspace};
 
 /// The block-paged KV cache of every layer, `[blocks, kv_heads, block_size, head_dim]` bf16.
@@ -98,18 +97,7 @@ pub fn forward(
     let t = &cfg.text;
     let (hidden, hd) = (t.hidden_size, t.head_dim);
     let (qw, kvw) = (t.q_width(), t.kv_width());
-    let tokens = inputs.ids.numel();
-    let s = inputs.logits_rows.numel();
-    logits.expect(OP, "logits", DType::F32, &[s, t.vocab_size])?;
-    if tokens == 0 {
-        return Err(Error::invalid(OP, "a step with no tokens"));
-    }
-    if inputs.num_decode > tokens {
-        return Err(Error::invalid(
-            OP,
-            format!("{} decode tokens in a batch of {tokens}", inputs.num_decode),
-        ));
-    }
+    let tokens = check_step(OP, inputs, t.vocab_size, logits)?;
     if token_pool.dtype() != DType::I32 || token_pool.numel() != tokens {
         return Err(Error::invalid(
             OP,
@@ -135,11 +123,7 @@ pub fn forward(
     let scale = 1.0 / (hd as f32).sqrt();
     let section_hw = rope_section_hw(cfg);
 
-    let mut res = ws.alloc(DType::BF16, &[tokens, hidden])?;
-    embedding_gather(gpu, &mut res, &w.embed.view(), &inputs.ids, embed_error)?;
-    if let Some((rows, feats)) = &inputs.image_rows {
-        scatter_rows(gpu, &mut res, feats, rows)?;
-    }
+    let mut res = embed_step(gpu, ws, &w.embed.view(), inputs, embed_error)?;
     let mut y = ws.alloc(DType::BF16, &[tokens, hidden])?;
     let mut qkv = ws.alloc(DType::BF16, &[tokens, qw + 2 * kvw])?;
     let mut o = ws.alloc(DType::BF16, &[tokens, qw])?;
@@ -242,12 +226,5 @@ pub fn forward(
         rmsnorm_add(gpu, &mut y, &delta.as_view(), &mut res, &next_norm.view(), eps)?;
     }
 
-    if s == 0 {
-        return Ok(());
-    }
-    let mut last = ws.alloc(DType::BF16, &[s, hidden])?;
-    let mut gather_error = ws.alloc(DType::I32, &[1])?;
-    gather_error.fill_bytes(gpu, 0)?;
-    embedding_gather(gpu, &mut last, &y.as_view(), &inputs.logits_rows, &mut gather_error)?;
-    gemm.matmul(gpu, logits, &last.as_view(), &w.lm_head(), None, Epilogue::None, false)
+    step_logits(gpu, gemm, ws, &y.as_view(), &inputs.logits_rows, &w.lm_head(), logits)
 }
