@@ -92,18 +92,86 @@ pub struct StepInputs<'a> {
     pub logits_rows: TensorView<'a>,
 }
 
+/// The sizes a decoder step's buffers follow (PaddleOCR-VL's and ERNIE-4.5-VL's decoders).
+#[derive(Clone, Copy, Debug)]
+pub struct DecoderDims {
+    pub hidden: usize,
+    pub q_width: usize,
+    pub kv_width: usize,
+    /// The dense SwiGLU width (the MoE block keeps its own scratch).
+    pub intermediate: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub vocab: usize,
+}
+
+impl DecoderDims {
+    /// Bytes of workspace a step of `tokens` tokens and `logit_rows` logits rows needs.
+    pub fn workspace_bytes(&self, tokens: usize, logit_rows: usize, decode_seqs: usize) -> usize {
+        let qkv = self.q_width + 2 * self.kv_width;
+        let elems = tokens * (self.hidden * 3 + qkv + self.q_width + 3 * self.intermediate) + logit_rows * self.hidden;
+        let decode_ws =
+            decode::decode_workspace_bytes(decode_seqs.max(1), self.heads, self.head_dim, decode::MAX_SPLITS);
+        elems * 2 + logit_rows * self.vocab * 4 + decode_ws + 16 * 256
+    }
+}
+
+/// PaddleOCR-VL's decoder sizes.
+fn dims(cfg: &ModelConfig) -> DecoderDims {
+    let t = &cfg.text;
+    DecoderDims {
+        hidden: t.hidden_size,
+        q_width: t.q_width(),
+        kv_width: t.kv_width(),
+        intermediate: t.intermediate_size,
+        heads: t.num_attention_heads,
+        head_dim: t.head_dim,
+        vocab: t.vocab_size,
+    }
+}
+
 /// Bytes of workspace [`forward`] needs for `tokens` tokens and `logit_rows` logits rows.
 pub fn workspace_bytes(cfg: &ModelConfig, tokens: usize, logit_rows: usize, decode_seqs: usize) -> usize {
-    let t = &cfg.text;
-    let qkv = t.q_width() + 2 * t.kv_width();
-    let elems = tokens * (t.hidden_size * 3 + qkv + t.q_width() + 3 * t.intermediate_size) + logit_rows * t.hidden_size;
-    let decode_ws = decode::decode_workspace_bytes(
-        decode_seqs.max(1),
-        t.num_attention_heads,
-        t.head_dim,
-        decode::MAX_SPLITS,
-    );
-    elems * 2 + logit_rows * t.vocab_size * 4 + decode_ws + 16 * 256
+    dims(cfg).workspace_bytes(tokens, logit_rows, decode_seqs)
+}
+
+/// A step's intermediates, taken from the workspace in one fixed order (after the residual
+/// stream [`embed_step`] takes): bf16 `y`, `delta` `[T, hidden]`, `qkv` `[T, q + 2·kv]`, `o`
+/// `[T, q]`, `gate_up` `[T, 2·I]`, `act` `[T, I]`, and the decode kernel's f32 workspace.
+pub struct StepBuffers<'w> {
+    pub y: TensorViewMut<'w>,
+    pub qkv: TensorViewMut<'w>,
+    pub o: TensorViewMut<'w>,
+    pub delta: TensorViewMut<'w>,
+    pub gate_up: TensorViewMut<'w>,
+    pub act: TensorViewMut<'w>,
+    pub decode_ws: TensorViewMut<'w>,
+}
+
+impl<'w> StepBuffers<'w> {
+    pub fn alloc(ws: &'w Workspace, d: &DecoderDims, tokens: usize, num_decode: usize) -> Result<StepBuffers<'w>> {
+        let y = ws.alloc(DType::BF16, &[tokens, d.hidden])?;
+        let qkv = ws.alloc(DType::BF16, &[tokens, d.q_width + 2 * d.kv_width])?;
+        let o = ws.alloc(DType::BF16, &[tokens, d.q_width])?;
+        let delta = ws.alloc(DType::BF16, &[tokens, d.hidden])?;
+        let gate_up = ws.alloc(DType::BF16, &[tokens, 2 * d.intermediate])?;
+        let act = ws.alloc(DType::BF16, &[tokens, d.intermediate])?;
+        let decode_bytes = if num_decode > 0 {
+            decode::decode_workspace_bytes(num_decode, d.heads, d.head_dim, decode::MAX_SPLITS)
+        } else {
+            0
+        };
+        let decode_ws = ws.alloc(DType::F32, &[decode_bytes.div_ceil(4).max(1)])?;
+        Ok(StepBuffers {
+            y,
+            qkv,
+            o,
+            delta,
+            gate_up,
+            act,
+            decode_ws,
+        })
+    }
 }
 
 /// One decoder step: writes f32 logits [S, vocab] for `inputs.logits_rows` into `logits`.
@@ -123,7 +191,7 @@ pub fn forward(
 ) -> Result<()> {
     const OP: &str = "text forward";
     let t = &cfg.text;
-    let (hidden, hd) = (t.hidden_size, t.head_dim);
+    let hd = t.head_dim;
     let (qw, kvw) = (t.q_width(), t.kv_width());
     let tokens = check_step(OP, inputs, t.vocab_size, logits)?;
     let eps = t.rms_norm_eps as f32;
@@ -131,19 +199,15 @@ pub fn forward(
     let scale = 1.0 / (hd as f32).sqrt();
 
     let mut res = embed_step(gpu, ws, &w.embed.view(), inputs, embed_error)?;
-    let mut y = ws.alloc(DType::BF16, &[tokens, hidden])?;
-    let mut qkv = ws.alloc(DType::BF16, &[tokens, qw + 2 * kvw])?;
-    let mut o = ws.alloc(DType::BF16, &[tokens, qw])?;
-    let mut delta = ws.alloc(DType::BF16, &[tokens, hidden])?;
-    let mut gate_up = ws.alloc(DType::BF16, &[tokens, 2 * t.intermediate_size])?;
-    let mut act = ws.alloc(DType::BF16, &[tokens, t.intermediate_size])?;
-    let nd = inputs.num_decode;
-    let decode_ws_bytes = if nd > 0 {
-        decode::decode_workspace_bytes(nd, t.num_attention_heads, hd, decode::MAX_SPLITS)
-    } else {
-        0
-    };
-    let mut decode_ws = ws.alloc(DType::F32, &[decode_ws_bytes.div_ceil(4).max(1)])?;
+    let StepBuffers {
+        mut y,
+        mut qkv,
+        mut o,
+        mut delta,
+        mut gate_up,
+        mut act,
+        mut decode_ws,
+    } = StepBuffers::alloc(ws, &dims(cfg), tokens, inputs.num_decode)?;
 
     rmsnorm(gpu, &mut y, &res.as_view(), &w.text[0].input_ln.view(), eps)?;
     for (l, lw) in w.text.iter().enumerate() {

@@ -21,12 +21,13 @@ use super::text_weights::{ErnieTextWeights, FeedForward};
 use crate::config::ErnieVlConfig;
 use crate::error::{Error, Result};
 use crate::kernels::attention::AttentionKernels;
-use crate::kernels::decode;
 use crate::kernels::elementwise::silu_mul;
 use crate::kernels::kv_cache::write_kv;
 use crate::kernels::norm::{rmsnorm, rmsnorm_add};
 use crate::kernels::rope::mrope_interleaved;
-use crate::model::text::{check_step, embed_step, paged_attention, step_logits, DecodePath, KvCache, StepInputs};
+use crate::model::text::{
+    check_step, embed_step, paged_attention, step_logits, DecodePath, DecoderDims, KvCache, StepBuffers, StepInputs,
+};
 use crate::runtime::{DType, DeviceTensor, Epilogue, Gemm, Gpu, TensorView, TensorViewMut, Workspace};
 
 /// The block-paged KV cache of every layer, `[blocks, kv_heads, block_size, head_dim]` bf16.
@@ -53,18 +54,23 @@ pub fn kv_bytes_per_block(cfg: &ErnieVlConfig, block_size: usize) -> usize {
     2 * t.num_hidden_layers * t.num_key_value_heads * block_size * t.head_dim * 2
 }
 
+/// The decoder's sizes (the dense layer's SwiGLU width for the shared buffers).
+pub fn dims(cfg: &ErnieVlConfig) -> DecoderDims {
+    let t = &cfg.text;
+    DecoderDims {
+        hidden: t.hidden_size,
+        q_width: t.q_width(),
+        kv_width: t.kv_width(),
+        intermediate: t.intermediate_size,
+        heads: t.num_attention_heads,
+        head_dim: t.head_dim,
+        vocab: t.vocab_size,
+    }
+}
+
 /// Workspace bytes of [`forward`] (the MoE block's intermediates live in its [`MoeScratch`]).
 pub fn workspace_bytes(cfg: &ErnieVlConfig, tokens: usize, logit_rows: usize, decode_seqs: usize) -> usize {
-    let t = &cfg.text;
-    let qkv = t.q_width() + 2 * t.kv_width();
-    let elems = tokens * (t.hidden_size * 3 + qkv + t.q_width() + 3 * t.intermediate_size) + logit_rows * t.hidden_size;
-    let decode_ws = decode::decode_workspace_bytes(
-        decode_seqs.max(1),
-        t.num_attention_heads,
-        t.head_dim,
-        decode::MAX_SPLITS,
-    );
-    elems * 2 + logit_rows * t.vocab_size * 4 + decode_ws + 16 * 256
+    dims(cfg).workspace_bytes(tokens, logit_rows, decode_seqs)
 }
 
 /// Pairs of the head that turn by the H and W positions (the rest take T): 44 of 64.
@@ -95,7 +101,7 @@ pub fn forward(
 ) -> Result<()> {
     const OP: &str = "ernie text forward";
     let t = &cfg.text;
-    let (hidden, hd) = (t.hidden_size, t.head_dim);
+    let hd = t.head_dim;
     let (qw, kvw) = (t.q_width(), t.kv_width());
     let tokens = check_step(OP, inputs, t.vocab_size, logits)?;
     if token_pool.dtype() != DType::I32 || token_pool.numel() != tokens {
@@ -124,19 +130,15 @@ pub fn forward(
     let section_hw = rope_section_hw(cfg);
 
     let mut res = embed_step(gpu, ws, &w.embed.view(), inputs, embed_error)?;
-    let mut y = ws.alloc(DType::BF16, &[tokens, hidden])?;
-    let mut qkv = ws.alloc(DType::BF16, &[tokens, qw + 2 * kvw])?;
-    let mut o = ws.alloc(DType::BF16, &[tokens, qw])?;
-    let mut delta = ws.alloc(DType::BF16, &[tokens, hidden])?;
-    let mut gate_up = ws.alloc(DType::BF16, &[tokens, 2 * t.intermediate_size])?;
-    let mut act = ws.alloc(DType::BF16, &[tokens, t.intermediate_size])?;
-    let nd = inputs.num_decode;
-    let decode_ws_bytes = if nd > 0 {
-        decode::decode_workspace_bytes(nd, t.num_attention_heads, hd, decode::MAX_SPLITS)
-    } else {
-        0
-    };
-    let mut decode_ws = ws.alloc(DType::F32, &[decode_ws_bytes.div_ceil(4).max(1)])?;
+    let StepBuffers {
+        mut y,
+        mut qkv,
+        mut o,
+        mut delta,
+        mut gate_up,
+        mut act,
+        mut decode_ws,
+    } = StepBuffers::alloc(ws, &dims(cfg), tokens, inputs.num_decode)?;
 
     rmsnorm(gpu, &mut y, &res.as_view(), &w.layers[0].input_ln.view(), eps)?;
     for (l, lw) in w.layers.iter().enumerate() {

@@ -113,9 +113,9 @@ impl ErnieVl {
     }
 
     /// The shape every MoE layer shares (the first MoE layer's; all are built alike).
-    fn moe_shape(&self) -> Option<super::moe_block::MoeBlockShape> {
+    fn moe_shape(&self) -> Option<&super::moe_block::MoeBlockShape> {
         self.text.layers.iter().find_map(|l| match &l.ffn {
-            FeedForward::Moe(m) => Some(m.shape.clone()),
+            FeedForward::Moe(m) => Some(&m.shape),
             FeedForward::Dense(_) => None,
         })
     }
@@ -215,7 +215,7 @@ impl ModelFamily for ErnieVl {
             .lock()
             .map_err(|_| Error::invalid("ernie reserve", "the MoE scratch lock is poisoned"))?;
         if guard.as_ref().is_none_or(|s| s.max_tokens() < max_tokens) {
-            *guard = Some(MoeScratch::new(gpu, &shape, max_tokens.max(1))?);
+            *guard = Some(MoeScratch::new(gpu, shape, max_tokens.max(1))?);
         }
         Ok(())
     }
@@ -253,7 +253,7 @@ impl ModelFamily for ErnieVl {
         if let Some(shape) = self.moe_shape() {
             let grow = guard.as_ref().is_none_or(|s| s.max_tokens() < tokens);
             if grow {
-                *guard = Some(MoeScratch::new(gpu, &shape, tokens.max(MIN_MOE_TOKENS))?);
+                *guard = Some(MoeScratch::new(gpu, shape, tokens.max(MIN_MOE_TOKENS))?);
             }
         }
         if !self.decode_kernel_fits() {
