@@ -39,21 +39,33 @@ if [ -z "${OCRVL_REPO_DIR:-}" ]; then
     [ -d "$d/tests/fixtures/tiny_model" ] && export OCRVL_REPO_DIR=$d
 fi
 
+# True when the log's racecheck hazards all lie in kernels matching $vendor: each hazard prints
+# a header line and two access lines ('at KERNEL+0x..'); every access line must name a vendor
+# kernel, two per header, and as many headers as the summary counts (none left unprinted).
+vendor_only() {
+    local headers accesses outside displayed
+    headers=$(grep -cE 'hazard detected' "$1")
+    displayed=$(sed -nE 's/.*RACECHECK SUMMARY: ([0-9]+) hazards? displayed.*/\1/p' "$1" | tail -n 1)
+    accesses=$(grep -cE ' at [A-Za-z_][A-Za-z0-9_]*\+0x' "$1")
+    outside=$(grep -oE ' at [A-Za-z_][A-Za-z0-9_]*\+0x' "$1" | grep -cvE " at ($vendor)")
+    [ "$headers" -gt 0 ] && [ "$headers" = "$displayed" ] && [ "$accesses" = $((2 * headers)) ] && [ "$outside" = 0 ]
+}
+
 failed=0
-# synccheck first: it takes seconds. racecheck took 161 s over this test on an H200
-# (2026-12-06) and reported 8784 hazards, the 50 printed all in cuBLASLt's Hopper GEMM kernel
-# (nvjet_sm90_*, whose shared memory is handed between warps through mbarriers); so the
-# vendor's GEMM kernels are left out of racecheck (EXCLUDE, a kernel-name substring; empty
-# keeps them) and every hazard is printed, to be told apart by kernel.
-exclude=${EXCLUDE-nvjet}
+# synccheck first: it takes seconds. racecheck over this test takes 160-170 s (H200
+# 2026-12-06, H100 2026-12-07) and reports 8784 hazards, every one in cuBLASLt's Hopper GEMM
+# kernels (nvjet_sm90_*, whose shared memory is handed between warps through mbarriers, which
+# racecheck does not follow). Leaving those kernels out with --kernel-name-exclude made the
+# sanitizer itself fail on an H100 ("Internal Sanitizer Error: The Sanitizer failed to handle a
+# hardware exception", 2026-12-07) within the first second, so racecheck sees every kernel and
+# the verdict reads the hazards' kernels instead: it passes when the test passed and every
+# hazard lies in a vendor kernel (VENDOR, an extended regex on the kernel name; default nvjet).
+vendor=${VENDOR-nvjet}
 for tool in synccheck racecheck; do
     log="$logs/sanitizer_$tool.log"
     extra=()
     # Report hazards themselves (not only the analysis summary), errors and warnings alike.
-    if [ "$tool" = racecheck ]; then
-        extra=(--racecheck-report hazard)
-        [ -n "$exclude" ] && extra+=(--kernel-name-exclude "kns=$exclude")
-    fi
+    [ "$tool" = racecheck ] && extra=(--racecheck-report hazard)
     t0=$(date +%s.%N)
     # -k: a sanitizer that ignores TERM is killed, so its test process frees the GPU's memory
     # before the next tool's engine sizes its KV cache.
@@ -71,6 +83,9 @@ for tool in synccheck racecheck; do
     ran=$(grep -cE "^test $test \.\.\. ok" "$log")
     if [ "$rc" = 124 ]; then
         verdict=FAIL; why="did not finish in $limit s"
+    elif [ "$rc" = 99 ] && [ "$tool" = racecheck ] && [ -n "$vendor" ] && [ "$ran" = 1 ] \
+        && vendor_only "$log"; then
+        verdict=PASS; why="${races:-hazards}, all in vendor kernels /$vendor/ (by kernel: $by_kernel)"
     elif [ "$rc" = 99 ]; then
         verdict=FAIL; why="errors found: ${summary:-see $log}${by_kernel:+; by kernel: $by_kernel}"
     elif [ "$rc" != 0 ]; then
