@@ -7,7 +7,7 @@
 //! | `FD_SAMPLING_CLASS` | base, rejection, unset | the sampler (FastDeploy's name) |
 //! | `OCRVL_QUIET` | set or unset | silences the engine's and the server's log lines |
 //! | `OCRVL_GEMM_AUTOTUNE` | 0, anything else, unset | 0 keeps cuBLASLt's heuristic GEMM algorithms for the decode graphs instead of timing the candidates |
-//! | `OCRVL_GREEDY_KERNEL` | 1, unset | 1 lets all-greedy steps sample with the one-pass greedy kernel (off until measured on the GPU) |
+//! | `OCRVL_GREEDY_KERNEL` | 0, unset | all-greedy steps sample with the one-pass greedy kernel unless 0 (docs/notes/sampling_greedy.md) |
 
 use super::ConfigError;
 use crate::error::{Error, Result};
@@ -80,19 +80,20 @@ pub struct EnvFlags {
     pub quiet: bool,
     /// `OCRVL_GEMM_AUTOTUNE` is not `0`: the decode graphs' warm-up times the GEMM candidates.
     pub gemm_autotune: bool,
-    /// `OCRVL_GREEDY_KERNEL=1`: all-greedy steps sample with the one-pass greedy kernel.
+    /// `OCRVL_GREEDY_KERNEL` is not `0`: all-greedy steps sample with the one-pass greedy kernel.
     pub greedy_kernel: bool,
 }
 
 impl Default for EnvFlags {
-    /// Everything unset: automatic attention version, the base sampler, logging on, autotuning on.
+    /// Everything unset: automatic attention version, the base sampler, logging on, autotuning
+    /// and the greedy kernel on.
     fn default() -> Self {
         EnvFlags {
             flash_attn_version: FlashAttnVersion::Auto,
             sampling_class: SamplingClass::Base,
             quiet: false,
             gemm_autotune: true,
-            greedy_kernel: false,
+            greedy_kernel: true,
         }
     }
 }
@@ -124,7 +125,7 @@ impl EnvFlags {
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<EnvFlags, ConfigError> {
         let quiet = Self::quiet_in(&lookup);
         let gemm_autotune = lookup(Self::GEMM_AUTOTUNE).is_none_or(|v| v != "0");
-        let greedy_kernel = lookup(Self::GREEDY_KERNEL).is_some_and(|v| v == "1");
+        let greedy_kernel = lookup(Self::GREEDY_KERNEL).is_none_or(|v| v != "0");
         // Empty counts as unset for the others: `FOO= cmd` is how shells clear a variable.
         let read = |name: &str| lookup(name).filter(|v| !v.is_empty());
 

@@ -678,9 +678,9 @@ impl Sampler {
         self.greedy_kernel && self.all_greedy && !self.penalties && !top_n
     }
 
-    /// Lets all-greedy batches take the one-pass greedy kernel. Off by default (the engine
-    /// turns it on with `OCRVL_GREEDY_KERNEL=1`) until its GPU tests and timing have run on
-    /// the GPU host: see docs/notes/sampling_greedy.md.
+    /// Lets all-greedy batches take the one-pass greedy kernel. Off in a new sampler; the
+    /// engine turns it on unless `OCRVL_GREEDY_KERNEL=0` (measured faster at every batch
+    /// size, with the engine's GPU tests passing on it: docs/notes/sampling_greedy.md).
     pub fn set_greedy_kernel(&mut self, on: bool) {
         self.greedy_kernel = on;
     }

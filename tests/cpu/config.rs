@@ -746,5 +746,11 @@ fn env_flags_quiet_and_gemm_autotune() {
     for on in ["1", "", "yes"] {
         assert!(env(&[("OCRVL_GEMM_AUTOTUNE", on)]).unwrap().gemm_autotune, "{on:?}");
     }
+    // The greedy kernel is on unless 0 (measured faster, engine tests passing with it).
+    assert!(env(&[]).unwrap().greedy_kernel);
+    assert!(!env(&[("OCRVL_GREEDY_KERNEL", "0")]).unwrap().greedy_kernel);
+    for on in ["1", ""] {
+        assert!(env(&[("OCRVL_GREEDY_KERNEL", on)]).unwrap().greedy_kernel, "{on:?}");
+    }
     assert_eq!(env(&[]).unwrap(), EnvFlags::default());
 }
