@@ -185,11 +185,15 @@ pub fn unused_tensors(cfg: &ModelConfig) -> Vec<TensorSpec> {
 /// Maps a transformers-v5 saved name to its hub name (MODEL_SPEC §4.2, reversed); hub names
 /// come back unchanged. `model.visual.` and `model.projector.` are tested before
 /// `model.language_model.` and none of them overlaps a hub prefix, so the order is safe.
+/// ERNIE-4.5-VL: transformers 5.17's `save_pretrained` writes the hub names except the vision
+/// tower, which it puts under `model.vision_model.` (the hub has it top level, ERNIE spec §4.2;
+/// seen on the GPU host 2026-12-07); no PaddleOCR-VL name starts so.
 pub fn canonical_name(name: &str) -> Cow<'_, str> {
-    const V5_TO_HUB: [(&str, &str); 3] = [
+    const V5_TO_HUB: [(&str, &str); 4] = [
         ("model.visual.", "visual."),
         ("model.projector.", PROJECTOR_PREFIX),
         ("model.language_model.", TEXT_PREFIX),
+        ("model.vision_model.", "vision_model."),
     ];
     for (v5, hub) in V5_TO_HUB {
         if let Some(rest) = name.strip_prefix(v5) {

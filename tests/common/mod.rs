@@ -1,6 +1,7 @@
 //! Shared by the test targets: seeded inputs, the GPU opener, f64 references, tolerances.
 #![allow(dead_code)]
 
+pub mod npy;
 pub mod ref_attention;
 pub mod ref_decode;
 pub mod ref_elementwise;

@@ -10,6 +10,7 @@ use ocrvl::config::{ErnieVlConfig, ModelConfig};
 use ocrvl::model::ernie_vl::checkpoint::check_dir;
 use ocrvl::model::ernie_vl::names::{active_params_per_text_token, expected_tensors};
 use ocrvl::model::ernie_vl::synthetic::{special_tokens, synthetic_size, write_synthetic_model, ErnieSyntheticOptions};
+use ocrvl::model::names::canonical_name;
 use ocrvl::model::weights::WeightsError;
 use ocrvl::preprocess::processor_config::ProcessorConfig;
 
@@ -295,4 +296,36 @@ fn a_missing_or_mis_shaped_tensor_is_named() {
         WeightsError::MissingTensor { name, .. } => assert_eq!(name, "lm_head.weight"),
         other => panic!("expected lm_head missing, got {other}"),
     }
+}
+
+/// What transformers 5.17 writes for a random `Ernie4_5_VLMoeForConditionalGeneration`
+/// (`tools/gpu/ernie_oracle.py --variant tiny`, GPU host 2026-12-07): its `config.json` (the
+/// native nested layout) and every saved tensor's name, shape and dtype. ocrvl's inventory for
+/// that config, with the saved names made canonical as the loader does, must be exactly that
+/// set: no tensor missing, none extra, every shape and dtype the same.
+#[test]
+fn transformers_saved_layout_is_the_inventory() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ernie_transformers_save");
+    let cfg = ErnieVlConfig::from_dir(&dir).unwrap();
+    assert!(cfg.tie_word_embeddings);
+    let table = std::fs::read_to_string(dir.join("params_saved.tsv")).unwrap();
+    let mut saved: HashMap<String, (Vec<usize>, String)> = HashMap::new();
+    for line in table.lines() {
+        let cols: Vec<&str> = line.split('\t').collect();
+        assert_eq!(cols.len(), 4, "{line}");
+        let shape: Vec<usize> = serde_json::from_str(cols[1]).unwrap();
+        let name = canonical_name(cols[0]).into_owned();
+        assert!(saved.insert(name, (shape, cols[2].to_string())).is_none(), "{line}");
+    }
+    let expected = expected_tensors(&cfg);
+    assert_eq!(expected.len(), saved.len(), "tensor count");
+    for spec in &expected {
+        let (shape, dtype) = saved
+            .get(&spec.name)
+            .unwrap_or_else(|| panic!("{} is not in the saved files", spec.name));
+        assert_eq!(shape, &spec.shape, "{}", spec.name);
+        assert_eq!(dtype, "BF16", "{}", spec.name);
+    }
+    // The vision tower really was saved under the other prefix (so the mapping is exercised).
+    assert!(table.contains("model.vision_model.blocks.0.attn.qkv.weight"));
 }

@@ -7,6 +7,9 @@
 #[path = "../ffi_support/mod.rs"]
 mod ffi_support;
 #[allow(dead_code)]
+#[path = "../common/npy.rs"]
+mod npy;
+#[allow(dead_code)]
 #[path = "../common/ref_model.rs"]
 mod ref_model;
 #[path = "../common/ref_sampling.rs"]
@@ -22,6 +25,7 @@ mod detokenize;
 mod ernie_vl_checkpoint;
 mod ernie_vl_config;
 mod ernie_vl_moe_weights;
+mod ernie_vl_transformers;
 mod ffi_header;
 mod fidelity_cpu;
 mod hostile_images;

@@ -33,7 +33,14 @@ fn load_tiny(g: &Gpu, dir: &Path) -> ErnieVl {
     ErnieVl::load(g, dir, AttentionKernels::default()).unwrap()
 }
 
-fn encode(g: &Gpu, m: &ErnieVl, gemm: &mut Gemm, ws: &Workspace, grids: &[ImageGrid], pixels: &[bf16]) -> Vec<bf16> {
+pub(crate) fn encode(
+    g: &Gpu,
+    m: &ErnieVl,
+    gemm: &mut Gemm,
+    ws: &Workspace,
+    grids: &[ImageGrid],
+    pixels: &[bf16],
+) -> Vec<bf16> {
     let feats = m
         .encode_images(g, gemm, ws, grids, &mut |v| v.copy_from_host(g, pixels))
         .unwrap();
@@ -88,7 +95,7 @@ fn ernie_tiny_images_encode_alone_as_in_a_batch() {
 /// Runs `spans` of the sequence `ids` as steps (prefill chunks, then one-token decodes) and
 /// returns each step's last-token logits.
 #[allow(clippy::too_many_arguments)]
-fn run_steps(
+pub(crate) fn run_steps(
     g: &Gpu,
     m: &ErnieVl,
     gemm: &mut Gemm,

@@ -17,6 +17,7 @@ mod engine;
 mod engine_isolation;
 mod engine_paths;
 mod ernie_family;
+mod ernie_oracle;
 mod fidelity;
 mod gemm;
 mod kv_cache;

@@ -7,8 +7,10 @@ shapes, dtypes: checks docs/ERNIE_4_5_VL_SPEC.md section 4), runs one forward on
 prompt in fp32 and in bf16, and writes the logits and the inputs as .npy for ocrvl's tests.
 
 Variants:
-  tiny     a few MB: hidden 128, 3 LM layers (dense + 2 MoE, 4+4 experts), 2 ViT blocks of 64,
-           vocabulary 1024 with the image ids moved to 1000/1001/1002 (see TINY_IDS).
+  tiny     a few MB, shaped for ocrvl's kernels: 3 LM layers (dense + 2 MoE, 8+8 experts of 96 / 32,
+           top-2), hidden 640 as 5 query heads and 1 KV head of 128, 2 ViT blocks of width 160 (2
+           heads of 80), vocabulary 1024 with the image and video ids moved to 1000..1005
+           (TINY_IDS). ocrvl's GPU fidelity test (tests/gpu/ernie_oracle.rs) runs it.
   reduced  full width (2560 / 1280, 64+64 experts, real head sizes), 3 LM layers (layer 0 dense,
            1-2 MoE), 2 ViT blocks. About 2.6B parameters: ~10.5 GB in fp32 on the GPU.
   full     the real 28B-A3B shapes (28 layers, 32 ViT blocks), random. bf16 only (--no-f32 is
@@ -23,7 +25,8 @@ Usage (GPU host, transformers >= 5 with the ernie4_5_vl_moe model built in):
 
 Outputs in --out: model/ (save_pretrained, bf16 weights, every value bf16-exact), params_model.tsv
 (parameters of the reloaded bf16 model), params_saved.tsv (tensors in the saved files), inputs.npz
-(input_ids, pixel_values, image_grid_thw, mm_token_type_ids, moe_mm_token_type_ids), position_ids.npy
+(input_ids, pixel_values, image_grid_thw, mm_token_type_ids, moe_mm_token_type_ids; also one .npy
+each), position_ids.npy
 ([3, 1, S] from get_rope_index), image_<i>.npy (uint8 HxWx3), logits_bf16.npy and logits_f32.npy
 ([S, vocab] float32), image_embeds_f32.npy (resampler output), generated_bf16.npy (--generate),
 report.json (versions, spec checks, f32-vs-bf16 error).
@@ -40,7 +43,8 @@ import torch
 # only cares about the image ids (they go in the config); the rest of the prompt is random text ids.
 # The tiny variant moves them into a 1024-token vocabulary so that its files stay small.
 REAL_IDS = dict(vocab=103424, bos=100273, image=100295, start=101304, end=101305, text_max=100000)
-TINY_IDS = dict(vocab=1024, bos=1, image=1000, start=1001, end=1002, text_max=1000)
+TINY_IDS = dict(vocab=1024, bos=1, image=1000, start=1001, end=1002, text_max=1000,
+                video_start=1003, video_end=1004, video=1005)
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
 PATCH = 14
@@ -55,10 +59,11 @@ def configs(variant):
     """(text_config, vision_config, image sizes HxW) for a variant. Image sizes are multiples of
     28 inside the pixel bounds, so smart_resize is the identity and no resampling is involved."""
     if variant == "tiny":
-        text = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4,
-                    num_key_value_heads=2, moe_intermediate_size=[64, 32], moe_k=2, moe_num_experts=4,
-                    mrope_section=[6, 6, 4])
-        vision = dict(depth=2, hidden_size=64, intermediate_size=256, num_heads=4)
+        # Head sizes as in the real model (text 128, vision 80): the ones ocrvl's kernels build.
+        text = dict(hidden_size=640, intermediate_size=384, num_hidden_layers=3, num_attention_heads=5,
+                    num_key_value_heads=1, moe_intermediate_size=[96, 32], moe_k=2, moe_num_experts=8,
+                    mrope_section=[22, 22, 20])
+        vision = dict(depth=2, hidden_size=160, intermediate_size=640, num_heads=2)
         images = [(56, 84), (84, 56)]
     else:
         text = dict(hidden_size=2560, intermediate_size=12288, num_attention_heads=20, num_key_value_heads=4,
@@ -83,9 +88,10 @@ def build_model(args, device):
 
     text, vision, images = configs(args.variant)
     sid = special_ids(args.variant)
+    video = {f"{k}_token_id": sid[k] for k in ("video_start", "video_end", "video") if k in sid}
     cfg = Ernie4_5_VLMoeConfig(text_config=text, vision_config=vision, image_token_id=sid["image"],
                                image_start_token_id=sid["start"], image_end_token_id=sid["end"],
-                               tie_word_embeddings=True)
+                               tie_word_embeddings=True, **video)
     torch.manual_seed(args.seed)
     build_dtype = torch.bfloat16 if args.variant == "full" else torch.float32
     previous = torch.get_default_dtype()
@@ -405,6 +411,8 @@ def main():
               "image_grid_thw": np.array(grids, dtype=np.int64), "mm_token_type_ids": mm,
               "moe_mm_token_type_ids": moe}
     np.savez(os.path.join(args.out, "inputs.npz"), **inputs)
+    for name, value in inputs.items():  # one .npy each as well, for ocrvl's Rust test
+        np.save(os.path.join(args.out, f"{name}.npy"), value)
     for i, img in enumerate(images):
         np.save(os.path.join(args.out, f"image_{i}.npy"), img)
     report["sequence_length"] = int(ids.shape[1])

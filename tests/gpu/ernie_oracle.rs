@@ -1,0 +1,165 @@
+//! ERNIE-4.5-VL against transformers (issue 18's fidelity check, at the tiny shape): a random
+//! `Ernie4_5_VLMoeForConditionalGeneration` built, saved and run by tools/gpu/ernie_oracle.py
+//! (transformers on the GPU host; `OCRVL_ERNIE_ORACLE_DIR` names a finished run, else the test
+//! runs the script itself), loaded by ocrvl from the directory transformers saved, fed the same
+//! ids and pixels. Passes when ocrvl's logits are as close to transformers' f32 logits as
+//! transformers' own bf16 run is (within twice its error, max and mean), the top token agrees
+//! wherever f32's margin is clear of that error, and the image features match the f32
+//! resampler output within bf16 rounding.
+//!
+//! The prompt (two images, 49 tokens) runs as prefill chunks of 4 tokens, so 13 rows of logits
+//! are compared, several of them inside the images, through the paged cache and chunked
+//! prefill as the engine runs them.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use half::bf16;
+
+use ocrvl::kernels::attention::AttentionKernels;
+use ocrvl::model::ernie_vl::family::ErnieVl;
+use ocrvl::model::family::ModelFamily;
+use ocrvl::preprocess::image::ImageGrid;
+use ocrvl::runtime::{DeviceTensor, Gemm, Workspace};
+
+use crate::common::npy::read_npy;
+use crate::common::{gpu, repo_dir};
+use crate::ernie_family::{encode, run_steps};
+
+/// The oracle's output directory, and the temporary directory holding it when the test ran
+/// the script.
+fn oracle_dir() -> (PathBuf, Option<tempfile::TempDir>) {
+    if let Some(d) = std::env::var_os("OCRVL_ERNIE_ORACLE_DIR") {
+        return (PathBuf::from(d), None);
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let script = repo_dir().join("tools/gpu/ernie_oracle.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .args(["--variant", "tiny", "--out"])
+        .arg(tmp.path())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run python3 {}: {e}", script.display()));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{} failed (it needs torch and transformers >= 5 with ERNIE-4.5-VL): {}",
+        script.display(),
+        &stderr[stderr.len().saturating_sub(2000)..]
+    );
+    (tmp.path().to_path_buf(), Some(tmp))
+}
+
+fn max_and_mean(a: &[f32], b: &[f32]) -> (f64, f64) {
+    let d: Vec<f64> = a.iter().zip(b).map(|(&x, &y)| (x as f64 - y as f64).abs()).collect();
+    (
+        d.iter().copied().fold(0.0, f64::max),
+        d.iter().sum::<f64>() / d.len() as f64,
+    )
+}
+
+fn argmax(v: &[f32]) -> (usize, f32) {
+    let mut best = (0, f32::NEG_INFINITY);
+    for (i, &x) in v.iter().enumerate() {
+        if x > best.1 {
+            best = (i, x);
+        }
+    }
+    best
+}
+
+#[test]
+#[ignore = "needs GPU"]
+fn ernie_logits_match_transformers_f32_within_its_bf16_error() {
+    let g = gpu();
+    let (dir, _keep) = oracle_dir();
+    let m = ErnieVl::load(&g, &dir.join("model"), AttentionKernels::default()).unwrap();
+    let ids: Vec<u32> = read_npy(&dir.join("input_ids.npy"))
+        .as_i64()
+        .iter()
+        .map(|&x| x as u32)
+        .collect();
+    let seq = ids.len();
+    let grids: Vec<ImageGrid> = read_npy(&dir.join("image_grid_thw.npy"))
+        .as_i64()
+        .chunks(3)
+        .map(|r| ImageGrid {
+            t: r[0] as usize,
+            h: r[1] as usize,
+            w: r[2] as usize,
+        })
+        .collect();
+    let pixels: Vec<bf16> = read_npy(&dir.join("pixel_values.npy"))
+        .data
+        .iter()
+        .map(|&x| bf16::from_f64(x))
+        .collect();
+    let f32_logits = read_npy(&dir.join("logits_f32.npy"));
+    let bf16_logits = read_npy(&dir.join("logits_bf16.npy"));
+    let vocab = m.vocab_size();
+    assert_eq!(f32_logits.shape, vec![seq, vocab]);
+    let (f32_logits, bf16_logits) = (f32_logits.as_f32(), bf16_logits.as_f32());
+
+    // Image features against the f32 resampler output.
+    let mut gemm = Gemm::new(&g).unwrap();
+    let mut ws = Workspace::new(&g, 256 << 20).unwrap();
+    let feats = encode(&g, &m, &mut gemm, &ws, &grids, &pixels);
+    let want = read_npy(&dir.join("image_embeds_f32.npy"));
+    assert_eq!(want.shape, vec![feats.len() / m.feature_width(), m.feature_width()]);
+    let got: Vec<f32> = feats.iter().map(|x| x.to_f32()).collect();
+    let want_f32 = want.as_f32();
+    let rms = |v: &[f64]| (v.iter().map(|x| x * x).sum::<f64>() / v.len() as f64).sqrt();
+    let diff: Vec<f64> = got.iter().zip(&want_f32).map(|(&a, &b)| (a - b) as f64).collect();
+    let scale: Vec<f64> = want_f32.iter().map(|&x| x as f64).collect();
+    let feat_err = rms(&diff) / rms(&scale);
+    eprintln!(
+        "image features: relative rms error {feat_err:.2e} over {} values",
+        got.len()
+    );
+    assert!(feat_err < 2e-2, "image features: relative rms error {feat_err:.2e}");
+
+    // Logits of chunk ends, prefilled 4 tokens at a time.
+    let feats = DeviceTensor::from_host(&g, &[got.len() / m.feature_width(), m.feature_width()], &feats).unwrap();
+    let ends: Vec<usize> = (4..seq).step_by(4).chain(std::iter::once(seq)).collect();
+    let spans: Vec<(usize, usize)> = std::iter::once(0)
+        .chain(ends.iter().copied())
+        .zip(ends.iter().copied())
+        .collect();
+    let rows = run_steps(&g, &m, &mut gemm, &mut ws, &ids, seq, &grids, &feats, &spans);
+    let (mut ours, mut theirs) = ((0.0f64, 0.0f64), (0.0f64, 0.0f64));
+    for (row, &end) in rows.iter().zip(&ends) {
+        let reference = &f32_logits[(end - 1) * vocab..end * vocab];
+        let hf_bf16 = &bf16_logits[(end - 1) * vocab..end * vocab];
+        let (a_max, a_mean) = max_and_mean(row, reference);
+        let (b_max, b_mean) = max_and_mean(hf_bf16, reference);
+        eprintln!(
+            "token {:>2}: ocrvl max {a_max:.4} mean {a_mean:.5}; transformers bf16 max {b_max:.4} mean {b_mean:.5}",
+            end - 1
+        );
+        ours = (ours.0.max(a_max), ours.1 + a_mean / rows.len() as f64);
+        theirs = (theirs.0.max(b_max), theirs.1 + b_mean / rows.len() as f64);
+    }
+    assert!(
+        ours.0 <= 2.0 * theirs.0 + 1e-3 && ours.1 <= 2.0 * theirs.1 + 1e-4,
+        "ocrvl's logits are further from transformers f32 (max {:.4}, mean {:.5}) than twice transformers bf16's \
+         (max {:.4}, mean {:.5})",
+        ours.0,
+        ours.1,
+        theirs.0,
+        theirs.1
+    );
+    // The chosen token, where f32's margin is clear of the bf16 error.
+    for (row, &end) in rows.iter().zip(&ends) {
+        let reference = &f32_logits[(end - 1) * vocab..end * vocab];
+        let (best, top) = argmax(reference);
+        let second = reference
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i != best)
+            .map(|(_, &x)| x)
+            .fold(f32::NEG_INFINITY, f32::max);
+        if (top - second) as f64 > 2.0 * theirs.0 {
+            assert_eq!(argmax(row).0, best, "token {}: the top token differs", end - 1);
+        }
+    }
+}
