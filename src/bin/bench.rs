@@ -282,7 +282,7 @@ fn run() -> anyhow::Result<()> {
         None => (ensure_synthetic_model(args.synthetic_dir.as_deref())?, true),
     };
     let cfg = ModelConfig::from_dir(&dir)?;
-    args.engine.validate(&cfg)?;
+    args.engine.validate(cfg.text.max_position_embeddings)?;
     let (cc_major, cc_minor) = gpu.compute_capability();
     println!(
         "device: {} (sm_{cc_major}{cc_minor}, {} SMs); model: {}{}",
@@ -363,7 +363,7 @@ fn dry_run(args: &BenchArgs, env: EnvFlags) -> anyhow::Result<()> {
         None => ensure_synthetic_model(args.synthetic_dir.as_deref())?,
     };
     let cfg = ModelConfig::from_dir(&dir)?;
-    args.engine.validate(&cfg)?;
+    args.engine.validate(cfg.text.max_position_embeddings)?;
     println!("model: {}", dir.display());
     print_flags(&args.engine, env);
     for &w in &args.workloads {

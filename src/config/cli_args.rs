@@ -94,8 +94,8 @@ pub struct EngineArgs {
     #[arg(long, value_name = "METHOD", value_parser = quantization)]
     pub quantization: Option<String>,
     /// `ernie-45-vl` (alias `ernie45`) or `ernie-45-vl-thinking`: split a thinking model's
-    /// output into `reasoning_content` (src/service/reasoning.rs). Refused while the served
-    /// model has no thinking output (PaddleOCR-VL; ERNIE-4.5-VL is not servable yet).
+    /// output into `reasoning_content` (src/service/reasoning.rs). Refused until the server
+    /// writes `reasoning_content` (the splitter exists; its wiring into responses does not).
     #[arg(long, value_name = "NAME", value_parser = reasoning_parser)]
     pub reasoning_parser: Option<String>,
     /// Chunked prefill is always on here; accepted.
@@ -144,8 +144,8 @@ impl EngineArgs {
         let defaults = EngineConfig::default();
         if let Some(name) = &self.reasoning_parser {
             return Err(format!(
-                "--reasoning-parser {name}: PaddleOCR-VL has no thinking output; the parser is for \
-                 ERNIE-4.5-VL, which ocrvl does not serve yet"
+                "--reasoning-parser {name}: the server does not yet split `reasoning_content` out of \
+                 responses (ERNIE-4.5-VL's thinking text stays in `content`; PaddleOCR-VL has none)"
             ));
         }
         let mut notes = Vec::new();

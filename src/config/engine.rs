@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 
-use super::model::ModelConfig;
 use super::ConfigError;
 use crate::runtime::DType;
 
@@ -59,8 +58,8 @@ impl Default for EngineConfig {
 }
 
 impl EngineConfig {
-    /// Checks the settings against each other and against the model.
-    pub fn validate(&self, model: &ModelConfig) -> Result<(), ConfigError> {
+    /// Checks the settings against each other and against the model's `max_position_embeddings`.
+    pub fn validate(&self, max_position_embeddings: usize) -> Result<(), ConfigError> {
         let invalid = |field: &str, reason: String| ConfigError::Invalid {
             origin: "engine config".into(),
             field: field.into(),
@@ -69,7 +68,7 @@ impl EngineConfig {
         if self.max_model_len == 0 {
             return Err(invalid("--max-model-len", "must be at least 1".into()));
         }
-        let max_pos = model.text.max_position_embeddings;
+        let max_pos = max_position_embeddings;
         if self.max_model_len > max_pos {
             return Err(invalid(
                 "--max-model-len",

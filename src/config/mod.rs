@@ -18,7 +18,7 @@ pub use engine::EngineConfig;
 pub use env_flags::{EnvFlags, FlashAttnVersion, SamplingClass};
 pub use ernie_vl::ErnieVlConfig;
 pub use model::{ModelConfig, SpecialTokens, TextConfig, VisionConfig};
-pub use model_family::{detect_model_family, ModelFamilyKind};
+pub use model_family::{detect_model_family, FamilyConfig, ModelFamilyKind};
 
 use std::path::PathBuf;
 
@@ -69,8 +69,8 @@ pub enum ConfigError {
         reason: String,
     },
 
-    /// A model family ocrvl recognises from config.json but cannot serve yet.
-    #[error("{origin}: {family} is recognised but not yet servable: {missing}")]
+    /// A model family ocrvl recognises from config.json, given to a path that reads another.
+    #[error("{origin}: {family} is recognised, but {missing}")]
     NotServable {
         origin: String,
         family: &'static str,

@@ -7,14 +7,14 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::ernie_vl::ErnieVlConfig;
-use super::ConfigError;
+use super::{ConfigError, ModelConfig};
 
 /// The families ocrvl knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ModelFamilyKind {
     /// PaddleOCR-VL (and any config that names no other family: the historical default).
     PaddleOcrVl,
-    /// ERNIE-4.5-VL (28B-A3B, its Thinking variant, 424B-A47B): recognised, not yet served.
+    /// ERNIE-4.5-VL (28B-A3B and its Thinking variant; 424B-A47B needs eight GPUs).
     ErnieVl,
 }
 
@@ -27,10 +27,10 @@ const ERNIE_ARCHITECTURES: [&str; 2] = [
     "Ernie4_5_VL_MoeForConditionalGeneration",
 ];
 
-/// What is missing before ERNIE-4.5-VL can be served: the message's tail.
-pub const ERNIE_MISSING: &str = "its config, tensor inventory and synthetic checkpoints exist, but the \
-     forward does not yet (MoE routing and grouped expert GEMMs, the ViT and resampler, the 3D \
-     rotary, the decoder step); see docs/ERNIE_4_5_VL_SPEC.md and issue 18";
+/// Why a PaddleOCR-VL-only path refuses an ERNIE-4.5-VL directory: the message's tail.
+pub const ERNIE_MISSING: &str = "this path reads PaddleOCR-VL configs only (the engine, `serve` and \
+     `synth-model --arch ernie-4.5-vl-28b-a3b` take ERNIE-4.5-VL; the PaddleOCR-VL task prompts, \
+     workloads and C ABI tasks do not); see docs/ERNIE_4_5_VL_SPEC.md";
 
 /// The family of a parsed `config.json`. Anything that is not recognisably ERNIE-4.5-VL is
 /// PaddleOCR-VL, whose parser then reports what is wrong with it (unchanged behaviour).
@@ -67,9 +67,9 @@ pub fn read_config_json(dir: &Path) -> Result<(Value, String), ConfigError> {
     Ok((value, origin))
 }
 
-/// The error for a family ocrvl recognises but cannot serve yet. A broken ERNIE config gets
-/// its own field error first (the parser runs), so the user fixes the file before learning the
-/// rest.
+/// The error of a PaddleOCR-VL-only path given an ERNIE-4.5-VL config. A broken ERNIE config
+/// gets its own field error first (the parser runs), so the user fixes the file before learning
+/// the rest.
 pub fn not_servable(config: &Value, origin: &str) -> ConfigError {
     if let Err(err) = ErnieVlConfig::from_json_value(config, origin) {
         return err;
@@ -78,5 +78,54 @@ pub fn not_servable(config: &Value, origin: &str) -> ConfigError {
         origin: origin.to_string(),
         family: "ERNIE-4.5-VL",
         missing: ERNIE_MISSING,
+    }
+}
+
+/// A parsed `config.json` of either family: what the engine and the service read before they
+/// know which model they load.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FamilyConfig {
+    PaddleOcrVl(ModelConfig),
+    ErnieVl(ErnieVlConfig),
+}
+
+impl FamilyConfig {
+    /// Detects the family of `dir/config.json` and parses it with that family's parser.
+    pub fn from_dir(dir: &Path) -> Result<FamilyConfig, ConfigError> {
+        let (value, origin) = read_config_json(dir)?;
+        Ok(match detect_model_family(&value) {
+            ModelFamilyKind::PaddleOcrVl => FamilyConfig::PaddleOcrVl(ModelConfig::from_json_value(&value, &origin)?),
+            ModelFamilyKind::ErnieVl => FamilyConfig::ErnieVl(ErnieVlConfig::from_json_value(&value, &origin)?),
+        })
+    }
+
+    pub fn kind(&self) -> ModelFamilyKind {
+        match self {
+            FamilyConfig::PaddleOcrVl(_) => ModelFamilyKind::PaddleOcrVl,
+            FamilyConfig::ErnieVl(_) => ModelFamilyKind::ErnieVl,
+        }
+    }
+
+    /// The longest sequence the model's rotary positions were trained for.
+    pub fn max_position_embeddings(&self) -> usize {
+        match self {
+            FamilyConfig::PaddleOcrVl(c) => c.text.max_position_embeddings,
+            FamilyConfig::ErnieVl(c) => c.text.max_position_embeddings,
+        }
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            FamilyConfig::PaddleOcrVl(c) => c.text.vocab_size,
+            FamilyConfig::ErnieVl(c) => c.text.vocab_size,
+        }
+    }
+
+    /// PaddleOCR-VL's config, for the paths only that family has (task prompts, workloads).
+    pub fn paddleocr_vl(&self) -> Option<&ModelConfig> {
+        match self {
+            FamilyConfig::PaddleOcrVl(c) => Some(c),
+            FamilyConfig::ErnieVl(_) => None,
+        }
     }
 }

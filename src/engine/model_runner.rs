@@ -18,7 +18,7 @@ use half::bf16;
 use super::cuda_graphs::DecodeGraph;
 use super::request::{Requests, StepTimings};
 use super::scheduler::{Scheduler, SchedulerOutput};
-use crate::config::{EngineConfig, EnvFlags, ModelConfig, SamplingClass};
+use crate::config::{EngineConfig, EnvFlags, FamilyConfig, SamplingClass};
 use crate::error::{DriverResultExt, Error, Result};
 use crate::kernels::attention::{AttentionKernels, AttentionVersion};
 use crate::kernels::embedding::take_embedding_error;
@@ -137,8 +137,8 @@ impl ModelRunner {
     /// Loads the model in `dir` with the attention kernels `FLAGS_flash_attn_version` gives,
     /// allocates the step buffers, and sizes the KV cache from `--gpu-memory-utilization`.
     pub fn new(gpu: Gpu, dir: &Path, engine: &EngineConfig, env: EnvFlags) -> Result<ModelRunner> {
-        let cfg = ModelConfig::from_dir(dir)?;
-        engine.validate(&cfg)?;
+        let cfg = FamilyConfig::from_dir(dir)?;
+        engine.validate(cfg.max_position_embeddings())?;
         let attention = env.flash_attn_version.resolve(&gpu)?;
         let model = family::load(&gpu, dir, cfg, AttentionKernels::from(attention))?;
         log_attention_choice(&gpu, env, attention);

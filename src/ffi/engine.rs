@@ -10,7 +10,7 @@ use super::{
     guard, non_null, ocrvl_status, out_ptr, Fail, FfiResult, Phase, OCRVL_TASK_CHART, OCRVL_TASK_FORMULA,
     OCRVL_TASK_OCR, OCRVL_TASK_PROMPT, OCRVL_TASK_SEAL, OCRVL_TASK_SPOTTING, OCRVL_TASK_TABLE,
 };
-use crate::config::ModelConfig;
+use crate::config::{FamilyConfig, ModelConfig};
 use crate::error::Error;
 use crate::preprocess::Task;
 use crate::service::{OcrRequest, PromptInput, Service, ServiceConfig};
@@ -62,12 +62,16 @@ pub unsafe extern "C" fn ocrvl_engine_create(
 /// so that a bad setting is OCRVL_INVALID_ARGUMENT at once (and testable without a GPU), not
 /// a failed start-up after the GPU and the weights have loaded.
 fn check_config(c: &ServiceConfig) -> FfiResult {
-    let model = match &c.engine.model {
-        Some(dir) => ModelConfig::from_dir(dir).map_err(|e| Fail::from_error(&Error::Config(e), Phase::Startup))?,
+    let max_positions = match &c.engine.model {
+        Some(dir) => FamilyConfig::from_dir(dir)
+            .map_err(|e| Fail::from_error(&Error::Config(e), Phase::Startup))?
+            .max_position_embeddings(),
         // The synthetic model is always the full-size PaddleOCR-VL-0.9B.
-        None => ModelConfig::paddleocr_vl_0_9b(),
+        None => ModelConfig::paddleocr_vl_0_9b().text.max_position_embeddings,
     };
-    c.engine.validate(&model).map_err(|e| Fail::invalid(e.to_string()))
+    c.engine
+        .validate(max_positions)
+        .map_err(|e| Fail::invalid(e.to_string()))
 }
 
 /// Stops the engine (running requests end as cancelled) and frees the handle.

@@ -13,19 +13,18 @@
 //!   passes need;
 //! - its weights' inventory (the tensors a checkpoint must hold) and their device size.
 //!
-//! PaddleOCR-VL ([`super::paddleocr_vl::PaddleOcrVl`]) is the one implementation today. The
-//! next, ERNIE-4.5-VL, differs below this line only: its own vision encoder, rotary sections
-//! (its 3D positions fit the 3 position rows of [`StepInputs`]), MoE feed-forward layers and
-//! weights; docs/ARCHITECTURE.md says where it goes.
+//! Two implementations: PaddleOCR-VL ([`super::paddleocr_vl::PaddleOcrVl`]) and ERNIE-4.5-VL
+//! ([`ErnieVl`]: its own vision encoder and resampler, 3D rotary sections in the same 3
+//! position rows of [`StepInputs`], MoE feed-forward layers); docs/ARCHITECTURE.md.
 
 use std::ops::Range;
 use std::path::Path;
 
+use super::ernie_vl::family::ErnieVl;
 use super::names::TensorSpec;
 use super::paddleocr_vl::PaddleOcrVl;
 use super::text::{KvCache, StepInputs};
-use crate::config::model_family::{not_servable, read_config_json};
-use crate::config::{detect_model_family, ModelConfig, ModelFamilyKind};
+use crate::config::{FamilyConfig, ModelConfig};
 use crate::error::Result;
 use crate::kernels::attention::AttentionKernels;
 use crate::preprocess::image::ImageGrid;
@@ -141,15 +140,11 @@ pub trait ModelFamily {
     fn weight_bytes(&self) -> usize;
 }
 
-/// Loads the model in `dir` with the attention kernels `attention`: the family its
-/// config.json names ([`detect_model_family`]). ERNIE-4.5-VL is recognised but has no
-/// forward yet, so it gets a clear error (its config is parsed first, so a broken file gets a
-/// field error). `ModelConfig::from_dir` runs the same detection, so callers that parse the
-/// config first see the same message.
-pub fn load(gpu: &Gpu, dir: &Path, cfg: ModelConfig, attention: AttentionKernels) -> Result<Box<dyn ModelFamily>> {
-    let (config, origin) = read_config_json(dir)?;
-    match detect_model_family(&config) {
-        ModelFamilyKind::PaddleOcrVl => Ok(Box::new(PaddleOcrVl::load(gpu, dir, cfg, attention)?)),
-        ModelFamilyKind::ErnieVl => Err(not_servable(&config, &origin).into()),
-    }
+/// Loads the model in `dir`, whose config `cfg` is ([`FamilyConfig::from_dir`]), with the
+/// attention kernels `attention`.
+pub fn load(gpu: &Gpu, dir: &Path, cfg: FamilyConfig, attention: AttentionKernels) -> Result<Box<dyn ModelFamily>> {
+    Ok(match cfg {
+        FamilyConfig::PaddleOcrVl(cfg) => Box::new(PaddleOcrVl::load(gpu, dir, cfg, attention)?),
+        FamilyConfig::ErnieVl(_) => Box::new(ErnieVl::load(gpu, dir, attention)?),
+    })
 }

@@ -12,11 +12,12 @@ use image::{DynamicImage, ImageDecoder, ImageReader, Limits};
 
 use half::bf16;
 
+use super::ernie_layout::{smart_resize_clamped, to_merge_block_order, ImageLayout};
 use super::patchify::{f32_slice_to_bf16, level_table, level_table_bf16, patchify};
 use super::processor_config::ProcessorConfig;
 use super::resample::{resize_bicubic_with_order, PassOrder};
 use super::{PreprocessError, Result};
-use crate::config::ModelConfig;
+use crate::config::{ErnieVlConfig, ModelConfig};
 
 /// Default cap on the decoded size of one image: Pillow's `Image.MAX_IMAGE_PIXELS`
 /// (about 89.5 Mpx, where PIL starts warning of a decompression bomb). An A4 page at 600 dpi
@@ -398,6 +399,17 @@ impl ImageProcessor {
         Ok(Self::new(config))
     }
 
+    /// The processor of an ERNIE-4.5-VL directory: its processor file over ERNIE's defaults
+    /// ([`ProcessorConfig::ernie_vl_defaults`]), in ERNIE's layout, checked against its vision
+    /// config.
+    pub fn from_ernie_dir(dir: impl AsRef<std::path::Path>, model: &ErnieVlConfig) -> Result<Self> {
+        let mut config = ProcessorConfig::from_dir_over(dir, ProcessorConfig::ernie_vl_defaults())?;
+        config.layout = ImageLayout::ErnieVl;
+        let v = &model.vision;
+        config.check_vision(v.patch_size, v.spatial_merge_size, v.in_channels)?;
+        Ok(Self::new(config))
+    }
+
     pub fn with_max_decoded_pixels(mut self, limit: u64) -> Self {
         self.max_decoded_pixels = limit;
         self
@@ -406,7 +418,10 @@ impl ImageProcessor {
     /// The size `smart_resize` gives an image of this size, `(height, width)`.
     pub fn target_size(&self, height: usize, width: usize) -> Result<(usize, usize)> {
         let c = &self.config;
-        smart_resize(height, width, c.factor(), c.min_pixels, c.max_pixels)
+        match c.layout {
+            ImageLayout::PaddleOcrVl => smart_resize(height, width, c.factor(), c.min_pixels, c.max_pixels),
+            ImageLayout::ErnieVl => smart_resize_clamped(height, width, c.factor(), c.min_pixels, c.max_pixels),
+        }
     }
 
     /// Decodes, resizes, normalises and patchifies one encoded image.
@@ -477,13 +492,17 @@ impl ImageProcessor {
             img.height,
             img.width
         );
+        let (gh, gw) = (img.height / ps, img.width / ps);
+        let mut pixel_values = patchify(&img.data, (img.height, img.width), ps, lut);
+        if self.config.layout == ImageLayout::ErnieVl {
+            // A second pass over the patches (a copy) rather than a second patchify: the
+            // resize before it costs far more.
+            pixel_values =
+                to_merge_block_order(&pixel_values, (gh, gw), self.config.merge_size, self.config.patch_dim());
+        }
         ProcessedImage {
-            pixel_values: patchify(&img.data, (img.height, img.width), ps, lut),
-            grid: ImageGrid {
-                t: 1,
-                h: img.height / ps,
-                w: img.width / ps,
-            },
+            pixel_values,
+            grid: ImageGrid { t: 1, h: gh, w: gw },
             resized_height: img.height,
             resized_width: img.width,
         }

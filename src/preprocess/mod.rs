@@ -12,6 +12,7 @@
 //!
 //! Everything here is plain CPU code with no CUDA dependency, so it is tested in CI.
 
+pub mod ernie_layout;
 pub mod image;
 pub mod mrope;
 mod patchify;
@@ -23,6 +24,7 @@ mod resample_kernels;
 pub use self::image::{
     decode_rgb, smart_resize, ImageGrid, ImageProcessor, ProcessedImage, Rgb8Image, DEFAULT_MAX_DECODED_PIXELS,
 };
+pub use ernie_layout::ImageLayout;
 pub use mrope::{decode_position, mrope_positions, MropePositions};
 pub use processor_config::ProcessorConfig;
 pub use prompt::{Prompt, PromptBuilder, Task};

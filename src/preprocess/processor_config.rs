@@ -12,6 +12,7 @@ use std::path::Path;
 
 use serde_json::{Map, Value};
 
+use super::ernie_layout::ImageLayout;
 use super::{PreprocessError, Result};
 use crate::config::ModelConfig;
 
@@ -37,6 +38,8 @@ pub struct ProcessorConfig {
     pub temporal_patch_size: usize,
     /// Side of the spatial merge done by the projector (2).
     pub merge_size: usize,
+    /// The family's resize rule and patch order (set from the model, not read from the file).
+    pub layout: ImageLayout,
 }
 
 impl Default for ProcessorConfig {
@@ -55,11 +58,28 @@ impl Default for ProcessorConfig {
             patch_size: 14,
             temporal_patch_size: 1,
             merge_size: 2,
+            layout: ImageLayout::PaddleOcrVl,
         }
     }
 }
 
 impl ProcessorConfig {
+    /// ERNIE-4.5-VL's values where its file says nothing (docs/ERNIE_4_5_VL_SPEC.md §5.1:
+    /// transformers' class defaults and FastDeploy's request defaults): CLIP's mean and std,
+    /// pixels in [56², 28² · 6177], and its layout.
+    // CLIP's mean and std as the processors write them (more digits than an f32 keeps).
+    #[allow(clippy::excessive_precision)]
+    pub fn ernie_vl_defaults() -> Self {
+        ProcessorConfig {
+            image_mean: [0.481_454_66, 0.457_827_5, 0.408_210_73],
+            image_std: [0.268_629_54, 0.261_302_58, 0.275_777_11],
+            min_pixels: 56 * 56,
+            max_pixels: 28 * 28 * 6177,
+            layout: ImageLayout::ErnieVl,
+            ..Self::default()
+        }
+    }
+
     /// `smart_resize`'s factor: resized sides are multiples of patch × merge (28).
     pub fn factor(&self) -> usize {
         self.patch_size * self.merge_size
@@ -74,6 +94,12 @@ impl ProcessorConfig {
     /// `dir/preprocessor_config.json`; the hub defaults when neither exists. When both exist
     /// the first wins: it is the newer file, and the one transformers 5 reads.
     pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self> {
+        Self::from_dir_over(dir, Self::default())
+    }
+
+    /// [`Self::from_dir`] with `base` giving the values (and the layout) the files leave out:
+    /// [`Self::ernie_vl_defaults`] for ERNIE-4.5-VL.
+    pub fn from_dir_over(dir: impl AsRef<Path>, base: Self) -> Result<Self> {
         let dir = dir.as_ref();
         let combined = dir.join("processor_config.json");
         if let Some(text) = read_optional(&combined)? {
@@ -85,7 +111,7 @@ impl ProcessorConfig {
             })?;
             match value.get("image_processor") {
                 Some(part @ Value::Object(_)) => {
-                    return Self::from_json_str(&part.to_string(), &format!("{origin}: image_processor"));
+                    return Self::from_json_str_over(&part.to_string(), &format!("{origin}: image_processor"), base);
                 }
                 Some(other) => {
                     return Err(invalid(
@@ -100,13 +126,18 @@ impl ProcessorConfig {
         }
         let path = dir.join("preprocessor_config.json");
         match read_optional(&path)? {
-            Some(text) => Self::from_json_str(&text, &path.display().to_string()),
-            None => Ok(Self::default()),
+            Some(text) => Self::from_json_str_over(&text, &path.display().to_string(), base),
+            None => Ok(base),
         }
     }
 
     /// Parses the json; `origin` names the source in error messages.
     pub fn from_json_str(text: &str, origin: &str) -> Result<Self> {
+        Self::from_json_str_over(text, origin, Self::default())
+    }
+
+    /// [`Self::from_json_str`] over `base` instead of the PaddleOCR-VL hub values.
+    pub fn from_json_str_over(text: &str, origin: &str, base: Self) -> Result<Self> {
         let value: Value = serde_json::from_str(text).map_err(|e| PreprocessError::ProcessorConfig {
             origin: origin.to_string(),
             field: "(file)".into(),
@@ -116,7 +147,7 @@ impl ProcessorConfig {
             return Err(invalid(origin, "(top level)", "must be a JSON object".into()));
         };
         let f = Fields { obj, origin };
-        let mut cfg = Self::default();
+        let mut cfg = base;
 
         if let Some(resample) = f.u64("resample")? {
             if resample != PIL_BICUBIC {
@@ -212,35 +243,35 @@ impl ProcessorConfig {
     /// Checks that this processor produces what the model's config expects: the vision
     /// tower's patch size and the projector's merge.
     pub fn check_model(&self, model: &ModelConfig) -> Result<()> {
+        let v = &model.vision;
+        self.check_vision(v.patch_size, v.spatial_merge_size, v.num_channels)
+    }
+
+    /// [`Self::check_model`] from the vision config's three values (either family's).
+    pub fn check_vision(&self, patch_size: usize, spatial_merge_size: usize, channels: usize) -> Result<()> {
         let origin = "preprocessor_config.json vs config.json";
-        if self.patch_size != model.vision.patch_size {
+        if self.patch_size != patch_size {
             return Err(invalid(
                 origin,
                 "patch_size",
-                format!(
-                    "is {} but vision_config.patch_size is {}",
-                    self.patch_size, model.vision.patch_size
-                ),
+                format!("is {} but vision_config.patch_size is {patch_size}", self.patch_size),
             ));
         }
-        if self.merge_size != model.vision.spatial_merge_size {
+        if self.merge_size != spatial_merge_size {
             return Err(invalid(
                 origin,
                 "merge_size",
                 format!(
-                    "is {} but vision_config.spatial_merge_size is {}",
-                    self.merge_size, model.vision.spatial_merge_size
+                    "is {} but vision_config.spatial_merge_size is {spatial_merge_size}",
+                    self.merge_size
                 ),
             ));
         }
-        if model.vision.num_channels != 3 {
+        if channels != 3 {
             return Err(invalid(
                 origin,
                 "num_channels",
-                format!(
-                    "is {} in vision_config; preprocessing produces RGB",
-                    model.vision.num_channels
-                ),
+                format!("is {channels} in vision_config; preprocessing produces RGB"),
             ));
         }
         Ok(())

@@ -8,7 +8,7 @@
 //! text segments are tokenised identically either way. It also avoids tokenising thousands of
 //! placeholder strings per page.
 //!
-//! Special ids come from `config.json` ([`SpecialTokens`]), never from literals here; at load
+//! Special ids come from `config.json` ([`PromptTokens`]), never from literals here; at load
 //! time the tokenizer must agree with them.
 
 use std::ops::Range;
@@ -21,7 +21,8 @@ use tokenizers::Tokenizer;
 use super::image::ImageGrid;
 use super::processor_config::read_optional;
 use super::{PreprocessError, Result};
-use crate::config::{ModelConfig, SpecialTokens};
+use crate::config::{ErnieVlConfig, ModelConfig};
+use crate::model::ernie_vl::synthetic::CHAT_TEMPLATE as ERNIE_CHAT_TEMPLATE;
 
 /// The chat template of MODEL_SPEC §6.3 (the current hub form, generation prompt
 /// `"Assistant:\n"`), used when the model directory carries none. The spec elides the
@@ -159,6 +160,50 @@ pub struct Prompt {
     pub image_spans: Vec<Range<usize>>,
 }
 
+/// What prompt building needs of a model's config: the image placeholder and the image's
+/// start and end markers (each must be an added token of the tokenizer, with the config's
+/// field name for messages), the merge that sets placeholders per image, and the template used
+/// when the directory ships none.
+#[derive(Clone, Debug)]
+pub struct PromptTokens {
+    /// `(config field, id)` of the placeholder, the start marker and the end marker.
+    pub image: (&'static str, u32),
+    pub start: (&'static str, u32),
+    pub end: (&'static str, u32),
+    pub merge: usize,
+    pub default_template: &'static str,
+    /// Where the default template comes from, for messages.
+    pub default_template_origin: &'static str,
+}
+
+impl From<&ModelConfig> for PromptTokens {
+    fn from(model: &ModelConfig) -> Self {
+        let t = &model.tokens;
+        PromptTokens {
+            image: ("image_token_id", t.image_token_id),
+            start: ("vision_start_token_id", t.vision_start_token_id),
+            end: ("vision_end_token_id", t.vision_end_token_id),
+            merge: model.vision.spatial_merge_size,
+            default_template: DEFAULT_CHAT_TEMPLATE,
+            default_template_origin: "built-in (MODEL_SPEC §6.3)",
+        }
+    }
+}
+
+impl From<&ErnieVlConfig> for PromptTokens {
+    fn from(model: &ErnieVlConfig) -> Self {
+        let t = &model.tokens;
+        PromptTokens {
+            image: ("im_patch_id", t.image_token_id),
+            start: ("image_start_token_id", t.image_start_token_id),
+            end: ("image_end_token_id", t.image_end_token_id),
+            merge: model.vision.spatial_merge_size,
+            default_template: ERNIE_CHAT_TEMPLATE,
+            default_template_origin: "built-in (ERNIE_4_5_VL_SPEC §6.3)",
+        }
+    }
+}
+
 /// Renders and tokenises prompts for one model directory.
 pub struct PromptBuilder {
     tokenizer: Tokenizer,
@@ -167,7 +212,7 @@ pub struct PromptBuilder {
     template_origin: String,
     /// Special-token strings from `tokenizer_config.json`, passed to the template like HF does.
     template_tokens: Map<String, Value>,
-    tokens: SpecialTokens,
+    image_token_id: u32,
     merge: usize,
     tokenizer_origin: String,
 }
@@ -175,8 +220,9 @@ pub struct PromptBuilder {
 impl PromptBuilder {
     /// Loads `tokenizer.json`, and the chat template from `chat_template.jinja`, else the
     /// `chat_template` string of `tokenizer_config.json`, else [`DEFAULT_CHAT_TEMPLATE`].
-    pub fn from_dir(dir: impl AsRef<Path>, model: &ModelConfig) -> Result<Self> {
+    pub fn from_dir(dir: impl AsRef<Path>, model: impl Into<PromptTokens>) -> Result<Self> {
         let dir = dir.as_ref();
+        let tokens: PromptTokens = model.into();
         let tok_path = dir.join("tokenizer.json");
         let tokenizer_origin = tok_path.display().to_string();
         let tokenizer = Tokenizer::from_file(&tok_path).map_err(|e| PreprocessError::Tokenizer {
@@ -205,11 +251,14 @@ impl PromptBuilder {
                     text.to_string(),
                     format!("{}: chat_template", dir.join("tokenizer_config.json").display()),
                 ),
-                None => (DEFAULT_CHAT_TEMPLATE.to_string(), "built-in (MODEL_SPEC §6.3)".into()),
+                None => (
+                    tokens.default_template.to_string(),
+                    tokens.default_template_origin.into(),
+                ),
             },
         };
 
-        let mut builder = Self::with_origins(tokenizer, tokenizer_origin, template, template_origin, model)?;
+        let mut builder = Self::with_origins(tokenizer, tokenizer_origin, template, template_origin, tokens)?;
         if let Some(config) = &tok_config {
             builder.template_tokens = special_token_strings(config);
         }
@@ -217,15 +266,16 @@ impl PromptBuilder {
     }
 
     /// From an already loaded tokenizer; `chat_template` `None` uses [`DEFAULT_CHAT_TEMPLATE`].
-    pub fn new(tokenizer: Tokenizer, chat_template: Option<String>, model: &ModelConfig) -> Result<Self> {
+    pub fn new(tokenizer: Tokenizer, chat_template: Option<String>, model: impl Into<PromptTokens>) -> Result<Self> {
+        let tokens: PromptTokens = model.into();
         let (template, origin) = match chat_template {
             Some(t) => (t, "given template".to_string()),
             None => (
-                DEFAULT_CHAT_TEMPLATE.to_string(),
-                "built-in (MODEL_SPEC §6.3)".to_string(),
+                tokens.default_template.to_string(),
+                tokens.default_template_origin.to_string(),
             ),
         };
-        Self::with_origins(tokenizer, "given tokenizer".into(), template, origin, model)
+        Self::with_origins(tokenizer, "given tokenizer".into(), template, origin, tokens)
     }
 
     /// Replaces the chat template with the one in `path` (`--chat-template`, as vLLM and
@@ -256,14 +306,9 @@ impl PromptBuilder {
         tokenizer_origin: String,
         template: String,
         template_origin: String,
-        model: &ModelConfig,
+        tokens: PromptTokens,
     ) -> Result<Self> {
-        let tokens = model.tokens.clone();
-        for (role, id) in [
-            ("image_token_id", tokens.image_token_id),
-            ("vision_start_token_id", tokens.vision_start_token_id),
-            ("vision_end_token_id", tokens.vision_end_token_id),
-        ] {
+        for (role, id) in [tokens.image, tokens.start, tokens.end] {
             check_special_token(&tokenizer, &tokenizer_origin, role, id)?;
         }
 
@@ -288,8 +333,8 @@ impl PromptBuilder {
             env,
             template_origin,
             template_tokens: Map::new(),
-            tokens,
-            merge: model.vision.spatial_merge_size,
+            image_token_id: tokens.image.1,
+            merge: tokens.merge,
             tokenizer_origin,
         })
     }
@@ -302,9 +347,17 @@ impl PromptBuilder {
     /// single placeholder) and `text`, with the generation prompt appended. Images come before
     /// the text, as in the hub processor's messages.
     pub fn render(&self, num_images: usize, text: &str) -> Result<String> {
+        self.render_with(num_images, text, &Map::new())
+    }
+
+    /// [`Self::render`] with more template variables (`chat_template_kwargs`, such as
+    /// ERNIE-4.5-VL's `enable_thinking`); they cannot replace the messages or the generation
+    /// prompt switch.
+    pub fn render_with(&self, num_images: usize, text: &str, vars: &Map<String, Value>) -> Result<String> {
         let mut content: Vec<Value> = (0..num_images).map(|_| json!({"type": "image"})).collect();
         content.push(json!({"type": "text", "text": text}));
         let mut ctx = self.template_tokens.clone();
+        ctx.extend(vars.iter().map(|(k, v)| (k.clone(), v.clone())));
         ctx.insert("messages".into(), json!([{"role": "user", "content": content}]));
         ctx.insert("add_generation_prompt".into(), Value::Bool(true));
         let template = self
@@ -317,10 +370,15 @@ impl PromptBuilder {
     /// Renders, tokenises and expands the prompt for `grids` (one per image, in order) and
     /// `text`.
     pub fn build(&self, grids: &[ImageGrid], text: &str) -> Result<Prompt> {
+        self.build_with(grids, text, &Map::new())
+    }
+
+    /// [`Self::build`] with more template variables ([`Self::render_with`]).
+    pub fn build_with(&self, grids: &[ImageGrid], text: &str, vars: &Map<String, Value>) -> Result<Prompt> {
         for (i, grid) in grids.iter().enumerate() {
             grid.check(i, self.merge)?;
         }
-        let rendered = self.render(grids.len(), text)?;
+        let rendered = self.render_with(grids.len(), text, vars)?;
         // No post-processor specials: the template already inserts the first token, and the
         // hub tokenizer has add_bos_token = false.
         let encoding = self
@@ -330,7 +388,7 @@ impl PromptBuilder {
                 origin: self.tokenizer_origin.clone(),
                 message: format!("cannot encode the prompt: {e}"),
             })?;
-        let image_id = self.tokens.image_token_id;
+        let image_id = self.image_token_id;
         let short_ids = encoding.get_ids();
         let found = short_ids.iter().filter(|&&id| id == image_id).count();
         if found != grids.len() {

@@ -71,6 +71,10 @@ pub struct ChatCompletionRequest {
     pub skip_special_tokens: Option<bool>,
     #[serde(default)]
     pub spaces_between_special_tokens: Option<bool>,
+    /// vLLM's and FastDeploy's variables for the chat template; `enable_thinking` (a bool) is
+    /// read, ERNIE-4.5-VL's thinking switch.
+    #[serde(default)]
+    pub chat_template_kwargs: Option<Value>,
     /// Every field not named above: ignored, and named once in the log.
     #[serde(flatten)]
     pub unknown: serde_json::Map<String, Value>,

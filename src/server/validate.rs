@@ -58,6 +58,8 @@ pub struct ChatPlan {
     pub pixel_bounds: Option<PixelBounds>,
     pub skip_special_tokens: bool,
     pub spaces_between_special_tokens: bool,
+    /// `chat_template_kwargs.enable_thinking`.
+    pub enable_thinking: Option<bool>,
     /// Fields of the request this server does not read (ignored).
     pub ignored_fields: Vec<String>,
 }
@@ -77,6 +79,7 @@ impl ChatPlan {
         req.pixel_bounds = self.pixel_bounds;
         req.skip_special_tokens = self.skip_special_tokens;
         req.spaces_between_special_tokens = self.spaces_between_special_tokens;
+        req.enable_thinking = self.enable_thinking;
         req
     }
 }
@@ -114,7 +117,9 @@ pub fn plan_chat(req: ChatCompletionRequest, limits: &Limits) -> Result<ChatPlan
     let sampling = sampling(&req, limits.max_temperature)?;
     let max_tokens = max_tokens(&req, limits.max_model_len)?;
     let pixel_bounds = pixel_bounds(&req, limits.max_model_len)?;
-    let ignored_fields: Vec<String> = req.unknown.keys().cloned().collect();
+    let (enable_thinking, unread_kwargs) = template_kwargs(&req)?;
+    let mut ignored_fields: Vec<String> = req.unknown.keys().cloned().collect();
+    ignored_fields.extend(unread_kwargs);
     log_ignored_fields(&ignored_fields);
 
     let logprobs = req.logprobs.unwrap_or(false);
@@ -156,8 +161,36 @@ pub fn plan_chat(req: ChatCompletionRequest, limits: &Limits) -> Result<ChatPlan
         pixel_bounds,
         skip_special_tokens: req.skip_special_tokens.unwrap_or(true),
         spaces_between_special_tokens: req.spaces_between_special_tokens.unwrap_or(true),
+        enable_thinking,
         ignored_fields,
     })
+}
+
+/// `chat_template_kwargs`: `enable_thinking` (a bool, else a 400 naming it), and the names of
+/// the keys not read (`chat_template_kwargs.KEY`, logged as ignored).
+fn template_kwargs(req: &ChatCompletionRequest) -> Result<(Option<bool>, Vec<String>), ApiError> {
+    const FIELD: &str = "chat_template_kwargs";
+    let map = match &req.chat_template_kwargs {
+        None | Some(serde_json::Value::Null) => return Ok((None, Vec::new())),
+        Some(serde_json::Value::Object(m)) => m,
+        Some(_) => return Err(ApiError::invalid(format!("{FIELD} must be an object"), Some(FIELD))),
+    };
+    let thinking = match map.get("enable_thinking") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::Bool(b)) => Some(*b),
+        Some(other) => {
+            return Err(ApiError::invalid(
+                format!("{FIELD}.enable_thinking must be true or false (got {other})"),
+                Some(FIELD),
+            ))
+        }
+    };
+    let unread = map
+        .keys()
+        .filter(|k| k.as_str() != "enable_thinking")
+        .map(|k| format!("{FIELD}.{k}"))
+        .collect();
+    Ok((thinking, unread))
 }
 
 /// Fields whose meaning this server cannot honour: rejected, not ignored.
@@ -617,6 +650,25 @@ mod tests {
         assert_eq!((p.sampling.temperature, p.sampling.top_p), (0.0, 1.0));
         let body = with(user("x".into()), "max_completion_tokens", 64.into());
         assert_eq!(plan(with(body, "max_tokens", 8.into())).unwrap().max_tokens, Some(64));
+    }
+
+    #[test]
+    fn chat_template_kwargs_give_the_thinking_switch() {
+        let kw = |v: serde_json::Value| plan(with(user("x".into()), "chat_template_kwargs", v));
+        for (value, want) in [(true, Some(true)), (false, Some(false))] {
+            let p = kw(serde_json::json!({"enable_thinking": value})).unwrap();
+            assert_eq!(p.enable_thinking, want);
+            assert_eq!(p.to_ocr_request(vec![]).enable_thinking, want);
+        }
+        assert_eq!(plan(user("x".into())).unwrap().enable_thinking, None);
+        assert_eq!(kw(serde_json::json!({})).unwrap().enable_thinking, None);
+        // Other keys are ignored and named.
+        let p = kw(serde_json::json!({"enable_thinking": true, "custom": 1})).unwrap();
+        assert_eq!(p.ignored_fields, vec!["chat_template_kwargs.custom".to_string()]);
+        for bad in [serde_json::json!({"enable_thinking": "yes"}), serde_json::json!([true])] {
+            let err = kw(bad.clone()).unwrap_err();
+            assert_eq!(err.param.as_deref(), Some("chat_template_kwargs"), "{bad}");
+        }
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod limits;
 mod pixel_bounds;
 pub mod reasoning;
 mod request_images;
+mod request_prompt;
 mod synthetic;
 
 pub use detokenize::IncrementalDetokenizer;
@@ -41,12 +42,12 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::config::{EngineConfig, EnvFlags, ModelConfig};
+use crate::config::{EngineConfig, EnvFlags, FamilyConfig, ModelConfig, ModelFamilyKind};
 use crate::engine::{Engine, EngineRequest, EngineStats, FinishReason};
 use crate::error::{Error, Result};
 use crate::kernels::sampling::SamplingParams;
 use crate::preprocess::image::ImageProcessor;
-use crate::preprocess::prompt::{PromptBuilder, Task};
+use crate::preprocess::prompt::{PromptBuilder, PromptTokens, Task};
 use crate::runtime::Gpu;
 
 /// Everything needed to start a service.
@@ -135,6 +136,9 @@ pub struct OcrRequest {
     pub skip_special_tokens: bool,
     /// vLLM's flag for slow tokenizers; see [`RequestHandle`]'s detokenisation for its effect.
     pub spaces_between_special_tokens: bool,
+    /// `chat_template_kwargs.enable_thinking`: ERNIE-4.5-VL's thinking switch (on when not
+    /// given, as FastDeploy renders it); passed to the template of any model that reads it.
+    pub enable_thinking: Option<bool>,
 }
 
 impl OcrRequest {
@@ -154,6 +158,7 @@ impl OcrRequest {
             pixel_bounds: None,
             skip_special_tokens: true,
             spaces_between_special_tokens: true,
+            enable_thinking: None,
         }
     }
 }
@@ -175,7 +180,12 @@ pub struct ServiceStats {
 
 /// What callers share: the model's front half and the channel to the engine thread.
 pub(crate) struct Frontend {
-    pub(crate) model: ModelConfig,
+    /// PaddleOCR-VL's config; None for another family.
+    pub(crate) model: Option<ModelConfig>,
+    pub(crate) family: ModelFamilyKind,
+    /// End-of-sequence ids beyond the engine's one (ERNIE-4.5-VL's generation config lists
+    /// several): stop ids of every request that does not ignore EOS.
+    pub(crate) extra_eos_ids: Vec<u32>,
     pub(crate) processor: ImageProcessor,
     pub(crate) prompts: PromptBuilder,
     pub(crate) max_model_len: usize,
@@ -346,9 +356,14 @@ impl Service {
         self.inner.status.frontend.get().map(|f| &f.limits)
     }
 
-    /// The model's config once loaded.
+    /// PaddleOCR-VL's config once loaded (None for another family).
     pub fn model_config(&self) -> Option<&ModelConfig> {
-        self.inner.status.frontend.get().map(|f| &f.model)
+        self.inner.status.frontend.get().and_then(|f| f.model.as_ref())
+    }
+
+    /// The served model's family once loaded.
+    pub fn model_family(&self) -> Option<ModelFamilyKind> {
+        self.inner.status.frontend.get().map(|f| f.family)
     }
 
     pub fn stats(&self) -> ServiceStats {
@@ -380,10 +395,7 @@ impl Service {
             });
             images.push(image);
         }
-        let prompt = match &req.prompt {
-            PromptInput::Task(t) => front.prompts.build_task(&grids, *t)?,
-            PromptInput::Text(s) => front.prompts.build(&grids, s)?,
-        };
+        let prompt = front.build_prompt(&req, &grids)?;
         let prompt_len = prompt.ids.len();
         if prompt_len >= front.max_model_len {
             return Err(Error::invalid(
@@ -417,7 +429,11 @@ impl Service {
             images,
             sampling: req.sampling,
             max_tokens,
-            stop_token_ids: req.stop_token_ids.clone(),
+            stop_token_ids: if req.ignore_eos {
+                req.stop_token_ids.clone()
+            } else {
+                [&req.stop_token_ids[..], &front.extra_eos_ids[..]].concat()
+            },
             ignore_eos: req.ignore_eos,
             top_logprobs: req.top_logprobs,
         };
@@ -535,13 +551,16 @@ fn load(config: &ServiceConfig) -> Result<(Engine, Frontend)> {
         Some(d) => d.clone(),
         None => ensure_synthetic_model(config.synthetic_dir.as_deref())?,
     };
-    let model = ModelConfig::from_dir(&dir)?;
-    let processor = ImageProcessor::from_model_dir(&dir, &model)?;
+    let family = FamilyConfig::from_dir(&dir)?;
+    let (processor, tokens) = match &family {
+        FamilyConfig::PaddleOcrVl(m) => (ImageProcessor::from_model_dir(&dir, m)?, PromptTokens::from(m)),
+        FamilyConfig::ErnieVl(c) => (ImageProcessor::from_ernie_dir(&dir, c)?, PromptTokens::from(c)),
+    };
     let mut limits = RequestLimits::new(
         config.max_images_per_request,
         processor.config.max_pixels,
         processor.config.factor() as u64,
-        model.text.vocab_size,
+        family.vocab_size(),
         config.engine.max_model_len,
     );
     limits.max_temperature = config.max_temperature;
@@ -549,7 +568,7 @@ fn load(config: &ServiceConfig) -> Result<(Engine, Frontend)> {
         limits.max_decoded_pixels = px;
     }
     let processor = processor.with_max_decoded_pixels(limits.max_decoded_pixels);
-    let mut prompts = PromptBuilder::from_dir(&dir, &model)?;
+    let mut prompts = PromptBuilder::from_dir(&dir, tokens)?;
     if let Some(spec) = &config.chat_template {
         // vLLM's rule: a path, or else the template itself.
         let inline = spec
@@ -572,7 +591,12 @@ fn load(config: &ServiceConfig) -> Result<(Engine, Frontend)> {
     Ok((
         engine,
         Frontend {
-            model,
+            model: family.paddleocr_vl().cloned(),
+            family: family.kind(),
+            extra_eos_ids: match &family {
+                FamilyConfig::ErnieVl(c) => c.tokens.eos_token_ids.iter().skip(1).copied().collect(),
+                FamilyConfig::PaddleOcrVl(_) => Vec::new(),
+            },
             processor,
             prompts,
             max_model_len: config.engine.max_model_len,

@@ -216,9 +216,9 @@ fn what_ocrvl_cannot_do_is_refused_naming_the_flag() {
         (
             "--reasoning-parser ernie-45-vl",
             "--reasoning-parser",
-            "no thinking output",
+            "reasoning_content",
         ),
-        ("--reasoning-parser ernie45", "--reasoning-parser", "no thinking output"),
+        ("--reasoning-parser ernie45", "--reasoning-parser", "reasoning_content"),
         ("--reasoning-parser qwen3", "--reasoning-parser", "unknown parser"),
     ] {
         let argv: Vec<String> = format!("{base} {extra}").split_whitespace().map(String::from).collect();

@@ -447,7 +447,8 @@ fn engine_defaults() {
     assert_eq!(cfg.model, None);
     assert!(s.notes.is_empty());
     assert_eq!(s.chat_template, None);
-    cfg.validate(&ModelConfig::paddleocr_vl_0_9b()).unwrap();
+    cfg.validate(ModelConfig::paddleocr_vl_0_9b().text.max_position_embeddings)
+        .unwrap();
 }
 
 #[test]
@@ -639,7 +640,7 @@ fn engine_validate_checks_against_the_model() {
         ..EngineConfig::default()
     };
     assert_invalid(
-        cfg.validate(&model).unwrap_err(),
+        cfg.validate(model.text.max_position_embeddings).unwrap_err(),
         "--max-model-len",
         "max_position_embeddings (131072)",
     );
@@ -647,7 +648,7 @@ fn engine_validate_checks_against_the_model() {
         max_model_len: 131_072,
         ..EngineConfig::default()
     };
-    cfg.validate(&model).unwrap();
+    cfg.validate(model.text.max_position_embeddings).unwrap();
 
     let cfg = EngineConfig {
         max_num_seqs: 64,
@@ -655,7 +656,7 @@ fn engine_validate_checks_against_the_model() {
         ..EngineConfig::default()
     };
     assert_invalid(
-        cfg.validate(&model).unwrap_err(),
+        cfg.validate(model.text.max_position_embeddings).unwrap_err(),
         "--max-num-batched-tokens",
         "--max-num-seqs (64)",
     );
@@ -663,17 +664,29 @@ fn engine_validate_checks_against_the_model() {
         max_num_seqs: 300,
         ..EngineConfig::default()
     };
-    assert_invalid(cfg.validate(&model).unwrap_err(), "--max-num-seqs", "1..=256");
+    assert_invalid(
+        cfg.validate(model.text.max_position_embeddings).unwrap_err(),
+        "--max-num-seqs",
+        "1..=256",
+    );
     let cfg = EngineConfig {
         gpu_memory_utilization: 0.0,
         ..EngineConfig::default()
     };
-    assert_invalid(cfg.validate(&model).unwrap_err(), "--gpu-memory-utilization", "(0, 1]");
+    assert_invalid(
+        cfg.validate(model.text.max_position_embeddings).unwrap_err(),
+        "--gpu-memory-utilization",
+        "(0, 1]",
+    );
     let cfg = EngineConfig {
         dtype: DType::F16,
         ..EngineConfig::default()
     };
-    assert_invalid(cfg.validate(&model).unwrap_err(), "--dtype", "bfloat16, auto");
+    assert_invalid(
+        cfg.validate(model.text.max_position_embeddings).unwrap_err(),
+        "--dtype",
+        "bfloat16, auto",
+    );
 }
 
 fn env(pairs: &[(&str, &str)]) -> Result<EnvFlags, ConfigError> {

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use ocrvl::config::{ErnieVlConfig, ModelConfig};
+use ocrvl::config::{ErnieVlConfig, FamilyConfig, ModelConfig};
 use ocrvl::model::ernie_vl::checkpoint::check_dir;
 use ocrvl::model::ernie_vl::names::{active_params_per_text_token, expected_tensors};
 use ocrvl::model::ernie_vl::synthetic::{special_tokens, synthetic_size, write_synthetic_model, ErnieSyntheticOptions};
@@ -187,9 +187,30 @@ fn tiny_synthetic_directory_round_trips() {
     assert_eq!(report.used_tensors, expected_tensors(&cfg).len());
     assert_eq!(report.used_bytes, synthetic_size(&cfg).bytes);
     assert_eq!(report.files, 3);
-    assert_eq!(ErnieVlConfig::from_dir(d).unwrap(), cfg);
+    // config.json as written; from_dir adds generation_config.json's EOS ids after the
+    // config's own (<|end_of_sentence|>, which closes assistant turns).
+    let config_text = std::fs::read_to_string(d.join("config.json")).unwrap();
+    assert_eq!(ErnieVlConfig::from_json_str(&config_text, "config.json").unwrap(), cfg);
+    let read = ErnieVlConfig::from_dir(d).unwrap();
+    let end_of_sentence = special_tokens(&cfg)
+        .unwrap()
+        .iter()
+        .find(|t| t.1 == "<|end_of_sentence|>")
+        .unwrap()
+        .0;
+    let mut eos = cfg.tokens.eos_token_ids.clone();
+    eos.push(end_of_sentence);
+    assert_eq!(read.tokens.eos_token_ids, eos);
+    assert_eq!(
+        ErnieVlConfig {
+            tokens: cfg.tokens.clone(),
+            ..read
+        },
+        cfg
+    );
+    assert!(matches!(FamilyConfig::from_dir(d).unwrap(), FamilyConfig::ErnieVl(_)));
     let msg = ModelConfig::from_dir(d).unwrap_err().to_string();
-    assert!(msg.contains("not yet servable"), "{msg}");
+    assert!(msg.contains("reads PaddleOCR-VL configs only"), "{msg}");
 
     let pc = ProcessorConfig::from_dir(d).unwrap();
     assert_eq!((pc.min_pixels, pc.max_pixels, pc.factor()), (3136, 4_842_768, 28));

@@ -290,13 +290,16 @@ fn family_is_detected_from_model_type_or_architectures() {
 }
 
 #[test]
-fn an_ernie_directory_is_recognised_but_not_served() {
+fn an_ernie_directory_is_refused_by_paddleocr_only_paths() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("config.json"), hub_flat().to_string()).unwrap();
     assert_eq!(detect_model_family_in(dir.path()).unwrap(), ModelFamilyKind::ErnieVl);
     let msg = ModelConfig::from_dir(dir.path()).unwrap_err().to_string();
-    assert!(msg.contains("ERNIE-4.5-VL is recognised but not yet servable"), "{msg}");
-    assert!(msg.contains("config.json") && msg.contains("MoE"), "{msg}");
+    assert!(
+        msg.contains("ERNIE-4.5-VL is recognised, but this path reads PaddleOCR-VL configs only"),
+        "{msg}"
+    );
+    assert!(msg.contains("config.json") && msg.contains("serve"), "{msg}");
 
     // A broken ERNIE file gets its own field error, not a PaddleOCR-VL one.
     let mut broken = hub_flat();

@@ -2,15 +2,15 @@
 //! 5.17 computed for the same inputs (tools/gpu/ernie_oracle.py --variant tiny, GPU host
 //! 2026-12-07; files in tests/fixtures/ernie_transformers_save): `get_rope_index`'s 3D
 //! positions for a prompt with two images, and `Ernie4_5_VLMoeImageProcessor`'s pixel values
-//! (which the oracle's own spec pixels matched within 2.4e-7) for its two images.
+//! (which the oracle's own spec pixels matched within 2.4e-7) for its two images, through
+//! ocrvl's shared image processor in its ERNIE layout.
 
 use std::path::{Path, PathBuf};
 
 use ocrvl::config::ErnieVlConfig;
 use ocrvl::model::ernie_vl::family::layout_prompt;
-use ocrvl::model::ernie_vl::image::{process_rgb, ErnieImageConfig};
-use ocrvl::preprocess::image::ImageGrid;
-use ocrvl::preprocess::Rgb8Image;
+use ocrvl::preprocess::image::{ImageGrid, ImageProcessor};
+use ocrvl::preprocess::{ProcessorConfig, Rgb8Image};
 
 use crate::npy::read_npy;
 
@@ -62,13 +62,14 @@ fn prompt_positions_match_transformers_rope_index() {
 #[test]
 fn image_pixels_match_transformers_processor() {
     let want = read_npy(&fixture("pixel_values.npy"));
+    let processor = ImageProcessor::new(ProcessorConfig::ernie_vl_defaults());
     let mut got = Vec::new();
     for (i, grid) in grids().iter().enumerate() {
         let img = read_npy(&fixture(&format!("image_{i}.npy")));
         let (h, w) = (img.shape[0], img.shape[1]);
         assert_eq!(img.shape[2], 3);
         let rgb = Rgb8Image::from_raw(w, h, img.data.iter().map(|&v| v as u8).collect()).unwrap();
-        let out = process_rgb(&ErnieImageConfig::default(), &rgb).unwrap();
+        let out = processor.process_rgb(&rgb).unwrap();
         assert_eq!(out.grid, *grid, "image {i}");
         got.extend(out.pixel_values);
     }

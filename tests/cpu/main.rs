@@ -24,6 +24,7 @@ mod config;
 mod detokenize;
 mod ernie_vl_checkpoint;
 mod ernie_vl_config;
+mod ernie_vl_frontend;
 mod ernie_vl_moe_weights;
 mod ernie_vl_transformers;
 mod ffi_header;

@@ -4,7 +4,6 @@
 //! the engine builds must be the one the directory's own files give (processor_config.json's
 //! pixel bound, chat_template.jinja, the 1.5 tokenizer).
 
-use std::io::Cursor;
 use std::time::Duration;
 
 use ocrvl::config::{EngineConfig, ModelConfig};
@@ -14,20 +13,13 @@ use ocrvl::preprocess::image::ImageProcessor;
 use ocrvl::preprocess::prompt::{PromptBuilder, Task};
 use ocrvl::service::{OcrRequest, PromptInput, Service, ServiceConfig};
 
+use crate::common::png;
+
 const REPO: &str = "PaddlePaddle/PaddleOCR-VL-1.5";
 const COMMIT: &str = "15150000000000000000000000000000000000ab";
 /// PaddleX's bound for spotting, above the hub's 1003520: an image between the two keeps
 /// more patches only if processor_config.json is what the engine read.
 const MAX_PIXELS: u64 = 1_605_632;
-
-fn png(width: u32, height: u32) -> Vec<u8> {
-    let img = image::RgbImage::from_fn(width, height, |x, y| {
-        image::Rgb([(x % 251) as u8, (y % 241) as u8, ((x + y) % 239) as u8])
-    });
-    let mut out = Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-    out.into_inner()
-}
 
 #[test]
 #[ignore = "needs GPU"]

@@ -18,6 +18,7 @@ mod engine_isolation;
 mod engine_paths;
 mod ernie_family;
 mod ernie_oracle;
+mod ernie_service;
 mod fidelity;
 mod gemm;
 mod kv_cache;

@@ -31,14 +31,40 @@ const DEFAULT_VISION_THETA: f64 = 10_000.0;
 const DEFAULT_START_END_IDS: [u32; 4] = [101_304, 101_305, 101_306, 101_307];
 
 impl ErnieVlConfig {
-    /// Reads and validates `dir/config.json`.
+    /// Reads and validates `dir/config.json`; the EOS ids of `dir/generation_config.json`, when
+    /// it exists, follow the config's own (FastDeploy stops on the generation config's, spec
+    /// §6.2; the config's first stays the engine's end-of-sequence token).
     pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self, ConfigError> {
         let path = dir.as_ref().join("config.json");
         let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Io {
             path: path.clone(),
             source,
         })?;
-        Self::from_json_str(&text, &path.display().to_string())
+        let mut cfg = Self::from_json_str(&text, &path.display().to_string())?;
+        let generation = dir.as_ref().join("generation_config.json");
+        match std::fs::read_to_string(&generation) {
+            Ok(text) => {
+                let origin = generation.display().to_string();
+                let value: Value = serde_json::from_str(&text).map_err(|source| ConfigError::Json {
+                    origin: origin.clone(),
+                    source,
+                })?;
+                let fields = Fields::root(&value, &origin)?;
+                for id in fields.token_list_opt("eos_token_id")?.unwrap_or_default() {
+                    if !cfg.tokens.eos_token_ids.contains(&id) {
+                        cfg.tokens.eos_token_ids.push(id);
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(ConfigError::Io {
+                    path: generation,
+                    source,
+                })
+            }
+        }
+        Ok(cfg)
     }
 
     /// Parses either layout; `origin` names the source in error messages.
