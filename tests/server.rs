@@ -920,3 +920,88 @@ fn gpu_errors_only_the_model_finds_then_keeps_serving() {
     assert_eq!(status, 200, "still serving: {body}");
     assert_eq!(get(&s.url("/health")).0, 200);
 }
+
+/// ERNIE-4.5-VL behind `serve --reasoning-parser ernie-45-vl`: with thinking on (the
+/// default) the output starts as reasoning, with `enable_thinking: false` it is all content;
+/// either way `reasoning_content` + `content` is the text the service gives for the same
+/// greedy request, and a stream's deltas join to the same two fields.
+#[test]
+#[ignore = "needs GPU"]
+fn gpu_ernie_reasoning_content() {
+    use ocrvl::config::ErnieVlConfig;
+    use ocrvl::model::ernie_vl::synthetic::{write_synthetic_model, ErnieSyntheticOptions};
+    use ocrvl::service::reasoning::ReasoningParser;
+    use ocrvl::service::{OcrRequest, PromptInput};
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ErnieVlConfig::tiny();
+    write_synthetic_model(dir.path(), &cfg, &ErnieSyntheticOptions::for_model(true)).unwrap();
+    let service = Service::spawn(ServiceConfig {
+        engine: EngineConfig {
+            model: Some(dir.path().to_path_buf()),
+            max_model_len: 2048,
+            max_num_seqs: 4,
+            gpu_memory_utilization: 0.1,
+            enable_prefix_caching: false,
+            ..EngineConfig::default()
+        },
+        max_images_per_request: 1,
+        ..ServiceConfig::default()
+    });
+    service.wait_ready(None).expect("the ERNIE directory loads");
+    let s = TestServer::start(
+        service.clone(),
+        ServerConfig {
+            served_model_names: vec![MODEL.into()],
+            max_model_len: 2048,
+            max_images: 1,
+            reasoning_parser: Some(ReasoningParser::Ernie45Vl),
+            ..ServerConfig::default()
+        },
+    );
+    let image = png(252, 196);
+    let url = s.url("/v1/chat/completions");
+    for thinking in [true, false] {
+        let mut direct = OcrRequest::new(vec![image.clone()], PromptInput::Text("Describe.".into()));
+        direct.max_tokens = Some(12);
+        direct.ignore_eos = true;
+        direct.enable_thinking = Some(thinking);
+        let text = service.submit(direct).unwrap().wait().unwrap().text;
+
+        let body = with(
+            with(
+                with(chat(&[data_uri(&image)], "Describe."), "max_tokens", 12.into()),
+                "ignore_eos",
+                true.into(),
+            ),
+            "chat_template_kwargs",
+            json!({"enable_thinking": thinking}),
+        );
+        let (status, answer) = post(&url, &body.to_string());
+        assert_eq!(status, 200, "{answer}");
+        let v: Value = serde_json::from_str(&answer).unwrap();
+        let message = &v["choices"][0]["message"];
+        let reasoning = message["reasoning_content"].as_str().expect("reasoning_content").to_string();
+        let content = message["content"].as_str().unwrap().to_string();
+        assert_eq!(format!("{reasoning}{content}"), text, "thinking {thinking}");
+        if !thinking {
+            assert_eq!(reasoning, "", "thinking off: all content");
+        }
+
+        let (status, stream) = post(&url, &with(body, "stream", true.into()).to_string());
+        assert_eq!(status, 200, "{stream}");
+        let (mut r, mut c) = (String::new(), String::new());
+        for payload in sse_payloads(stream.as_bytes()) {
+            if payload == "[DONE]" {
+                break;
+            }
+            let chunk: Value = serde_json::from_str(&payload).unwrap();
+            if let Some(delta) = chunk["choices"].get(0).map(|ch| &ch["delta"]) {
+                r += delta["reasoning_content"].as_str().unwrap_or("");
+                c += delta["content"].as_str().unwrap_or("");
+            }
+        }
+        assert_eq!((r, c), (reasoning, content), "thinking {thinking}: the stream's fields");
+    }
+    service.shutdown(Duration::ZERO);
+}

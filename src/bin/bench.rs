@@ -205,6 +205,11 @@ fn parse_args() -> anyhow::Result<BenchArgs> {
     for note in &settings.notes {
         eprintln!("bench: {note}");
     }
+    if settings.reasoning_parser.is_some() {
+        eprintln!(
+            "bench: --reasoning-parser has no effect here (bench counts tokens; `serve` splits reasoning_content)"
+        );
+    }
     let workloads = match cli.workload.as_str() {
         "all" => Workload::ALL.to_vec(),
         "none" => Vec::new(),

@@ -87,6 +87,9 @@ fn parse_args() -> Args {
     for note in &settings.notes {
         eprintln!("ocr: {note}");
     }
+    if settings.reasoning_parser.is_some() {
+        eprintln!("ocr: --reasoning-parser has no effect here (ocr prints the whole output text; `serve` splits reasoning_content)");
+    }
     Args {
         engine: settings.engine,
         images: cli.images,

@@ -22,6 +22,7 @@ use clap::{Args, Parser};
 use serde_json::Value;
 
 use super::engine::{EngineConfig, MAX_NUM_SEQS_LIMIT};
+use crate::service::reasoning::ReasoningParser;
 
 /// vLLM's default for `--mm-processor-cache-gb` (GiB).
 pub const DEFAULT_MM_PROCESSOR_CACHE_GB: f64 = 4.0;
@@ -94,8 +95,8 @@ pub struct EngineArgs {
     #[arg(long, value_name = "METHOD", value_parser = quantization)]
     pub quantization: Option<String>,
     /// `ernie-45-vl` (alias `ernie45`) or `ernie-45-vl-thinking`: split a thinking model's
-    /// output into `reasoning_content` (src/service/reasoning.rs). Refused until the server
-    /// writes `reasoning_content` (the splitter exists; its wiring into responses does not).
+    /// output into `reasoning_content` (src/service/reasoning.rs); with a model whose
+    /// vocabulary has no `</think>` everything stays `content`.
     #[arg(long, value_name = "NAME", value_parser = reasoning_parser)]
     pub reasoning_parser: Option<String>,
     /// Chunked prefill is always on here; accepted.
@@ -134,6 +135,8 @@ pub struct EngineSettings {
     pub image_cache_bytes: usize,
     /// `--chat-template`: replaces the checkpoint's template.
     pub chat_template: Option<PathBuf>,
+    /// `--reasoning-parser`: `serve` splits thinking text into `reasoning_content`.
+    pub reasoning_parser: Option<ReasoningParser>,
     /// One line per accepted flag that has no effect here, or that was adjusted.
     pub notes: Vec<String>,
 }
@@ -142,12 +145,12 @@ impl EngineArgs {
     /// Applies the flags to [`EngineConfig::default`]. An error names the flag and why.
     pub fn resolve(&self) -> Result<EngineSettings, String> {
         let defaults = EngineConfig::default();
-        if let Some(name) = &self.reasoning_parser {
-            return Err(format!(
-                "--reasoning-parser {name}: the server does not yet split `reasoning_content` out of \
-                 responses (ERNIE-4.5-VL's thinking text stays in `content`; PaddleOCR-VL has none)"
-            ));
-        }
+        let reasoning_parser = self
+            .reasoning_parser
+            .as_deref()
+            .map(ReasoningParser::from_name)
+            .transpose()
+            .map_err(|e| e.to_string())?;
         let mut notes = Vec::new();
         let mut engine = EngineConfig {
             max_model_len: self.max_model_len,
@@ -256,6 +259,7 @@ impl EngineArgs {
             revision: self.revision.clone(),
             image_cache_bytes: (self.mm_processor_cache_gb * (1u64 << 30) as f64) as usize,
             chat_template: self.chat_template.clone(),
+            reasoning_parser,
             notes,
         })
     }

@@ -179,6 +179,9 @@ pub struct Choice {
 pub struct AssistantMessage {
     pub role: &'static str,
     pub content: String,
+    /// The thinking text, with `--reasoning-parser` (FastDeploy's and vLLM's field).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
 }
 
 /// `logprobs` of a choice or a chunk: one entry per generated token.
@@ -228,6 +231,8 @@ pub struct Delta {
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -20,6 +20,7 @@ use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::engine::FinishReason;
+use crate::service::reasoning::{ReasoningSplitter, SplitText};
 use crate::service::{Completion, Event, RequestHandle, Service};
 
 use super::api::{
@@ -181,12 +182,27 @@ fn run_once(
     _guard: InFlight,
     answer: oneshot::Sender<Result<Response, ApiError>>,
 ) {
+    // With a reasoning parser the text is split as the stream would split it.
+    let mut splitter = ctx
+        .state
+        .config
+        .reasoning_parser
+        .and_then(|p| handle.reasoning_splitter(p));
+    let mut split = SplitText::default();
     loop {
         match next_event(&mut handle, || answer.is_closed()) {
-            Next::Event(Event::Token { .. }) => {}
-            Next::Event(Event::Done { completion, .. }) => {
+            Next::Event(Event::Token { token, text, .. }) => {
+                if let Some(s) = splitter.as_mut() {
+                    append(&mut split, s.push(token, &text));
+                }
+            }
+            Next::Event(Event::Done { completion, text }) => {
                 ctx.state.metrics.observe_completion(&completion, ctx.arrived.elapsed());
-                let _ = answer.send(Ok(json_response(StatusCode::OK, &ctx.completion(&completion))));
+                let split = splitter.as_mut().map(|s| {
+                    append(&mut split, s.finish(&text));
+                    split
+                });
+                let _ = answer.send(Ok(json_response(StatusCode::OK, &ctx.completion(&completion, split))));
                 return;
             }
             Next::ClientGone => {
@@ -209,7 +225,13 @@ fn run_stream(ctx: Ctx, mut handle: RequestHandle, _guard: InFlight, out: mpsc::
     let role = Delta {
         role: Some("assistant"),
         content: Some(String::new()),
+        reasoning_content: None,
     };
+    let mut splitter = ctx
+        .state
+        .config
+        .reasoning_parser
+        .and_then(|p| handle.reasoning_splitter(p));
     // A failed send means the client is gone: returning drops the handle, which aborts.
     let gone = |ctx: &Ctx| {
         ctx.state.metrics.count(Outcome::Abort);
@@ -231,14 +253,12 @@ fn run_stream(ctx: Ctx, mut handle: RequestHandle, _guard: InFlight, out: mpsc::
                 let logprobs = ctx.plan.logprobs.then(|| ChoiceLogprobs {
                     content: vec![token_logprob(&ctx.state.service, token, logprob, &top)],
                 });
-                if text.is_empty() && logprobs.is_none() {
+                let piece = split_piece(splitter.as_mut(), token, text);
+                if piece.content.is_empty() && piece.reasoning.is_empty() && logprobs.is_none() {
                     continue;
                 }
                 logprobs_sent += usize::from(logprobs.is_some());
-                let delta = Delta {
-                    role: None,
-                    content: Some(text),
-                };
+                let delta = delta_of(piece);
                 if out.send(ctx.chunk(delta, logprobs, None, None)).is_err() {
                     return gone(&ctx);
                 }
@@ -246,10 +266,15 @@ fn run_stream(ctx: Ctx, mut handle: RequestHandle, _guard: InFlight, out: mpsc::
             Next::Event(Event::Done { completion, text }) => {
                 ctx.state.metrics.observe_completion(&completion, ctx.arrived.elapsed());
                 let usage = Usage::new(prompt_tokens, completion.token_ids.len());
-                let delta = Delta {
-                    role: None,
-                    content: (!text.is_empty()).then_some(text),
+                let piece = match splitter.as_mut() {
+                    Some(s) => s.finish(&text),
+                    None => SplitText {
+                        reasoning: String::new(),
+                        content: text,
+                    },
                 };
+                let mut delta = delta_of(piece);
+                delta.content = delta.content.filter(|c| !c.is_empty());
                 let reason = finish_reason(completion.finish_reason);
                 let rest = ctx.plan.logprobs.then(|| ctx.logprobs(&completion, logprobs_sent));
                 let _ = out.send(ctx.chunk(delta, rest, Some(reason), Some(usage)));
@@ -286,8 +311,13 @@ impl Ctx {
         }
     }
 
-    fn completion(&self, c: &Completion) -> ChatCompletion {
+    /// The whole answer; `split` is its text split by the reasoning parser, if one ran.
+    fn completion(&self, c: &Completion, split: Option<SplitText>) -> ChatCompletion {
         let logprobs = self.plan.logprobs.then(|| self.logprobs(c, 0));
+        let (content, reasoning_content) = match split {
+            Some(s) => (s.content, Some(s.reasoning)),
+            None => (c.text.clone(), None),
+        };
         ChatCompletion {
             id: self.id.clone(),
             object: "chat.completion",
@@ -297,7 +327,8 @@ impl Ctx {
                 index: 0,
                 message: AssistantMessage {
                     role: "assistant",
-                    content: c.text.clone(),
+                    content,
+                    reasoning_content,
                 },
                 logprobs,
                 finish_reason: finish_reason(c.finish_reason),
@@ -345,6 +376,33 @@ impl Ctx {
     }
 }
 
+fn append(all: &mut SplitText, piece: SplitText) {
+    all.reasoning.push_str(&piece.reasoning);
+    all.content.push_str(&piece.content);
+}
+
+/// One token's text, split when a reasoning parser runs (else all content).
+fn split_piece(splitter: Option<&mut ReasoningSplitter>, token: u32, text: String) -> SplitText {
+    match splitter {
+        Some(s) => s.push(token, &text),
+        None => SplitText {
+            reasoning: String::new(),
+            content: text,
+        },
+    }
+}
+
+/// A stream delta of a split piece: `content` always present unless the piece is reasoning
+/// alone (as vLLM sends it), `reasoning_content` when there is some.
+fn delta_of(piece: SplitText) -> Delta {
+    let reasoning = (!piece.reasoning.is_empty()).then_some(piece.reasoning);
+    Delta {
+        role: None,
+        content: (reasoning.is_none() || !piece.content.is_empty()).then_some(piece.content),
+        reasoning_content: reasoning,
+    }
+}
+
 /// OpenAI's names; an aborted request (shutdown ran out of time) is vLLM's "abort".
 fn finish_reason(r: FinishReason) -> &'static str {
     match r {
@@ -372,5 +430,37 @@ fn token_logprob(service: &Service, token: u32, logprob: f32, top: &[(u32, f32)]
                 }
             })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn piece(reasoning: &str, content: &str) -> SplitText {
+        SplitText {
+            reasoning: reasoning.into(),
+            content: content.into(),
+        }
+    }
+
+    #[test]
+    fn deltas_carry_reasoning_apart_from_content() {
+        let d = delta_of(piece("", "Hello"));
+        assert_eq!((d.content.as_deref(), d.reasoning_content), (Some("Hello"), None));
+        // Reasoning alone: no empty content beside it.
+        let d = delta_of(piece("I think", ""));
+        assert_eq!((d.content, d.reasoning_content.as_deref()), (None, Some("I think")));
+        // The piece where the marker falls carries both.
+        let d = delta_of(piece("done.", "Answer"));
+        assert_eq!(
+            (d.content.as_deref(), d.reasoning_content.as_deref()),
+            (Some("Answer"), Some("done."))
+        );
+        // An empty piece keeps the empty content (a logprobs-only chunk).
+        assert_eq!(delta_of(piece("", "")).content.as_deref(), Some(""));
+        // Without a splitter every token's text is content.
+        let p = split_piece(None, 5, "x".into());
+        assert_eq!(p, piece("", "x"));
     }
 }

@@ -134,6 +134,7 @@ impl ServeCli {
             max_pending_requests: self
                 .max_pending_requests
                 .map_or(defaults.max_pending_requests, |n| n as usize),
+            reasoning_parser: settings.reasoning_parser,
             ..defaults
         };
         if let Some(dir) = &self.allowed_local_media_path {

@@ -50,6 +50,7 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::config::EngineConfig;
 use crate::service::limits::DEFAULT_MAX_TEMPERATURE;
+use crate::service::reasoning::ReasoningParser;
 use crate::service::{Service, ServiceState};
 
 pub use error::ApiError;
@@ -89,6 +90,8 @@ pub struct ServerConfig {
     /// Upper end of `temperature` (vLLM's 2 unless widened).
     pub max_temperature: f32,
     pub media: MediaPolicy,
+    /// `--reasoning-parser`: thinking text goes to `reasoning_content`.
+    pub reasoning_parser: Option<ReasoningParser>,
 }
 
 impl ServerConfig {
@@ -107,6 +110,7 @@ impl ServerConfig {
             body_read_timeout: Duration::from_secs(60),
             max_temperature: DEFAULT_MAX_TEMPERATURE,
             media: MediaPolicy::default(),
+            reasoning_parser: None,
         }
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::detokenize::IncrementalDetokenizer;
+use super::reasoning::{ReasoningParser, ReasoningSplitter};
 use super::{EngineEvent, Frontend, Service};
 use crate::engine::FinishReason;
 use crate::error::{Error, Result};
@@ -23,6 +24,9 @@ pub(crate) struct TextOptions {
     pub skip_special_tokens: bool,
     #[allow(dead_code)]
     pub spaces_between_special_tokens: bool,
+    /// The prompt leaves a `<think>` open (ERNIE-4.5-VL with thinking on): with the
+    /// `ernie-45-vl` parser the output starts as reasoning.
+    pub prompt_opens_thinking: bool,
 }
 
 /// Latencies of one request, from `submit`.
@@ -91,6 +95,7 @@ pub struct RequestHandle {
     sent: usize,
     detokenizer: IncrementalDetokenizer,
     finished: bool,
+    prompt_opens_thinking: bool,
 }
 
 impl RequestHandle {
@@ -121,7 +126,19 @@ impl RequestHandle {
             sent: 0,
             detokenizer: IncrementalDetokenizer::new(),
             finished: false,
+            prompt_opens_thinking: text.prompt_opens_thinking,
         }
+    }
+
+    /// A splitter of this request's output into reasoning and content under `parser`, or None
+    /// when the model's vocabulary has no think markers (its output is all content).
+    pub fn reasoning_splitter(&self, parser: ReasoningParser) -> Option<ReasoningSplitter> {
+        let tokens = self.front.think_tokens?;
+        let starts = match parser {
+            ReasoningParser::Ernie45Vl => self.prompt_opens_thinking,
+            ReasoningParser::Ernie45VlThinking => true,
+        };
+        Some(ReasoningSplitter::new(tokens, starts))
     }
 
     pub fn id(&self) -> u64 {

@@ -49,6 +49,7 @@ use crate::kernels::sampling::SamplingParams;
 use crate::preprocess::image::ImageProcessor;
 use crate::preprocess::prompt::{PromptBuilder, PromptTokens, Task};
 use crate::runtime::Gpu;
+use reasoning::{starts_reasoning, ReasoningParser, ThinkTokens};
 
 /// Everything needed to start a service.
 #[derive(Clone, Debug)]
@@ -186,6 +187,8 @@ pub(crate) struct Frontend {
     /// End-of-sequence ids beyond the engine's one (ERNIE-4.5-VL's generation config lists
     /// several): stop ids of every request that does not ignore EOS.
     pub(crate) extra_eos_ids: Vec<u32>,
+    /// `<think>` and `</think>` when the tokenizer has both (for `--reasoning-parser`).
+    pub(crate) think_tokens: Option<ThinkTokens>,
     pub(crate) processor: ImageProcessor,
     pub(crate) prompts: PromptBuilder,
     pub(crate) max_model_len: usize,
@@ -424,6 +427,9 @@ impl Service {
             }
             Some(n) => n,
         };
+        let prompt_opens_thinking = front
+            .think_tokens
+            .is_some_and(|t| starts_reasoning(ReasoningParser::Ernie45Vl, t, &prompt.ids));
         let engine_req = EngineRequest {
             prompt_ids: prompt.ids,
             images,
@@ -441,6 +447,7 @@ impl Service {
             stop: req.stop,
             skip_special_tokens: req.skip_special_tokens,
             spaces_between_special_tokens: req.spaces_between_special_tokens,
+            prompt_opens_thinking,
         };
         let (events_tx, events_rx) = mpsc::channel();
         let (reply_tx, reply_rx) = mpsc::sync_channel(1);
@@ -593,6 +600,7 @@ fn load(config: &ServiceConfig) -> Result<(Engine, Frontend)> {
         Frontend {
             model: family.paddleocr_vl().cloned(),
             family: family.kind(),
+            think_tokens: think_tokens(&prompts),
             extra_eos_ids: match &family {
                 FamilyConfig::ErnieVl(c) => c.tokens.eos_token_ids.iter().skip(1).copied().collect(),
                 FamilyConfig::PaddleOcrVl(_) => Vec::new(),
@@ -604,6 +612,15 @@ fn load(config: &ServiceConfig) -> Result<(Engine, Frontend)> {
             image_cache: ImageCache::new(config.image_cache_bytes),
         },
     ))
+}
+
+/// The think markers' ids, when the tokenizer has both.
+fn think_tokens(prompts: &PromptBuilder) -> Option<ThinkTokens> {
+    let t = prompts.tokenizer();
+    Some(ThinkTokens {
+        start: t.token_to_id("<think>")?,
+        end: t.token_to_id("</think>")?,
+    })
 }
 
 fn current_state(status: &Status) -> ServiceState {

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 
 use ocrvl::server::cli::ServeArgs;
+use ocrvl::service::reasoning::ReasoningParser;
 
 const FIXTURE: &str = include_str!("../fixtures/command_lines.txt");
 
@@ -213,17 +214,24 @@ fn what_ocrvl_cannot_do_is_refused_naming_the_flag() {
             "images only",
         ),
         ("--enable-lora", "--enable-lora", "unexpected argument"),
-        (
-            "--reasoning-parser ernie-45-vl",
-            "--reasoning-parser",
-            "reasoning_content",
-        ),
-        ("--reasoning-parser ernie45", "--reasoning-parser", "reasoning_content"),
         ("--reasoning-parser qwen3", "--reasoning-parser", "unknown parser"),
     ] {
         let argv: Vec<String> = format!("{base} {extra}").split_whitespace().map(String::from).collect();
         let e = ServeArgs::parse(&argv).expect_err(extra).to_string();
         assert!(e.contains(flag) && e.contains(why), "{extra}: {e}");
+    }
+    // The ERNIE parsers are taken by their FastDeploy and vLLM names.
+    for (name, parser) in [
+        ("ernie-45-vl", ReasoningParser::Ernie45Vl),
+        ("ernie45", ReasoningParser::Ernie45Vl),
+        ("ernie-45-vl-thinking", ReasoningParser::Ernie45VlThinking),
+    ] {
+        let argv: Vec<String> = format!("{base} --reasoning-parser {name}")
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        let args = ServeArgs::parse(&argv).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(args.server.reasoning_parser, Some(parser), "{name}");
     }
     // Their harmless counterparts start.
     for ok in [
