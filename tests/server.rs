@@ -981,7 +981,10 @@ fn gpu_ernie_reasoning_content() {
         assert_eq!(status, 200, "{answer}");
         let v: Value = serde_json::from_str(&answer).unwrap();
         let message = &v["choices"][0]["message"];
-        let reasoning = message["reasoning_content"].as_str().expect("reasoning_content").to_string();
+        let reasoning = message["reasoning_content"]
+            .as_str()
+            .expect("reasoning_content")
+            .to_string();
         let content = message["content"].as_str().unwrap().to_string();
         assert_eq!(format!("{reasoning}{content}"), text, "thinking {thinking}");
         if !thinking {

@@ -356,9 +356,15 @@ impl PromptBuilder {
     pub fn render_with(&self, num_images: usize, text: &str, vars: &Map<String, Value>) -> Result<String> {
         let mut content: Vec<Value> = (0..num_images).map(|_| json!({"type": "image"})).collect();
         content.push(json!({"type": "text", "text": text}));
+        self.render_messages(json!([{"role": "user", "content": content}]), vars)
+    }
+
+    /// Renders a whole conversation (`messages` as the template takes them, images as
+    /// `{"type": "image"}` parts) with the generation prompt appended.
+    pub fn render_messages(&self, messages: Value, vars: &Map<String, Value>) -> Result<String> {
         let mut ctx = self.template_tokens.clone();
         ctx.extend(vars.iter().map(|(k, v)| (k.clone(), v.clone())));
-        ctx.insert("messages".into(), json!([{"role": "user", "content": content}]));
+        ctx.insert("messages".into(), messages);
         ctx.insert("add_generation_prompt".into(), Value::Bool(true));
         let template = self
             .env
@@ -379,11 +385,26 @@ impl PromptBuilder {
             grid.check(i, self.merge)?;
         }
         let rendered = self.render_with(grids.len(), text, vars)?;
+        self.tokenize_expanded(&rendered, grids)
+    }
+
+    /// [`Self::build`] for a conversation ([`Self::render_messages`]); `grids` are its images
+    /// in the order their parts appear.
+    pub fn build_messages(&self, grids: &[ImageGrid], messages: Value, vars: &Map<String, Value>) -> Result<Prompt> {
+        for (i, grid) in grids.iter().enumerate() {
+            grid.check(i, self.merge)?;
+        }
+        let rendered = self.render_messages(messages, vars)?;
+        self.tokenize_expanded(&rendered, grids)
+    }
+
+    /// Tokenises a rendered prompt and expands its image placeholders for `grids`.
+    fn tokenize_expanded(&self, rendered: &str, grids: &[ImageGrid]) -> Result<Prompt> {
         // No post-processor specials: the template already inserts the first token, and the
         // hub tokenizer has add_bos_token = false.
         let encoding = self
             .tokenizer
-            .encode(rendered.as_str(), false)
+            .encode(rendered, false)
             .map_err(|e| PreprocessError::Tokenizer {
                 origin: self.tokenizer_origin.clone(),
                 message: format!("cannot encode the prompt: {e}"),

@@ -85,6 +85,10 @@ pub struct ChatMessage {
     pub role: String,
     #[serde(default)]
     pub content: Option<MessageContent>,
+    /// An assistant turn's thinking, as a previous answer returned it (models with
+    /// conversations and thinking: ERNIE-4.5-VL).
+    #[serde(default)]
+    pub reasoning_content: Option<String>,
 }
 
 /// A message's content: a plain string, or a list of typed parts.

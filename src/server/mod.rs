@@ -48,7 +48,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
-use crate::config::EngineConfig;
+use crate::config::{EngineConfig, ModelFamilyKind};
 use crate::service::limits::DEFAULT_MAX_TEMPERATURE;
 use crate::service::reasoning::ReasoningParser;
 use crate::service::{Service, ServiceState};
@@ -156,6 +156,7 @@ impl AppState {
             max_images: self.config.max_images,
             max_model_len: self.config.max_model_len,
             max_temperature: self.config.max_temperature,
+            conversations: self.service.model_family() == Some(ModelFamilyKind::ErnieVl),
         }
     }
 

@@ -3,8 +3,10 @@
 //! model's tokenizer and processor (a prompt over `--max-model-len`, an image that does not
 //! decode past its header) is checked by `Service::submit` afterwards.
 //!
-//! Conversation shape: PaddleOCR-VL is a single-turn model (one user turn holding images and
-//! an instruction, MODEL_SPEC §6.3), so a request must hold exactly one `user` message.
+//! Conversation shape: a model with conversations (ERNIE-4.5-VL, `Limits::conversations`) takes
+//! system, user and assistant turns in order, images in user turns, ending with a user turn.
+//! PaddleOCR-VL is a single-turn model (one user turn holding images and an instruction,
+//! MODEL_SPEC §6.3), so for it a request must hold exactly one `user` message.
 //! System and developer messages are rejected with a 400 rather than folded into the user
 //! text: the model was never trained with a system turn, and silently changing the prompt the
 //! caller wrote would make results differ from the reference pipelines without telling anyone.
@@ -16,7 +18,7 @@ use std::sync::{Mutex, OnceLock};
 use crate::kernels::sampling::SamplingParams;
 use crate::preprocess::ProcessorConfig;
 use crate::service::limits::{self, check_sampling};
-use crate::service::{OcrRequest, PixelBounds, PromptInput};
+use crate::service::{ChatPart, ChatRole, ChatTurn, OcrRequest, PixelBounds, PromptInput};
 
 use super::api::{ChatCompletionRequest, ContentPart, MessageContent, StopSpec};
 use super::error::ApiError;
@@ -34,6 +36,9 @@ pub struct Limits {
     pub max_model_len: usize,
     /// Upper end of `temperature`.
     pub max_temperature: f32,
+    /// The served model takes conversations (system, user and assistant turns: ERNIE-4.5-VL);
+    /// otherwise one user message (PaddleOCR-VL).
+    pub conversations: bool,
 }
 
 /// A checked request, ready for its images to be loaded.
@@ -43,8 +48,10 @@ pub struct ChatPlan {
     pub model: String,
     /// `image_url` URLs in prompt order.
     pub image_urls: Vec<String>,
-    /// The text parts, joined by newlines.
+    /// The text parts, joined by newlines (single-turn models).
     pub text: String,
+    /// The conversation, for models that take one (`Limits::conversations`).
+    pub turns: Option<Vec<ChatTurn>>,
     pub sampling: SamplingParams,
     pub max_tokens: Option<usize>,
     pub stop: Vec<String>,
@@ -67,7 +74,11 @@ pub struct ChatPlan {
 impl ChatPlan {
     /// The service request, once the images' bytes are loaded (in `image_urls` order).
     pub fn to_ocr_request(&self, images: Vec<Vec<u8>>) -> OcrRequest {
-        let mut req = OcrRequest::new(images, PromptInput::Text(self.text.clone()));
+        let prompt = match &self.turns {
+            Some(turns) => PromptInput::Chat(turns.clone()),
+            None => PromptInput::Text(self.text.clone()),
+        };
+        let mut req = OcrRequest::new(images, prompt);
         req.sampling = self.sampling;
         req.max_tokens = self.max_tokens;
         req.stop = self.stop.clone();
@@ -97,7 +108,13 @@ pub fn plan_chat(req: ChatCompletionRequest, limits: &Limits) -> Result<ChatPlan
         Some(m) => return Err(ApiError::model_not_found(m, &limits.served_model_names)),
     };
     reject_unsupported(&req)?;
-    let (image_urls, text) = user_turn(&req)?;
+    let (image_urls, text, turns) = if limits.conversations {
+        let (urls, turns) = conversation(&req)?;
+        (urls, String::new(), Some(turns))
+    } else {
+        let (urls, text) = user_turn(&req)?;
+        (urls, text, None)
+    };
     if image_urls.len() > limits.max_images {
         return Err(ApiError::invalid(
             format!(
@@ -149,6 +166,7 @@ pub fn plan_chat(req: ChatCompletionRequest, limits: &Limits) -> Result<ChatPlan
         model,
         image_urls,
         text,
+        turns,
         sampling,
         max_tokens,
         stop,
@@ -274,6 +292,89 @@ fn user_turn(req: &ChatCompletionRequest) -> Result<(Vec<String>, String), ApiEr
         return Err(ApiError::invalid("the user message is empty", param));
     }
     Ok((urls, text))
+}
+
+/// A conversation's turns and its image URLs in the order their parts appear: system (and
+/// `developer`) messages, user messages with text and images, assistant messages with text and
+/// their `reasoning_content`; the last message is the user's (the answer follows it).
+fn conversation(req: &ChatCompletionRequest) -> Result<(Vec<String>, Vec<ChatTurn>), ApiError> {
+    let param = Some("messages");
+    let mut urls = Vec::new();
+    let mut turns = Vec::with_capacity(req.messages.len());
+    for (i, m) in req.messages.iter().enumerate() {
+        let role = match m.role.as_str() {
+            "system" | "developer" => ChatRole::System,
+            "user" => ChatRole::User,
+            "assistant" => ChatRole::Assistant,
+            "tool" | "function" => {
+                return Err(ApiError::invalid(
+                    format!("messages[{i}]: {} messages are not supported", m.role),
+                    param,
+                ))
+            }
+            other => {
+                return Err(ApiError::invalid(
+                    format!("messages[{i}]: unknown role `{other}`"),
+                    param,
+                ))
+            }
+        };
+        let mut parts = Vec::new();
+        match &m.content {
+            None => {
+                return Err(ApiError::invalid(
+                    format!("messages[{i}] ({}) has no content", m.role),
+                    param,
+                ))
+            }
+            Some(MessageContent::Text(t)) => parts.push(ChatPart::Text(t.clone())),
+            Some(MessageContent::Parts(list)) => {
+                for p in list {
+                    match p {
+                        ContentPart::Text { text } => parts.push(ChatPart::Text(text.clone())),
+                        ContentPart::ImageUrl { image_url } if role == ChatRole::User => {
+                            urls.push(image_url.url().to_string());
+                            parts.push(ChatPart::Image);
+                        }
+                        ContentPart::ImageUrl { .. } => {
+                            return Err(ApiError::invalid(
+                                format!("messages[{i}]: images go in user messages, not {} ones", m.role),
+                                param,
+                            ))
+                        }
+                    }
+                }
+            }
+        }
+        let reasoning = match (&m.reasoning_content, role) {
+            (Some(r), ChatRole::Assistant) => Some(r.clone()),
+            (Some(_), _) => {
+                return Err(ApiError::invalid(
+                    format!("messages[{i}]: reasoning_content belongs to assistant messages"),
+                    param,
+                ))
+            }
+            (None, _) => None,
+        };
+        turns.push(ChatTurn { role, parts, reasoning });
+    }
+    let last = turns
+        .last()
+        .ok_or_else(|| ApiError::invalid("messages must hold at least one user message", param))?;
+    if last.role != ChatRole::User {
+        return Err(ApiError::invalid(
+            "the last message must be the user's (the answer follows it)",
+            param,
+        ));
+    }
+    let empty = last
+        .parts
+        .iter()
+        .all(|p| matches!(p, ChatPart::Text(t) if t.trim().is_empty()));
+    if empty {
+        return Err(ApiError::invalid("the last user message is empty", param));
+    }
+    Ok((urls, turns))
 }
 
 fn sampling(req: &ChatCompletionRequest, max_temperature: f32) -> Result<SamplingParams, ApiError> {
@@ -455,11 +556,74 @@ mod tests {
             max_images: 2,
             max_model_len: 4096,
             max_temperature: 2.0,
+            conversations: false,
         }
     }
 
     fn plan(body: serde_json::Value) -> Result<ChatPlan, ApiError> {
         plan_chat(parse_chat(body.to_string().as_bytes())?, &limits())
+    }
+
+    /// As a model with conversations (ERNIE-4.5-VL) is served.
+    fn plan_conversation(messages: serde_json::Value) -> Result<ChatPlan, ApiError> {
+        let body = serde_json::json!({"model": "ocrvl", "messages": messages});
+        let limits = Limits {
+            conversations: true,
+            ..limits()
+        };
+        plan_chat(parse_chat(body.to_string().as_bytes())?, &limits)
+    }
+
+    #[test]
+    fn conversations_keep_their_turns_where_the_model_has_them() {
+        let p = plan_conversation(serde_json::json!([
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": [{"type": "text", "text": "What is it?"}, image_part("http://a/1.png")]},
+            {"role": "assistant", "content": "A cat.", "reasoning_content": "Fur, whiskers."},
+            {"role": "user", "content": [image_part("http://a/2.png"), {"type": "text", "text": "And this?"}]},
+        ]))
+        .unwrap();
+        assert_eq!(p.image_urls, vec!["http://a/1.png", "http://a/2.png"]);
+        let turns = p.turns.clone().unwrap();
+        let roles: Vec<ChatRole> = turns.iter().map(|t| t.role).collect();
+        assert_eq!(
+            roles,
+            [ChatRole::System, ChatRole::User, ChatRole::Assistant, ChatRole::User]
+        );
+        assert_eq!(turns[1].parts, [ChatPart::Text("What is it?".into()), ChatPart::Image]);
+        assert_eq!(turns[2].reasoning.as_deref(), Some("Fur, whiskers."));
+        assert_eq!(turns[3].parts, [ChatPart::Image, ChatPart::Text("And this?".into())]);
+        assert!(matches!(p.to_ocr_request(vec![]).prompt, PromptInput::Chat(ref t) if *t == turns));
+
+        for (messages, needle) in [
+            (
+                serde_json::json!([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]),
+                "last message",
+            ),
+            (
+                serde_json::json!([{"role": "assistant", "content": [image_part("http://a/1.png")]}, {"role": "user", "content": "x"}]),
+                "images go in user messages",
+            ),
+            (
+                serde_json::json!([{"role": "tool", "content": "x"}, {"role": "user", "content": "x"}]),
+                "not supported",
+            ),
+            (
+                serde_json::json!([{"role": "user", "content": "x", "reasoning_content": "y"}]),
+                "assistant messages",
+            ),
+            (serde_json::json!([{"role": "user", "content": " "}]), "empty"),
+            (serde_json::json!([]), "at least one user message"),
+        ] {
+            let e = plan_conversation(messages.clone()).unwrap_err();
+            assert!(e.message.contains(needle), "{messages}: {}", e.message);
+            assert_eq!(e.param.as_deref(), Some("messages"));
+        }
+        // A single-turn model still refuses a system message.
+        let e = plan(serde_json::json!({"model": "ocrvl", "messages": [
+            {"role": "system", "content": "x"}, {"role": "user", "content": "y"}]}))
+        .unwrap_err();
+        assert!(e.message.contains("no system turn"), "{}", e.message);
     }
 
     fn user(content: serde_json::Value) -> serde_json::Value {

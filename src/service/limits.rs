@@ -164,17 +164,26 @@ impl RequestLimits {
                 ),
             ));
         }
-        if let super::PromptInput::Text(t) = &req.prompt {
-            if t.len() > self.max_prompt_bytes {
-                return Err(bad(
-                    "messages",
-                    format!(
-                        "the prompt text is {} bytes; at most {} fit --max-model-len",
-                        t.len(),
-                        self.max_prompt_bytes
-                    ),
-                ));
-            }
+        let text_bytes = match &req.prompt {
+            super::PromptInput::Text(t) => t.len(),
+            super::PromptInput::Chat(turns) => turns
+                .iter()
+                .flat_map(|t| t.parts.iter())
+                .map(|p| match p {
+                    super::ChatPart::Text(t) => t.len(),
+                    super::ChatPart::Image => 0,
+                })
+                .sum::<usize>(),
+            super::PromptInput::Task(_) => 0,
+        };
+        if text_bytes > self.max_prompt_bytes {
+            return Err(bad(
+                "messages",
+                format!(
+                    "the prompt text is {text_bytes} bytes; at most {} fit --max-model-len",
+                    self.max_prompt_bytes
+                ),
+            ));
         }
         self.check_stop(&req.stop)?;
         self.check_stop_token_ids(&req.stop_token_ids)?;

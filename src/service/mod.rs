@@ -107,11 +107,48 @@ pub enum ServiceState {
     Stopped,
 }
 
-/// The prompt text: one of the model's tasks ([`crate::preprocess::prompt::Task::ALL`]), or free text.
+/// The prompt text: one of the model's tasks ([`crate::preprocess::prompt::Task::ALL`]), free
+/// text (one user turn after the images), or a conversation (models whose template has system
+/// and assistant turns: ERNIE-4.5-VL).
 #[derive(Clone, Debug)]
 pub enum PromptInput {
     Task(Task),
     Text(String),
+    Chat(Vec<ChatTurn>),
+}
+
+/// One message of a conversation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChatTurn {
+    pub role: ChatRole,
+    pub parts: Vec<ChatPart>,
+    /// An assistant turn's thinking text (rendered by templates that keep it).
+    pub reasoning: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChatRole {
+    System,
+    User,
+    Assistant,
+}
+
+impl ChatRole {
+    pub fn name(self) -> &'static str {
+        match self {
+            ChatRole::System => "system",
+            ChatRole::User => "user",
+            ChatRole::Assistant => "assistant",
+        }
+    }
+}
+
+/// A piece of a message: text, or the request's next image (images are numbered in the order
+/// their parts appear over the whole conversation).
+#[derive(Clone, Debug, PartialEq)]
+pub enum ChatPart {
+    Text(String),
+    Image,
 }
 
 /// One request as a caller gives it: encoded images and a prompt.

@@ -86,3 +86,27 @@ fn a_processor_file_overrides_ernie_defaults_not_paddleocr_ones() {
         .to_string();
     assert!(err.contains("patch_size"), "{err}");
 }
+
+#[test]
+fn a_conversation_renders_every_turn_with_images_where_they_are() {
+    let (dir, cfg) = tiny_dir();
+    let prompts = PromptBuilder::from_dir(dir.path(), &cfg).unwrap();
+    let messages = json!([
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": "What is it?"}, {"type": "image"}]},
+        {"role": "assistant", "content": "A cat.", "reasoning_content": "Fur."},
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "And this?"}]},
+    ]);
+    let text = prompts.render_messages(messages.clone(), &thinking(false)).unwrap();
+    assert_eq!(
+        text,
+        "<|begin_of_sentence|>Be brief.\nUser: What is it?Picture 1:<|IMAGE_START|><|IMAGE_PLACEHOLDER|><|IMAGE_END|>\
+         \nAssistant: <think>\nFur.\n</think>\n\nA cat.<|end_of_sentence|>\
+         User: Picture 2:<|IMAGE_START|><|IMAGE_PLACEHOLDER|><|IMAGE_END|>And this?\nAssistant: <think>\n\n</think>\n\n"
+    );
+    let grids = [ImageGrid { t: 1, h: 4, w: 4 }, ImageGrid { t: 1, h: 6, w: 4 }];
+    let prompt = prompts.build_messages(&grids, messages, &thinking(false)).unwrap();
+    let spans: Vec<usize> = prompt.image_spans.iter().map(|s| s.len()).collect();
+    assert_eq!(spans, vec![4, 6]);
+    assert!(prompt.image_spans[0].end < prompt.image_spans[1].start);
+}

@@ -61,6 +61,7 @@ fn recipe_limits() -> Limits {
         max_images: args.server.max_images,
         max_model_len: args.server.max_model_len,
         max_temperature: args.server.max_temperature,
+        conversations: false,
     }
 }
 
@@ -157,6 +158,7 @@ fn the_synthetic_model_and_custom_names_do_not_take_the_pipeline_names() {
             max_images: args.server.max_images,
             max_model_len: args.server.max_model_len,
             max_temperature: args.server.max_temperature,
+            conversations: false,
         }
     };
     let body = vllm_body("PaddleOCR-VL-0.9B", 1_003_520);

@@ -18,6 +18,7 @@ fn limits() -> Limits {
         max_images: 2,
         max_model_len: MAX_MODEL_LEN as usize,
         max_temperature: 2.0,
+        conversations: false,
     }
 }
 

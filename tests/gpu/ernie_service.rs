@@ -1,8 +1,9 @@
 //! ERNIE-4.5-VL through the service (the path `serve` and the C ABI take): a tiny synthetic
 //! directory loads by its config's family, a chat request with an image runs to its token
 //! limit with the prompt the directory's own template gives (thinking on by default), greedy
-//! outputs do not depend on what else runs in the batch, and a PaddleOCR-VL task prompt is
-//! refused with a message naming it.
+//! outputs do not depend on what else runs in the batch, a conversation (system, assistant
+//! and two user turns with an image each) gets its template's prompt, and a PaddleOCR-VL task
+//! prompt is refused with a message naming it.
 
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use ocrvl::config::{EngineConfig, ErnieVlConfig};
 use ocrvl::model::ernie_vl::synthetic::{write_synthetic_model, ErnieSyntheticOptions};
 use ocrvl::preprocess::image::ImageProcessor;
 use ocrvl::preprocess::prompt::{PromptBuilder, Task};
-use ocrvl::service::{OcrRequest, PromptInput, Service, ServiceConfig};
+use ocrvl::service::{ChatPart, ChatRole, ChatTurn, OcrRequest, PromptInput, Service, ServiceConfig};
 
 use crate::common::png;
 
@@ -81,6 +82,46 @@ fn an_ernie_directory_serves_chat_with_images() {
             assert_eq!(c.token_ids, alone, "request {i} in a batch");
         }
     }
+
+    // A conversation: system, user with an image, assistant, user with another image.
+    let second = png(140, 280);
+    let turns = vec![
+        ChatTurn {
+            role: ChatRole::System,
+            parts: vec![ChatPart::Text("Be brief.".into())],
+            reasoning: None,
+        },
+        ChatTurn {
+            role: ChatRole::User,
+            parts: vec![ChatPart::Image, ChatPart::Text("What is it?".into())],
+            reasoning: None,
+        },
+        ChatTurn {
+            role: ChatRole::Assistant,
+            parts: vec![ChatPart::Text("A pattern.".into())],
+            reasoning: Some("Stripes.".into()),
+        },
+        ChatTurn {
+            role: ChatRole::User,
+            parts: vec![ChatPart::Text("And this one?".into()), ChatPart::Image],
+            reasoning: None,
+        },
+    ];
+    let mut req = OcrRequest::new(vec![image.clone(), second.clone()], PromptInput::Chat(turns));
+    req.max_tokens = Some(4);
+    let c = service.submit(req).unwrap().wait().unwrap();
+    let processor = ImageProcessor::from_ernie_dir(dir.path(), &cfg).unwrap();
+    let grids = [grid, processor.process_bytes(&second).unwrap().grid];
+    let mut vars = Map::new();
+    vars.insert("enable_thinking".into(), json!(true));
+    let messages = json!([
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]},
+        {"role": "assistant", "content": "A pattern.", "reasoning_content": "Stripes."},
+        {"role": "user", "content": [{"type": "text", "text": "And this one?"}, {"type": "image"}]},
+    ]);
+    let want = prompts.build_messages(&grids, messages, &vars).unwrap();
+    assert_eq!(c.prompt_tokens, want.ids.len());
 
     let err = service
         .submit(OcrRequest::new(vec![image.clone()], PromptInput::Task(Task::Ocr)))
