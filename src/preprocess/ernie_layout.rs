@@ -9,6 +9,7 @@
 //!    grid (row-major), sub-patch `p % 4` (top-left, top-right, bottom-left, bottom-right).
 //!    PaddleOCR-VL's are in raster order.
 
+use super::image::fit_area;
 use super::{PreprocessError, Result};
 
 /// Which family's resize rule and patch order an image processor follows. Not a field of the
@@ -43,7 +44,6 @@ pub fn smart_resize_clamped(
     let f = factor as f64;
     let round_by = |x: f64| (x / f).round_ties_even() * f;
     let floor_by = |x: f64| (x / f).floor() * f;
-    let ceil_by = |x: f64| (x / f).ceil() * f;
     let (mut h, mut w) = (height as f64, width as f64);
     if h.max(w) / h.min(w) > MAX_ASPECT_RATIO {
         if h > w {
@@ -54,17 +54,8 @@ pub fn smart_resize_clamped(
             w = floor_by(h * MAX_ASPECT_RATIO);
         }
     }
-    let mut h_bar = f.max(round_by(h));
-    let mut w_bar = f.max(round_by(w));
-    if h_bar * w_bar > max_pixels as f64 {
-        let beta = (h * w / max_pixels as f64).sqrt();
-        h_bar = floor_by(h / beta);
-        w_bar = floor_by(w / beta);
-    } else if h_bar * w_bar < min_pixels as f64 {
-        let beta = (min_pixels as f64 / (h * w)).sqrt();
-        h_bar = ceil_by(h * beta);
-        w_bar = ceil_by(w * beta);
-    }
+    let rounded = (f.max(round_by(h)), f.max(round_by(w)));
+    let (h_bar, w_bar) = fit_area((h, w), rounded, f, min_pixels, max_pixels);
     let area = h_bar * w_bar;
     if h_bar < f || w_bar < f || area < min_pixels as f64 || area > max_pixels as f64 {
         return Err(PreprocessError::ResizeToZero {

@@ -140,17 +140,8 @@ pub fn smart_resize(
             ratio,
         });
     }
-    let mut h_bar = (h / f).round_ties_even() * f;
-    let mut w_bar = (w / f).round_ties_even() * f;
-    if h_bar * w_bar > max_pixels as f64 {
-        let beta = (h * w / max_pixels as f64).sqrt();
-        h_bar = (h / beta / f).floor() * f;
-        w_bar = (w / beta / f).floor() * f;
-    } else if h_bar * w_bar < min_pixels as f64 {
-        let beta = (min_pixels as f64 / (h * w)).sqrt();
-        h_bar = (h * beta / f).ceil() * f;
-        w_bar = (w * beta / f).ceil() * f;
-    }
+    let rounded = ((h / f).round_ties_even() * f, (w / f).round_ties_even() * f);
+    let (h_bar, w_bar) = fit_area((h, w), rounded, f, min_pixels, max_pixels);
     if h_bar < 1.0 || w_bar < 1.0 {
         return Err(PreprocessError::ResizeToZero {
             height: height as u64,
@@ -160,6 +151,29 @@ pub fn smart_resize(
         });
     }
     Ok((h_bar as usize, w_bar as usize))
+}
+
+/// `smart_resize`'s area step, shared by both families' variants: `rounded` (the sides
+/// rounded to multiples of `f`) when its area lies in `[min_pixels, max_pixels]`, else the
+/// original sides `(h, w)` scaled by the square root of the area ratio, floored (too large) or
+/// ceiled (too small) to multiples of `f`.
+pub(super) fn fit_area(
+    (h, w): (f64, f64),
+    rounded: (f64, f64),
+    f: f64,
+    min_pixels: u64,
+    max_pixels: u64,
+) -> (f64, f64) {
+    let (h_bar, w_bar) = rounded;
+    if h_bar * w_bar > max_pixels as f64 {
+        let beta = (h * w / max_pixels as f64).sqrt();
+        ((h / beta / f).floor() * f, (w / beta / f).floor() * f)
+    } else if h_bar * w_bar < min_pixels as f64 {
+        let beta = (min_pixels as f64 / (h * w)).sqrt();
+        ((h * beta / f).ceil() * f, (w * beta / f).ceil() * f)
+    } else {
+        rounded
+    }
 }
 
 /// Decodes one image file held in memory to RGB8, the way the reference prepares it:

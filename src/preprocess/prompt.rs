@@ -225,6 +225,16 @@ impl PromptBuilder {
         let tokens: PromptTokens = model.into();
         let tok_path = dir.join("tokenizer.json");
         let tokenizer_origin = tok_path.display().to_string();
+        if !tok_path.exists() && dir.join("tokenizer.model").exists() {
+            // ERNIE-4.5 checkpoints may ship only the SentencePiece model.
+            return Err(PreprocessError::Tokenizer {
+                origin: tokenizer_origin,
+                message: "missing; the directory has only tokenizer.model (SentencePiece), which ocrvl \
+                          does not read: write tokenizer.json next to it with transformers, \
+                          `AutoTokenizer.from_pretrained(DIR).save_pretrained(DIR)`"
+                    .into(),
+            });
+        }
         let tokenizer = Tokenizer::from_file(&tok_path).map_err(|e| PreprocessError::Tokenizer {
             origin: tokenizer_origin.clone(),
             message: e.to_string(),
@@ -354,9 +364,7 @@ impl PromptBuilder {
     /// ERNIE-4.5-VL's `enable_thinking`); they cannot replace the messages or the generation
     /// prompt switch.
     pub fn render_with(&self, num_images: usize, text: &str, vars: &Map<String, Value>) -> Result<String> {
-        let mut content: Vec<Value> = (0..num_images).map(|_| json!({"type": "image"})).collect();
-        content.push(json!({"type": "text", "text": text}));
-        self.render_messages(json!([{"role": "user", "content": content}]), vars)
+        self.render_messages(single_turn(num_images, text), vars)
     }
 
     /// Renders a whole conversation (`messages` as the template takes them, images as
@@ -381,11 +389,7 @@ impl PromptBuilder {
 
     /// [`Self::build`] with more template variables ([`Self::render_with`]).
     pub fn build_with(&self, grids: &[ImageGrid], text: &str, vars: &Map<String, Value>) -> Result<Prompt> {
-        for (i, grid) in grids.iter().enumerate() {
-            grid.check(i, self.merge)?;
-        }
-        let rendered = self.render_with(grids.len(), text, vars)?;
-        self.tokenize_expanded(&rendered, grids)
+        self.build_messages(grids, single_turn(grids.len(), text), vars)
     }
 
     /// [`Self::build`] for a conversation ([`Self::render_messages`]); `grids` are its images
@@ -459,6 +463,13 @@ impl PromptBuilder {
             message: format!("{e:#}"),
         }
     }
+}
+
+/// One user message: `num_images` images, then `text`.
+fn single_turn(num_images: usize, text: &str) -> Value {
+    let mut content: Vec<Value> = (0..num_images).map(|_| json!({"type": "image"})).collect();
+    content.push(json!({"type": "text", "text": text}));
+    json!([{"role": "user", "content": content}])
 }
 
 /// The config's id must be an added token of the tokenizer: only those are split out of the

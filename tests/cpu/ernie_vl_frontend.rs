@@ -110,3 +110,15 @@ fn a_conversation_renders_every_turn_with_images_where_they_are() {
     assert_eq!(spans, vec![4, 6]);
     assert!(prompt.image_spans[0].end < prompt.image_spans[1].start);
 }
+
+#[test]
+fn a_sentencepiece_only_directory_gets_the_conversion_command() {
+    let (dir, cfg) = tiny_dir();
+    std::fs::remove_file(dir.path().join("tokenizer.json")).unwrap();
+    std::fs::write(dir.path().join("tokenizer.model"), b"not read").unwrap();
+    let err = PromptBuilder::from_dir(dir.path(), &cfg).err().unwrap().to_string();
+    assert!(
+        err.contains("tokenizer.model") && err.contains("save_pretrained"),
+        "{err}"
+    );
+}
