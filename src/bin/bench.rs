@@ -64,7 +64,8 @@ use clap::{CommandFactory, Parser};
 use serde_json::{json, Value};
 
 use ocrvl::config::{
-    normalize_flag_spelling, EngineArgs, EngineConfig, EnvFlags, FlashAttnVersion, ModelConfig, SamplingClass,
+    normalize_flag_spelling, EngineArgs, EngineConfig, EnvFlags, FamilyConfig, FlashAttnVersion, ModelFamilyKind,
+    SamplingClass,
 };
 use ocrvl::engine::Engine;
 use ocrvl::runtime::Gpu;
@@ -79,14 +80,20 @@ pub(crate) enum Workload {
     Page1080p,
     Page360p,
     Crops,
+    /// ERNIE-4.5-VL: a photo and a question, a 512-token answer.
+    ImageQa,
+    /// ERNIE-4.5-VL: three document pages and a question about them.
+    MultiImage,
 }
 
 impl Workload {
-    const ALL: [Workload; 4] = [
+    const ALL: [Workload; 6] = [
         Workload::Decode,
         Workload::Page1080p,
         Workload::Page360p,
         Workload::Crops,
+        Workload::ImageQa,
+        Workload::MultiImage,
     ];
 
     fn name(self) -> &'static str {
@@ -95,14 +102,42 @@ impl Workload {
             Workload::Page1080p => "page-1080p",
             Workload::Page360p => "page-360p",
             Workload::Crops => "crops",
+            Workload::ImageQa => "image-qa",
+            Workload::MultiImage => "multi-image",
+        }
+    }
+
+    /// Whether the workload fits a model of `family` (text decode fits every family).
+    fn fits(self, family: ModelFamilyKind) -> bool {
+        match self {
+            Workload::Decode => true,
+            Workload::Page1080p | Workload::Page360p | Workload::Crops => family == ModelFamilyKind::PaddleOcrVl,
+            Workload::ImageQa | Workload::MultiImage => family == ModelFamilyKind::ErnieVl,
         }
     }
 
     fn from_name(name: &str) -> anyhow::Result<Workload> {
         Workload::ALL.into_iter().find(|w| w.name() == name).with_context(|| {
-            format!("workload `{name}`: valid values are decode, page-1080p, page-360p, crops, all, none")
+            format!(
+                "workload `{name}`: valid values are decode, page-1080p, page-360p, crops (PaddleOCR-VL), \
+                 image-qa, multi-image (ERNIE-4.5-VL), all, none"
+            )
         })
     }
+}
+
+/// Keeps the workloads that fit the model's family when `--workload all` asked for every one;
+/// a workload named explicitly that does not fit is an error naming it.
+fn workloads_for(args: &mut BenchArgs, family: ModelFamilyKind) -> anyhow::Result<()> {
+    if args.all_workloads {
+        args.workloads.retain(|w| w.fits(family));
+    } else if let Some(w) = args.workloads.iter().find(|w| !w.fits(family)) {
+        anyhow::bail!(
+            "--workload {}: not a workload of this model's family ({family:?})",
+            w.name()
+        );
+    }
+    Ok(())
 }
 
 pub(crate) struct BenchArgs {
@@ -114,6 +149,8 @@ pub(crate) struct BenchArgs {
     context: usize,
     model_steps: bool,
     workloads: Vec<Workload>,
+    /// `--workload all`: every workload of the model's family.
+    all_workloads: bool,
     /// Requests per workload (default 1024 each).
     num_requests: HashMap<&'static str, usize>,
     prompt_len: usize,
@@ -241,6 +278,7 @@ fn parse_args() -> anyhow::Result<BenchArgs> {
         vision_patches: cli.vision_patches,
         context: cli.context,
         model_steps: !cli.no_model_steps,
+        all_workloads: cli.workload == "all",
         workloads,
         num_requests,
         prompt_len: cli.prompt_len,
@@ -278,7 +316,7 @@ fn run() -> anyhow::Result<()> {
     ocrvl::hub::resolve_model_option(&mut args.engine.model, args.revision.as_deref())?;
     let env = EnvFlags::from_env()?;
     if args.dry_run {
-        return dry_run(&args, env);
+        return dry_run(&mut args, env);
     }
     // The GPU first: a machine without one fails at once, before a 1.9 GB synthetic write.
     let gpu = Gpu::new(0)?;
@@ -286,8 +324,9 @@ fn run() -> anyhow::Result<()> {
         Some(d) => (d.clone(), false),
         None => (ensure_synthetic_model(args.synthetic_dir.as_deref())?, true),
     };
-    let cfg = ModelConfig::from_dir(&dir)?;
-    args.engine.validate(cfg.text.max_position_embeddings)?;
+    let cfg = FamilyConfig::from_dir(&dir)?;
+    args.engine.validate(cfg.max_position_embeddings())?;
+    workloads_for(&mut args, cfg.kind())?;
     let (cc_major, cc_minor) = gpu.compute_capability();
     println!(
         "device: {} (sm_{cc_major}{cc_minor}, {} SMs); model: {}{}",
@@ -306,8 +345,8 @@ fn run() -> anyhow::Result<()> {
         "synthetic": synthetic,
         "flags": flags,
     });
-    if args.model_steps {
-        let steps = model_steps(&args, &gpu, &cfg, &dir)?;
+    if let (true, Some(paddle)) = (args.model_steps, cfg.paddleocr_vl()) {
+        let steps = model_steps(&args, &gpu, paddle, &dir)?;
         if let (Value::Object(top), Value::Object(s)) = (&mut json, steps) {
             top.extend(s);
         }
@@ -324,7 +363,7 @@ fn run() -> anyhow::Result<()> {
             t.elapsed().as_secs_f64()
         );
         for &w in &args.workloads {
-            results.push(engine_workload(&args, &mut engine, &dir, w)?);
+            results.push(engine_workload(&args, &mut engine, &cfg, &dir, w)?);
         }
         print_summary(&results);
     }
@@ -362,13 +401,14 @@ fn print_flags(e: &EngineConfig, env: EnvFlags) -> Value {
 
 /// `--dry-run`: the flags and every workload's request shapes (images rendered and
 /// preprocessed, prompts built), without a GPU.
-fn dry_run(args: &BenchArgs, env: EnvFlags) -> anyhow::Result<()> {
+fn dry_run(args: &mut BenchArgs, env: EnvFlags) -> anyhow::Result<()> {
     let dir = match &args.engine.model {
         Some(d) => d.clone(),
         None => ensure_synthetic_model(args.synthetic_dir.as_deref())?,
     };
-    let cfg = ModelConfig::from_dir(&dir)?;
-    args.engine.validate(cfg.text.max_position_embeddings)?;
+    let cfg = FamilyConfig::from_dir(&dir)?;
+    args.engine.validate(cfg.max_position_embeddings())?;
+    workloads_for(args, cfg.kind())?;
     println!("model: {}", dir.display());
     print_flags(&args.engine, env);
     for &w in &args.workloads {

@@ -16,6 +16,7 @@ mod ref_model;
 mod ref_sampling;
 
 mod alloc_count;
+mod bench_dry_run;
 mod bindings_fresh;
 mod block_pool;
 mod checkpoint_layouts;

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use half::bf16;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rand::seq::SliceRandom;
@@ -14,7 +14,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
 
-use ocrvl::config::ModelConfig;
+use ocrvl::config::{ErnieVlConfig, FamilyConfig};
 use ocrvl::engine::StepTimings;
 use ocrvl::engine::{Engine, EngineImage, EngineRequest};
 use ocrvl::kernels::sampling::SamplingParams;
@@ -56,8 +56,8 @@ pub(crate) struct Shape {
     prompt_ids: Vec<u32>,
     random_prompt_len: usize,
     /// Preprocessed pixels (bf16, `[patches, 3·14·14]`, shared by every request of the
-    /// shape) and the patch grid.
-    image: Option<ShapeImage>,
+    /// shape) and the patch grid, per image in prompt order.
+    images: Vec<ShapeImage>,
     output_len: usize,
     pub(crate) info: Value,
 }
@@ -104,10 +104,37 @@ fn synthetic_page(width: usize, height: usize, table: bool, rng: &mut ChaCha8Rng
     Rgb8Image::from_raw(width, height, data).expect("width * height * 3 bytes")
 }
 
+/// ERNIE-4.5-VL's image workloads: (kind, image width, height, images per request, question,
+/// output tokens).
+/// - `image-qa`: a 1024x768 picture (resized to 1036x756, 999 image tokens) and a question
+///   whose answer is long: 512 tokens out, the issue's "image question with a 512-token answer";
+/// - `multi-image`: three 1000x1400 document pages (1008x1400, 1800 image tokens each) and a
+///   question over them, 256 tokens out.
+const ERNIE_IMAGES: [(Workload, &str, usize, usize, usize, &str, usize); 2] = [
+    (
+        Workload::ImageQa,
+        "picture",
+        1024,
+        768,
+        1,
+        "Describe this picture in detail.",
+        512,
+    ),
+    (
+        Workload::MultiImage,
+        "pages",
+        1000,
+        1400,
+        3,
+        "Summarise what these pages say and how they differ.",
+        256,
+    ),
+];
+
 /// The shapes of workload `w` with their share of the requests.
 pub(crate) fn workload_shapes(
     args: &BenchArgs,
-    cfg: &ModelConfig,
+    cfg: &FamilyConfig,
     dir: &Path,
     w: Workload,
 ) -> anyhow::Result<Vec<(Shape, f64)>> {
@@ -115,7 +142,7 @@ pub(crate) fn workload_shapes(
         let shape = Shape {
             prompt_ids: Vec::new(),
             random_prompt_len: args.prompt_len,
-            image: None,
+            images: Vec::new(),
             output_len: args.output_len,
             info: json!({
                 "kind": "text", "prompt_tokens": args.prompt_len, "output_tokens": args.output_len, "share": 1.0
@@ -123,6 +150,10 @@ pub(crate) fn workload_shapes(
         };
         return Ok(vec![(shape, 1.0)]);
     }
+    let cfg = match cfg {
+        FamilyConfig::PaddleOcrVl(c) => c,
+        FamilyConfig::ErnieVl(c) => return ernie_shapes(c, dir, w),
+    };
     let processor = ImageProcessor::from_model_dir(dir, cfg)?;
     let prompts = PromptBuilder::from_dir(dir, cfg)?;
     let specs: Vec<(&'static str, usize, usize, Task, usize, f64)> = match w {
@@ -166,7 +197,7 @@ pub(crate) fn workload_shapes(
             Shape {
                 prompt_ids: prompt.ids,
                 random_prompt_len: 0,
-                image: Some((pixels.into(), (grid.h, grid.w))),
+                images: vec![(pixels.into(), (grid.h, grid.w))],
                 output_len,
                 info,
             },
@@ -174,6 +205,62 @@ pub(crate) fn workload_shapes(
         ));
     }
     Ok(shapes)
+}
+
+/// ERNIE-4.5-VL's image workloads ([`ERNIE_IMAGES`]): one shape each, the prompt through the
+/// directory's template with thinking on (FastDeploy's default).
+fn ernie_shapes(cfg: &ErnieVlConfig, dir: &Path, w: Workload) -> anyhow::Result<Vec<(Shape, f64)>> {
+    let (_, kind, width, height, count, question, output_len) = ERNIE_IMAGES
+        .into_iter()
+        .find(|spec| spec.0 == w)
+        .with_context(|| format!("workload {} is not ERNIE-4.5-VL's", w.name()))?;
+    let processor = ImageProcessor::from_ernie_dir(dir, cfg)?;
+    let prompts = PromptBuilder::from_dir(dir, cfg)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let mut images = Vec::with_capacity(count);
+    let mut grids = Vec::with_capacity(count);
+    let t = Instant::now();
+    for _ in 0..count {
+        let mut processed = processor.process_rgb_bf16(&synthetic_page(width, height, false, &mut rng))?;
+        let grid = processed.grid;
+        images.push((std::mem::take(&mut processed.pixel_values).into(), (grid.h, grid.w)));
+        grids.push(grid);
+    }
+    let preprocess_ms = t.elapsed().as_secs_f64() * 1e3 / count as f64;
+    let mut vars = serde_json::Map::new();
+    vars.insert("enable_thinking".into(), Value::Bool(true));
+    let prompt = prompts.build_with(&grids, question, &vars)?;
+    let image_tokens: usize = grids
+        .iter()
+        .map(|g| g.num_merged_tokens(cfg.vision.spatial_merge_size))
+        .sum();
+    println!(
+        "  {count} x {kind} {width}x{height} -> {}x{} patches (h x w) each, {image_tokens} image tokens, {} prompt \
+         tokens, {output_len} out; preprocessing {preprocess_ms:.1} ms/image on one thread (not timed below)",
+        grids[0].h,
+        grids[0].w,
+        prompt.ids.len()
+    );
+    let info = json!({
+        "kind": kind,
+        "images": count,
+        "image": format!("{width}x{height}"),
+        "grid_hw": [grids[0].h, grids[0].w],
+        "image_tokens": image_tokens,
+        "prompt_tokens": prompt.ids.len(),
+        "output_tokens": output_len,
+        "share": 1.0,
+        "question": question,
+        "preprocess_ms": preprocess_ms,
+    });
+    let shape = Shape {
+        prompt_ids: prompt.ids,
+        random_prompt_len: 0,
+        images,
+        output_len,
+        info,
+    };
+    Ok(vec![(shape, 1.0)])
 }
 
 /// A request of `shape` with at most `max_tokens` tokens out.
@@ -186,14 +273,15 @@ fn make_request(shape: &Shape, vocab: usize, max_tokens: usize, rng: &mut ChaCha
     } else {
         shape.prompt_ids.clone()
     };
-    let images = match &shape.image {
-        Some((pixels, grid)) => vec![EngineImage {
+    let images = shape
+        .images
+        .iter()
+        .map(|(pixels, grid)| EngineImage {
             pixels: pixels.clone(),
             grid: *grid,
             content_hash: rng.random(),
-        }],
-        None => Vec::new(),
-    };
+        })
+        .collect();
     EngineRequest {
         prompt_ids,
         images,
@@ -251,15 +339,17 @@ fn progress_bar(len: u64, name: &str) -> ProgressBar {
 
 /// Runs workload `w` through `engine`: a warm-up, then the timed requests. Prints the result
 /// and returns it as JSON.
-pub(crate) fn engine_workload(args: &BenchArgs, engine: &mut Engine, dir: &Path, w: Workload) -> anyhow::Result<Value> {
+pub(crate) fn engine_workload(
+    args: &BenchArgs,
+    engine: &mut Engine,
+    cfg: &FamilyConfig,
+    dir: &Path,
+    w: Workload,
+) -> anyhow::Result<Value> {
     let n = args.requests(w);
     println!("\nworkload {}: {n} requests", w.name());
-    let cfg = engine
-        .config()
-        .cloned()
-        .ok_or_else(|| anyhow::anyhow!("bench's workloads are PaddleOCR-VL's; this model is another family"))?;
-    let shapes = workload_shapes(args, &cfg, dir, w)?;
-    let vocab = cfg.text.vocab_size;
+    let shapes = workload_shapes(args, cfg, dir, w)?;
+    let vocab = cfg.vocab_size();
     let shares: Vec<f64> = shapes.iter().map(|s| s.1).collect();
     let mut rng = ChaCha8Rng::seed_from_u64(11);
 
