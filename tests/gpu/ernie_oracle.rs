@@ -10,6 +10,11 @@
 //! The prompt (two images, 49 tokens) runs as prefill chunks of 4 tokens, so 13 rows of logits
 //! are compared, several of them inside the images, through the paged cache and chunked
 //! prefill as the engine runs them.
+//!
+//! Decode: transformers' bf16 greedy tokens (`--generate`, generated_bf16.npy) are fed back as
+//! decode steps; at each step ocrvl's logit of transformers' token must be within twice the
+//! bf16 error of ocrvl's best (a near tie may pick either); the comparison stops at the first
+//! step where the two pick different tokens, since the contexts differ after it.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -36,7 +41,7 @@ fn oracle_dir() -> (PathBuf, Option<tempfile::TempDir>) {
     let script = repo_dir().join("tools/gpu/ernie_oracle.py");
     let out = Command::new("python3")
         .arg(&script)
-        .args(["--variant", "tiny", "--out"])
+        .args(["--variant", "tiny", "--generate", "16", "--out"])
         .arg(tmp.path())
         .output()
         .unwrap_or_else(|e| panic!("cannot run python3 {}: {e}", script.display()));
@@ -148,6 +153,8 @@ fn ernie_logits_match_transformers_f32_within_its_bf16_error() {
         theirs.0,
         theirs.1
     );
+    decode_follows_transformers_greedy(&g, &m, &mut gemm, &mut ws, &dir, &ids, &grids, &feats, 2.0 * theirs.0);
+
     // The chosen token, where f32's margin is clear of the bf16 error.
     for (row, &end) in rows.iter().zip(&ends) {
         let reference = &f32_logits[(end - 1) * vocab..end * vocab];
@@ -162,4 +169,52 @@ fn ernie_logits_match_transformers_f32_within_its_bf16_error() {
             assert_eq!(argmax(row).0, best, "token {}: the top token differs", end - 1);
         }
     }
+}
+
+/// See the module comment: prefill the prompt, then feed transformers' greedy tokens back one
+/// decode step at a time.
+#[allow(clippy::too_many_arguments)]
+fn decode_follows_transformers_greedy(
+    g: &ocrvl::runtime::Gpu,
+    m: &ErnieVl,
+    gemm: &mut Gemm,
+    ws: &mut Workspace,
+    dir: &std::path::Path,
+    prompt: &[u32],
+    grids: &[ImageGrid],
+    feats: &DeviceTensor,
+    tolerance: f64,
+) {
+    let path = dir.join("generated_bf16.npy");
+    assert!(path.exists(), "{}: run the oracle with --generate N", path.display());
+    let generated: Vec<u32> = read_npy(&path).as_i64().iter().map(|&x| x as u32).collect();
+    assert!(!generated.is_empty());
+    let seq = prompt.len();
+    let ids: Vec<u32> = prompt.iter().chain(&generated).copied().collect();
+    // The prefill's last row predicts generated[0]; decode step k (input generated[k - 1])
+    // predicts generated[k].
+    let spans: Vec<(usize, usize)> = std::iter::once((0, seq))
+        .chain((seq..ids.len() - 1).map(|t| (t, t + 1)))
+        .collect();
+    let rows = run_steps(g, m, gemm, ws, &ids, seq, grids, feats, &spans);
+    let mut same = 0;
+    for (k, row) in rows.iter().enumerate() {
+        let (best, top) = argmax(row);
+        let theirs = generated[k] as usize;
+        let gap = (top - row[theirs]) as f64;
+        assert!(
+            gap <= tolerance,
+            "decode step {k}: ocrvl's logit of transformers' token {theirs} is {gap:.4} below its best ({best}), \
+             beyond {tolerance:.4}"
+        );
+        if best != theirs {
+            eprintln!("decode step {k}: a near tie (gap {gap:.4}) picked {best} over {theirs}; stopping here");
+            break;
+        }
+        same += 1;
+    }
+    eprintln!(
+        "decode: {same} of {} greedy tokens the same as transformers'",
+        generated.len()
+    );
 }
