@@ -1,5 +1,6 @@
-//! `ocr IMAGE... [--task ocr|table|formula|chart|spotting|seal] [--model DIR] [--json] [--max-tokens N]
-//! [engine flags, as serve takes them]`: runs the engine in-process and prints what it reads in each image.
+//! `ocr IMAGE... [--task ocr|table|formula|chart|spotting|seal | --prompt TEXT] [--model DIR] [--json]
+//! [--max-tokens N] [engine flags, as serve takes them]`: runs the engine in-process and prints what it
+//! reads in each image (`--prompt`: the model's answer to the text, as ERNIE-4.5-VL takes it).
 //!
 //! All images go to the engine at once (up to `--max-num-seqs` in flight; one worker thread
 //! per in-flight image does its decoding and preprocessing), and results print in the order
@@ -34,7 +35,7 @@ use ocrvl::service::{Completion, OcrRequest, PromptInput, Service, ServiceConfig
 #[derive(Parser, Debug)]
 #[command(
     name = "ocr",
-    about = "Read images with PaddleOCR-VL in-process",
+    about = "Read images with PaddleOCR-VL (or ask ERNIE-4.5-VL about them) in-process",
     args_override_self = true,
     allow_negative_numbers = true,
     after_help = "Without --model it runs a full-size synthetic model (random weights): the output is meaningless."
@@ -43,9 +44,13 @@ struct Cli {
     /// Images to read (PNG, JPEG, WebP, BMP, TIFF, GIF).
     #[arg(required = true, value_name = "IMAGE")]
     images: Vec<PathBuf>,
-    /// The task prompt: ocr, table, formula, chart, spotting or seal.
+    /// The task prompt: ocr, table, formula, chart, spotting or seal (PaddleOCR-VL).
     #[arg(long, default_value = "ocr", value_parser = task)]
     task: Task,
+    /// A free-text prompt instead of the task (what ERNIE-4.5-VL takes, e.g. "Describe the
+    /// image."); sent after the image in one user turn.
+    #[arg(long, value_name = "TEXT", conflicts_with = "task")]
+    prompt: Option<String>,
     /// One JSON object per image and line.
     #[arg(long)]
     json: bool,
@@ -63,6 +68,7 @@ struct Args {
     engine: EngineConfig,
     images: Vec<PathBuf>,
     task: Task,
+    prompt: Option<String>,
     json: bool,
     max_tokens: Option<usize>,
     synthetic_dir: Option<PathBuf>,
@@ -94,6 +100,7 @@ fn parse_args() -> Args {
         engine: settings.engine,
         images: cli.images,
         task: cli.task,
+        prompt: cli.prompt,
         json: cli.json,
         max_tokens: cli.max_tokens,
         synthetic_dir: cli.synthetic_dir,
@@ -154,13 +161,17 @@ fn run(args: &Args, service: &Service) -> usize {
     for _ in 0..workers {
         let (next, tx, service) = (next.clone(), tx.clone(), service.clone());
         let images = args.images.clone();
-        let (task, max_tokens) = (args.task, args.max_tokens);
+        let prompt = match &args.prompt {
+            Some(text) => PromptInput::Text(text.clone()),
+            None => PromptInput::Task(args.task),
+        };
+        let max_tokens = args.max_tokens;
         std::thread::spawn(move || loop {
             let i = next.fetch_add(1, Ordering::SeqCst);
             let Some(path) = images.get(i) else { break };
             let t = Instant::now();
             let result = std::fs::read(path).map_err(|e| e.to_string()).and_then(|bytes| {
-                let mut req = OcrRequest::new(vec![bytes], PromptInput::Task(task));
+                let mut req = OcrRequest::new(vec![bytes], prompt.clone());
                 req.max_tokens = max_tokens;
                 let handle = service.submit(req).map_err(|e| e.to_string())?;
                 handle.wait().map_err(|e| e.to_string())
@@ -201,7 +212,9 @@ fn run(args: &Args, service: &Service) -> usize {
 }
 
 fn print_result(args: &Args, service: &Service, path: &str, result: Result<(Completion, f64), String>) {
-    let task = args.task.name();
+    // With --prompt the task is not in play: "task" is null and no task post-processing runs.
+    let task = args.prompt.is_none().then(|| args.task.name());
+    let task_is = |t: Task| args.prompt.is_none() && args.task == t;
     match result {
         Err(e) => {
             eprintln!("ocr: {path}: {e}");
@@ -210,7 +223,7 @@ fn print_result(args: &Args, service: &Service, path: &str, result: Result<(Comp
             }
         }
         Ok((c, secs)) => {
-            let html = if args.task == Task::Table {
+            let html = if task_is(Task::Table) {
                 otsl_to_html(&c.text)
             } else {
                 None
@@ -224,6 +237,7 @@ fn print_result(args: &Args, service: &Service, path: &str, result: Result<(Comp
                 let mut obj = json!({
                     "image": path,
                     "task": task,
+                    "prompt": args.prompt,
                     "text": c.text,
                     "finish_reason": reason,
                     "prompt_tokens": c.prompt_tokens,
@@ -233,7 +247,7 @@ fn print_result(args: &Args, service: &Service, path: &str, result: Result<(Comp
                 if let Some(h) = html {
                     obj["html"] = h.into();
                 }
-                if args.task == Task::Spotting {
+                if task_is(Task::Spotting) {
                     add_spotting(&mut obj, service, path, &c);
                 }
                 println!("{obj}");

@@ -36,6 +36,7 @@ mod hub_server;
 mod kv_cache_manager;
 mod model_step_cpu;
 mod mrope_positions;
+mod ocr_args;
 mod paddlex_requests;
 mod preprocess;
 mod preprocess_fast_paths;

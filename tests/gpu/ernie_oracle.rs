@@ -7,9 +7,9 @@
 //! wherever f32's margin is clear of that error, and the image features match the f32
 //! resampler output within bf16 rounding.
 //!
-//! The prompt (two images, 49 tokens) runs as prefill chunks of 4 tokens, so 13 rows of logits
-//! are compared, several of them inside the images, through the paged cache and chunked
-//! prefill as the engine runs them.
+//! The prompt (two images, 49 tokens) runs through the paged cache and chunked prefill as the
+//! engine runs them, twice: in chunks of 4 tokens (every 4th row compared, chunks starting
+//! inside the images) and of 1 token (every row compared: logits at every position).
 //!
 //! Decode: transformers' bf16 greedy tokens (`--generate`, generated_bf16.npy) are fed back as
 //! decode steps; at each step ocrvl's logit of transformers' token must be within twice the
@@ -123,51 +123,85 @@ fn ernie_logits_match_transformers_f32_within_its_bf16_error() {
     );
     assert!(feat_err < 2e-2, "image features: relative rms error {feat_err:.2e}");
 
-    // Logits of chunk ends, prefilled 4 tokens at a time.
     let feats = DeviceTensor::from_host(&g, &[got.len() / m.feature_width(), m.feature_width()], &feats).unwrap();
-    let ends: Vec<usize> = (4..seq).step_by(4).chain(std::iter::once(seq)).collect();
-    let spans: Vec<(usize, usize)> = std::iter::once(0)
-        .chain(ends.iter().copied())
-        .zip(ends.iter().copied())
-        .collect();
-    let rows = run_steps(&g, &m, &mut gemm, &mut ws, &ids, seq, &grids, &feats, &spans);
-    let (mut ours, mut theirs) = ((0.0f64, 0.0f64), (0.0f64, 0.0f64));
-    for (row, &end) in rows.iter().zip(&ends) {
-        let reference = &f32_logits[(end - 1) * vocab..end * vocab];
-        let hf_bf16 = &bf16_logits[(end - 1) * vocab..end * vocab];
-        let (a_max, a_mean) = max_and_mean(row, reference);
-        let (b_max, b_mean) = max_and_mean(hf_bf16, reference);
-        eprintln!(
-            "token {:>2}: ocrvl max {a_max:.4} mean {a_mean:.5}; transformers bf16 max {b_max:.4} mean {b_mean:.5}",
-            end - 1
-        );
-        ours = (ours.0.max(a_max), ours.1 + a_mean / rows.len() as f64);
-        theirs = (theirs.0.max(b_max), theirs.1 + b_mean / rows.len() as f64);
+    let logits = OracleLogits {
+        f32: &f32_logits,
+        bf16: &bf16_logits,
+        vocab,
+    };
+    // Prefilled 4 tokens at a time (multi-token chunks, some starting inside an image: every
+    // 4th row compared) and 1 token at a time (every row compared).
+    let mut bf16_max = 0.0f64;
+    for chunk in [4, 1] {
+        let ends: Vec<usize> = (chunk..seq).step_by(chunk).chain(std::iter::once(seq)).collect();
+        let spans: Vec<(usize, usize)> = std::iter::once(0)
+            .chain(ends.iter().copied())
+            .zip(ends.iter().copied())
+            .collect();
+        let rows = run_steps(&g, &m, &mut gemm, &mut ws, &ids, seq, &grids, &feats, &spans);
+        bf16_max = bf16_max.max(logits.compare(chunk, &rows, &ends));
     }
-    assert!(
-        ours.0 <= 2.0 * theirs.0 + 1e-3 && ours.1 <= 2.0 * theirs.1 + 1e-4,
-        "ocrvl's logits are further from transformers f32 (max {:.4}, mean {:.5}) than twice transformers bf16's \
-         (max {:.4}, mean {:.5})",
-        ours.0,
-        ours.1,
-        theirs.0,
-        theirs.1
-    );
-    decode_follows_transformers_greedy(&g, &m, &mut gemm, &mut ws, &dir, &ids, &grids, &feats, 2.0 * theirs.0);
+    decode_follows_transformers_greedy(&g, &m, &mut gemm, &mut ws, &dir, &ids, &grids, &feats, 2.0 * bf16_max);
+}
 
-    // The chosen token, where f32's margin is clear of the bf16 error.
-    for (row, &end) in rows.iter().zip(&ends) {
-        let reference = &f32_logits[(end - 1) * vocab..end * vocab];
-        let (best, top) = argmax(reference);
-        let second = reference
-            .iter()
-            .enumerate()
-            .filter(|&(i, _)| i != best)
-            .map(|(_, &x)| x)
-            .fold(f32::NEG_INFINITY, f32::max);
-        if (top - second) as f64 > 2.0 * theirs.0 {
-            assert_eq!(argmax(row).0, best, "token {}: the top token differs", end - 1);
+/// transformers' logits of the prompt, `[seq, vocab]` each.
+struct OracleLogits<'a> {
+    f32: &'a [f32],
+    bf16: &'a [f32],
+    vocab: usize,
+}
+
+impl OracleLogits<'_> {
+    /// Checks ocrvl's `rows` (the logits of the tokens before `ends`) against f32 within twice
+    /// transformers bf16's error, max and mean, and the top token wherever f32's margin is
+    /// clear of that error; returns transformers bf16's largest error over these rows.
+    fn compare(&self, chunk: usize, rows: &[Vec<f32>], ends: &[usize]) -> f64 {
+        let v = self.vocab;
+        let (mut ours, mut theirs) = ((0.0f64, 0.0f64), (0.0f64, 0.0f64));
+        for (row, &end) in rows.iter().zip(ends) {
+            let reference = &self.f32[(end - 1) * v..end * v];
+            let (a_max, a_mean) = max_and_mean(row, reference);
+            let (b_max, b_mean) = max_and_mean(&self.bf16[(end - 1) * v..end * v], reference);
+            if chunk > 1 {
+                eprintln!(
+                    "token {:>3}: ocrvl max {a_max:.4} mean {a_mean:.5}; transformers bf16 max {b_max:.4} mean {b_mean:.5}",
+                    end - 1
+                );
+            }
+            ours = (ours.0.max(a_max), ours.1 + a_mean / rows.len() as f64);
+            theirs = (theirs.0.max(b_max), theirs.1 + b_mean / rows.len() as f64);
         }
+        eprintln!(
+            "chunks of {chunk}, {} rows: ocrvl max {:.4} mean {:.5}; transformers bf16 max {:.4} mean {:.5}",
+            rows.len(),
+            ours.0,
+            ours.1,
+            theirs.0,
+            theirs.1
+        );
+        assert!(
+            ours.0 <= 2.0 * theirs.0 + 1e-3 && ours.1 <= 2.0 * theirs.1 + 1e-4,
+            "chunks of {chunk}: ocrvl's logits are further from transformers f32 (max {:.4}, mean {:.5}) than twice \
+             transformers bf16's (max {:.4}, mean {:.5})",
+            ours.0,
+            ours.1,
+            theirs.0,
+            theirs.1
+        );
+        for (row, &end) in rows.iter().zip(ends) {
+            let reference = &self.f32[(end - 1) * v..end * v];
+            let (best, top) = argmax(reference);
+            let second = reference
+                .iter()
+                .enumerate()
+                .filter(|&(i, _)| i != best)
+                .map(|(_, &x)| x)
+                .fold(f32::NEG_INFINITY, f32::max);
+            if (top - second) as f64 > 2.0 * theirs.0 {
+                assert_eq!(argmax(row).0, best, "token {}: the top token differs", end - 1);
+            }
+        }
+        theirs.0
     }
 }
 
