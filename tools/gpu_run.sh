@@ -3,7 +3,7 @@
 # criterion benches, then the bench binary. Full logs go to LOGDIR (default $OUT, else
 # ./logs); a short summary table is printed last. It writes 4 files (tests.log, benches.log,
 # bench.log, bench.json), since the device tool brings back 8 at most.
-#   bash target/gpu-bundle/run.sh [tests|benches|bench|baseline|async|sanitizer|soak|ab|checks|seeds|all] [LOGDIR]
+#   bash target/gpu-bundle/run.sh [tests|benches|bench|baseline|async|sanitizer|soak|ab|checks|seeds|ernie|all] [LOGDIR]
 # One device call runs at most 10 minutes, so the parts run as separate calls: `tests` (every
 # test executable, then the server check), `benches` (criterion benches and torch baselines),
 # `bench` (the bench binary's workloads, the full-size fidelity check and transformers'
@@ -134,6 +134,24 @@ if [ "$part" = checks ]; then
     # seed command lines run in their own part (`seeds`) so the soak's 8 minutes fit a call.
     SEEDS=0 run_step "checks.sh" "$logs/checks.log" timeout 595 bash "$here/tools/checks.sh" "$bin" "$logs"
     tail -n 30 "$logs/checks.log"
+fi
+if [ "$part" = ernie ]; then
+    # ERNIE-4.5-VL at full width (3 decoder layers, 2 ViT blocks, 64+64 experts: `--reduced`,
+    # 5.3 GB): transformers' oracle for it with greedy tokens and ocrvl's fidelity test against
+    # it, then the engine workloads (decode, image-qa, multi-image) with fewer requests.
+    red=${ERNIE_DIR:-/tmp/ernie-reduced}
+    oracle=${ERNIE_ORACLE_DIR:-/tmp/ernie-oracle-reduced}
+    [ -e "$oracle/report.json" ] || run_step "ernie_oracle.py (reduced)" "$logs/ernie.log" timeout 240 \
+        python3 "$here/tools/ernie_oracle.py" --variant reduced --generate 16 --out "$oracle"
+    OCRVL_ERNIE_ORACLE_DIR=$oracle run_step "test-gpu ernie_oracle" "$logs/ernie.log" timeout 240 \
+        "$bin/test-gpu" --include-ignored --test-threads=1 --nocapture ernie_oracle
+    [ -e "$red/config.json" ] || run_step "synth-model ernie --reduced" "$logs/ernie.log" timeout 120 \
+        "$bin/synth-model" --arch ernie-4.5-vl-28b-a3b --reduced --out "$red"
+    run_step "bench (ERNIE reduced)" "$logs/ernie.log" timeout 300 "$bin/bench" --model "$red" \
+        --max-model-len 8192 --workload all --num-requests decode=512,image-qa=256,multi-image=128 \
+        --json "$logs/bench_ernie.json"
+    grep -E '^(chunks of|decode:|decode step|image features)' "$logs/ernie.log"
+    grep -E '^\|' "$logs/ernie.log"
 fi
 if [ "$part" = seeds ]; then
     SEEDS_ONLY=1 run_step "checks.sh (seeds)" "$logs/checks.log" timeout 300 bash "$here/tools/checks.sh" "$bin" "$logs"
