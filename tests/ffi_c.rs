@@ -215,3 +215,61 @@ fn ocr_image_end_to_end_on_the_synthetic_model() {
         r.stderr
     );
 }
+
+/// The C ABI on an ERNIE-4.5-VL directory (the tiny synthetic one): a free-text prompt
+/// (OCRVL_TASK_PROMPT) streams text and finishes at the token limit or a stop; a PaddleOCR-VL
+/// task is refused with ocrvl_submit's status and a message naming it.
+#[test]
+#[ignore = "needs GPU"]
+fn ocr_image_serves_an_ernie_directory_with_a_prompt() {
+    use ocrvl::config::ErnieVlConfig;
+    use ocrvl::model::ernie_vl::synthetic::{write_synthetic_model, ErnieSyntheticOptions};
+
+    let tmp = scratch("gpu_ernie");
+    let dir = tmp.path();
+    let model = dir.join("ernie-tiny");
+    write_synthetic_model(&model, &ErnieVlConfig::tiny(), &ErnieSyntheticOptions::for_model(true)).unwrap();
+    let png = dir.join("picture.png");
+    ffi_support::write_page_png(&png, 336, 224);
+    let exe = example("ocr_image.c", Link::Static, dir);
+    let args = |extra: &[&str]| {
+        let mut cmd = Command::new(&exe);
+        cmd.args([
+            "--max-model-len",
+            "2048",
+            "--max-num-seqs",
+            "4",
+            "--gpu-memory-utilization",
+            "0.1",
+        ])
+        .args(["--max-tokens", "12", "--model"])
+        .arg(&model)
+        .args(extra)
+        .arg(&png);
+        cmd
+    };
+    let r = run(
+        args(&["--prompt", "Describe the picture."]),
+        Duration::from_secs(300),
+        dir,
+    );
+    assert!(r.status.success(), "{}:\n{}\n{}", r.status, r.stdout, r.stderr);
+    let finish = r.stdout.rsplit_once("\n--- finish: ").map(|x| x.1).unwrap_or_default();
+    assert!(
+        finish.starts_with("length, ") || finish.starts_with("stop, "),
+        "finish line {finish:?} in:\n{}",
+        r.stdout
+    );
+
+    let r = run(args(&["--task", "table"]), Duration::from_secs(300), dir);
+    assert!(
+        !r.status.success(),
+        "a task on ERNIE-4.5-VL must be refused:\n{}",
+        r.stdout
+    );
+    assert!(
+        r.stderr.contains("ocrvl_submit") && r.stderr.contains("PaddleOCR-VL prompt"),
+        "{}",
+        r.stderr
+    );
+}

@@ -1,9 +1,11 @@
 /*
  * ocr_image: OCR one image file with ocrvl's C ABI, streaming the text as it is generated.
  *
- *   ocr_image [--model DIR] [--synthetic-dir DIR] [--task ocr|table|formula|chart|spotting|seal] [--device N]
- *             [--max-model-len N] [--max-num-seqs N] [--gpu-memory-utilization F]
- *             [--max-tokens N] IMAGE
+ *   ocr_image [--model DIR] [--synthetic-dir DIR] [--task ocr|table|formula|chart|spotting|seal]
+ *             [--prompt TEXT] [--device N] [--max-model-len N] [--max-num-seqs N]
+ *             [--gpu-memory-utilization F] [--max-tokens N] IMAGE
+ *
+ * --prompt sends free text instead of a task (OCRVL_TASK_PROMPT), as ERNIE-4.5-VL takes it.
  *
  * Without --model a full-size synthetic model (random weights: the text is gibberish) is
  * written once and used. Output on stdout: the streamed text, then a line
@@ -75,7 +77,7 @@ static int task_from_name(const char* s) {
 }
 
 static int usage(void) {
-    fprintf(stderr, "usage: ocr_image [--model DIR] [--synthetic-dir DIR] [--task ocr|table|formula|chart|spotting|seal] [--device N]\n"
+    fprintf(stderr, "usage: ocr_image [--model DIR] [--synthetic-dir DIR] [--task ocr|table|formula|chart|spotting|seal] [--prompt TEXT] [--device N]\n"
                     "                 [--max-model-len N] [--max-num-seqs N] [--gpu-memory-utilization F]\n"
                     "                 [--max-tokens N] IMAGE\n");
     return 2;
@@ -114,6 +116,7 @@ int main(int argc, char** argv) {
     ocrvl_sampling_params sampling;
     ocrvl_sampling_params_default(&sampling);
     int task = OCRVL_TASK_OCR;
+    const char* prompt = NULL;
     const char* image_path = NULL;
     for (int i = 1; i < argc; i++) {
         const char* a = argv[i];
@@ -134,6 +137,9 @@ int main(int argc, char** argv) {
         else if (strcmp(a, "--max-tokens") == 0) sampling.max_tokens = (uint32_t)strtoul(v, NULL, 10);
         else if (strcmp(a, "--task") == 0) {
             if ((task = task_from_name(v)) < 0) return usage();
+        } else if (strcmp(a, "--prompt") == 0) {
+            prompt = v;
+            task = OCRVL_TASK_PROMPT;
         } else return usage();
     }
     if (!image_path) return usage();
@@ -159,7 +165,7 @@ int main(int argc, char** argv) {
     /* The library copies the image during the call: `image` could be freed right after. */
     const uint8_t* images[1] = {image};
     size_t lens[1] = {image_len};
-    st = ocrvl_submit(engine, images, lens, 1, task, NULL, &sampling, &req);
+    st = ocrvl_submit(engine, images, lens, 1, task, prompt, &sampling, &req);
     if (st != OCRVL_OK) { rc = fail("ocrvl_submit", st); goto out; }
 
     st = stream(req);
