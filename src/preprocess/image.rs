@@ -417,8 +417,8 @@ impl ImageProcessor {
     /// ([`ProcessorConfig::ernie_vl_defaults`]), in ERNIE's layout, checked against its vision
     /// config.
     pub fn from_ernie_dir(dir: impl AsRef<std::path::Path>, model: &ErnieVlConfig) -> Result<Self> {
-        let mut config = ProcessorConfig::from_dir_over(dir, ProcessorConfig::ernie_vl_defaults())?;
-        config.layout = ImageLayout::ErnieVl;
+        // The base's layout (ERNIE's) stays: the files never set it.
+        let config = ProcessorConfig::from_dir_over(dir, ProcessorConfig::ernie_vl_defaults())?;
         let v = &model.vision;
         config.check_vision(v.patch_size, v.spatial_merge_size, v.in_channels)?;
         Ok(Self::new(config))

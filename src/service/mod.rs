@@ -420,6 +420,7 @@ impl Service {
         let front = self.ready_frontend()?;
         // Every count, size and range first: nothing is decoded for a request that is refused.
         front.limits.check(&req)?;
+        front.check_prompt_kind(&req.prompt)?;
         req.sampling.validate()?;
         let mut images = Vec::with_capacity(req.images.len());
         let mut grids = Vec::with_capacity(req.images.len());

@@ -18,7 +18,28 @@ use crate::preprocess::image::ImageGrid;
 use crate::preprocess::Prompt;
 
 impl Frontend {
+    /// Refuses a prompt of the other family's kind (a PaddleOCR-VL task for ERNIE-4.5-VL, a
+    /// conversation for PaddleOCR-VL): checked before any image is decoded.
+    pub(super) fn check_prompt_kind(&self, prompt: &PromptInput) -> Result<()> {
+        match (prompt, self.family) {
+            (PromptInput::Task(task), ModelFamilyKind::ErnieVl) => Err(Error::invalid(
+                "submit",
+                format!(
+                    "the task `{}` is a PaddleOCR-VL prompt; the served ERNIE-4.5-VL model takes the \
+                     request's text",
+                    task.name()
+                ),
+            )),
+            (PromptInput::Chat(_), ModelFamilyKind::PaddleOcrVl) => Err(Error::invalid(
+                "submit",
+                "PaddleOCR-VL is a single-turn model: one user message, no system or assistant turns",
+            )),
+            _ => Ok(()),
+        }
+    }
+
     pub(super) fn build_prompt(&self, req: &OcrRequest, grids: &[ImageGrid]) -> Result<Prompt> {
+        self.check_prompt_kind(&req.prompt)?;
         let mut vars = Map::new();
         let thinking = match self.family {
             ModelFamilyKind::ErnieVl => Some(req.enable_thinking.unwrap_or(true)),
@@ -27,20 +48,10 @@ impl Frontend {
         if let Some(on) = thinking {
             vars.insert("enable_thinking".into(), Value::Bool(on));
         }
-        let text = match (&req.prompt, self.family) {
-            (PromptInput::Text(text), _) => text.as_str(),
-            (PromptInput::Task(task), ModelFamilyKind::PaddleOcrVl) => task.prompt(),
-            (PromptInput::Task(task), ModelFamilyKind::ErnieVl) => {
-                return Err(Error::invalid(
-                    "submit",
-                    format!(
-                        "the task `{}` is a PaddleOCR-VL prompt; the served ERNIE-4.5-VL model takes the \
-                         request's text",
-                        task.name()
-                    ),
-                ))
-            }
-            (PromptInput::Chat(turns), ModelFamilyKind::ErnieVl) => {
+        let text = match &req.prompt {
+            PromptInput::Text(text) => text.as_str(),
+            PromptInput::Task(task) => task.prompt(),
+            PromptInput::Chat(turns) => {
                 let images = turns
                     .iter()
                     .flat_map(|t| &t.parts)
@@ -53,12 +64,6 @@ impl Frontend {
                     ));
                 }
                 return Ok(self.prompts.build_messages(grids, messages_json(turns), &vars)?);
-            }
-            (PromptInput::Chat(_), ModelFamilyKind::PaddleOcrVl) => {
-                return Err(Error::invalid(
-                    "submit",
-                    "PaddleOCR-VL is a single-turn model: one user message, no system or assistant turns",
-                ))
             }
         };
         Ok(self.prompts.build_with(grids, text, &vars)?)
