@@ -54,7 +54,11 @@ find "$bundle/bin" -name 'test-*' ! -name test-gpu ! -name test-ffi_c ! -name te
 tar -C "$bundle" -cf - bin | xz -T1 -6e --lzma2=dict=192MiB > "$bundle/bin.tar.xz"
 rm -rf "$bundle/bin"
 cp tools/gpu_run.sh "$bundle/run.sh"
-cp tools/gpu/*.py tools/gpu/*.sh "$bundle/tools/" 2>/dev/null || true
+cp tools/gpu/*.py tools/gpu/*.sh tools/gpu/vllm_ernie/*.py "$bundle/tools/" 2>/dev/null || true
+# The peer kit's measuring loop, which bench_vllm_ernie.py reuses (../shared does not travel).
+for kit in target/vllm-kit/bench_vllm.py ../shared/peers/vllm/bench_vllm.py; do
+    [ -e "$kit" ] && { cp "$kit" "$bundle/tools/"; break; }
+done
 # The openai client for server_check.sh (the GPU host has no network).
 tools/gpu_wheels.sh
 cp -r target/gpu-wheels "$bundle/wheels"

@@ -3,7 +3,7 @@
 # criterion benches, then the bench binary. Full logs go to LOGDIR (default $OUT, else
 # ./logs); a short summary table is printed last. It writes 4 files (tests.log, benches.log,
 # bench.log, bench.json), since the device tool brings back 8 at most.
-#   bash target/gpu-bundle/run.sh [tests|benches|bench|baseline|async|sanitizer|soak|ab|checks|seeds|ernie|all] [LOGDIR]
+#   bash target/gpu-bundle/run.sh [tests|benches|bench|baseline|async|sanitizer|soak|ab|checks|seeds|ernie|ernie-full|ernie-bench|vllm-ernie|all] [LOGDIR]
 # One device call runs at most 10 minutes, so the parts run as separate calls: `tests` (every
 # test executable, then the server check), `benches` (criterion benches and torch baselines),
 # `bench` (the bench binary's workloads, the full-size fidelity check and transformers'
@@ -46,8 +46,9 @@ if [ "$part" = tests ] || [ "$part" = all ]; then
         # One thread: GPU tests share one device and time nothing, but parallel runs would
         # interleave their memory use. The time limit turns a hung kernel into a failure.
         # TEST_SKIP: a name filter to leave out (e.g. a long statistics test already run).
+        # ernie_full_size needs transformers' full-size run first: the `ernie-full` part.
         run_step "$(basename "$t")" "$logs/tests.log" timeout 300 "$t" --include-ignored --test-threads=1 \
-            ${TEST_SKIP:+--skip "$TEST_SKIP"}
+            --skip ernie_full_size ${TEST_SKIP:+--skip "$TEST_SKIP"}
     done
     # SERVER_CHECK=0 leaves the server check out (when a call must fit other parts).
     [ "${SERVER_CHECK:-1}" = 1 ] && run_step "server_check.sh" "$logs/tests.log" timeout 200 bash "$here/tools/server_check.sh" "$bin" "$logs"
@@ -152,6 +153,54 @@ if [ "$part" = ernie ]; then
         --json "$logs/bench_ernie.json"
     grep -E '^(chunks of|decode:|decode step|image features)' "$logs/ernie.log"
     grep -E '^\|' "$logs/ernie.log"
+fi
+if [ "$part" = ernie-full ]; then
+    # The full-size ERNIE-4.5-VL-28B-A3B (random weights): transformers builds it on the GPU,
+    # runs the prompt and 32 greedy tokens in bf16 and saves it (59 GB, ~4 min); ocrvl loads
+    # that directory and follows its greedy tokens (tests/gpu/ernie_full_greedy.rs).
+    full=${ERNIE_FULL_ORACLE_DIR:-/tmp/ernie-oracle-full}
+    [ -e "$full/report.json" ] || run_step "ernie_oracle.py (full)" "$logs/ernie_full.log" timeout 480 \
+        python3 "$here/tools/ernie_oracle.py" --variant full --generate 32 --out "$full"
+    OCRVL_ERNIE_FULL_ORACLE_DIR=$full run_step "test-gpu ernie_full_size" "$logs/ernie_full.log" timeout 300 \
+        "$bin/test-gpu" --include-ignored --test-threads=1 --nocapture ernie_full_size
+    grep -E '^(prompt,|decode|full size)' "$logs/ernie_full.log"
+fi
+if [ "$part" = ernie-bench ]; then
+    # ocrvl's bench on the full-size model: transformers' saved weights (ernie-full) beside the
+    # hub-form config, tokenizer and processor of `synth-model --config-only`.
+    full=${ERNIE_FULL_ORACLE_DIR:-/tmp/ernie-oracle-full}
+    cfgdir=/tmp/ernie-full-config
+    benchdir=/tmp/ernie-full-bench
+    "$bin/synth-model" --arch ernie-4.5-vl-28b-a3b --config-only --out "$cfgdir" >> "$logs/ernie_bench.log" 2>&1
+    mkdir -p "$benchdir" && cp "$cfgdir"/* "$benchdir"/
+    ln -sf "$full"/model/*.safetensors "$full"/model/model.safetensors.index.json "$benchdir"/
+    run_step "bench (ERNIE full)" "$logs/ernie_bench.log" timeout 480 "$bin/bench" --model "$benchdir" \
+        --max-model-len 16384 --workload all --num-requests ${ERNIE_NUM_REQUESTS:-decode=512,image-qa=256,multi-image=128} \
+        --json "$logs/bench_ernie_full.json"
+    cp "$logs/bench_ernie_full.json" /tmp/ 2>/dev/null  # for vllm-ernie's prompt-count check, a later call
+    grep -E '^(\||flags: |workload )' "$logs/ernie_bench.log"
+fi
+if [ "$part" = vllm-ernie ]; then
+    # vLLM 0.26 (the kit, installed in /tmp/site) on the same workloads and the same config,
+    # with its own random weights (load_format dummy): the shim gives it Baidu's config and
+    # processor interface (tools/gpu/vllm_ernie). VLLM_MODEL=tiny runs the tiny model instead
+    # (a check that the shim loads, in about a minute).
+    export PYTHONPATH=/tmp/site VLLM_USE_FLASHINFER_SAMPLER=0
+    if [ "${VLLM_MODEL:-full}" = tiny ]; then
+        src=/tmp/ernie-tiny; dst=/tmp/ernie-tiny-vllm
+        "$bin/synth-model" --arch ernie-4.5-vl-28b-a3b --tiny --out "$src" >> "$logs/vllm_ernie.log" 2>&1
+        extra="--num-requests decode=16,image-qa=16,multi-image=8 --output-len 32 --prompt-len 64"
+    else
+        src=/tmp/ernie-full-config; dst=/tmp/ernie-full-vllm
+        [ -e "$src/config.json" ] || "$bin/synth-model" --arch ernie-4.5-vl-28b-a3b --config-only --out "$src" >> "$logs/vllm_ernie.log" 2>&1
+        extra="--num-requests ${ERNIE_NUM_REQUESTS:-decode=512,image-qa=256,multi-image=128}"
+    fi
+    python3 "$here/tools/prepare_vllm_ernie_dir.py" "$src" "$dst" >> "$logs/vllm_ernie.log" 2>&1
+    run_step "vLLM (ERNIE ${VLLM_MODEL:-full})" "$logs/vllm_ernie.log" timeout ${VLLM_TIMEOUT:-560} \
+        python3 "$here/tools/bench_vllm_ernie.py" --model "$dst" --load-format dummy $extra \
+        --ocrvl-json /tmp/bench_ernie_full.json --json "$logs/vllm_ernie.json" ${VLLM_ARGS:-}
+    grep -E '^(  [a-z-]+: |engine ready|attention:|  *(decode|image-qa|multi-image): )' "$logs/vllm_ernie.log"
+    tail -n 25 "$logs/vllm_ernie.log"
 fi
 if [ "$part" = seeds ]; then
     SEEDS_ONLY=1 run_step "checks.sh (seeds)" "$logs/checks.log" timeout 300 bash "$here/tools/checks.sh" "$bin" "$logs"

@@ -4,6 +4,7 @@
 //! synth-model --out DIR [--tiny] [--version 1|1.5|1.6] [--seed N] [--shards N] [--no-unused]
 //! [--no-lm-head]
 //! synth-model --arch ernie-4.5-vl-28b-a3b (--out DIR | --dry-run) [--tiny | --reduced] [--seed N] [--shards N]
+//! [--config-only]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,6 +17,7 @@ use ocrvl::model::synthetic::{synthetic_config, write_synthetic_model, Checkpoin
 const USAGE: &str =
     "usage: synth-model --out DIR [--tiny] [--version 1|1.5|1.6] [--seed N] [--shards N] [--no-unused] [--no-lm-head]
        synth-model --arch ernie-4.5-vl-28b-a3b (--out DIR | --dry-run) [--tiny | --reduced] [--seed N] [--shards N]
+                   [--config-only]
 
   --out DIR      directory to write (created if missing)
   --tiny         the small test model instead of the full 0.9B one
@@ -30,7 +32,9 @@ const USAGE: &str =
                  tiny, 12 full; the full model is ~58.8 GB)
   --reduced      ERNIE only: the real widths at reduced depth (3 decoder layers: dense, MoE,
                  MoE; 2 ViT blocks), the fidelity test's model (5.3 GB)
-  --dry-run      print the inventory's tensor count, parameters and bytes; write nothing";
+  --dry-run      print the inventory's tensor count, parameters and bytes; write nothing
+  --config-only  ERNIE only: every file but the weights (config, tokenizer, processor, chat
+                 template), to put beside weights saved elsewhere";
 
 struct Args {
     out: Option<PathBuf>,
@@ -40,6 +44,7 @@ struct Args {
     ernie: bool,
     shards_given: bool,
     dry_run: bool,
+    config_only: bool,
 }
 
 fn parse_args(args: &[String]) -> Result<Args, String> {
@@ -47,7 +52,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
     let mut tiny = false;
     let mut reduced = false;
     let mut opts = SyntheticOptions::default();
-    let (mut ernie, mut shards_given, mut dry_run) = (false, false, false);
+    let (mut ernie, mut shards_given, mut dry_run, mut config_only) = (false, false, false, false);
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -83,6 +88,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
                 };
             }
             "--dry-run" => dry_run = true,
+            "--config-only" => config_only = true,
             "--tiny" => tiny = true,
             "--reduced" => reduced = true,
             "--version" => {
@@ -113,6 +119,9 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
     if reduced && tiny {
         return Err("--reduced and --tiny are two different models: give one".into());
     }
+    if config_only && !ernie {
+        return Err("--config-only is an ERNIE-4.5-VL option (--arch ernie-4.5-vl-28b-a3b)".into());
+    }
     if dry_run && !ernie {
         return Err("--dry-run is only implemented for --arch ernie-4.5-vl-28b-a3b".into());
     }
@@ -124,6 +133,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
         ernie,
         shards_given,
         dry_run,
+        config_only,
     })
 }
 
@@ -200,9 +210,14 @@ fn run_ernie(args: &Args) -> ExitCode {
     if args.shards_given {
         opts.shards = args.opts.shards;
     }
+    opts.weights = !args.config_only;
     let start = Instant::now();
     match ernie::write_synthetic_model(&out, &cfg, &opts) {
         Ok(report) => {
+            if args.config_only {
+                println!("wrote {model}'s files but the weights to {}", out.display());
+                return ExitCode::SUCCESS;
+            }
             println!(
                 "wrote {model} ({} tensors, {:.1} MB of bf16, seed {}) to {} in {:.1} s",
                 report.num_tensors,

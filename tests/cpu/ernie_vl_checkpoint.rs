@@ -158,6 +158,44 @@ fn full_size_dry_run_prints_the_inventory_without_writing() {
     assert!(text.contains("58798588672 bytes"), "{text}");
 }
 
+#[test]
+fn config_only_writes_every_file_but_the_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_synth-model"))
+        .args(["--arch", "ernie-4.5-vl-28b-a3b", "--config-only", "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "chat_template.jinja",
+            "config.json",
+            "generation_config.json",
+            "preprocessor_config.json",
+            "tokenizer.json",
+            "tokenizer_config.json"
+        ]
+    );
+    let cfg = ErnieVlConfig::from_dir(dir.path()).unwrap();
+    assert_eq!(cfg.text.num_hidden_layers, ErnieVlConfig::ernie_4_5_vl_28b_a3b().text.num_hidden_layers);
+    assert_eq!(cfg.vision.depth, 32);
+    // An ERNIE-only flag.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_synth-model"))
+        .args(["--config-only", "--out"])
+        .arg(dir.path().join("x"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--config-only"));
+}
+
 fn write_tiny(cfg: &ErnieVlConfig) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     write_synthetic_model(dir.path(), cfg, &ErnieSyntheticOptions::for_model(true)).unwrap();

@@ -55,7 +55,39 @@ fn oracle_dir() -> (PathBuf, Option<tempfile::TempDir>) {
     (tmp.path().to_path_buf(), Some(tmp))
 }
 
-fn max_and_mean(a: &[f32], b: &[f32]) -> (f64, f64) {
+/// The oracle's prompt: ids, image grids and pixel rows (bf16, as ocrvl's processor gives them).
+pub(crate) struct OracleInputs {
+    pub ids: Vec<u32>,
+    pub grids: Vec<ImageGrid>,
+    pub pixels: Vec<bf16>,
+}
+
+impl OracleInputs {
+    pub(crate) fn read(dir: &std::path::Path) -> OracleInputs {
+        let ids = read_npy(&dir.join("input_ids.npy"))
+            .as_i64()
+            .iter()
+            .map(|&x| x as u32)
+            .collect();
+        let grids = read_npy(&dir.join("image_grid_thw.npy"))
+            .as_i64()
+            .chunks(3)
+            .map(|r| ImageGrid {
+                t: r[0] as usize,
+                h: r[1] as usize,
+                w: r[2] as usize,
+            })
+            .collect();
+        let pixels = read_npy(&dir.join("pixel_values.npy"))
+            .data
+            .iter()
+            .map(|&x| bf16::from_f64(x))
+            .collect();
+        OracleInputs { ids, grids, pixels }
+    }
+}
+
+pub(crate) fn max_and_mean(a: &[f32], b: &[f32]) -> (f64, f64) {
     let d: Vec<f64> = a.iter().zip(b).map(|(&x, &y)| (x as f64 - y as f64).abs()).collect();
     (
         d.iter().copied().fold(0.0, f64::max),
@@ -63,7 +95,7 @@ fn max_and_mean(a: &[f32], b: &[f32]) -> (f64, f64) {
     )
 }
 
-fn argmax(v: &[f32]) -> (usize, f32) {
+pub(crate) fn argmax(v: &[f32]) -> (usize, f32) {
     let mut best = (0, f32::NEG_INFINITY);
     for (i, &x) in v.iter().enumerate() {
         if x > best.1 {
@@ -79,26 +111,8 @@ fn ernie_logits_match_transformers_f32_within_its_bf16_error() {
     let g = gpu();
     let (dir, _keep) = oracle_dir();
     let m = ErnieVl::load(&g, &dir.join("model"), AttentionKernels::default()).unwrap();
-    let ids: Vec<u32> = read_npy(&dir.join("input_ids.npy"))
-        .as_i64()
-        .iter()
-        .map(|&x| x as u32)
-        .collect();
+    let OracleInputs { ids, grids, pixels } = OracleInputs::read(&dir);
     let seq = ids.len();
-    let grids: Vec<ImageGrid> = read_npy(&dir.join("image_grid_thw.npy"))
-        .as_i64()
-        .chunks(3)
-        .map(|r| ImageGrid {
-            t: r[0] as usize,
-            h: r[1] as usize,
-            w: r[2] as usize,
-        })
-        .collect();
-    let pixels: Vec<bf16> = read_npy(&dir.join("pixel_values.npy"))
-        .data
-        .iter()
-        .map(|&x| bf16::from_f64(x))
-        .collect();
     let f32_logits = read_npy(&dir.join("logits_f32.npy"));
     let bf16_logits = read_npy(&dir.join("logits_bf16.npy"));
     let vocab = m.vocab_size();
@@ -208,7 +222,7 @@ impl OracleLogits<'_> {
 /// See the module comment: prefill the prompt, then feed transformers' greedy tokens back one
 /// decode step at a time.
 #[allow(clippy::too_many_arguments)]
-fn decode_follows_transformers_greedy(
+pub(crate) fn decode_follows_transformers_greedy(
     g: &ocrvl::runtime::Gpu,
     m: &ErnieVl,
     gemm: &mut Gemm,
@@ -218,7 +232,7 @@ fn decode_follows_transformers_greedy(
     grids: &[ImageGrid],
     feats: &DeviceTensor,
     tolerance: f64,
-) {
+) -> usize {
     let path = dir.join("generated_bf16.npy");
     assert!(path.exists(), "{}: run the oracle with --generate N", path.display());
     let generated: Vec<u32> = read_npy(&path).as_i64().iter().map(|&x| x as u32).collect();
@@ -251,4 +265,5 @@ fn decode_follows_transformers_greedy(
         "decode: {same} of {} greedy tokens the same as transformers'",
         generated.len()
     );
+    same
 }

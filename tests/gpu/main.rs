@@ -17,6 +17,7 @@ mod engine;
 mod engine_isolation;
 mod engine_paths;
 mod ernie_family;
+mod ernie_full_greedy;
 mod ernie_oracle;
 mod ernie_service;
 mod fidelity;

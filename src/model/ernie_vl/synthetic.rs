@@ -39,6 +39,11 @@ pub struct ErnieSyntheticOptions {
     pub seed: u64,
     /// Safetensors files (at least 2: the hub checkpoint is sharded, so the index is tested).
     pub shards: usize,
+    /// False writes every file but the weights (`synth-model --config-only`): the config,
+    /// tokenizer and processor files to put beside weights from elsewhere, such as the
+    /// directory transformers saved, or for an engine that makes up its own weights (vLLM's
+    /// `load_format="dummy"`).
+    pub weights: bool,
 }
 
 impl ErnieSyntheticOptions {
@@ -48,6 +53,7 @@ impl ErnieSyntheticOptions {
         ErnieSyntheticOptions {
             seed: 0,
             shards: if tiny { 3 } else { 12 },
+            weights: true,
         }
     }
 }
@@ -108,6 +114,13 @@ pub fn write_synthetic_model(dir: &Path, cfg: &ErnieVlConfig, opts: &ErnieSynthe
         let path = dir.join(name);
         write_text(&path, &text)?;
         files.push(path);
+    }
+    if !opts.weights {
+        return Ok(SyntheticReport {
+            files,
+            num_tensors: 0,
+            tensor_bytes: 0,
+        });
     }
     files.extend(write_weight_files(dir, &specs, opts.seed, opts.shards, 1.0)?);
     Ok(SyntheticReport {
