@@ -64,7 +64,7 @@ use clap::{CommandFactory, Parser};
 use serde_json::{json, Value};
 
 use ocrvl::config::{
-    normalize_flag_spelling, EngineArgs, EngineConfig, EnvFlags, FamilyConfig, FlashAttnVersion, ModelFamilyKind,
+    normalize_flag_spelling, EngineArgs, EngineConfig, EnvFlags, FamilyConfig, FlashAttnVersion, LoadFormat, ModelFamilyKind,
     SamplingClass,
 };
 use ocrvl::engine::Engine;
@@ -298,6 +298,7 @@ fn flags_json(e: &EngineConfig, env: EnvFlags) -> Value {
         "gpu_memory_utilization": e.gpu_memory_utilization,
         "enable_prefix_caching": e.enable_prefix_caching,
         "enforce_eager": e.enforce_eager,
+        "load_format": load_format_name(e.load_format),
         "async_scheduling": e.async_scheduling,
         "FLAGS_flash_attn_version": match env.flash_attn_version {
             FlashAttnVersion::Auto => "auto",
@@ -381,11 +382,19 @@ fn run() -> anyhow::Result<()> {
 }
 
 /// Prints the flags in force and returns them as JSON.
+fn load_format_name(f: LoadFormat) -> &'static str {
+    match f {
+        LoadFormat::Files => "auto",
+        LoadFormat::Dummy => "dummy (random weights)",
+    }
+}
+
 fn print_flags(e: &EngineConfig, env: EnvFlags) -> Value {
     let flags = flags_json(e, env);
     println!(
         "flags: --max-num-seqs {} --max-num-batched-tokens {} --max-model-len {} --gpu-memory-utilization {} \
-         prefix-caching {} enforce-eager {} async-scheduling {}; FLAGS_flash_attn_version={} FD_SAMPLING_CLASS={}",
+         prefix-caching {} enforce-eager {} async-scheduling {} load-format {}; FLAGS_flash_attn_version={} \
+         FD_SAMPLING_CLASS={}",
         e.max_num_seqs,
         e.max_num_batched_tokens,
         e.max_model_len,
@@ -393,6 +402,7 @@ fn print_flags(e: &EngineConfig, env: EnvFlags) -> Value {
         if e.enable_prefix_caching { "on" } else { "off" },
         if e.enforce_eager { "on" } else { "off" },
         if e.async_scheduling { "on" } else { "off" },
+        load_format_name(e.load_format),
         flags["FLAGS_flash_attn_version"].as_str().unwrap_or("?"),
         flags["FD_SAMPLING_CLASS"].as_str().unwrap_or("?"),
     );

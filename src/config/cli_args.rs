@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser};
 use serde_json::Value;
 
-use super::engine::{EngineConfig, MAX_NUM_SEQS_LIMIT};
+use super::engine::{EngineConfig, LoadFormat, MAX_NUM_SEQS_LIMIT};
 use crate::service::reasoning::ReasoningParser;
 
 /// vLLM's default for `--mm-processor-cache-gb` (GiB).
@@ -69,6 +69,10 @@ pub struct EngineArgs {
     /// This many KV blocks instead of what the memory target allows (tests, debugging).
     #[arg(long, value_name = "N", value_parser = positive)]
     pub num_gpu_blocks_override: Option<usize>,
+    /// `auto` (or `safetensors`): the checkpoint's files; `dummy`: random weights with its
+    /// names and shapes, made in memory (benchmarks of a directory without weights).
+    #[arg(long, value_name = "FORMAT", default_value = "auto", value_parser = LoadFormat::parse)]
+    pub load_format: LoadFormat,
     /// vLLM's JSON: `cudagraph_mode` FULL_DECODE_ONLY (or FULL, PIECEWISE, FULL_AND_PIECEWISE)
     /// keeps the decode CUDA graphs on, NONE turns them off.
     #[arg(long, value_name = "JSON")]
@@ -170,6 +174,7 @@ impl EngineArgs {
             ),
             model: self.model.as_ref().map(PathBuf::from),
             num_gpu_blocks_override: self.num_gpu_blocks_override,
+            load_format: self.load_format,
             ..defaults
         };
         if let Some(json) = &self.compilation_config {

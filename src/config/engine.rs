@@ -38,6 +38,8 @@ pub struct EngineConfig {
     /// `--num-gpu-blocks-override`: this many KV blocks instead of what the memory target
     /// allows (tests of preemption; debugging).
     pub num_gpu_blocks_override: Option<usize>,
+    /// `--load-format`: the checkpoint's files, or random weights (`dummy`, for benchmarks).
+    pub load_format: LoadFormat,
 }
 
 impl Default for EngineConfig {
@@ -53,6 +55,7 @@ impl Default for EngineConfig {
             async_scheduling: true,
             model: None,
             num_gpu_blocks_override: None,
+            load_format: LoadFormat::Files,
         }
     }
 }
@@ -107,5 +110,30 @@ impl EngineConfig {
             ));
         }
         Ok(())
+    }
+}
+
+/// Where the weights come from (`--load-format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LoadFormat {
+    /// The directory's safetensors files (`auto`, vLLM's default; `safetensors` is accepted).
+    #[default]
+    Files,
+    /// Random weights with the checkpoint's names and shapes (`dummy`).
+    Dummy,
+}
+
+impl LoadFormat {
+    /// vLLM's spellings: `auto` and `safetensors` read the files, `dummy` makes them up; the
+    /// rest of vLLM's formats (`pt`, `gguf`, `bitsandbytes`, ...) are refused by name.
+    pub fn parse(text: &str) -> Result<LoadFormat, String> {
+        match text {
+            "auto" | "safetensors" => Ok(LoadFormat::Files),
+            "dummy" => Ok(LoadFormat::Dummy),
+            other => Err(format!(
+                "--load-format {other:?}: ocrvl reads safetensors checkpoints (auto, safetensors) or makes \
+                 random weights for benchmarks (dummy)"
+            )),
+        }
     }
 }

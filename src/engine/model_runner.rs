@@ -140,7 +140,7 @@ impl ModelRunner {
         let cfg = FamilyConfig::from_dir(dir)?;
         engine.validate(cfg.max_position_embeddings())?;
         let attention = env.flash_attn_version.resolve(&gpu)?;
-        let model = family::load(&gpu, dir, cfg, AttentionKernels::from(attention))?;
+        let model = family::load(&gpu, dir, cfg, AttentionKernels::from(attention), engine.load_format)?;
         log_attention_choice(&gpu, env, attention);
         let gemm = Gemm::new(&gpu)?;
         let (t, s) = (engine.max_num_batched_tokens, engine.max_num_seqs);

@@ -24,7 +24,7 @@ use super::ernie_vl::family::ErnieVl;
 use super::names::TensorSpec;
 use super::paddleocr_vl::PaddleOcrVl;
 use super::text::{KvCache, StepInputs};
-use crate::config::{FamilyConfig, ModelConfig};
+use crate::config::{FamilyConfig, LoadFormat, ModelConfig};
 use crate::error::Result;
 use crate::kernels::attention::AttentionKernels;
 use crate::preprocess::image::ImageGrid;
@@ -142,9 +142,15 @@ pub trait ModelFamily {
 
 /// Loads the model in `dir`, whose config `cfg` is ([`FamilyConfig::from_dir`]), with the
 /// attention kernels `attention`.
-pub fn load(gpu: &Gpu, dir: &Path, cfg: FamilyConfig, attention: AttentionKernels) -> Result<Box<dyn ModelFamily>> {
+pub fn load(
+    gpu: &Gpu,
+    dir: &Path,
+    cfg: FamilyConfig,
+    attention: AttentionKernels,
+    format: LoadFormat,
+) -> Result<Box<dyn ModelFamily>> {
     Ok(match cfg {
-        FamilyConfig::PaddleOcrVl(cfg) => Box::new(PaddleOcrVl::load(gpu, dir, cfg, attention)?),
-        FamilyConfig::ErnieVl(_) => Box::new(ErnieVl::load(gpu, dir, attention)?),
+        FamilyConfig::PaddleOcrVl(cfg) => Box::new(PaddleOcrVl::load_with(gpu, dir, cfg, attention, format)?),
+        FamilyConfig::ErnieVl(_) => Box::new(ErnieVl::load_with(gpu, dir, attention, format)?),
     })
 }

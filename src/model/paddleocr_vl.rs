@@ -10,7 +10,7 @@ use super::gpu_weights::ModelWeights;
 use super::names::{expected_tensors, TensorSpec};
 use super::text::{self, KvCache, StepInputs};
 use super::vision::{self, VisionBatch, VisionBatchHost};
-use super::weights::Checkpoint;
+use super::random_weights::{open_checkpoint, LoadFormat};
 use crate::config::ModelConfig;
 use crate::error::Result;
 use crate::kernels::attention::AttentionKernels;
@@ -27,7 +27,18 @@ pub struct PaddleOcrVl {
 impl PaddleOcrVl {
     /// Opens the checkpoint in `dir`, checks it against `cfg` and uploads it.
     pub fn load(gpu: &Gpu, dir: &Path, cfg: ModelConfig, attention: AttentionKernels) -> Result<PaddleOcrVl> {
-        let ckpt = Checkpoint::open(dir)?;
+        Self::load_with(gpu, dir, cfg, attention, LoadFormat::Files)
+    }
+
+    /// [`PaddleOcrVl::load`] with the weights from `format` (`--load-format dummy` makes them up).
+    pub fn load_with(
+        gpu: &Gpu,
+        dir: &Path,
+        cfg: ModelConfig,
+        attention: AttentionKernels,
+        format: LoadFormat,
+    ) -> Result<PaddleOcrVl> {
+        let ckpt = open_checkpoint(dir, &expected_tensors(&cfg), format)?;
         let mut weights = ModelWeights::upload(gpu, &cfg, &ckpt.validate(&cfg)?)?;
         weights.attention = attention;
         Ok(PaddleOcrVl { cfg, weights })

@@ -218,6 +218,12 @@ pub(crate) fn write_weight_files(
     Ok(files)
 }
 
+/// Writes into `out` the bytes a synthetic checkpoint with `seed` holds for `spec` (what
+/// [`synthetic_tensor_data`] returns, without the allocation).
+pub(crate) fn fill_tensor(seed: u64, spec: &TensorSpec, out: &mut [u8]) {
+    fill_values(seed, spec, 0, 1.0, out);
+}
+
 /// The bytes (bf16, little-endian) that a synthetic checkpoint with `seed` holds for `spec`.
 pub fn synthetic_tensor_data(seed: u64, spec: &TensorSpec) -> Vec<u8> {
     let mut out = vec![0u8; spec.size_bytes()];

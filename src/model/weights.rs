@@ -249,6 +249,86 @@ impl Checkpoint {
         Ok(())
     }
 
+    /// A checkpoint of `specs` held in anonymous memory, each tensor's bytes written by `fill`
+    /// (tensors spread over the machine's threads): the weights of `--load-format dummy`
+    /// ([`super::random_weights`]). `dir` only names it in messages. bf16 tensors only, like
+    /// every checkpoint ocrvl loads.
+    pub fn in_memory(
+        dir: &Path,
+        specs: &[TensorSpec],
+        fill: &(dyn Fn(&TensorSpec, &mut [u8]) + Sync),
+    ) -> Result<Checkpoint, WeightsError> {
+        let label = dir.join("(random weights in memory)");
+        if let Some(spec) = specs.iter().find(|s| s.dtype != DType::BF16) {
+            return Err(WeightsError::WrongDtype {
+                file: label,
+                name: spec.name.clone(),
+                expected: DType::BF16,
+                found: spec.dtype,
+            });
+        }
+        let total: usize = specs.iter().map(TensorSpec::size_bytes).sum();
+        let mut map = memmap2::MmapMut::map_anon(total.max(1)).map_err(|source| WeightsError::Io {
+            path: label.clone(),
+            source,
+        })?;
+        // Cut the map into one slice per tensor, then let each thread take the next unfilled
+        // tensor (largest first, so the last ones to finish are small).
+        let mut slices: Vec<(&TensorSpec, &mut [u8])> = Vec::with_capacity(specs.len());
+        let mut rest: &mut [u8] = &mut map[..];
+        for spec in specs {
+            let (head, tail) = std::mem::take(&mut rest).split_at_mut(spec.size_bytes());
+            slices.push((spec, head));
+            rest = tail;
+        }
+        slices.sort_by_key(|(spec, _)| std::cmp::Reverse(spec.size_bytes()));
+        let work = std::sync::Mutex::new(slices.into_iter());
+        let threads = std::thread::available_parallelism().map_or(4, |n| n.get());
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                scope.spawn(|| loop {
+                    let next = work.lock().unwrap_or_else(|e| e.into_inner()).next();
+                    let Some((spec, out)) = next else { break };
+                    fill(spec, out);
+                });
+            }
+        });
+        let mmap = map.make_read_only().map_err(|source| WeightsError::Io {
+            path: label.clone(),
+            source,
+        })?;
+        let mut ckpt = Checkpoint {
+            dir: dir.to_path_buf(),
+            shards: vec![Shard {
+                path: label,
+                mmap,
+                metadata: HashMap::new(),
+            }],
+            entries: BTreeMap::new(),
+        };
+        let mut start = 0;
+        for spec in specs {
+            let end = start + spec.size_bytes();
+            let entry = Entry {
+                stored_name: spec.name.clone(),
+                shard: 0,
+                dtype: safetensors::Dtype::BF16,
+                shape: spec.shape.clone(),
+                start,
+                end,
+            };
+            if ckpt.entries.insert(spec.name.clone(), entry).is_some() {
+                return Err(WeightsError::DuplicateTensor {
+                    name: spec.name.clone(),
+                    first: spec.name.clone(),
+                    second: spec.name.clone(),
+                });
+            }
+            start = end;
+        }
+        Ok(ckpt)
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

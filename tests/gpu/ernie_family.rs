@@ -213,3 +213,46 @@ fn ernie_tiny_chunked_prefill_and_decode_agree() {
         assert_close(&format!("step {i}"), &got, &want, 3e-2 * rms(&want), 2e-2);
     }
 }
+
+/// `--load-format dummy` on a directory without weights (`synth-model --config-only`) makes
+/// the synthetic checkpoint's seed-0 bytes, so its image features and logits are the same bits
+/// as the written checkpoint's.
+#[test]
+#[ignore = "needs GPU"]
+fn dummy_load_format_runs_as_the_written_checkpoint() {
+    use ocrvl::config::LoadFormat;
+    let g = gpu();
+    let written = tempfile::tempdir().unwrap();
+    let m = load_tiny(&g, written.path());
+    let bare = tempfile::tempdir().unwrap();
+    let mut opts = ErnieSyntheticOptions::for_model(true);
+    opts.weights = false;
+    write_synthetic_model(bare.path(), &ErnieVlConfig::tiny(), &opts).unwrap();
+    assert!(!bare.path().join("model.safetensors.index.json").exists());
+    let d = ErnieVl::load_with(&g, bare.path(), AttentionKernels::default(), LoadFormat::Dummy).unwrap();
+
+    let mut gemm = Gemm::new(&g).unwrap();
+    let mut ws = Workspace::new(&g, 64 << 20).unwrap();
+    let mut r = rng(0xE41E_0003);
+    let grid = ImageGrid { t: 1, h: 4, w: 6 };
+    let pixels = rand_bf16(&mut r, grid.num_patches() * m.patch_values(), 2.0);
+    let a = encode(&g, &m, &mut gemm, &ws, &[grid], &pixels);
+    let b = encode(&g, &d, &mut gemm, &ws, &[grid], &pixels);
+    assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "image features differ");
+
+    let t = &ErnieVlConfig::tiny().tokens;
+    let n_img = m.image_tokens(grid);
+    let mut ids: Vec<u32> = (0..5).map(|_| r.random_range(5..900)).collect();
+    ids.push(t.image_start_token_id);
+    ids.extend(std::iter::repeat_n(t.image_token_id, n_img));
+    ids.push(t.image_end_token_id);
+    ids.extend((0..4).map(|_| r.random_range(5..900u32)));
+    let feats = DeviceTensor::from_host(&g, &[n_img, m.feature_width()], &a).unwrap();
+    let spans = [(0, ids.len())];
+    let la = run_steps(&g, &m, &mut gemm, &mut ws, &ids, ids.len(), &[grid], &feats, &spans);
+    let lb = run_steps(&g, &d, &mut gemm, &mut ws, &ids, ids.len(), &[grid], &feats, &spans);
+    assert!(
+        la[0].iter().zip(&lb[0]).all(|(x, y)| x.to_bits() == y.to_bits()),
+        "logits differ"
+    );
+}

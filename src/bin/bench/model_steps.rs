@@ -15,7 +15,8 @@ use ocrvl::model::gpu_weights::ModelWeights;
 use ocrvl::model::step::{HostStep, SeqChunk};
 use ocrvl::model::text::{self, KvCache};
 use ocrvl::model::vision::{self, VisionBatch, VisionBatchHost};
-use ocrvl::model::weights::Checkpoint;
+use ocrvl::model::names::expected_tensors;
+use ocrvl::model::random_weights::open_checkpoint;
 use ocrvl::runtime::{DType, DeviceTensor, Gemm, Gpu, GpuTimer, Workspace};
 
 use crate::BenchArgs;
@@ -73,7 +74,7 @@ fn chunks(
 /// memory left.
 pub(crate) fn model_steps(args: &BenchArgs, gpu: &Gpu, cfg: &ModelConfig, dir: &Path) -> anyhow::Result<Value> {
     let t = Instant::now();
-    let ckpt = Checkpoint::open(dir)?;
+    let ckpt = open_checkpoint(dir, &expected_tensors(cfg), args.engine.load_format)?;
     let valid = ckpt.validate(cfg)?;
     let mut weights = ModelWeights::upload(gpu, cfg, &valid)?;
     // The attention kernels the engine would pick (FLAGS_flash_attn_version).

@@ -33,7 +33,7 @@ use crate::kernels::moe::token_pool;
 use crate::model::family::{ModelFamily, PixelWriter, PromptLayout};
 use crate::model::names::TensorSpec;
 use crate::model::text::{DecodePath, KvCache, StepInputs};
-use crate::model::weights::Checkpoint;
+use crate::model::random_weights::{open_checkpoint, LoadFormat};
 use crate::preprocess::image::ImageGrid;
 use crate::preprocess::{mrope_positions, PreprocessError};
 use crate::runtime::{DType, DeviceTensor, Gemm, Gpu, TensorViewMut, Workspace};
@@ -59,8 +59,13 @@ impl ErnieVl {
     /// Opens the checkpoint in `dir` (config.json read there), checks it against the inventory
     /// and uploads it.
     pub fn load(gpu: &Gpu, dir: &Path, attention: AttentionKernels) -> Result<ErnieVl> {
+        Self::load_with(gpu, dir, attention, LoadFormat::Files)
+    }
+
+    /// [`ErnieVl::load`] with the weights from `format` (`--load-format dummy` makes them up).
+    pub fn load_with(gpu: &Gpu, dir: &Path, attention: AttentionKernels, format: LoadFormat) -> Result<ErnieVl> {
         let cfg = ErnieVlConfig::from_dir(dir)?;
-        let ckpt = Checkpoint::open(dir)?;
+        let ckpt = open_checkpoint(dir, &expected_tensors(&cfg), format)?;
         let host = validate(&ckpt, &cfg)?;
         let vision = ErnieVisionWeights::upload(gpu, &cfg, &host)?;
         let text = ErnieTextWeights::upload(gpu, &cfg, &host)?;
