@@ -8,6 +8,8 @@
 //!   `preprocessor_config.json`.
 //! - [`prompt`] loads `tokenizer.json` and the chat template, renders the task prompts and
 //!   expands the image placeholders.
+//! - [`sentencepiece`] builds the tokenizer from a SentencePiece `tokenizer.model` where a
+//!   directory has no `tokenizer.json`.
 //! - [`mrope`] computes the 3-D M-RoPE position ids and `rope_delta` of one sequence.
 //!
 //! Everything here is plain CPU code with no CUDA dependency, so it is tested in CI.
@@ -20,6 +22,7 @@ pub mod processor_config;
 pub mod prompt;
 pub mod resample;
 mod resample_kernels;
+pub mod sentencepiece;
 
 pub use self::image::{
     decode_rgb, smart_resize, ImageGrid, ImageProcessor, ProcessedImage, Rgb8Image, DEFAULT_MAX_DECODED_PIXELS,
@@ -93,7 +96,7 @@ pub enum PreprocessError {
         reason: String,
     },
 
-    /// `tokenizer.json` missing, unreadable, or failing to encode.
+    /// `tokenizer.json` (or `tokenizer.model`) missing, unreadable, or failing to encode.
     #[error("tokenizer ({origin}): {message}")]
     Tokenizer { origin: String, message: String },
 

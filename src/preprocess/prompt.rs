@@ -20,6 +20,7 @@ use tokenizers::Tokenizer;
 
 use super::image::ImageGrid;
 use super::processor_config::read_optional;
+use super::sentencepiece;
 use super::{PreprocessError, Result};
 use crate::config::{ErnieVlConfig, ModelConfig};
 use crate::model::ernie_vl::synthetic::CHAT_TEMPLATE as ERNIE_CHAT_TEMPLATE;
@@ -218,27 +219,12 @@ pub struct PromptBuilder {
 }
 
 impl PromptBuilder {
-    /// Loads `tokenizer.json`, and the chat template from `chat_template.jinja`, else the
+    /// Loads `tokenizer.json` (else a SentencePiece `tokenizer.model`, read by
+    /// [`super::sentencepiece`]), and the chat template from `chat_template.jinja`, else the
     /// `chat_template` string of `tokenizer_config.json`, else [`DEFAULT_CHAT_TEMPLATE`].
     pub fn from_dir(dir: impl AsRef<Path>, model: impl Into<PromptTokens>) -> Result<Self> {
         let dir = dir.as_ref();
         let tokens: PromptTokens = model.into();
-        let tok_path = dir.join("tokenizer.json");
-        let tokenizer_origin = tok_path.display().to_string();
-        if !tok_path.exists() && dir.join("tokenizer.model").exists() {
-            // ERNIE-4.5 checkpoints may ship only the SentencePiece model.
-            return Err(PreprocessError::Tokenizer {
-                origin: tokenizer_origin,
-                message: "missing; the directory has only tokenizer.model (SentencePiece), which ocrvl \
-                          does not read: write tokenizer.json next to it with transformers, \
-                          `AutoTokenizer.from_pretrained(DIR).save_pretrained(DIR)`"
-                    .into(),
-            });
-        }
-        let tokenizer = Tokenizer::from_file(&tok_path).map_err(|e| PreprocessError::Tokenizer {
-            origin: tokenizer_origin.clone(),
-            message: e.to_string(),
-        })?;
 
         let tok_config = read_optional(&dir.join("tokenizer_config.json"))?;
         let tok_config: Option<Value> = match tok_config {
@@ -247,6 +233,21 @@ impl PromptBuilder {
                 message: format!("not valid JSON: {e}"),
             })?),
             None => None,
+        };
+
+        let tok_path = dir.join("tokenizer.json");
+        let sp_path = dir.join(sentencepiece::MODEL_FILE);
+        let (tokenizer, tokenizer_origin) = if !tok_path.exists() && sp_path.exists() {
+            // ERNIE-4.5 hub checkpoints ship only the SentencePiece model.
+            let tokenizer = sentencepiece::tokenizer_from_dir(dir, tok_config.as_ref())?;
+            (tokenizer, sp_path.display().to_string())
+        } else {
+            let origin = tok_path.display().to_string();
+            let tokenizer = Tokenizer::from_file(&tok_path).map_err(|e| PreprocessError::Tokenizer {
+                origin: origin.clone(),
+                message: e.to_string(),
+            })?;
+            (tokenizer, origin)
         };
 
         let jinja_path = dir.join("chat_template.jinja");

@@ -111,14 +111,18 @@ fn a_conversation_renders_every_turn_with_images_where_they_are() {
     assert!(prompt.image_spans[0].end < prompt.image_spans[1].start);
 }
 
+/// Without tokenizer.json the directory's tokenizer.model is read (tests/cpu/sentencepiece.rs
+/// has the working cases); a file that is not a SentencePiece model is an error naming it.
 #[test]
-fn a_sentencepiece_only_directory_gets_the_conversion_command() {
+fn a_sentencepiece_only_directory_reads_tokenizer_model() {
     let (dir, cfg) = tiny_dir();
     std::fs::remove_file(dir.path().join("tokenizer.json")).unwrap();
     std::fs::write(dir.path().join("tokenizer.model"), b"not read").unwrap();
     let err = PromptBuilder::from_dir(dir.path(), &cfg).err().unwrap().to_string();
     assert!(
-        err.contains("tokenizer.model") && err.contains("save_pretrained"),
+        err.contains("tokenizer.model")
+            && err.contains("not a valid SentencePiece model")
+            && !err.contains("tokenizer.json"),
         "{err}"
     );
 }

@@ -46,6 +46,7 @@ mod request_props;
 mod runtime_cpu;
 mod sampling_cpu;
 mod scheduler;
+mod sentencepiece;
 mod spotting;
 mod stop_tokens;
 mod synthetic_tokenizer;

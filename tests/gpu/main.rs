@@ -30,3 +30,4 @@ mod norm;
 mod rope;
 mod sampling;
 mod sampling_greedy;
+mod sentencepiece_oracle;
