@@ -64,8 +64,8 @@ use clap::{CommandFactory, Parser};
 use serde_json::{json, Value};
 
 use ocrvl::config::{
-    normalize_flag_spelling, EngineArgs, EngineConfig, EnvFlags, FamilyConfig, FlashAttnVersion, LoadFormat, ModelFamilyKind,
-    SamplingClass,
+    normalize_flag_spelling, EngineArgs, EngineConfig, EnvFlags, FamilyConfig, FlashAttnVersion, LoadFormat,
+    ModelFamilyKind, SamplingClass,
 };
 use ocrvl::engine::Engine;
 use ocrvl::runtime::Gpu;

@@ -184,7 +184,10 @@ fn config_only_writes_every_file_but_the_weights() {
         ]
     );
     let cfg = ErnieVlConfig::from_dir(dir.path()).unwrap();
-    assert_eq!(cfg.text.num_hidden_layers, ErnieVlConfig::ernie_4_5_vl_28b_a3b().text.num_hidden_layers);
+    assert_eq!(
+        cfg.text.num_hidden_layers,
+        ErnieVlConfig::ernie_4_5_vl_28b_a3b().text.num_hidden_layers
+    );
     assert_eq!(cfg.vision.depth, 32);
     // An ERNIE-only flag.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_synth-model"))

@@ -19,7 +19,10 @@ fn load_format_flag_takes_vllm_spellings() {
     assert_eq!(format(&["--load_format=dummy"]).unwrap(), LoadFormat::Dummy);
     for other in ["pt", "gguf", "bitsandbytes", ""] {
         let err = format(&["--load-format", other]).unwrap_err();
-        assert!(err.contains("--load-format") && err.contains("dummy"), "{other:?}: {err}");
+        assert!(
+            err.contains("--load-format") && err.contains("dummy"),
+            "{other:?}: {err}"
+        );
     }
 }
 

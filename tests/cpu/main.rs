@@ -34,6 +34,7 @@ mod hostile_images;
 mod hub;
 mod hub_server;
 mod kv_cache_manager;
+mod load_format;
 mod model_step_cpu;
 mod mrope_positions;
 mod ocr_args;

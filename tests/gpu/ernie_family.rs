@@ -238,7 +238,10 @@ fn dummy_load_format_runs_as_the_written_checkpoint() {
     let pixels = rand_bf16(&mut r, grid.num_patches() * m.patch_values(), 2.0);
     let a = encode(&g, &m, &mut gemm, &ws, &[grid], &pixels);
     let b = encode(&g, &d, &mut gemm, &ws, &[grid], &pixels);
-    assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "image features differ");
+    assert!(
+        a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+        "image features differ"
+    );
 
     let t = &ErnieVlConfig::tiny().tokens;
     let n_img = m.image_tokens(grid);

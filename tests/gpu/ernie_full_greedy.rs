@@ -54,7 +54,10 @@ fn ernie_full_size_greedy_follows_transformers_bf16() {
 
     let chunk = 16;
     let ends: Vec<usize> = (chunk..seq).step_by(chunk).chain(std::iter::once(seq)).collect();
-    let spans: Vec<(usize, usize)> = std::iter::once(0).chain(ends.iter().copied()).zip(ends.iter().copied()).collect();
+    let spans: Vec<(usize, usize)> = std::iter::once(0)
+        .chain(ends.iter().copied())
+        .zip(ends.iter().copied())
+        .collect();
     let rows = run_steps(&g, &m, &mut gemm, &mut ws, &ids, seq, &grids, &feats, &spans);
     let (mut worst, mut mean, mut spread) = (0.0f64, 0.0f64, 0.0f64);
     for (row, &end) in rows.iter().zip(&ends) {

@@ -12,11 +12,11 @@ use serde_json::{json, Value};
 
 use ocrvl::config::{EnvFlags, ModelConfig};
 use ocrvl::model::gpu_weights::ModelWeights;
+use ocrvl::model::names::expected_tensors;
+use ocrvl::model::random_weights::open_checkpoint;
 use ocrvl::model::step::{HostStep, SeqChunk};
 use ocrvl::model::text::{self, KvCache};
 use ocrvl::model::vision::{self, VisionBatch, VisionBatchHost};
-use ocrvl::model::names::expected_tensors;
-use ocrvl::model::random_weights::open_checkpoint;
 use ocrvl::runtime::{DType, DeviceTensor, Gemm, Gpu, GpuTimer, Workspace};
 
 use crate::BenchArgs;
