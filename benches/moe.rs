@@ -7,7 +7,11 @@
 //!   (read back once) against the copy rate.
 //! - prefill, 8192 tokens (70% text, 30% vision): reported in TFLOP/s of the routed and shared
 //!   GEMMs against cuBLAS's bf16 rate.
-//! - the text pool's gate/up grouped GEMM alone at decode, in GB/s.
+//! - decode 128 text tokens (the ERNIE decode workload's step: ~127 sequences);
+//! - the text pool's gate/up and down grouped GEMMs alone at decode 128 and 256, in GB/s.
+//!
+//! `OCRVL_MOE_COMPUTE_PADDING=1` runs the version-1 grouped GEMM (padding sub-tiles computed)
+//! for an A/B in the same call.
 //!
 //! Weights are filled with one non-zero byte pattern on the device (2 GB: a host pattern would
 //! take longer than the bench); the router is random so the routing spreads as a trained one.
@@ -108,10 +112,17 @@ fn moe_benches(c: &mut Criterion) {
     let mut scratch = MoeScratch::new(&gpu, &shape, 8192).unwrap();
     let mut group = c.benchmark_group("moe");
 
-    for (name, tokens, vision_every) in [("block_decode_256", 256usize, 10usize), ("block_prefill_8192", 8192, 3)] {
+    // vision_every: every n-th token is a vision token (0: none, a text decode step).
+    for (name, tokens, vision_every) in [
+        ("block_decode_128_text", 128usize, 0usize),
+        ("block_decode_256", 256, 10),
+        ("block_prefill_8192", 8192, 3),
+    ] {
         let x =
             DeviceTensor::from_host(&gpu, &[tokens, HIDDEN], &pattern_bf16(tokens * HIDDEN, tokens as u32)).unwrap();
-        let pool: Vec<i32> = (0..tokens).map(|t| i32::from(t % vision_every == 0)).collect();
+        let pool: Vec<i32> = (0..tokens)
+            .map(|t| i32::from(vision_every > 0 && t % vision_every == 0))
+            .collect();
         let pool = DeviceTensor::from_host(&gpu, &[tokens], &pool).unwrap();
         let mut out = DeviceTensor::alloc(&gpu, DType::BF16, &[tokens, HIDDEN]).unwrap();
         let mut step = || {
@@ -173,63 +184,85 @@ fn moe_benches(c: &mut Criterion) {
         });
     }
 
-    // The text pool's gate/up grouped GEMM alone at decode: 256 text tokens routed into
-    // buffers of its own.
-    let tokens = 256;
-    let x = DeviceTensor::from_host(&gpu, &[tokens, HIDDEN], &pattern_bf16(tokens * HIDDEN, 5)).unwrap();
-    let mut logits = DeviceTensor::alloc(&gpu, DType::F32, &[tokens, 2 * EXPERTS]).unwrap();
-    let mut ids = DeviceTensor::alloc(&gpu, DType::I32, &[tokens, TOP_K]).unwrap();
-    let mut w = DeviceTensor::alloc(&gpu, DType::F32, &[tokens, TOP_K]).unwrap();
-    let tiles = moe::max_tiles(tokens * TOP_K, 2 * EXPERTS);
-    let mut sorted = DeviceTensor::alloc(&gpu, DType::I32, &[tiles * BLOCK_M]).unwrap();
-    let mut pair_slot = DeviceTensor::alloc(&gpu, DType::I32, &[tokens * TOP_K]).unwrap();
-    let mut tile_expert = DeviceTensor::alloc(&gpu, DType::I32, &[tiles]).unwrap();
-    let mut h = DeviceTensor::alloc(&gpu, DType::BF16, &[tiles * BLOCK_M, INTER[0]]).unwrap();
-    moe::router_logits(&gpu, &mut logits.view_mut(), &x.view(), &router.view()).unwrap();
-    let bv = bias.view();
-    moe::topk(
-        &gpu,
-        &mut ids.view_mut(),
-        &mut w.view_mut(),
-        &logits.view(),
-        None,
-        Some(&bv.narrow0(0, 1).unwrap()),
-        EXPERTS,
-        1e-12,
-    )
-    .unwrap();
-    moe::align(
-        &gpu,
-        &mut sorted.view_mut(),
-        &mut pair_slot.view_mut(),
-        &mut tile_expert.view_mut(),
-        &ids.view(),
-        2 * EXPERTS,
-    )
-    .unwrap();
-    let used: Vec<i32> = tile_expert.to_host(&gpu).unwrap();
-    let mut used: Vec<i32> = used.into_iter().filter(|&e| e >= 0).collect();
-    used.dedup();
-    let bytes = used.len() * 2 * INTER[0] * HIDDEN * 2;
-    let mut step = || {
-        moe::grouped_gemm(
+    // The text pool's two grouped GEMMs alone at decode (128 and 256 text tokens), each in GB/s
+    // of the weights of the experts used: the step's floor is these weights streamed once.
+    for tokens in [128usize, 256] {
+        let x = DeviceTensor::from_host(&gpu, &[tokens, HIDDEN], &pattern_bf16(tokens * HIDDEN, 5)).unwrap();
+        let mut logits = DeviceTensor::alloc(&gpu, DType::F32, &[tokens, 2 * EXPERTS]).unwrap();
+        let mut ids = DeviceTensor::alloc(&gpu, DType::I32, &[tokens, TOP_K]).unwrap();
+        let mut w = DeviceTensor::alloc(&gpu, DType::F32, &[tokens, TOP_K]).unwrap();
+        let tiles = moe::max_tiles(tokens * TOP_K, 2 * EXPERTS);
+        let mut sorted = DeviceTensor::alloc(&gpu, DType::I32, &[tiles * BLOCK_M]).unwrap();
+        let mut pair_slot = DeviceTensor::alloc(&gpu, DType::I32, &[tokens * TOP_K]).unwrap();
+        let mut tile_expert = DeviceTensor::alloc(&gpu, DType::I32, &[tiles]).unwrap();
+        let mut h = DeviceTensor::alloc(&gpu, DType::BF16, &[tiles * BLOCK_M, INTER[0]]).unwrap();
+        let mut y = DeviceTensor::alloc(&gpu, DType::BF16, &[tiles * BLOCK_M, HIDDEN]).unwrap();
+        moe::router_logits(&gpu, &mut logits.view_mut(), &x.view(), &router.view()).unwrap();
+        let bv = bias.view();
+        moe::topk(
             &gpu,
-            &mut h.view_mut(),
-            &x.view(),
-            &sorted.view(),
-            Some(TOP_K),
-            &pools[0].0.view(),
-            &tile_expert.view(),
-            0..EXPERTS,
-            Epilogue::SwiGlu,
+            &mut ids.view_mut(),
+            &mut w.view_mut(),
+            &logits.view(),
+            None,
+            Some(&bv.narrow0(0, 1).unwrap()),
+            EXPERTS,
+            1e-12,
         )
         .unwrap();
-    };
-    let ms = common::mean_ms(&gpu, 3, 50, &mut step);
-    common::report_gbps(&format!("gate_up_text_decode_256 ({} experts)", used.len()), bytes, ms);
-    group.bench_function("gate_up_text_decode_256", |b| {
-        b.iter_custom(|iters| common::time_gpu(&gpu, iters, &mut step))
-    });
+        moe::align(
+            &gpu,
+            &mut sorted.view_mut(),
+            &mut pair_slot.view_mut(),
+            &mut tile_expert.view_mut(),
+            &ids.view(),
+            2 * EXPERTS,
+        )
+        .unwrap();
+        let used: Vec<i32> = tile_expert.to_host(&gpu).unwrap();
+        let mut used: Vec<i32> = used.into_iter().filter(|&e| e >= 0).collect();
+        used.dedup();
+        let mut gate_up = || {
+            moe::grouped_gemm(
+                &gpu,
+                &mut h.view_mut(),
+                &x.view(),
+                &sorted.view(),
+                Some(TOP_K),
+                &pools[0].0.view(),
+                &tile_expert.view(),
+                0..EXPERTS,
+                Epilogue::SwiGlu,
+            )
+            .unwrap();
+        };
+        let ms = common::mean_ms(&gpu, 3, 50, &mut gate_up);
+        let label = format!("gate_up_text_decode_{tokens} ({} experts)", used.len());
+        common::report_gbps(&label, used.len() * 2 * INTER[0] * HIDDEN * 2, ms);
+        group.bench_function(format!("gate_up_text_decode_{tokens}"), |b| {
+            b.iter_custom(|iters| common::time_gpu(&gpu, iters, &mut gate_up))
+        });
+        let mut down = || {
+            moe::grouped_gemm(
+                &gpu,
+                &mut y.view_mut(),
+                &h.view(),
+                &sorted.view(),
+                None,
+                &pools[0].1.view(),
+                &tile_expert.view(),
+                0..EXPERTS,
+                Epilogue::None,
+            )
+            .unwrap();
+        };
+        let ms = common::mean_ms(&gpu, 3, 50, &mut down);
+        let label = format!("down_text_decode_{tokens} ({} experts)", used.len());
+        common::report_gbps(&label, used.len() * INTER[0] * HIDDEN * 2, ms);
+        group.bench_function(format!("down_text_decode_{tokens}"), |b| {
+            b.iter_custom(|iters| common::time_gpu(&gpu, iters, &mut down))
+        });
+    }
     group.finish();
 }
 

@@ -3,7 +3,7 @@
 # criterion benches, then the bench binary. Full logs go to LOGDIR (default $OUT, else
 # ./logs); a short summary table is printed last. It writes 4 files (tests.log, benches.log,
 # bench.log, bench.json), since the device tool brings back 8 at most.
-#   bash target/gpu-bundle/run.sh [tests|benches|bench|baseline|async|sanitizer|soak|ab|checks|seeds|ernie|ernie-full|ernie-bench|vllm-ernie|all] [LOGDIR]
+#   bash target/gpu-bundle/run.sh [tests|benches|bench|baseline|async|sanitizer|soak|ab|checks|seeds|ernie|ernie-full|ernie-bench|vllm-ernie|moe-ab|all] [LOGDIR]
 # One device call runs at most 10 minutes, so the parts run as separate calls: `tests` (every
 # test executable, then the server check), `benches` (criterion benches and torch baselines),
 # `bench` (the bench binary's workloads, the full-size fidelity check and transformers'
@@ -171,10 +171,20 @@ if [ "$part" = ernie-bench ]; then
     # ocrvl's bench on the full-size ERNIE-4.5-VL-28B-A3B: the hub-form config, tokenizer and
     # processor of `synth-model --config-only`, the weights made in memory (--load-format
     # dummy: synth-model's seed-0 values, 58.8 GB), as vLLM runs below with its own.
-    cfgdir=/tmp/ernie-full-config
-    [ -e "$cfgdir/config.json" ] || "$bin/synth-model" --arch ernie-4.5-vl-28b-a3b --config-only --out "$cfgdir" >> "$logs/ernie_bench.log" 2>&1
-    run_step "bench (ERNIE full, dummy)" "$logs/ernie_bench.log" timeout 560 "$bin/bench" --model "$cfgdir" \
-        --load-format dummy --max-model-len 16384 --workload ${ERNIE_WORKLOADS:-all} \
+    # ERNIE_WEIGHTS=synth writes the checkpoint itself (58.8 GB, to the RAM disk /dev/shm: the
+    # 64 GB root disk cannot hold it) and loads it from there, as vllm-ernie then does: the one
+    # comparison with vLLM that is fair (vLLM's own dummy weights, uniform +-1e-3, give every
+    # token the same experts: the correction bias alone picks them).
+    if [ "${ERNIE_WEIGHTS:-dummy}" = synth ]; then
+        cfgdir=/dev/shm/ernie-full; format=auto
+        [ -e "$cfgdir/config.json" ] || run_step "synth-model ERNIE full" "$logs/ernie_bench.log" timeout 300 \
+            "$bin/synth-model" --arch ernie-4.5-vl-28b-a3b --out "$cfgdir"
+    else
+        cfgdir=/tmp/ernie-full-config; format=dummy
+        [ -e "$cfgdir/config.json" ] || "$bin/synth-model" --arch ernie-4.5-vl-28b-a3b --config-only --out "$cfgdir" >> "$logs/ernie_bench.log" 2>&1
+    fi
+    run_step "bench (ERNIE full, $format)" "$logs/ernie_bench.log" timeout ${BENCH_TIMEOUT:-560} "$bin/bench" --model "$cfgdir" \
+        --load-format $format --max-model-len 16384 --workload ${ERNIE_WORKLOADS:-all} \
         --num-requests ${ERNIE_NUM_REQUESTS:-decode=512,image-qa=256,multi-image=128} --json "$logs/bench_ernie_full.json"
     cp "$logs/bench_ernie_full.json" /tmp/ 2>/dev/null  # for vllm-ernie's prompt-count check, a later call
     grep -E '^(\||flags: |workload |weights|  [0-9] x )' "$logs/ernie_bench.log"
@@ -189,17 +199,60 @@ if [ "$part" = vllm-ernie ]; then
         src=/tmp/ernie-tiny; dst=/tmp/ernie-tiny-vllm
         "$bin/synth-model" --arch ernie-4.5-vl-28b-a3b --tiny --out "$src" >> "$logs/vllm_ernie.log" 2>&1
         extra="--num-requests decode=16,image-qa=16,multi-image=8 --output-len 32 --prompt-len 64"
+    elif [ "${ERNIE_WEIGHTS:-dummy}" = synth ]; then  # the checkpoint ernie-bench wrote, linked
+        src=/dev/shm/ernie-full; dst=/dev/shm/ernie-full-vllm; format=auto
+        extra="--num-requests ${ERNIE_NUM_REQUESTS:-decode=512,image-qa=256,multi-image=128} --workload ${ERNIE_WORKLOADS:-all}"
     else
-        src=/tmp/ernie-full-config; dst=/tmp/ernie-full-vllm
+        src=/tmp/ernie-full-config; dst=/tmp/ernie-full-vllm; format=dummy
         [ -e "$src/config.json" ] || "$bin/synth-model" --arch ernie-4.5-vl-28b-a3b --config-only --out "$src" >> "$logs/vllm_ernie.log" 2>&1
         extra="--num-requests ${ERNIE_NUM_REQUESTS:-decode=512,image-qa=256,multi-image=128} --workload ${ERNIE_WORKLOADS:-all}"
     fi
     python3 "$here/tools/prepare_vllm_ernie_dir.py" "$src" "$dst" >> "$logs/vllm_ernie.log" 2>&1
-    run_step "vLLM (ERNIE ${VLLM_MODEL:-full})" "$logs/vllm_ernie.log" timeout ${VLLM_TIMEOUT:-560} \
-        python3 "$here/tools/bench_vllm_ernie.py" --model "$dst" --load-format dummy $extra \
+    run_step "vLLM (ERNIE ${VLLM_MODEL:-full}, ${format:-dummy})" "$logs/vllm_ernie.log" timeout ${VLLM_TIMEOUT:-560} \
+        python3 "$here/tools/bench_vllm_ernie.py" --model "$dst" --load-format ${format:-dummy} $extra \
         --ocrvl-json /tmp/bench_ernie_full.json --json "$logs/vllm_ernie.json" ${VLLM_ARGS:-}
     grep -E '^(  [a-z-]+: |engine ready|attention:|  *(decode|image-qa|multi-image): )' "$logs/vllm_ernie.log"
     tail -n 25 "$logs/vllm_ernie.log"
+fi
+if [ "$part" = moe-ab ]; then
+    # The grouped GEMM's padding skip, A/B in one call (benches/moe.rs twice; with
+    # OCRVL_MOE_COMPUTE_PADDING=1 it runs the version-1 kernel), the MoE kernel tests, then where
+    # an ERNIE decode step's time goes: ncu's per-kernel GPU time over ~7 decode steps of the
+    # reduced model (3 layers at full width: dense, MoE, MoE; eager so every kernel is a launch).
+    run_step "bench-moe (padding skipped)" "$logs/moe_ab.log" timeout 150 "$bin/bench-moe" --bench
+    OCRVL_MOE_COMPUTE_PADDING=1 run_step "bench-moe (padding computed)" "$logs/moe_ab.log" timeout 150 \
+        "$bin/bench-moe" --bench
+    run_step "test-gpu moe" "$logs/moe_ab.log" timeout 200 "$bin/test-gpu" --include-ignored --test-threads=1 moe
+    red=/tmp/ernie-reduced-config
+    [ -e "$red/config.json" ] || "$bin/synth-model" --arch ernie-4.5-vl-28b-a3b --reduced --config-only \
+        --out "$red" >> "$logs/moe_ab.log" 2>&1
+    [ "${NCU:-1}" = 1 ] && run_step "ncu: reduced ERNIE decode" "$logs/ncu.log" timeout 240 ncu --clock-control none \
+        --cache-control none --metrics gpu__time_duration.sum --launch-skip ${NCU_SKIP:-4000} \
+        --launch-count ${NCU_COUNT:-600} --print-summary per-kernel "$bin/bench" --model "$red" --load-format dummy \
+        --enforce-eager --workload decode --num-requests decode=128 --prompt-len 1024 --output-len 256 \
+        --max-model-len 4096 --warmup 8
+    grep -E '^(block_|gate_up_|down_)|^=== bench-moe' "$logs/moe_ab.log"
+    python3 - "$logs/ncu.log" <<'PY' 2>/dev/null
+import re, sys
+# ncu's per-kernel summary: a kernel's name line, then "gpu__time_duration.sum  unit  min max avg"
+# rows; print each kernel's launches and total time, largest first.
+text = open(sys.argv[1], errors="replace").read()
+rows, name, calls = [], None, 0
+for line in text.splitlines():
+    m = re.match(r"\s{2}(\S.*?) \(\d+, \d+, \d+\)x\(\d+, \d+, \d+\)", line)
+    if m:
+        name = m.group(1)[:90]
+        c = re.search(r"Invocations\s*[:=]?\s*(\d+)", line)
+        calls = int(c.group(1)) if c else 0
+    m = re.search(r"gpu__time_duration.sum\s+(\w+)\s+([\d.,]+)\s+([\d.,]+)\s+([\d.,]+)", line)
+    if m and name:
+        scale = {"nsecond": 1e-3, "usecond": 1.0, "msecond": 1e3}.get(m.group(1), 1.0)
+        avg = float(m.group(4).replace(",", "")) * scale
+        rows.append((avg * max(calls, 1), avg, calls, name))
+for total, avg, calls, name in sorted(rows, reverse=True)[:30]:
+    print(f"{total:10.1f} us  {calls:4d} x {avg:8.1f} us  {name}")
+PY
+    tail -n 5 "$logs/ncu.log"
 fi
 if [ "$part" = seeds ]; then
     SEEDS_ONLY=1 run_step "checks.sh (seeds)" "$logs/checks.log" timeout 300 bash "$here/tools/checks.sh" "$bin" "$logs"

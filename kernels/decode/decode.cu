@@ -1,5 +1,5 @@
 // extern "C" launchers for kernels/include/decode.h: argument checks, the split heuristic, the
-// workspace layout, and dispatch to the one instantiated shape (bf16, head_dim 128, group 8).
+// workspace layout, and dispatch to the one instantiated shape (bf16, head_dim 128, group 1..8).
 #include <stdint.h>
 
 #include "common/check.cuh"
@@ -64,7 +64,7 @@ extern "C" int32_t ocrvl_decode_paged(const OcrvlDecodeParams* p, void* workspac
 
     if (p->dtype != OCRVL_DTYPE_BF16) return OCRVL_STATUS_UNSUPPORTED;
     if (p->head_dim != kHeadDim) return OCRVL_STATUS_UNSUPPORTED;
-    if (p->num_q_heads / p->num_kv_heads != kGroup) return OCRVL_STATUS_UNSUPPORTED;
+    if (p->num_q_heads / p->num_kv_heads > kGroup) return OCRVL_STATUS_UNSUPPORTED;
     if (!is_pow2(p->block_size) || p->block_size < 16 || p->block_size > 256) return OCRVL_STATUS_UNSUPPORTED;
     if (p->num_splits > OCRVL_DECODE_MAX_SPLITS) return OCRVL_STATUS_UNSUPPORTED;
     if (p->num_seqs == 0) return OCRVL_STATUS_OK;
@@ -89,6 +89,7 @@ extern "C" int32_t ocrvl_decode_paged(const OcrvlDecodeParams* p, void* workspac
     a.num_seqs = p->num_seqs;
     a.num_q_heads = p->num_q_heads;
     a.num_kv_heads = p->num_kv_heads;
+    a.group = p->num_q_heads / p->num_kv_heads;
     a.block_size_log2 = log2_exact(p->block_size);
     a.max_blocks_per_seq = p->max_blocks_per_seq;
     a.num_splits = p->num_splits;

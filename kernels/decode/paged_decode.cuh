@@ -1,5 +1,5 @@
-// Paged decode attention, one CTA per (split, kv head, sequence), all 8 query heads of the kv
-// head in that CTA, so each K/V byte is read from memory once.
+// Paged decode attention, one CTA per (split, kv head, sequence), all `group` (1..8) query
+// heads of the kv head in that CTA, so each K/V byte is read from memory once.
 //
 // Algorithm (FlashDecoding with the GQA group in the MMA's M dimension):
 //   The CTA's key range [start, end) (the whole sequence, or one split of it) is streamed in
@@ -8,7 +8,8 @@
 //   through the block table (entry = block_tables[s][key / block_size]); the entries a tile
 //   needs are loaded into registers one tile ahead. Rows past `end` are zero-filled, never
 //   read. Each of the 4 warps takes 16 keys of a tile and keeps its own online softmax:
-//     S[8 heads x 16 keys]  = q[8 x 128] . K^T   mma.m16n8k16, q in rows 0..7 (8..15 zero)
+//     S[8 heads x 16 keys]  = q[8 x 128] . K^T   mma.m16n8k16, q in rows 0..7 (8..15 zero;
+//                                                rows group..7 zero too when group < 8)
 //     P = exp2(S * scale * log2(e) - m), running max m and sum l per head, in f32
 //     O[8 heads x 128]     += P (bf16) . V        mma.m16n8k16, P straight from registers
 //   At the end the 4 warps' (m, l, O) are merged through shared memory, then either
@@ -28,7 +29,12 @@
 // c ^ (r & 7), so the 8 rows an ldmatrix reads (same logical chunk) hit 8 different bank
 // groups, and a cp.async warp writes whole 256-byte rows.
 //
-// Constraints: head_dim 128, group (q heads per kv head) 8, bf16, block_size a power of two
+// A group under 8 (ERNIE-4.5-VL-28B-A3B: 20 q heads over 4, group 5) leaves MMA rows
+// group..7 with q = 0: their scores are 0, their softmax is finite and their output is not
+// written. The row count costs nothing (the MMAs are ~20x under the tensor rate, above); what
+// matters is that K/V is still read once per kv head, not once per query head.
+//
+// Constraints: head_dim 128, group (q heads per kv head) 1..8, bf16, block_size a power of two
 // (the launcher admits 16..256), K/V 16-byte aligned, q pairs 4-byte aligned, o 16-byte
 // aligned with a token stride that is a multiple of 8.
 #pragma once
@@ -44,7 +50,7 @@ namespace ocrvl {
 namespace decode {
 
 constexpr int kHeadDim = 128;
-constexpr int kGroup = 8;
+constexpr int kGroup = 8;  // MMA rows for query heads: the largest group
 constexpr int kTileKeys = 64;
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
@@ -95,6 +101,7 @@ struct DecodeArgs {
     int32_t num_seqs;
     int32_t num_q_heads;
     int32_t num_kv_heads;
+    int32_t group;                    // num_q_heads / num_kv_heads, 1..kGroup
     int32_t block_size_log2;
     int32_t max_blocks_per_seq;
     int32_t num_splits;
@@ -129,15 +136,17 @@ __global__ void __launch_bounds__(kThreads) paged_decode_kernel(const DecodeArgs
     const int end = (int)min((int64_t)seq_len, start + per_split);
     const int num_tiles = (end - start + kTileKeys - 1) / kTileKeys;
 
-    // q as MMA A fragments (rows 0..7 = the group's heads), loaded once: k-step ks holds
-    // dims 16ks + 2t, +1 (reg0) and 16ks + 8 + 2t, +1 (reg2).
+    // q as MMA A fragments (rows 0..group-1 = the group's heads, the rest zero), loaded once:
+    // k-step ks holds dims 16ks + 2t, +1 (reg0) and 16ks + 8 + 2t, +1 (reg2).
     uint32_t qa[kHeadDim / 16][2];
     {
-        const __nv_bfloat16* qh = a.q + (int64_t)seq * a.q_stride + (int64_t)(kvh * kGroup + g) * kHeadDim;
+        const bool head = g < a.group;
+        const __nv_bfloat16* qh =
+            a.q + (int64_t)seq * a.q_stride + (int64_t)(kvh * a.group + (head ? g : 0)) * kHeadDim;
 #pragma unroll
         for (int ks = 0; ks < kHeadDim / 16; ++ks) {
-            qa[ks][0] = __ldg(reinterpret_cast<const unsigned int*>(qh + ks * 16 + 2 * t));
-            qa[ks][1] = __ldg(reinterpret_cast<const unsigned int*>(qh + ks * 16 + 8 + 2 * t));
+            qa[ks][0] = head ? __ldg(reinterpret_cast<const unsigned int*>(qh + ks * 16 + 2 * t)) : 0u;
+            qa[ks][1] = head ? __ldg(reinterpret_cast<const unsigned int*>(qh + ks * 16 + 8 + 2 * t)) : 0u;
         }
     }
 
@@ -317,7 +326,8 @@ __global__ void __launch_bounds__(kThreads) paged_decode_kernel(const DecodeArgs
         out[7] += f * v1.w;
     }
     const float inv = lsum > 0.f ? 1.f / lsum : 0.f;
-    const int qh = kvh * kGroup + h;
+    if (h >= a.group) return;  // an MMA row past the group: no query head
+    const int qh = kvh * a.group + h;
     if constexpr (!kSplit) {
         uint4 pk;
         pk.x = pack_bf16x2(out[0] * inv, out[1] * inv);

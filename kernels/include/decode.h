@@ -17,7 +17,7 @@
  * workspace. ocrvl_decode_num_splits is the heuristic that fills the GPU.
  *
  * Supported (anything else: OCRVL_STATUS_UNSUPPORTED): dtype bf16, head_dim 128,
- * num_q_heads / num_kv_heads == 8, block_size a power of two in 16..256, num_splits in
+ * num_q_heads / num_kv_heads in 1..8, block_size a power of two in 16..256, num_splits in
  * 1..OCRVL_DECODE_MAX_SPLITS; q, o, caches and workspace 16-byte aligned and the q and o token
  * strides multiples of 8 elements.
  * Trusted, not checked (device memory): block_tables entries for the blocks holding positions

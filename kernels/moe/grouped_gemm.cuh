@@ -40,7 +40,7 @@ template <int kEpilogue>
 __global__ void __launch_bounds__(kGemmThreads) grouped_gemm_kernel(
     __nv_bfloat16* __restrict__ out, int64_t out_stride, const __nv_bfloat16* __restrict__ a, int64_t a_stride,
     const int32_t* __restrict__ sorted_pairs, int gather_top_k, const __nv_bfloat16* __restrict__ weight,
-    const int32_t* __restrict__ tile_expert, int expert_begin, int expert_end, int n, int k) {
+    const int32_t* __restrict__ tile_expert, int expert_begin, int expert_end, int n, int k, bool compute_padding) {
     using attn::cp_async_16;
     using attn::ldmatrix_x4;
     using attn::mma_bf16_16816;
@@ -84,6 +84,17 @@ __global__ void __launch_bounds__(kGemmThreads) grouped_gemm_kernel(
         }
     };
 
+    // Padding slots end an expert's run of slots, so an m16 sub-tile whose first slot is
+    // padding is padding throughout: its warp skips that sub-tile's ldmatrix and MMAs. A decode
+    // tile holds ~12 live slots of 64 (128 tokens x top-6 over 64 experts), so 3 of its 4
+    // sub-tiles are skipped and the tensor work stops competing with the weight stream.
+    // Warp-uniform (it depends on warp_m and mi alone). compute_padding: the version-1 kernel,
+    // every sub-tile computed (OCRVL_MOE_COMPUTE_PADDING=1, for A/B runs only).
+    bool live[2];
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi) live[mi] = compute_padding || sorted_pairs[slot0 + warp_m * 32 + mi * 16] >= 0;
+    const bool warp_live = live[0] || live[1];
+
     float acc[2][8][4] = {};
     const int k_tiles = k / kGemmK;
 #pragma unroll
@@ -98,6 +109,7 @@ __global__ void __launch_bounds__(kGemmThreads) grouped_gemm_kernel(
         if (next < k_tiles) load_stage(next % kGemmStages, next);
         attn::cp_async_commit();
 
+        if (!warp_live) continue;
         const __nv_bfloat16* ta = sa + (kt % kGemmStages) * kStageA;
         const __nv_bfloat16* tb = sb + (kt % kGemmStages) * kStageB;
 #pragma unroll
@@ -106,7 +118,7 @@ __global__ void __launch_bounds__(kGemmThreads) grouped_gemm_kernel(
 #pragma unroll
             for (int mi = 0; mi < 2; ++mi) {
                 const int r = warp_m * 32 + mi * 16 + lane % 16;
-                ldmatrix_x4(af[mi], smem_u32(ta + swizzled(r, kk * 2 + lane / 16)));
+                if (live[mi]) ldmatrix_x4(af[mi], smem_u32(ta + swizzled(r, kk * 2 + lane / 16)));
             }
 #pragma unroll
             for (int np = 0; np < 4; ++np) {  // n8 tiles 2np and 2np+1
@@ -115,6 +127,7 @@ __global__ void __launch_bounds__(kGemmThreads) grouped_gemm_kernel(
                 ldmatrix_x4(bf, smem_u32(tb + swizzled(r, kk * 2 + ((lane >> 3) & 1))));
 #pragma unroll
                 for (int mi = 0; mi < 2; ++mi) {
+                    if (!live[mi]) continue;
                     mma_bf16_16816(acc[mi][2 * np], af[mi], bf[0], bf[1]);
                     mma_bf16_16816(acc[mi][2 * np + 1], af[mi], bf[2], bf[3]);
                 }

@@ -1,6 +1,7 @@
 // extern "C" launchers for kernels/include/moe.h: argument checks, then the kernels of
 // router.cuh, align.cuh, grouped_gemm.cuh and combine.cuh.
 #include <stdint.h>
+#include <stdlib.h>
 
 #include "common/check.cuh"
 #include "moe.h"
@@ -92,18 +93,24 @@ extern "C" int32_t ocrvl_moe_grouped_gemm(void* out, int64_t out_stride, const v
         return OCRVL_STATUS_UNSUPPORTED;
     const dim3 grid((unsigned)(n / kGemmN), (unsigned)max_tiles);
     const cudaStream_t s = as_cuda(stream);
+    // OCRVL_MOE_COMPUTE_PADDING=1 computes padding sub-tiles too (the version-1 kernel): an A/B
+    // switch for benches/moe.rs, read once per process.
+    static const bool compute_padding = [] {
+        const char* v = getenv("OCRVL_MOE_COMPUTE_PADDING");
+        return v != nullptr && v[0] == '1';
+    }();
     if (epilogue == OCRVL_MOE_EPILOGUE_NONE) {
         auto kernel = grouped_gemm_kernel<OCRVL_MOE_EPILOGUE_NONE>;
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kGemmSmemBytes);
         kernel<<<grid, kGemmThreads, kGemmSmemBytes, s>>>(
             static_cast<bf16*>(out), out_stride, static_cast<const bf16*>(a), a_stride, sorted_pairs, gather_top_k,
-            static_cast<const bf16*>(weight), tile_expert, (int)expert_begin, (int)expert_end, (int)n, (int)k);
+            static_cast<const bf16*>(weight), tile_expert, (int)expert_begin, (int)expert_end, (int)n, (int)k, compute_padding);
     } else {
         auto kernel = grouped_gemm_kernel<OCRVL_MOE_EPILOGUE_SWIGLU>;
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kGemmSmemBytes);
         kernel<<<grid, kGemmThreads, kGemmSmemBytes, s>>>(
             static_cast<bf16*>(out), out_stride, static_cast<const bf16*>(a), a_stride, sorted_pairs, gather_top_k,
-            static_cast<const bf16*>(weight), tile_expert, (int)expert_begin, (int)expert_end, (int)n, (int)k);
+            static_cast<const bf16*>(weight), tile_expert, (int)expert_begin, (int)expert_end, (int)n, (int)k, compute_padding);
     }
     return ocrvl::launch_status();
 }

@@ -12,6 +12,7 @@ mod attention_fa3;
 mod cast;
 mod checkpoint_v1_5;
 mod decode;
+mod decode_gqa;
 mod embedding;
 mod engine;
 mod engine_isolation;

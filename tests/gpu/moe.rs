@@ -474,6 +474,42 @@ fn grouped_gemm_handles_empty_full_and_overflowing_tiles() {
 
 #[test]
 #[ignore = "needs GPU"]
+fn grouped_gemm_computes_every_live_row_at_sub_tile_boundaries() {
+    // The kernel skips an m16 sub-tile whose first slot is padding (grouped_gemm.cuh): runs
+    // that end one before, at and one after each 16-row boundary of a 64-slot tile, and runs
+    // that spill into a second tile, must still give every live row its product.
+    let g = gpu();
+    let mut r = rng(0x6e35);
+    let (hidden, experts) = (128, 8);
+    let pools = [
+        make_pool(&g, &mut r, experts, 64, hidden),
+        make_pool(&g, &mut r, experts, 128, hidden),
+    ];
+    for counts in [[15usize, 16, 17, 31, 32, 33, 47, 48], [49, 63, 64, 65, 79, 80, 81, 1]] {
+        // top_k 1; pool 0's experts get the counts, pool 1's the same in reverse order.
+        let mut ids = vec![];
+        for (e, &c) in counts.iter().enumerate() {
+            ids.extend(std::iter::repeat_n(e as i32, c));
+            ids.extend(std::iter::repeat_n((experts + experts - 1 - e) as i32, c));
+        }
+        // Interleave the pairs so that a run is not one contiguous stretch of tokens.
+        let n = ids.len();
+        let ids: Vec<i32> = (0..n).map(|i| ids[(i * 7) % n]).collect();
+        check_grouped_gemm(
+            &format!("runs of {counts:?}"),
+            &g,
+            &mut r,
+            &pools,
+            experts,
+            hidden,
+            &ids,
+            1,
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs GPU"]
 fn grouped_gemm_refuses_widths_it_has_no_tile_for() {
     let g = gpu();
     let tiles = 2;

@@ -82,7 +82,7 @@ pub fn rope_section_hw(cfg: &ErnieVlConfig) -> usize {
 /// `token_pool`: i32 `[T]`, 0 text / 1 vision per token of the batch (`token_pools`; decode
 /// tokens are text). `moe`: the MoE block's scratch, sized for at least `T` tokens (None only
 /// for a model without MoE layers). `decode_path`: how decode rows are attended (the paged
-/// decode kernel builds 8 query heads per KV head; 28B-A3B has 5, so [`DecodePath::Prefill`]).
+/// decode kernel, for GQA groups of 1..8 at head_dim 128; [`DecodePath::Prefill`] otherwise).
 #[allow(clippy::too_many_arguments)]
 pub fn forward(
     gpu: &Gpu,

@@ -97,10 +97,13 @@ impl ErnieVl {
         self.cfg.vision.spatial_merge_size
     }
 
-    /// Whether decode rows take the paged decode kernel (its one GQA group, 8).
+    /// Whether decode rows take the paged decode kernel: head_dim 128 and a GQA group of 1..8
+    /// (28B-A3B: 20 over 4). Otherwise they go through the prefill kernel, one query row each,
+    /// which reads every K/V tile once per query head.
     fn decode_kernel_fits(&self) -> bool {
         let t = &self.cfg.text;
-        t.head_dim == 128 && t.num_attention_heads == 8 * t.num_key_value_heads
+        let kv = t.num_key_value_heads;
+        t.head_dim == 128 && kv > 0 && t.num_attention_heads % kv == 0 && t.num_attention_heads / kv <= 8
     }
 
     /// Makes the iota at least `[0..=rows]` long.
