@@ -16,7 +16,7 @@
 //! bf16 error of ocrvl's best (a near tie may pick either); the comparison stops at the first
 //! step where the two pick different tokens, since the contexts differ after it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use half::bf16;
@@ -37,22 +37,34 @@ fn oracle_dir() -> (PathBuf, Option<tempfile::TempDir>) {
     if let Some(d) = std::env::var_os("OCRVL_ERNIE_ORACLE_DIR") {
         return (PathBuf::from(d), None);
     }
-    let tmp = tempfile::tempdir().unwrap();
     let script = repo_dir().join("tools/gpu/ernie_oracle.py");
+    let tmp = run_oracle_script(
+        &script,
+        &["--variant", "tiny", "--generate", "16"],
+        "torch and transformers >= 5 with ERNIE-4.5-VL",
+    );
+    (tmp.path().to_path_buf(), Some(tmp))
+}
+
+/// Runs `python3 SCRIPT ARGS --out TMP` and returns TMP; a failure panics with the tail of the
+/// script's stderr and what it `needs`.
+pub(crate) fn run_oracle_script(script: &Path, args: &[&str], needs: &str) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
     let out = Command::new("python3")
-        .arg(&script)
-        .args(["--variant", "tiny", "--generate", "16", "--out"])
+        .arg(script)
+        .args(args)
+        .arg("--out")
         .arg(tmp.path())
         .output()
         .unwrap_or_else(|e| panic!("cannot run python3 {}: {e}", script.display()));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "{} failed (it needs torch and transformers >= 5 with ERNIE-4.5-VL): {}",
+        "{} failed (it needs {needs}): {}",
         script.display(),
         &stderr[stderr.len().saturating_sub(2000)..]
     );
-    (tmp.path().to_path_buf(), Some(tmp))
+    tmp
 }
 
 /// The oracle's prompt: ids, image grids and pixel rows (bf16, as ocrvl's processor gives them).
@@ -93,6 +105,18 @@ pub(crate) fn max_and_mean(a: &[f32], b: &[f32]) -> (f64, f64) {
         d.iter().copied().fold(0.0, f64::max),
         d.iter().sum::<f64>() / d.len() as f64,
     )
+}
+
+/// The index of `row`'s largest entry and how far it stands above the runner-up.
+pub(crate) fn top_and_margin(row: &[f32]) -> (usize, f32) {
+    let (best, top) = argmax(row);
+    let second = row
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| i != best)
+        .map(|(_, &x)| x)
+        .fold(f32::NEG_INFINITY, f32::max);
+    (best, top - second)
 }
 
 pub(crate) fn argmax(v: &[f32]) -> (usize, f32) {
@@ -204,14 +228,8 @@ impl OracleLogits<'_> {
         );
         for (row, &end) in rows.iter().zip(ends) {
             let reference = &self.f32[(end - 1) * v..end * v];
-            let (best, top) = argmax(reference);
-            let second = reference
-                .iter()
-                .enumerate()
-                .filter(|&(i, _)| i != best)
-                .map(|(_, &x)| x)
-                .fold(f32::NEG_INFINITY, f32::max);
-            if (top - second) as f64 > 2.0 * theirs.0 {
+            let (best, margin) = top_and_margin(reference);
+            if margin as f64 > 2.0 * theirs.0 {
                 assert_eq!(argmax(row).0, best, "token {}: the top token differs", end - 1);
             }
         }

@@ -15,7 +15,6 @@
 //! `plain`: no leading space, no added symbol).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde_json::Value;
 use tokenizers::models::ModelWrapper;
@@ -24,6 +23,7 @@ use tokenizers::Tokenizer;
 use ocrvl::preprocess::sentencepiece::tokenizer_from_dir;
 
 use crate::common::repo_dir;
+use crate::ernie_oracle::run_oracle_script;
 
 /// The oracle's output directory, and the temporary directory holding it when the test ran
 /// the script.
@@ -37,20 +37,7 @@ fn oracle_dir() -> (PathBuf, Option<tempfile::TempDir>) {
         .map(|p| repo_dir().join(p))
         .find(|p| p.exists())
         .unwrap_or_else(|| panic!("no sentencepiece_oracle.py under {}/tools", repo_dir().display()));
-    let tmp = tempfile::tempdir().unwrap();
-    let out = Command::new("python3")
-        .arg(&script)
-        .arg("--out")
-        .arg(tmp.path())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run python3 {}: {e}", script.display()));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "{} failed (it needs sentencepiece, protobuf and transformers): {}",
-        script.display(),
-        &stderr[stderr.len().saturating_sub(2000)..]
-    );
+    let tmp = run_oracle_script(&script, &[], "sentencepiece, protobuf and transformers");
     (tmp.path().to_path_buf(), Some(tmp))
 }
 
