@@ -227,32 +227,39 @@ if [ "$part" = moe-ab ]; then
     [ -e "$red/config.json" ] || "$bin/synth-model" --arch ernie-4.5-vl-28b-a3b --reduced --config-only \
         --out "$red" >> "$logs/moe_ab.log" 2>&1
     [ "${NCU:-1}" = 1 ] && run_step "ncu: reduced ERNIE decode" "$logs/ncu.log" timeout 240 ncu --clock-control none \
-        --cache-control none --metrics gpu__time_duration.sum --launch-skip ${NCU_SKIP:-4000} \
-        --launch-count ${NCU_COUNT:-600} --print-summary per-kernel "$bin/bench" --model "$red" --load-format dummy \
+        --cache-control none --metrics gpu__time_duration.sum --csv --launch-skip ${NCU_SKIP:-4000} \
+        --launch-count ${NCU_COUNT:-600} "$bin/bench" --model "$red" --load-format dummy \
         --enforce-eager --workload decode --num-requests decode=128 --prompt-len 1024 --output-len 256 \
         --max-model-len 4096 --warmup 8
     grep -E '^(block_|gate_up_|down_)|^=== bench-moe' "$logs/moe_ab.log"
-    python3 - "$logs/ncu.log" <<'PY' 2>/dev/null
-import re, sys
-# ncu's per-kernel summary: a kernel's name line, then "gpu__time_duration.sum  unit  min max avg"
-# rows; print each kernel's launches and total time, largest first.
-text = open(sys.argv[1], errors="replace").read()
-rows, name, calls = [], None, 0
-for line in text.splitlines():
-    m = re.match(r"\s{2}(\S.*?) \(\d+, \d+, \d+\)x\(\d+, \d+, \d+\)", line)
-    if m:
-        name = m.group(1)[:90]
-        c = re.search(r"Invocations\s*[:=]?\s*(\d+)", line)
-        calls = int(c.group(1)) if c else 0
-    m = re.search(r"gpu__time_duration.sum\s+(\w+)\s+([\d.,]+)\s+([\d.,]+)\s+([\d.,]+)", line)
-    if m and name:
-        scale = {"nsecond": 1e-3, "usecond": 1.0, "msecond": 1e3}.get(m.group(1), 1.0)
-        avg = float(m.group(4).replace(",", "")) * scale
-        rows.append((avg * max(calls, 1), avg, calls, name))
-for total, avg, calls, name in sorted(rows, reverse=True)[:30]:
-    print(f"{total:10.1f} us  {calls:4d} x {avg:8.1f} us  {name}")
+    python3 - "$logs/ncu.log" <<'PY'
+import csv, sys
+from collections import defaultdict
+# ncu --csv: one row per kernel launch and metric ("Kernel Name", "Metric Unit", "Metric
+# Value"); other lines (==PROF==, the program's output) are skipped. Prints each kernel's
+# launches and total GPU time, largest first.
+scale = {"nsecond": 1e-3, "ns": 1e-3, "usecond": 1.0, "us": 1.0, "msecond": 1e3, "ms": 1e3}
+rows = [r for r in csv.reader(l for l in open(sys.argv[1], errors="replace") if l.startswith('"'))]
+head = next((r for r in rows if "Kernel Name" in r and "Metric Value" in r), None)
+if head is None:
+    sys.exit("no ncu CSV rows in " + sys.argv[1])
+k, u, v = head.index("Kernel Name"), head.index("Metric Unit"), head.index("Metric Value")
+total, calls = defaultdict(float), defaultdict(int)
+for r in rows:
+    if r is head or len(r) <= v:
+        continue
+    try:
+        us = float(r[v].replace(",", "")) * scale.get(r[u], 1.0)
+    except ValueError:
+        continue
+    name = r[k].split("(")[0][:80]
+    total[name] += us
+    calls[name] += 1
+grand = sum(total.values())
+print(f"ncu: {sum(calls.values())} launches, {grand:.0f} us of kernel time")
+for name in sorted(total, key=total.get, reverse=True)[:25]:
+    print(f"{total[name]:10.1f} us {100 * total[name] / grand:5.1f}%  {calls[name]:4d} x  {name}")
 PY
-    tail -n 5 "$logs/ncu.log"
 fi
 if [ "$part" = seeds ]; then
     SEEDS_ONLY=1 run_step "checks.sh (seeds)" "$logs/checks.log" timeout 300 bash "$here/tools/checks.sh" "$bin" "$logs"
