@@ -187,7 +187,7 @@ if [ "$part" = ernie-bench ]; then
         --load-format $format --max-model-len 16384 --workload ${ERNIE_WORKLOADS:-all} \
         --num-requests ${ERNIE_NUM_REQUESTS:-decode=512,image-qa=256,multi-image=128} --json "$logs/bench_ernie_full.json"
     cp "$logs/bench_ernie_full.json" /tmp/ 2>/dev/null  # for vllm-ernie's prompt-count check, a later call
-    grep -E '^(\||flags: |workload |weights|  [0-9] x )' "$logs/ernie_bench.log"
+    grep -E '^(\||flags: |workload |weights|ocrvl: weights|engine: |  [0-9] x |  [0-9]+ steps: |  engine host time)' "$logs/ernie_bench.log"
 fi
 if [ "$part" = vllm-ernie ]; then
     # vLLM 0.26 (the kit, installed in /tmp/site) on the same workloads and the same config,
