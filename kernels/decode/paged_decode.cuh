@@ -50,7 +50,7 @@ namespace ocrvl {
 namespace decode {
 
 constexpr int kHeadDim = 128;
-constexpr int kGroup = 8;  // MMA rows for query heads: the largest group
+constexpr int kGroup = OCRVL_DECODE_MAX_GROUP;  // MMA rows for query heads: the largest group
 constexpr int kTileKeys = 64;
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;

@@ -32,6 +32,8 @@ extern "C" {
 #endif
 
 #define OCRVL_DECODE_MAX_SPLITS 256
+/* The largest GQA group (num_q_heads / num_kv_heads) the kernel takes: the rows of its MMA tile. */
+#define OCRVL_DECODE_MAX_GROUP 8
 
 typedef struct OcrvlDecodeParams {
     /* [num_seqs, num_q_heads, head_dim], token stride o_stride (elements); heads contiguous. */

@@ -11,6 +11,18 @@ use super::{c_dtype, check};
 /// The most splits one launch takes.
 pub const MAX_SPLITS: usize = sys::OCRVL_DECODE_MAX_SPLITS as usize;
 
+/// The largest GQA group (query heads per KV head) the kernel takes.
+pub const MAX_GROUP: usize = sys::OCRVL_DECODE_MAX_GROUP as usize;
+
+/// Whether [`decode_paged`] takes a model of these heads (bf16 aside): head_dim 128 and a GQA
+/// group of 1..=[`MAX_GROUP`] (kernels/include/decode.h).
+pub fn decode_kernel_supports(num_q_heads: usize, num_kv_heads: usize, head_dim: usize) -> bool {
+    head_dim == 128
+        && num_kv_heads > 0
+        && num_q_heads % num_kv_heads == 0
+        && (1..=MAX_GROUP).contains(&(num_q_heads / num_kv_heads))
+}
+
 /// The paged K/V of one layer and the batch's view of it.
 #[derive(Clone, Copy, Debug)]
 pub struct PagedKv<'a> {
@@ -227,4 +239,23 @@ pub fn decode_paged(
     };
     check(OP, status)?;
     Ok(splits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_supports_head_dim_128_and_groups_1_to_8() {
+        // PaddleOCR-VL's 16 over 2, ERNIE-4.5-VL's 20 over 4, and the ends of the range.
+        for (q, kv) in [(16, 2), (20, 4), (4, 4), (8, 1), (21, 3)] {
+            assert!(decode_kernel_supports(q, kv, 128), "{q} over {kv}");
+        }
+        assert!(!decode_kernel_supports(16, 2, 64), "head_dim 64");
+        assert!(!decode_kernel_supports(16, 1, 128), "group 16");
+        assert!(!decode_kernel_supports(18, 2, 128), "group 9");
+        assert!(!decode_kernel_supports(12, 8, 128), "12 over 8 is no group");
+        assert!(!decode_kernel_supports(16, 0, 128), "no kv heads");
+        assert!(!decode_kernel_supports(0, 4, 128), "no query heads");
+    }
 }

@@ -327,6 +327,10 @@ fn decode_rejects_unsupported_and_invalid_arguments() {
         "16 q heads over 1",
         call(&g, &mut shapes(&g, bf, 2, 16, 1, 64, 128), Some(1)),
     );
+    assert_unsupported(
+        "18 q heads over 2",
+        call(&g, &mut shapes(&g, bf, 2, 18, 2, 64, 128), Some(1)),
+    );
     for bs in [8usize, 48, 512] {
         assert_unsupported(
             &format!("block {bs}"),

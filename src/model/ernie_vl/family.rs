@@ -29,6 +29,7 @@ use super::vision::{self, ErnieVisionBatch, ErnieVisionBatchHost, ErnieVisionWei
 use crate::config::{ErnieVlConfig, ModelConfig};
 use crate::error::{Error, Result};
 use crate::kernels::attention::AttentionKernels;
+use crate::kernels::decode::decode_kernel_supports;
 use crate::kernels::moe::token_pool;
 use crate::model::family::{ModelFamily, PixelWriter, PromptLayout};
 use crate::model::names::TensorSpec;
@@ -102,8 +103,7 @@ impl ErnieVl {
     /// which reads every K/V tile once per query head.
     fn decode_kernel_fits(&self) -> bool {
         let t = &self.cfg.text;
-        let kv = t.num_key_value_heads;
-        t.head_dim == 128 && kv > 0 && t.num_attention_heads % kv == 0 && t.num_attention_heads / kv <= 8
+        decode_kernel_supports(t.num_attention_heads, t.num_key_value_heads, t.head_dim)
     }
 
     /// Makes the iota at least `[0..=rows]` long.
