@@ -8,10 +8,12 @@
 //! - prefill, 8192 tokens (70% text, 30% vision): reported in TFLOP/s of the routed and shared
 //!   GEMMs against cuBLAS's bf16 rate.
 //! - decode 128 text tokens (the ERNIE decode workload's step: ~127 sequences);
-//! - the text pool's gate/up and down grouped GEMMs alone at decode 128 and 256, in GB/s.
+//! - the text pool's gate/up and down grouped GEMMs alone at decode 128 and 256, in GB/s;
+//! - the router logits alone at 1 to 8192 tokens, in GB/s.
 //!
 //! `OCRVL_MOE_COMPUTE_PADDING=1` runs the version-1 grouped GEMM (padding sub-tiles computed)
-//! for an A/B in the same call.
+//! and `OCRVL_MOE_ROUTER_TILED=1` the router's tiled kernel at every size, for A/B runs in the
+//! same call.
 //!
 //! Weights are filled with one non-zero byte pattern on the device (2 GB: a host pattern would
 //! take longer than the bench); the router is random so the routing spreads as a trained one.
@@ -261,6 +263,22 @@ fn moe_benches(c: &mut Criterion) {
         common::report_gbps(&label, used.len() * INTER[0] * HIDDEN * 2, ms);
         group.bench_function(format!("down_text_decode_{tokens}"), |b| {
             b.iter_custom(|iters| common::time_gpu(&gpu, iters, &mut down))
+        });
+    }
+
+    // The router logits alone, from one decode token to a long prefill chunk, in GB/s of what
+    // it must read and write once (x, the f32 router, the logits): the split-k kernel up to
+    // OCRVL_MOE_ROUTER_SPLIT_K_MAX_TOKENS tokens, the tiled kernel above (or everywhere with
+    // OCRVL_MOE_ROUTER_TILED=1).
+    for tokens in [1usize, 128, 256, 1024, 4096, 8192] {
+        let x = DeviceTensor::from_host(&gpu, &[tokens, HIDDEN], &pattern_bf16(tokens * HIDDEN, 11)).unwrap();
+        let mut logits = DeviceTensor::alloc(&gpu, DType::F32, &[tokens, 2 * EXPERTS]).unwrap();
+        let mut route = || moe::router_logits(&gpu, &mut logits.view_mut(), &x.view(), &router.view()).unwrap();
+        let ms = common::mean_ms(&gpu, 3, 50, &mut route);
+        let bytes = tokens * HIDDEN * 2 + 2 * EXPERTS * HIDDEN * 4 + tokens * 2 * EXPERTS * 4;
+        common::report_gbps(&format!("router_logits_{tokens}"), bytes, ms);
+        group.bench_function(format!("router_logits_{tokens}"), |b| {
+            b.iter_custom(|iters| common::time_gpu(&gpu, iters, &mut route))
         });
     }
     group.finish();

@@ -215,12 +215,15 @@ if [ "$part" = vllm-ernie ]; then
     tail -n 25 "$logs/vllm_ernie.log"
 fi
 if [ "$part" = moe-ab ]; then
-    # The grouped GEMM's padding skip, A/B in one call (benches/moe.rs twice; with
-    # OCRVL_MOE_COMPUTE_PADDING=1 it runs the version-1 kernel), the MoE kernel tests, then where
+    # The router's split-k kernel, A/B in one call (benches/moe.rs twice; with
+    # OCRVL_MOE_ROUTER_TILED=1 the tiled kernel runs at every size; PADDING_AB=1 adds the
+    # grouped GEMM's version 1, OCRVL_MOE_COMPUTE_PADDING=1), the MoE kernel tests, then where
     # an ERNIE decode step's time goes: ncu's per-kernel GPU time over ~7 decode steps of the
     # reduced model (3 layers at full width: dense, MoE, MoE; eager so every kernel is a launch).
     run_step "bench-moe (padding skipped)" "$logs/moe_ab.log" timeout 150 "$bin/bench-moe" --bench
-    OCRVL_MOE_COMPUTE_PADDING=1 run_step "bench-moe (padding computed)" "$logs/moe_ab.log" timeout 150 \
+    [ "${PADDING_AB:-0}" = 1 ] && OCRVL_MOE_COMPUTE_PADDING=1 run_step "bench-moe (padding computed)" \
+        "$logs/moe_ab.log" timeout 150 "$bin/bench-moe" --bench
+    OCRVL_MOE_ROUTER_TILED=1 run_step "bench-moe (router tiled)" "$logs/moe_ab.log" timeout 150 \
         "$bin/bench-moe" --bench
     run_step "test-gpu moe" "$logs/moe_ab.log" timeout 200 "$bin/test-gpu" --include-ignored --test-threads=1 moe
     red=/tmp/ernie-reduced-config
@@ -231,7 +234,7 @@ if [ "$part" = moe-ab ]; then
         --launch-count ${NCU_COUNT:-600} "$bin/bench" --model "$red" --load-format dummy \
         --enforce-eager --workload decode --num-requests decode=128 --prompt-len 1024 --output-len 256 \
         --max-model-len 4096 --warmup 8
-    grep -E '^(block_|gate_up_|down_)|^=== bench-moe' "$logs/moe_ab.log"
+    grep -E '^(block_|gate_up_|down_|router_logits_)|^=== bench-moe' "$logs/moe_ab.log"
     python3 - "$logs/ncu.log" <<'PY'
 import csv, sys
 from collections import defaultdict

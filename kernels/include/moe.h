@@ -34,6 +34,9 @@ extern "C" {
 #define OCRVL_MOE_MAX_POOL_EXPERTS 256
 #define OCRVL_MOE_MAX_TOP_K 16
 
+/* The most tokens ocrvl_moe_router_logits sends to its split-k kernel (see below). */
+#define OCRVL_MOE_ROUTER_SPLIT_K_MAX_TOKENS 4096
+
 /* ocrvl_moe_grouped_gemm's epilogues. */
 #define OCRVL_MOE_EPILOGUE_NONE 0
 #define OCRVL_MOE_EPILOGUE_SWIGLU 1
@@ -43,7 +46,11 @@ extern "C" {
  * logits [num_tokens, num_logits] f32, contiguous
  * x      [num_tokens, hidden] bf16, row stride x_stride
  * weight [num_logits, hidden] f32, contiguous (the pools' router weights stacked)
- * Grid: (ceil(num_tokens / 16), ceil(num_logits / 64)), Block: (128). */
+ * Up to OCRVL_MOE_ROUTER_SPLIT_K_MAX_TOKENS tokens (with hidden and x_stride multiples of 8 and
+ * x, weight 16-byte aligned): the split-k kernel, grid (ceil(num_tokens / 4),
+ * ceil(num_logits / 32)), block (256). Otherwise the tiled kernel, grid (ceil(num_tokens / 16),
+ * ceil(num_logits / 64)), block (128). Both sum in a fixed order: the same inputs give the
+ * same logits on every run. */
 int32_t ocrvl_moe_router_logits(float* logits, const void* x, int64_t x_stride, const float* weight,
                                 int64_t num_tokens, int64_t hidden, int64_t num_logits, ocrvl_stream_t stream);
 

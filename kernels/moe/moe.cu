@@ -27,9 +27,25 @@ extern "C" int32_t ocrvl_moe_router_logits(float* logits, const void* x, int64_t
     OCRVL_CHECK_ARG(num_tokens <= INT32_MAX && hidden <= INT32_MAX && num_logits <= 65535LL * 64);
     if (num_tokens == 0) return OCRVL_STATUS_OK;
     OCRVL_CHECK_ARG(logits != nullptr && x != nullptr && weight != nullptr);
+    const cudaStream_t s = as_cuda(stream);
+    // OCRVL_MOE_ROUTER_TILED=1 runs the tiled kernel at every size: an A/B switch for
+    // benches/moe.rs, read once per process.
+    static const bool always_tiled = [] {
+        const char* v = getenv("OCRVL_MOE_ROUTER_TILED");
+        return v != nullptr && v[0] == '1';
+    }();
+    const bool split_k_fits = hidden % ocrvl::moe::kSplitChunk == 0 && x_stride % ocrvl::moe::kSplitChunk == 0 &&
+                              aligned16(x) && aligned16(weight);
+    if (!always_tiled && split_k_fits && num_tokens <= OCRVL_MOE_ROUTER_SPLIT_K_MAX_TOKENS) {
+        const dim3 grid((unsigned)((num_tokens + ocrvl::moe::kSplitTokens - 1) / ocrvl::moe::kSplitTokens),
+                        (unsigned)((num_logits + ocrvl::moe::kSplitLogits - 1) / ocrvl::moe::kSplitLogits));
+        ocrvl::moe::router_logits_split_k_kernel<<<grid, ocrvl::moe::kSplitWarps * 32, 0, s>>>(
+            logits, static_cast<const bf16*>(x), x_stride, weight, (int)num_tokens, (int)hidden, (int)num_logits);
+        return ocrvl::launch_status();
+    }
     const dim3 grid((unsigned)((num_tokens + ocrvl::moe::kLogitTokens - 1) / ocrvl::moe::kLogitTokens),
                     (unsigned)((num_logits + ocrvl::moe::kLogitCols - 1) / ocrvl::moe::kLogitCols));
-    ocrvl::moe::router_logits_kernel<<<grid, 128, 0, as_cuda(stream)>>>(
+    ocrvl::moe::router_logits_kernel<<<grid, 128, 0, s>>>(
         logits, static_cast<const bf16*>(x), x_stride, weight, (int)num_tokens, (int)hidden, (int)num_logits);
     return ocrvl::launch_status();
 }

@@ -8,11 +8,13 @@
 
 namespace ocrvl::moe {
 
-// Router logits tile: 16 tokens x 64 logits per block of 128 threads, k in steps of 32 staged
-// in shared memory as f32. Thread (tt = tid / 16, tl = tid % 16) owns tokens 2tt, 2tt+1 and
-// logits tl + 16j (j < 4): the strided logits and the 33-float rows keep the weight reads of a
-// warp's 16 lanes in distinct banks. The router is small (128 x 2560 for ERNIE-4.5-VL, 1.3 MB
-// of f32, L2-resident), so this kernel is bounded by its reads of x; not tuned further yet.
+// Router logits, the tiled kernel (prefill): 16 tokens x 64 logits per block of 128 threads, k
+// in steps of 32 staged in shared memory as f32. Thread (tt = tid / 16, tl = tid % 16) owns
+// tokens 2tt, 2tt+1 and logits tl + 16j (j < 4): the strided logits and the 33-float rows keep
+// the weight reads of a warp's 16 lanes in distinct banks. Each block walks all of k in 80
+// dependent steps (hidden 2560), so at decode, where the grid is only ceil(T/16) x 2 blocks,
+// the kernel is latency-bound: 257 us at 128 tokens (ncu, H100, round 9), a quarter of an
+// ERNIE MoE layer. Small token counts take router_logits_split_k_kernel below instead.
 constexpr int kLogitTokens = 16;
 constexpr int kLogitCols = 64;
 constexpr int kLogitK = 32;
@@ -60,6 +62,62 @@ __global__ void __launch_bounds__(128) router_logits_kernel(float* __restrict__ 
         for (int j = 0; j < 4; ++j) {
             const int l = l0 + tl + 16 * j;
             if (l < num_logits) logits[(int64_t)t * num_logits + l] = acc[i][j];
+        }
+    }
+}
+
+// Router logits, the split-k kernel (decode and short prefill): 4 tokens x 32 logits per block
+// of 256 threads. Warp w takes the k chunks c = w, w + 8, w + 16, ... of 8 elements; lane l owns
+// logit l and reads its 32 B of weight per chunk (a whole sector), the 16 B of x per token
+// are the same for every lane (one broadcast load). Each thread sums its chunk products in k
+// order, then the 8 warps' partial sums are added in warp order through shared memory, so the
+// result does not depend on timing. At 128 tokens and ERNIE's 128 x 2560 router the grid is
+// 32 x 4 blocks, each warp 40 chunks deep. Needs hidden % 8 == 0, x_stride % 8 == 0 and 16-byte
+// aligned x and weight (the launcher checks; otherwise the tiled kernel runs). The weight is
+// read once per token tile from L2 (1.3 MB per 4 tokens), so for long prefills the tiled
+// kernel, which reads it once per 16 tokens, takes over (OCRVL_MOE_ROUTER_SPLIT_K_MAX_TOKENS).
+constexpr int kSplitTokens = 4;
+constexpr int kSplitLogits = 32;
+constexpr int kSplitWarps = 8;
+constexpr int kSplitChunk = 8;
+
+__global__ void __launch_bounds__(kSplitWarps * 32) router_logits_split_k_kernel(
+    float* __restrict__ logits, const __nv_bfloat16* __restrict__ x, int64_t x_stride,
+    const float* __restrict__ weight, int num_tokens, int hidden, int num_logits) {
+    __shared__ float partial[kSplitWarps][kSplitTokens][kSplitLogits];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int t0 = blockIdx.x * kSplitTokens;
+    const int l = blockIdx.y * kSplitLogits + lane;
+    // A lane past the last logit reads row 0 (in bounds) and its sums are never stored.
+    const float* w_row = weight + (int64_t)(l < num_logits ? l : 0) * hidden;
+    float acc[kSplitTokens] = {};
+    const int chunks = hidden / kSplitChunk;
+#pragma unroll 2
+    for (int c = warp; c < chunks; c += kSplitWarps) {
+        const int k = c * kSplitChunk;
+        const float4 w_lo = *reinterpret_cast<const float4*>(w_row + k);
+        const float4 w_hi = *reinterpret_cast<const float4*>(w_row + k + 4);
+        const float w[kSplitChunk] = {w_lo.x, w_lo.y, w_lo.z, w_lo.w, w_hi.x, w_hi.y, w_hi.z, w_hi.w};
+#pragma unroll
+        for (int i = 0; i < kSplitTokens; ++i) {
+            if (t0 + i >= num_tokens) break;  // the same for every lane of the warp
+            const uint4 raw = *reinterpret_cast<const uint4*>(x + (int64_t)(t0 + i) * x_stride + k);
+            const __nv_bfloat16* xv = reinterpret_cast<const __nv_bfloat16*>(&raw);
+#pragma unroll
+            for (int j = 0; j < kSplitChunk; ++j) acc[i] = fmaf(__bfloat162float(xv[j]), w[j], acc[i]);
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < kSplitTokens; ++i) partial[warp][i][lane] = acc[i];
+    __syncthreads();
+    if (threadIdx.x < kSplitTokens * kSplitLogits) {
+        const int i = threadIdx.x / kSplitLogits, j = threadIdx.x % kSplitLogits;
+        const int t = t0 + i, lj = blockIdx.y * kSplitLogits + j;
+        if (t < num_tokens && lj < num_logits) {
+            float sum = 0.f;
+#pragma unroll
+            for (int v = 0; v < kSplitWarps; ++v) sum += partial[v][i][j];
+            logits[(int64_t)t * num_logits + lj] = sum;
         }
     }
 }

@@ -32,6 +32,9 @@ pub const MAX_EXPERTS: usize = sys::OCRVL_MOE_MAX_EXPERTS as usize;
 pub const MAX_POOL_EXPERTS: usize = sys::OCRVL_MOE_MAX_POOL_EXPERTS as usize;
 /// The largest top-k.
 pub const MAX_TOP_K: usize = sys::OCRVL_MOE_MAX_TOP_K as usize;
+/// [`router_logits`] uses its split-k kernel up to this many tokens (when the shapes allow it),
+/// its tiled kernel above.
+pub const ROUTER_SPLIT_K_MAX_TOKENS: usize = sys::OCRVL_MOE_ROUTER_SPLIT_K_MAX_TOKENS as usize;
 
 /// What the grouped GEMM does with its f32 accumulators.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

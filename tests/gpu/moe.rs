@@ -29,22 +29,43 @@ fn poisoned(g: &Gpu, dtype: DType, dims: &[usize], byte: u8) -> DeviceTensor {
 fn router_logits_match_f64() {
     let g = gpu();
     let mut r = rng(0x30e1);
-    // (tokens, hidden, num_logits): decode and prefill at the model's 2560 x (2 pools x 64),
-    // one token, and widths that leave partial tiles in every dimension.
-    for (tokens, hidden, num_logits) in [
-        (256, 2560, 128),
-        (1, 2560, 128),
-        (1000, 2560, 128),
-        (17, 72, 100),
-        (33, 40, 1),
+    let split_max = moe::ROUTER_SPLIT_K_MAX_TOKENS;
+    // (tokens, hidden, num_logits, x row stride): decode and prefill at the model's 2560 x
+    // (2 pools x 64), one token, widths that leave partial tiles in every dimension, the
+    // split-k kernel's last token count and the tiled kernel's first, strided rows of x, and
+    // widths the split-k kernel refuses (hidden or stride not a multiple of 8: tiled).
+    for (tokens, hidden, num_logits, x_stride) in [
+        (256, 2560, 128, 2560),
+        (1, 2560, 128, 2560),
+        (127, 2560, 128, 2560),
+        (1000, 2560, 128, 2560),
+        (17, 72, 100, 72),
+        (33, 40, 1, 40),
+        (split_max, 64, 40, 64),
+        (split_max + 1, 64, 40, 64),
+        (6, 2560, 128, 2568),
+        (5, 36, 10, 36),
+        (9, 64, 33, 68),
     ] {
-        let x = rand_bf16(&mut r, tokens * hidden, 1.0);
+        let x = rand_bf16(&mut r, tokens * x_stride, 1.0);
         let w = rand_f32(&mut r, num_logits * hidden, 0.05);
-        let xd = DeviceTensor::from_host(&g, &[tokens, hidden], &x).unwrap();
+        let xd = DeviceTensor::from_host(&g, &[tokens, x_stride], &x).unwrap();
         let wd = DeviceTensor::from_host(&g, &[num_logits, hidden], &w).unwrap();
         let mut out = poisoned(&g, DType::F32, &[tokens, num_logits], 0xFF);
-        moe::router_logits(&g, &mut out.view_mut(), &xd.view(), &wd.view()).unwrap();
+        let xv = xd.view().columns(0, hidden).unwrap();
+        moe::router_logits(&g, &mut out.view_mut(), &xv, &wd.view()).unwrap();
+        // The same inputs give the same bits on a second run.
+        let mut again = poisoned(&g, DType::F32, &[tokens, num_logits], 0xFF);
+        moe::router_logits(&g, &mut again.view_mut(), &xv, &wd.view()).unwrap();
+        let x: Vec<half::bf16> = (0..tokens)
+            .flat_map(|t| x[t * x_stride..t * x_stride + hidden].iter().copied())
+            .collect();
         let got: Vec<f32> = out.to_host(&g).unwrap();
+        let got_again: Vec<f32> = again.to_host(&g).unwrap();
+        assert!(
+            got.iter().zip(&got_again).all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{tokens}x{hidden}x{num_logits}: two runs differ"
+        );
         let w64: Vec<f64> = w.iter().map(|&v| v as f64).collect();
         let (want, scale) = ref_moe::router_logits(&bf16_to_f64(&x), &w64, tokens, hidden, num_logits);
         for i in 0..want.len() {
