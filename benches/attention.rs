@@ -10,7 +10,9 @@
 //! FA3 rows are missing. The vision `qk80_fa3` rows run each FA3 vision tile (`Fa3VisionTile`),
 //! named by a suffix before the mainloop's: none for M128 (kBlockM 128, 2 K/V stages), `_s3` for
 //! M128Stages3 (3 stages), `_m192` for M192 (kBlockM 192, 3 consumer warpgroups); e.g.
-//! `vision_4x5040_d72_qk80_fa3_m192_overlap`. The `pv128` rows run M128 only.
+//! `vision_4x5040_d72_qk80_fa3_m192_overlap`. The `pv128` rows run M128 only. The
+//! `vision_1x7200_d80` rows are ERNIE-4.5-VL's ViT on one page (16 heads of 80): FA2, then FA3
+//! M128 and M192 with every mainloop.
 
 mod common;
 
@@ -106,9 +108,18 @@ fn bench_text(c: &mut Criterion, gpu: &Gpu, name: &str, lens: &[usize], causal: 
     measure(c, gpu, name, flops, run);
 }
 
-fn bench_vision(c: &mut Criterion, gpu: &Gpu, name: &str, lens: &[usize], tile: VisionTile, kernels: AttentionKernels) {
+#[allow(clippy::too_many_arguments)]
+fn bench_vision(
+    c: &mut Criterion,
+    gpu: &Gpu,
+    name: &str,
+    lens: &[usize],
+    head_dim: usize,
+    tile: VisionTile,
+    kernels: AttentionKernels,
+) {
     let total: usize = lens.iter().sum();
-    let cols = HV * DV;
+    let cols = HV * head_dim;
     let qkv = DeviceTensor::from_host(gpu, &[total, 3 * cols], &filler(total * 3 * cols, 4)).unwrap();
     let cu = DeviceTensor::from_host(gpu, &[lens.len() + 1], &cu_seqlens(lens)).unwrap();
     let mut out = DeviceTensor::alloc(gpu, ocrvl::runtime::DType::BF16, &[total, cols]).unwrap();
@@ -123,9 +134,9 @@ fn bench_vision(c: &mut Criterion, gpu: &Gpu, name: &str, lens: &[usize], tile: 
         cu_seqlens: cu.view(),
         max_seqlen: lens.iter().copied().max().unwrap(),
     };
-    let scale = 1.0 / (DV as f32).sqrt();
+    let scale = 1.0 / (head_dim as f32).sqrt();
     let run = || vision_varlen_with(gpu, &mut out.view_mut(), &views, &images, scale, tile, kernels).unwrap();
-    let flops: f64 = lens.iter().map(|&l| 4.0 * (l * l * HV * DV) as f64).sum();
+    let flops: f64 = lens.iter().map(|&l| 4.0 * (l * l * HV * head_dim) as f64).sum();
     measure(c, gpu, name, flops, run);
 }
 
@@ -212,7 +223,7 @@ fn attention_benches(c: &mut Criterion) {
     ];
     for (name, lens, tile, version) in vision {
         if version == AttentionVersion::Fa2 {
-            bench_vision(c, &gpu, name, lens, tile, version.into());
+            bench_vision(c, &gpu, name, lens, DV, tile, version.into());
         } else if fa3 {
             let tiles: &[Fa3VisionTile] = if tile == VisionTile::Qk80 {
                 &Fa3VisionTile::ALL
@@ -222,8 +233,36 @@ fn attention_benches(c: &mut Criterion) {
             for &t in tiles {
                 for m in Fa3Mainloop::ALL {
                     let row = format!("{name}{}{}", vision_tile_suffix(t), mainloop_suffix(m));
-                    bench_vision(c, &gpu, &row, lens, tile, AttentionKernels::fa3(m, Some(t)));
+                    bench_vision(c, &gpu, &row, lens, DV, tile, AttentionKernels::fa3(m, Some(t)));
                 }
+            }
+        }
+    }
+    // ERNIE-4.5-VL's ViT: 16 heads of 80, one 1000x1400 page (100 x 72 patches): FA2, then FA3
+    // with the tiles built at d 80 (M128, the default; M192) and every mainloop.
+    let page = [7200usize];
+    bench_vision(
+        c,
+        &gpu,
+        "vision_1x7200_d80",
+        &page,
+        80,
+        VisionTile::Qk80,
+        AttentionVersion::Fa2.into(),
+    );
+    if fa3 {
+        for t in [Fa3VisionTile::M128, Fa3VisionTile::M192] {
+            for m in Fa3Mainloop::ALL {
+                let row = format!("vision_1x7200_d80_fa3{}{}", vision_tile_suffix(t), mainloop_suffix(m));
+                bench_vision(
+                    c,
+                    &gpu,
+                    &row,
+                    &page,
+                    80,
+                    VisionTile::Qk80,
+                    AttentionKernels::fa3(m, Some(t)),
+                );
             }
         }
     }

@@ -169,7 +169,7 @@ extern "C" int32_t ocrvl_attention_varlen_fa3(const OcrvlAttnParams* p, ocrvl_st
     const int64_t kv_row = (int64_t)p->num_kv_heads * p->head_dim;
     OCRVL_CHECK_ARG(stride_ok(p->k_stride, kv_row) && stride_ok(p->v_stride, kv_row));
     OCRVL_CHECK_ARG(p->causal == 0 || p->causal == 1);
-    if (p->causal != 0 || p->head_dim != 72) return OCRVL_STATUS_UNSUPPORTED;
+    if (p->causal != 0 || (p->head_dim != 72 && p->head_dim != 80)) return OCRVL_STATUS_UNSUPPORTED;
     // The key tensor maps need total_k on the host; self-attention (one cu_seqlens) gives it.
     if (p->cu_seqlens_k != p->cu_seqlens_q) return OCRVL_STATUS_UNSUPPORTED;
     if (p->padded_head_dim != 0 && p->padded_head_dim != 80 && p->padded_head_dim != 128) {
@@ -181,11 +181,18 @@ extern "C" int32_t ocrvl_attention_varlen_fa3(const OcrvlAttnParams* p, ocrvl_st
     // patches; a short image gets too few CTAs of 192 rows to fill the GPU (1 x 576: 105
     // against 116), so below kM192MinLen it keeps 128 rows. P·V over 128 exists only for M128.
     constexpr int32_t kM192MinLen = 1024;
+    // At d 80 the default stays M128: with three consumer warpgroups (160 registers each) the
+    // overlapped mainloops' S, P and O (64 + 32 + 40) do not fit and ptxas serialises their
+    // wgmma (C7512), so M192 at d 80 is built for measurement only until it is timed.
+    const bool long_d72 = p->max_seqlen_q >= kM192MinLen && p->padded_head_dim != 128 && p->head_dim == 72;
     const int tile = p->fa3_vision_tile != OCRVL_FA3_VISION_DEFAULT ? p->fa3_vision_tile
-                     : (p->max_seqlen_q >= kM192MinLen && p->padded_head_dim != 128) ? OCRVL_FA3_VISION_M192
-                                                                                      : OCRVL_FA3_VISION_M128;
+                     : long_d72                                     ? OCRVL_FA3_VISION_M192
+                                                                    : OCRVL_FA3_VISION_M128;
     // P·V over 128 is built for the M128 tile only.
     if (p->padded_head_dim == 128 && tile != OCRVL_FA3_VISION_M128) return OCRVL_STATUS_UNSUPPORTED;
+    // d 80 is built as P·V over 80 with the M128 and M192 tiles.
+    const bool d80 = p->head_dim == 80;
+    if (d80 && (p->padded_head_dim == 128 || tile == OCRVL_FA3_VISION_M128_S3)) return OCRVL_STATUS_UNSUPPORTED;
     if (p->num_seqs == 0 || p->total_q == 0 || p->max_seqlen_q == 0) return OCRVL_STATUS_OK;
     params.cu_seqlens_k = p->cu_seqlens_k;
     if ((st = encode_q(p, &params, tile == OCRVL_FA3_VISION_M192 ? 192 : 128)) != OCRVL_STATUS_OK) return st;
@@ -201,6 +208,11 @@ extern "C" int32_t ocrvl_attention_varlen_fa3(const OcrvlAttnParams* p, ocrvl_st
     cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
     using ocrvl::attn::fa3::run_fa3;
     const int ml = p->fa3_mainloop;
+    if (d80) {
+        return tile == OCRVL_FA3_VISION_M192
+                   ? ocrvl::attn::fa3::run_fa3_d80_m192(params, ml, p->num_seqs, p->num_heads, p->max_seqlen_q, s)
+                   : run_fa3<80, 80, false, false>(params, ml, p->num_seqs, p->num_heads, p->max_seqlen_q, s);
+    }
     if (p->padded_head_dim == 128) {
         return run_fa3<72, 128, false, false>(params, ml, p->num_seqs, p->num_heads, p->max_seqlen_q, s);
     }

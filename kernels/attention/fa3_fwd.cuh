@@ -56,6 +56,8 @@
 // N = 72 (64 columns in block 0 and 8 in block 1, the descriptor's LBO apart), 152 multiply-
 // adds per (query, key) against 144 useful. kHeadDimPV = 128 runs P·V over both whole blocks
 // instead (a fallback and a check of the N = 72 operand addressing; 200 multiply-adds).
+// d = 80 (ERNIE-4.5-VL's ViT) is the same layout with 16 real columns in the second block:
+// Q·Kᵀ over exactly 80 (5 k16 steps), P·V N = 80 (64 + 16 columns), nothing wasted.
 //
 // Keys past the sequence. K rows past seqlen_k (another image's keys, zeros past the tensor,
 // or, paged, cache slots that may hold NaN) only produce S columns that the mask overwrites
@@ -76,7 +78,7 @@
 // covers their stale shared memory.
 //
 // Constraints (checked by the launcher): bf16; sm_90 with an sm_90a build; head_dim 128
-// (paged) or 72 (varlen, cu_seqlens_k == cu_seqlens_q, so total_k = total_q); 16-byte aligned
+// (paged) or 72 / 80 (varlen, cu_seqlens_k == cu_seqlens_q, so total_k = total_q); 16-byte aligned
 // bases and token strides a multiple of 8 elements (TMA: 16-byte global strides).
 #pragma once
 #include <cuda.h>
@@ -123,10 +125,10 @@ struct Fa3Traits {
     // 2 consumers: 128 x 24 + 256 x 240 = 64512 of the SM's 65536 (FA3's split for 3
     // warpgroups); the overlapped mainloops keep S, P(n - 1) and O live at once (64 + 32 + 64
     // for d 128). 3 consumers: 128 x 24 + 384 x 160 = 64512 (FA3's 4-warpgroup split); at d 72
-    // S, P(n - 1) and O are 64 + 32 + 36 registers.
+    // S, P(n - 1) and O are 64 + 32 + 36 registers (d 80: 64 + 32 + 40).
     static constexpr int kProducerRegs = 24;
     static constexpr int kConsumerRegs = kConsumerWGs == 2 ? 240 : 160;
-    static constexpr int kColBlocks = 2;  // 64-column blocks of a tile (d 128; d 72 padded)
+    static constexpr int kColBlocks = 2;  // 64-column blocks of a tile (d 128; d 72 and 80 padded)
     static constexpr int kKStepsQK = kHeadDimQK / 16;
     static constexpr int kKStepsPV = kBlockN / 16;
     static constexpr int kNRegsS = kBlockN / 2;     // S accumulator registers a thread
@@ -180,6 +182,10 @@ __device__ __forceinline__ void wgmma_pv<128>(float (&o)[64], const uint32_t (&a
 template <>
 __device__ __forceinline__ void wgmma_pv<72>(float (&o)[36], const uint32_t (&a)[4], uint64_t desc_v) {
     wgmma_m64n72k16_rs_tb(o, a, desc_v, 1);
+}
+template <>
+__device__ __forceinline__ void wgmma_pv<80>(float (&o)[40], const uint32_t (&a)[4], uint64_t desc_v) {
+    wgmma_m64n80k16_rs_tb(o, a, desc_v, 1);
 }
 
 // Issues the TMA copies of the K or V tile of keys n0 .. n0 + kBlockN (kv head hkv) into the

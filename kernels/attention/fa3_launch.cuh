@@ -58,6 +58,13 @@ int32_t run_fa3<72, 72, false, false>(const Fa3Params&, int, int, int, int, cuda
 template <>
 int32_t run_fa3<72, 128, false, false>(const Fa3Params&, int, int, int, int, cudaStream_t);
 
+// Vision varlen, d = 80 (ERNIE-4.5-VL's ViT): kBlockM 128 (fa3_d80.cu) and kBlockM 192 with
+// three consumer warpgroups (fa3_d80_m192.cu); the Q box of `params` must have kBlockM rows.
+template <>
+int32_t run_fa3<80, 80, false, false>(const Fa3Params&, int, int, int, int, cudaStream_t);
+int32_t run_fa3_d80_m192(const Fa3Params& params, int mainloop, int num_seqs, int num_heads, int max_seqlen_q,
+                         cudaStream_t stream);
+
 // Vision varlen, d = 72 (Q·Kᵀ over 80, P·V over 72), the other tiles (OCRVL_FA3_VISION_* of
 // attention.h): kBlockM 128 with a 3-stage K/V ring (fa3_d72_s3.cu), kBlockM 192 with three
 // consumer warpgroups (fa3_d72_m192.cu). The Q box of `params` must have kBlockM rows.

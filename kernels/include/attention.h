@@ -84,7 +84,7 @@ typedef struct OcrvlAttnParams {
     /* FA3 entry points only (the FA2 ones ignore it): which mainloop, OCRVL_FA3_MAINLOOP_*;
      * 0 is the default. */
     int32_t fa3_mainloop;
-    /* ocrvl_attention_varlen_fa3 only (the others ignore it): the d 72 tile, OCRVL_FA3_VISION_*;
+    /* ocrvl_attention_varlen_fa3 only (the others ignore it): the vision tile, OCRVL_FA3_VISION_*;
      * 0 is the default. Tiles other than the default need padded_head_dim 0 or 80. */
     int32_t fa3_vision_tile;
 } OcrvlAttnParams;
@@ -99,11 +99,12 @@ typedef struct OcrvlAttnParams {
 #define OCRVL_FA3_MAINLOOP_OVERLAP 2
 #define OCRVL_FA3_MAINLOOP_PINGPONG 3
 
-/* FA3 vision (d 72) tiles (kernels/attention/fa3_d72*.cu); the same results within bf16
- * rounding. DEFAULT picks M192 when the longest image has at least 1024 tokens (and P·V is
- * not padded to 128), else M128 (measured: fa3_attention.cu). M128: 128 query rows (2 consumer warpgroups), 2 K/V stages.
- * M128_S3: the same with 3 K/V stages (226 KiB of shared memory). M192: 192 query rows
- * (3 consumer warpgroups, 512 threads), 2 K/V stages. Every mainloop runs on every tile. */
+/* FA3 vision tiles (kernels/attention/fa3_d72*.cu, fa3_d80*.cu); the same results within
+ * bf16 rounding. DEFAULT picks, at d 72, M192 when the longest image has at least 1024 tokens
+ * (and P·V is not padded to 128), else M128 (measured: fa3_attention.cu); at d 80, M128.
+ * M128: 128 query rows (2 consumer warpgroups), 2 K/V stages. M128_S3: the same with 3 K/V
+ * stages (226 KiB of shared memory; d 72 only). M192: 192 query rows (3 consumer warpgroups,
+ * 512 threads), 2 K/V stages. Every mainloop runs on every tile. */
 #define OCRVL_FA3_VISION_DEFAULT 0
 #define OCRVL_FA3_VISION_M128 1
 #define OCRVL_FA3_VISION_M128_S3 2
@@ -122,9 +123,12 @@ int32_t ocrvl_attention_varlen(const OcrvlAttnParams* params, ocrvl_stream_t str
  * copies, mbarriers and wgmma with warp specialisation (kernels/attention/fa3_fwd.cuh). Needs an
  * sm_90 device and a build with sm_90a code; otherwise OCRVL_STATUS_UNSUPPORTED. Built:
  *   prefill_paged_fa3: head_dim 128, causal or not, block_size a power of two in 16..256;
- *   varlen_fa3:        head_dim 72, causal 0, cu_seqlens_k == cu_seqlens_q (the same pointer:
- *                      the key tensor maps are sized by total_q), padded_head_dim 0 or 80
- *                      (Q·Kᵀ over 80, P·V over 72) or 128 (P·V over 128; a fallback).
+ *   varlen_fa3:        head_dim 72 or 80, causal 0, cu_seqlens_k == cu_seqlens_q (the same
+ *                      pointer: the key tensor maps are sized by total_q). head_dim 72:
+ *                      padded_head_dim 0 or 80 (Q·Kᵀ over 80, P·V over 72) or 128 (P·V over
+ *                      128; a fallback). head_dim 80: padded_head_dim 0 or 80, tiles
+ *                      M128 (the default at every length) and M192 (M128_S3 is built for 72
+ *                      only).
  * q/k/v/o strides must be multiples of 8 elements and bases 16-byte aligned (as for FA2). */
 
 /* 1 when this build contains the sm_90a kernels of the FA3 path, else 0 (says nothing about

@@ -36,7 +36,8 @@ extern "C" int32_t ocrvl_moe_router_logits(float* logits, const void* x, int64_t
     }();
     const bool split_k_fits = hidden % ocrvl::moe::kSplitChunk == 0 && x_stride % ocrvl::moe::kSplitChunk == 0 &&
                               aligned16(x) && aligned16(weight);
-    if (!always_tiled && split_k_fits && num_tokens <= OCRVL_MOE_ROUTER_SPLIT_K_MAX_TOKENS) {
+    const bool split_k_grid_fits = num_logits <= 65535LL * ocrvl::moe::kSplitLogits;
+    if (!always_tiled && split_k_fits && split_k_grid_fits && num_tokens <= OCRVL_MOE_ROUTER_SPLIT_K_MAX_TOKENS) {
         const dim3 grid((unsigned)((num_tokens + ocrvl::moe::kSplitTokens - 1) / ocrvl::moe::kSplitTokens),
                         (unsigned)((num_logits + ocrvl::moe::kSplitLogits - 1) / ocrvl::moe::kSplitLogits));
         ocrvl::moe::router_logits_split_k_kernel<<<grid, ocrvl::moe::kSplitWarps * 32, 0, s>>>(

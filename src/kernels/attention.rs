@@ -79,13 +79,13 @@ impl Fa3Mainloop {
 /// [`Fa3Mainloop`]. Only [`VisionTile::Qk80`] is built on tiles other than `M128`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fa3VisionTile {
-    /// 128 query rows (2 consumer warpgroups), 2 K/V stages (`fa3_d72.cu`); the C default for
-    /// images under 1024 tokens.
+    /// 128 query rows (2 consumer warpgroups), 2 K/V stages (`fa3_d72.cu`, `fa3_d80.cu`); the
+    /// C default at d 72 for images under 1024 tokens, at d 80 for all.
     M128,
-    /// 128 query rows, 3 K/V stages (226 KiB of shared memory; `fa3_d72_s3.cu`).
+    /// 128 query rows, 3 K/V stages (226 KiB of shared memory; `fa3_d72_s3.cu`); d 72 only.
     M128Stages3,
-    /// 192 query rows (3 consumer warpgroups, 512 threads), 2 K/V stages (`fa3_d72_m192.cu`);
-    /// the C default from 1024 tokens.
+    /// 192 query rows (3 consumer warpgroups, 512 threads), 2 K/V stages (`fa3_d72_m192.cu`,
+    /// `fa3_d80_m192.cu`); the C default at d 72 from 1024 tokens.
     M192,
 }
 

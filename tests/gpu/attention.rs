@@ -707,8 +707,8 @@ fn rejects_unsupported_shapes(g: &Gpu, version: AttentionVersion) {
     let err = paged_try(g, 8, 64, 128, 12 * 128, version).unwrap_err();
     assert!(is_invalid(&err), "{version:?} head ratio: {err}");
 
-    // Vision: head_dim 72 is built for both paths, 80 (ERNIE-4.5-VL's ViT) for FA2 only
-    // (tests/gpu/attention_d80.rs runs it).
+    // Vision: head_dims 72 and 80 (ERNIE-4.5-VL's ViT; tests/gpu/attention_d80.rs runs it)
+    // are built for both paths.
     let cu = DeviceTensor::from_host(g, &[2], &[0i32, 3]).unwrap();
     let images = Varlen {
         cu_seqlens: cu.view(),
@@ -716,7 +716,7 @@ fn rejects_unsupported_shapes(g: &Gpu, version: AttentionVersion) {
     };
     let unbuilt: &[usize] = match version {
         AttentionVersion::Fa2 => &[64, 128],
-        AttentionVersion::Fa3 => &[64, 80, 128],
+        AttentionVersion::Fa3 => &[64, 128],
     };
     for &d in unbuilt {
         let x = DeviceTensor::zeros(g, DType::BF16, &[3, 16 * d]).unwrap();

@@ -46,7 +46,7 @@ pub struct ErnieVl {
     cfg: ErnieVlConfig,
     vision: ErnieVisionWeights,
     text: ErnieTextWeights,
-    /// The text attention's kernels (the ViT's d80 attention is FA2).
+    /// The attention kernels of the text prefill and of the ViT (d80).
     attention: AttentionKernels,
     /// Ids routed to the vision pool.
     vision_ids: Vec<u32>,
@@ -206,6 +206,7 @@ impl ModelFamily for ErnieVl {
             ws,
             &self.cfg,
             &self.vision,
+            self.attention,
             &batch,
             &pixels.view(),
             &mut out.view_mut(),

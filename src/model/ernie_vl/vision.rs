@@ -6,7 +6,7 @@
 //! ```text
 //! qkv = y·Wqkvᵀ + b            one GEMM, bias epilogue            [P, 3·D]
 //! rope2d(q, k)                 NeoX halves, head_dim 80, rows/cols of each patch
-//! o   = attention(q, k, v)     per image, bidirectional (FA2 d80) [P, D]
+//! o   = attention(q, k, v)     per image, bidirectional (FA3 d80 on Hopper, else FA2) [P, D]
 //! y   = LN2(res += o·Woᵀ + bo)
 //! y'  = LN1'(res += fc2(quick_gelu(fc1(y))))   the next block's LN1, or `vision_model.ln`
 //! ```
@@ -24,7 +24,7 @@
 use super::names::{vision_block, RESAMPLER_PREFIX, VISION_PREFIX};
 use crate::config::ErnieVlConfig;
 use crate::error::{Error, Result};
-use crate::kernels::attention::{vision_varlen_version, AttentionVersion, Varlen, VisionQkv};
+use crate::kernels::attention::{vision_varlen_version, AttentionKernels, Varlen, VisionQkv};
 use crate::kernels::elementwise::{gelu_in_place, Gelu};
 use crate::kernels::embedding::scatter_rows;
 use crate::kernels::norm::{layernorm, layernorm_add, rmsnorm};
@@ -272,7 +272,8 @@ pub fn workspace_bytes(cfg: &ErnieVlConfig, patches: usize) -> usize {
 }
 
 /// Encodes a packed batch: `pixels` bf16 `[P, 588]` (images in order, each in merge-block
-/// order) into `out` bf16 `[P/4, text hidden]`.
+/// order) into `out` bf16 `[P/4, text hidden]`. `attention`: the kernels of the d80 attention
+/// (FA3 on Hopper, as the engine resolved `FLAGS_flash_attn_version`; else FA2).
 #[allow(clippy::too_many_arguments)]
 pub fn encode(
     gpu: &Gpu,
@@ -280,6 +281,7 @@ pub fn encode(
     ws: &Workspace,
     cfg: &ErnieVlConfig,
     w: &ErnieVisionWeights,
+    attention: AttentionKernels,
     batch: &ErnieVisionBatch,
     pixels: &TensorView<'_>,
     out: &mut TensorViewMut<'_>,
@@ -348,8 +350,7 @@ pub fn encode(
             v: qkv_view.columns(2 * d, d)?,
             num_heads: heads,
         };
-        // FA2: the FA3 path builds head_dim 72 only.
-        vision_varlen_version(gpu, &mut o, &parts, &images, scale, AttentionVersion::Fa2)?;
+        vision_varlen_version(gpu, &mut o, &parts, &images, scale, attention)?;
         gemm.matmul(
             gpu,
             &mut delta,
