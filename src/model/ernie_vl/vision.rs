@@ -6,7 +6,7 @@
 //! ```text
 //! qkv = y·Wqkvᵀ + b            one GEMM, bias epilogue            [P, 3·D]
 //! rope2d(q, k)                 NeoX halves, head_dim 80, rows/cols of each patch
-//! o   = attention(q, k, v)     per image, bidirectional (FA3 d80 on Hopper, else FA2) [P, D]
+//! o   = attention(q, k, v)     per image, bidirectional (the given kernels, d80) [P, D]
 //! y   = LN2(res += o·Woᵀ + bo)
 //! y'  = LN1'(res += fc2(quick_gelu(fc1(y))))   the next block's LN1, or `vision_model.ln`
 //! ```
@@ -273,7 +273,7 @@ pub fn workspace_bytes(cfg: &ErnieVlConfig, patches: usize) -> usize {
 
 /// Encodes a packed batch: `pixels` bf16 `[P, 588]` (images in order, each in merge-block
 /// order) into `out` bf16 `[P/4, text hidden]`. `attention`: the kernels of the d80 attention
-/// (FA3 on Hopper, as the engine resolved `FLAGS_flash_attn_version`; else FA2).
+/// (FA2 everywhere, or FA3 on Hopper).
 #[allow(clippy::too_many_arguments)]
 pub fn encode(
     gpu: &Gpu,
