@@ -3,7 +3,7 @@
 # criterion benches, then the bench binary. Full logs go to LOGDIR (default $OUT, else
 # ./logs); a short summary table is printed last. It writes 4 files (tests.log, benches.log,
 # bench.log, bench.json), since the device tool brings back 8 at most.
-#   bash target/gpu-bundle/run.sh [tests|benches|bench|baseline|async|sanitizer|soak|ab|checks|seeds|ernie|ernie-full|ernie-bench|vllm-ernie|moe-ab|all] [LOGDIR]
+#   bash target/gpu-bundle/run.sh [tests|benches|bench|baseline|async|sanitizer|soak|ab|checks|seeds|ernie|ernie-full|ernie-bench|vllm-ernie|moe-ab|attn-d80|all] [LOGDIR]
 # One device call runs at most 10 minutes, so the parts run as separate calls: `tests` (every
 # test executable, then the server check), `benches` (criterion benches and torch baselines),
 # `bench` (the bench binary's workloads, the full-size fidelity check and transformers'
@@ -213,6 +213,15 @@ if [ "$part" = vllm-ernie ]; then
         --ocrvl-json /tmp/bench_ernie_full.json --json "$logs/vllm_ernie.json" ${VLLM_ARGS:-}
     grep -E '^(  [a-z-]+: |engine ready|attention:|  *(decode|image-qa|multi-image): )' "$logs/vllm_ernie.log"
     tail -n 25 "$logs/vllm_ernie.log"
+fi
+if [ "$part" = attn-d80 ]; then
+    # ERNIE-4.5-VL's d80 vision attention: the FA3 d80 tests (every built tile x mainloop
+    # against f64), then bench-attention, whose rows print before criterion's filter applies
+    # (every shape is timed once; criterion then runs only the d80 rows).
+    run_step "test-gpu attention_d80" "$logs/attn_d80.log" timeout 200 "$bin/test-gpu" --include-ignored \
+        --test-threads=1 attention_d80
+    run_step "bench-attention" "$logs/attn_d80.log" timeout 300 "$bin/bench-attention" --bench vision_1x7200_d80
+    grep -E '^attention vision_(1x7200_d80|4x5040_d72_qk80(_fa3(_m192)?)?:)' "$logs/attn_d80.log"
 fi
 if [ "$part" = moe-ab ]; then
     # The router's split-k kernel, A/B in one call (benches/moe.rs twice; with
