@@ -20,7 +20,8 @@
 
 mod common;
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::measurement::WallTime;
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
 use ocrvl::kernels::moe::{self, Epilogue, BLOCK_M};
 use ocrvl::model::ernie_vl::moe_block::{moe_block, ExpertPoolWeights, MoeBlockShape, MoeBlockWeights, MoeScratch};
 use ocrvl::runtime::{DType, DeviceTensor, Gemm, Gpu};
@@ -67,6 +68,21 @@ fn weight_bytes_used(experts_used: &[i32]) -> usize {
         .map(|e| per_expert(e / EXPERTS))
         .sum();
     routed + 3 * SHARED_INTER * HIDDEN * 2 + 2 * EXPERTS * HIDDEN * 4
+}
+
+/// Times `run` (the mean of 50 after 3 warm-ups), prints its GB/s line as `label` for `bytes`
+/// moved once per run, and registers it with criterion as `name`.
+fn bench_gbps(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    gpu: &Gpu,
+    name: &str,
+    label: &str,
+    bytes: usize,
+    mut run: impl FnMut(),
+) {
+    let ms = common::mean_ms(gpu, 3, 50, &mut run);
+    common::report_gbps(label, bytes, ms);
+    group.bench_function(name, |b| b.iter_custom(|iters| common::time_gpu(gpu, iters, &mut run)));
 }
 
 fn moe_benches(c: &mut Criterion) {
@@ -238,12 +254,14 @@ fn moe_benches(c: &mut Criterion) {
             )
             .unwrap();
         };
-        let ms = common::mean_ms(&gpu, 3, 50, &mut gate_up);
-        let label = format!("gate_up_text_decode_{tokens} ({} experts)", used.len());
-        common::report_gbps(&label, used.len() * 2 * INTER[0] * HIDDEN * 2, ms);
-        group.bench_function(format!("gate_up_text_decode_{tokens}"), |b| {
-            b.iter_custom(|iters| common::time_gpu(&gpu, iters, &mut gate_up))
-        });
+        bench_gbps(
+            &mut group,
+            &gpu,
+            &format!("gate_up_text_decode_{tokens}"),
+            &format!("gate_up_text_decode_{tokens} ({} experts)", used.len()),
+            used.len() * 2 * INTER[0] * HIDDEN * 2,
+            &mut gate_up,
+        );
         let mut down = || {
             moe::grouped_gemm(
                 &gpu,
@@ -258,12 +276,14 @@ fn moe_benches(c: &mut Criterion) {
             )
             .unwrap();
         };
-        let ms = common::mean_ms(&gpu, 3, 50, &mut down);
-        let label = format!("down_text_decode_{tokens} ({} experts)", used.len());
-        common::report_gbps(&label, used.len() * INTER[0] * HIDDEN * 2, ms);
-        group.bench_function(format!("down_text_decode_{tokens}"), |b| {
-            b.iter_custom(|iters| common::time_gpu(&gpu, iters, &mut down))
-        });
+        bench_gbps(
+            &mut group,
+            &gpu,
+            &format!("down_text_decode_{tokens}"),
+            &format!("down_text_decode_{tokens} ({} experts)", used.len()),
+            used.len() * INTER[0] * HIDDEN * 2,
+            &mut down,
+        );
     }
 
     // The router logits alone, from one decode token to a long prefill chunk, in GB/s of what
@@ -274,12 +294,9 @@ fn moe_benches(c: &mut Criterion) {
         let x = DeviceTensor::from_host(&gpu, &[tokens, HIDDEN], &pattern_bf16(tokens * HIDDEN, 11)).unwrap();
         let mut logits = DeviceTensor::alloc(&gpu, DType::F32, &[tokens, 2 * EXPERTS]).unwrap();
         let mut route = || moe::router_logits(&gpu, &mut logits.view_mut(), &x.view(), &router.view()).unwrap();
-        let ms = common::mean_ms(&gpu, 3, 50, &mut route);
+        let name = format!("router_logits_{tokens}");
         let bytes = tokens * HIDDEN * 2 + 2 * EXPERTS * HIDDEN * 4 + tokens * 2 * EXPERTS * 4;
-        common::report_gbps(&format!("router_logits_{tokens}"), bytes, ms);
-        group.bench_function(format!("router_logits_{tokens}"), |b| {
-            b.iter_custom(|iters| common::time_gpu(&gpu, iters, &mut route))
-        });
+        bench_gbps(&mut group, &gpu, &name, &name, bytes, &mut route);
     }
     group.finish();
 }

@@ -199,13 +199,14 @@ if [ "$part" = vllm-ernie ]; then
         src=/tmp/ernie-tiny; dst=/tmp/ernie-tiny-vllm
         "$bin/synth-model" --arch ernie-4.5-vl-28b-a3b --tiny --out "$src" >> "$logs/vllm_ernie.log" 2>&1
         extra="--num-requests decode=16,image-qa=16,multi-image=8 --output-len 32 --prompt-len 64"
-    elif [ "${ERNIE_WEIGHTS:-dummy}" = synth ]; then  # the checkpoint ernie-bench wrote, linked
-        src=/dev/shm/ernie-full; dst=/dev/shm/ernie-full-vllm; format=auto
-        extra="--num-requests ${ERNIE_NUM_REQUESTS:-decode=512,image-qa=256,multi-image=128} --workload ${ERNIE_WORKLOADS:-all}"
     else
-        src=/tmp/ernie-full-config; dst=/tmp/ernie-full-vllm; format=dummy
-        [ -e "$src/config.json" ] || "$bin/synth-model" --arch ernie-4.5-vl-28b-a3b --config-only --out "$src" >> "$logs/vllm_ernie.log" 2>&1
         extra="--num-requests ${ERNIE_NUM_REQUESTS:-decode=512,image-qa=256,multi-image=128} --workload ${ERNIE_WORKLOADS:-all}"
+        if [ "${ERNIE_WEIGHTS:-dummy}" = synth ]; then  # the checkpoint ernie-bench wrote, linked
+            src=/dev/shm/ernie-full; dst=/dev/shm/ernie-full-vllm; format=auto
+        else
+            src=/tmp/ernie-full-config; dst=/tmp/ernie-full-vllm; format=dummy
+            [ -e "$src/config.json" ] || "$bin/synth-model" --arch ernie-4.5-vl-28b-a3b --config-only --out "$src" >> "$logs/vllm_ernie.log" 2>&1
+        fi
     fi
     python3 "$here/tools/prepare_vllm_ernie_dir.py" "$src" "$dst" >> "$logs/vllm_ernie.log" 2>&1
     run_step "vLLM (ERNIE ${VLLM_MODEL:-full}, ${format:-dummy})" "$logs/vllm_ernie.log" timeout ${VLLM_TIMEOUT:-560} \
@@ -229,7 +230,7 @@ if [ "$part" = moe-ab ]; then
     # grouped GEMM's version 1, OCRVL_MOE_COMPUTE_PADDING=1), the MoE kernel tests, then where
     # an ERNIE decode step's time goes: ncu's per-kernel GPU time over ~7 decode steps of the
     # reduced model (3 layers at full width: dense, MoE, MoE; eager so every kernel is a launch).
-    run_step "bench-moe (padding skipped)" "$logs/moe_ab.log" timeout 150 "$bin/bench-moe" --bench
+    run_step "bench-moe (defaults)" "$logs/moe_ab.log" timeout 150 "$bin/bench-moe" --bench
     [ "${PADDING_AB:-0}" = 1 ] && OCRVL_MOE_COMPUTE_PADDING=1 run_step "bench-moe (padding computed)" \
         "$logs/moe_ab.log" timeout 150 "$bin/bench-moe" --bench
     OCRVL_MOE_ROUTER_TILED=1 run_step "bench-moe (router tiled)" "$logs/moe_ab.log" timeout 150 \

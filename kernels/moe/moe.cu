@@ -18,6 +18,13 @@ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 
 
 cudaStream_t as_cuda(ocrvl_stream_t s) { return reinterpret_cast<cudaStream_t>(s); }
 
+// True when environment variable `name` starts with '1': the A/B switches of benches/moe.rs.
+// Callers read it once per process (a function-local static).
+bool env_flag_on(const char* name) {
+    const char* v = getenv(name);
+    return v != nullptr && v[0] == '1';
+}
+
 }  // namespace
 
 extern "C" int32_t ocrvl_moe_router_logits(float* logits, const void* x, int64_t x_stride, const float* weight,
@@ -30,10 +37,7 @@ extern "C" int32_t ocrvl_moe_router_logits(float* logits, const void* x, int64_t
     const cudaStream_t s = as_cuda(stream);
     // OCRVL_MOE_ROUTER_TILED=1 runs the tiled kernel at every size: an A/B switch for
     // benches/moe.rs, read once per process.
-    static const bool always_tiled = [] {
-        const char* v = getenv("OCRVL_MOE_ROUTER_TILED");
-        return v != nullptr && v[0] == '1';
-    }();
+    static const bool always_tiled = env_flag_on("OCRVL_MOE_ROUTER_TILED");
     const bool split_k_fits = hidden % ocrvl::moe::kSplitChunk == 0 && x_stride % ocrvl::moe::kSplitChunk == 0 &&
                               aligned16(x) && aligned16(weight);
     const bool split_k_grid_fits = num_logits <= 65535LL * ocrvl::moe::kSplitLogits;
@@ -112,10 +116,7 @@ extern "C" int32_t ocrvl_moe_grouped_gemm(void* out, int64_t out_stride, const v
     const cudaStream_t s = as_cuda(stream);
     // OCRVL_MOE_COMPUTE_PADDING=1 computes padding sub-tiles too (the version-1 kernel): an A/B
     // switch for benches/moe.rs, read once per process.
-    static const bool compute_padding = [] {
-        const char* v = getenv("OCRVL_MOE_COMPUTE_PADDING");
-        return v != nullptr && v[0] == '1';
-    }();
+    static const bool compute_padding = env_flag_on("OCRVL_MOE_COMPUTE_PADDING");
     if (epilogue == OCRVL_MOE_EPILOGUE_NONE) {
         auto kernel = grouped_gemm_kernel<OCRVL_MOE_EPILOGUE_NONE>;
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kGemmSmemBytes);
