@@ -11,8 +11,7 @@
 //! - the text pool's gate/up and down grouped GEMMs alone at decode 128 and 256, in GB/s;
 //! - the router logits alone at 1 to 8192 tokens, in GB/s.
 //!
-//! `OCRVL_MOE_COMPUTE_PADDING=1` runs the version-1 grouped GEMM (padding sub-tiles computed)
-//! and `OCRVL_MOE_ROUTER_TILED=1` the router's tiled kernel at every size, for A/B runs in the
+//! `OCRVL_MOE_ROUTER_TILED=1` runs the router's tiled kernel at every size, for an A/B in the
 //! same call.
 //!
 //! Weights are filled with one non-zero byte pattern on the device (2 GB: a host pattern would

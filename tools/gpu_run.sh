@@ -226,13 +226,10 @@ if [ "$part" = attn-d80 ]; then
 fi
 if [ "$part" = moe-ab ]; then
     # The router's split-k kernel, A/B in one call (benches/moe.rs twice; with
-    # OCRVL_MOE_ROUTER_TILED=1 the tiled kernel runs at every size; PADDING_AB=1 adds the
-    # grouped GEMM's version 1, OCRVL_MOE_COMPUTE_PADDING=1), the MoE kernel tests, then where
+    # OCRVL_MOE_ROUTER_TILED=1 the tiled kernel runs at every size), the MoE kernel tests, then where
     # an ERNIE decode step's time goes: ncu's per-kernel GPU time over ~7 decode steps of the
     # reduced model (3 layers at full width: dense, MoE, MoE; eager so every kernel is a launch).
     run_step "bench-moe (defaults)" "$logs/moe_ab.log" timeout 150 "$bin/bench-moe" --bench
-    [ "${PADDING_AB:-0}" = 1 ] && OCRVL_MOE_COMPUTE_PADDING=1 run_step "bench-moe (padding computed)" \
-        "$logs/moe_ab.log" timeout 150 "$bin/bench-moe" --bench
     OCRVL_MOE_ROUTER_TILED=1 run_step "bench-moe (router tiled)" "$logs/moe_ab.log" timeout 150 \
         "$bin/bench-moe" --bench
     run_step "test-gpu moe" "$logs/moe_ab.log" timeout 200 "$bin/test-gpu" --include-ignored --test-threads=1 moe

@@ -40,7 +40,7 @@ template <int kEpilogue>
 __global__ void __launch_bounds__(kGemmThreads) grouped_gemm_kernel(
     __nv_bfloat16* __restrict__ out, int64_t out_stride, const __nv_bfloat16* __restrict__ a, int64_t a_stride,
     const int32_t* __restrict__ sorted_pairs, int gather_top_k, const __nv_bfloat16* __restrict__ weight,
-    const int32_t* __restrict__ tile_expert, int expert_begin, int expert_end, int n, int k, bool compute_padding) {
+    const int32_t* __restrict__ tile_expert, int expert_begin, int expert_end, int n, int k) {
     using attn::cp_async_16;
     using attn::ldmatrix_x4;
     using attn::mma_bf16_16816;
@@ -88,11 +88,11 @@ __global__ void __launch_bounds__(kGemmThreads) grouped_gemm_kernel(
     // padding is padding throughout: its warp skips that sub-tile's ldmatrix and MMAs. A decode
     // tile holds ~12 live slots of 64 (128 tokens x top-6 over 64 experts), so 3 of its 4
     // sub-tiles are skipped and the tensor work stops competing with the weight stream.
-    // Warp-uniform (it depends on warp_m and mi alone). compute_padding: the version-1 kernel,
-    // every sub-tile computed (OCRVL_MOE_COMPUTE_PADDING=1, for A/B runs only).
+    // Warp-uniform (it depends on warp_m and mi alone). Measured within 1% of computing every
+    // sub-tile (round 9, docs/notes/moe_kernels.md version 2); kept as it costs nothing.
     bool live[2];
 #pragma unroll
-    for (int mi = 0; mi < 2; ++mi) live[mi] = compute_padding || sorted_pairs[slot0 + warp_m * 32 + mi * 16] >= 0;
+    for (int mi = 0; mi < 2; ++mi) live[mi] = sorted_pairs[slot0 + warp_m * 32 + mi * 16] >= 0;
     const bool warp_live = live[0] || live[1];
 
     float acc[2][8][4] = {};

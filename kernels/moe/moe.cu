@@ -18,13 +18,6 @@ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 
 
 cudaStream_t as_cuda(ocrvl_stream_t s) { return reinterpret_cast<cudaStream_t>(s); }
 
-// True when environment variable `name` starts with '1': the A/B switches of benches/moe.rs.
-// Callers read it once per process (a function-local static).
-bool env_flag_on(const char* name) {
-    const char* v = getenv(name);
-    return v != nullptr && v[0] == '1';
-}
-
 }  // namespace
 
 extern "C" int32_t ocrvl_moe_router_logits(float* logits, const void* x, int64_t x_stride, const float* weight,
@@ -37,7 +30,10 @@ extern "C" int32_t ocrvl_moe_router_logits(float* logits, const void* x, int64_t
     const cudaStream_t s = as_cuda(stream);
     // OCRVL_MOE_ROUTER_TILED=1 runs the tiled kernel at every size: an A/B switch for
     // benches/moe.rs, read once per process.
-    static const bool always_tiled = env_flag_on("OCRVL_MOE_ROUTER_TILED");
+    static const bool always_tiled = [] {
+        const char* v = getenv("OCRVL_MOE_ROUTER_TILED");
+        return v != nullptr && v[0] == '1';
+    }();
     const bool split_k_fits = hidden % ocrvl::moe::kSplitChunk == 0 && x_stride % ocrvl::moe::kSplitChunk == 0 &&
                               aligned16(x) && aligned16(weight);
     const bool split_k_grid_fits = num_logits <= 65535LL * ocrvl::moe::kSplitLogits;
@@ -114,21 +110,18 @@ extern "C" int32_t ocrvl_moe_grouped_gemm(void* out, int64_t out_stride, const v
         return OCRVL_STATUS_UNSUPPORTED;
     const dim3 grid((unsigned)(n / kGemmN), (unsigned)max_tiles);
     const cudaStream_t s = as_cuda(stream);
-    // OCRVL_MOE_COMPUTE_PADDING=1 computes padding sub-tiles too (the version-1 kernel): an A/B
-    // switch for benches/moe.rs, read once per process.
-    static const bool compute_padding = env_flag_on("OCRVL_MOE_COMPUTE_PADDING");
     if (epilogue == OCRVL_MOE_EPILOGUE_NONE) {
         auto kernel = grouped_gemm_kernel<OCRVL_MOE_EPILOGUE_NONE>;
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kGemmSmemBytes);
         kernel<<<grid, kGemmThreads, kGemmSmemBytes, s>>>(
             static_cast<bf16*>(out), out_stride, static_cast<const bf16*>(a), a_stride, sorted_pairs, gather_top_k,
-            static_cast<const bf16*>(weight), tile_expert, (int)expert_begin, (int)expert_end, (int)n, (int)k, compute_padding);
+            static_cast<const bf16*>(weight), tile_expert, (int)expert_begin, (int)expert_end, (int)n, (int)k);
     } else {
         auto kernel = grouped_gemm_kernel<OCRVL_MOE_EPILOGUE_SWIGLU>;
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kGemmSmemBytes);
         kernel<<<grid, kGemmThreads, kGemmSmemBytes, s>>>(
             static_cast<bf16*>(out), out_stride, static_cast<const bf16*>(a), a_stride, sorted_pairs, gather_top_k,
-            static_cast<const bf16*>(weight), tile_expert, (int)expert_begin, (int)expert_end, (int)n, (int)k, compute_padding);
+            static_cast<const bf16*>(weight), tile_expert, (int)expert_begin, (int)expert_end, (int)n, (int)k);
     }
     return ocrvl::launch_status();
 }
