@@ -35,7 +35,7 @@ extern "C" {
 #define OCRVL_MOE_MAX_TOP_K 16
 
 /* The most tokens ocrvl_moe_router_logits sends to its split-k kernel (see below). */
-#define OCRVL_MOE_ROUTER_SPLIT_K_MAX_TOKENS 4096
+#define OCRVL_MOE_ROUTER_SPLIT_K_MAX_TOKENS 1024
 
 /* ocrvl_moe_grouped_gemm's epilogues. */
 #define OCRVL_MOE_EPILOGUE_NONE 0

@@ -16,7 +16,7 @@ use half::bf16;
 use rand::Rng;
 
 use ocrvl::config::ErnieVlConfig;
-use ocrvl::kernels::attention::AttentionKernels;
+use ocrvl::kernels::attention::{AttentionKernels, AttentionVersion};
 use ocrvl::model::ernie_vl::family::ErnieVl;
 use ocrvl::model::ernie_vl::synthetic::{write_synthetic_model, ErnieSyntheticOptions};
 use ocrvl::model::family::ModelFamily;
@@ -24,13 +24,18 @@ use ocrvl::model::step::{HostStep, SeqChunk};
 use ocrvl::preprocess::image::ImageGrid;
 use ocrvl::runtime::{DType, DeviceTensor, Gemm, Gpu, Workspace};
 
+use crate::attention::versions;
 use crate::common::tol::{assert_close, rms};
 use crate::common::{gpu, rand_bf16, rng};
 
 fn load_tiny(g: &Gpu, dir: &Path) -> ErnieVl {
+    load_tiny_with(g, dir, AttentionKernels::default())
+}
+
+fn load_tiny_with(g: &Gpu, dir: &Path, kernels: AttentionKernels) -> ErnieVl {
     let cfg = ErnieVlConfig::tiny();
     write_synthetic_model(dir, &cfg, &ErnieSyntheticOptions::for_model(true)).unwrap();
-    ErnieVl::load(g, dir, AttentionKernels::default()).unwrap()
+    ErnieVl::load(g, dir, kernels).unwrap()
 }
 
 pub(crate) fn encode(
@@ -58,10 +63,24 @@ pub(crate) fn encode(
 #[ignore = "needs GPU"]
 fn ernie_tiny_images_encode_alone_as_in_a_batch() {
     let g = gpu();
+    let fa2 = images_encode_alone_as_in_a_batch(&g, AttentionVersion::Fa2);
+    for version in versions(&g).into_iter().filter(|&v| v != AttentionVersion::Fa2) {
+        // Another path's features agree with FA2's within bf16 rounding of the attention.
+        let other = images_encode_alone_as_in_a_batch(&g, version);
+        // (Two ViT blocks and the resampler carry the attention's last-bit differences.)
+        let a: Vec<f64> = fa2.iter().map(|x| x.to_f64()).collect();
+        let b: Vec<f64> = other.iter().map(|x| x.to_f64()).collect();
+        assert_close(&format!("{version:?} image features against FA2"), &b, &a, 5e-2 * rms(&a), 2e-2);
+    }
+}
+
+/// Encodes three images in one batch and each alone (the same bits) with `version`'s attention
+/// and checks that a video grid is refused; returns the batch's features.
+fn images_encode_alone_as_in_a_batch(g: &Gpu, version: AttentionVersion) -> Vec<bf16> {
     let dir = tempfile::tempdir().unwrap();
-    let m = load_tiny(&g, dir.path());
-    let mut gemm = Gemm::new(&g).unwrap();
-    let ws = Workspace::new(&g, 64 << 20).unwrap();
+    let m = load_tiny_with(g, dir.path(), AttentionKernels::from(version));
+    let mut gemm = Gemm::new(g).unwrap();
+    let ws = Workspace::new(g, 64 << 20).unwrap();
     let mut r = rng(0xE41E_0001);
     let grids = [
         ImageGrid { t: 1, h: 4, w: 6 },
@@ -70,12 +89,12 @@ fn ernie_tiny_images_encode_alone_as_in_a_batch() {
     ];
     let pv = m.patch_values();
     let pixels: Vec<bf16> = rand_bf16(&mut r, grids.iter().map(|g| g.num_patches()).sum::<usize>() * pv, 2.0);
-    let batch = encode(&g, &m, &mut gemm, &ws, &grids, &pixels);
+    let batch = encode(g, &m, &mut gemm, &ws, &grids, &pixels);
     let (mut p0, mut t0) = (0, 0);
     let width = m.feature_width();
     for (i, &grid) in grids.iter().enumerate() {
         let np = grid.num_patches();
-        let one = encode(&g, &m, &mut gemm, &ws, &[grid], &pixels[p0 * pv..(p0 + np) * pv]);
+        let one = encode(g, &m, &mut gemm, &ws, &[grid], &pixels[p0 * pv..(p0 + np) * pv]);
         let nt = m.image_tokens(grid);
         let same = one
             .iter()
@@ -87,9 +106,10 @@ fn ernie_tiny_images_encode_alone_as_in_a_batch() {
     }
     // A video grid is refused with a clear error, before anything runs.
     let err = m
-        .encode_images(&g, &mut gemm, &ws, &[ImageGrid { t: 2, h: 2, w: 2 }], &mut |_| Ok(()))
+        .encode_images(g, &mut gemm, &ws, &[ImageGrid { t: 2, h: 2, w: 2 }], &mut |_| Ok(()))
         .unwrap_err();
     assert!(err.to_string().contains("video"), "{err}");
+    batch
 }
 
 /// Runs `spans` of the sequence `ids` as steps (prefill chunks, then one-token decodes) and

@@ -25,8 +25,9 @@ use ocrvl::kernels::attention::AttentionKernels;
 use ocrvl::model::ernie_vl::family::ErnieVl;
 use ocrvl::model::family::ModelFamily;
 use ocrvl::preprocess::image::ImageGrid;
-use ocrvl::runtime::{DeviceTensor, Gemm, Workspace};
+use ocrvl::runtime::{DeviceTensor, Gemm, Gpu, Workspace};
 
+use crate::attention::versions;
 use crate::common::npy::read_npy;
 use crate::common::{gpu, repo_dir};
 use crate::ernie_family::{encode, run_steps};
@@ -129,13 +130,22 @@ pub(crate) fn argmax(v: &[f32]) -> (usize, f32) {
     best
 }
 
+/// Every attention path this GPU runs (FA2, and FA3 on sm_90: the ViT's d80 attention and the
+/// text prefill), each checked against the oracle from load to greedy decode.
 #[test]
 #[ignore = "needs GPU"]
 fn ernie_logits_match_transformers_f32_within_its_bf16_error() {
     let g = gpu();
     let (dir, _keep) = oracle_dir();
-    let m = ErnieVl::load(&g, &dir.join("model"), AttentionKernels::default()).unwrap();
-    let OracleInputs { ids, grids, pixels } = OracleInputs::read(&dir);
+    for version in versions(&g) {
+        eprintln!("attention {version:?}");
+        check_against_oracle(&g, &dir, AttentionKernels::from(version));
+    }
+}
+
+fn check_against_oracle(g: &Gpu, dir: &Path, kernels: AttentionKernels) {
+    let m = ErnieVl::load(g, &dir.join("model"), kernels).unwrap();
+    let OracleInputs { ids, grids, pixels } = OracleInputs::read(dir);
     let seq = ids.len();
     let f32_logits = read_npy(&dir.join("logits_f32.npy"));
     let bf16_logits = read_npy(&dir.join("logits_bf16.npy"));
@@ -144,9 +154,9 @@ fn ernie_logits_match_transformers_f32_within_its_bf16_error() {
     let (f32_logits, bf16_logits) = (f32_logits.as_f32(), bf16_logits.as_f32());
 
     // Image features against the f32 resampler output.
-    let mut gemm = Gemm::new(&g).unwrap();
-    let mut ws = Workspace::new(&g, 256 << 20).unwrap();
-    let feats = encode(&g, &m, &mut gemm, &ws, &grids, &pixels);
+    let mut gemm = Gemm::new(g).unwrap();
+    let mut ws = Workspace::new(g, 256 << 20).unwrap();
+    let feats = encode(g, &m, &mut gemm, &ws, &grids, &pixels);
     let want = read_npy(&dir.join("image_embeds_f32.npy"));
     assert_eq!(want.shape, vec![feats.len() / m.feature_width(), m.feature_width()]);
     let got: Vec<f32> = feats.iter().map(|x| x.to_f32()).collect();
@@ -161,7 +171,7 @@ fn ernie_logits_match_transformers_f32_within_its_bf16_error() {
     );
     assert!(feat_err < 2e-2, "image features: relative rms error {feat_err:.2e}");
 
-    let feats = DeviceTensor::from_host(&g, &[got.len() / m.feature_width(), m.feature_width()], &feats).unwrap();
+    let feats = DeviceTensor::from_host(g, &[got.len() / m.feature_width(), m.feature_width()], &feats).unwrap();
     let logits = OracleLogits {
         f32: &f32_logits,
         bf16: &bf16_logits,
@@ -176,10 +186,10 @@ fn ernie_logits_match_transformers_f32_within_its_bf16_error() {
             .chain(ends.iter().copied())
             .zip(ends.iter().copied())
             .collect();
-        let rows = run_steps(&g, &m, &mut gemm, &mut ws, &ids, seq, &grids, &feats, &spans);
+        let rows = run_steps(g, &m, &mut gemm, &mut ws, &ids, seq, &grids, &feats, &spans);
         bf16_max = bf16_max.max(logits.compare(chunk, &rows, &ends));
     }
-    decode_follows_transformers_greedy(&g, &m, &mut gemm, &mut ws, &dir, &ids, &grids, &feats, 2.0 * bf16_max);
+    decode_follows_transformers_greedy(g, &m, &mut gemm, &mut ws, dir, &ids, &grids, &feats, 2.0 * bf16_max);
 }
 
 /// transformers' logits of the prompt, `[seq, vocab]` each.
