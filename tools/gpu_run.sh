@@ -3,7 +3,7 @@
 # criterion benches, then the bench binary. Full logs go to LOGDIR (default $OUT, else
 # ./logs); a short summary table is printed last. It writes 4 files (tests.log, benches.log,
 # bench.log, bench.json), since the device tool brings back 8 at most.
-#   bash target/gpu-bundle/run.sh [tests|benches|bench|baseline|async|sanitizer|soak|ab|checks|seeds|ernie|ernie-full|ernie-bench|vllm-ernie|moe-ab|attn-d80|all] [LOGDIR]
+#   bash target/gpu-bundle/run.sh [tests|benches|bench|baseline|async|sanitizer|soak|ab|checks|seeds|ernie|ernie-full|ernie-bench|vllm-ernie|moe-ab|attn-d80|ncu-paddle|all] [LOGDIR]
 # One device call runs at most 10 minutes, so the parts run as separate calls: `tests` (every
 # test executable, then the server check), `benches` (criterion benches and torch baselines),
 # `bench` (the bench binary's workloads, the full-size fidelity check and transformers'
@@ -242,34 +242,18 @@ if [ "$part" = moe-ab ]; then
         --enforce-eager --workload decode --num-requests decode=128 --prompt-len 1024 --output-len 256 \
         --max-model-len 4096 --warmup 8
     grep -E '^(block_|gate_up_|down_|router_logits_)|^=== bench-moe' "$logs/moe_ab.log"
-    python3 - "$logs/ncu.log" <<'PY'
-import csv, sys
-from collections import defaultdict
-# ncu --csv: one row per kernel launch and metric ("Kernel Name", "Metric Unit", "Metric
-# Value"); other lines (==PROF==, the program's output) are skipped. Prints each kernel's
-# launches and total GPU time, largest first.
-scale = {"nsecond": 1e-3, "ns": 1e-3, "usecond": 1.0, "us": 1.0, "msecond": 1e3, "ms": 1e3}
-rows = [r for r in csv.reader(l for l in open(sys.argv[1], errors="replace") if l.startswith('"'))]
-head = next((r for r in rows if "Kernel Name" in r and "Metric Value" in r), None)
-if head is None:
-    sys.exit("no ncu CSV rows in " + sys.argv[1])
-k, u, v = head.index("Kernel Name"), head.index("Metric Unit"), head.index("Metric Value")
-total, calls = defaultdict(float), defaultdict(int)
-for r in rows:
-    if r is head or len(r) <= v:
-        continue
-    try:
-        us = float(r[v].replace(",", "")) * scale.get(r[u], 1.0)
-    except ValueError:
-        continue
-    name = r[k].split("(")[0][:80]
-    total[name] += us
-    calls[name] += 1
-grand = sum(total.values())
-print(f"ncu: {sum(calls.values())} launches, {grand:.0f} us of kernel time")
-for name in sorted(total, key=total.get, reverse=True)[:25]:
-    print(f"{total[name]:10.1f} us {100 * total[name] / grand:5.1f}%  {calls[name]:4d} x  {name}")
-PY
+    python3 "$OCRVL_REPO_DIR/tools/gpu/ncu_summary.py" "$logs/ncu.log"
+fi
+if [ "$part" = ncu-paddle ]; then
+    # Where a PaddleOCR-VL decode step's time goes (issue 17): ncu's per-kernel GPU time over
+    # ~3 decode steps of the synthetic full-size model at batch 256 and ~1.1k context, eager so
+    # every kernel is a launch. The warm-up (~1.6k launches) and the 32 prefill steps (~6.5k)
+    # come first; skipping 12000 lands in the decode-only steps.
+    run_step "ncu: PaddleOCR-VL decode" "$logs/ncu_paddle.log" timeout 240 ncu --clock-control none \
+        --cache-control none --metrics gpu__time_duration.sum --csv --launch-skip ${NCU_SKIP:-12000} \
+        --launch-count ${NCU_COUNT:-600} "$bin/bench" --enforce-eager --workload decode \
+        --num-requests decode=256 --prompt-len 1024 --output-len 64 --warmup 8
+    python3 "$OCRVL_REPO_DIR/tools/gpu/ncu_summary.py" "$logs/ncu_paddle.log"
 fi
 if [ "$part" = seeds ]; then
     SEEDS_ONLY=1 run_step "checks.sh (seeds)" "$logs/checks.log" timeout 300 bash "$here/tools/checks.sh" "$bin" "$logs"
