@@ -21,7 +21,7 @@ mod common;
 
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
-use ocrvl::kernels::moe::{self, Epilogue, BLOCK_M};
+use ocrvl::kernels::moe::{self, Epilogue, ExpertWeight, BLOCK_M};
 use ocrvl::model::ernie_vl::moe_block::{moe_block, ExpertPoolWeights, MoeBlockShape, MoeBlockWeights, MoeScratch};
 use ocrvl::runtime::{DType, DeviceTensor, Gemm, Gpu};
 
@@ -121,6 +121,7 @@ fn moe_benches(c: &mut Criterion) {
             .map(|(gu, d)| ExpertPoolWeights {
                 gate_up: gu.view(),
                 down: d.view(),
+                scales: None,
             })
             .collect(),
         shared_gate_up: Some(shared_gate_up.view()),
@@ -201,8 +202,28 @@ fn moe_benches(c: &mut Criterion) {
         });
     }
 
+    // The text pool as `--quantization wint8` stores it: int8 weights (a fixed byte) and f32
+    // row scales, for the int8 rows below.
+    let filled_int8 = |dims: &[usize]| {
+        let mut t = DeviceTensor::alloc(&gpu, DType::I8, dims).unwrap();
+        t.view_mut().fill_bytes(&gpu, 0x05).unwrap();
+        t
+    };
+    let text_int8 = (
+        filled_int8(&[EXPERTS, 2 * INTER[0], HIDDEN]),
+        filled_int8(&[EXPERTS, HIDDEN, INTER[0]]),
+        DeviceTensor::from_host(
+            &gpu,
+            &[EXPERTS, 2 * INTER[0]],
+            &pattern_f32(EXPERTS * 2 * INTER[0], 3, 1e-3),
+        )
+        .unwrap(),
+        DeviceTensor::from_host(&gpu, &[EXPERTS, HIDDEN], &pattern_f32(EXPERTS * HIDDEN, 4, 1e-3)).unwrap(),
+    );
+
     // The text pool's two grouped GEMMs alone at decode (128 and 256 text tokens), each in GB/s
     // of the weights of the experts used: the step's floor is these weights streamed once.
+    // Then the same with int8 weights (the bytes counted are the int8 weights and scales).
     for tokens in [128usize, 256] {
         let x = DeviceTensor::from_host(&gpu, &[tokens, HIDDEN], &pattern_bf16(tokens * HIDDEN, 5)).unwrap();
         let mut logits = DeviceTensor::alloc(&gpu, DType::F32, &[tokens, 2 * EXPERTS]).unwrap();
@@ -282,6 +303,62 @@ fn moe_benches(c: &mut Criterion) {
             &format!("down_text_decode_{tokens} ({} experts)", used.len()),
             used.len() * INTER[0] * HIDDEN * 2,
             &mut down,
+        );
+        let (gu8, d8, gu_scales, d_scales) = (
+            text_int8.0.view(),
+            text_int8.1.view(),
+            text_int8.2.view(),
+            text_int8.3.view(),
+        );
+        let mut gate_up_int8 = || {
+            moe::grouped_gemm(
+                &gpu,
+                &mut h.view_mut(),
+                &x.view(),
+                &sorted.view(),
+                Some(TOP_K),
+                ExpertWeight::Int8 {
+                    weight: &gu8,
+                    scales: &gu_scales,
+                },
+                &tile_expert.view(),
+                0..EXPERTS,
+                Epilogue::SwiGlu,
+            )
+            .unwrap();
+        };
+        bench_gbps(
+            &mut group,
+            &gpu,
+            &format!("gate_up_text_decode_{tokens}_int8"),
+            &format!("gate_up_text_decode_{tokens}_int8 ({} experts)", used.len()),
+            used.len() * 2 * INTER[0] * (HIDDEN + 4),
+            &mut gate_up_int8,
+        );
+        let mut down_int8 = || {
+            moe::grouped_gemm(
+                &gpu,
+                &mut y.view_mut(),
+                &h.view(),
+                &sorted.view(),
+                None,
+                ExpertWeight::Int8 {
+                    weight: &d8,
+                    scales: &d_scales,
+                },
+                &tile_expert.view(),
+                0..EXPERTS,
+                Epilogue::None,
+            )
+            .unwrap();
+        };
+        bench_gbps(
+            &mut group,
+            &gpu,
+            &format!("down_text_decode_{tokens}_int8"),
+            &format!("down_text_decode_{tokens}_int8 ({} experts)", used.len()),
+            used.len() * HIDDEN * (INTER[0] + 4),
+            &mut down_int8,
         );
     }
 

@@ -185,7 +185,8 @@ if [ "$part" = ernie-bench ]; then
     fi
     run_step "bench (ERNIE full, $format)" "$logs/ernie_bench.log" timeout ${BENCH_TIMEOUT:-560} "$bin/bench" --model "$cfgdir" \
         --load-format $format --max-model-len 16384 --workload ${ERNIE_WORKLOADS:-all} \
-        --num-requests ${ERNIE_NUM_REQUESTS:-decode=512,image-qa=256,multi-image=128} --json "$logs/bench_ernie_full.json"
+        --num-requests ${ERNIE_NUM_REQUESTS:-decode=512,image-qa=256,multi-image=128} --json "$logs/bench_ernie_full.json" \
+        ${ERNIE_BENCH_ARGS:-}
     cp "$logs/bench_ernie_full.json" /tmp/ 2>/dev/null  # for vllm-ernie's prompt-count check, a later call
     grep -E '^(\||flags: |workload |weights|ocrvl: weights|engine: |  [0-9] x |  [0-9]+ steps: |  engine host time)' "$logs/ernie_bench.log"
 fi

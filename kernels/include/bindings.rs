@@ -43,6 +43,7 @@ pub enum OcrvlDType {
     OCRVL_DTYPE_F16 = 1,
     OCRVL_DTYPE_F32 = 2,
     OCRVL_DTYPE_I32 = 3,
+    OCRVL_DTYPE_I8 = 4,
 }
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
@@ -570,6 +571,26 @@ unsafe extern "C" {
         sorted_pairs: *const i32,
         gather_top_k: i32,
         weight: *const ::std::os::raw::c_void,
+        tile_expert: *const i32,
+        max_tiles: i64,
+        expert_begin: i64,
+        expert_end: i64,
+        n: i64,
+        k: i64,
+        epilogue: i32,
+        stream: ocrvl_stream_t,
+    ) -> i32;
+}
+unsafe extern "C" {
+    pub fn ocrvl_moe_grouped_gemm_w8(
+        out: *mut ::std::os::raw::c_void,
+        out_stride: i64,
+        a: *const ::std::os::raw::c_void,
+        a_stride: i64,
+        sorted_pairs: *const i32,
+        gather_top_k: i32,
+        weight: *const i8,
+        scales: *const f32,
         tile_expert: *const i32,
         max_tiles: i64,
         expert_begin: i64,

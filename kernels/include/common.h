@@ -29,6 +29,7 @@ typedef enum OcrvlDType {
     OCRVL_DTYPE_F16 = 1,
     OCRVL_DTYPE_F32 = 2,
     OCRVL_DTYPE_I32 = 3,
+    OCRVL_DTYPE_I8 = 4,
 } OcrvlDType;
 
 /* Same type as cudaStream_t and CUstream, without pulling in CUDA headers. */

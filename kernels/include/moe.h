@@ -117,6 +117,20 @@ int32_t ocrvl_moe_grouped_gemm(void* out, int64_t out_stride, const void* a, int
                                const int32_t* tile_expert, int64_t max_tiles, int64_t expert_begin,
                                int64_t expert_end, int64_t n, int64_t k, int32_t epilogue, ocrvl_stream_t stream);
 
+/* 4b. The same grouped GEMM with weight-only int8 weights (`--quantization wint8`): one f32
+ * scale per expert row, applied to the f32 sum before the epilogue:
+ *     acc[s, c] = scales[e - expert_begin][c] · Σ_i row[i] · weight[e - expert_begin][c, i]
+ * then EPILOGUE_NONE or EPILOGUE_SWIGLU exactly as in 4 (for SWIGLU the scales follow the
+ * weight's interleaved gate/up row order).
+ * weight [expert_end - expert_begin, n, k] int8, contiguous
+ * scales [expert_end - expert_begin, n] f32, contiguous, 16-byte aligned
+ * Limits and grid as in 4; 64 KiB dynamic shared memory. */
+int32_t ocrvl_moe_grouped_gemm_w8(void* out, int64_t out_stride, const void* a, int64_t a_stride,
+                                  const int32_t* sorted_pairs, int32_t gather_top_k, const int8_t* weight,
+                                  const float* scales, const int32_t* tile_expert, int64_t max_tiles,
+                                  int64_t expert_begin, int64_t expert_end, int64_t n, int64_t k, int32_t epilogue,
+                                  ocrvl_stream_t stream);
+
 /* 5. The weighted sum back into token order, f32 accumulation, one rounding:
  *   out[t, c] = bf16( Σ_k topk_weights[t, k] · f32(expert_out[pair_slot[t*K + k], c])
  *                     + f32(shared[t, c]) )

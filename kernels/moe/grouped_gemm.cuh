@@ -11,6 +11,13 @@
 // Decode (256 tokens x top-6 over 64 experts: ~24 slots per expert) gives one mostly padded
 // tile per expert: the kernel then streams each expert's weight once, which is what bounds
 // it; prefill gives many full tiles per expert.
+//
+// kInt8 (`--quantization wint8`, weight-only): the weight is int8 with one f32 scale per
+// expert row. Its stages hold int8 rows of 64 bytes (8 KiB per stage, unswizzled: the copy and
+// the conversion both read a warp's 8 rows as 512 contiguous bytes); after a stage lands, the
+// block converts it into one bf16 buffer laid out as a bf16 stage (int8 values are exact in
+// bf16), and the MMAs read that. The epilogue multiplies the f32 sums by the row's scale.
+// Half the weight bytes of bf16, which is what bounds decode.
 #pragma once
 #include <cuda_bf16.h>
 #include <stdint.h>
@@ -28,6 +35,8 @@ constexpr int kGemmThreads = 128;
 constexpr int kStageA = kGemmM * kGemmK;  // bf16 elements
 constexpr int kStageB = kGemmN * kGemmK;
 constexpr int kGemmSmemBytes = kGemmStages * (kStageA + kStageB) * 2;
+// int8 weights: the A stages (bf16), the int8 B stages, one bf16 B buffer: 64 KiB.
+constexpr int kGemmSmemBytesInt8 = kGemmStages * kStageA * 2 + kGemmStages * kStageB + kStageB * 2;
 
 // Element offset of (row, 16-byte chunk) in a stage of 64-column rows, swizzled.
 __device__ __forceinline__ int swizzled(int row, int chunk) { return row * kGemmK + ((chunk ^ (row & 7)) << 3); }
@@ -36,11 +45,25 @@ __device__ __forceinline__ void cp_async_wait_stages() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(kGemmStages - 2));
 }
 
-template <int kEpilogue>
+// Converts 16 int8 weights (one 16-byte chunk) to bf16, exactly, as two 16-byte chunks.
+__device__ __forceinline__ void int8x16_to_bf16(const uint4& in, uint4& lo, uint4& hi) {
+    const int8_t* q = reinterpret_cast<const int8_t*>(&in);
+    uint32_t* l = reinterpret_cast<uint32_t*>(&lo);
+    uint32_t* h = reinterpret_cast<uint32_t*>(&hi);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        l[i] = attn::pack_bf16x2((float)q[2 * i], (float)q[2 * i + 1]);
+        h[i] = attn::pack_bf16x2((float)q[8 + 2 * i], (float)q[8 + 2 * i + 1]);
+    }
+}
+
+// weight: bf16 [E, n, k], or int8 [E, n, k] with scales f32 [E, n] when kInt8.
+template <int kEpilogue, bool kInt8>
 __global__ void __launch_bounds__(kGemmThreads) grouped_gemm_kernel(
     __nv_bfloat16* __restrict__ out, int64_t out_stride, const __nv_bfloat16* __restrict__ a, int64_t a_stride,
-    const int32_t* __restrict__ sorted_pairs, int gather_top_k, const __nv_bfloat16* __restrict__ weight,
-    const int32_t* __restrict__ tile_expert, int expert_begin, int expert_end, int n, int k) {
+    const int32_t* __restrict__ sorted_pairs, int gather_top_k, const void* __restrict__ weight,
+    const float* __restrict__ scales, const int32_t* __restrict__ tile_expert, int expert_begin, int expert_end,
+    int n, int k) {
     using attn::cp_async_16;
     using attn::ldmatrix_x4;
     using attn::mma_bf16_16816;
@@ -50,13 +73,18 @@ __global__ void __launch_bounds__(kGemmThreads) grouped_gemm_kernel(
     if (expert < expert_begin || expert >= expert_end) return;
     extern __shared__ __align__(128) __nv_bfloat16 smem[];
     __nv_bfloat16* sa = smem;
+    // bf16: the B stages. int8: the one converted B buffer, after the int8 stages (sq).
     __nv_bfloat16* sb = smem + kGemmStages * kStageA;
+    int8_t* sq = reinterpret_cast<int8_t*>(smem + kGemmStages * kStageA);
+    if (kInt8) sb = reinterpret_cast<__nv_bfloat16*>(sq + kGemmStages * kStageB);
 
     const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
     const int warp_m = warp % 2, warp_n = warp / 2;
     const int n0 = blockIdx.x * kGemmN;
     const int64_t slot0 = (int64_t)tile * kGemmM;
-    const __nv_bfloat16* w = weight + (int64_t)(expert - expert_begin) * n * k + (int64_t)n0 * k;
+    const int64_t w_offset = (int64_t)(expert - expert_begin) * n * k + (int64_t)n0 * k;  // elements
+    const __nv_bfloat16* w = static_cast<const __nv_bfloat16*>(weight) + w_offset;
+    const int8_t* wq = static_cast<const int8_t*>(weight) + w_offset;
 
     // This thread copies A rows tid/8 + 16j (j < 4) and B rows tid/8 + 16j (j < 8), chunk tid%8.
     const int chunk = tid % 8, row_base = tid / 8;
@@ -77,10 +105,33 @@ __global__ void __launch_bounds__(kGemmThreads) grouped_gemm_kernel(
             const int r = row_base + 16 * j;
             cp_async_16(smem_u32(sa + stage * kStageA + swizzled(r, chunk)), a_row[j] + kc, a_valid[j]);
         }
+        if (kInt8) {
+            // 128 rows x 4 chunks of 16 int8: this thread's rows tid/4 + 32j (j < 4), chunk tid%4.
 #pragma unroll
-        for (int j = 0; j < 8; ++j) {
-            const int r = row_base + 16 * j;
-            cp_async_16(smem_u32(sb + stage * kStageB + swizzled(r, chunk)), w + (int64_t)r * k + kc, true);
+            for (int j = 0; j < 4; ++j) {
+                const int r = tid / 4 + 32 * j, c = tid % 4;
+                cp_async_16(smem_u32(sq + stage * kStageB + r * kGemmK + c * 16),
+                            wq + (int64_t)r * k + kt * kGemmK + c * 16, true);
+            }
+        } else {
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+                const int r = row_base + 16 * j;
+                cp_async_16(smem_u32(sb + stage * kStageB + swizzled(r, chunk)), w + (int64_t)r * k + kc, true);
+            }
+        }
+    };
+    // int8: the landed stage's rows into the bf16 buffer, each 16-byte chunk to two swizzled
+    // bf16 chunks (the same rows and chunks this thread copied).
+    auto convert_stage = [&](int stage) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int r = tid / 4 + 32 * j, c = tid % 4;
+            const uint4 q = *reinterpret_cast<const uint4*>(sq + stage * kStageB + r * kGemmK + c * 16);
+            uint4 lo, hi;
+            int8x16_to_bf16(q, lo, hi);
+            *reinterpret_cast<uint4*>(sb + swizzled(r, 2 * c)) = lo;
+            *reinterpret_cast<uint4*>(sb + swizzled(r, 2 * c + 1)) = hi;
         }
     };
 
@@ -108,10 +159,16 @@ __global__ void __launch_bounds__(kGemmThreads) grouped_gemm_kernel(
         const int next = kt + kGemmStages - 1;
         if (next < k_tiles) load_stage(next % kGemmStages, next);
         attn::cp_async_commit();
+        if (kInt8) {
+            // Every warp converts (the live warps need all 128 rows); the sync above also
+            // ordered the previous tile's MMAs before this overwrite of the buffer.
+            convert_stage(kt % kGemmStages);
+            __syncthreads();
+        }
 
         if (!warp_live) continue;
         const __nv_bfloat16* ta = sa + (kt % kGemmStages) * kStageA;
-        const __nv_bfloat16* tb = sb + (kt % kGemmStages) * kStageB;
+        const __nv_bfloat16* tb = kInt8 ? sb : sb + (kt % kGemmStages) * kStageB;
 #pragma unroll
         for (int kk = 0; kk < kGemmK / 16; ++kk) {
             uint32_t af[2][4];
@@ -135,6 +192,23 @@ __global__ void __launch_bounds__(kGemmThreads) grouped_gemm_kernel(
         }
     }
     attn::cp_async_wait_all();
+
+    if (kInt8) {
+        // acc[., c] *= scale[c]: columns 2t, 2t+1 of each n8 tile, the same for both rows.
+        const float* srow = scales + (int64_t)(expert - expert_begin) * n + n0 + warp_n * 64;
+        const int t4 = lane % 4;
+#pragma unroll
+        for (int ni = 0; ni < 8; ++ni) {
+            const float2 sc = *reinterpret_cast<const float2*>(srow + ni * 8 + 2 * t4);
+#pragma unroll
+            for (int mi = 0; mi < 2; ++mi) {
+                acc[mi][ni][0] *= sc.x;
+                acc[mi][ni][1] *= sc.y;
+                acc[mi][ni][2] *= sc.x;
+                acc[mi][ni][3] *= sc.y;
+            }
+        }
+    }
 
     // Epilogue: d[0], d[1] are row g, columns 2t, 2t+1 of an n8 tile; d[2], d[3] row g + 8.
     const int g = lane / 4, t = lane % 4;

@@ -90,11 +90,16 @@ extern "C" int32_t ocrvl_moe_align(int32_t* sorted_pairs, int32_t* pair_slot, in
     return ocrvl::launch_status();
 }
 
-extern "C" int32_t ocrvl_moe_grouped_gemm(void* out, int64_t out_stride, const void* a, int64_t a_stride,
-                                          const int32_t* sorted_pairs, int32_t gather_top_k, const void* weight,
-                                          const int32_t* tile_expert, int64_t max_tiles, int64_t expert_begin,
-                                          int64_t expert_end, int64_t n, int64_t k, int32_t epilogue,
-                                          ocrvl_stream_t stream) {
+namespace {
+
+// Checks the arguments both grouped GEMM entry points share, then launches the kernel for
+// (epilogue, weight type). scales is NULL for bf16 weights.
+template <bool kInt8>
+int32_t launch_grouped_gemm(void* out, int64_t out_stride, const void* a, int64_t a_stride,
+                            const int32_t* sorted_pairs, int32_t gather_top_k, const void* weight,
+                            const float* scales, const int32_t* tile_expert, int64_t max_tiles,
+                            int64_t expert_begin, int64_t expert_end, int64_t n, int64_t k, int32_t epilogue,
+                            ocrvl_stream_t stream) {
     using namespace ocrvl::moe;
     OCRVL_CHECK_ARG(max_tiles >= 0 && max_tiles <= 65535 && n > 0 && k > 0 && gather_top_k >= 0);
     OCRVL_CHECK_ARG(expert_begin >= 0 && expert_end > expert_begin && expert_end <= OCRVL_MOE_MAX_EXPERTS);
@@ -106,24 +111,39 @@ extern "C" int32_t ocrvl_moe_grouped_gemm(void* out, int64_t out_stride, const v
     if (max_tiles == 0) return OCRVL_STATUS_OK;
     OCRVL_CHECK_ARG(out != nullptr && a != nullptr && sorted_pairs != nullptr && weight != nullptr &&
                     tile_expert != nullptr);
+    OCRVL_CHECK_ARG(!kInt8 || scales != nullptr);
     if (!aligned16(out) || !aligned16(a) || !aligned16(weight) || a_stride % 8 != 0 || out_stride % 2 != 0)
         return OCRVL_STATUS_UNSUPPORTED;
+    if (kInt8 && !aligned16(scales)) return OCRVL_STATUS_UNSUPPORTED;
     const dim3 grid((unsigned)(n / kGemmN), (unsigned)max_tiles);
-    const cudaStream_t s = as_cuda(stream);
-    if (epilogue == OCRVL_MOE_EPILOGUE_NONE) {
-        auto kernel = grouped_gemm_kernel<OCRVL_MOE_EPILOGUE_NONE>;
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kGemmSmemBytes);
-        kernel<<<grid, kGemmThreads, kGemmSmemBytes, s>>>(
-            static_cast<bf16*>(out), out_stride, static_cast<const bf16*>(a), a_stride, sorted_pairs, gather_top_k,
-            static_cast<const bf16*>(weight), tile_expert, (int)expert_begin, (int)expert_end, (int)n, (int)k);
-    } else {
-        auto kernel = grouped_gemm_kernel<OCRVL_MOE_EPILOGUE_SWIGLU>;
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kGemmSmemBytes);
-        kernel<<<grid, kGemmThreads, kGemmSmemBytes, s>>>(
-            static_cast<bf16*>(out), out_stride, static_cast<const bf16*>(a), a_stride, sorted_pairs, gather_top_k,
-            static_cast<const bf16*>(weight), tile_expert, (int)expert_begin, (int)expert_end, (int)n, (int)k);
-    }
+    const int smem = kInt8 ? kGemmSmemBytesInt8 : kGemmSmemBytes;
+    auto kernel = epilogue == OCRVL_MOE_EPILOGUE_NONE ? grouped_gemm_kernel<OCRVL_MOE_EPILOGUE_NONE, kInt8>
+                                                      : grouped_gemm_kernel<OCRVL_MOE_EPILOGUE_SWIGLU, kInt8>;
+    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    kernel<<<grid, kGemmThreads, smem, as_cuda(stream)>>>(
+        static_cast<bf16*>(out), out_stride, static_cast<const bf16*>(a), a_stride, sorted_pairs, gather_top_k, weight,
+        scales, tile_expert, (int)expert_begin, (int)expert_end, (int)n, (int)k);
     return ocrvl::launch_status();
+}
+
+}  // namespace
+
+extern "C" int32_t ocrvl_moe_grouped_gemm(void* out, int64_t out_stride, const void* a, int64_t a_stride,
+                                          const int32_t* sorted_pairs, int32_t gather_top_k, const void* weight,
+                                          const int32_t* tile_expert, int64_t max_tiles, int64_t expert_begin,
+                                          int64_t expert_end, int64_t n, int64_t k, int32_t epilogue,
+                                          ocrvl_stream_t stream) {
+    return launch_grouped_gemm<false>(out, out_stride, a, a_stride, sorted_pairs, gather_top_k, weight, nullptr,
+                                      tile_expert, max_tiles, expert_begin, expert_end, n, k, epilogue, stream);
+}
+
+extern "C" int32_t ocrvl_moe_grouped_gemm_w8(void* out, int64_t out_stride, const void* a, int64_t a_stride,
+                                             const int32_t* sorted_pairs, int32_t gather_top_k, const int8_t* weight,
+                                             const float* scales, const int32_t* tile_expert, int64_t max_tiles,
+                                             int64_t expert_begin, int64_t expert_end, int64_t n, int64_t k,
+                                             int32_t epilogue, ocrvl_stream_t stream) {
+    return launch_grouped_gemm<true>(out, out_stride, a, a_stride, sorted_pairs, gather_top_k, weight, scales,
+                                     tile_expert, max_tiles, expert_begin, expert_end, n, k, epilogue, stream);
 }
 
 extern "C" int32_t ocrvl_moe_combine(void* out, int64_t out_stride, const void* expert_out,

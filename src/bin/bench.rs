@@ -299,6 +299,7 @@ fn flags_json(e: &EngineConfig, env: EnvFlags) -> Value {
         "enable_prefix_caching": e.enable_prefix_caching,
         "enforce_eager": e.enforce_eager,
         "load_format": load_format_name(e.load_format),
+        "quantization": e.quantization.flag_value(),
         "async_scheduling": e.async_scheduling,
         "FLAGS_flash_attn_version": match env.flash_attn_version {
             FlashAttnVersion::Auto => "auto",
@@ -393,7 +394,7 @@ fn print_flags(e: &EngineConfig, env: EnvFlags) -> Value {
     let flags = flags_json(e, env);
     println!(
         "flags: --max-num-seqs {} --max-num-batched-tokens {} --max-model-len {} --gpu-memory-utilization {} \
-         prefix-caching {} enforce-eager {} async-scheduling {} load-format {}; FLAGS_flash_attn_version={} \
+         prefix-caching {} enforce-eager {} async-scheduling {} load-format {} quantization {}; FLAGS_flash_attn_version={} \
          FD_SAMPLING_CLASS={}",
         e.max_num_seqs,
         e.max_num_batched_tokens,
@@ -403,6 +404,7 @@ fn print_flags(e: &EngineConfig, env: EnvFlags) -> Value {
         if e.enforce_eager { "on" } else { "off" },
         if e.async_scheduling { "on" } else { "off" },
         load_format_name(e.load_format),
+        e.quantization.flag_value(),
         flags["FLAGS_flash_attn_version"].as_str().unwrap_or("?"),
         flags["FD_SAMPLING_CLASS"].as_str().unwrap_or("?"),
     );

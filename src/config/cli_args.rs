@@ -10,7 +10,7 @@
 //!   `--mm-processor-cache-gb` sizes the preprocessed-image cache, `--chat-template` replaces the
 //!   checkpoint's template);
 //! - flags ocrvl cannot honour (`--dtype float16`, `--tensor-parallel-size 2`,
-//!   `--quantization ...`) are errors naming the flag and why. Nothing that would change
+//!   `--quantization` other than `wint8`) are errors naming the flag and why. Nothing that would change
 //!   results is accepted silently; a flag not listed here is an error (clap's).
 //!
 //! vLLM also accepts every flag with underscores (`--max_model_len`); [`normalize_flag_spelling`]
@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser};
 use serde_json::Value;
 
-use super::engine::{EngineConfig, LoadFormat, MAX_NUM_SEQS_LIMIT};
+use super::engine::{EngineConfig, LoadFormat, Quantization, MAX_NUM_SEQS_LIMIT};
 use crate::service::reasoning::ReasoningParser;
 
 /// vLLM's default for `--mm-processor-cache-gb` (GiB).
@@ -95,9 +95,10 @@ pub struct EngineArgs {
     /// 1 only: run several servers for data parallelism.
     #[arg(long, value_name = "N", value_parser = one_gpu)]
     pub data_parallel_size: Option<usize>,
-    /// Refused: ocrvl runs the bf16 checkpoint as it is.
-    #[arg(long, value_name = "METHOD", value_parser = quantization)]
-    pub quantization: Option<String>,
+    /// `wint8`: the MoE experts' weights as int8 with per-row scales (ERNIE-4.5-VL); other
+    /// methods are refused (ocrvl runs the bf16 checkpoint otherwise).
+    #[arg(long, value_name = "METHOD", value_parser = Quantization::from_flag)]
+    pub quantization: Option<Quantization>,
     /// `ernie-45-vl` (alias `ernie45`) or `ernie-45-vl-thinking`: split a thinking model's
     /// output into `reasoning_content` (src/service/reasoning.rs); with a model whose
     /// vocabulary has no `</think>` everything stays `content`.
@@ -175,6 +176,7 @@ impl EngineArgs {
             model: self.model.as_ref().map(PathBuf::from),
             num_gpu_blocks_override: self.num_gpu_blocks_override,
             load_format: self.load_format,
+            quantization: self.quantization.unwrap_or_default(),
             ..defaults
         };
         if let Some(json) = &self.compilation_config {
@@ -481,8 +483,4 @@ fn reasoning_parser(name: &str) -> Result<String, String> {
     crate::service::reasoning::ReasoningParser::from_name(name)
         .map(|_| name.to_string())
         .map_err(|e| e.to_string())
-}
-
-fn quantization(_: &str) -> Result<String, String> {
-    Err("ocrvl runs the bfloat16 checkpoint unquantized; no quantized kernels exist".into())
 }

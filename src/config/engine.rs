@@ -40,6 +40,8 @@ pub struct EngineConfig {
     pub num_gpu_blocks_override: Option<usize>,
     /// `--load-format`: the checkpoint's files, or random weights (`dummy`, for benchmarks).
     pub load_format: LoadFormat,
+    /// `--quantization`: how the weights are stored on the GPU.
+    pub quantization: Quantization,
 }
 
 impl Default for EngineConfig {
@@ -56,6 +58,7 @@ impl Default for EngineConfig {
             model: None,
             num_gpu_blocks_override: None,
             load_format: LoadFormat::Files,
+            quantization: Quantization::None,
         }
     }
 }
@@ -133,6 +136,41 @@ impl LoadFormat {
             other => Err(format!(
                 "--load-format {other:?}: ocrvl reads safetensors checkpoints (auto, safetensors) or makes \
                  random weights for benchmarks (dummy)"
+            )),
+        }
+    }
+}
+
+/// `--quantization`: how the weights are stored on the GPU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Quantization {
+    /// The checkpoint's bf16 weights as they are.
+    #[default]
+    None,
+    /// `wint8` (FastDeploy's name): the MoE experts' weights (ERNIE-4.5-VL) as int8 with one
+    /// f32 scale per output row, quantised from the bf16 checkpoint at load time; every other
+    /// weight stays bf16. Halves the bytes a decode step streams.
+    ExpertsInt8,
+}
+
+impl Quantization {
+    /// The flag's value for this setting (`none`, `wint8`).
+    pub fn flag_value(self) -> &'static str {
+        match self {
+            Quantization::None => "none",
+            Quantization::ExpertsInt8 => "wint8",
+        }
+    }
+
+    /// The flag's value: `wint8`; `none` for the default. Anything else is refused, saying
+    /// what exists.
+    pub fn from_flag(value: &str) -> Result<Quantization, String> {
+        match value {
+            "wint8" => Ok(Quantization::ExpertsInt8),
+            "none" => Ok(Quantization::None),
+            other => Err(format!(
+                "{other} is not implemented: ocrvl has wint8 (int8 weight-only MoE experts, ERNIE-4.5-VL); \
+                 otherwise it runs the bfloat16 checkpoint unquantized"
             )),
         }
     }

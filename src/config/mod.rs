@@ -14,7 +14,7 @@ pub mod model;
 pub mod model_family;
 
 pub use cli_args::{normalize_flag_spelling, parse_engine_flags, EngineArgs, EngineSettings};
-pub use engine::{EngineConfig, LoadFormat};
+pub use engine::{EngineConfig, LoadFormat, Quantization};
 pub use env_flags::{EnvFlags, FlashAttnVersion, SamplingClass};
 pub use ernie_vl::ErnieVlConfig;
 pub use model::{ModelConfig, SpecialTokens, TextConfig, VisionConfig};

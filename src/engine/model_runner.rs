@@ -141,7 +141,14 @@ impl ModelRunner {
         engine.validate(cfg.max_position_embeddings())?;
         let attention = env.flash_attn_version.resolve(&gpu)?;
         let load_start = Instant::now();
-        let model = family::load(&gpu, dir, cfg, AttentionKernels::from(attention), engine.load_format)?;
+        let model = family::load(
+            &gpu,
+            dir,
+            cfg,
+            AttentionKernels::from(attention),
+            engine.load_format,
+            engine.quantization,
+        )?;
         let load_s = load_start.elapsed().as_secs_f64();
         log_attention_choice(&gpu, env, attention);
         let gemm = Gemm::new(&gpu)?;

@@ -41,5 +41,6 @@ pub(crate) fn c_dtype(dtype: DType) -> OcrvlDType {
         DType::F16 => OcrvlDType::OCRVL_DTYPE_F16,
         DType::F32 => OcrvlDType::OCRVL_DTYPE_F32,
         DType::I32 => OcrvlDType::OCRVL_DTYPE_I32,
+        DType::I8 => OcrvlDType::OCRVL_DTYPE_I8,
     }
 }

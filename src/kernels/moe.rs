@@ -219,36 +219,66 @@ pub fn align(
     check(OP, status)
 }
 
-/// The grouped GEMM over sorted slots for the experts `experts` (the header's step 4).
+/// An expert pool's weight for [`grouped_gemm`]: bf16 `[experts, n, k]`, or weight-only int8
+/// `[experts, n, k]` with one f32 scale per row, `[experts, n]` (`--quantization wint8`; see
+/// `quantize_rows_int8`).
+#[derive(Clone, Copy)]
+pub enum ExpertWeight<'v, 'a> {
+    Bf16(&'v TensorView<'a>),
+    Int8 {
+        weight: &'v TensorView<'a>,
+        scales: &'v TensorView<'a>,
+    },
+}
+
+impl<'v, 'a> From<&'v TensorView<'a>> for ExpertWeight<'v, 'a> {
+    fn from(weight: &'v TensorView<'a>) -> Self {
+        ExpertWeight::Bf16(weight)
+    }
+}
+
+/// The grouped GEMM over sorted slots for the experts `experts` (the header's steps 4 and 4b).
 ///
 /// `out`: bf16 `[max_tiles · BLOCK_M, n]` (`n / 2` columns for [`Epilogue::SwiGlu`]);
 /// `a`: bf16 rows of `k` columns: `[tokens, k]` read through the pairs when `gather_top_k` is
-/// `Some(top_k)`, else `[max_tiles · BLOCK_M, k]` read by slot; `weight`: bf16
-/// `[experts.len(), n, k]` contiguous; `sorted_pairs`, `tile_expert` as [`align`] wrote them.
+/// `Some(top_k)`, else `[max_tiles · BLOCK_M, k]` read by slot; `weight`: see
+/// [`ExpertWeight`], contiguous; `sorted_pairs`, `tile_expert` as [`align`] wrote them.
 #[allow(clippy::too_many_arguments)]
-pub fn grouped_gemm(
+pub fn grouped_gemm<'v, 'a>(
     gpu: &Gpu,
     out: &mut TensorViewMut<'_>,
     a: &TensorView<'_>,
     sorted_pairs: &TensorView<'_>,
     gather_top_k: Option<usize>,
-    weight: &TensorView<'_>,
+    weight: impl Into<ExpertWeight<'v, 'a>>,
     tile_expert: &TensorView<'_>,
     experts: Range<usize>,
     epilogue: Epilogue,
-) -> Result<()> {
+) -> Result<()>
+where
+    'a: 'v,
+{
     const OP: &str = "moe::grouped_gemm";
-    let [num, n, k] = match *weight.dims() {
+    let weight = weight.into();
+    let (w, w_dtype) = match weight {
+        ExpertWeight::Bf16(w) => (w, DType::BF16),
+        ExpertWeight::Int8 { weight, .. } => (weight, DType::I8),
+    };
+    let [num, n, k] = match *w.dims() {
         [e, n, k] => [e, n, k],
         _ => {
             return Err(Error::invalid(
                 OP,
-                format!("weight must be [experts, n, k], got {:?}", weight.dims()),
+                format!("weight must be [experts, n, k], got {:?}", w.dims()),
             ))
         }
     };
-    weight.expect(OP, "weight", DType::BF16, &[experts.len(), n, k])?;
-    contiguous(OP, "weight", weight)?;
+    w.expect(OP, "weight", w_dtype, &[experts.len(), n, k])?;
+    contiguous(OP, "weight", w)?;
+    if let ExpertWeight::Int8 { scales, .. } = weight {
+        scales.expect(OP, "scales", DType::F32, &[experts.len(), n])?;
+        contiguous(OP, "scales", scales)?;
+    }
     if num == 0 {
         return Err(Error::invalid(OP, "the expert range is empty"));
     }
@@ -274,30 +304,51 @@ pub fn grouped_gemm(
     if gather_top_k == Some(0) {
         return Err(Error::invalid(OP, "gather_top_k must be at least 1"));
     }
+    let epilogue = match epilogue {
+        Epilogue::None => sys::OCRVL_MOE_EPILOGUE_NONE as i32,
+        Epilogue::SwiGlu => sys::OCRVL_MOE_EPILOGUE_SWIGLU as i32,
+    };
     // Gathered rows are token indices: pair / top_k must stay below a's rows, which holds when
     // the pairs came from `align` over [a_rows, top_k] ids. The kernel cannot check it.
     // SAFETY: shapes and dtypes checked as above; all views live on this GPU's stream.
     let status = unsafe {
-        sys::ocrvl_moe_grouped_gemm(
-            out.device_ptr() as *mut _,
-            out.stride0() as i64,
-            a.device_ptr() as *const _,
-            a.stride0() as i64,
-            sorted_pairs.device_ptr() as *const i32,
-            gather_top_k.unwrap_or(0) as i32,
-            weight.device_ptr() as *const _,
-            tile_expert.device_ptr() as *const i32,
-            tiles as i64,
-            experts.start as i64,
-            experts.end as i64,
-            n as i64,
-            k as i64,
-            match epilogue {
-                Epilogue::None => sys::OCRVL_MOE_EPILOGUE_NONE as i32,
-                Epilogue::SwiGlu => sys::OCRVL_MOE_EPILOGUE_SWIGLU as i32,
-            },
-            gpu.raw_stream(),
-        )
+        match weight {
+            ExpertWeight::Bf16(w) => sys::ocrvl_moe_grouped_gemm(
+                out.device_ptr() as *mut _,
+                out.stride0() as i64,
+                a.device_ptr() as *const _,
+                a.stride0() as i64,
+                sorted_pairs.device_ptr() as *const i32,
+                gather_top_k.unwrap_or(0) as i32,
+                w.device_ptr() as *const _,
+                tile_expert.device_ptr() as *const i32,
+                tiles as i64,
+                experts.start as i64,
+                experts.end as i64,
+                n as i64,
+                k as i64,
+                epilogue,
+                gpu.raw_stream(),
+            ),
+            ExpertWeight::Int8 { weight, scales } => sys::ocrvl_moe_grouped_gemm_w8(
+                out.device_ptr() as *mut _,
+                out.stride0() as i64,
+                a.device_ptr() as *const _,
+                a.stride0() as i64,
+                sorted_pairs.device_ptr() as *const i32,
+                gather_top_k.unwrap_or(0) as i32,
+                weight.device_ptr() as *const i8,
+                scales.device_ptr() as *const f32,
+                tile_expert.device_ptr() as *const i32,
+                tiles as i64,
+                experts.start as i64,
+                experts.end as i64,
+                n as i64,
+                k as i64,
+                epilogue,
+                gpu.raw_stream(),
+            ),
+        }
     };
     check(OP, status)
 }

@@ -24,8 +24,8 @@ use super::ernie_vl::family::ErnieVl;
 use super::names::TensorSpec;
 use super::paddleocr_vl::PaddleOcrVl;
 use super::text::{KvCache, StepInputs};
-use crate::config::{FamilyConfig, LoadFormat, ModelConfig};
-use crate::error::Result;
+use crate::config::{FamilyConfig, LoadFormat, ModelConfig, Quantization};
+use crate::error::{Error, Result};
 use crate::kernels::attention::AttentionKernels;
 use crate::preprocess::image::ImageGrid;
 use crate::preprocess::{MropePositions, PreprocessError};
@@ -141,16 +141,31 @@ pub trait ModelFamily {
 }
 
 /// Loads the model in `dir`, whose config `cfg` is ([`FamilyConfig::from_dir`]), with the
-/// attention kernels `attention`.
+/// attention kernels `attention`, the weights from `format`, stored as `quantization` says
+/// (`wint8` exists for ERNIE-4.5-VL's experts; PaddleOCR-VL, which has none, refuses it).
 pub fn load(
     gpu: &Gpu,
     dir: &Path,
     cfg: FamilyConfig,
     attention: AttentionKernels,
     format: LoadFormat,
+    quantization: Quantization,
 ) -> Result<Box<dyn ModelFamily>> {
+    check_quantization(&cfg, quantization)?;
     Ok(match cfg {
         FamilyConfig::PaddleOcrVl(cfg) => Box::new(PaddleOcrVl::load_with(gpu, dir, cfg, attention, format)?),
-        FamilyConfig::ErnieVl(_) => Box::new(ErnieVl::load_with(gpu, dir, attention, format)?),
+        FamilyConfig::ErnieVl(_) => Box::new(ErnieVl::load_quantized(gpu, dir, attention, format, quantization)?),
     })
+}
+
+/// Whether the model in `cfg` can be stored as `quantization` says: `wint8` quantises MoE
+/// experts, which PaddleOCR-VL does not have.
+pub fn check_quantization(cfg: &FamilyConfig, quantization: Quantization) -> Result<()> {
+    match (cfg, quantization) {
+        (FamilyConfig::PaddleOcrVl(_), Quantization::ExpertsInt8) => Err(Error::invalid(
+            "--quantization",
+            "wint8 stores MoE experts as int8, and PaddleOCR-VL has none: run it without --quantization",
+        )),
+        _ => Ok(()),
+    }
 }

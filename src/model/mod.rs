@@ -8,6 +8,7 @@ pub mod gpu_weights;
 pub mod names;
 pub mod paddleocr_vl;
 pub mod prompt_logits;
+pub mod quantize;
 pub mod random_weights;
 pub mod step;
 pub mod synthetic;

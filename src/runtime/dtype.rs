@@ -10,23 +10,27 @@ pub enum DType {
     F16 = 1,
     F32 = 2,
     I32 = 3,
+    /// Signed 8-bit integers: weight-only quantised expert weights (`--quantization wint8`).
+    I8 = 4,
 }
 
 impl DType {
     pub const fn size_bytes(self) -> usize {
         match self {
+            DType::I8 => 1,
             DType::BF16 | DType::F16 => 2,
             DType::F32 | DType::I32 => 4,
         }
     }
 
-    /// The name safetensors uses in its header ("BF16", "F16", "F32", "I32").
+    /// The name safetensors uses in its header ("BF16", "F16", "F32", "I32", "I8").
     pub const fn safetensors_name(self) -> &'static str {
         match self {
             DType::BF16 => "BF16",
             DType::F16 => "F16",
             DType::F32 => "F32",
             DType::I32 => "I32",
+            DType::I8 => "I8",
         }
     }
 
@@ -36,6 +40,7 @@ impl DType {
             safetensors::Dtype::F16 => Some(DType::F16),
             safetensors::Dtype::F32 => Some(DType::F32),
             safetensors::Dtype::I32 => Some(DType::I32),
+            safetensors::Dtype::I8 => Some(DType::I8),
             _ => None,
         }
     }
@@ -46,6 +51,7 @@ impl DType {
             DType::F16 => safetensors::Dtype::F16,
             DType::F32 => safetensors::Dtype::F32,
             DType::I32 => safetensors::Dtype::I32,
+            DType::I8 => safetensors::Dtype::I8,
         }
     }
 }
@@ -57,6 +63,7 @@ impl fmt::Display for DType {
             DType::F16 => "f16",
             DType::F32 => "f32",
             DType::I32 => "i32",
+            DType::I8 => "i8",
         })
     }
 }

@@ -30,6 +30,9 @@ impl Element for f32 {
 impl Element for i32 {
     const DTYPE: DType = DType::I32;
 }
+impl Element for i8 {
+    const DTYPE: DType = DType::I8;
+}
 
 pub const MAX_RANK: usize = 4;
 

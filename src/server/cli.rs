@@ -27,7 +27,7 @@ const AFTER_HELP: &str = "\
 Flags of vLLM and FastDeploy that change nothing here (--trust-remote-code, --engine-worker-queue-port,
 --api-server-count, --workers, --cache-queue-port, --disable-log-stats, --additional-config) are accepted
 with a start-up line saying so; --tensor-parallel-size, --pipeline-parallel-size and --data-parallel-size
-take 1 only; --quantization and --dtype float16 are refused. Underscores in flag names mean dashes.
+take 1 only; --quantization takes wint8 only (ERNIE-4.5-VL's experts as int8) and --dtype float16 is refused. Underscores in flag names mean dashes.
 Environment: FLAGS_flash_attn_version (2, 3), FD_SAMPLING_CLASS (base, rejection), OCRVL_QUIET.";
 
 /// `serve [MODEL] [flags]`.

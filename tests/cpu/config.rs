@@ -502,6 +502,30 @@ fn engine_flags_in_every_spelling() {
 }
 
 #[test]
+fn quantization_takes_wint8_and_refuses_the_rest() {
+    use ocrvl::config::Quantization;
+    assert_eq!(flags(&[]).unwrap().engine.quantization, Quantization::None);
+    assert_eq!(
+        flags(&["--quantization", "wint8"]).unwrap().engine.quantization,
+        Quantization::ExpertsInt8
+    );
+    assert_eq!(
+        flags(&["--quantization=wint8", "--quantization", "none"])
+            .unwrap()
+            .engine
+            .quantization,
+        Quantization::None
+    );
+    for method in ["wint4", "fp8", "awq", "WINT8"] {
+        let err = flags(&["--quantization", method]).unwrap_err().to_string();
+        assert!(
+            err.contains("--quantization") && err.contains("wint8"),
+            "{method}: {err}"
+        );
+    }
+}
+
+#[test]
 fn graphs_follow_the_compilation_configs() {
     let eager = |list: &[&str]| flags(list).unwrap().engine.enforce_eager;
     assert!(!eager(&[

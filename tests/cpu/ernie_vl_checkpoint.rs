@@ -391,3 +391,19 @@ fn transformers_saved_layout_is_the_inventory() {
     // The vision tower really was saved under the other prefix (so the mapping is exercised).
     assert!(table.contains("model.vision_model.blocks.0.attn.qkv.weight"));
 }
+
+#[test]
+fn wint8_is_for_models_with_experts() {
+    use ocrvl::config::Quantization;
+    use ocrvl::model::family::check_quantization;
+    let paddle = FamilyConfig::PaddleOcrVl(ModelConfig::paddleocr_vl_0_9b());
+    let ernie = FamilyConfig::ErnieVl(ErnieVlConfig::tiny());
+    for cfg in [&paddle, &ernie] {
+        check_quantization(cfg, Quantization::None).unwrap();
+    }
+    check_quantization(&ernie, Quantization::ExpertsInt8).unwrap();
+    let err = check_quantization(&paddle, Quantization::ExpertsInt8)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--quantization") && err.contains("PaddleOCR-VL"), "{err}");
+}

@@ -70,7 +70,13 @@ fn ernie_tiny_images_encode_alone_as_in_a_batch() {
         // (Two ViT blocks and the resampler carry the attention's last-bit differences.)
         let a: Vec<f64> = fa2.iter().map(|x| x.to_f64()).collect();
         let b: Vec<f64> = other.iter().map(|x| x.to_f64()).collect();
-        assert_close(&format!("{version:?} image features against FA2"), &b, &a, 5e-2 * rms(&a), 2e-2);
+        assert_close(
+            &format!("{version:?} image features against FA2"),
+            &b,
+            &a,
+            5e-2 * rms(&a),
+            2e-2,
+        );
     }
 }
 

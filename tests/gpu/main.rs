@@ -21,6 +21,7 @@ mod ernie_family;
 mod ernie_full_greedy;
 mod ernie_oracle;
 mod ernie_service;
+mod ernie_wint8;
 mod fidelity;
 mod gemm;
 mod kv_cache;

@@ -8,8 +8,9 @@ use half::bf16;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use ocrvl::kernels::moe::{self, Epilogue, BLOCK_M};
-use ocrvl::runtime::{DType, DeviceTensor, Gpu};
+use ocrvl::kernels::moe::{self, Epilogue, ExpertWeight, BLOCK_M};
+use ocrvl::model::quantize::{quantize_rows_int8, Int8Rows};
+use ocrvl::runtime::{DType, DeviceTensor, Gpu, TensorView as DeviceView};
 use ocrvl::sys::OcrvlStatus;
 use ocrvl::Error;
 
@@ -284,8 +285,8 @@ fn align_sorts_pairs_stably_into_tiles() {
     assert!(matches!(err, Error::Invalid { .. }), "{err}");
 }
 
-/// One pool's experts for the grouped GEMM test: gate, up, down per expert as f64, and the
-/// device weights in the kernel's layout.
+/// One pool's experts for the grouped GEMM test: gate, up, down per expert as f64 (what the
+/// device weights stand for), and the device weights in the kernel's layout.
 pub(crate) struct Pool {
     pub inter: usize,
     pub gate: Vec<Vec<f64>>,
@@ -293,6 +294,16 @@ pub(crate) struct Pool {
     pub down: Vec<Vec<f64>>,
     pub gate_up_dev: DeviceTensor,
     pub down_dev: DeviceTensor,
+    /// int8 weights (`make_pool_int8`): the f32 row scales of gate/up and down.
+    pub scales: Option<(DeviceTensor, DeviceTensor)>,
+}
+
+impl Pool {
+    /// The pool's gate/up and down weights as the grouped GEMM takes them.
+    pub(crate) fn weights(&self) -> (DeviceView<'_>, DeviceView<'_>, Option<(DeviceView<'_>, DeviceView<'_>)>) {
+        let scales = self.scales.as_ref().map(|(gu, d)| (gu.view(), d.view()));
+        (self.gate_up_dev.view(), self.down_dev.view(), scales)
+    }
 }
 
 pub(crate) fn make_pool(g: &Gpu, r: &mut ChaCha8Rng, experts: usize, inter: usize, hidden: usize) -> Pool {
@@ -315,6 +326,45 @@ pub(crate) fn make_pool(g: &Gpu, r: &mut ChaCha8Rng, experts: usize, inter: usiz
         down,
         gate_up_dev: DeviceTensor::from_host(g, &[experts, 2 * inter, hidden], &gu_all).unwrap(),
         down_dev: DeviceTensor::from_host(g, &[experts, hidden, inter], &down_all).unwrap(),
+        scales: None,
+    }
+}
+
+/// As [`make_pool`] with weight-only int8 weights (`quantize_rows_int8`, one scale per row);
+/// the f64 weights are exactly `q · scale`, what the kernel multiplies by.
+pub(crate) fn make_pool_int8(g: &Gpu, r: &mut ChaCha8Rng, experts: usize, inter: usize, hidden: usize) -> Pool {
+    let (mut gate, mut up, mut down) = (vec![], vec![], vec![]);
+    let (mut gu_q, mut gu_s, mut down_q, mut down_s) = (vec![], vec![], vec![], vec![]);
+    let exact = |q: &Int8Rows, row_len: usize| -> Vec<f64> {
+        q.q.iter()
+            .enumerate()
+            .map(|(i, &v)| v as f64 * q.scales[i / row_len] as f64)
+            .collect()
+    };
+    for _ in 0..experts {
+        let gq = quantize_rows_int8("gate", &rand_bf16(r, inter * hidden, 0.04), hidden).unwrap();
+        let uq = quantize_rows_int8("up", &rand_bf16(r, inter * hidden, 0.04), hidden).unwrap();
+        let dq = quantize_rows_int8("down", &rand_bf16(r, hidden * inter, 0.04), inter).unwrap();
+        // The interleaving moves whole rows, so the scales (rows of one value) move with them.
+        gu_q.extend(moe::interleave_gate_up(&gq.q, &uq.q, inter, hidden).unwrap());
+        gu_s.extend(moe::interleave_gate_up(&gq.scales, &uq.scales, inter, 1).unwrap());
+        down_q.extend_from_slice(&dq.q);
+        down_s.extend_from_slice(&dq.scales);
+        gate.push(exact(&gq, hidden));
+        up.push(exact(&uq, hidden));
+        down.push(exact(&dq, inter));
+    }
+    Pool {
+        inter,
+        gate,
+        up,
+        down,
+        gate_up_dev: DeviceTensor::from_host(g, &[experts, 2 * inter, hidden], &gu_q).unwrap(),
+        down_dev: DeviceTensor::from_host(g, &[experts, hidden, inter], &down_q).unwrap(),
+        scales: Some((
+            DeviceTensor::from_host(g, &[experts, 2 * inter], &gu_s).unwrap(),
+            DeviceTensor::from_host(g, &[experts, hidden], &down_s).unwrap(),
+        )),
     }
 }
 
@@ -404,6 +454,20 @@ fn run_pools(
 ) {
     for (p, pool) in pools.iter().enumerate() {
         let range = p * experts..(p + 1) * experts;
+        let (gate_up, down, scales) = pool.weights();
+        let (gate_up, down) = match &scales {
+            None => (ExpertWeight::Bf16(&gate_up), ExpertWeight::Bf16(&down)),
+            Some((gs, ds)) => (
+                ExpertWeight::Int8 {
+                    weight: &gate_up,
+                    scales: gs,
+                },
+                ExpertWeight::Int8 {
+                    weight: &down,
+                    scales: ds,
+                },
+            ),
+        };
         let mut hv = h.view_mut().columns(0, pool.inter).unwrap();
         moe::grouped_gemm(
             g,
@@ -411,7 +475,7 @@ fn run_pools(
             &xd.view(),
             &sorted.view(),
             Some(top_k),
-            &pool.gate_up_dev.view(),
+            gate_up,
             &tile_expert.view(),
             range.clone(),
             Epilogue::SwiGlu,
@@ -424,7 +488,7 @@ fn run_pools(
             &hin,
             &sorted.view(),
             None,
-            &pool.down_dev.view(),
+            down,
             &tile_expert.view(),
             range,
             Epilogue::None,
@@ -526,6 +590,79 @@ fn grouped_gemm_computes_every_live_row_at_sub_tile_boundaries() {
             &ids,
             1,
         );
+    }
+}
+
+#[test]
+#[ignore = "needs GPU"]
+fn grouped_gemm_int8_matches_f64_at_the_model_shapes() {
+    // `--quantization wint8`: the same shapes as the bf16 test, the weights int8 with one f32
+    // scale per row, the reference on exactly q · scale.
+    let g = gpu();
+    let mut r = rng(0x6e38);
+    let (hidden, experts, top_k) = (2560, 8, 6);
+    let pools = [
+        make_pool_int8(&g, &mut r, experts, 1536, hidden),
+        make_pool_int8(&g, &mut r, experts, 512, hidden),
+    ];
+    let ids = random_ids(&mut r, 64, 2, experts, top_k);
+    check_grouped_gemm("int8, model shapes", &g, &mut r, &pools, experts, hidden, &ids, top_k);
+    // A decode-sized step (few live slots per tile) and a prefill-sized one (full tiles).
+    let ids = random_ids(&mut r, 3, 2, experts, top_k);
+    check_grouped_gemm("int8, 3 tokens", &g, &mut r, &pools, experts, hidden, &ids, top_k);
+    let ids = random_ids(&mut r, 700, 2, experts, top_k);
+    check_grouped_gemm("int8, 700 tokens", &g, &mut r, &pools, experts, hidden, &ids, top_k);
+}
+
+#[test]
+#[ignore = "needs GPU"]
+fn grouped_gemm_int8_handles_tile_boundaries_and_refusals() {
+    let g = gpu();
+    let mut r = rng(0x6e39);
+    // One n tile and two k steps (hidden 128), runs ending around every 16-row boundary and
+    // spilling into a second tile, as for bf16.
+    let (hidden, experts) = (128, 8);
+    let pools = [
+        make_pool_int8(&g, &mut r, experts, 64, hidden),
+        make_pool_int8(&g, &mut r, experts, 128, hidden),
+    ];
+    let counts = [15usize, 16, 17, 33, 64, 65, 81, 1];
+    let mut ids = vec![];
+    for (e, &c) in counts.iter().enumerate() {
+        ids.extend(std::iter::repeat_n(e as i32, c));
+        ids.extend(std::iter::repeat_n((2 * experts - 1 - e) as i32, c));
+    }
+    let n = ids.len();
+    let ids: Vec<i32> = (0..n).map(|i| ids[(i * 7) % n]).collect();
+    check_grouped_gemm("int8 runs", &g, &mut r, &pools, experts, hidden, &ids, 1);
+
+    // Scales of the wrong shape or dtype are refused before anything runs.
+    let tiles = 2;
+    let sorted = DeviceTensor::from_host(&g, &[tiles * BLOCK_M], &vec![-1i32; tiles * BLOCK_M]).unwrap();
+    let te = DeviceTensor::from_host(&g, &[tiles], &[-1i32, -1]).unwrap();
+    let a = DeviceTensor::zeros(&g, DType::BF16, &[4, 128]).unwrap();
+    let w = DeviceTensor::zeros(&g, DType::I8, &[1, 128, 128]).unwrap();
+    let mut out = DeviceTensor::zeros(&g, DType::BF16, &[tiles * BLOCK_M, 128]).unwrap();
+    for bad in [
+        DeviceTensor::zeros(&g, DType::F32, &[1, 64]).unwrap(),
+        DeviceTensor::zeros(&g, DType::BF16, &[1, 128]).unwrap(),
+    ] {
+        let err = moe::grouped_gemm(
+            &g,
+            &mut out.view_mut(),
+            &a.view(),
+            &sorted.view(),
+            Some(1),
+            ExpertWeight::Int8 {
+                weight: &w.view(),
+                scales: &bad.view(),
+            },
+            &te.view(),
+            0..1,
+            Epilogue::None,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("scales"), "{err}");
     }
 }
 

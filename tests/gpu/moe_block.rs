@@ -12,7 +12,7 @@ use ocrvl::runtime::{DType, DeviceTensor, Gemm};
 use crate::common::ref_moe;
 use crate::common::tol::{assert_close, rms, BF16_RTOL};
 use crate::common::{bf16_to_f64, gpu, rand_bf16, rand_f32, rng};
-use crate::moe::{make_pool, routed_reference};
+use crate::moe::{make_pool, make_pool_int8, routed_reference};
 
 fn round_bf16(v: f64) -> f64 {
     bf16::from_f64(v).to_f64()
@@ -21,6 +21,18 @@ fn round_bf16(v: f64) -> f64 {
 #[test]
 #[ignore = "needs GPU"]
 fn moe_block_matches_f64_with_shared_experts() {
+    check_moe_block(false);
+}
+
+/// The same block with `--quantization wint8` experts (int8, one f32 scale per row); the f64
+/// reference multiplies by exactly q · scale.
+#[test]
+#[ignore = "needs GPU"]
+fn moe_block_int8_experts_match_f64_with_shared_experts() {
+    check_moe_block(true);
+}
+
+fn check_moe_block(int8_experts: bool) {
     let g = gpu();
     let mut gemm = Gemm::new(&g).unwrap();
     let mut r = rng(0xb10c);
@@ -33,9 +45,10 @@ fn moe_block_matches_f64_with_shared_experts() {
         top_k,
         norm_min: 1e-12,
     };
+    let make = if int8_experts { make_pool_int8 } else { make_pool };
     let pools = [
-        make_pool(&g, &mut r, experts, 256, hidden),
-        make_pool(&g, &mut r, experts, 128, hidden),
+        make(&g, &mut r, experts, 256, hidden),
+        make(&g, &mut r, experts, 128, hidden),
     ];
     let router = rand_f32(&mut r, 2 * experts * hidden, 0.1);
     let bias = rand_f32(&mut r, 2 * experts, 0.02);
@@ -51,9 +64,9 @@ fn moe_block_matches_f64_with_shared_experts() {
         correction_bias: bd.view(),
         pools: pools
             .iter()
-            .map(|p| ExpertPoolWeights {
-                gate_up: p.gate_up_dev.view(),
-                down: p.down_dev.view(),
+            .map(|p| {
+                let (gate_up, down, scales) = p.weights();
+                ExpertPoolWeights { gate_up, down, scales }
             })
             .collect(),
         shared_gate_up: Some(sgu_d.view()),

@@ -26,7 +26,7 @@ use super::moe_block::MoeScratch;
 use super::names::expected_tensors;
 use super::text_weights::{ErnieTextWeights, FeedForward};
 use super::vision::{self, ErnieVisionBatch, ErnieVisionBatchHost, ErnieVisionWeights};
-use crate::config::{ErnieVlConfig, ModelConfig};
+use crate::config::{ErnieVlConfig, ModelConfig, Quantization};
 use crate::error::{Error, Result};
 use crate::kernels::attention::AttentionKernels;
 use crate::kernels::decode::decode_kernel_supports;
@@ -65,11 +65,23 @@ impl ErnieVl {
 
     /// [`ErnieVl::load`] with the weights from `format` (`--load-format dummy` makes them up).
     pub fn load_with(gpu: &Gpu, dir: &Path, attention: AttentionKernels, format: LoadFormat) -> Result<ErnieVl> {
+        Self::load_quantized(gpu, dir, attention, format, Quantization::None)
+    }
+
+    /// [`ErnieVl::load_with`] with the experts stored as `quantization` says (`wint8`: int8
+    /// with per-row scales, quantised here from the bf16 checkpoint).
+    pub fn load_quantized(
+        gpu: &Gpu,
+        dir: &Path,
+        attention: AttentionKernels,
+        format: LoadFormat,
+        quantization: Quantization,
+    ) -> Result<ErnieVl> {
         let cfg = ErnieVlConfig::from_dir(dir)?;
         let ckpt = open_checkpoint(dir, &expected_tensors(&cfg), format)?;
         let host = validate(&ckpt, &cfg)?;
         let vision = ErnieVisionWeights::upload(gpu, &cfg, &host)?;
-        let text = ErnieTextWeights::upload(gpu, &cfg, &host)?;
+        let text = ErnieTextWeights::upload(gpu, &cfg, &host, quantization)?;
         let t = &cfg.tokens;
         let mut vision_ids = vec![
             t.image_token_id,

@@ -18,7 +18,7 @@
 
 use crate::error::{Error, Result};
 use crate::kernels::elementwise::silu_mul;
-use crate::kernels::moe::{self, Epilogue, BLOCK_M};
+use crate::kernels::moe::{self, Epilogue, ExpertWeight, BLOCK_M};
 use crate::runtime::{DType, DeviceTensor, Epilogue as GemmEpilogue, Gemm, Gpu, TensorView, TensorViewMut};
 
 /// The sizes of one MoE block.
@@ -46,11 +46,36 @@ impl MoeBlockShape {
 
 /// One pool's expert weights, as `kernels::moe::grouped_gemm` reads them.
 pub struct ExpertPoolWeights<'a> {
-    /// bf16 `[E, 2·I, H]`: each expert's gate and up rows interleaved in groups of 8
-    /// (`kernels::moe::interleave_gate_up`).
+    /// bf16 (or int8, see `scales`) `[E, 2·I, H]`: each expert's gate and up rows interleaved
+    /// in groups of 8 (`kernels::moe::interleave_gate_up`).
     pub gate_up: TensorView<'a>,
-    /// bf16 `[E, H, I]`.
+    /// bf16 (or int8) `[E, H, I]`.
     pub down: TensorView<'a>,
+    /// `--quantization wint8`: the two weights are int8 and these are their f32 row scales,
+    /// `[E, 2·I]` (in the interleaved row order) and `[E, H]`. None: bf16.
+    pub scales: Option<(TensorView<'a>, TensorView<'a>)>,
+}
+
+impl<'a> ExpertPoolWeights<'a> {
+    fn gate_up_weight(&self) -> ExpertWeight<'_, 'a> {
+        match &self.scales {
+            None => ExpertWeight::Bf16(&self.gate_up),
+            Some((s, _)) => ExpertWeight::Int8 {
+                weight: &self.gate_up,
+                scales: s,
+            },
+        }
+    }
+
+    fn down_weight(&self) -> ExpertWeight<'_, 'a> {
+        match &self.scales {
+            None => ExpertWeight::Bf16(&self.down),
+            Some((_, s)) => ExpertWeight::Int8 {
+                weight: &self.down,
+                scales: s,
+            },
+        }
+    }
 }
 
 /// The weights of one MoE block.
@@ -233,7 +258,7 @@ pub fn moe_block(
             y,
             &sorted,
             Some(k),
-            &pool.gate_up,
+            pool.gate_up_weight(),
             &tile_expert,
             experts.clone(),
             Epilogue::SwiGlu,
@@ -245,7 +270,7 @@ pub fn moe_block(
             &s.h.view().narrow0(0, slots)?.columns(0, inter)?,
             &sorted,
             None,
-            &pool.down,
+            pool.down_weight(),
             &tile_expert,
             experts,
             Epilogue::None,

@@ -6,7 +6,7 @@
 //! | `o_w` | bf16 `[H, q]` | o_proj |
 //! | dense `gate_up_w` | bf16 `[2·I, H]` | gate_proj rows, then up_proj rows (`silu_mul`'s order) |
 //! | dense `down_w` | bf16 `[H, I]` | down_proj |
-//! | MoE | see [`super::moe_weights`] | routers transposed to f32, experts interleaved and padded |
+//! | MoE | see [`super::moe_weights`] | routers transposed to f32, experts interleaved and padded; with `--quantization wint8` the experts int8 with f32 row scales ([`crate::model::quantize`]) |
 //! | `lm_head` | the embedding when tied | `lm_head.weight` otherwise |
 //!
 //! Concatenation and rearrangement happen on the host from the memory-mapped files; every
@@ -15,9 +15,10 @@
 use super::moe_block::{ExpertPoolWeights, MoeBlockShape, MoeBlockWeights};
 use super::moe_weights::{moe_layer_host, MoeLayerHost};
 use super::names::{text_layer, EMBED_TOKENS};
-use crate::config::ErnieVlConfig;
+use crate::config::{ErnieVlConfig, Quantization};
 use crate::error::{Error, Result};
 use crate::model::names::LM_HEAD;
+use crate::model::quantize::{quantize_rows_int8, Int8Rows};
 use crate::model::weights::ValidatedWeights;
 use crate::runtime::{DType, DeviceTensor, Gpu, TensorView};
 
@@ -27,9 +28,12 @@ const OP: &str = "ernie text weights";
 pub struct MoeLayerDevice {
     pub router: DeviceTensor,
     pub correction_bias: DeviceTensor,
-    /// Per pool: `[E, 2·Ip, H]` and `[E, H, Ip]`.
+    /// Per pool: `[E, 2·Ip, H]` and `[E, H, Ip]`, bf16, or int8 with `scales`.
     pub gate_up: Vec<DeviceTensor>,
     pub down: Vec<DeviceTensor>,
+    /// `--quantization wint8`: per pool the f32 row scales of gate/up `[E, 2·Ip]` and down
+    /// `[E, H]`; empty for bf16 experts.
+    pub scales: Vec<(DeviceTensor, DeviceTensor)>,
     pub shared_gate_up: Option<DeviceTensor>,
     pub shared_down: Option<DeviceTensor>,
     /// The block's sizes, padded widths included.
@@ -46,9 +50,11 @@ impl MoeLayerDevice {
                 .gate_up
                 .iter()
                 .zip(&self.down)
-                .map(|(gu, d)| ExpertPoolWeights {
+                .enumerate()
+                .map(|(p, (gu, d))| ExpertPoolWeights {
                     gate_up: gu.view(),
                     down: d.view(),
+                    scales: self.scales.get(p).map(|(gs, ds)| (gs.view(), ds.view())),
                 })
                 .collect(),
             shared_gate_up: self.shared_gate_up.as_ref().map(|t| t.view()),
@@ -61,6 +67,7 @@ impl MoeLayerDevice {
         self.router.nbytes()
             + self.correction_bias.nbytes()
             + self.gate_up.iter().chain(&self.down).map(|t| t.nbytes()).sum::<usize>()
+            + self.scales.iter().map(|(g, d)| g.nbytes() + d.nbytes()).sum::<usize>()
             + opt(&self.shared_gate_up)
             + opt(&self.shared_down)
     }
@@ -95,10 +102,15 @@ pub struct ErnieTextWeights {
 }
 
 impl ErnieTextWeights {
-    pub fn upload(gpu: &Gpu, cfg: &ErnieVlConfig, host: &ValidatedWeights<'_>) -> Result<ErnieTextWeights> {
+    pub fn upload(
+        gpu: &Gpu,
+        cfg: &ErnieVlConfig,
+        host: &ValidatedWeights<'_>,
+        quantization: Quantization,
+    ) -> Result<ErnieTextWeights> {
         let t = &cfg.text;
         let h = t.hidden_size;
-        let mut moe = upload_moe_layers(gpu, cfg, host)?;
+        let mut moe = upload_moe_layers(gpu, cfg, host, quantization)?;
         let layers = (0..t.num_hidden_layers)
             .map(|l| {
                 let n = |s: &str| text_layer(l, s);
@@ -183,20 +195,22 @@ pub fn moe_shape(cfg: &ErnieVlConfig, pool_inter: Vec<usize>, shared_inter: usiz
 /// and interleaved) runs for a batch of layers at once on up to 8 threads. The uploads stay on
 /// this thread, in layer order. On one thread it was most of the full model's 83 s start-up
 /// (round 8). Host memory peaks at about one batch of rearranged layers (16 GB at 8 threads).
+/// With `--quantization wint8` each thread also quantises its layer's experts.
 fn upload_moe_layers(
     gpu: &Gpu,
     cfg: &ErnieVlConfig,
     host: &ValidatedWeights<'_>,
+    quantization: Quantization,
 ) -> Result<Vec<Option<MoeLayerDevice>>> {
     let count = cfg.text.num_hidden_layers;
     let moe_layers: Vec<usize> = (0..count).filter(|&l| cfg.moe.is_moe_layer(l)).collect();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
     let mut out: Vec<Option<MoeLayerDevice>> = (0..count).map(|_| None).collect();
     for batch in moe_layers.chunks(threads) {
-        let hosts: Vec<Result<MoeLayerHost>> = std::thread::scope(|scope| {
+        let hosts: Vec<Result<PreparedMoe>> = std::thread::scope(|scope| {
             let handles: Vec<_> = batch
                 .iter()
-                .map(|&l| scope.spawn(move || moe_layer_host(cfg, l, host)))
+                .map(|&l| scope.spawn(move || prepare_moe(cfg, l, host, quantization)))
                 .collect();
             handles
                 .into_iter()
@@ -213,15 +227,53 @@ fn upload_moe_layers(
     Ok(out)
 }
 
-fn upload_moe(gpu: &Gpu, cfg: &ErnieVlConfig, m: MoeLayerHost) -> Result<MoeLayerDevice> {
+/// A MoE layer ready to upload: the host layout, and with `--quantization wint8` each pool's
+/// experts quantised (gate/up rows of `H`, down rows of `Ip`; the bf16 copies then dropped).
+struct PreparedMoe {
+    host: MoeLayerHost,
+    int8: Vec<(Int8Rows, Int8Rows)>,
+}
+
+fn prepare_moe(
+    cfg: &ErnieVlConfig,
+    layer: usize,
+    weights: &ValidatedWeights<'_>,
+    quantization: Quantization,
+) -> Result<PreparedMoe> {
+    let mut host = moe_layer_host(cfg, layer, weights)?;
+    let mut int8 = vec![];
+    if quantization == Quantization::ExpertsInt8 {
+        let h = cfg.text.hidden_size;
+        for p in 0..host.pool_inter.len() {
+            let what = |w: &str| format!("layer {layer} pool {p} experts' {w}");
+            let gate_up = quantize_rows_int8(&what("gate/up"), &std::mem::take(&mut host.gate_up[p]), h)?;
+            let down = quantize_rows_int8(&what("down"), &std::mem::take(&mut host.down[p]), host.pool_inter[p])?;
+            int8.push((gate_up, down));
+        }
+    }
+    Ok(PreparedMoe { host, int8 })
+}
+
+fn upload_moe(gpu: &Gpu, cfg: &ErnieVlConfig, prepared: PreparedMoe) -> Result<MoeLayerDevice> {
+    let PreparedMoe { host: m, int8 } = prepared;
     let (h, e) = (cfg.text.hidden_size, cfg.moe.num_experts);
     let pools = m.pool_inter.len();
     let mut gate_up = Vec::with_capacity(pools);
     let mut down = Vec::with_capacity(pools);
+    let mut scales = Vec::with_capacity(int8.len());
     for p in 0..pools {
         let ip = m.pool_inter[p];
-        gate_up.push(DeviceTensor::from_host(gpu, &[e, 2 * ip, h], &m.gate_up[p])?);
-        down.push(DeviceTensor::from_host(gpu, &[e, h, ip], &m.down[p])?);
+        if let Some((gu, d)) = int8.get(p) {
+            gate_up.push(DeviceTensor::from_host(gpu, &[e, 2 * ip, h], &gu.q)?);
+            down.push(DeviceTensor::from_host(gpu, &[e, h, ip], &d.q)?);
+            scales.push((
+                DeviceTensor::from_host(gpu, &[e, 2 * ip], &gu.scales)?,
+                DeviceTensor::from_host(gpu, &[e, h], &d.scales)?,
+            ));
+        } else {
+            gate_up.push(DeviceTensor::from_host(gpu, &[e, 2 * ip, h], &m.gate_up[p])?);
+            down.push(DeviceTensor::from_host(gpu, &[e, h, ip], &m.down[p])?);
+        }
     }
     let si = m.shared_inter;
     Ok(MoeLayerDevice {
@@ -229,6 +281,7 @@ fn upload_moe(gpu: &Gpu, cfg: &ErnieVlConfig, m: MoeLayerHost) -> Result<MoeLaye
         correction_bias: DeviceTensor::from_host(gpu, &[pools, e], &m.correction_bias)?,
         gate_up,
         down,
+        scales,
         shared_gate_up: m
             .shared_gate_up
             .as_ref()
