@@ -3,7 +3,7 @@
 # criterion benches, then the bench binary. Full logs go to LOGDIR (default $OUT, else
 # ./logs); a short summary table is printed last. It writes 4 files (tests.log, benches.log,
 # bench.log, bench.json), since the device tool brings back 8 at most.
-#   bash target/gpu-bundle/run.sh [tests|benches|bench|baseline|async|sanitizer|soak|ab|checks|seeds|ernie|ernie-full|ernie-bench|vllm-ernie|moe-ab|attn-d80|ncu-paddle|all] [LOGDIR]
+#   bash target/gpu-bundle/run.sh [tests|benches|bench|baseline|async|sanitizer|soak|ab|checks|seeds|ernie|ernie-full|ernie-bench|vllm-ernie|moe-ab|attn-d80|ncu-paddle|wint8|all] [LOGDIR]
 # One device call runs at most 10 minutes, so the parts run as separate calls: `tests` (every
 # test executable, then the server check), `benches` (criterion benches and torch baselines),
 # `bench` (the bench binary's workloads, the full-size fidelity check and transformers'
@@ -244,6 +244,22 @@ if [ "$part" = moe-ab ]; then
         --max-model-len 4096 --warmup 8
     grep -E '^(block_|gate_up_|down_|router_logits_)|^=== bench-moe' "$logs/moe_ab.log"
     python3 "$OCRVL_REPO_DIR/tools/gpu/ncu_summary.py" "$logs/ncu.log"
+fi
+if [ "$part" = wint8 ]; then
+    # --quantization wint8 (ERNIE-4.5-VL's routed experts as int8 with row scales): the grouped
+    # GEMM's int8 tests, the MoE block and the tiny model against its dequantised checkpoint,
+    # with the FA3 d80 ViT's tests (ernie_family, ernie_oracle, attention_d80); bench-moe's
+    # int8 rows next to the bf16 ones; then the full model's decode with int8 experts (dummy
+    # weights; WINT8_DECODE=0 skips it).
+    run_step "test-gpu wint8 + d80" "$logs/wint8.log" timeout ${TEST_TIMEOUT:-200} "$bin/test-gpu" --include-ignored \
+        --test-threads=1 grouped_gemm moe_block ernie_wint8 router_logits attention_d80 ernie_family ernie_oracle
+    grep -E '^test .*(ok|FAILED)$|^test result' "$logs/wint8.log"
+    run_step "bench-moe" "$logs/wint8.log" timeout 120 "$bin/bench-moe" --bench
+    grep -E '^(gate_up|down)_text_decode|^block_decode' "$logs/wint8.log"
+    if [ "${WINT8_DECODE:-1}" = 1 ]; then
+        ERNIE_WORKLOADS=decode ERNIE_NUM_REQUESTS=${ERNIE_NUM_REQUESTS:-decode=256} \
+            ERNIE_BENCH_ARGS="--quantization wint8" bash "$0" ernie-bench "$logs"
+    fi
 fi
 if [ "$part" = ncu-paddle ]; then
     # Where a PaddleOCR-VL decode step's time goes (issue 17): ncu's per-kernel GPU time over

@@ -607,11 +607,12 @@ fn grouped_gemm_int8_matches_f64_at_the_model_shapes() {
     ];
     let ids = random_ids(&mut r, 64, 2, experts, top_k);
     check_grouped_gemm("int8, model shapes", &g, &mut r, &pools, experts, hidden, &ids, top_k);
-    // A decode-sized step (few live slots per tile) and a prefill-sized one (full tiles).
+    // A decode-sized step (few live slots per tile) and one of ~75 slots per expert (a full
+    // tile and a partial one; the host's f64 reference bounds the size).
     let ids = random_ids(&mut r, 3, 2, experts, top_k);
     check_grouped_gemm("int8, 3 tokens", &g, &mut r, &pools, experts, hidden, &ids, top_k);
-    let ids = random_ids(&mut r, 700, 2, experts, top_k);
-    check_grouped_gemm("int8, 700 tokens", &g, &mut r, &pools, experts, hidden, &ids, top_k);
+    let ids = random_ids(&mut r, 200, 2, experts, top_k);
+    check_grouped_gemm("int8, 200 tokens", &g, &mut r, &pools, experts, hidden, &ids, top_k);
 }
 
 #[test]
