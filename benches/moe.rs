@@ -260,106 +260,76 @@ fn moe_benches(c: &mut Criterion) {
         let used: Vec<i32> = tile_expert.to_host(&gpu).unwrap();
         let mut used: Vec<i32> = used.into_iter().filter(|&e| e >= 0).collect();
         used.dedup();
-        let mut gate_up = || {
-            moe::grouped_gemm(
-                &gpu,
-                &mut h.view_mut(),
-                &x.view(),
-                &sorted.view(),
-                Some(TOP_K),
-                &pools[0].0.view(),
-                &tile_expert.view(),
-                0..EXPERTS,
-                Epilogue::SwiGlu,
-            )
-            .unwrap();
-        };
-        bench_gbps(
-            &mut group,
-            &gpu,
-            &format!("gate_up_text_decode_{tokens}"),
-            &format!("gate_up_text_decode_{tokens} ({} experts)", used.len()),
-            used.len() * 2 * INTER[0] * HIDDEN * 2,
-            &mut gate_up,
-        );
-        let mut down = || {
-            moe::grouped_gemm(
-                &gpu,
-                &mut y.view_mut(),
-                &h.view(),
-                &sorted.view(),
-                None,
-                &pools[0].1.view(),
-                &tile_expert.view(),
-                0..EXPERTS,
-                Epilogue::None,
-            )
-            .unwrap();
-        };
-        bench_gbps(
-            &mut group,
-            &gpu,
-            &format!("down_text_decode_{tokens}"),
-            &format!("down_text_decode_{tokens} ({} experts)", used.len()),
-            used.len() * INTER[0] * HIDDEN * 2,
-            &mut down,
-        );
-        let (gu8, d8, gu_scales, d_scales) = (
+        let (gu16, d16) = (pools[0].0.view(), pools[0].1.view());
+        let (gu8, d8, gu8_scales, d8_scales) = (
             text_int8.0.view(),
             text_int8.1.view(),
             text_int8.2.view(),
             text_int8.3.view(),
         );
-        let mut gate_up_int8 = || {
-            moe::grouped_gemm(
-                &gpu,
-                &mut h.view_mut(),
-                &x.view(),
-                &sorted.view(),
-                Some(TOP_K),
+        // (row suffix, gate/up, down, weight bytes per element, scale bytes per row)
+        let kinds = [
+            ("", ExpertWeight::Bf16(&gu16), ExpertWeight::Bf16(&d16), 2, 0),
+            (
+                "_int8",
                 ExpertWeight::Int8 {
                     weight: &gu8,
-                    scales: &gu_scales,
+                    scales: &gu8_scales,
                 },
-                &tile_expert.view(),
-                0..EXPERTS,
-                Epilogue::SwiGlu,
-            )
-            .unwrap();
-        };
-        bench_gbps(
-            &mut group,
-            &gpu,
-            &format!("gate_up_text_decode_{tokens}_int8"),
-            &format!("gate_up_text_decode_{tokens}_int8 ({} experts)", used.len()),
-            used.len() * 2 * INTER[0] * (HIDDEN + 4),
-            &mut gate_up_int8,
-        );
-        let mut down_int8 = || {
-            moe::grouped_gemm(
-                &gpu,
-                &mut y.view_mut(),
-                &h.view(),
-                &sorted.view(),
-                None,
                 ExpertWeight::Int8 {
                     weight: &d8,
-                    scales: &d_scales,
+                    scales: &d8_scales,
                 },
-                &tile_expert.view(),
-                0..EXPERTS,
-                Epilogue::None,
-            )
-            .unwrap();
-        };
-        bench_gbps(
-            &mut group,
-            &gpu,
-            &format!("down_text_decode_{tokens}_int8"),
-            &format!("down_text_decode_{tokens}_int8 ({} experts)", used.len()),
-            used.len() * HIDDEN * (INTER[0] + 4),
-            &mut down_int8,
-        );
+                1,
+                4,
+            ),
+        ];
+        for (suffix, gate_up_weight, down_weight, elem, scale) in kinds {
+            let mut gate_up = || {
+                moe::grouped_gemm(
+                    &gpu,
+                    &mut h.view_mut(),
+                    &x.view(),
+                    &sorted.view(),
+                    Some(TOP_K),
+                    gate_up_weight,
+                    &tile_expert.view(),
+                    0..EXPERTS,
+                    Epilogue::SwiGlu,
+                )
+                .unwrap();
+            };
+            bench_gbps(
+                &mut group,
+                &gpu,
+                &format!("gate_up_text_decode_{tokens}{suffix}"),
+                &format!("gate_up_text_decode_{tokens}{suffix} ({} experts)", used.len()),
+                used.len() * 2 * INTER[0] * (HIDDEN * elem + scale),
+                &mut gate_up,
+            );
+            let mut down = || {
+                moe::grouped_gemm(
+                    &gpu,
+                    &mut y.view_mut(),
+                    &h.view(),
+                    &sorted.view(),
+                    None,
+                    down_weight,
+                    &tile_expert.view(),
+                    0..EXPERTS,
+                    Epilogue::None,
+                )
+                .unwrap();
+            };
+            bench_gbps(
+                &mut group,
+                &gpu,
+                &format!("down_text_decode_{tokens}{suffix}"),
+                &format!("down_text_decode_{tokens}{suffix} ({} experts)", used.len()),
+                used.len() * HIDDEN * (INTER[0] * elem + scale),
+                &mut down,
+            );
+        }
     }
 
     // The router logits alone, from one decode token to a long prefill chunk, in GB/s of what

@@ -497,6 +497,19 @@ fn run_pools(
     }
 }
 
+/// top_k 1 ids over two pools of `experts`: pool 0's expert e gets `counts[e]` pairs, pool 1's
+/// experts the same counts in reverse order, the pairs interleaved so that a run is not one
+/// contiguous stretch of tokens.
+fn runs_of(counts: &[usize], experts: usize) -> Vec<i32> {
+    let mut ids = vec![];
+    for (e, &c) in counts.iter().enumerate() {
+        ids.extend(std::iter::repeat_n(e as i32, c));
+        ids.extend(std::iter::repeat_n((2 * experts - 1 - e) as i32, c));
+    }
+    let n = ids.len();
+    (0..n).map(|i| ids[(i * 7) % n]).collect()
+}
+
 /// Random routing: each token picks a pool, then top_k distinct experts in it.
 fn random_ids(r: &mut ChaCha8Rng, tokens: usize, pools: usize, experts: usize, top_k: usize) -> Vec<i32> {
     let mut ids = Vec::with_capacity(tokens * top_k);
@@ -571,15 +584,7 @@ fn grouped_gemm_computes_every_live_row_at_sub_tile_boundaries() {
         make_pool(&g, &mut r, experts, 128, hidden),
     ];
     for counts in [[15usize, 16, 17, 31, 32, 33, 47, 48], [49, 63, 64, 65, 79, 80, 81, 1]] {
-        // top_k 1; pool 0's experts get the counts, pool 1's the same in reverse order.
-        let mut ids = vec![];
-        for (e, &c) in counts.iter().enumerate() {
-            ids.extend(std::iter::repeat_n(e as i32, c));
-            ids.extend(std::iter::repeat_n((experts + experts - 1 - e) as i32, c));
-        }
-        // Interleave the pairs so that a run is not one contiguous stretch of tokens.
-        let n = ids.len();
-        let ids: Vec<i32> = (0..n).map(|i| ids[(i * 7) % n]).collect();
+        let ids = runs_of(&counts, experts);
         check_grouped_gemm(
             &format!("runs of {counts:?}"),
             &g,
@@ -627,14 +632,7 @@ fn grouped_gemm_int8_handles_tile_boundaries_and_refusals() {
         make_pool_int8(&g, &mut r, experts, 64, hidden),
         make_pool_int8(&g, &mut r, experts, 128, hidden),
     ];
-    let counts = [15usize, 16, 17, 33, 64, 65, 81, 1];
-    let mut ids = vec![];
-    for (e, &c) in counts.iter().enumerate() {
-        ids.extend(std::iter::repeat_n(e as i32, c));
-        ids.extend(std::iter::repeat_n((2 * experts - 1 - e) as i32, c));
-    }
-    let n = ids.len();
-    let ids: Vec<i32> = (0..n).map(|i| ids[(i * 7) % n]).collect();
+    let ids = runs_of(&[15, 16, 17, 33, 64, 65, 81, 1], experts);
     check_grouped_gemm("int8 runs", &g, &mut r, &pools, experts, hidden, &ids, 1);
 
     // Scales of the wrong shape or dtype are refused before anything runs.
