@@ -255,7 +255,10 @@ if [ "$part" = wint8 ]; then
         --test-threads=1 grouped_gemm moe_block ernie_wint8 router_logits attention_d80 ernie_family ernie_oracle
     grep -E '^test .*(ok|FAILED)$|^test result' "$logs/wint8.log"
     run_step "bench-moe" "$logs/wint8.log" timeout 120 "$bin/bench-moe" --bench
-    grep -E '^(gate_up|down)_text_decode|^block_decode' "$logs/wint8.log"
+    # The int8 ring's depth, A/B: 6 stages (the default) against 3 (round 10's build).
+    OCRVL_MOE_INT8_STAGES=3 run_step "bench-moe (int8, 3 stages)" "$logs/wint8.log" timeout 120 \
+        "$bin/bench-moe" --bench _int8
+    grep -E '^(gate_up|down)_text_decode|^block_decode|^=== bench-moe' "$logs/wint8.log"
     if [ "${WINT8_DECODE:-1}" = 1 ]; then
         ERNIE_WORKLOADS=decode ERNIE_NUM_REQUESTS=${ERNIE_NUM_REQUESTS:-decode=256} \
             ERNIE_BENCH_ARGS="--quantization wint8" bash "$0" ernie-bench "$logs"
