@@ -123,6 +123,15 @@ enum ocrvl_switch {
     OCRVL_SWITCH_OFF = 2
 };
 
+/* ocrvl_engine_config.quantization: how the weights are stored on the GPU. */
+enum ocrvl_quantization {
+    /* The checkpoint's bfloat16 weights as they are (the default). */
+    OCRVL_QUANTIZATION_NONE = 0,
+    /* `--quantization wint8`: ERNIE-4.5-VL's routed experts as int8 with one f32 scale per
+     * output row, quantised at load time; PaddleOCR-VL (no experts) refuses it. */
+    OCRVL_QUANTIZATION_WINT8 = 1
+};
+
 /* Opaque handles. */
 typedef struct ocrvl_engine ocrvl_engine;
 typedef struct ocrvl_request ocrvl_request;
@@ -146,6 +155,8 @@ typedef struct ocrvl_engine_config {
     double gpu_memory_utilization;    /* fraction of GPU memory to use, (0, 1] (0.9) */
     int32_t enable_prefix_caching;    /* ocrvl_switch (on) */
     int32_t enforce_eager;            /* ocrvl_switch: no CUDA graphs (off) */
+    int32_t quantization;             /* ocrvl_quantization (NONE). Appended after the first
+                                         layout: a struct_size that ends before it keeps NONE */
 } ocrvl_engine_config;
 
 /* Sampling of one request. A zero field means the default: greedy, no penalties, up to

@@ -88,6 +88,7 @@ fn c_examples_gpu_free_paths_static_and_shared() {
         assert!(out.contains(&format!("abi_version {}\n", ocrvl::ffi::OCRVL_ABI_VERSION)));
         for check in [
             "gpu_memory_utilization 1.5: OCRVL_INVALID_ARGUMENT",
+            "quantization 7: OCRVL_INVALID_ARGUMENT",
             "engine on a missing device: OCRVL_NO_DEVICE",
         ] {
             assert!(out.contains(check), "{link:?}: want `{check}` in:\n{out}");

@@ -103,6 +103,9 @@ static void gpu_free_checks(uint32_t device, const char* synthetic_dir) {
     bad.enforce_eager = 7;
     expect_create("enforce_eager 7", &bad, OCRVL_INVALID_ARGUMENT, "enforce_eager");
     bad = c;
+    bad.quantization = 7;
+    expect_create("quantization 7", &bad, OCRVL_INVALID_ARGUMENT, "quantization");
+    bad = c;
     bad.struct_size = 4;
     expect_create("struct_size 4", &bad, OCRVL_INVALID_ARGUMENT, "struct_size");
     bad = c;

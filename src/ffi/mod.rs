@@ -131,6 +131,9 @@ pub const OCRVL_SWITCH_DEFAULT: i32 = 0;
 pub const OCRVL_SWITCH_ON: i32 = 1;
 pub const OCRVL_SWITCH_OFF: i32 = 2;
 
+pub const OCRVL_QUANTIZATION_NONE: i32 = 0;
+pub const OCRVL_QUANTIZATION_WINT8: i32 = 1;
+
 /// A failed call: the status to return and the message for `ocrvl_last_error`.
 #[derive(Clone, Debug)]
 pub(crate) struct Fail {

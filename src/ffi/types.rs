@@ -7,9 +7,10 @@ use std::mem::size_of;
 use std::path::PathBuf;
 
 use super::{
-    guard, non_null, ocrvl_status, out_ptr, Fail, FfiResult, OCRVL_SWITCH_DEFAULT, OCRVL_SWITCH_OFF, OCRVL_SWITCH_ON,
+    guard, non_null, ocrvl_status, out_ptr, Fail, FfiResult, OCRVL_QUANTIZATION_NONE, OCRVL_QUANTIZATION_WINT8,
+    OCRVL_SWITCH_DEFAULT, OCRVL_SWITCH_OFF, OCRVL_SWITCH_ON,
 };
-use crate::config::{EngineConfig, EnvFlags};
+use crate::config::{EngineConfig, EnvFlags, Quantization};
 use crate::kernels::sampling::SamplingParams;
 use crate::service::ServiceConfig;
 
@@ -27,6 +28,7 @@ pub struct ocrvl_engine_config {
     pub gpu_memory_utilization: f64,
     pub enable_prefix_caching: i32,
     pub enforce_eager: i32,
+    pub quantization: i32,
 }
 
 #[repr(C)]
@@ -66,35 +68,58 @@ pub struct ocrvl_request_info {
     pub total_ms: f64,
 }
 
-/// Structs that start with `struct_size`; `SIZE` is this library's `sizeof`.
-pub(crate) trait Versioned {
+/// Structs that start with `struct_size`; `SIZE` is this library's `sizeof`, `MIN_SIZE` the
+/// first layout's (fields are only appended; a caller built with an older header passes a
+/// smaller `struct_size`, and the fields past it keep their zero, the default).
+///
+/// # Safety
+/// An implementer must be valid when all its bytes are zero (numbers and raw pointers only).
+pub(crate) unsafe trait Versioned {
     const NAME: &'static str;
     const SIZE: u32;
+    const MIN_SIZE: u32 = Self::SIZE;
 }
 
 macro_rules! sized {
     ($t:ident) => {
-        impl Versioned for $t {
+        unsafe impl Versioned for $t {
             const NAME: &'static str = stringify!($t);
             const SIZE: u32 = size_of::<$t>() as u32;
         }
     };
+    ($t:ident, first_layout_ends_at: $field:ident) => {
+        unsafe impl Versioned for $t {
+            const NAME: &'static str = stringify!($t);
+            const SIZE: u32 = size_of::<$t>() as u32;
+            const MIN_SIZE: u32 = std::mem::offset_of!($t, $field) as u32;
+        }
+    };
 }
-sized!(ocrvl_engine_config);
+// `quantization` was appended after the first layout.
+sized!(ocrvl_engine_config, first_layout_ends_at: quantization);
 sized!(ocrvl_sampling_params);
 sized!(ocrvl_token_event);
 sized!(ocrvl_request_info);
 
 /// Reads a struct the caller passed in. A larger `struct_size` (a newer header) is accepted
-/// and only the fields this library knows are read; a smaller one is an older layout this
-/// library does not know (version 1 is the first), or a forgotten `struct_size`.
+/// and only the fields this library knows are read; a smaller one down to the first layout
+/// (an older header) reads that many bytes and leaves the rest zero, the defaults; anything
+/// smaller is a forgotten or wrong `struct_size`.
 ///
 /// # Safety
 /// A non-null `ptr` must point at `struct_size` readable bytes.
 pub(crate) unsafe fn read_in<T: Versioned + Copy>(ptr: *const T, what: &str) -> FfiResult<T> {
     let value = non_null(ptr, what)?;
-    check_size::<T>(*(ptr as *const u32), what)?;
-    Ok(*value)
+    let size = *(ptr as *const u32);
+    check_size::<T>(size, what)?;
+    if size >= T::SIZE {
+        return Ok(*value);
+    }
+    // SAFETY: T is valid zeroed (`Versioned`); the caller's `size` bytes are readable and
+    // fewer than T's.
+    let mut out: T = std::mem::zeroed();
+    std::ptr::copy_nonoverlapping(ptr as *const u8, &mut out as *mut T as *mut u8, size as usize);
+    Ok(out)
 }
 
 /// Checks an out-struct's `struct_size` and returns the pointer to write through.
@@ -108,12 +133,13 @@ pub(crate) unsafe fn check_out<T: Versioned>(ptr: *mut T, what: &str) -> FfiResu
 }
 
 fn check_size<T: Versioned>(struct_size: u32, what: &str) -> FfiResult {
-    if struct_size < T::SIZE {
+    if struct_size < T::MIN_SIZE {
         return Err(Fail::invalid(format!(
-            "`{what}`: struct_size is {struct_size} but sizeof({}) is {} in this library: set struct_size = \
-             sizeof({0}) (the *_default functions do)",
+            "`{what}`: struct_size is {struct_size} but sizeof({}) is {} in this library (the oldest layout \
+             it reads is {} bytes): set struct_size = sizeof({0}) (the *_default functions do)",
             T::NAME,
-            T::SIZE
+            T::SIZE,
+            T::MIN_SIZE
         )));
     }
     Ok(())
@@ -163,6 +189,7 @@ impl ocrvl_engine_config {
             gpu_memory_utilization: e.gpu_memory_utilization,
             enable_prefix_caching: switch(e.enable_prefix_caching),
             enforce_eager: switch(e.enforce_eager),
+            quantization: OCRVL_QUANTIZATION_NONE,
         }
     }
 
@@ -202,6 +229,15 @@ impl ocrvl_engine_config {
             )?,
             enforce_eager: switch(self.enforce_eager, d.enforce_eager, "enforce_eager")?,
             model: path(self.model_dir, "model_dir")?,
+            quantization: match self.quantization {
+                OCRVL_QUANTIZATION_NONE => Quantization::None,
+                OCRVL_QUANTIZATION_WINT8 => Quantization::ExpertsInt8,
+                v => {
+                    return Err(Fail::invalid(format!(
+                        "quantization is {v}; valid: 0 (OCRVL_QUANTIZATION_NONE), 1 (OCRVL_QUANTIZATION_WINT8)"
+                    )))
+                }
+            },
             // Settings the C config does not carry (yet) keep their defaults.
             ..EngineConfig::default()
         };
@@ -317,6 +353,7 @@ mod tests {
             gpu_memory_utilization: 0.0,
             enable_prefix_caching: 0,
             enforce_eager: 0,
+            quantization: 0,
         };
         let from_zero = unsafe { zero.to_service_config() }.unwrap();
         let from_defaults = unsafe { ocrvl_engine_config::defaults().to_service_config() }.unwrap();
@@ -349,5 +386,34 @@ mod tests {
         assert_eq!((max, eos), (None, false));
         p.ignore_eos = 2;
         assert!(p.to_request_parts().is_err());
+    }
+
+    #[test]
+    fn an_engine_config_of_the_first_layout_reads_with_the_appended_fields_at_their_defaults() {
+        let mut c = ocrvl_engine_config::defaults();
+        c.quantization = OCRVL_QUANTIZATION_WINT8;
+        c.max_num_seqs = 7;
+        let whole = unsafe { read_in(&c, "config") }.unwrap();
+        assert_eq!((whole.max_num_seqs, whole.quantization), (7, OCRVL_QUANTIZATION_WINT8));
+        // A caller built before `quantization` existed passes the first layout's size.
+        c.struct_size = <ocrvl_engine_config as Versioned>::MIN_SIZE;
+        assert!(c.struct_size < <ocrvl_engine_config as Versioned>::SIZE);
+        let old = unsafe { read_in(&c, "config") }.unwrap();
+        assert_eq!((old.max_num_seqs, old.quantization), (7, OCRVL_QUANTIZATION_NONE));
+        c.struct_size -= 4;
+        let err = unsafe { read_in(&c, "config") }.unwrap_err();
+        assert!(err.msg.contains("struct_size"), "{}", err.msg);
+    }
+
+    #[test]
+    fn quantization_maps_to_the_engine_setting_and_bad_values_are_refused() {
+        let mut c = ocrvl_engine_config::defaults();
+        let q = |c: ocrvl_engine_config| unsafe { c.to_service_config() }.map(|s| s.engine.quantization);
+        assert_eq!(q(c).unwrap(), Quantization::None);
+        c.quantization = OCRVL_QUANTIZATION_WINT8;
+        assert_eq!(q(c).unwrap(), Quantization::ExpertsInt8);
+        c.quantization = 7;
+        let err = q(c).unwrap_err();
+        assert!(err.msg.contains("quantization is 7"), "{}", err.msg);
     }
 }
