@@ -527,19 +527,32 @@ fn random_ids(r: &mut ChaCha8Rng, tokens: usize, pools: usize, experts: usize, t
     ids
 }
 
+// Hidden 2560; text experts of 1536, vision experts of 512 (n = 3072 / 1024 for gate+up,
+// k = 1536 / 512 for down), top-6. 8 experts per pool keep the host's reference fast; the
+// kernel indexes a pool's experts the same way whatever their number.
+const MODEL_HIDDEN: usize = 2560;
+const MODEL_EXPERTS: usize = 8;
+const MODEL_TOP_K: usize = 6;
+
+/// The text and vision pools at the model's widths, made by `make` (bf16 or int8).
+fn model_shape_pools(
+    g: &Gpu,
+    r: &mut ChaCha8Rng,
+    make: fn(&Gpu, &mut ChaCha8Rng, usize, usize, usize) -> Pool,
+) -> [Pool; 2] {
+    [
+        make(g, r, MODEL_EXPERTS, 1536, MODEL_HIDDEN),
+        make(g, r, MODEL_EXPERTS, 512, MODEL_HIDDEN),
+    ]
+}
+
 #[test]
 #[ignore = "needs GPU"]
 fn grouped_gemm_matches_f64_at_the_model_shapes() {
     let g = gpu();
     let mut r = rng(0x6e33);
-    // Hidden 2560; text experts of 1536, vision experts of 512 (n = 3072 / 1024 for gate+up,
-    // k = 1536 / 512 for down). 8 experts per pool keep the host's reference fast; the kernel
-    // indexes a pool's experts the same way whatever their number.
-    let (hidden, experts, top_k) = (2560, 8, 6);
-    let pools = [
-        make_pool(&g, &mut r, experts, 1536, hidden),
-        make_pool(&g, &mut r, experts, 512, hidden),
-    ];
+    let (hidden, experts, top_k) = (MODEL_HIDDEN, MODEL_EXPERTS, MODEL_TOP_K);
+    let pools = model_shape_pools(&g, &mut r, make_pool);
     let ids = random_ids(&mut r, 64, 2, experts, top_k);
     check_grouped_gemm("model shapes", &g, &mut r, &pools, experts, hidden, &ids, top_k);
 }
@@ -605,11 +618,8 @@ fn grouped_gemm_int8_matches_f64_at_the_model_shapes() {
     // scale per row, the reference on exactly q · scale.
     let g = gpu();
     let mut r = rng(0x6e38);
-    let (hidden, experts, top_k) = (2560, 8, 6);
-    let pools = [
-        make_pool_int8(&g, &mut r, experts, 1536, hidden),
-        make_pool_int8(&g, &mut r, experts, 512, hidden),
-    ];
+    let (hidden, experts, top_k) = (MODEL_HIDDEN, MODEL_EXPERTS, MODEL_TOP_K);
+    let pools = model_shape_pools(&g, &mut r, make_pool_int8);
     let ids = random_ids(&mut r, 64, 2, experts, top_k);
     check_grouped_gemm("int8, model shapes", &g, &mut r, &pools, experts, hidden, &ids, top_k);
     // A decode-sized step (few live slots per tile) and one of ~75 slots per expert (a full
