@@ -265,15 +265,22 @@ if [ "$part" = wint8 ]; then
     fi
 fi
 if [ "$part" = ncu-paddle ]; then
-    # Where a PaddleOCR-VL decode step's time goes (issue 17): ncu's per-kernel GPU time over
-    # ~3 decode steps of the synthetic full-size model at batch 256 and ~1.1k context, eager so
-    # every kernel is a launch. The warm-up (~1.6k launches) and the 32 prefill steps (~6.5k)
-    # come first; skipping 12000 lands in the decode-only steps.
-    run_step "ncu: PaddleOCR-VL decode" "$logs/ncu_paddle.log" timeout 240 ncu --clock-control none \
-        --cache-control none --metrics gpu__time_duration.sum --csv --launch-skip ${NCU_SKIP:-12000} \
-        --launch-count ${NCU_COUNT:-600} "$bin/bench" --enforce-eager --workload decode \
-        --num-requests decode=256 --prompt-len 1024 --output-len 64 --warmup 8
-    python3 "$OCRVL_REPO_DIR/tools/gpu/ncu_summary.py" "$logs/ncu_paddle.log"
+    # Where PaddleOCR-VL's GPU time goes (issue 17), from ncu's per-kernel GPU time (one
+    # metric, no clock or cache control, so kernels run as they do unprofiled).
+    # 1. bench's model steps alone (`--workload none`): 12 vision passes of 5040 patches, 12
+    #    decode steps at batch 256 x 1024 context, 12 prefill steps; every launch (~8k).
+    run_step "ncu: PaddleOCR-VL model steps" "$logs/ncu_paddle_steps.log" timeout 300 ncu --clock-control none \
+        --cache-control none --metrics gpu__time_duration.sum --csv "$bin/bench" --workload none
+    python3 "$here/tools/ncu_summary.py" "$logs/ncu_paddle_steps.log" 16 --split-at embedding_gather \
+        --phases vision:1:12,decode:12:12,prefill:12:12 | tee "$logs/ncu_paddle_summary.txt"
+    # 2. The engine's eager decode steps at batch 256 and ~1.1k context: the warm-up (~1.6k
+    #    launches) and the 32 prefill steps (~6.5k) come first; skipping 12000 lands in the
+    #    decode-only steps.
+    [ "${NCU_ENGINE:-1}" = 1 ] && run_step "ncu: PaddleOCR-VL engine decode" "$logs/ncu_paddle.log" timeout 240 ncu \
+        --clock-control none --cache-control none --metrics gpu__time_duration.sum --csv --launch-skip ${NCU_SKIP:-12000} \
+        --launch-count ${NCU_COUNT:-600} "$bin/bench" --enforce-eager --no-model-steps --workload decode \
+        --num-requests decode=256 --prompt-len 1024 --output-len 64 --warmup 8 \
+        && python3 "$here/tools/ncu_summary.py" "$logs/ncu_paddle.log" 20 | tee -a "$logs/ncu_paddle_summary.txt"
 fi
 if [ "$part" = seeds ]; then
     SEEDS_ONLY=1 run_step "checks.sh (seeds)" "$logs/checks.log" timeout 300 bash "$here/tools/checks.sh" "$bin" "$logs"

@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::runtime::{DType, Gpu, TensorView, TensorViewMut};
 use crate::sys;
 
+use super::kv_cache::check_cache_write;
 use super::{c_dtype, check};
 
 /// Text M-RoPE (§3.10 of the model spec): pair `j` of each head (elements `j` and
@@ -31,6 +32,78 @@ pub fn mrope(
     sections: [u32; 3],
     theta: f32,
 ) -> Result<()> {
+    mrope_impl(gpu, q, k, positions, head_dim, sections, theta, None)
+}
+
+/// [`mrope`], and in the same launch the rotated `k` rows and the `v` rows into the paged
+/// cache, with the bits and skips of [`write_kv`](super::kv_cache::write_kv) after the rope
+/// (one launch per decoder layer instead of two). `v` and the cache as `write_kv` takes them.
+#[allow(clippy::too_many_arguments)]
+pub fn mrope_and_cache(
+    gpu: &Gpu,
+    q: &mut TensorViewMut<'_>,
+    k: &mut TensorViewMut<'_>,
+    positions: &TensorView<'_>,
+    head_dim: usize,
+    sections: [u32; 3],
+    theta: f32,
+    cache: CacheWrite<'_, '_>,
+) -> Result<()> {
+    mrope_impl(gpu, q, k, positions, head_dim, sections, theta, Some(cache))
+}
+
+/// Where a text rope launch also writes k and v: the paged cache of one layer.
+pub struct CacheWrite<'a, 't> {
+    pub k_cache: &'a mut TensorViewMut<'t>,
+    pub v_cache: &'a mut TensorViewMut<'t>,
+    pub v: &'a TensorView<'t>,
+    pub slot_mapping: &'a TensorView<'t>,
+}
+
+/// The C form of an optional cache write, checked against `k` as `write_kv` checks it.
+fn cache_sink(
+    op: &'static str,
+    k: &TensorViewMut<'_>,
+    head_dim: usize,
+    cache: &Option<CacheWrite<'_, '_>>,
+) -> Result<Option<sys::OcrvlRopeCacheSink>> {
+    let Some(c) = cache else {
+        return Ok(None);
+    };
+    let dims = check_cache_write(op, c.k_cache, c.v_cache, &k.as_view(), c.v, c.slot_mapping)?;
+    if dims.tokens != k.dims()[0] || dims.head_dim != head_dim {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "the cache write ({} tokens, head_dim {}) does not match k ({} tokens, head_dim {head_dim})",
+                dims.tokens,
+                dims.head_dim,
+                k.dims()[0]
+            ),
+        ));
+    }
+    Ok(Some(sys::OcrvlRopeCacheSink {
+        k_cache: c.k_cache.device_ptr() as *mut _,
+        v_cache: c.v_cache.device_ptr() as *mut _,
+        v: c.v.device_ptr() as *const _,
+        v_stride: c.v.stride0() as i64,
+        slot_mapping: c.slot_mapping.device_ptr() as *const i32,
+        block_size: dims.block_size as i32,
+        num_blocks: dims.num_blocks as i64,
+    }))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn mrope_impl(
+    gpu: &Gpu,
+    q: &mut TensorViewMut<'_>,
+    k: &mut TensorViewMut<'_>,
+    positions: &TensorView<'_>,
+    head_dim: usize,
+    sections: [u32; 3],
+    theta: f32,
+    cache: Option<CacheWrite<'_, '_>>,
+) -> Result<()> {
     const OP: &str = "mrope";
     let qk = check_qk(OP, q, k, head_dim, 16, theta)?;
     let sum: u64 = sections.iter().map(|&s| s as u64).sum();
@@ -44,9 +117,10 @@ pub fn mrope(
         ));
     }
     let pos_stride = position_rows(OP, positions, qk.tokens)?;
+    let sink = cache_sink(OP, k, head_dim, &cache)?;
     // SAFETY: the views were checked above: q and k address `tokens` rows of their widths at
-    // their strides, positions 3 rows (or one) of `tokens` i32; all on this GPU, ordered on its
-    // stream.
+    // their strides, positions 3 rows (or one) of `tokens` i32; the cache write as `write_kv`
+    // checks it; all on this GPU, ordered on its stream. `sink` outlives the call.
     let status = unsafe {
         sys::ocrvl_rope_mrope(
             q.device_ptr() as *mut _,
@@ -63,6 +137,7 @@ pub fn mrope(
             sections[1] as i32,
             sections[2] as i32,
             theta,
+            sink.as_ref().map_or(std::ptr::null(), |s| s as *const _),
             c_dtype(q.dtype()),
             gpu.raw_stream(),
         )
@@ -87,6 +162,36 @@ pub fn mrope_interleaved(
     section_hw: usize,
     theta: f32,
 ) -> Result<()> {
+    mrope_interleaved_impl(gpu, q, k, positions, head_dim, section_hw, theta, None)
+}
+
+/// [`mrope_interleaved`], and in the same launch the rotated `k` rows and the `v` rows into
+/// the paged cache, as [`mrope_and_cache`] does.
+#[allow(clippy::too_many_arguments)]
+pub fn mrope_interleaved_and_cache(
+    gpu: &Gpu,
+    q: &mut TensorViewMut<'_>,
+    k: &mut TensorViewMut<'_>,
+    positions: &TensorView<'_>,
+    head_dim: usize,
+    section_hw: usize,
+    theta: f32,
+    cache: CacheWrite<'_, '_>,
+) -> Result<()> {
+    mrope_interleaved_impl(gpu, q, k, positions, head_dim, section_hw, theta, Some(cache))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn mrope_interleaved_impl(
+    gpu: &Gpu,
+    q: &mut TensorViewMut<'_>,
+    k: &mut TensorViewMut<'_>,
+    positions: &TensorView<'_>,
+    head_dim: usize,
+    section_hw: usize,
+    theta: f32,
+    cache: Option<CacheWrite<'_, '_>>,
+) -> Result<()> {
     const OP: &str = "mrope_interleaved";
     let qk = check_qk(OP, q, k, head_dim, 16, theta)?;
     if section_hw > head_dim / 2 || section_hw % 2 != 0 {
@@ -99,7 +204,9 @@ pub fn mrope_interleaved(
         ));
     }
     let pos_stride = position_rows(OP, positions, qk.tokens)?;
-    // SAFETY: as in `mrope`: q, k and positions were checked against the header's contract.
+    let sink = cache_sink(OP, k, head_dim, &cache)?;
+    // SAFETY: as in `mrope_impl`: q, k, positions and the cache write were checked against
+    // the header's contract.
     let status = unsafe {
         sys::ocrvl_rope_mrope_interleaved(
             q.device_ptr() as *mut _,
@@ -114,6 +221,7 @@ pub fn mrope_interleaved(
             head_dim as i32,
             section_hw as i32,
             theta,
+            sink.as_ref().map_or(std::ptr::null(), |s| s as *const _),
             c_dtype(q.dtype()),
             gpu.raw_stream(),
         )
