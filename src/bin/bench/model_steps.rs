@@ -17,7 +17,7 @@ use ocrvl::model::random_weights::open_checkpoint;
 use ocrvl::model::step::{HostStep, SeqChunk};
 use ocrvl::model::text::{self, KvCache};
 use ocrvl::model::vision::{self, VisionBatch, VisionBatchHost};
-use ocrvl::runtime::{DType, DeviceTensor, Gemm, Gpu, GpuTimer, Workspace};
+use ocrvl::runtime::{DType, DeviceTensor, Gemm, Gpu, GpuTimer, SplitK, Workspace};
 
 use crate::BenchArgs;
 
@@ -136,7 +136,7 @@ pub(crate) fn model_steps(args: &BenchArgs, gpu: &Gpu, cfg: &ModelConfig, dir: &
     }
     let mut err = DeviceTensor::zeros(gpu, DType::I32, &[1])?;
     let vocab = cfg.text.vocab_size;
-    let mut time_step = |chunks: &[SeqChunk]| -> anyhow::Result<f64> {
+    let mut time_step = |gemm: &mut Gemm, chunks: &[SeqChunk]| -> anyhow::Result<f64> {
         let host = HostStep::build(chunks, block_size)?;
         let step = host.upload(gpu)?;
         let inputs = step.inputs(None)?;
@@ -145,7 +145,7 @@ pub(crate) fn model_steps(args: &BenchArgs, gpu: &Gpu, cfg: &ModelConfig, dir: &
             ws.reset();
             text::forward(
                 gpu,
-                &mut gemm,
+                gemm,
                 &ws,
                 cfg,
                 &weights,
@@ -156,8 +156,14 @@ pub(crate) fn model_steps(args: &BenchArgs, gpu: &Gpu, cfg: &ModelConfig, dir: &
             )
         })?)
     };
-    let decode_ms = time_step(&chunks(b, c, true, block_size, vocab, &mut rng))?;
-    let prefill_ms = time_step(&chunks(prefill_seqs, c, false, block_size, vocab, &mut rng))?;
+    // The decode step's GEMMs tuned as the engine's decode graphs tune them (the warm-up
+    // calls time the candidates; OCRVL_GEMM_AUTOTUNE as for the engine).
+    let env = EnvFlags::from_env()?;
+    gemm.set_autotune(if env.gemm_autotune { usize::MAX } else { 0 });
+    gemm.set_autotune_split_k(if env.gemm_split_k { SplitK::Also } else { SplitK::Off });
+    let decode_ms = time_step(&mut gemm, &chunks(b, c, true, block_size, vocab, &mut rng))?;
+    gemm.set_autotune(0);
+    let prefill_ms = time_step(&mut gemm, &chunks(prefill_seqs, c, false, block_size, vocab, &mut rng))?;
 
     let text_weight_bytes = weights
         .text
