@@ -3,7 +3,7 @@
 # criterion benches, then the bench binary. Full logs go to LOGDIR (default $OUT, else
 # ./logs); a short summary table is printed last. It writes 4 files (tests.log, benches.log,
 # bench.log, bench.json), since the device tool brings back 8 at most.
-#   bash target/gpu-bundle/run.sh [tests|benches|bench|baseline|async|sanitizer|soak|ab|checks|seeds|ernie|ernie-full|ernie-bench|vllm-ernie|moe-ab|attn-d80|ncu-paddle|wint8|round11|all] [LOGDIR]
+#   bash target/gpu-bundle/run.sh [tests|benches|bench|baseline|async|sanitizer|soak|ab|checks|seeds|ernie|ernie-full|ernie-bench|vllm-ernie|moe-ab|attn-d80|ncu-paddle|wint8|round11|round11-ab|all] [LOGDIR]
 # One device call runs at most 10 minutes, so the parts run as separate calls: `tests` (every
 # test executable, then the server check), `benches` (criterion benches and torch baselines),
 # `bench` (the bench binary's workloads, the full-size fidelity check and transformers'
@@ -280,6 +280,19 @@ if [ "$part" = round11 ]; then
         "$bin/bench-moe" --bench _int8
     grep -E '^gemm .*(b256|b64|b128)|^rope_cache|^(gate_up|down)_text_decode|^=== bench-moe' "$logs/benches.log"
     [ "${NCU:-0}" = 1 ] && NCU_ENGINE=0 bash "$0" ncu-paddle "$logs"
+fi
+if [ "$part" = round11-ab ]; then
+    # PaddleOCR-VL end to end, in one call: this build, this build without the split-k GEMM
+    # candidates (OCRVL_GEMM_AUTOTUNE=nosplit), and the session-start build (before-bench:
+    # without split-k and with rope and write_kv as two launches). Model steps (the decode
+    # step's GEMMs tuned as the engine tunes them) plus decode and page-1080p.
+    args="--workload decode,page-1080p --num-requests decode=512,page-1080p=256 --output-len 256"
+    run_step "bench (this build)" "$logs/ab.log" timeout 150 "$bin/bench" $args --json "$logs/ab_after.json"
+    OCRVL_GEMM_AUTOTUNE=nosplit run_step "bench (no split-k)" "$logs/ab.log" timeout 150 "$bin/bench" $args \
+        --json "$logs/ab_nosplit.json"
+    [ -x "$bin/before-bench" ] && run_step "before-bench (session start)" "$logs/ab.log" timeout 150 \
+        "$bin/before-bench" $args --json "$logs/ab_before.json"
+    grep -E '^=== |^\| (vision|decoder)|^\| (decode|page)|^workload ' "$logs/ab.log"
 fi
 if [ "$part" = ncu-paddle ]; then
     # Where PaddleOCR-VL's GPU time goes (issue 17), from ncu's per-kernel GPU time (one
