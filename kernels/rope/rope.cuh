@@ -110,7 +110,9 @@ struct CacheSink {
     int block_size_log2;
     int64_t num_slots;
 
-    __device__ __forceinline__ bool on() const { return k_cache != nullptr; }
+    // Host and device: the launchers ask too. (A __device__-only member called from host code
+    // compiles without a word and its host stub calls exit(1): round 11's first GPU run.)
+    __host__ __device__ __forceinline__ bool on() const { return k_cache != nullptr; }
 
     // The cache row of (token, kv head), or nullptr when the token's slot is not written.
     __device__ __forceinline__ T* row(T* cache, int64_t tok, int h, int num_kv_heads, int head_dim) const {
