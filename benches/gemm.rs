@@ -5,7 +5,7 @@ mod common;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use half::bf16;
-use ocrvl::runtime::{DType, DeviceTensor, Epilogue, Gemm, GpuTimer, SplitK};
+use ocrvl::runtime::{DType, DeviceTensor, Epilogue, Gemm, GpuTimer};
 
 fn gemm_benches(c: &mut Criterion) {
     let gpu = common::gpu();
@@ -61,28 +61,23 @@ fn gemm_benches(c: &mut Criterion) {
         common::report_tflops(&format!("gemm {name}: M={m} N={n} K={k}"), flops, ms, "measured");
         group.bench_function(name, |b| b.iter_custom(|iters| common::time_gpu(&gpu, iters, &mut run)));
         if m <= 512 {
-            // The engine times the heuristic's candidates for decode shapes (Gemm::set_autotune),
-            // with their split-k variants; `_autotuned_nosplit` leaves the variants out (the A/B).
-            for (suffix, split_k) in [("_autotuned_nosplit", SplitK::Off), ("_autotuned", SplitK::Also)] {
-                let mut tuned = Gemm::new(&gpu).unwrap();
-                tuned.set_autotune(512);
-                tuned.set_autotune_split_k(split_k);
-                let ms = GpuTimer::time_mean_ms(&gpu, 3, 20, || {
-                    tuned.matmul(
-                        &gpu,
-                        &mut out.view_mut(),
-                        &x.view(),
-                        &w.view(),
-                        None,
-                        Epilogue::None,
-                        false,
-                    )
-                })
-                .unwrap();
-                let chosen = tuned.chosen_split_k(m, n, k).unwrap_or(0);
-                let label = format!("gemm {name}{suffix} (split-k {chosen}): M={m} N={n} K={k}");
-                common::report_tflops(&label, flops, ms, "measured");
-            }
+            // The engine times the heuristic's candidates for decode shapes (Gemm::set_autotune).
+            let mut tuned = Gemm::new(&gpu).unwrap();
+            tuned.set_autotune(512);
+            let ms = GpuTimer::time_mean_ms(&gpu, 3, 20, || {
+                tuned.matmul(
+                    &gpu,
+                    &mut out.view_mut(),
+                    &x.view(),
+                    &w.view(),
+                    None,
+                    Epilogue::None,
+                    false,
+                )
+            })
+            .unwrap();
+            let label = format!("gemm {name}_autotuned: M={m} N={n} K={k}");
+            common::report_tflops(&label, flops, ms, "measured");
         }
     }
     group.finish();

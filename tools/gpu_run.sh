@@ -255,9 +255,6 @@ if [ "$part" = wint8 ]; then
         --test-threads=1 grouped_gemm moe_block ernie_wint8 router_logits attention_d80 ernie_family ernie_oracle
     grep -E '^test .*(ok|FAILED)$|^test result' "$logs/wint8.log"
     run_step "bench-moe" "$logs/wint8.log" timeout 120 "$bin/bench-moe" --bench
-    # The int8 ring's depth, A/B: 6 stages (the default) against 3 (round 10's build).
-    OCRVL_MOE_INT8_STAGES=3 run_step "bench-moe (int8, 3 stages)" "$logs/wint8.log" timeout 120 \
-        "$bin/bench-moe" --bench _int8
     grep -E '^(gate_up|down)_text_decode|^block_decode|^=== bench-moe' "$logs/wint8.log"
     if [ "${WINT8_DECODE:-1}" = 1 ]; then
         ERNIE_WORKLOADS=decode ERNIE_NUM_REQUESTS=${ERNIE_NUM_REQUESTS:-decode=256} \
@@ -265,33 +262,31 @@ if [ "$part" = wint8 ]; then
     fi
 fi
 if [ "$part" = round11 ]; then
-    # Round 11's new code in one call (~6 min): the whole GPU suite (split-k GEMM candidates,
-    # the rope launch that writes the KV cache, wint8's 6-stage ring, ...), then the benches
-    # that measure them (split-k A/B rows, rope + write_kv against the one launch, the int8
-    # ring at 6 and 3 stages). NCU=1 adds ncu over PaddleOCR-VL's model steps (~2 min).
+    # Round 11's new code in one call (~5 min): the whole GPU suite (the rope launch that
+    # writes the KV cache, ...), then the benches that measure it (rope + write_kv against
+    # the one launch), the decode GEMMs and the MoE decode rows. NCU=1 adds ncu over
+    # PaddleOCR-VL's model steps (~2 min).
     for t in test-gpu test-ffi_c; do
         run_step "$t" "$logs/tests.log" timeout 300 "$bin/$t" --include-ignored --test-threads=1 --skip ernie_full_size
     done
     grep -E '^test .*FAILED$|^test result' "$logs/tests.log"
     run_step "bench-gemm" "$logs/benches.log" timeout 120 "$bin/bench-gemm" --bench
     run_step "bench-rope" "$logs/benches.log" timeout 60 "$bin/bench-rope" --bench
-    run_step "bench-moe (int8, 6 stages)" "$logs/benches.log" timeout 90 "$bin/bench-moe" --bench text_decode
-    OCRVL_MOE_INT8_STAGES=3 run_step "bench-moe (int8, 3 stages)" "$logs/benches.log" timeout 90 \
-        "$bin/bench-moe" --bench _int8
+    run_step "bench-moe" "$logs/benches.log" timeout 90 "$bin/bench-moe" --bench text_decode
     grep -E '^gemm .*(b256|b64|b128)|^rope_cache|^(gate_up|down)_text_decode|^=== bench-moe' "$logs/benches.log"
     [ "${NCU:-0}" = 1 ] && NCU_ENGINE=0 bash "$0" ncu-paddle "$logs"
 fi
 if [ "$part" = round11-ab ]; then
-    # PaddleOCR-VL end to end, in one call: this build, this build without the split-k GEMM
-    # candidates (OCRVL_GEMM_AUTOTUNE=nosplit), and the session-start build (before-bench:
-    # without split-k and with rope and write_kv as two launches). Model steps (the decode
-    # step's GEMMs tuned as the engine tunes them) plus decode and page-1080p.
+    # PaddleOCR-VL end to end, in one call: this build and the session-start build
+    # (before-bench: rope and write_kv as two launches, the model step's decode GEMMs not
+    # tuned). Model steps plus decode and page-1080p, twice each, alternating.
     args="--workload decode,page-1080p --num-requests decode=512,page-1080p=256 --output-len 256"
-    run_step "bench (this build)" "$logs/ab.log" timeout 150 "$bin/bench" $args --json "$logs/ab_after.json"
-    OCRVL_GEMM_AUTOTUNE=nosplit run_step "bench (no split-k)" "$logs/ab.log" timeout 150 "$bin/bench" $args \
-        --json "$logs/ab_nosplit.json"
-    [ -x "$bin/before-bench" ] && run_step "before-bench (session start)" "$logs/ab.log" timeout 150 \
-        "$bin/before-bench" $args --json "$logs/ab_before.json"
+    for round in 1 2; do
+        run_step "bench (this build, $round)" "$logs/ab.log" timeout 150 "$bin/bench" $args \
+            --json "$logs/ab_after_$round.json"
+        [ -x "$bin/before-bench" ] && run_step "before-bench (session start, $round)" "$logs/ab.log" timeout 150 \
+            "$bin/before-bench" $args --json "$logs/ab_before_$round.json"
+    done
     grep -E '^=== |^\| (vision|decoder)|^\| (decode|page)|^workload ' "$logs/ab.log"
 fi
 if [ "$part" = ncu-paddle ]; then

@@ -124,8 +124,8 @@ int32_t ocrvl_moe_grouped_gemm(void* out, int64_t out_stride, const void* a, int
  * weight's interleaved gate/up row order).
  * weight [expert_end - expert_begin, n, k] int8, contiguous
  * scales [expert_end - expert_begin, n] f32, contiguous, 16-byte aligned
- * Limits and grid as in 4; 112 KiB dynamic shared memory (a 6-stage ring; 64 KiB with
- * OCRVL_MOE_INT8_STAGES=3, the 3-stage ring kept for the A/B). */
+ * Limits and grid as in 4; 64 KiB dynamic shared memory (a 3-stage ring: 6 stages were
+ * slower, kernels/moe/grouped_gemm.cuh). */
 int32_t ocrvl_moe_grouped_gemm_w8(void* out, int64_t out_stride, const void* a, int64_t a_stride,
                                   const int32_t* sorted_pairs, int32_t gather_top_k, const int8_t* weight,
                                   const float* scales, const int32_t* tile_expert, int64_t max_tiles,

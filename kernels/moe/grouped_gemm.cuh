@@ -35,13 +35,13 @@ constexpr int kGemmThreads = 128;
 constexpr int kStageA = kGemmM * kGemmK;  // bf16 elements
 constexpr int kStageB = kGemmN * kGemmK;
 constexpr int kGemmSmemBytes = kGemmStages * (kStageA + kStageB) * 2;
-// int8 weights: 6 stages by default. Round 10 (H100, bench-moe, 3 stages) streamed the int8
-// text experts at only 55-62% of the copy rate (gate/up decode 128: 274.8 us against bf16's
-// 341.5): each k step moves half the bytes of a bf16 one in about the same time, so the
-// kernel is bound by k steps in flight, not bytes. 6 stages keep 5 steps (40 KiB of weight)
-// in flight per block; OCRVL_MOE_INT8_STAGES=3 runs the 3-stage build for the A/B.
-constexpr int kGemmStagesInt8 = 6;
-// The A stages (bf16), the int8 B stages, one bf16 B buffer: 64 KiB at 3 stages, 112 at 6.
+// int8 weights: 3 stages, as bf16. Measured on the H100 (round 11, bench-moe, text experts at
+// decode 128 / 256, one call): 6 stages (112 KiB of shared memory, so fewer blocks per SM)
+// took 348.5 / 362.3 us for gate/up and 179.0 / 184.9 for down, against 276.9 / 291.2 and
+// 154.9 / 162.5 us at 3 stages. So more k steps in flight per block did not pay for the
+// blocks lost; the 3-stage ring streams the int8 bytes at 55-62% of the copy rate.
+constexpr int kGemmStagesInt8 = 3;
+// The A stages (bf16), the int8 B stages, one bf16 B buffer: 64 KiB at 3 stages.
 constexpr int gemm_smem_bytes_int8(int stages) { return stages * kStageA * 2 + stages * kStageB + kStageB * 2; }
 
 // Element offset of (row, 16-byte chunk) in a stage of 64-column rows, swizzled.

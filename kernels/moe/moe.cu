@@ -116,12 +116,6 @@ int32_t launch_grouped_gemm(void* out, int64_t out_stride, const void* a, int64_
         return OCRVL_STATUS_UNSUPPORTED;
     if (kInt8 && !aligned16(scales)) return OCRVL_STATUS_UNSUPPORTED;
     const dim3 grid((unsigned)(n / kGemmN), (unsigned)max_tiles);
-    // OCRVL_MOE_INT8_STAGES=3: the int8 weights through the 3-stage ring (the A/B of
-    // grouped_gemm.cuh's kGemmStagesInt8), read once per process.
-    static const bool int8_shallow = [] {
-        const char* v = getenv("OCRVL_MOE_INT8_STAGES");
-        return v != nullptr && v[0] == '3' && v[1] == '\0';
-    }();
     using Kernel = decltype(&grouped_gemm_kernel<OCRVL_MOE_EPILOGUE_NONE, false, kGemmStages>);
     Kernel kernel;
     int smem;
@@ -130,10 +124,6 @@ int32_t launch_grouped_gemm(void* out, int64_t out_stride, const void* a, int64_
         kernel = none ? grouped_gemm_kernel<OCRVL_MOE_EPILOGUE_NONE, false, kGemmStages>
                       : grouped_gemm_kernel<OCRVL_MOE_EPILOGUE_SWIGLU, false, kGemmStages>;
         smem = kGemmSmemBytes;
-    } else if (int8_shallow) {
-        kernel = none ? grouped_gemm_kernel<OCRVL_MOE_EPILOGUE_NONE, true, kGemmStages>
-                      : grouped_gemm_kernel<OCRVL_MOE_EPILOGUE_SWIGLU, true, kGemmStages>;
-        smem = gemm_smem_bytes_int8(kGemmStages);
     } else {
         kernel = none ? grouped_gemm_kernel<OCRVL_MOE_EPILOGUE_NONE, true, kGemmStagesInt8>
                       : grouped_gemm_kernel<OCRVL_MOE_EPILOGUE_SWIGLU, true, kGemmStagesInt8>;

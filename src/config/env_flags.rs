@@ -6,7 +6,7 @@
 //! | `FLAGS_flash_attn_version` | 2, 3, unset | the attention kernels (FastDeploy's name) |
 //! | `FD_SAMPLING_CLASS` | base, rejection, unset | the sampler (FastDeploy's name) |
 //! | `OCRVL_QUIET` | set or unset | silences the engine's and the server's log lines |
-//! | `OCRVL_GEMM_AUTOTUNE` | 0, nosplit, anything else, unset | 0 keeps cuBLASLt's heuristic GEMM algorithms for the decode graphs instead of timing the candidates; nosplit times the heuristic's candidates without their split-k variants (docs/notes/gemm.md) |
+//! | `OCRVL_GEMM_AUTOTUNE` | 0, anything else, unset | 0 keeps cuBLASLt's heuristic GEMM algorithms for the decode graphs instead of timing the candidates |
 //! | `OCRVL_GREEDY_KERNEL` | 0, unset | all-greedy steps sample with the one-pass greedy kernel unless 0 (docs/notes/sampling_greedy.md) |
 
 use super::ConfigError;
@@ -80,8 +80,6 @@ pub struct EnvFlags {
     pub quiet: bool,
     /// `OCRVL_GEMM_AUTOTUNE` is not `0`: the decode graphs' warm-up times the GEMM candidates.
     pub gemm_autotune: bool,
-    /// `OCRVL_GEMM_AUTOTUNE` is not `nosplit`: the candidates include split-k variants.
-    pub gemm_split_k: bool,
     /// `OCRVL_GREEDY_KERNEL` is not `0`: all-greedy steps sample with the one-pass greedy kernel.
     pub greedy_kernel: bool,
 }
@@ -95,7 +93,6 @@ impl Default for EnvFlags {
             sampling_class: SamplingClass::Base,
             quiet: false,
             gemm_autotune: true,
-            gemm_split_k: true,
             greedy_kernel: true,
         }
     }
@@ -128,7 +125,6 @@ impl EnvFlags {
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<EnvFlags, ConfigError> {
         let quiet = Self::quiet_in(&lookup);
         let gemm_autotune = lookup(Self::GEMM_AUTOTUNE).is_none_or(|v| v != "0");
-        let gemm_split_k = lookup(Self::GEMM_AUTOTUNE).is_none_or(|v| v != "nosplit");
         let greedy_kernel = lookup(Self::GREEDY_KERNEL).is_none_or(|v| v != "0");
         // Empty counts as unset for the others: `FOO= cmd` is how shells clear a variable.
         let read = |name: &str| lookup(name).filter(|v| !v.is_empty());
@@ -161,7 +157,6 @@ impl EnvFlags {
             sampling_class,
             quiet,
             gemm_autotune,
-            gemm_split_k,
             greedy_kernel,
         })
     }

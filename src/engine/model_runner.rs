@@ -27,7 +27,7 @@ use crate::model::family::{self, ModelFamily};
 use crate::model::step::{DecodeRow, HostStep, SeqChunk, StepLayout};
 use crate::model::text::KvCache;
 use crate::preprocess::image::ImageGrid;
-use crate::runtime::{DType, DeviceTensor, Gemm, Gpu, PinnedReadback, PinnedStaging, SplitK, Workspace};
+use crate::runtime::{DType, DeviceTensor, Gemm, Gpu, PinnedReadback, PinnedStaging, Workspace};
 
 /// Tokens per KV block (kernels/include/kv_cache.h says why 64).
 pub const BLOCK_SIZE: usize = 64;
@@ -151,8 +151,7 @@ impl ModelRunner {
         )?;
         let load_s = load_start.elapsed().as_secs_f64();
         log_attention_choice(&gpu, env, attention);
-        let mut gemm = Gemm::new(&gpu)?;
-        gemm.set_autotune_split_k(if env.gemm_split_k { SplitK::Also } else { SplitK::Off });
+        let gemm = Gemm::new(&gpu)?;
         let (t, s) = (engine.max_num_batched_tokens, engine.max_num_seqs);
         let ws = Workspace::new(&gpu, model.workspace_bytes(t, s, s, ENCODER_PATCHES_PER_STEP))?;
         model.reserve(&gpu, t)?;

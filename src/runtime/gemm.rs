@@ -68,11 +68,6 @@ struct Plan {
 /// Candidates the heuristic is asked for when autotuning.
 const AUTOTUNE_CANDIDATES: usize = 8;
 
-/// Split-k factors added to each unsplit candidate when autotuning (reduced in f32 in our
-/// workspace). A decode GEMM at batch 256 has 40-96 output tiles of 128x128 on 132 SMs, so
-/// most SMs idle through the whole K loop; splitting K gives them work (docs/notes/gemm.md).
-const AUTOTUNE_SPLITS: [i32; 3] = [2, 4, 8];
-
 impl Drop for Plan {
     fn drop(&mut self) {
         // SAFETY: created in `Gemm::plan` and destroyed once, here. Errors on destruction
@@ -92,18 +87,6 @@ pub struct Gemm {
     workspace: DeviceTensor,
     plans: HashMap<PlanKey, Plan>,
     autotune_max_m: usize,
-    autotune_split_k: SplitK,
-}
-
-/// Which candidates autotuning times besides the heuristic's own.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SplitK {
-    /// The heuristic's candidates only.
-    Off,
-    /// The heuristic's candidates and their split-k variants (the default).
-    Also,
-    /// Only the split-k variants, when cuBLASLt accepts any (tests and the A/B).
-    Only,
 }
 
 impl Gemm {
@@ -126,7 +109,6 @@ impl Gemm {
             workspace,
             plans: HashMap::new(),
             autotune_max_m: 0,
-            autotune_split_k: SplitK::Also,
         })
     }
 
@@ -137,19 +119,6 @@ impl Gemm {
     /// is being captured (the engine tunes in the warm-up run before each capture).
     pub fn set_autotune(&mut self, max_m: usize) {
         self.autotune_max_m = max_m;
-    }
-
-    /// Whether autotuning also times split-k variants of the heuristic's candidates
-    /// ([`SplitK::Also`] by default).
-    pub fn set_autotune_split_k(&mut self, mode: SplitK) {
-        self.autotune_split_k = mode;
-    }
-
-    /// The K split of the algorithm chosen for an `M x N x K` plan (1: unsplit), if one was
-    /// planned. Reported by bench-gemm; the first match when several layouts share the shape.
-    pub fn chosen_split_k(&self, m: usize, n: usize, k: usize) -> Option<i32> {
-        let (_, plan) = self.plans.iter().find(|(key, _)| (key.m, key.n, key.k) == (m, n, k))?;
-        Some(split_k_of(&plan.algo).max(1))
     }
 
     /// `out[M,N] = x[M,K] · w[N,K]ᵀ` with the epilogue; `accumulate` adds the old `out`.
@@ -414,50 +383,7 @@ impl Gemm {
         })?;
         plan.algo = results[0].algo;
         plan.untimed = results[1..].iter().map(|r| r.algo).collect();
-        if results.len() > 1 && self.autotune_split_k != SplitK::Off {
-            let split: Vec<_> = results
-                .iter()
-                .flat_map(|r| self.split_k_variants(&plan, &r.algo))
-                .collect();
-            if self.autotune_split_k == SplitK::Only && !split.is_empty() {
-                plan.algo = split[0];
-                plan.untimed = split[1..].to_vec();
-            } else {
-                plan.untimed.extend(split);
-            }
-        }
         Ok(plan)
-    }
-
-    /// The variants of an unsplit `algo` with K split in `AUTOTUNE_SPLITS` parts that
-    /// cuBLASLt accepts for this plan's shapes and whose workspace fits ours.
-    fn split_k_variants(&self, plan: &Plan, algo: &sys::cublasLtMatmulAlgo_t) -> Vec<sys::cublasLtMatmulAlgo_t> {
-        use sys::cublasLtMatmulAlgoConfigAttributes_t as Cfg;
-        if split_k_of(algo) > 1 {
-            return Vec::new();
-        }
-        let scheme = sys::cublasLtReductionScheme_t::CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE as u32;
-        let mut variants = Vec::new();
-        for splits in AUTOTUNE_SPLITS {
-            let mut variant = *algo;
-            let accepted = set_algo_config(&mut variant, Cfg::CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &splits)
-                && set_algo_config(&mut variant, Cfg::CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &scheme)
-                && {
-                    let [lw, lx, lo] = plan.layouts;
-                    // SAFETY: the plan's descriptors are live; `check` is written by the call.
-                    unsafe {
-                        let mut check: sys::cublasLtMatmulHeuristicResult_t = std::mem::zeroed();
-                        sys::cublasLtMatmulAlgoCheck(self.handle, plan.desc, lw, lx, lo, lo, &variant, &mut check)
-                            .result()
-                            .is_ok()
-                            && check.workspaceSize <= self.workspace.nbytes()
-                    }
-                };
-            if accepted {
-                variants.push(variant);
-            }
-        }
-        variants
     }
 }
 
@@ -468,44 +394,6 @@ impl Drop for Gemm {
         unsafe {
             let _ = lt::destroy_handle(self.handle);
         }
-    }
-}
-
-/// An algorithm value's K split (0 or 1: unsplit; 0 also when cuBLASLt cannot say).
-fn split_k_of(algo: &sys::cublasLtMatmulAlgo_t) -> i32 {
-    let mut splits: i32 = 0;
-    let mut written = 0usize;
-    // SAFETY: `algo` is a live algorithm value; the attribute is an int32 written into
-    // `splits`, whose size is passed.
-    let status = unsafe {
-        sys::cublasLtMatmulAlgoConfigGetAttribute(
-            algo,
-            sys::cublasLtMatmulAlgoConfigAttributes_t::CUBLASLT_ALGO_CONFIG_SPLITK_NUM,
-            &mut splits as *mut i32 as *mut c_void,
-            size_of::<i32>(),
-            &mut written,
-        )
-    };
-    if status.result().is_ok() {
-        splits
-    } else {
-        0
-    }
-}
-
-/// Sets one configuration attribute of an algorithm value; false if cuBLASLt refuses it.
-/// `T` must be the attribute's documented type (int32 split count, uint32 reduction scheme).
-fn set_algo_config<T>(
-    algo: &mut sys::cublasLtMatmulAlgo_t,
-    attr: sys::cublasLtMatmulAlgoConfigAttributes_t,
-    value: &T,
-) -> bool {
-    // SAFETY: `algo` is an exclusively borrowed algorithm value; `value` is live for the call
-    // and its size is passed.
-    unsafe {
-        sys::cublasLtMatmulAlgoConfigSetAttribute(algo, attr, value as *const T as *const c_void, size_of::<T>())
-            .result()
-            .is_ok()
     }
 }
 

@@ -12,7 +12,7 @@ pub mod workspace;
 
 pub use device::Gpu;
 pub use dtype::DType;
-pub use gemm::{Epilogue, Gemm, SplitK};
+pub use gemm::{Epilogue, Gemm};
 pub use staging::{PinnedReadback, PinnedStaging};
 pub use tensor::{DeviceTensor, Element, Shape, TensorView, TensorViewMut};
 pub use timing::GpuTimer;

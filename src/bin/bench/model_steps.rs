@@ -17,7 +17,7 @@ use ocrvl::model::random_weights::open_checkpoint;
 use ocrvl::model::step::{HostStep, SeqChunk};
 use ocrvl::model::text::{self, KvCache};
 use ocrvl::model::vision::{self, VisionBatch, VisionBatchHost};
-use ocrvl::runtime::{DType, DeviceTensor, Gemm, Gpu, GpuTimer, SplitK, Workspace};
+use ocrvl::runtime::{DType, DeviceTensor, Gemm, Gpu, GpuTimer, Workspace};
 
 use crate::BenchArgs;
 
@@ -160,7 +160,6 @@ pub(crate) fn model_steps(args: &BenchArgs, gpu: &Gpu, cfg: &ModelConfig, dir: &
     // calls time the candidates; OCRVL_GEMM_AUTOTUNE as for the engine).
     let env = EnvFlags::from_env()?;
     gemm.set_autotune(if env.gemm_autotune { usize::MAX } else { 0 });
-    gemm.set_autotune_split_k(if env.gemm_split_k { SplitK::Also } else { SplitK::Off });
     let decode_ms = time_step(&mut gemm, &chunks(b, c, true, block_size, vocab, &mut rng))?;
     gemm.set_autotune(0);
     let prefill_ms = time_step(&mut gemm, &chunks(prefill_seqs, c, false, block_size, vocab, &mut rng))?;
