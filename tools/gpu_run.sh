@@ -279,9 +279,9 @@ fi
 if [ "$part" = round11-ab ]; then
     # PaddleOCR-VL end to end, in one call: this build and the session-start build
     # (before-bench: rope and write_kv as two launches, the model step's decode GEMMs not
-    # tuned). Model steps plus decode and page-1080p, twice each, alternating.
+    # tuned). Model steps plus decode and page-1080p, alternating, AB_ROUNDS times (1).
     args="--workload decode,page-1080p --num-requests decode=512,page-1080p=256 --output-len 256"
-    for round in 1 2; do
+    for round in $(seq 1 "${AB_ROUNDS:-1}"); do
         run_step "bench (this build, $round)" "$logs/ab.log" timeout 150 "$bin/bench" $args \
             --json "$logs/ab_after_$round.json"
         [ -x "$bin/before-bench" ] && run_step "before-bench (session start, $round)" "$logs/ab.log" timeout 150 \
