@@ -277,11 +277,11 @@ if [ "$part" = round11 ]; then
     [ "${NCU:-0}" = 1 ] && NCU_ENGINE=0 bash "$0" ncu-paddle "$logs"
 fi
 if [ "$part" = round11-verify ]; then
-    # The short form of round11 when little device time is left: the suite, the rope bench,
-    # then round11-ab (one round).
-    for t in test-gpu test-ffi_c; do
-        run_step "$t" "$logs/tests.log" timeout 300 "$bin/$t" --include-ignored --test-threads=1 --skip ernie_full_size
-    done
+    # The short form of round11 when little device time is left: the suite (or the tests
+    # VERIFY_FILTER names), the rope bench, then round11-ab (one round).
+    run_step test-gpu "$logs/tests.log" timeout ${TEST_TIMEOUT:-300} "$bin/test-gpu" --include-ignored --test-threads=1 \
+        --skip ernie_full_size ${VERIFY_FILTER:-}
+    run_step test-ffi_c "$logs/tests.log" timeout 120 "$bin/test-ffi_c" --include-ignored --test-threads=1
     grep -E '^test .*FAILED$|^test result' "$logs/tests.log"
     run_step "bench-rope" "$logs/benches.log" timeout 60 "$bin/bench-rope" --bench
     grep -E '^rope_cache|^rope/|mrope|vision_rope' "$logs/benches.log" | grep -v Benchmarking | head -12
