@@ -3,7 +3,7 @@
 # criterion benches, then the bench binary. Full logs go to LOGDIR (default $OUT, else
 # ./logs); a short summary table is printed last. It writes 4 files (tests.log, benches.log,
 # bench.log, bench.json), since the device tool brings back 8 at most.
-#   bash target/gpu-bundle/run.sh [tests|benches|bench|baseline|async|sanitizer|soak|ab|checks|seeds|ernie|ernie-full|ernie-bench|vllm-ernie|moe-ab|attn-d80|ncu-paddle|wint8|round11|round11-verify|round11-ab|all] [LOGDIR]
+#   bash target/gpu-bundle/run.sh [tests|benches|bench|baseline|async|sanitizer|soak|ab|checks|seeds|ernie|ernie-full|ernie-bench|vllm-ernie|moe-ab|attn-d80|ncu-paddle|wint8|round11-verify|round11-ab|all] [LOGDIR]
 # One device call runs at most 10 minutes, so the parts run as separate calls: `tests` (every
 # test executable, then the server check), `benches` (criterion benches and torch baselines),
 # `bench` (the bench binary's workloads, the full-size fidelity check and transformers'
@@ -261,24 +261,9 @@ if [ "$part" = wint8 ]; then
             ERNIE_BENCH_ARGS="--quantization wint8" bash "$0" ernie-bench "$logs"
     fi
 fi
-if [ "$part" = round11 ]; then
-    # Round 11's new code in one call (~5 min): the whole GPU suite (the rope launch that
-    # writes the KV cache, ...), then the benches that measure it (rope + write_kv against
-    # the one launch), the decode GEMMs and the MoE decode rows. NCU=1 adds ncu over
-    # PaddleOCR-VL's model steps (~2 min).
-    for t in test-gpu test-ffi_c; do
-        run_step "$t" "$logs/tests.log" timeout 300 "$bin/$t" --include-ignored --test-threads=1 --skip ernie_full_size
-    done
-    grep -E '^test .*FAILED$|^test result' "$logs/tests.log"
-    run_step "bench-gemm" "$logs/benches.log" timeout 120 "$bin/bench-gemm" --bench
-    run_step "bench-rope" "$logs/benches.log" timeout 60 "$bin/bench-rope" --bench
-    run_step "bench-moe" "$logs/benches.log" timeout 90 "$bin/bench-moe" --bench text_decode
-    grep -E '^gemm .*(b256|b64|b128)|^rope_cache|^(gate_up|down)_text_decode|^=== bench-moe' "$logs/benches.log"
-    [ "${NCU:-0}" = 1 ] && NCU_ENGINE=0 bash "$0" ncu-paddle "$logs"
-fi
 if [ "$part" = round11-verify ]; then
-    # The short form of round11 when little device time is left: the suite (or the tests
-    # VERIFY_FILTER names), the rope bench, then round11-ab (one round).
+    # A round's verification in one call: the GPU suite (or the tests VERIFY_FILTER names),
+    # the C ABI's tests, the rope bench's rows, then round11-ab (one round).
     run_step test-gpu "$logs/tests.log" timeout ${TEST_TIMEOUT:-300} "$bin/test-gpu" --include-ignored --test-threads=1 \
         --skip ernie_full_size ${VERIFY_FILTER:-}
     run_step test-ffi_c "$logs/tests.log" timeout 120 "$bin/test-ffi_c" --include-ignored --test-threads=1

@@ -35,22 +35,20 @@ constexpr int kGemmThreads = 128;
 constexpr int kStageA = kGemmM * kGemmK;  // bf16 elements
 constexpr int kStageB = kGemmN * kGemmK;
 constexpr int kGemmSmemBytes = kGemmStages * (kStageA + kStageB) * 2;
-// int8 weights: 3 stages, as bf16. Measured on the H100 (round 11, bench-moe, text experts at
-// decode 128 / 256, one call): 6 stages (112 KiB of shared memory, so fewer blocks per SM)
+// int8 weights go through the same 3-stage ring as bf16. Measured on the H100 (round 11,
+// bench-moe, text experts at decode 128 / 256, one call): 6 stages (112 KiB of shared memory, so fewer blocks per SM)
 // took 348.5 / 362.3 us for gate/up and 179.0 / 184.9 for down, against 276.9 / 291.2 and
 // 154.9 / 162.5 us at 3 stages. So more k steps in flight per block did not pay for the
 // blocks lost; the 3-stage ring streams the int8 bytes at 55-62% of the copy rate.
-constexpr int kGemmStagesInt8 = 3;
-// The A stages (bf16), the int8 B stages, one bf16 B buffer: 64 KiB at 3 stages.
-constexpr int gemm_smem_bytes_int8(int stages) { return stages * kStageA * 2 + stages * kStageB + kStageB * 2; }
+// The A stages (bf16), the int8 B stages, one bf16 B buffer: 64 KiB.
+constexpr int kGemmSmemBytesInt8 = kGemmStages * kStageA * 2 + kGemmStages * kStageB + kStageB * 2;
 
 // Element offset of (row, 16-byte chunk) in a stage of 64-column rows, swizzled.
 __device__ __forceinline__ int swizzled(int row, int chunk) { return row * kGemmK + ((chunk ^ (row & 7)) << 3); }
 
-// Waits until at most kStages - 2 stages are still in flight: the oldest one has landed.
-template <int kStages>
+// Waits until at most kGemmStages - 2 stages are still in flight: the oldest one has landed.
 __device__ __forceinline__ void cp_async_wait_stages() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(kStages - 2));
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(kGemmStages - 2));
 }
 
 // Converts 16 int8 weights (one 16-byte chunk) to bf16, exactly, as two 16-byte chunks.
@@ -65,9 +63,8 @@ __device__ __forceinline__ void int8x16_to_bf16(const uint4& in, uint4& lo, uint
     }
 }
 
-// weight: bf16 [E, n, k], or int8 [E, n, k] with scales f32 [E, n] when kInt8. kStages: the
-// cp.async ring's depth (kGemmStages for bf16).
-template <int kEpilogue, bool kInt8, int kStages>
+// weight: bf16 [E, n, k], or int8 [E, n, k] with scales f32 [E, n] when kInt8.
+template <int kEpilogue, bool kInt8>
 __global__ void __launch_bounds__(kGemmThreads) grouped_gemm_kernel(
     __nv_bfloat16* __restrict__ out, int64_t out_stride, const __nv_bfloat16* __restrict__ a, int64_t a_stride,
     const int32_t* __restrict__ sorted_pairs, int gather_top_k, const void* __restrict__ weight,
@@ -83,9 +80,9 @@ __global__ void __launch_bounds__(kGemmThreads) grouped_gemm_kernel(
     extern __shared__ __align__(128) __nv_bfloat16 smem[];
     __nv_bfloat16* sa = smem;
     // bf16: the B stages. int8: the one converted B buffer, after the int8 stages (sq).
-    __nv_bfloat16* sb = smem + kStages * kStageA;
-    int8_t* sq = reinterpret_cast<int8_t*>(smem + kStages * kStageA);
-    if (kInt8) sb = reinterpret_cast<__nv_bfloat16*>(sq + kStages * kStageB);
+    __nv_bfloat16* sb = smem + kGemmStages * kStageA;
+    int8_t* sq = reinterpret_cast<int8_t*>(smem + kGemmStages * kStageA);
+    if (kInt8) sb = reinterpret_cast<__nv_bfloat16*>(sq + kGemmStages * kStageB);
 
     const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
     const int warp_m = warp % 2, warp_n = warp / 2;
@@ -158,26 +155,26 @@ __global__ void __launch_bounds__(kGemmThreads) grouped_gemm_kernel(
     float acc[2][8][4] = {};
     const int k_tiles = k / kGemmK;
 #pragma unroll
-    for (int s = 0; s < kStages - 1; ++s) {
+    for (int s = 0; s < kGemmStages - 1; ++s) {
         if (s < k_tiles) load_stage(s, s);
         attn::cp_async_commit();
     }
     for (int kt = 0; kt < k_tiles; ++kt) {
-        cp_async_wait_stages<kStages>();
+        cp_async_wait_stages();
         __syncthreads();  // stage kt landed for every thread; stage kt-1 is free
-        const int next = kt + kStages - 1;
-        if (next < k_tiles) load_stage(next % kStages, next);
+        const int next = kt + kGemmStages - 1;
+        if (next < k_tiles) load_stage(next % kGemmStages, next);
         attn::cp_async_commit();
         if (kInt8) {
             // Every warp converts (the live warps need all 128 rows); the sync above also
             // ordered the previous tile's MMAs before this overwrite of the buffer.
-            convert_stage(kt % kStages);
+            convert_stage(kt % kGemmStages);
             __syncthreads();
         }
 
         if (!warp_live) continue;
-        const __nv_bfloat16* ta = sa + (kt % kStages) * kStageA;
-        const __nv_bfloat16* tb = kInt8 ? sb : sb + (kt % kStages) * kStageB;
+        const __nv_bfloat16* ta = sa + (kt % kGemmStages) * kStageA;
+        const __nv_bfloat16* tb = kInt8 ? sb : sb + (kt % kGemmStages) * kStageB;
 #pragma unroll
         for (int kk = 0; kk < kGemmK / 16; ++kk) {
             uint32_t af[2][4];

@@ -116,19 +116,9 @@ int32_t launch_grouped_gemm(void* out, int64_t out_stride, const void* a, int64_
         return OCRVL_STATUS_UNSUPPORTED;
     if (kInt8 && !aligned16(scales)) return OCRVL_STATUS_UNSUPPORTED;
     const dim3 grid((unsigned)(n / kGemmN), (unsigned)max_tiles);
-    using Kernel = decltype(&grouped_gemm_kernel<OCRVL_MOE_EPILOGUE_NONE, false, kGemmStages>);
-    Kernel kernel;
-    int smem;
-    const bool none = epilogue == OCRVL_MOE_EPILOGUE_NONE;
-    if (!kInt8) {
-        kernel = none ? grouped_gemm_kernel<OCRVL_MOE_EPILOGUE_NONE, false, kGemmStages>
-                      : grouped_gemm_kernel<OCRVL_MOE_EPILOGUE_SWIGLU, false, kGemmStages>;
-        smem = kGemmSmemBytes;
-    } else {
-        kernel = none ? grouped_gemm_kernel<OCRVL_MOE_EPILOGUE_NONE, true, kGemmStagesInt8>
-                      : grouped_gemm_kernel<OCRVL_MOE_EPILOGUE_SWIGLU, true, kGemmStagesInt8>;
-        smem = gemm_smem_bytes_int8(kGemmStagesInt8);
-    }
+    const int smem = kInt8 ? kGemmSmemBytesInt8 : kGemmSmemBytes;
+    auto kernel = epilogue == OCRVL_MOE_EPILOGUE_NONE ? grouped_gemm_kernel<OCRVL_MOE_EPILOGUE_NONE, kInt8>
+                                                      : grouped_gemm_kernel<OCRVL_MOE_EPILOGUE_SWIGLU, kInt8>;
     cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     kernel<<<grid, kGemmThreads, smem, as_cuda(stream)>>>(
         static_cast<bf16*>(out), out_stride, static_cast<const bf16*>(a), a_stride, sorted_pairs, gather_top_k, weight,

@@ -78,7 +78,8 @@ pub(crate) fn model_steps(args: &BenchArgs, gpu: &Gpu, cfg: &ModelConfig, dir: &
     let valid = ckpt.validate(cfg)?;
     let mut weights = ModelWeights::upload(gpu, cfg, &valid)?;
     // The attention kernels the engine would pick (FLAGS_flash_attn_version).
-    weights.attention = EnvFlags::from_env()?.flash_attn_version.resolve(gpu)?.into();
+    let env = EnvFlags::from_env()?;
+    weights.attention = env.flash_attn_version.resolve(gpu)?.into();
     gpu.synchronize()?;
     let load_s = t.elapsed().as_secs_f64();
     println!(
@@ -158,7 +159,6 @@ pub(crate) fn model_steps(args: &BenchArgs, gpu: &Gpu, cfg: &ModelConfig, dir: &
     };
     // The decode step's GEMMs tuned as the engine's decode graphs tune them (the warm-up
     // calls time the candidates; OCRVL_GEMM_AUTOTUNE as for the engine).
-    let env = EnvFlags::from_env()?;
     gemm.set_autotune(if env.gemm_autotune { usize::MAX } else { 0 });
     let decode_ms = time_step(&mut gemm, &chunks(b, c, true, block_size, vocab, &mut rng))?;
     gemm.set_autotune(0);
