@@ -6,7 +6,10 @@ mod common;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use half::bf16;
-use ocrvl::kernels::rope::{mrope, vision_rope};
+use ocrvl::kernels::kv_cache::write_kv;
+use ocrvl::kernels::rope::{
+    mrope, mrope_and_cache, mrope_interleaved, mrope_interleaved_and_cache, vision_rope, CacheWrite,
+};
 use ocrvl::runtime::{DType, DeviceTensor, Gpu, TensorViewMut};
 
 #[derive(Clone, Copy)]
@@ -81,5 +84,67 @@ fn rope_benches(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group! { name = benches; config = common::criterion(); targets = rope_benches }
+/// A decoder layer's rope and cache write at decode batches: the two launches (rope, then
+/// write_kv) against the one launch that does both (`*_and_cache`). Printed as us per layer.
+fn rope_cache_benches(_c: &mut Criterion) {
+    let gpu: Gpu = common::gpu();
+    // (name, q heads, kv heads, interleaved, tokens): PaddleOCR-VL at batch 256, ERNIE at 128.
+    for (name, qh, kvh, interleaved, tokens) in [
+        ("paddle_decode_256", 16usize, 2usize, false, 256usize),
+        ("ernie_decode_128", 20, 4, true, 128),
+    ] {
+        let hd = 128;
+        let (qw, kw) = (qh * hd, kvh * hd);
+        let mut buf = DeviceTensor::from_host(&gpu, &[tokens, qw + 2 * kw], &values(tokens * (qw + 2 * kw))).unwrap();
+        let pos: Vec<i32> = (0..3 * tokens)
+            .map(|i| ((i as u32).wrapping_mul(40503) % 16384) as i32)
+            .collect();
+        let pos = DeviceTensor::from_host(&gpu, &[3, tokens], &pos).unwrap();
+        // Each sequence's next slot in its own 64-token block, as in a decode step.
+        let slots: Vec<i32> = (0..tokens as i32).map(|t| t * 64 + 17).collect();
+        let slots = DeviceTensor::from_host(&gpu, &[tokens], &slots).unwrap();
+        let mut kc = DeviceTensor::zeros(&gpu, DType::BF16, &[tokens, kvh, 64, hd]).unwrap();
+        let mut vc = DeviceTensor::zeros(&gpu, DType::BF16, &[tokens, kvh, 64, hd]).unwrap();
+        for fused in [false, true] {
+            let ms = common::mean_ms(&gpu, 20, 200, || {
+                let mut view = buf.view_mut();
+                let [mut q, mut k, v] = view.reborrow().split_columns([qw, kw, kw]).unwrap();
+                let v = v.as_view();
+                let p = pos.view();
+                if fused {
+                    let cache = CacheWrite {
+                        k_cache: &mut kc.view_mut(),
+                        v_cache: &mut vc.view_mut(),
+                        v: &v,
+                        slot_mapping: &slots.view(),
+                    };
+                    if interleaved {
+                        mrope_interleaved_and_cache(&gpu, &mut q, &mut k, &p, hd, 44, 500000.0, cache).unwrap();
+                    } else {
+                        mrope_and_cache(&gpu, &mut q, &mut k, &p, hd, [16, 24, 24], 500000.0, cache).unwrap();
+                    }
+                } else {
+                    if interleaved {
+                        mrope_interleaved(&gpu, &mut q, &mut k, &p, hd, 44, 500000.0).unwrap();
+                    } else {
+                        mrope(&gpu, &mut q, &mut k, &p, hd, [16, 24, 24], 500000.0).unwrap();
+                    }
+                    write_kv(
+                        &gpu,
+                        &mut kc.view_mut(),
+                        &mut vc.view_mut(),
+                        &k.as_view(),
+                        &v,
+                        &slots.view(),
+                    )
+                    .unwrap();
+                }
+            });
+            let how = if fused { "one launch" } else { "rope + write_kv" };
+            println!("rope_cache {name} ({how}): {:.2} us per layer", ms * 1e3);
+        }
+    }
+}
+
+criterion_group! { name = benches; config = common::criterion(); targets = rope_benches, rope_cache_benches }
 criterion_main!(benches);

@@ -233,6 +233,26 @@ unsafe extern "C" {
         stream: ocrvl_stream_t,
     ) -> i32;
 }
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct OcrvlRopeCacheSink {
+    pub k_cache: *mut ::std::os::raw::c_void,
+    pub v_cache: *mut ::std::os::raw::c_void,
+    pub v: *const ::std::os::raw::c_void,
+    pub v_stride: i64,
+    pub slot_mapping: *const i32,
+    pub block_size: i32,
+    pub num_blocks: i64,
+}
+impl Default for OcrvlRopeCacheSink {
+    fn default() -> Self {
+        let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::std::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
 unsafe extern "C" {
     pub fn ocrvl_rope_mrope(
         q: *mut ::std::os::raw::c_void,
@@ -249,6 +269,7 @@ unsafe extern "C" {
         section_h: i32,
         section_w: i32,
         theta: f32,
+        cache: *const OcrvlRopeCacheSink,
         dtype: OcrvlDType,
         stream: ocrvl_stream_t,
     ) -> i32;
@@ -267,6 +288,7 @@ unsafe extern "C" {
         head_dim: i32,
         section_hw: i32,
         theta: f32,
+        cache: *const OcrvlRopeCacheSink,
         dtype: OcrvlDType,
         stream: ocrvl_stream_t,
     ) -> i32;

@@ -27,6 +27,21 @@
 extern "C" {
 #endif
 
+/* Optional for the two text launchers: the paged KV cache (layout, slots and alignment as in
+ * kernels/include/kv_cache.h) that the rotated k rows and the v rows also go to, in the same
+ * launch, with the bits and skips of ocrvl_kv_cache_reshape_and_cache after the rope. A
+ * decoder layer then launches one kernel for rope and cache write instead of two. v heads
+ * are extra work items, copied unrotated. NULL: rope only. */
+typedef struct OcrvlRopeCacheSink {
+    void* k_cache;                /* [num_blocks, num_kv_heads, block_size, head_dim], contiguous */
+    void* v_cache;                /* the same */
+    const void* v;                /* [num_tokens, num_kv_heads, head_dim], token stride v_stride */
+    int64_t v_stride;             /* elements, a multiple of 8; v 16-byte aligned */
+    const int32_t* slot_mapping;  /* [num_tokens] int32; < 0 or >= num_blocks * block_size: skipped */
+    int32_t block_size;           /* a power of two in [OCRVL_KV_CACHE_MIN_BLOCK_SIZE, MAX] */
+    int64_t num_blocks;
+} OcrvlRopeCacheSink;
+
 /* M-RoPE (Qwen2-VL / ERNIE-4.5-VL multimodal rope), neox style, in place on q and k.
  * q         [num_tokens, num_q_heads, head_dim]  token stride q_stride (elements)
  * k         [num_tokens, num_kv_heads, head_dim] token stride k_stride (elements)
@@ -43,7 +58,7 @@ int32_t ocrvl_rope_mrope(void* q, int64_t q_stride, void* k, int64_t k_stride,
                          const int32_t* positions, int64_t pos_stride, int64_t num_tokens,
                          int32_t num_q_heads, int32_t num_kv_heads, int32_t head_dim,
                          int32_t section_t, int32_t section_h, int32_t section_w, float theta,
-                         OcrvlDType dtype, ocrvl_stream_t stream);
+                         const OcrvlRopeCacheSink* cache, OcrvlDType dtype, ocrvl_stream_t stream);
 
 /* ERNIE-4.5-VL's 3D rope, INTERLEAVED pairs (elements 2i and 2i+1 of a head rotate
  * together, GPT-J style; not the neox convention of the other two launchers), in place on q
@@ -63,7 +78,8 @@ int32_t ocrvl_rope_mrope(void* q, int64_t q_stride, void* k, int64_t k_stride,
 int32_t ocrvl_rope_mrope_interleaved(void* q, int64_t q_stride, void* k, int64_t k_stride,
                                      const int32_t* positions, int64_t pos_stride, int64_t num_tokens,
                                      int32_t num_q_heads, int32_t num_kv_heads, int32_t head_dim,
-                                     int32_t section_hw, float theta, OcrvlDType dtype, ocrvl_stream_t stream);
+                                     int32_t section_hw, float theta, const OcrvlRopeCacheSink* cache,
+                                     OcrvlDType dtype, ocrvl_stream_t stream);
 
 /* 2-D vision rope (SigLIP/NaViT axial rope), neox style, in place on q and k. The kernel
  * knows nothing of images: each token brings its own (row, col).

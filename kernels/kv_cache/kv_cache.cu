@@ -1,19 +1,12 @@
 // extern "C" launchers for kernels/include/kv_cache.h: argument checks and dispatch.
 #include "common/check.cuh"
 #include "kv_cache.h"
+#include "kv_cache/block_size.cuh"
 #include "kv_cache/reshape_and_cache.cuh"
 
 namespace {
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
-
-// log2 of a power of two in [OCRVL_KV_CACHE_MIN_BLOCK_SIZE, OCRVL_KV_CACHE_MAX_BLOCK_SIZE], else -1.
-int block_size_log2(int32_t block_size) {
-    for (int l = 0; (1 << l) <= OCRVL_KV_CACHE_MAX_BLOCK_SIZE; ++l) {
-        if ((1 << l) == block_size) return block_size >= OCRVL_KV_CACHE_MIN_BLOCK_SIZE ? l : -1;
-    }
-    return -1;
-}
 
 }  // namespace
 
@@ -30,7 +23,7 @@ extern "C" int32_t ocrvl_kv_cache_reshape_and_cache(void* k_cache, void* v_cache
     OCRVL_CHECK_ARG(num_tokens * 2 * num_kv_heads * (int64_t)head_dim / ocrvl::kv_cache::kElemsPerVec <= INT32_MAX);
     OCRVL_CHECK_ARG(num_blocks * block_size <= (int64_t)INT32_MAX + 1);
     if (dtype != OCRVL_DTYPE_BF16 && dtype != OCRVL_DTYPE_F16) return OCRVL_STATUS_UNSUPPORTED;
-    const int bs_log2 = block_size_log2(block_size);
+    const int bs_log2 = ocrvl::kv_cache::block_size_log2(block_size);
     if (bs_log2 < 0) return OCRVL_STATUS_UNSUPPORTED;
     if (head_dim % ocrvl::kv_cache::kElemsPerVec != 0 || head_dim > 256) return OCRVL_STATUS_UNSUPPORTED;
     if (!aligned16(k_cache) || !aligned16(v_cache) || !aligned16(k) || !aligned16(v) ||

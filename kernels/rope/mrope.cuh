@@ -29,10 +29,10 @@ struct MropeAngles {
 template <typename T, int HD>
 int32_t launch_mrope(T* q, int64_t q_stride, T* k, int64_t k_stride, const int32_t* positions, int64_t pos_stride,
                      int64_t num_tokens, int num_q_heads, int num_kv_heads, int section_t, int section_h, float theta,
-                     cudaStream_t stream) {
+                     cudaStream_t stream, CacheSink<T> sink) {
     const MropeAngles<HD> angles{positions, pos_stride, section_t, section_t + section_h};
     return launch_rotate_half<T, HD, 8>(q, q_stride, k, k_stride, num_tokens, num_q_heads, num_kv_heads, theta,
-                                        angles, stream);
+                                        angles, stream, sink);
 }
 
 }  // namespace rope

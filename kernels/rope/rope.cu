@@ -5,9 +5,28 @@
 #include "rope.h"
 #include "rope/mrope.cuh"
 #include "rope/mrope_interleaved.cuh"
+#include "kv_cache/block_size.cuh"
 #include "rope/vision_rope.cuh"
 
 namespace {
+
+// The device form of an optional cache sink; OCRVL_STATUS_OK with an empty sink for NULL.
+template <typename T>
+int32_t cache_sink(const OcrvlRopeCacheSink* c, int32_t num_kv_heads, int32_t head_dim,
+                   ocrvl::rope::CacheSink<T>* out) {
+    *out = ocrvl::rope::CacheSink<T>{};
+    if (c == nullptr) return OCRVL_STATUS_OK;
+    OCRVL_CHECK_ARG(c->k_cache != nullptr && c->v_cache != nullptr && c->v != nullptr && c->slot_mapping != nullptr);
+    OCRVL_CHECK_ARG(c->num_blocks >= 0 && c->num_blocks * c->block_size <= (int64_t)INT32_MAX + 1);
+    OCRVL_CHECK_ARG(c->v_stride >= (int64_t)num_kv_heads * head_dim);
+    const int bs_log2 = ocrvl::kv_cache::block_size_log2(c->block_size);
+    if (bs_log2 < 0) return OCRVL_STATUS_UNSUPPORTED;
+    *out = ocrvl::rope::CacheSink<T>{static_cast<T*>(c->k_cache), static_cast<T*>(c->v_cache),
+                                     static_cast<const T*>(c->v),  c->v_stride,
+                                     c->slot_mapping,              bs_log2,
+                                     c->num_blocks << bs_log2};
+    return OCRVL_STATUS_OK;
+}
 
 // Checks shared by both launchers. Returns OCRVL_STATUS_OK when the arguments are consistent.
 int32_t check_common(const void* q, int64_t q_stride, const void* k, int64_t k_stride, int64_t num_tokens,
@@ -27,7 +46,8 @@ int32_t check_common(const void* q, int64_t q_stride, const void* k, int64_t k_s
 extern "C" int32_t ocrvl_rope_mrope(void* q, int64_t q_stride, void* k, int64_t k_stride, const int32_t* positions,
                                     int64_t pos_stride, int64_t num_tokens, int32_t num_q_heads,
                                     int32_t num_kv_heads, int32_t head_dim, int32_t section_t, int32_t section_h,
-                                    int32_t section_w, float theta, OcrvlDType dtype, ocrvl_stream_t stream) {
+                                    int32_t section_w, float theta, const OcrvlRopeCacheSink* cache,
+                                    OcrvlDType dtype, ocrvl_stream_t stream) {
     const int32_t st = check_common(q, q_stride, k, k_stride, num_tokens, num_q_heads, num_kv_heads, head_dim, theta);
     if (st != OCRVL_STATUS_OK) return st;
     OCRVL_CHECK_ARG(positions != nullptr);
@@ -40,15 +60,18 @@ extern "C" int32_t ocrvl_rope_mrope(void* q, int64_t q_stride, void* k, int64_t 
         using T = decltype(tag);
         T* qt = static_cast<T*>(q);
         T* kt = static_cast<T*>(k);
+        ocrvl::rope::CacheSink<T> sink;
+        const int32_t cs = cache_sink<T>(cache, num_kv_heads, head_dim, &sink);
+        if (cs != OCRVL_STATUS_OK) return cs;
         switch (head_dim) {
             case 64:
                 return ocrvl::rope::launch_mrope<T, 64>(qt, q_stride, kt, k_stride, positions, pos_stride,
                                                         num_tokens, num_q_heads, num_kv_heads, section_t,
-                                                        section_h, theta, s);
+                                                        section_h, theta, s, sink);
             case 128:
                 return ocrvl::rope::launch_mrope<T, 128>(qt, q_stride, kt, k_stride, positions, pos_stride,
                                                          num_tokens, num_q_heads, num_kv_heads, section_t,
-                                                         section_h, theta, s);
+                                                         section_h, theta, s, sink);
             default: return OCRVL_STATUS_UNSUPPORTED;
         }
     });
@@ -57,8 +80,8 @@ extern "C" int32_t ocrvl_rope_mrope(void* q, int64_t q_stride, void* k, int64_t 
 extern "C" int32_t ocrvl_rope_mrope_interleaved(void* q, int64_t q_stride, void* k, int64_t k_stride,
                                                 const int32_t* positions, int64_t pos_stride, int64_t num_tokens,
                                                 int32_t num_q_heads, int32_t num_kv_heads, int32_t head_dim,
-                                                int32_t section_hw, float theta, OcrvlDType dtype,
-                                                ocrvl_stream_t stream) {
+                                                int32_t section_hw, float theta, const OcrvlRopeCacheSink* cache,
+                                                OcrvlDType dtype, ocrvl_stream_t stream) {
     const int32_t st = check_common(q, q_stride, k, k_stride, num_tokens, num_q_heads, num_kv_heads, head_dim, theta);
     if (st != OCRVL_STATUS_OK) return st;
     OCRVL_CHECK_ARG(positions != nullptr);
@@ -71,9 +94,12 @@ extern "C" int32_t ocrvl_rope_mrope_interleaved(void* q, int64_t q_stride, void*
     cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
     return ocrvl::rope::dispatch_16bit(dtype, [&](auto tag) -> int32_t {
         using T = decltype(tag);
+        ocrvl::rope::CacheSink<T> sink;
+        const int32_t cs = cache_sink<T>(cache, num_kv_heads, head_dim, &sink);
+        if (cs != OCRVL_STATUS_OK) return cs;
         return ocrvl::rope::launch_mrope_interleaved<T>(static_cast<T*>(q), q_stride, static_cast<T*>(k), k_stride,
                                                         positions, pos_stride, num_tokens, num_q_heads,
-                                                        num_kv_heads, head_dim, section_hw, theta, s);
+                                                        num_kv_heads, head_dim, section_hw, theta, s, sink);
     });
 }
 

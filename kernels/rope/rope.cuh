@@ -13,6 +13,10 @@
 //      before any is rotated, so each thread keeps 2 * kUnroll vector loads in flight.
 // Constraints: HD even, (HD / 2) % VEC == 0; q, k and their token strides aligned to
 // VEC * 2 bytes (checked by the launchers); q and k do not overlap.
+// With a CacheSink (text decoders), the same launch also writes the rotated k rows and the v
+// rows into the paged KV cache: v heads are a third class of work items, copied unrotated.
+// That replaces the separate reshape_and_cache launch of every decoder layer; the cache gets
+// the bits the two launches would have written.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -94,6 +98,32 @@ template <> struct Pack2<__half> {
     }
 };
 
+// Where the rotated k rows and the v rows also go: the paged KV cache (layout in
+// kernels/include/kv_cache.h). k_cache == nullptr: none (plain rope).
+template <typename T>
+struct CacheSink {
+    T* k_cache;                   // [num_blocks, num_kv_heads, block_size, head_dim]
+    T* v_cache;                   // same
+    const T* v;                   // [num_tokens, num_kv_heads, head_dim], token stride v_stride
+    int64_t v_stride;
+    const int32_t* slot_mapping;  // [num_tokens]; slots < 0 or >= num_slots are not written
+    int block_size_log2;
+    int64_t num_slots;
+
+    // Host and device: the launchers ask too. (A __device__-only member called from host code
+    // compiles without a word and its host stub calls exit(1): round 11's first GPU run.)
+    __host__ __device__ __forceinline__ bool on() const { return k_cache != nullptr; }
+
+    // The cache row of (token, kv head), or nullptr when the token's slot is not written.
+    __device__ __forceinline__ T* row(T* cache, int64_t tok, int h, int num_kv_heads, int head_dim) const {
+        const int64_t slot = slot_mapping[tok];
+        if (slot < 0 || slot >= num_slots) return nullptr;
+        const int64_t block = slot >> block_size_log2;
+        const int64_t offset = slot & ((1 << block_size_log2) - 1);
+        return cache + ((((block * num_kv_heads + h) << block_size_log2) + offset) * head_dim);
+    }
+};
+
 // inv_freq[i] = 1 / theta^(2i / rot_dim) with transformers' f32 steps: the exponent is the f32
 // quotient (float)(2i) / (float)rot_dim, theta^e is rounded to f32 (computed in f64 and
 // rounded once, standing in for the host's powf, which is within an ulp; CUDA's powf may be
@@ -112,7 +142,7 @@ __global__ void __launch_bounds__(kThreads) rotate_half_kernel(T* __restrict__ q
                                                                T* __restrict__ k,  // [num_tokens, num_kv_heads, HD]
                                                                int64_t k_stride, int num_tokens, int num_q_heads,
                                                                int num_kv_heads, int tokens_per_block, float theta,
-                                                               Angles angles) {
+                                                               Angles angles, CacheSink<T> sink) {
     constexpr int kHalf = HD / 2;
     constexpr int kChunks = kHalf / VEC;  // work items per head
     constexpr int kWords = VEC / 2;
@@ -139,26 +169,39 @@ __global__ void __launch_bounds__(kThreads) rotate_half_kernel(T* __restrict__ q
     }
     __syncthreads();
 
-    const int heads = num_q_heads + num_kv_heads;
+    const int kv_end = num_q_heads + num_kv_heads;
+    const int heads = kv_end + (sink.on() ? num_kv_heads : 0);  // q, k, then v (cache only)
     const int items = ntok * heads * kChunks;
     for (int i0 = threadIdx.x; i0 < items; i0 += kThreads * kUnroll) {
-        T* ptr[kUnroll];
-        int tab[kUnroll];  // the item's first pair in the cos/sin tables
+        T* ptr[kUnroll];     // where the item is read (and, if rotated, written back)
+        T* cached[kUnroll];  // the item's place in the cache, or nullptr
+        int tab[kUnroll];    // the item's first pair in the cos/sin tables; -1: a v item
         Words<kWords> lo[kUnroll], hi[kUnroll];
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
             const int i = i0 + u * kThreads;
             ptr[u] = nullptr;
+            cached[u] = nullptr;
             if (i < items) {
                 const int c = i % kChunks;
                 const int r = i / kChunks;
                 const int h = r % heads;
                 const int t = r / heads;
                 const int64_t tok = tok0 + t;
-                T* head = h < num_q_heads ? q + tok * q_stride + (int64_t)h * HD
-                                          : k + tok * k_stride + (int64_t)(h - num_q_heads) * HD;
-                ptr[u] = head + c * VEC;
+                T* head;
                 tab[u] = t * kHalf + c * VEC;
+                if (h < num_q_heads) {
+                    head = q + tok * q_stride + (int64_t)h * HD;
+                } else if (h < kv_end) {
+                    head = k + tok * k_stride + (int64_t)(h - num_q_heads) * HD;
+                    if (sink.on()) cached[u] = sink.row(sink.k_cache, tok, h - num_q_heads, num_kv_heads, HD);
+                } else {
+                    head = const_cast<T*>(sink.v) + tok * sink.v_stride + (int64_t)(h - kv_end) * HD;
+                    cached[u] = sink.row(sink.v_cache, tok, h - kv_end, num_kv_heads, HD);
+                    tab[u] = -1;
+                }
+                if (cached[u] != nullptr) cached[u] += c * VEC;
+                ptr[u] = head + c * VEC;
                 lo[u] = load_words<kWords>(ptr[u]);
                 hi[u] = load_words<kWords>(ptr[u] + kHalf);
             }
@@ -166,17 +209,23 @@ __global__ void __launch_bounds__(kThreads) rotate_half_kernel(T* __restrict__ q
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
             if (ptr[u] == nullptr) continue;
+            if (tab[u] >= 0) {
 #pragma unroll
-            for (int w = 0; w < kWords; ++w) {
-                const float2 a = Pack2<T>::unpack(lo[u].w[w]);  // x_j, x_{j+1}
-                const float2 b = Pack2<T>::unpack(hi[u].w[w]);  // x_{j+h}, x_{j+1+h}
-                const float2 c = *reinterpret_cast<const float2*>(cos_t + tab[u] + 2 * w);
-                const float2 s = *reinterpret_cast<const float2*>(sin_t + tab[u] + 2 * w);
-                lo[u].w[w] = Pack2<T>::pack(a.x * c.x - b.x * s.x, a.y * c.y - b.y * s.y);
-                hi[u].w[w] = Pack2<T>::pack(b.x * c.x + a.x * s.x, b.y * c.y + a.y * s.y);
+                for (int w = 0; w < kWords; ++w) {
+                    const float2 a = Pack2<T>::unpack(lo[u].w[w]);  // x_j, x_{j+1}
+                    const float2 b = Pack2<T>::unpack(hi[u].w[w]);  // x_{j+h}, x_{j+1+h}
+                    const float2 c = *reinterpret_cast<const float2*>(cos_t + tab[u] + 2 * w);
+                    const float2 s = *reinterpret_cast<const float2*>(sin_t + tab[u] + 2 * w);
+                    lo[u].w[w] = Pack2<T>::pack(a.x * c.x - b.x * s.x, a.y * c.y - b.y * s.y);
+                    hi[u].w[w] = Pack2<T>::pack(b.x * c.x + a.x * s.x, b.y * c.y + a.y * s.y);
+                }
+                store_words<kWords>(ptr[u], lo[u]);
+                store_words<kWords>(ptr[u] + kHalf, hi[u]);
             }
-            store_words<kWords>(ptr[u], lo[u]);
-            store_words<kWords>(ptr[u] + kHalf, hi[u]);
+            if (cached[u] != nullptr) {
+                store_words<kWords>(cached[u], lo[u]);
+                store_words<kWords>(cached[u] + kHalf, hi[u]);
+            }
         }
     }
 }
@@ -184,16 +233,22 @@ __global__ void __launch_bounds__(kThreads) rotate_half_kernel(T* __restrict__ q
 // Checks alignment for VEC, then launches rotate_half_kernel on `stream`.
 template <typename T, int HD, int VEC, typename Angles>
 int32_t launch_rotate_half(T* q, int64_t q_stride, T* k, int64_t k_stride, int64_t num_tokens, int num_q_heads,
-                           int num_kv_heads, float theta, const Angles& angles, cudaStream_t stream) {
+                           int num_kv_heads, float theta, const Angles& angles, cudaStream_t stream,
+                           CacheSink<T> sink = CacheSink<T>{}) {
     constexpr int kVecBytes = VEC * (int)sizeof(T);
     if (!aligned_to(q, kVecBytes) || !aligned_to(k, kVecBytes) || q_stride % VEC != 0 || k_stride % VEC != 0) {
         return OCRVL_STATUS_UNSUPPORTED;
     }
-    const int tpb = tokens_per_block((num_q_heads + num_kv_heads) * (HD / 2 / VEC));
+    if (sink.on() && (!aligned_to(sink.v, kVecBytes) || sink.v_stride % VEC != 0 || !aligned_to(sink.k_cache, 16) ||
+                      !aligned_to(sink.v_cache, 16))) {
+        return OCRVL_STATUS_UNSUPPORTED;
+    }
+    const int heads = num_q_heads + num_kv_heads * (sink.on() ? 2 : 1);
+    const int tpb = tokens_per_block(heads * (HD / 2 / VEC));
     const int64_t blocks = (num_tokens + tpb - 1) / tpb;
     const size_t smem = (size_t)(Angles::kFreqs + 2 * tpb * (HD / 2)) * sizeof(float);
     rotate_half_kernel<T, HD, VEC, Angles><<<(unsigned)blocks, kThreads, smem, stream>>>(
-        q, q_stride, k, k_stride, (int)num_tokens, num_q_heads, num_kv_heads, tpb, theta, angles);
+        q, q_stride, k, k_stride, (int)num_tokens, num_q_heads, num_kv_heads, tpb, theta, angles, sink);
     return launch_status();
 }
 

@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::runtime::{DType, Gpu, TensorView, TensorViewMut};
 use crate::sys;
 
+use super::kv_cache::check_cache_write;
 use super::{c_dtype, check};
 
 /// Text M-RoPE (§3.10 of the model spec): pair `j` of each head (elements `j` and
@@ -31,43 +32,186 @@ pub fn mrope(
     sections: [u32; 3],
     theta: f32,
 ) -> Result<()> {
-    const OP: &str = "mrope";
-    let qk = check_qk(OP, q, k, head_dim, 16, theta)?;
-    let sum: u64 = sections.iter().map(|&s| s as u64).sum();
-    if sum * 2 != head_dim as u64 {
+    text_rope(gpu, q, k, positions, head_dim, TextRope::Mrope(sections), theta, None)
+}
+
+/// [`mrope`], and in the same launch the rotated `k` rows and the `v` rows into the paged
+/// cache, with the bits and skips of [`write_kv`](super::kv_cache::write_kv) after the rope
+/// (one launch per decoder layer instead of two). `v` and the cache as `write_kv` takes them.
+#[allow(clippy::too_many_arguments)]
+pub fn mrope_and_cache(
+    gpu: &Gpu,
+    q: &mut TensorViewMut<'_>,
+    k: &mut TensorViewMut<'_>,
+    positions: &TensorView<'_>,
+    head_dim: usize,
+    sections: [u32; 3],
+    theta: f32,
+    cache: CacheWrite<'_, '_>,
+) -> Result<()> {
+    text_rope(
+        gpu,
+        q,
+        k,
+        positions,
+        head_dim,
+        TextRope::Mrope(sections),
+        theta,
+        Some(cache),
+    )
+}
+
+/// Where a text rope launch also writes k and v: the paged cache of one layer.
+pub struct CacheWrite<'a, 't> {
+    pub k_cache: &'a mut TensorViewMut<'t>,
+    pub v_cache: &'a mut TensorViewMut<'t>,
+    pub v: &'a TensorView<'t>,
+    pub slot_mapping: &'a TensorView<'t>,
+}
+
+/// The C form of an optional cache write, checked against `k` as `write_kv` checks it.
+fn cache_sink(
+    op: &'static str,
+    k: &TensorViewMut<'_>,
+    head_dim: usize,
+    cache: &Option<CacheWrite<'_, '_>>,
+) -> Result<Option<sys::OcrvlRopeCacheSink>> {
+    let Some(c) = cache else {
+        return Ok(None);
+    };
+    let dims = check_cache_write(op, c.k_cache, c.v_cache, &k.as_view(), c.v, c.slot_mapping)?;
+    if dims.tokens != k.dims()[0] || dims.head_dim != head_dim {
         return Err(Error::invalid(
-            OP,
+            op,
             format!(
-                "sections {sections:?} sum to {sum}, not head_dim / 2 = {}",
-                head_dim / 2
+                "the cache write ({} tokens, head_dim {}) does not match k ({} tokens, head_dim {head_dim})",
+                dims.tokens,
+                dims.head_dim,
+                k.dims()[0]
             ),
         ));
     }
-    let pos_stride = position_rows(OP, positions, qk.tokens)?;
-    // SAFETY: the views were checked above: q and k address `tokens` rows of their widths at
-    // their strides, positions 3 rows (or one) of `tokens` i32; all on this GPU, ordered on its
-    // stream.
-    let status = unsafe {
-        sys::ocrvl_rope_mrope(
-            q.device_ptr() as *mut _,
-            q.stride0() as i64,
-            k.device_ptr() as *mut _,
-            k.stride0() as i64,
-            positions.device_ptr() as *const i32,
-            pos_stride as i64,
-            qk.tokens as i64,
-            qk.q_heads,
-            qk.kv_heads,
-            head_dim as i32,
-            sections[0] as i32,
-            sections[1] as i32,
-            sections[2] as i32,
-            theta,
-            c_dtype(q.dtype()),
-            gpu.raw_stream(),
-        )
+    Ok(Some(sys::OcrvlRopeCacheSink {
+        k_cache: c.k_cache.device_ptr() as *mut _,
+        v_cache: c.v_cache.device_ptr() as *mut _,
+        v: c.v.device_ptr() as *const _,
+        v_stride: c.v.stride0() as i64,
+        slot_mapping: c.slot_mapping.device_ptr() as *const i32,
+        block_size: dims.block_size as i32,
+        num_blocks: dims.num_blocks as i64,
+    }))
+}
+
+/// The two text rope schemes, with their section parameters.
+#[derive(Clone, Copy)]
+enum TextRope {
+    /// Neox pairs, frequencies by sections (T, H, W).
+    Mrope([u32; 3]),
+    /// Interleaved pairs, the first `section_hw` by H/W.
+    Interleaved(usize),
+}
+
+/// Checks and launches a text rope (with its cache write when `cache` is given).
+#[allow(clippy::too_many_arguments)]
+fn text_rope(
+    gpu: &Gpu,
+    q: &mut TensorViewMut<'_>,
+    k: &mut TensorViewMut<'_>,
+    positions: &TensorView<'_>,
+    head_dim: usize,
+    scheme: TextRope,
+    theta: f32,
+    cache: Option<CacheWrite<'_, '_>>,
+) -> Result<()> {
+    let op = match scheme {
+        TextRope::Mrope(_) => "mrope",
+        TextRope::Interleaved(_) => "mrope_interleaved",
     };
-    check(OP, status)
+    let qk = check_qk(op, q, k, head_dim, 16, theta)?;
+    match scheme {
+        TextRope::Mrope(sections) => {
+            let sum: u64 = sections.iter().map(|&s| s as u64).sum();
+            if sum * 2 != head_dim as u64 {
+                return Err(Error::invalid(
+                    op,
+                    format!(
+                        "sections {sections:?} sum to {sum}, not head_dim / 2 = {}",
+                        head_dim / 2
+                    ),
+                ));
+            }
+        }
+        TextRope::Interleaved(section_hw) => {
+            if section_hw > head_dim / 2 || section_hw % 2 != 0 {
+                return Err(Error::invalid(
+                    op,
+                    format!(
+                        "section_hw {section_hw} must be even and at most head_dim / 2 = {}",
+                        head_dim / 2
+                    ),
+                ));
+            }
+        }
+    }
+    let pos_stride = position_rows(op, positions, qk.tokens)?;
+    let sink = cache_sink(op, k, head_dim, &cache)?;
+    let sink_ptr = sink.as_ref().map_or(std::ptr::null(), |s| s as *const _);
+    let (qp, kp, pp) = (
+        q.device_ptr() as *mut _,
+        k.device_ptr() as *mut _,
+        positions.device_ptr() as *const i32,
+    );
+    let (qs, ks, ps, tokens) = (
+        q.stride0() as i64,
+        k.stride0() as i64,
+        pos_stride as i64,
+        qk.tokens as i64,
+    );
+    let (dtype, stream) = (c_dtype(q.dtype()), gpu.raw_stream());
+    // SAFETY: the views were checked above: q and k address `tokens` rows of their widths at
+    // their strides, positions 3 rows (or one) of `tokens` i32; the cache write as `write_kv`
+    // checks it; all on this GPU, ordered on its stream. `sink` outlives the call.
+    let status = unsafe {
+        match scheme {
+            TextRope::Mrope(sec) => sys::ocrvl_rope_mrope(
+                qp,
+                qs,
+                kp,
+                ks,
+                pp,
+                ps,
+                tokens,
+                qk.q_heads,
+                qk.kv_heads,
+                head_dim as i32,
+                sec[0] as i32,
+                sec[1] as i32,
+                sec[2] as i32,
+                theta,
+                sink_ptr,
+                dtype,
+                stream,
+            ),
+            TextRope::Interleaved(hw) => sys::ocrvl_rope_mrope_interleaved(
+                qp,
+                qs,
+                kp,
+                ks,
+                pp,
+                ps,
+                tokens,
+                qk.q_heads,
+                qk.kv_heads,
+                head_dim as i32,
+                hw as i32,
+                theta,
+                sink_ptr,
+                dtype,
+                stream,
+            ),
+        }
+    };
+    check(op, status)
 }
 
 /// ERNIE-4.5-VL's 3D rope with INTERLEAVED pairs (elements `2i`, `2i+1` rotate together), in
@@ -87,38 +231,41 @@ pub fn mrope_interleaved(
     section_hw: usize,
     theta: f32,
 ) -> Result<()> {
-    const OP: &str = "mrope_interleaved";
-    let qk = check_qk(OP, q, k, head_dim, 16, theta)?;
-    if section_hw > head_dim / 2 || section_hw % 2 != 0 {
-        return Err(Error::invalid(
-            OP,
-            format!(
-                "section_hw {section_hw} must be even and at most head_dim / 2 = {}",
-                head_dim / 2
-            ),
-        ));
-    }
-    let pos_stride = position_rows(OP, positions, qk.tokens)?;
-    // SAFETY: as in `mrope`: q, k and positions were checked against the header's contract.
-    let status = unsafe {
-        sys::ocrvl_rope_mrope_interleaved(
-            q.device_ptr() as *mut _,
-            q.stride0() as i64,
-            k.device_ptr() as *mut _,
-            k.stride0() as i64,
-            positions.device_ptr() as *const i32,
-            pos_stride as i64,
-            qk.tokens as i64,
-            qk.q_heads,
-            qk.kv_heads,
-            head_dim as i32,
-            section_hw as i32,
-            theta,
-            c_dtype(q.dtype()),
-            gpu.raw_stream(),
-        )
-    };
-    check(OP, status)
+    text_rope(
+        gpu,
+        q,
+        k,
+        positions,
+        head_dim,
+        TextRope::Interleaved(section_hw),
+        theta,
+        None,
+    )
+}
+
+/// [`mrope_interleaved`], and in the same launch the rotated `k` rows and the `v` rows into
+/// the paged cache, as [`mrope_and_cache`] does.
+#[allow(clippy::too_many_arguments)]
+pub fn mrope_interleaved_and_cache(
+    gpu: &Gpu,
+    q: &mut TensorViewMut<'_>,
+    k: &mut TensorViewMut<'_>,
+    positions: &TensorView<'_>,
+    head_dim: usize,
+    section_hw: usize,
+    theta: f32,
+    cache: CacheWrite<'_, '_>,
+) -> Result<()> {
+    text_rope(
+        gpu,
+        q,
+        k,
+        positions,
+        head_dim,
+        TextRope::Interleaved(section_hw),
+        theta,
+        Some(cache),
+    )
 }
 
 /// 2-D vision rope (§3.4 of the model spec): with `f = head_dim / 4` frequencies

@@ -7,7 +7,7 @@
 //! Per layer (pre-norm, residual stream `res` in bf16):
 //! ```text
 //! qkv = y·Wqkvᵀ                          one GEMM               [T, 2048+256+256]
-//! mrope(q, k); write_kv(k, v → cache)
+//! mrope(q, k) + write_kv(k, v → cache)   one launch
 //! o   = attention(q, cache)              decode | prefill       [T, 2048]
 //! d   = o·Woᵀ
 //! y   = rmsnorm(res += d, post_ln)       fused add + RMSNorm
@@ -24,9 +24,8 @@ use crate::kernels::attention::{prefill_paged_version, AttentionKernels, PagedKv
 use crate::kernels::decode::{self, decode_paged};
 use crate::kernels::elementwise::silu_mul;
 use crate::kernels::embedding::{embedding_gather, scatter_rows};
-use crate::kernels::kv_cache::write_kv;
 use crate::kernels::norm::{rmsnorm, rmsnorm_add};
-use crate::kernels::rope::mrope;
+use crate::kernels::rope::{mrope_and_cache, CacheWrite};
 use crate::runtime::{DType, DeviceTensor, Epilogue, Gemm, Gpu, TensorView, TensorViewMut, Workspace};
 
 /// The block-paged KV cache of every layer: K and V each
@@ -222,7 +221,9 @@ pub fn forward(
         )?;
         {
             let [mut q, mut k, v] = qkv.reborrow().split_columns([qw, kvw, kvw])?;
-            mrope(
+            // Rope and the cache write in one launch (kernels/rope/rope.cuh, CacheSink).
+            let (kc, vc) = (&mut cache.k[l], &mut cache.v[l]);
+            mrope_and_cache(
                 gpu,
                 &mut q,
                 &mut k,
@@ -230,15 +231,12 @@ pub fn forward(
                 hd,
                 sections,
                 t.rope_theta as f32,
-            )?;
-            let (kc, vc) = (&mut cache.k[l], &mut cache.v[l]);
-            write_kv(
-                gpu,
-                &mut kc.view_mut(),
-                &mut vc.view_mut(),
-                &k.as_view(),
-                &v.as_view(),
-                &inputs.slot_mapping,
+                CacheWrite {
+                    k_cache: &mut kc.view_mut(),
+                    v_cache: &mut vc.view_mut(),
+                    v: &v.as_view(),
+                    slot_mapping: &inputs.slot_mapping,
+                },
             )?;
         }
         let q_all = qkv.as_view().columns(0, qw)?;

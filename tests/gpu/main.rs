@@ -30,6 +30,7 @@ mod moe;
 mod moe_block;
 mod norm;
 mod rope;
+mod rope_cache;
 mod sampling;
 mod sampling_greedy;
 mod sentencepiece_oracle;

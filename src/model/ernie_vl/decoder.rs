@@ -8,7 +8,7 @@
 //! Per layer (pre-norm, residual stream `res` in bf16):
 //! ```text
 //! qkv = y·Wqkvᵀ                          one GEMM                   [T, q + 2·kv]
-//! rope3d(q, k); write_kv(k, v → cache)   interleaved pairs, H/W/T
+//! rope3d(q, k) + write_kv(k, v → cache)   one launch; interleaved pairs, H/W/T
 //! o   = attention(q, cache)              decode | prefill           [T, q]
 //! y   = rmsnorm(res += o·Woᵀ, post_ln)
 //! d   = dense SwiGLU(y) | moe_block(y, token_pool)                  [T, H]
@@ -22,9 +22,8 @@ use crate::config::ErnieVlConfig;
 use crate::error::{Error, Result};
 use crate::kernels::attention::AttentionKernels;
 use crate::kernels::elementwise::silu_mul;
-use crate::kernels::kv_cache::write_kv;
 use crate::kernels::norm::{rmsnorm, rmsnorm_add};
-use crate::kernels::rope::mrope_interleaved;
+use crate::kernels::rope::{mrope_interleaved_and_cache, CacheWrite};
 use crate::model::text::{
     check_step, embed_step, paged_attention, step_logits, DecodePath, DecoderDims, KvCache, StepBuffers, StepInputs,
 };
@@ -153,7 +152,9 @@ pub fn forward(
         )?;
         {
             let [mut q, mut k, v] = qkv.reborrow().split_columns([qw, kvw, kvw])?;
-            mrope_interleaved(
+            // Rope and the cache write in one launch (kernels/rope/rope.cuh, CacheSink).
+            let (kc, vc) = (&mut cache.k[l], &mut cache.v[l]);
+            mrope_interleaved_and_cache(
                 gpu,
                 &mut q,
                 &mut k,
@@ -161,15 +162,12 @@ pub fn forward(
                 hd,
                 section_hw,
                 t.rope_theta as f32,
-            )?;
-            let (kc, vc) = (&mut cache.k[l], &mut cache.v[l]);
-            write_kv(
-                gpu,
-                &mut kc.view_mut(),
-                &mut vc.view_mut(),
-                &k.as_view(),
-                &v.as_view(),
-                &inputs.slot_mapping,
+                CacheWrite {
+                    k_cache: &mut kc.view_mut(),
+                    v_cache: &mut vc.view_mut(),
+                    v: &v.as_view(),
+                    slot_mapping: &inputs.slot_mapping,
+                },
             )?;
         }
         let q_all = qkv.as_view().columns(0, qw)?;
