@@ -9,8 +9,13 @@
 //!   GEMMs against cuBLAS's bf16 rate.
 //! - decode 128 text tokens (the ERNIE decode workload's step: ~127 sequences);
 //! - the text pool's gate/up and down grouped GEMMs alone at decode 128 and 256, in GB/s;
-//! - the router logits alone at 1 to 8192 tokens, in GB/s.
+//! - the router logits alone at 1 to 8192 tokens, in GB/s;
+//! - each pool's gate/up and down grouped GEMMs alone at prefill (1024 to 8192 tokens, all in
+//!   that pool), with each kernel (mma.sync, wgmma 4-stage, wgmma 2-stage), in TFLOP/s of the
+//!   live pairs: printed lines only (`prefill_gemm ...`), from 20 timed runs after 3 warm-ups.
 //!
+//! `OCRVL_MOE_GEMM=mma|wgmma|wgmma2` replaces the grouped GEMM's automatic choice (the block
+//! rows), for an A/B in the same call.
 //! `OCRVL_MOE_ROUTER_TILED=1` runs the router's tiled kernel at every size, for an A/B in the
 //! same call.
 //!
@@ -21,7 +26,7 @@ mod common;
 
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
-use ocrvl::kernels::moe::{self, Epilogue, ExpertWeight, BLOCK_M};
+use ocrvl::kernels::moe::{self, Epilogue, ExpertWeight, GemmKernel, BLOCK_M};
 use ocrvl::model::ernie_vl::moe_block::{moe_block, ExpertPoolWeights, MoeBlockShape, MoeBlockWeights, MoeScratch};
 use ocrvl::runtime::{DType, DeviceTensor, Gemm, Gpu};
 
@@ -328,6 +333,92 @@ fn moe_benches(c: &mut Criterion) {
                 &format!("down_text_decode_{tokens}{suffix} ({} experts)", used.len()),
                 used.len() * HIDDEN * (INTER[0] * elem + scale),
                 &mut down,
+            );
+        }
+    }
+
+    // Each pool's grouped GEMMs alone at prefill sizes, every kernel on the same routing.
+    for (pool, tokens) in [(0usize, 1024usize), (0, 2048), (0, 4096), (0, 8192), (1, 2048), (1, 8192)] {
+        let inter = INTER[pool];
+        let x = DeviceTensor::from_host(&gpu, &[tokens, HIDDEN], &pattern_bf16(tokens * HIDDEN, 13)).unwrap();
+        let mut logits = DeviceTensor::alloc(&gpu, DType::F32, &[tokens, 2 * EXPERTS]).unwrap();
+        let mut ids = DeviceTensor::alloc(&gpu, DType::I32, &[tokens, TOP_K]).unwrap();
+        let mut w = DeviceTensor::alloc(&gpu, DType::F32, &[tokens, TOP_K]).unwrap();
+        let tiles = moe::max_tiles(tokens * TOP_K, 2 * EXPERTS);
+        let mut sorted = DeviceTensor::alloc(&gpu, DType::I32, &[tiles * BLOCK_M]).unwrap();
+        let mut pair_slot = DeviceTensor::alloc(&gpu, DType::I32, &[tokens * TOP_K]).unwrap();
+        let mut tile_expert = DeviceTensor::alloc(&gpu, DType::I32, &[tiles]).unwrap();
+        let mut h = DeviceTensor::alloc(&gpu, DType::BF16, &[tiles * BLOCK_M, inter]).unwrap();
+        let mut y = DeviceTensor::alloc(&gpu, DType::BF16, &[tiles * BLOCK_M, HIDDEN]).unwrap();
+        moe::router_logits(&gpu, &mut logits.view_mut(), &x.view(), &router.view()).unwrap();
+        let pool_ids = DeviceTensor::from_host(&gpu, &[tokens], &vec![pool as i32; tokens]).unwrap();
+        let (pv, bv) = (pool_ids.view(), bias.view());
+        moe::topk(
+            &gpu,
+            &mut ids.view_mut(),
+            &mut w.view_mut(),
+            &logits.view(),
+            Some(&pv),
+            Some(&bv),
+            EXPERTS,
+            1e-12,
+        )
+        .unwrap();
+        moe::align(
+            &gpu,
+            &mut sorted.view_mut(),
+            &mut pair_slot.view_mut(),
+            &mut tile_expert.view_mut(),
+            &ids.view(),
+            2 * EXPERTS,
+        )
+        .unwrap();
+        let experts = pool * EXPERTS..(pool + 1) * EXPERTS;
+        let (gu, d) = (pools[pool].0.view(), pools[pool].1.view());
+        let pairs = (tokens * TOP_K) as f64;
+        for kernel in [GemmKernel::Mma, GemmKernel::Wgmma, GemmKernel::Wgmma2Stage] {
+            let mut gate_up = || {
+                moe::grouped_gemm_with(
+                    &gpu,
+                    kernel,
+                    &mut h.view_mut(),
+                    &x.view(),
+                    &sorted.view(),
+                    Some(TOP_K),
+                    &gu,
+                    &tile_expert.view(),
+                    experts.clone(),
+                    Epilogue::SwiGlu,
+                )
+                .unwrap();
+            };
+            let ms_gu = common::mean_ms(&gpu, 3, 20, &mut gate_up);
+            let mut down = || {
+                moe::grouped_gemm_with(
+                    &gpu,
+                    kernel,
+                    &mut y.view_mut(),
+                    &h.view(),
+                    &sorted.view(),
+                    None,
+                    &d,
+                    &tile_expert.view(),
+                    experts.clone(),
+                    Epilogue::None,
+                )
+                .unwrap();
+            };
+            let ms_d = common::mean_ms(&gpu, 3, 20, &mut down);
+            let tflops = |ms: f64, n: usize, k: usize| 2.0 * pairs * (n * k) as f64 / (ms * 1e-3) / 1e12;
+            println!(
+                "prefill_gemm pool {pool} tokens {tokens} {kernel:?}: gate/up {:.1} us {:.0} TFLOP/s; down {:.1} us {:.0} TFLOP/s ({:.0}% / {:.0}% of {} bf16)",
+                ms_gu * 1e3,
+                tflops(ms_gu, 2 * inter, HIDDEN),
+                ms_d * 1e3,
+                tflops(ms_d, HIDDEN, inter),
+                100.0 * tflops(ms_gu, 2 * inter, HIDDEN) / common::H100_BF16_TFLOPS,
+                100.0 * tflops(ms_d, HIDDEN, inter) / common::H100_BF16_TFLOPS,
+                common::H100_BF16_TFLOPS
             );
         }
     }

@@ -25,6 +25,11 @@ pub const OCRVL_MOE_MAX_EXPERTS: u32 = 256;
 pub const OCRVL_MOE_MAX_POOL_EXPERTS: u32 = 256;
 pub const OCRVL_MOE_MAX_TOP_K: u32 = 16;
 pub const OCRVL_MOE_ROUTER_SPLIT_K_MAX_TOKENS: u32 = 1024;
+pub const OCRVL_MOE_GEMM_AUTO: u32 = 0;
+pub const OCRVL_MOE_GEMM_MMA: u32 = 1;
+pub const OCRVL_MOE_GEMM_WGMMA: u32 = 2;
+pub const OCRVL_MOE_GEMM_WGMMA_2STAGE: u32 = 3;
+pub const OCRVL_MOE_WGMMA_MIN_TILES_PER_EXPERT: u32 = 4;
 pub const OCRVL_MOE_EPILOGUE_NONE: u32 = 0;
 pub const OCRVL_MOE_EPILOGUE_SWIGLU: u32 = 1;
 pub const OCRVL_MOE_MAX_VISION_IDS: u32 = 8;
@@ -600,6 +605,26 @@ unsafe extern "C" {
         n: i64,
         k: i64,
         epilogue: i32,
+        stream: ocrvl_stream_t,
+    ) -> i32;
+}
+unsafe extern "C" {
+    pub fn ocrvl_moe_grouped_gemm_with(
+        out: *mut ::std::os::raw::c_void,
+        out_stride: i64,
+        a: *const ::std::os::raw::c_void,
+        a_stride: i64,
+        sorted_pairs: *const i32,
+        gather_top_k: i32,
+        weight: *const ::std::os::raw::c_void,
+        tile_expert: *const i32,
+        max_tiles: i64,
+        expert_begin: i64,
+        expert_end: i64,
+        n: i64,
+        k: i64,
+        epilogue: i32,
+        kernel: i32,
         stream: ocrvl_stream_t,
     ) -> i32;
 }

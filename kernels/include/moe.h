@@ -37,6 +37,21 @@ extern "C" {
 /* The most tokens ocrvl_moe_router_logits sends to its split-k kernel (see below). */
 #define OCRVL_MOE_ROUTER_SPLIT_K_MAX_TOKENS 1024
 
+/* Which kernel ocrvl_moe_grouped_gemm_with runs (bf16 weights):
+ *   AUTO          WGMMA where it runs and the step has at least
+ *                 OCRVL_MOE_WGMMA_MIN_TILES_PER_EXPERT tiles per expert of the range (prefill),
+ *                 else MMA (decode: one mostly padded tile per expert, weight streaming)
+ *   MMA           mma.sync, tiles of 64 slots x 128 columns (kernels/moe/grouped_gemm.cuh)
+ *   WGMMA         sm_90a wgmma, 64 slots x 256 columns, a 4-stage ring (grouped_gemm_sm90.cuh)
+ *   WGMMA_2STAGE  the same with a 2-stage ring, two blocks per SM
+ * The WGMMA kernels need an sm_90 device, a build with sm_90a and n % 256 == 0: otherwise
+ * OCRVL_STATUS_UNSUPPORTED (AUTO falls back to MMA). */
+#define OCRVL_MOE_GEMM_AUTO 0
+#define OCRVL_MOE_GEMM_MMA 1
+#define OCRVL_MOE_GEMM_WGMMA 2
+#define OCRVL_MOE_GEMM_WGMMA_2STAGE 3
+#define OCRVL_MOE_WGMMA_MIN_TILES_PER_EXPERT 4
+
 /* ocrvl_moe_grouped_gemm's epilogues. */
 #define OCRVL_MOE_EPILOGUE_NONE 0
 #define OCRVL_MOE_EPILOGUE_SWIGLU 1
@@ -111,11 +126,22 @@ int32_t ocrvl_moe_align(int32_t* sorted_pairs, int32_t* pair_slot, int32_t* tile
  * a      bf16, row stride a_stride, k columns: [num_tokens, k] when gathering, else slot rows
  * weight [expert_end - expert_begin, n, k] bf16, contiguous
  * Limits: n % BLOCK_N == 0, k % BLOCK_K == 0, 16-byte aligned pointers and strides.
- * Grid: (n / BLOCK_N, max_tiles), Block: (128), 72 KiB dynamic shared memory. */
+ * The kernel is OCRVL_MOE_GEMM_AUTO's choice (OCRVL_MOE_GEMM=mma|wgmma|wgmma2 in the
+ * environment replaces it, for A/B runs). MMA: grid (n / BLOCK_N, max_tiles), block (128),
+ * 72 KiB dynamic shared memory. WGMMA: grid (n / 256, max_tiles), block (256), 161 KiB
+ * (2-stage: 81 KiB). */
 int32_t ocrvl_moe_grouped_gemm(void* out, int64_t out_stride, const void* a, int64_t a_stride,
                                const int32_t* sorted_pairs, int32_t gather_top_k, const void* weight,
                                const int32_t* tile_expert, int64_t max_tiles, int64_t expert_begin,
                                int64_t expert_end, int64_t n, int64_t k, int32_t epilogue, ocrvl_stream_t stream);
+
+/* 4, with the kernel named: `kernel` is one of OCRVL_MOE_GEMM_* (AUTO as above). Every kernel
+ * gives the same result up to the order of the f32 sums. */
+int32_t ocrvl_moe_grouped_gemm_with(void* out, int64_t out_stride, const void* a, int64_t a_stride,
+                                    const int32_t* sorted_pairs, int32_t gather_top_k, const void* weight,
+                                    const int32_t* tile_expert, int64_t max_tiles, int64_t expert_begin,
+                                    int64_t expert_end, int64_t n, int64_t k, int32_t epilogue, int32_t kernel,
+                                    ocrvl_stream_t stream);
 
 /* 4b. The same grouped GEMM with weight-only int8 weights (`--quantization wint8`): one f32
  * scale per expert row, applied to the f32 sum before the epilogue:

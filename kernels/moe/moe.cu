@@ -3,11 +3,14 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include <string>
+
 #include "common/check.cuh"
 #include "moe.h"
 #include "moe/align.cuh"
 #include "moe/combine.cuh"
 #include "moe/grouped_gemm.cuh"
+#include "moe/grouped_gemm_sm90.cuh"
 #include "moe/router.cuh"
 
 namespace {
@@ -92,6 +95,44 @@ extern "C" int32_t ocrvl_moe_align(int32_t* sorted_pairs, int32_t* pair_slot, in
 
 namespace {
 
+// True when the current device is sm_90 and this build has the sm_90a kernels.
+bool sm90a_device() {
+#ifdef OCRVL_HAS_SM90A
+    int dev = 0, major = 0, minor = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess) return false;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) return false;
+    if (cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) return false;
+    return major == 9 && minor == 0;
+#else
+    return false;
+#endif
+}
+
+// OCRVL_MOE_GEMM=mma|wgmma|wgmma2 replaces OCRVL_MOE_GEMM_AUTO's choice in every call: an A/B
+// switch for benches/moe.rs and the engine benches, read once per process. -1: not set.
+int32_t auto_override() {
+    static const int32_t choice = [] {
+        const char* v = getenv("OCRVL_MOE_GEMM");
+        if (v == nullptr) return -1;
+        const std::string s(v);
+        if (s == "mma") return (int32_t)OCRVL_MOE_GEMM_MMA;
+        if (s == "wgmma") return (int32_t)OCRVL_MOE_GEMM_WGMMA;
+        if (s == "wgmma2") return (int32_t)OCRVL_MOE_GEMM_WGMMA_2STAGE;
+        return -1;
+    }();
+    return choice;
+}
+
+// OCRVL_MOE_GEMM_AUTO for bf16 weights: the wgmma kernel once the step is prefill-sized, the
+// mma.sync kernel below that (decode: about one mostly padded tile per expert, where the
+// mma.sync kernel skips the padded m16 sub-tiles and the weight stream is the bound).
+int32_t auto_kernel(int64_t max_tiles, int64_t experts, int64_t n) {
+    if (!sm90a_device() || n % ocrvl::moe::kWgmmaN != 0) return OCRVL_MOE_GEMM_MMA;
+    const int32_t forced = auto_override();
+    if (forced >= 0) return forced;
+    return max_tiles >= OCRVL_MOE_WGMMA_MIN_TILES_PER_EXPERT * experts ? OCRVL_MOE_GEMM_WGMMA : OCRVL_MOE_GEMM_MMA;
+}
+
 // Checks the arguments both grouped GEMM entry points share, then launches the kernel for
 // (epilogue, weight type). scales is NULL for bf16 weights.
 template <bool kInt8>
@@ -99,15 +140,21 @@ int32_t launch_grouped_gemm(void* out, int64_t out_stride, const void* a, int64_
                             const int32_t* sorted_pairs, int32_t gather_top_k, const void* weight,
                             const float* scales, const int32_t* tile_expert, int64_t max_tiles,
                             int64_t expert_begin, int64_t expert_end, int64_t n, int64_t k, int32_t epilogue,
-                            ocrvl_stream_t stream) {
+                            int32_t kernel_choice, ocrvl_stream_t stream) {
     using namespace ocrvl::moe;
     OCRVL_CHECK_ARG(max_tiles >= 0 && max_tiles <= 65535 && n > 0 && k > 0 && gather_top_k >= 0);
     OCRVL_CHECK_ARG(expert_begin >= 0 && expert_end > expert_begin && expert_end <= OCRVL_MOE_MAX_EXPERTS);
     OCRVL_CHECK_ARG(epilogue == OCRVL_MOE_EPILOGUE_NONE || epilogue == OCRVL_MOE_EPILOGUE_SWIGLU);
+    OCRVL_CHECK_ARG(kernel_choice >= OCRVL_MOE_GEMM_AUTO && kernel_choice <= OCRVL_MOE_GEMM_WGMMA_2STAGE);
     const int64_t out_cols = epilogue == OCRVL_MOE_EPILOGUE_SWIGLU ? n / 2 : n;
     OCRVL_CHECK_ARG(a_stride >= k && out_stride >= out_cols);
     OCRVL_CHECK_ARG(n <= INT32_MAX && k <= INT32_MAX);
     if (n % kGemmN != 0 || k % kGemmK != 0) return OCRVL_STATUS_UNSUPPORTED;
+    if (kInt8 && kernel_choice > OCRVL_MOE_GEMM_MMA) return OCRVL_STATUS_UNSUPPORTED;
+    if (kernel_choice == OCRVL_MOE_GEMM_AUTO)
+        kernel_choice = kInt8 ? OCRVL_MOE_GEMM_MMA : auto_kernel(max_tiles, expert_end - expert_begin, n);
+    const bool wgmma = kernel_choice != OCRVL_MOE_GEMM_MMA;
+    if (wgmma && (n % kWgmmaN != 0 || !sm90a_device())) return OCRVL_STATUS_UNSUPPORTED;
     if (max_tiles == 0) return OCRVL_STATUS_OK;
     OCRVL_CHECK_ARG(out != nullptr && a != nullptr && sorted_pairs != nullptr && weight != nullptr &&
                     tile_expert != nullptr);
@@ -115,10 +162,25 @@ int32_t launch_grouped_gemm(void* out, int64_t out_stride, const void* a, int64_
     if (!aligned16(out) || !aligned16(a) || !aligned16(weight) || a_stride % 8 != 0 || out_stride % 2 != 0)
         return OCRVL_STATUS_UNSUPPORTED;
     if (kInt8 && !aligned16(scales)) return OCRVL_STATUS_UNSUPPORTED;
+    const bool swiglu = epilogue == OCRVL_MOE_EPILOGUE_SWIGLU;
+    if (wgmma) {
+        const bool two = kernel_choice == OCRVL_MOE_GEMM_WGMMA_2STAGE;
+        const int smem = wgmma_smem_bytes(two ? 2 : 4);
+        auto kernel = two ? (swiglu ? grouped_gemm_wgmma_kernel<OCRVL_MOE_EPILOGUE_SWIGLU, 2>
+                                    : grouped_gemm_wgmma_kernel<OCRVL_MOE_EPILOGUE_NONE, 2>)
+                          : (swiglu ? grouped_gemm_wgmma_kernel<OCRVL_MOE_EPILOGUE_SWIGLU, 4>
+                                    : grouped_gemm_wgmma_kernel<OCRVL_MOE_EPILOGUE_NONE, 4>);
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+        const dim3 grid((unsigned)(n / kWgmmaN), (unsigned)max_tiles);
+        kernel<<<grid, kWgmmaThreads, smem, as_cuda(stream)>>>(
+            static_cast<bf16*>(out), out_stride, static_cast<const bf16*>(a), a_stride, sorted_pairs, gather_top_k,
+            static_cast<const bf16*>(weight), tile_expert, (int)expert_begin, (int)expert_end, (int)n, (int)k);
+        return ocrvl::launch_status();
+    }
     const dim3 grid((unsigned)(n / kGemmN), (unsigned)max_tiles);
     const int smem = kInt8 ? kGemmSmemBytesInt8 : kGemmSmemBytes;
-    auto kernel = epilogue == OCRVL_MOE_EPILOGUE_NONE ? grouped_gemm_kernel<OCRVL_MOE_EPILOGUE_NONE, kInt8>
-                                                      : grouped_gemm_kernel<OCRVL_MOE_EPILOGUE_SWIGLU, kInt8>;
+    auto kernel = swiglu ? grouped_gemm_kernel<OCRVL_MOE_EPILOGUE_SWIGLU, kInt8>
+                         : grouped_gemm_kernel<OCRVL_MOE_EPILOGUE_NONE, kInt8>;
     cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     kernel<<<grid, kGemmThreads, smem, as_cuda(stream)>>>(
         static_cast<bf16*>(out), out_stride, static_cast<const bf16*>(a), a_stride, sorted_pairs, gather_top_k, weight,
@@ -134,7 +196,18 @@ extern "C" int32_t ocrvl_moe_grouped_gemm(void* out, int64_t out_stride, const v
                                           int64_t expert_end, int64_t n, int64_t k, int32_t epilogue,
                                           ocrvl_stream_t stream) {
     return launch_grouped_gemm<false>(out, out_stride, a, a_stride, sorted_pairs, gather_top_k, weight, nullptr,
-                                      tile_expert, max_tiles, expert_begin, expert_end, n, k, epilogue, stream);
+                                      tile_expert, max_tiles, expert_begin, expert_end, n, k, epilogue,
+                                      OCRVL_MOE_GEMM_AUTO, stream);
+}
+
+extern "C" int32_t ocrvl_moe_grouped_gemm_with(void* out, int64_t out_stride, const void* a, int64_t a_stride,
+                                               const int32_t* sorted_pairs, int32_t gather_top_k, const void* weight,
+                                               const int32_t* tile_expert, int64_t max_tiles, int64_t expert_begin,
+                                               int64_t expert_end, int64_t n, int64_t k, int32_t epilogue,
+                                               int32_t kernel, ocrvl_stream_t stream) {
+    return launch_grouped_gemm<false>(out, out_stride, a, a_stride, sorted_pairs, gather_top_k, weight, nullptr,
+                                      tile_expert, max_tiles, expert_begin, expert_end, n, k, epilogue, kernel,
+                                      stream);
 }
 
 extern "C" int32_t ocrvl_moe_grouped_gemm_w8(void* out, int64_t out_stride, const void* a, int64_t a_stride,
@@ -143,7 +216,8 @@ extern "C" int32_t ocrvl_moe_grouped_gemm_w8(void* out, int64_t out_stride, cons
                                              int64_t expert_begin, int64_t expert_end, int64_t n, int64_t k,
                                              int32_t epilogue, ocrvl_stream_t stream) {
     return launch_grouped_gemm<true>(out, out_stride, a, a_stride, sorted_pairs, gather_top_k, weight, scales,
-                                     tile_expert, max_tiles, expert_begin, expert_end, n, k, epilogue, stream);
+                                     tile_expert, max_tiles, expert_begin, expert_end, n, k, epilogue,
+                                     OCRVL_MOE_GEMM_MMA, stream);
 }
 
 extern "C" int32_t ocrvl_moe_combine(void* out, int64_t out_stride, const void* expert_out,

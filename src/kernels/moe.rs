@@ -46,6 +46,25 @@ pub enum Epilogue {
     SwiGlu,
 }
 
+/// Which kernel [`grouped_gemm_with`] runs (bf16 weights; int8 weights have only [`Self::Mma`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmKernel {
+    /// The wgmma kernel where it runs and the step is prefill-sized (at least
+    /// [`WGMMA_MIN_TILES_PER_EXPERT`] tiles per expert of the range), else mma.sync. The
+    /// environment's `OCRVL_MOE_GEMM=mma|wgmma|wgmma2` replaces the choice (A/B runs).
+    Auto,
+    /// mma.sync over tiles of 64 slots x 128 columns: any CUDA GPU.
+    Mma,
+    /// wgmma over tiles of 64 slots x 256 columns, a 4-stage ring: an sm_90 GPU with a build
+    /// for sm_90a, and `n` a multiple of 256; otherwise an unsupported error.
+    Wgmma,
+    /// As [`Self::Wgmma`] with a 2-stage ring (two blocks per SM).
+    Wgmma2Stage,
+}
+
+/// [`GemmKernel::Auto`] takes the wgmma kernel from this many tiles per expert.
+pub const WGMMA_MIN_TILES_PER_EXPERT: usize = sys::OCRVL_MOE_WGMMA_MIN_TILES_PER_EXPERT as usize;
+
 /// Tiles [`align`] may use for `num_pairs` pairs over `num_experts` experts; the slot buffers
 /// have `max_tiles · BLOCK_M` rows.
 pub fn max_tiles(num_pairs: usize, num_experts: usize) -> usize {
@@ -243,9 +262,41 @@ impl<'v, 'a> From<&'v TensorView<'a>> for ExpertWeight<'v, 'a> {
 /// `a`: bf16 rows of `k` columns: `[tokens, k]` read through the pairs when `gather_top_k` is
 /// `Some(top_k)`, else `[max_tiles · BLOCK_M, k]` read by slot; `weight`: see
 /// [`ExpertWeight`], contiguous; `sorted_pairs`, `tile_expert` as [`align`] wrote them.
+/// The kernel is [`GemmKernel::Auto`]'s choice.
 #[allow(clippy::too_many_arguments)]
 pub fn grouped_gemm<'v, 'a>(
     gpu: &Gpu,
+    out: &mut TensorViewMut<'_>,
+    a: &TensorView<'_>,
+    sorted_pairs: &TensorView<'_>,
+    gather_top_k: Option<usize>,
+    weight: impl Into<ExpertWeight<'v, 'a>>,
+    tile_expert: &TensorView<'_>,
+    experts: Range<usize>,
+    epilogue: Epilogue,
+) -> Result<()>
+where
+    'a: 'v,
+{
+    grouped_gemm_with(
+        gpu,
+        GemmKernel::Auto,
+        out,
+        a,
+        sorted_pairs,
+        gather_top_k,
+        weight,
+        tile_expert,
+        experts,
+        epilogue,
+    )
+}
+
+/// [`grouped_gemm`] with the kernel named (benches and tests compare them).
+#[allow(clippy::too_many_arguments)]
+pub fn grouped_gemm_with<'v, 'a>(
+    gpu: &Gpu,
+    kernel: GemmKernel,
     out: &mut TensorViewMut<'_>,
     a: &TensorView<'_>,
     sorted_pairs: &TensorView<'_>,
@@ -311,9 +362,19 @@ where
     // Gathered rows are token indices: pair / top_k must stay below a's rows, which holds when
     // the pairs came from `align` over [a_rows, top_k] ids. The kernel cannot check it.
     // SAFETY: shapes and dtypes checked as above; all views live on this GPU's stream.
+    let kernel = match kernel {
+        GemmKernel::Auto => sys::OCRVL_MOE_GEMM_AUTO,
+        GemmKernel::Mma => sys::OCRVL_MOE_GEMM_MMA,
+        GemmKernel::Wgmma => sys::OCRVL_MOE_GEMM_WGMMA,
+        GemmKernel::Wgmma2Stage => sys::OCRVL_MOE_GEMM_WGMMA_2STAGE,
+    } as i32;
+    let wgmma = kernel == sys::OCRVL_MOE_GEMM_WGMMA as i32 || kernel == sys::OCRVL_MOE_GEMM_WGMMA_2STAGE as i32;
+    if matches!(weight, ExpertWeight::Int8 { .. }) && wgmma {
+        return Err(Error::invalid(OP, "int8 expert weights have only the mma.sync kernel"));
+    }
     let status = unsafe {
         match weight {
-            ExpertWeight::Bf16(w) => sys::ocrvl_moe_grouped_gemm(
+            ExpertWeight::Bf16(w) => sys::ocrvl_moe_grouped_gemm_with(
                 out.device_ptr() as *mut _,
                 out.stride0() as i64,
                 a.device_ptr() as *const _,
@@ -328,6 +389,7 @@ where
                 n as i64,
                 k as i64,
                 epilogue,
+                kernel,
                 gpu.raw_stream(),
             ),
             ExpertWeight::Int8 { weight, scales } => sys::ocrvl_moe_grouped_gemm_w8(

@@ -8,7 +8,7 @@ use half::bf16;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use ocrvl::kernels::moe::{self, Epilogue, ExpertWeight, BLOCK_M};
+use ocrvl::kernels::moe::{self, Epilogue, ExpertWeight, GemmKernel, BLOCK_M};
 use ocrvl::model::quantize::{quantize_rows_int8, Int8Rows};
 use ocrvl::runtime::{DType, DeviceTensor, Gpu, TensorView as DeviceView};
 use ocrvl::sys::OcrvlStatus;
@@ -373,6 +373,7 @@ pub(crate) fn make_pool_int8(g: &Gpu, r: &mut ChaCha8Rng, experts: usize, inter:
 /// (down) at every used slot, and that padding slots stay untouched.
 #[allow(clippy::too_many_arguments)]
 fn check_grouped_gemm(
+    kernel: GemmKernel,
     name: &str,
     g: &Gpu,
     r: &mut ChaCha8Rng,
@@ -404,7 +405,7 @@ fn check_grouped_gemm(
     let max_inter = pools.iter().map(|p| p.inter).max().unwrap();
     let mut h = poisoned(g, DType::BF16, &[slots, max_inter], 0xFF);
     let mut y = poisoned(g, DType::BF16, &[slots, hidden], 0xFF);
-    run_pools(g, pools, experts, &xd, top_k, &sorted, &tile_expert, &mut h, &mut y);
+    run_pools(g, kernel, pools, experts, &xd, top_k, &sorted, &tile_expert, &mut h, &mut y);
     let sorted_h: Vec<i32> = sorted.to_host(g).unwrap();
     let h_got = bf16_to_f64(&h.to_host::<bf16>(g).unwrap());
     let y_got = bf16_to_f64(&y.to_host::<bf16>(g).unwrap());
@@ -443,6 +444,7 @@ fn check_grouped_gemm(
 #[allow(clippy::too_many_arguments)]
 fn run_pools(
     g: &Gpu,
+    kernel: GemmKernel,
     pools: &[Pool],
     experts: usize,
     xd: &DeviceTensor,
@@ -469,8 +471,9 @@ fn run_pools(
             ),
         };
         let mut hv = h.view_mut().columns(0, pool.inter).unwrap();
-        moe::grouped_gemm(
+        moe::grouped_gemm_with(
             g,
+            kernel,
             &mut hv,
             &xd.view(),
             &sorted.view(),
@@ -482,8 +485,9 @@ fn run_pools(
         )
         .unwrap();
         let hin = h.view().columns(0, pool.inter).unwrap();
-        moe::grouped_gemm(
+        moe::grouped_gemm_with(
             g,
+            kernel,
             &mut y.view_mut(),
             &hin,
             &sorted.view(),
@@ -554,7 +558,7 @@ fn grouped_gemm_matches_f64_at_the_model_shapes() {
     let (hidden, experts, top_k) = (MODEL_HIDDEN, MODEL_EXPERTS, MODEL_TOP_K);
     let pools = model_shape_pools(&g, &mut r, make_pool);
     let ids = random_ids(&mut r, 64, 2, experts, top_k);
-    check_grouped_gemm("model shapes", &g, &mut r, &pools, experts, hidden, &ids, top_k);
+    check_grouped_gemm(GemmKernel::Mma, "model shapes", &g, &mut r, &pools, experts, hidden, &ids, top_k);
 }
 
 #[test]
@@ -574,13 +578,13 @@ fn grouped_gemm_handles_empty_full_and_overflowing_tiles() {
     let mut ids = vec![1i32; 64];
     ids.extend(vec![2; 65]);
     ids.push(6);
-    check_grouped_gemm("64/65/1 pairs", &g, &mut r, &pools, experts, hidden, &ids, 1);
+    check_grouped_gemm(GemmKernel::Mma, "64/65/1 pairs", &g, &mut r, &pools, experts, hidden, &ids, 1);
     // top_k 2 over 300 tokens, all in pool 1: pool 0's call writes nothing.
     let ids = random_ids(&mut r, 300, 1, experts, 2)
         .iter()
         .map(|&e| e + experts as i32)
         .collect::<Vec<_>>();
-    check_grouped_gemm("one pool only", &g, &mut r, &pools, experts, hidden, &ids, 2);
+    check_grouped_gemm(GemmKernel::Mma, "one pool only", &g, &mut r, &pools, experts, hidden, &ids, 2);
 }
 
 #[test]
@@ -599,6 +603,7 @@ fn grouped_gemm_computes_every_live_row_at_sub_tile_boundaries() {
     for counts in [[15usize, 16, 17, 31, 32, 33, 47, 48], [49, 63, 64, 65, 79, 80, 81, 1]] {
         let ids = runs_of(&counts, experts);
         check_grouped_gemm(
+            GemmKernel::Mma,
             &format!("runs of {counts:?}"),
             &g,
             &mut r,
@@ -611,6 +616,158 @@ fn grouped_gemm_computes_every_live_row_at_sub_tile_boundaries() {
     }
 }
 
+/// True when the wgmma grouped GEMM runs on this GPU (sm_90 with an sm_90a build); else checks
+/// that it is refused as unsupported.
+fn wgmma_runs(g: &Gpu) -> bool {
+    if g.compute_capability() == (9, 0) && ocrvl::kernels::attention::fa3_built() {
+        return true;
+    }
+    let sorted = DeviceTensor::from_host(g, &[BLOCK_M], &vec![-1i32; BLOCK_M]).unwrap();
+    let te = DeviceTensor::from_host(g, &[1], &[0i32]).unwrap();
+    let a = DeviceTensor::zeros(g, DType::BF16, &[1, 64]).unwrap();
+    let w = DeviceTensor::zeros(g, DType::BF16, &[1, 256, 64]).unwrap();
+    let mut out = DeviceTensor::zeros(g, DType::BF16, &[BLOCK_M, 256]).unwrap();
+    let err = moe::grouped_gemm_with(
+        g,
+        GemmKernel::Wgmma,
+        &mut out.view_mut(),
+        &a.view(),
+        &sorted.view(),
+        Some(1),
+        &w.view(),
+        &te.view(),
+        0..1,
+        Epilogue::None,
+    )
+    .unwrap_err();
+    assert!(is_unsupported(&err), "wgmma on {:?}: {err}", g.compute_capability());
+    eprintln!("wgmma grouped GEMM not available on {:?}; checked that it is refused", g.compute_capability());
+    false
+}
+
+fn is_unsupported(err: &Error) -> bool {
+    matches!(
+        err,
+        Error::Kernel {
+            status: OcrvlStatus::OCRVL_STATUS_UNSUPPORTED,
+            ..
+        }
+    )
+}
+
+#[test]
+#[ignore = "needs GPU"]
+fn grouped_gemm_wgmma_matches_f64_at_the_model_shapes() {
+    let g = gpu();
+    if !wgmma_runs(&g) {
+        return;
+    }
+    for kernel in [GemmKernel::Wgmma, GemmKernel::Wgmma2Stage] {
+        let mut r = rng(0x6e3a);
+        let (hidden, experts, top_k) = (MODEL_HIDDEN, MODEL_EXPERTS, MODEL_TOP_K);
+        let pools = model_shape_pools(&g, &mut r, make_pool);
+        // 96 tokens over 8 experts of 2 pools: about 36 pairs per expert, so partial tiles,
+        // 40 k steps (gate/up) and 24 / 8 (down) through the ring.
+        let ids = random_ids(&mut r, 96, 2, experts, top_k);
+        check_grouped_gemm(kernel, &format!("{kernel:?}, model shapes"), &g, &mut r, &pools, experts, hidden, &ids, top_k);
+    }
+}
+
+#[test]
+#[ignore = "needs GPU"]
+fn grouped_gemm_wgmma_handles_full_partial_and_empty_tiles() {
+    let g = gpu();
+    if !wgmma_runs(&g) {
+        return;
+    }
+    for kernel in [GemmKernel::Wgmma, GemmKernel::Wgmma2Stage] {
+        let mut r = rng(0x6e3b);
+        // The narrowest widths the kernel takes: n = 256 (gate/up of inter 128, and down with
+        // hidden 256) and n = 512; k = 256 (4 k steps: fewer than the 4-stage ring's prologue
+        // plus one) and 128 (2 steps).
+        let (hidden, experts) = (256, 6);
+        let pools = [
+            make_pool(&g, &mut r, experts, 128, hidden),
+            make_pool(&g, &mut r, experts, 256, hidden),
+        ];
+        // Runs of 1, 63, 64, 65, 128 and 200 pairs (one to four tiles, full and partial).
+        let ids = runs_of(&[1, 63, 64, 65, 128, 200], experts);
+        check_grouped_gemm(kernel, &format!("{kernel:?}, runs"), &g, &mut r, &pools, experts, hidden, &ids, 1);
+        // top-2 over 500 tokens in both pools, with one expert of each pool left empty.
+        let ids: Vec<i32> = random_ids(&mut r, 500, 2, experts - 1, 2)
+            .iter()
+            .map(|&e| if e >= (experts - 1) as i32 { e + 1 } else { e })
+            .collect();
+        check_grouped_gemm(kernel, &format!("{kernel:?}, top-2"), &g, &mut r, &pools, experts, hidden, &ids, 2);
+    }
+}
+
+#[test]
+#[ignore = "needs GPU"]
+fn grouped_gemm_wgmma_refuses_what_it_has_no_tile_for() {
+    let g = gpu();
+    if !wgmma_runs(&g) {
+        return;
+    }
+    let sorted = DeviceTensor::from_host(&g, &[BLOCK_M], &vec![-1i32; BLOCK_M]).unwrap();
+    let te = DeviceTensor::from_host(&g, &[1], &[-1i32]).unwrap();
+    let a = DeviceTensor::zeros(&g, DType::BF16, &[4, 128]).unwrap();
+    // n = 384: a multiple of the mma.sync kernel's 128 columns, not of wgmma's 256.
+    let w = DeviceTensor::zeros(&g, DType::BF16, &[1, 384, 128]).unwrap();
+    let mut out = DeviceTensor::zeros(&g, DType::BF16, &[BLOCK_M, 384]).unwrap();
+    for kernel in [GemmKernel::Wgmma, GemmKernel::Wgmma2Stage] {
+        let err = moe::grouped_gemm_with(
+            &g,
+            kernel,
+            &mut out.view_mut(),
+            &a.view(),
+            &sorted.view(),
+            Some(1),
+            &w.view(),
+            &te.view(),
+            0..1,
+            Epilogue::None,
+        )
+        .unwrap_err();
+        assert!(is_unsupported(&err), "{kernel:?} n 384: {err}");
+    }
+    // Auto takes the mma.sync kernel there: the call runs.
+    moe::grouped_gemm_with(
+        &g,
+        GemmKernel::Auto,
+        &mut out.view_mut(),
+        &a.view(),
+        &sorted.view(),
+        Some(1),
+        &w.view(),
+        &te.view(),
+        0..1,
+        Epilogue::None,
+    )
+    .unwrap();
+    // int8 weights have no wgmma kernel.
+    let w8 = DeviceTensor::zeros(&g, DType::I8, &[1, 256, 128]).unwrap();
+    let sc = DeviceTensor::zeros(&g, DType::F32, &[1, 256]).unwrap();
+    let mut out = DeviceTensor::zeros(&g, DType::BF16, &[BLOCK_M, 256]).unwrap();
+    let err = moe::grouped_gemm_with(
+        &g,
+        GemmKernel::Wgmma,
+        &mut out.view_mut(),
+        &a.view(),
+        &sorted.view(),
+        Some(1),
+        ExpertWeight::Int8 {
+            weight: &w8.view(),
+            scales: &sc.view(),
+        },
+        &te.view(),
+        0..1,
+        Epilogue::None,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("int8"), "{err}");
+}
+
 #[test]
 #[ignore = "needs GPU"]
 fn grouped_gemm_int8_matches_f64_at_the_model_shapes() {
@@ -621,13 +778,13 @@ fn grouped_gemm_int8_matches_f64_at_the_model_shapes() {
     let (hidden, experts, top_k) = (MODEL_HIDDEN, MODEL_EXPERTS, MODEL_TOP_K);
     let pools = model_shape_pools(&g, &mut r, make_pool_int8);
     let ids = random_ids(&mut r, 64, 2, experts, top_k);
-    check_grouped_gemm("int8, model shapes", &g, &mut r, &pools, experts, hidden, &ids, top_k);
+    check_grouped_gemm(GemmKernel::Mma, "int8, model shapes", &g, &mut r, &pools, experts, hidden, &ids, top_k);
     // A decode-sized step (few live slots per tile) and one of ~75 slots per expert (a full
     // tile and a partial one; the host's f64 reference bounds the size).
     let ids = random_ids(&mut r, 3, 2, experts, top_k);
-    check_grouped_gemm("int8, 3 tokens", &g, &mut r, &pools, experts, hidden, &ids, top_k);
+    check_grouped_gemm(GemmKernel::Mma, "int8, 3 tokens", &g, &mut r, &pools, experts, hidden, &ids, top_k);
     let ids = random_ids(&mut r, 200, 2, experts, top_k);
-    check_grouped_gemm("int8, 200 tokens", &g, &mut r, &pools, experts, hidden, &ids, top_k);
+    check_grouped_gemm(GemmKernel::Mma, "int8, 200 tokens", &g, &mut r, &pools, experts, hidden, &ids, top_k);
 }
 
 #[test]
@@ -643,7 +800,7 @@ fn grouped_gemm_int8_handles_tile_boundaries_and_refusals() {
         make_pool_int8(&g, &mut r, experts, 128, hidden),
     ];
     let ids = runs_of(&[15, 16, 17, 33, 64, 65, 81, 1], experts);
-    check_grouped_gemm("int8 runs", &g, &mut r, &pools, experts, hidden, &ids, 1);
+    check_grouped_gemm(GemmKernel::Mma, "int8 runs", &g, &mut r, &pools, experts, hidden, &ids, 1);
 
     // Scales of the wrong shape or dtype are refused before anything runs.
     let tiles = 2;
@@ -875,7 +1032,7 @@ fn moe_layer_matches_f64() {
         2 * experts,
     )
     .unwrap();
-    run_pools(&g, &pools, experts, &xd, top_k, &sorted, &tile_expert, &mut h, &mut y);
+    run_pools(&g, GemmKernel::Auto, &pools, experts, &xd, top_k, &sorted, &tile_expert, &mut h, &mut y);
     let sv = sd.view();
     moe::combine(
         &g,
