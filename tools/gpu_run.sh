@@ -3,7 +3,7 @@
 # criterion benches, then the bench binary. Full logs go to LOGDIR (default $OUT, else
 # ./logs); a short summary table is printed last. It writes 4 files (tests.log, benches.log,
 # bench.log, bench.json), since the device tool brings back 8 at most.
-#   bash target/gpu-bundle/run.sh [tests|benches|bench|baseline|async|sanitizer|soak|ab|checks|seeds|ernie|ernie-full|ernie-bench|vllm-ernie|moe-ab|attn-d80|ncu-paddle|wint8|round11-verify|round11-ab|all] [LOGDIR]
+#   bash target/gpu-bundle/run.sh [tests|benches|bench|baseline|async|sanitizer|soak|ab|checks|seeds|ernie|ernie-full|ernie-bench|vllm-ernie|moe-ab|attn-d80|ncu-paddle|wint8|round11-verify|round11-ab|round12|all] [LOGDIR]
 # One device call runs at most 10 minutes, so the parts run as separate calls: `tests` (every
 # test executable, then the server check), `benches` (criterion benches and torch baselines),
 # `bench` (the bench binary's workloads, the full-size fidelity check and transformers'
@@ -260,6 +260,27 @@ if [ "$part" = wint8 ]; then
         ERNIE_WORKLOADS=decode ERNIE_NUM_REQUESTS=${ERNIE_NUM_REQUESTS:-decode=256} \
             ERNIE_BENCH_ARGS="--quantization wint8" bash "$0" ernie-bench "$logs"
     fi
+fi
+if [ "$part" = round12 ]; then
+    # Round 12's first call: the whole GPU suite (the rope launch that writes the KV cache, the
+    # wgmma grouped GEMM's tests against f64, every engine test through both decoders), the C
+    # ABI's tests, bench-moe with the automatic grouped GEMM and with OCRVL_MOE_GEMM=mma (its
+    # prefill_gemm rows compare the three kernels in each run), bench-rope's rope_cache rows,
+    # then round11-ab (PaddleOCR-VL model steps and workloads against before-bench).
+    # The new kernel's tests first, on their own: a fault there shows before the long suite.
+    run_step "test-gpu grouped_gemm" "$logs/tests.log" timeout 120 "$bin/test-gpu" --include-ignored \
+        --test-threads=1 grouped_gemm
+    run_step test-gpu "$logs/tests.log" timeout ${TEST_TIMEOUT:-300} "$bin/test-gpu" --include-ignored --test-threads=1 \
+        --skip ernie_full_size --skip grouped_gemm ${VERIFY_FILTER:-}
+    run_step test-ffi_c "$logs/tests.log" timeout 90 "$bin/test-ffi_c" --include-ignored --test-threads=1
+    grep -E '^test .*FAILED$|^test result|panicked' "$logs/tests.log" | head -20
+    run_step "bench-moe (auto)" "$logs/moe.log" timeout 90 "$bin/bench-moe" --bench block_prefill
+    OCRVL_MOE_GEMM=mma run_step "bench-moe (OCRVL_MOE_GEMM=mma)" "$logs/moe.log" timeout 90 "$bin/bench-moe" \
+        --bench block_prefill
+    grep -E '^=== |^block_|^prefill_gemm' "$logs/moe.log"
+    run_step "bench-rope" "$logs/benches.log" timeout 60 "$bin/bench-rope" --bench rope_cache
+    grep -E '^rope_cache' "$logs/benches.log" | head -12
+    bash "$0" round11-ab "$logs"
 fi
 if [ "$part" = round11-verify ]; then
     # A round's verification in one call: the GPU suite (or the tests VERIFY_FILTER names),
