@@ -3,7 +3,7 @@
 # criterion benches, then the bench binary. Full logs go to LOGDIR (default $OUT, else
 # ./logs); a short summary table is printed last. It writes 4 files (tests.log, benches.log,
 # bench.log, bench.json), since the device tool brings back 8 at most.
-#   bash target/gpu-bundle/run.sh [tests|benches|bench|baseline|async|sanitizer|soak|ab|checks|seeds|ernie|ernie-full|ernie-bench|vllm-ernie|moe-ab|attn-d80|ncu-paddle|wint8|round11-verify|round11-ab|round12|all] [LOGDIR]
+#   bash target/gpu-bundle/run.sh [tests|benches|bench|baseline|async|sanitizer|soak|ab|checks|seeds|ernie|ernie-full|ernie-bench|vllm-ernie|moe-ab|attn-d80|ncu-paddle|wint8|round11-verify|round11-ab|round12|round12-ernie|all] [LOGDIR]
 # One device call runs at most 10 minutes, so the parts run as separate calls: `tests` (every
 # test executable, then the server check), `benches` (criterion benches and torch baselines),
 # `bench` (the bench binary's workloads, the full-size fidelity check and transformers'
@@ -281,6 +281,23 @@ if [ "$part" = round12 ]; then
     run_step "bench-rope" "$logs/benches.log" timeout 60 "$bin/bench-rope" --bench rope_cache
     grep -E '^rope_cache' "$logs/benches.log" | head -12
     bash "$0" round11-ab "$logs"
+fi
+if [ "$part" = round12-ernie ]; then
+    # The wgmma grouped GEMM inside ERNIE-4.5-VL: the MoE block and model tests with
+    # OCRVL_MOE_GEMM=wgmma (AUTO takes wgmma only from 4 tiles per expert, which the tests'
+    # short prompts never reach), then the full model's bench (synthetic checkpoint in
+    # /dev/shm, as vllm-ernie reads it): AUTO, then image-qa and multi-image again with
+    # OCRVL_MOE_GEMM=mma (the A/B in one call).
+    OCRVL_MOE_GEMM=wgmma run_step "test-gpu ernie + moe (OCRVL_MOE_GEMM=wgmma)" "$logs/tests_ernie.log" timeout 200 \
+        "$bin/test-gpu" --include-ignored --test-threads=1 --skip ernie_full_size ernie moe
+    grep -E '^test .*FAILED$|^test result|panicked' "$logs/tests_ernie.log" | head -20
+    ERNIE_WEIGHTS=synth ERNIE_NUM_REQUESTS=${ERNIE_NUM_REQUESTS:-decode=256,image-qa=128,multi-image=64} \
+        BENCH_TIMEOUT=240 bash "$0" ernie-bench "$logs"
+    cp "$logs/bench_ernie_full.json" "$logs/bench_ernie_auto.json"
+    [ "${MMA_AB:-1}" = 1 ] && OCRVL_MOE_GEMM=mma run_step "bench (ERNIE full, OCRVL_MOE_GEMM=mma)" "$logs/ernie_mma.log" \
+        timeout 200 "$bin/bench" --model /dev/shm/ernie-full --max-model-len 16384 --workload image-qa,multi-image \
+        --num-requests image-qa=128,multi-image=64 --json "$logs/bench_ernie_mma.json" \
+        && grep -E '^\| (image-qa|multi-image)|^workload ' "$logs/ernie_mma.log"
 fi
 if [ "$part" = round11-verify ]; then
     # A round's verification in one call: the GPU suite (or the tests VERIFY_FILTER names),
