@@ -338,7 +338,14 @@ fn moe_benches(c: &mut Criterion) {
     }
 
     // Each pool's grouped GEMMs alone at prefill sizes, every kernel on the same routing.
-    for (pool, tokens) in [(0usize, 1024usize), (0, 2048), (0, 4096), (0, 8192), (1, 2048), (1, 8192)] {
+    for (pool, tokens) in [
+        (0usize, 1024usize),
+        (0, 2048),
+        (0, 4096),
+        (0, 8192),
+        (1, 2048),
+        (1, 8192),
+    ] {
         let inter = INTER[pool];
         let x = DeviceTensor::from_host(&gpu, &[tokens, HIDDEN], &pattern_bf16(tokens * HIDDEN, 13)).unwrap();
         let mut logits = DeviceTensor::alloc(&gpu, DType::F32, &[tokens, 2 * EXPERTS]).unwrap();

@@ -405,7 +405,18 @@ fn check_grouped_gemm(
     let max_inter = pools.iter().map(|p| p.inter).max().unwrap();
     let mut h = poisoned(g, DType::BF16, &[slots, max_inter], 0xFF);
     let mut y = poisoned(g, DType::BF16, &[slots, hidden], 0xFF);
-    run_pools(g, kernel, pools, experts, &xd, top_k, &sorted, &tile_expert, &mut h, &mut y);
+    run_pools(
+        g,
+        kernel,
+        pools,
+        experts,
+        &xd,
+        top_k,
+        &sorted,
+        &tile_expert,
+        &mut h,
+        &mut y,
+    );
     let sorted_h: Vec<i32> = sorted.to_host(g).unwrap();
     let h_got = bf16_to_f64(&h.to_host::<bf16>(g).unwrap());
     let y_got = bf16_to_f64(&y.to_host::<bf16>(g).unwrap());
@@ -558,7 +569,17 @@ fn grouped_gemm_matches_f64_at_the_model_shapes() {
     let (hidden, experts, top_k) = (MODEL_HIDDEN, MODEL_EXPERTS, MODEL_TOP_K);
     let pools = model_shape_pools(&g, &mut r, make_pool);
     let ids = random_ids(&mut r, 64, 2, experts, top_k);
-    check_grouped_gemm(GemmKernel::Mma, "model shapes", &g, &mut r, &pools, experts, hidden, &ids, top_k);
+    check_grouped_gemm(
+        GemmKernel::Mma,
+        "model shapes",
+        &g,
+        &mut r,
+        &pools,
+        experts,
+        hidden,
+        &ids,
+        top_k,
+    );
 }
 
 #[test]
@@ -578,13 +599,33 @@ fn grouped_gemm_handles_empty_full_and_overflowing_tiles() {
     let mut ids = vec![1i32; 64];
     ids.extend(vec![2; 65]);
     ids.push(6);
-    check_grouped_gemm(GemmKernel::Mma, "64/65/1 pairs", &g, &mut r, &pools, experts, hidden, &ids, 1);
+    check_grouped_gemm(
+        GemmKernel::Mma,
+        "64/65/1 pairs",
+        &g,
+        &mut r,
+        &pools,
+        experts,
+        hidden,
+        &ids,
+        1,
+    );
     // top_k 2 over 300 tokens, all in pool 1: pool 0's call writes nothing.
     let ids = random_ids(&mut r, 300, 1, experts, 2)
         .iter()
         .map(|&e| e + experts as i32)
         .collect::<Vec<_>>();
-    check_grouped_gemm(GemmKernel::Mma, "one pool only", &g, &mut r, &pools, experts, hidden, &ids, 2);
+    check_grouped_gemm(
+        GemmKernel::Mma,
+        "one pool only",
+        &g,
+        &mut r,
+        &pools,
+        experts,
+        hidden,
+        &ids,
+        2,
+    );
 }
 
 #[test]
@@ -641,7 +682,10 @@ fn wgmma_runs(g: &Gpu) -> bool {
     )
     .unwrap_err();
     assert!(is_unsupported(&err), "wgmma on {:?}: {err}", g.compute_capability());
-    eprintln!("wgmma grouped GEMM not available on {:?}; checked that it is refused", g.compute_capability());
+    eprintln!(
+        "wgmma grouped GEMM not available on {:?}; checked that it is refused",
+        g.compute_capability()
+    );
     false
 }
 
@@ -669,7 +713,17 @@ fn grouped_gemm_wgmma_matches_f64_at_the_model_shapes() {
         // 96 tokens over 8 experts of 2 pools: about 36 pairs per expert, so partial tiles,
         // 40 k steps (gate/up) and 24 / 8 (down) through the ring.
         let ids = random_ids(&mut r, 96, 2, experts, top_k);
-        check_grouped_gemm(kernel, &format!("{kernel:?}, model shapes"), &g, &mut r, &pools, experts, hidden, &ids, top_k);
+        check_grouped_gemm(
+            kernel,
+            &format!("{kernel:?}, model shapes"),
+            &g,
+            &mut r,
+            &pools,
+            experts,
+            hidden,
+            &ids,
+            top_k,
+        );
     }
 }
 
@@ -692,13 +746,33 @@ fn grouped_gemm_wgmma_handles_full_partial_and_empty_tiles() {
         ];
         // Runs of 1, 63, 64, 65, 128 and 200 pairs (one to four tiles, full and partial).
         let ids = runs_of(&[1, 63, 64, 65, 128, 200], experts);
-        check_grouped_gemm(kernel, &format!("{kernel:?}, runs"), &g, &mut r, &pools, experts, hidden, &ids, 1);
+        check_grouped_gemm(
+            kernel,
+            &format!("{kernel:?}, runs"),
+            &g,
+            &mut r,
+            &pools,
+            experts,
+            hidden,
+            &ids,
+            1,
+        );
         // top-2 over 500 tokens in both pools, with one expert of each pool left empty.
         let ids: Vec<i32> = random_ids(&mut r, 500, 2, experts - 1, 2)
             .iter()
             .map(|&e| if e >= (experts - 1) as i32 { e + 1 } else { e })
             .collect();
-        check_grouped_gemm(kernel, &format!("{kernel:?}, top-2"), &g, &mut r, &pools, experts, hidden, &ids, 2);
+        check_grouped_gemm(
+            kernel,
+            &format!("{kernel:?}, top-2"),
+            &g,
+            &mut r,
+            &pools,
+            experts,
+            hidden,
+            &ids,
+            2,
+        );
     }
 }
 
@@ -778,13 +852,43 @@ fn grouped_gemm_int8_matches_f64_at_the_model_shapes() {
     let (hidden, experts, top_k) = (MODEL_HIDDEN, MODEL_EXPERTS, MODEL_TOP_K);
     let pools = model_shape_pools(&g, &mut r, make_pool_int8);
     let ids = random_ids(&mut r, 64, 2, experts, top_k);
-    check_grouped_gemm(GemmKernel::Mma, "int8, model shapes", &g, &mut r, &pools, experts, hidden, &ids, top_k);
+    check_grouped_gemm(
+        GemmKernel::Mma,
+        "int8, model shapes",
+        &g,
+        &mut r,
+        &pools,
+        experts,
+        hidden,
+        &ids,
+        top_k,
+    );
     // A decode-sized step (few live slots per tile) and one of ~75 slots per expert (a full
     // tile and a partial one; the host's f64 reference bounds the size).
     let ids = random_ids(&mut r, 3, 2, experts, top_k);
-    check_grouped_gemm(GemmKernel::Mma, "int8, 3 tokens", &g, &mut r, &pools, experts, hidden, &ids, top_k);
+    check_grouped_gemm(
+        GemmKernel::Mma,
+        "int8, 3 tokens",
+        &g,
+        &mut r,
+        &pools,
+        experts,
+        hidden,
+        &ids,
+        top_k,
+    );
     let ids = random_ids(&mut r, 200, 2, experts, top_k);
-    check_grouped_gemm(GemmKernel::Mma, "int8, 200 tokens", &g, &mut r, &pools, experts, hidden, &ids, top_k);
+    check_grouped_gemm(
+        GemmKernel::Mma,
+        "int8, 200 tokens",
+        &g,
+        &mut r,
+        &pools,
+        experts,
+        hidden,
+        &ids,
+        top_k,
+    );
 }
 
 #[test]
@@ -800,7 +904,17 @@ fn grouped_gemm_int8_handles_tile_boundaries_and_refusals() {
         make_pool_int8(&g, &mut r, experts, 128, hidden),
     ];
     let ids = runs_of(&[15, 16, 17, 33, 64, 65, 81, 1], experts);
-    check_grouped_gemm(GemmKernel::Mma, "int8 runs", &g, &mut r, &pools, experts, hidden, &ids, 1);
+    check_grouped_gemm(
+        GemmKernel::Mma,
+        "int8 runs",
+        &g,
+        &mut r,
+        &pools,
+        experts,
+        hidden,
+        &ids,
+        1,
+    );
 
     // Scales of the wrong shape or dtype are refused before anything runs.
     let tiles = 2;
@@ -1032,7 +1146,18 @@ fn moe_layer_matches_f64() {
         2 * experts,
     )
     .unwrap();
-    run_pools(&g, GemmKernel::Auto, &pools, experts, &xd, top_k, &sorted, &tile_expert, &mut h, &mut y);
+    run_pools(
+        &g,
+        GemmKernel::Auto,
+        &pools,
+        experts,
+        &xd,
+        top_k,
+        &sorted,
+        &tile_expert,
+        &mut h,
+        &mut y,
+    );
     let sv = sd.view();
     moe::combine(
         &g,
