@@ -10,6 +10,7 @@
 #include "attention.h"
 #include "attention/fa3_launch.cuh"
 #include "common/check.cuh"
+#include "common/sm90a.cuh"
 #include "kv_cache.h"
 
 namespace {
@@ -57,18 +58,6 @@ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 
 // A token stride TMA can use (a multiple of 16 bytes) that holds `row` elements.
 bool stride_ok(int64_t stride, int64_t row) { return stride >= row && stride % 8 == 0; }
 
-// True when the current device is sm_90 and this build has the sm_90a kernels.
-bool device_ok() {
-#ifdef OCRVL_HAS_SM90A
-    int dev = 0, major = 0, minor = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess) return false;
-    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) return false;
-    if (cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) return false;
-    return major == 9 && minor == 0;
-#else
-    return false;
-#endif
-}
 
 // Checks shared by both entry points (those of attention.cu, plus the device); fills every
 // field of `out` but the tensor maps and the K/V specifics.
@@ -87,7 +76,7 @@ int32_t check_common(const OcrvlAttnParams* p, Fa3Params* out) {
     OCRVL_CHECK_ARG(p->lse == nullptr || (reinterpret_cast<uintptr_t>(p->lse) & 3) == 0);
     OCRVL_CHECK_ARG(p->fa3_mainloop >= OCRVL_FA3_MAINLOOP_DEFAULT && p->fa3_mainloop <= OCRVL_FA3_MAINLOOP_PINGPONG);
     if (p->num_seqs > 65535) return OCRVL_STATUS_UNSUPPORTED;
-    if (!device_ok()) return OCRVL_STATUS_UNSUPPORTED;
+    if (!ocrvl::sm90a_device()) return OCRVL_STATUS_UNSUPPORTED;
     *out = Fa3Params{};
     out->o = static_cast<ocrvl::attn::bf16*>(p->o);
     out->lse = p->lse;

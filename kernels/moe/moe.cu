@@ -6,6 +6,7 @@
 #include <string>
 
 #include "common/check.cuh"
+#include "common/sm90a.cuh"
 #include "moe.h"
 #include "moe/align.cuh"
 #include "moe/combine.cuh"
@@ -95,18 +96,6 @@ extern "C" int32_t ocrvl_moe_align(int32_t* sorted_pairs, int32_t* pair_slot, in
 
 namespace {
 
-// True when the current device is sm_90 and this build has the sm_90a kernels.
-bool sm90a_device() {
-#ifdef OCRVL_HAS_SM90A
-    int dev = 0, major = 0, minor = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess) return false;
-    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) return false;
-    if (cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) return false;
-    return major == 9 && minor == 0;
-#else
-    return false;
-#endif
-}
 
 // OCRVL_MOE_GEMM=mma|wgmma|wgmma2 replaces OCRVL_MOE_GEMM_AUTO's choice in every call: an A/B
 // switch for benches/moe.rs and the engine benches, read once per process. -1: not set.
@@ -127,7 +116,7 @@ int32_t auto_override() {
 // mma.sync kernel below that (decode: about one mostly padded tile per expert, where the
 // mma.sync kernel skips the padded m16 sub-tiles and the weight stream is the bound).
 int32_t auto_kernel(int64_t max_tiles, int64_t experts, int64_t n) {
-    if (!sm90a_device() || n % ocrvl::moe::kWgmmaN != 0) return OCRVL_MOE_GEMM_MMA;
+    if (!ocrvl::sm90a_device() || n % ocrvl::moe::kWgmmaN != 0) return OCRVL_MOE_GEMM_MMA;
     const int32_t forced = auto_override();
     if (forced >= 0) return forced;
     return max_tiles >= OCRVL_MOE_WGMMA_MIN_TILES_PER_EXPERT * experts ? OCRVL_MOE_GEMM_WGMMA : OCRVL_MOE_GEMM_MMA;
@@ -154,7 +143,7 @@ int32_t launch_grouped_gemm(void* out, int64_t out_stride, const void* a, int64_
     if (kernel_choice == OCRVL_MOE_GEMM_AUTO)
         kernel_choice = kInt8 ? OCRVL_MOE_GEMM_MMA : auto_kernel(max_tiles, expert_end - expert_begin, n);
     const bool wgmma = kernel_choice != OCRVL_MOE_GEMM_MMA;
-    if (wgmma && (n % kWgmmaN != 0 || !sm90a_device())) return OCRVL_STATUS_UNSUPPORTED;
+    if (wgmma && (n % kWgmmaN != 0 || !ocrvl::sm90a_device())) return OCRVL_STATUS_UNSUPPORTED;
     if (max_tiles == 0) return OCRVL_STATUS_OK;
     OCRVL_CHECK_ARG(out != nullptr && a != nullptr && sorted_pairs != nullptr && weight != nullptr &&
                     tile_expert != nullptr);

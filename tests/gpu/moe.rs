@@ -657,30 +657,47 @@ fn grouped_gemm_computes_every_live_row_at_sub_tile_boundaries() {
     }
 }
 
+/// The grouped GEMM (no epilogue, gathering top-1 from 4 zero rows of `a`) over `tiles` tiles of
+/// padding only, each tile given expert `tile_expert`: what the launcher checks, refuses and
+/// chooses, with nothing to compute. `out` is `[tiles · BLOCK_M, n]` for an `[1, n, k]` weight.
+fn gemm_on_padding(
+    g: &Gpu,
+    kernel: GemmKernel,
+    weight: ExpertWeight<'_, '_>,
+    tiles: usize,
+    tile_expert: i32,
+) -> ocrvl::Result<()> {
+    let w = match weight {
+        ExpertWeight::Bf16(w) => w,
+        ExpertWeight::Int8 { weight, .. } => weight,
+    };
+    let (n, k) = (w.dims()[1], w.dims()[2]);
+    let sorted = DeviceTensor::from_host(g, &[tiles * BLOCK_M], &vec![-1i32; tiles * BLOCK_M]).unwrap();
+    let te = DeviceTensor::from_host(g, &[tiles], &vec![tile_expert; tiles]).unwrap();
+    let a = DeviceTensor::zeros(g, DType::BF16, &[4, k]).unwrap();
+    let mut out = DeviceTensor::zeros(g, DType::BF16, &[tiles * BLOCK_M, n]).unwrap();
+    moe::grouped_gemm_with(
+        g,
+        kernel,
+        &mut out.view_mut(),
+        &a.view(),
+        &sorted.view(),
+        Some(1),
+        weight,
+        &te.view(),
+        0..1,
+        Epilogue::None,
+    )
+}
+
 /// True when the wgmma grouped GEMM runs on this GPU (sm_90 with an sm_90a build); else checks
 /// that it is refused as unsupported.
 fn wgmma_runs(g: &Gpu) -> bool {
     if g.compute_capability() == (9, 0) && ocrvl::kernels::attention::fa3_built() {
         return true;
     }
-    let sorted = DeviceTensor::from_host(g, &[BLOCK_M], &vec![-1i32; BLOCK_M]).unwrap();
-    let te = DeviceTensor::from_host(g, &[1], &[0i32]).unwrap();
-    let a = DeviceTensor::zeros(g, DType::BF16, &[1, 64]).unwrap();
     let w = DeviceTensor::zeros(g, DType::BF16, &[1, 256, 64]).unwrap();
-    let mut out = DeviceTensor::zeros(g, DType::BF16, &[BLOCK_M, 256]).unwrap();
-    let err = moe::grouped_gemm_with(
-        g,
-        GemmKernel::Wgmma,
-        &mut out.view_mut(),
-        &a.view(),
-        &sorted.view(),
-        Some(1),
-        &w.view(),
-        &te.view(),
-        0..1,
-        Epilogue::None,
-    )
-    .unwrap_err();
+    let err = gemm_on_padding(g, GemmKernel::Wgmma, ExpertWeight::Bf16(&w.view()), 1, 0).unwrap_err();
     assert!(is_unsupported(&err), "wgmma on {:?}: {err}", g.compute_capability());
     eprintln!(
         "wgmma grouped GEMM not available on {:?}; checked that it is refused",
@@ -783,62 +800,22 @@ fn grouped_gemm_wgmma_refuses_what_it_has_no_tile_for() {
     if !wgmma_runs(&g) {
         return;
     }
-    let sorted = DeviceTensor::from_host(&g, &[BLOCK_M], &vec![-1i32; BLOCK_M]).unwrap();
-    let te = DeviceTensor::from_host(&g, &[1], &[-1i32]).unwrap();
-    let a = DeviceTensor::zeros(&g, DType::BF16, &[4, 128]).unwrap();
     // n = 384: a multiple of the mma.sync kernel's 128 columns, not of wgmma's 256.
     let w = DeviceTensor::zeros(&g, DType::BF16, &[1, 384, 128]).unwrap();
-    let mut out = DeviceTensor::zeros(&g, DType::BF16, &[BLOCK_M, 384]).unwrap();
     for kernel in [GemmKernel::Wgmma, GemmKernel::Wgmma2Stage] {
-        let err = moe::grouped_gemm_with(
-            &g,
-            kernel,
-            &mut out.view_mut(),
-            &a.view(),
-            &sorted.view(),
-            Some(1),
-            &w.view(),
-            &te.view(),
-            0..1,
-            Epilogue::None,
-        )
-        .unwrap_err();
+        let err = gemm_on_padding(&g, kernel, ExpertWeight::Bf16(&w.view()), 1, -1).unwrap_err();
         assert!(is_unsupported(&err), "{kernel:?} n 384: {err}");
     }
     // Auto takes the mma.sync kernel there: the call runs.
-    moe::grouped_gemm_with(
-        &g,
-        GemmKernel::Auto,
-        &mut out.view_mut(),
-        &a.view(),
-        &sorted.view(),
-        Some(1),
-        &w.view(),
-        &te.view(),
-        0..1,
-        Epilogue::None,
-    )
-    .unwrap();
+    gemm_on_padding(&g, GemmKernel::Auto, ExpertWeight::Bf16(&w.view()), 1, -1).unwrap();
     // int8 weights have no wgmma kernel.
     let w8 = DeviceTensor::zeros(&g, DType::I8, &[1, 256, 128]).unwrap();
     let sc = DeviceTensor::zeros(&g, DType::F32, &[1, 256]).unwrap();
-    let mut out = DeviceTensor::zeros(&g, DType::BF16, &[BLOCK_M, 256]).unwrap();
-    let err = moe::grouped_gemm_with(
-        &g,
-        GemmKernel::Wgmma,
-        &mut out.view_mut(),
-        &a.view(),
-        &sorted.view(),
-        Some(1),
-        ExpertWeight::Int8 {
-            weight: &w8.view(),
-            scales: &sc.view(),
-        },
-        &te.view(),
-        0..1,
-        Epilogue::None,
-    )
-    .unwrap_err();
+    let int8 = ExpertWeight::Int8 {
+        weight: &w8.view(),
+        scales: &sc.view(),
+    };
+    let err = gemm_on_padding(&g, GemmKernel::Wgmma, int8, 1, -1).unwrap_err();
     assert!(err.to_string().contains("int8"), "{err}");
 }
 
@@ -917,31 +894,16 @@ fn grouped_gemm_int8_handles_tile_boundaries_and_refusals() {
     );
 
     // Scales of the wrong shape or dtype are refused before anything runs.
-    let tiles = 2;
-    let sorted = DeviceTensor::from_host(&g, &[tiles * BLOCK_M], &vec![-1i32; tiles * BLOCK_M]).unwrap();
-    let te = DeviceTensor::from_host(&g, &[tiles], &[-1i32, -1]).unwrap();
-    let a = DeviceTensor::zeros(&g, DType::BF16, &[4, 128]).unwrap();
     let w = DeviceTensor::zeros(&g, DType::I8, &[1, 128, 128]).unwrap();
-    let mut out = DeviceTensor::zeros(&g, DType::BF16, &[tiles * BLOCK_M, 128]).unwrap();
     for bad in [
         DeviceTensor::zeros(&g, DType::F32, &[1, 64]).unwrap(),
         DeviceTensor::zeros(&g, DType::BF16, &[1, 128]).unwrap(),
     ] {
-        let err = moe::grouped_gemm(
-            &g,
-            &mut out.view_mut(),
-            &a.view(),
-            &sorted.view(),
-            Some(1),
-            ExpertWeight::Int8 {
-                weight: &w.view(),
-                scales: &bad.view(),
-            },
-            &te.view(),
-            0..1,
-            Epilogue::None,
-        )
-        .unwrap_err();
+        let int8 = ExpertWeight::Int8 {
+            weight: &w.view(),
+            scales: &bad.view(),
+        };
+        let err = gemm_on_padding(&g, GemmKernel::Auto, int8, 2, -1).unwrap_err();
         assert!(err.to_string().contains("scales"), "{err}");
     }
 }
@@ -950,36 +912,11 @@ fn grouped_gemm_int8_handles_tile_boundaries_and_refusals() {
 #[ignore = "needs GPU"]
 fn grouped_gemm_refuses_widths_it_has_no_tile_for() {
     let g = gpu();
-    let tiles = 2;
-    let sorted = DeviceTensor::from_host(&g, &[tiles * BLOCK_M], &vec![-1i32; tiles * BLOCK_M]).unwrap();
-    let te = DeviceTensor::from_host(&g, &[tiles], &[-1i32, -1]).unwrap();
     // k = 96 is not a multiple of 64; then n = 192 is not a multiple of 128.
     for (n, k) in [(128, 96), (192, 128)] {
-        let a = DeviceTensor::zeros(&g, DType::BF16, &[4, k]).unwrap();
         let w = DeviceTensor::zeros(&g, DType::BF16, &[1, n, k]).unwrap();
-        let mut out = DeviceTensor::zeros(&g, DType::BF16, &[tiles * BLOCK_M, n]).unwrap();
-        let err = moe::grouped_gemm(
-            &g,
-            &mut out.view_mut(),
-            &a.view(),
-            &sorted.view(),
-            Some(1),
-            &w.view(),
-            &te.view(),
-            0..1,
-            Epilogue::None,
-        )
-        .unwrap_err();
-        assert!(
-            matches!(
-                err,
-                Error::Kernel {
-                    status: OcrvlStatus::OCRVL_STATUS_UNSUPPORTED,
-                    ..
-                }
-            ),
-            "n {n} k {k}: {err}"
-        );
+        let err = gemm_on_padding(&g, GemmKernel::Auto, ExpertWeight::Bf16(&w.view()), 2, -1).unwrap_err();
+        assert!(is_unsupported(&err), "n {n} k {k}: {err}");
     }
 }
 
