@@ -38,12 +38,13 @@ extern "C" {
 #define OCRVL_MOE_ROUTER_SPLIT_K_MAX_TOKENS 1024
 
 /* Which kernel ocrvl_moe_grouped_gemm_with runs (bf16 weights):
- *   AUTO          WGMMA where it runs and the step has at least
+ *   AUTO          WGMMA_2STAGE where it runs and the step has at least
  *                 OCRVL_MOE_WGMMA_MIN_TILES_PER_EXPERT tiles per expert of the range (prefill),
  *                 else MMA (decode: one mostly padded tile per expert, weight streaming)
  *   MMA           mma.sync, tiles of 64 slots x 128 columns (kernels/moe/grouped_gemm.cuh)
  *   WGMMA         sm_90a wgmma, 64 slots x 256 columns, a 4-stage ring (grouped_gemm_sm90.cuh)
- *   WGMMA_2STAGE  the same with a 2-stage ring, two blocks per SM
+ *   WGMMA_2STAGE  the same with a 2-stage ring, two blocks per SM (measured the faster one
+ *                 at prefill on the H100: docs/notes/moe_kernels.md, version 5)
  * The WGMMA kernels need an sm_90 device, a build with sm_90a and n % 256 == 0: otherwise
  * OCRVL_STATUS_UNSUPPORTED (AUTO falls back to MMA). */
 #define OCRVL_MOE_GEMM_AUTO 0

@@ -21,8 +21,14 @@
 // MMAs run while the next step's copies land.
 //
 // kStages 4: 160 KiB, one block per SM. kStages 2: 80 KiB, two blocks per SM, one block's
-// epilogue and prologue hidden behind the other's mainloop. Both are built; the launcher's
-// default is the one measured faster (moe.cu).
+// epilogue and prologue hidden behind the other's mainloop. Both are built and tested; AUTO
+// takes the 2-stage ring, measured faster at prefill (H100, round 12: 399 against 379 TFLOP/s
+// for the text gate/up at 8192 tokens, 448 against 388 for the vision one; moe.cu). Both stay
+// at about half the bf16 rate: each k step waits for the previous step's wgmmas to retire and
+// for a block-wide barrier before it issues its own, so the tensor pipe drains once per step
+// (4 wgmmas of m64n128k16). Keeping one wgmma group in flight across steps (a deeper ring with
+// the refill one step later, or a producer warp with mbarriers and TMA for the weight while A
+// stays gathered through cp.async) is the next step.
 #pragma once
 #include <cuda_bf16.h>
 #include <stdint.h>

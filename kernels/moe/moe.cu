@@ -112,14 +112,19 @@ int32_t auto_override() {
     return choice;
 }
 
-// OCRVL_MOE_GEMM_AUTO for bf16 weights: the wgmma kernel once the step is prefill-sized, the
-// mma.sync kernel below that (decode: about one mostly padded tile per expert, where the
-// mma.sync kernel skips the padded m16 sub-tiles and the weight stream is the bound).
+// OCRVL_MOE_GEMM_AUTO for bf16 weights: the 2-stage wgmma kernel once the step is
+// prefill-sized, the mma.sync kernel below that (decode: about one mostly padded tile per
+// expert, where the mma.sync kernel skips the padded m16 sub-tiles and the weight stream is the
+// bound). Measured on the H100 (round 12, bench-moe, text pool gate/up / down): at 8192 tokens
+// mma.sync 2432 / 1266 us, wgmma 4-stage 2038 / 1015, 2-stage 1936 / 1003 (vision pool 820 /
+// 509, 665 / 479, 575 / 411); at 2048 tokens (4 tiles per expert) mma.sync 689 / 358 against
+// 576 / 320; at 1024 (2.5 tiles per expert) all three within 2%.
 int32_t auto_kernel(int64_t max_tiles, int64_t experts, int64_t n) {
     if (!ocrvl::sm90a_device() || n % ocrvl::moe::kWgmmaN != 0) return OCRVL_MOE_GEMM_MMA;
     const int32_t forced = auto_override();
     if (forced >= 0) return forced;
-    return max_tiles >= OCRVL_MOE_WGMMA_MIN_TILES_PER_EXPERT * experts ? OCRVL_MOE_GEMM_WGMMA : OCRVL_MOE_GEMM_MMA;
+    return max_tiles >= OCRVL_MOE_WGMMA_MIN_TILES_PER_EXPERT * experts ? OCRVL_MOE_GEMM_WGMMA_2STAGE
+                                                                       : OCRVL_MOE_GEMM_MMA;
 }
 
 // Checks the arguments both grouped GEMM entry points share, then launches the kernel for

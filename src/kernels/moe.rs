@@ -49,7 +49,7 @@ pub enum Epilogue {
 /// Which kernel [`grouped_gemm_with`] runs (bf16 weights; int8 weights have only [`Self::Mma`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GemmKernel {
-    /// The wgmma kernel where it runs and the step is prefill-sized (at least
+    /// The 2-stage wgmma kernel where it runs and the step is prefill-sized (at least
     /// [`WGMMA_MIN_TILES_PER_EXPERT`] tiles per expert of the range), else mma.sync. The
     /// environment's `OCRVL_MOE_GEMM=mma|wgmma|wgmma2` replaces the choice (A/B runs).
     Auto,
