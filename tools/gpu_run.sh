@@ -330,8 +330,10 @@ if [ "$part" = ncu-paddle ]; then
     #    decode steps at batch 256 x 1024 context, 12 prefill steps; every launch (~8k).
     run_step "ncu: PaddleOCR-VL model steps" "$logs/ncu_paddle_steps.log" timeout 300 ncu --clock-control none \
         --cache-control none --metrics gpu__time_duration.sum --csv "$bin/bench" --workload none
+    # Each decoder forward holds two embedding_gather launches (two segments: the layers, then
+    # the head); the first decode forward also runs the GEMM tuner's candidates (round 12).
     python3 "$here/tools/ncu_summary.py" "$logs/ncu_paddle_steps.log" 16 --split-at embedding_gather \
-        --phases vision:1:12,decode:12:12,prefill:12:12 | tee "$logs/ncu_paddle_summary.txt"
+        --phases vision:1:12,tuning:2:1,decode:22:11,prefill:24:12 | tee "$logs/ncu_paddle_summary.txt"
     # 2. The engine's eager decode steps at batch 256 and ~1.1k context: the warm-up (~1.6k
     #    launches) and the 32 prefill steps (~6.5k) come first; skipping 12000 lands in the
     #    decode-only steps.
