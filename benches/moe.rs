@@ -74,6 +74,55 @@ fn weight_bytes_used(experts_used: &[i32]) -> usize {
     routed + 3 * SHARED_INTER * HIDDEN * 2 + 2 * EXPERTS * HIDDEN * 4
 }
 
+/// `tokens` token rows (a pattern salted by `salt`), all in expert pool `pool`, routed by the
+/// real router and bias and sorted into tiles by `align`: what the grouped GEMM takes.
+struct Routed {
+    x: DeviceTensor,
+    sorted: DeviceTensor,
+    tile_expert: DeviceTensor,
+    tiles: usize,
+}
+
+fn route(gpu: &Gpu, router: &DeviceTensor, bias: &DeviceTensor, tokens: usize, pool: usize, salt: u32) -> Routed {
+    let x = DeviceTensor::from_host(gpu, &[tokens, HIDDEN], &pattern_bf16(tokens * HIDDEN, salt)).unwrap();
+    let mut logits = DeviceTensor::alloc(gpu, DType::F32, &[tokens, 2 * EXPERTS]).unwrap();
+    let mut ids = DeviceTensor::alloc(gpu, DType::I32, &[tokens, TOP_K]).unwrap();
+    let mut w = DeviceTensor::alloc(gpu, DType::F32, &[tokens, TOP_K]).unwrap();
+    let tiles = moe::max_tiles(tokens * TOP_K, 2 * EXPERTS);
+    let mut sorted = DeviceTensor::alloc(gpu, DType::I32, &[tiles * BLOCK_M]).unwrap();
+    let mut pair_slot = DeviceTensor::alloc(gpu, DType::I32, &[tokens * TOP_K]).unwrap();
+    let mut tile_expert = DeviceTensor::alloc(gpu, DType::I32, &[tiles]).unwrap();
+    moe::router_logits(gpu, &mut logits.view_mut(), &x.view(), &router.view()).unwrap();
+    let pools = DeviceTensor::from_host(gpu, &[tokens], &vec![pool as i32; tokens]).unwrap();
+    let (pv, bv) = (pools.view(), bias.view());
+    moe::topk(
+        gpu,
+        &mut ids.view_mut(),
+        &mut w.view_mut(),
+        &logits.view(),
+        Some(&pv),
+        Some(&bv),
+        EXPERTS,
+        1e-12,
+    )
+    .unwrap();
+    moe::align(
+        gpu,
+        &mut sorted.view_mut(),
+        &mut pair_slot.view_mut(),
+        &mut tile_expert.view_mut(),
+        &ids.view(),
+        2 * EXPERTS,
+    )
+    .unwrap();
+    Routed {
+        x,
+        sorted,
+        tile_expert,
+        tiles,
+    }
+}
+
 /// Times `run` (the mean of 50 after 3 warm-ups), prints its GB/s line as `label` for `bytes`
 /// moved once per run, and registers it with criterion as `name`.
 fn bench_gbps(
@@ -230,38 +279,14 @@ fn moe_benches(c: &mut Criterion) {
     // of the weights of the experts used: the step's floor is these weights streamed once.
     // Then the same with int8 weights (the bytes counted are the int8 weights and scales).
     for tokens in [128usize, 256] {
-        let x = DeviceTensor::from_host(&gpu, &[tokens, HIDDEN], &pattern_bf16(tokens * HIDDEN, 5)).unwrap();
-        let mut logits = DeviceTensor::alloc(&gpu, DType::F32, &[tokens, 2 * EXPERTS]).unwrap();
-        let mut ids = DeviceTensor::alloc(&gpu, DType::I32, &[tokens, TOP_K]).unwrap();
-        let mut w = DeviceTensor::alloc(&gpu, DType::F32, &[tokens, TOP_K]).unwrap();
-        let tiles = moe::max_tiles(tokens * TOP_K, 2 * EXPERTS);
-        let mut sorted = DeviceTensor::alloc(&gpu, DType::I32, &[tiles * BLOCK_M]).unwrap();
-        let mut pair_slot = DeviceTensor::alloc(&gpu, DType::I32, &[tokens * TOP_K]).unwrap();
-        let mut tile_expert = DeviceTensor::alloc(&gpu, DType::I32, &[tiles]).unwrap();
+        let Routed {
+            x,
+            sorted,
+            tile_expert,
+            tiles,
+        } = route(&gpu, &router, &bias, tokens, 0, 5);
         let mut h = DeviceTensor::alloc(&gpu, DType::BF16, &[tiles * BLOCK_M, INTER[0]]).unwrap();
         let mut y = DeviceTensor::alloc(&gpu, DType::BF16, &[tiles * BLOCK_M, HIDDEN]).unwrap();
-        moe::router_logits(&gpu, &mut logits.view_mut(), &x.view(), &router.view()).unwrap();
-        let bv = bias.view();
-        moe::topk(
-            &gpu,
-            &mut ids.view_mut(),
-            &mut w.view_mut(),
-            &logits.view(),
-            None,
-            Some(&bv.narrow0(0, 1).unwrap()),
-            EXPERTS,
-            1e-12,
-        )
-        .unwrap();
-        moe::align(
-            &gpu,
-            &mut sorted.view_mut(),
-            &mut pair_slot.view_mut(),
-            &mut tile_expert.view_mut(),
-            &ids.view(),
-            2 * EXPERTS,
-        )
-        .unwrap();
         let used: Vec<i32> = tile_expert.to_host(&gpu).unwrap();
         let mut used: Vec<i32> = used.into_iter().filter(|&e| e >= 0).collect();
         used.dedup();
@@ -347,39 +372,14 @@ fn moe_benches(c: &mut Criterion) {
         (1, 8192),
     ] {
         let inter = INTER[pool];
-        let x = DeviceTensor::from_host(&gpu, &[tokens, HIDDEN], &pattern_bf16(tokens * HIDDEN, 13)).unwrap();
-        let mut logits = DeviceTensor::alloc(&gpu, DType::F32, &[tokens, 2 * EXPERTS]).unwrap();
-        let mut ids = DeviceTensor::alloc(&gpu, DType::I32, &[tokens, TOP_K]).unwrap();
-        let mut w = DeviceTensor::alloc(&gpu, DType::F32, &[tokens, TOP_K]).unwrap();
-        let tiles = moe::max_tiles(tokens * TOP_K, 2 * EXPERTS);
-        let mut sorted = DeviceTensor::alloc(&gpu, DType::I32, &[tiles * BLOCK_M]).unwrap();
-        let mut pair_slot = DeviceTensor::alloc(&gpu, DType::I32, &[tokens * TOP_K]).unwrap();
-        let mut tile_expert = DeviceTensor::alloc(&gpu, DType::I32, &[tiles]).unwrap();
+        let Routed {
+            x,
+            sorted,
+            tile_expert,
+            tiles,
+        } = route(&gpu, &router, &bias, tokens, pool, 13);
         let mut h = DeviceTensor::alloc(&gpu, DType::BF16, &[tiles * BLOCK_M, inter]).unwrap();
         let mut y = DeviceTensor::alloc(&gpu, DType::BF16, &[tiles * BLOCK_M, HIDDEN]).unwrap();
-        moe::router_logits(&gpu, &mut logits.view_mut(), &x.view(), &router.view()).unwrap();
-        let pool_ids = DeviceTensor::from_host(&gpu, &[tokens], &vec![pool as i32; tokens]).unwrap();
-        let (pv, bv) = (pool_ids.view(), bias.view());
-        moe::topk(
-            &gpu,
-            &mut ids.view_mut(),
-            &mut w.view_mut(),
-            &logits.view(),
-            Some(&pv),
-            Some(&bv),
-            EXPERTS,
-            1e-12,
-        )
-        .unwrap();
-        moe::align(
-            &gpu,
-            &mut sorted.view_mut(),
-            &mut pair_slot.view_mut(),
-            &mut tile_expert.view_mut(),
-            &ids.view(),
-            2 * EXPERTS,
-        )
-        .unwrap();
         let experts = pool * EXPERTS..(pool + 1) * EXPERTS;
         let (gu, d) = (pools[pool].0.view(), pools[pool].1.view());
         let pairs = (tokens * TOP_K) as f64;
