@@ -62,7 +62,7 @@ pub enum GemmKernel {
     Wgmma2Stage,
 }
 
-/// [`GemmKernel::Auto`] takes the wgmma kernel from this many tiles per expert.
+/// [`GemmKernel::Auto`] takes the 2-stage wgmma kernel from this many tiles per expert.
 pub const WGMMA_MIN_TILES_PER_EXPERT: usize = sys::OCRVL_MOE_WGMMA_MIN_TILES_PER_EXPERT as usize;
 
 /// Tiles [`align`] may use for `num_pairs` pairs over `num_experts` experts; the slot buffers
