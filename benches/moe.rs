@@ -74,16 +74,20 @@ fn weight_bytes_used(experts_used: &[i32]) -> usize {
     routed + 3 * SHARED_INTER * HIDDEN * 2 + 2 * EXPERTS * HIDDEN * 4
 }
 
-/// `tokens` token rows (a pattern salted by `salt`), all in expert pool `pool`, routed by the
-/// real router and bias and sorted into tiles by `align`: what the grouped GEMM takes.
+/// Token rows (a pattern salted by `salt`), token t in expert pool `pools[t]`, routed by the
+/// real router and bias (`ids`, global expert ids) and sorted into tiles by `align`: what the
+/// MoE block and the grouped GEMM take.
 struct Routed {
     x: DeviceTensor,
+    pools: DeviceTensor,
+    ids: DeviceTensor,
     sorted: DeviceTensor,
     tile_expert: DeviceTensor,
     tiles: usize,
 }
 
-fn route(gpu: &Gpu, router: &DeviceTensor, bias: &DeviceTensor, tokens: usize, pool: usize, salt: u32) -> Routed {
+fn route(gpu: &Gpu, router: &DeviceTensor, bias: &DeviceTensor, pools: &[i32], salt: u32) -> Routed {
+    let tokens = pools.len();
     let x = DeviceTensor::from_host(gpu, &[tokens, HIDDEN], &pattern_bf16(tokens * HIDDEN, salt)).unwrap();
     let mut logits = DeviceTensor::alloc(gpu, DType::F32, &[tokens, 2 * EXPERTS]).unwrap();
     let mut ids = DeviceTensor::alloc(gpu, DType::I32, &[tokens, TOP_K]).unwrap();
@@ -93,7 +97,7 @@ fn route(gpu: &Gpu, router: &DeviceTensor, bias: &DeviceTensor, tokens: usize, p
     let mut pair_slot = DeviceTensor::alloc(gpu, DType::I32, &[tokens * TOP_K]).unwrap();
     let mut tile_expert = DeviceTensor::alloc(gpu, DType::I32, &[tiles]).unwrap();
     moe::router_logits(gpu, &mut logits.view_mut(), &x.view(), &router.view()).unwrap();
-    let pools = DeviceTensor::from_host(gpu, &[tokens], &vec![pool as i32; tokens]).unwrap();
+    let pools = DeviceTensor::from_host(gpu, &[tokens], pools).unwrap();
     let (pv, bv) = (pools.view(), bias.view());
     moe::topk(
         gpu,
@@ -117,6 +121,8 @@ fn route(gpu: &Gpu, router: &DeviceTensor, bias: &DeviceTensor, tokens: usize, p
     .unwrap();
     Routed {
         x,
+        pools,
+        ids,
         sorted,
         tile_expert,
         tiles,
@@ -190,12 +196,12 @@ fn moe_benches(c: &mut Criterion) {
         ("block_decode_256", 256, 10),
         ("block_prefill_8192", 8192, 3),
     ] {
-        let x =
-            DeviceTensor::from_host(&gpu, &[tokens, HIDDEN], &pattern_bf16(tokens * HIDDEN, tokens as u32)).unwrap();
-        let pool: Vec<i32> = (0..tokens)
+        let token_pools: Vec<i32> = (0..tokens)
             .map(|t| i32::from(vision_every > 0 && t % vision_every == 0))
             .collect();
-        let pool = DeviceTensor::from_host(&gpu, &[tokens], &pool).unwrap();
+        let Routed {
+            x, pools: pool, ids, ..
+        } = route(&gpu, &router, &bias, &token_pools, tokens as u32);
         let mut out = DeviceTensor::alloc(&gpu, DType::BF16, &[tokens, HIDDEN]).unwrap();
         let mut step = || {
             moe_block(
@@ -211,25 +217,7 @@ fn moe_benches(c: &mut Criterion) {
         };
         let ms = common::mean_ms(&gpu, 3, 20, &mut step);
         // The routing of the timed runs (the same every run): which experts, how many pairs.
-        let ids: Vec<i32> = {
-            let mut ids = DeviceTensor::alloc(&gpu, DType::I32, &[tokens, TOP_K]).unwrap();
-            let mut w = DeviceTensor::alloc(&gpu, DType::F32, &[tokens, TOP_K]).unwrap();
-            let mut logits = DeviceTensor::alloc(&gpu, DType::F32, &[tokens, 2 * EXPERTS]).unwrap();
-            moe::router_logits(&gpu, &mut logits.view_mut(), &x.view(), &router.view()).unwrap();
-            let (pv, bv) = (pool.view(), bias.view());
-            moe::topk(
-                &gpu,
-                &mut ids.view_mut(),
-                &mut w.view_mut(),
-                &logits.view(),
-                Some(&pv),
-                Some(&bv),
-                EXPERTS,
-                1e-12,
-            )
-            .unwrap();
-            ids.to_host(&gpu).unwrap()
-        };
+        let ids: Vec<i32> = ids.to_host(&gpu).unwrap();
         let mut experts_used: Vec<i32> = ids.clone();
         experts_used.sort();
         experts_used.dedup();
@@ -284,7 +272,8 @@ fn moe_benches(c: &mut Criterion) {
             sorted,
             tile_expert,
             tiles,
-        } = route(&gpu, &router, &bias, tokens, 0, 5);
+            ..
+        } = route(&gpu, &router, &bias, &vec![0; tokens], 5);
         let mut h = DeviceTensor::alloc(&gpu, DType::BF16, &[tiles * BLOCK_M, INTER[0]]).unwrap();
         let mut y = DeviceTensor::alloc(&gpu, DType::BF16, &[tiles * BLOCK_M, HIDDEN]).unwrap();
         let used: Vec<i32> = tile_expert.to_host(&gpu).unwrap();
@@ -377,7 +366,8 @@ fn moe_benches(c: &mut Criterion) {
             sorted,
             tile_expert,
             tiles,
-        } = route(&gpu, &router, &bias, tokens, pool, 13);
+            ..
+        } = route(&gpu, &router, &bias, &vec![pool as i32; tokens], 13);
         let mut h = DeviceTensor::alloc(&gpu, DType::BF16, &[tiles * BLOCK_M, inter]).unwrap();
         let mut y = DeviceTensor::alloc(&gpu, DType::BF16, &[tiles * BLOCK_M, HIDDEN]).unwrap();
         let experts = pool * EXPERTS..(pool + 1) * EXPERTS;
