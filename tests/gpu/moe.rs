@@ -370,19 +370,18 @@ pub(crate) fn make_pool_int8(g: &Gpu, r: &mut ChaCha8Rng, experts: usize, inter:
 
 /// The experts' MLPs over routed pairs, two pools, on the GPU and in f64: `ids` `[tokens,
 /// top_k]` global (pool p's expert e is p · experts + e). Checks h (gate/up + SwiGLU) and y
-/// (down) at every used slot, and that padding slots stay untouched.
-#[allow(clippy::too_many_arguments)]
+/// (down) at every used slot, and that padding slots stay untouched. Every pool has the same
+/// expert count and hidden width.
 fn check_grouped_gemm(
     kernel: GemmKernel,
     name: &str,
     g: &Gpu,
     r: &mut ChaCha8Rng,
     pools: &[Pool],
-    experts: usize,
-    hidden: usize,
     ids: &[i32],
     top_k: usize,
 ) {
+    let (experts, hidden) = (pools[0].gate.len(), pools[0].gate_up_dev.dims()[2]);
     let tokens = ids.len() / top_k;
     let total_experts = experts * pools.len();
     let x = rand_bf16(r, tokens * hidden, 1.0);
@@ -566,20 +565,10 @@ fn model_shape_pools(
 fn grouped_gemm_matches_f64_at_the_model_shapes() {
     let g = gpu();
     let mut r = rng(0x6e33);
-    let (hidden, experts, top_k) = (MODEL_HIDDEN, MODEL_EXPERTS, MODEL_TOP_K);
+    let (experts, top_k) = (MODEL_EXPERTS, MODEL_TOP_K);
     let pools = model_shape_pools(&g, &mut r, make_pool);
     let ids = random_ids(&mut r, 64, 2, experts, top_k);
-    check_grouped_gemm(
-        GemmKernel::Mma,
-        "model shapes",
-        &g,
-        &mut r,
-        &pools,
-        experts,
-        hidden,
-        &ids,
-        top_k,
-    );
+    check_grouped_gemm(GemmKernel::Mma, "model shapes", &g, &mut r, &pools, &ids, top_k);
 }
 
 #[test]
@@ -599,33 +588,13 @@ fn grouped_gemm_handles_empty_full_and_overflowing_tiles() {
     let mut ids = vec![1i32; 64];
     ids.extend(vec![2; 65]);
     ids.push(6);
-    check_grouped_gemm(
-        GemmKernel::Mma,
-        "64/65/1 pairs",
-        &g,
-        &mut r,
-        &pools,
-        experts,
-        hidden,
-        &ids,
-        1,
-    );
+    check_grouped_gemm(GemmKernel::Mma, "64/65/1 pairs", &g, &mut r, &pools, &ids, 1);
     // top_k 2 over 300 tokens, all in pool 1: pool 0's call writes nothing.
     let ids = random_ids(&mut r, 300, 1, experts, 2)
         .iter()
         .map(|&e| e + experts as i32)
         .collect::<Vec<_>>();
-    check_grouped_gemm(
-        GemmKernel::Mma,
-        "one pool only",
-        &g,
-        &mut r,
-        &pools,
-        experts,
-        hidden,
-        &ids,
-        2,
-    );
+    check_grouped_gemm(GemmKernel::Mma, "one pool only", &g, &mut r, &pools, &ids, 2);
 }
 
 #[test]
@@ -649,8 +618,6 @@ fn grouped_gemm_computes_every_live_row_at_sub_tile_boundaries() {
             &g,
             &mut r,
             &pools,
-            experts,
-            hidden,
             &ids,
             1,
         );
@@ -725,7 +692,7 @@ fn grouped_gemm_wgmma_matches_f64_at_the_model_shapes() {
     }
     for kernel in [GemmKernel::Wgmma, GemmKernel::Wgmma2Stage] {
         let mut r = rng(0x6e3a);
-        let (hidden, experts, top_k) = (MODEL_HIDDEN, MODEL_EXPERTS, MODEL_TOP_K);
+        let (experts, top_k) = (MODEL_EXPERTS, MODEL_TOP_K);
         let pools = model_shape_pools(&g, &mut r, make_pool);
         // 96 tokens over 8 experts of 2 pools: about 36 pairs per expert, so partial tiles,
         // 40 k steps (gate/up) and 24 / 8 (down) through the ring.
@@ -736,8 +703,6 @@ fn grouped_gemm_wgmma_matches_f64_at_the_model_shapes() {
             &g,
             &mut r,
             &pools,
-            experts,
-            hidden,
             &ids,
             top_k,
         );
@@ -763,33 +728,13 @@ fn grouped_gemm_wgmma_handles_full_partial_and_empty_tiles() {
         ];
         // Runs of 1, 63, 64, 65, 128 and 200 pairs (one to four tiles, full and partial).
         let ids = runs_of(&[1, 63, 64, 65, 128, 200], experts);
-        check_grouped_gemm(
-            kernel,
-            &format!("{kernel:?}, runs"),
-            &g,
-            &mut r,
-            &pools,
-            experts,
-            hidden,
-            &ids,
-            1,
-        );
+        check_grouped_gemm(kernel, &format!("{kernel:?}, runs"), &g, &mut r, &pools, &ids, 1);
         // top-2 over 500 tokens in both pools, with one expert of each pool left empty.
         let ids: Vec<i32> = random_ids(&mut r, 500, 2, experts - 1, 2)
             .iter()
             .map(|&e| if e >= (experts - 1) as i32 { e + 1 } else { e })
             .collect();
-        check_grouped_gemm(
-            kernel,
-            &format!("{kernel:?}, top-2"),
-            &g,
-            &mut r,
-            &pools,
-            experts,
-            hidden,
-            &ids,
-            2,
-        );
+        check_grouped_gemm(kernel, &format!("{kernel:?}, top-2"), &g, &mut r, &pools, &ids, 2);
     }
 }
 
@@ -826,46 +771,16 @@ fn grouped_gemm_int8_matches_f64_at_the_model_shapes() {
     // scale per row, the reference on exactly q · scale.
     let g = gpu();
     let mut r = rng(0x6e38);
-    let (hidden, experts, top_k) = (MODEL_HIDDEN, MODEL_EXPERTS, MODEL_TOP_K);
+    let (experts, top_k) = (MODEL_EXPERTS, MODEL_TOP_K);
     let pools = model_shape_pools(&g, &mut r, make_pool_int8);
     let ids = random_ids(&mut r, 64, 2, experts, top_k);
-    check_grouped_gemm(
-        GemmKernel::Mma,
-        "int8, model shapes",
-        &g,
-        &mut r,
-        &pools,
-        experts,
-        hidden,
-        &ids,
-        top_k,
-    );
+    check_grouped_gemm(GemmKernel::Mma, "int8, model shapes", &g, &mut r, &pools, &ids, top_k);
     // A decode-sized step (few live slots per tile) and one of ~75 slots per expert (a full
     // tile and a partial one; the host's f64 reference bounds the size).
     let ids = random_ids(&mut r, 3, 2, experts, top_k);
-    check_grouped_gemm(
-        GemmKernel::Mma,
-        "int8, 3 tokens",
-        &g,
-        &mut r,
-        &pools,
-        experts,
-        hidden,
-        &ids,
-        top_k,
-    );
+    check_grouped_gemm(GemmKernel::Mma, "int8, 3 tokens", &g, &mut r, &pools, &ids, top_k);
     let ids = random_ids(&mut r, 200, 2, experts, top_k);
-    check_grouped_gemm(
-        GemmKernel::Mma,
-        "int8, 200 tokens",
-        &g,
-        &mut r,
-        &pools,
-        experts,
-        hidden,
-        &ids,
-        top_k,
-    );
+    check_grouped_gemm(GemmKernel::Mma, "int8, 200 tokens", &g, &mut r, &pools, &ids, top_k);
 }
 
 #[test]
@@ -881,17 +796,7 @@ fn grouped_gemm_int8_handles_tile_boundaries_and_refusals() {
         make_pool_int8(&g, &mut r, experts, 128, hidden),
     ];
     let ids = runs_of(&[15, 16, 17, 33, 64, 65, 81, 1], experts);
-    check_grouped_gemm(
-        GemmKernel::Mma,
-        "int8 runs",
-        &g,
-        &mut r,
-        &pools,
-        experts,
-        hidden,
-        &ids,
-        1,
-    );
+    check_grouped_gemm(GemmKernel::Mma, "int8 runs", &g, &mut r, &pools, &ids, 1);
 
     // Scales of the wrong shape or dtype are refused before anything runs.
     let w = DeviceTensor::zeros(&g, DType::I8, &[1, 128, 128]).unwrap();
