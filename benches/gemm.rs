@@ -5,7 +5,26 @@ mod common;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use half::bf16;
-use ocrvl::runtime::{DType, DeviceTensor, Epilogue, Gemm, GpuTimer};
+use ocrvl::runtime::{DType, DeviceTensor, Epilogue, Gemm, Gpu, GpuTimer};
+
+/// `out = x · wᵀ` with no bias or epilogue, through `gemm`'s algorithm choice.
+fn plain_matmul(
+    gemm: &mut Gemm,
+    gpu: &Gpu,
+    out: &mut DeviceTensor,
+    x: &DeviceTensor,
+    w: &DeviceTensor,
+) -> ocrvl::Result<()> {
+    gemm.matmul(
+        gpu,
+        &mut out.view_mut(),
+        &x.view(),
+        &w.view(),
+        None,
+        Epilogue::None,
+        false,
+    )
+}
 
 fn gemm_benches(c: &mut Criterion) {
     let gpu = common::gpu();
@@ -44,18 +63,7 @@ fn gemm_benches(c: &mut Criterion) {
         let mut out = DeviceTensor::alloc(&gpu, out_dtype, &[m, n]).unwrap();
         let flops = 2.0 * (m * n * k) as f64;
         group.throughput(Throughput::Elements(flops as u64));
-        let mut run = || {
-            gemm.matmul(
-                &gpu,
-                &mut out.view_mut(),
-                &x.view(),
-                &w.view(),
-                None,
-                Epilogue::None,
-                false,
-            )
-            .unwrap()
-        };
+        let mut run = || plain_matmul(&mut gemm, &gpu, &mut out, &x, &w).unwrap();
         run();
         let ms = common::mean_ms(&gpu, 3, 20, &mut run);
         common::report_tflops(&format!("gemm {name}: M={m} N={n} K={k}"), flops, ms, "measured");
@@ -64,18 +72,7 @@ fn gemm_benches(c: &mut Criterion) {
             // The engine times the heuristic's candidates for decode shapes (Gemm::set_autotune).
             let mut tuned = Gemm::new(&gpu).unwrap();
             tuned.set_autotune(512);
-            let ms = GpuTimer::time_mean_ms(&gpu, 3, 20, || {
-                tuned.matmul(
-                    &gpu,
-                    &mut out.view_mut(),
-                    &x.view(),
-                    &w.view(),
-                    None,
-                    Epilogue::None,
-                    false,
-                )
-            })
-            .unwrap();
+            let ms = GpuTimer::time_mean_ms(&gpu, 3, 20, || plain_matmul(&mut tuned, &gpu, &mut out, &x, &w)).unwrap();
             let label = format!("gemm {name}_autotuned: M={m} N={n} K={k}");
             common::report_tflops(&label, flops, ms, "measured");
         }

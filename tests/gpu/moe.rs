@@ -657,11 +657,11 @@ fn gemm_on_padding(
     )
 }
 
-/// True when the wgmma grouped GEMM runs on this GPU (sm_90 with an sm_90a build); else checks
-/// that it is refused as unsupported.
-fn wgmma_runs(g: &Gpu) -> bool {
+/// Both wgmma rings when they run on this GPU (sm_90 with an sm_90a build); else none, after
+/// checking that they are refused as unsupported.
+fn wgmma_kernels(g: &Gpu) -> &'static [GemmKernel] {
     if g.compute_capability() == (9, 0) && ocrvl::kernels::attention::fa3_built() {
-        return true;
+        return &[GemmKernel::Wgmma, GemmKernel::Wgmma2Stage];
     }
     let w = DeviceTensor::zeros(g, DType::BF16, &[1, 256, 64]).unwrap();
     let err = gemm_on_padding(g, GemmKernel::Wgmma, ExpertWeight::Bf16(&w.view()), 1, 0).unwrap_err();
@@ -670,7 +670,7 @@ fn wgmma_runs(g: &Gpu) -> bool {
         "wgmma grouped GEMM not available on {:?}; checked that it is refused",
         g.compute_capability()
     );
-    false
+    &[]
 }
 
 fn is_unsupported(err: &Error) -> bool {
@@ -687,10 +687,7 @@ fn is_unsupported(err: &Error) -> bool {
 #[ignore = "needs GPU"]
 fn grouped_gemm_wgmma_matches_f64_at_the_model_shapes() {
     let g = gpu();
-    if !wgmma_runs(&g) {
-        return;
-    }
-    for kernel in [GemmKernel::Wgmma, GemmKernel::Wgmma2Stage] {
+    for &kernel in wgmma_kernels(&g) {
         let mut r = rng(0x6e3a);
         let (experts, top_k) = (MODEL_EXPERTS, MODEL_TOP_K);
         let pools = model_shape_pools(&g, &mut r, make_pool);
@@ -713,10 +710,7 @@ fn grouped_gemm_wgmma_matches_f64_at_the_model_shapes() {
 #[ignore = "needs GPU"]
 fn grouped_gemm_wgmma_handles_full_partial_and_empty_tiles() {
     let g = gpu();
-    if !wgmma_runs(&g) {
-        return;
-    }
-    for kernel in [GemmKernel::Wgmma, GemmKernel::Wgmma2Stage] {
+    for &kernel in wgmma_kernels(&g) {
         let mut r = rng(0x6e3b);
         // The narrowest widths the kernel takes: n = 256 (gate/up of inter 128, and down with
         // hidden 256) and n = 512; k = 256 (4 k steps: fewer than the 4-stage ring's prologue
@@ -742,12 +736,13 @@ fn grouped_gemm_wgmma_handles_full_partial_and_empty_tiles() {
 #[ignore = "needs GPU"]
 fn grouped_gemm_wgmma_refuses_what_it_has_no_tile_for() {
     let g = gpu();
-    if !wgmma_runs(&g) {
-        return;
+    let kernels = wgmma_kernels(&g);
+    if kernels.is_empty() {
+        return; // refused as unsupported: wgmma_kernels checked it
     }
     // n = 384: a multiple of the mma.sync kernel's 128 columns, not of wgmma's 256.
     let w = DeviceTensor::zeros(&g, DType::BF16, &[1, 384, 128]).unwrap();
-    for kernel in [GemmKernel::Wgmma, GemmKernel::Wgmma2Stage] {
+    for &kernel in kernels {
         let err = gemm_on_padding(&g, kernel, ExpertWeight::Bf16(&w.view()), 1, -1).unwrap_err();
         assert!(is_unsupported(&err), "{kernel:?} n 384: {err}");
     }
