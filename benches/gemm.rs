@@ -5,6 +5,7 @@ mod common;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use half::bf16;
+use ocrvl::runtime::gemm::AUTOTUNE_CANDIDATES;
 use ocrvl::runtime::{DType, DeviceTensor, Epilogue, Gemm, Gpu, GpuTimer};
 
 /// `out = x · wᵀ` with no bias or epilogue, through `gemm`'s algorithm choice.
@@ -35,6 +36,7 @@ fn gemm_benches(c: &mut Criterion) {
         ("text_qkv_b256", 256, 2560, 1024),
         ("text_gate_up_b256", 256, 6144, 1024),
         ("text_down_b256", 256, 1024, 3072),
+        ("text_o_b256", 256, 1024, 2048),
         ("lm_head_b256", 256, 103424, 1024),
         ("text_qkv_b64", 64, 2560, 1024),
         ("text_down_b64", 64, 1024, 3072),
@@ -69,12 +71,18 @@ fn gemm_benches(c: &mut Criterion) {
         common::report_tflops(&format!("gemm {name}: M={m} N={n} K={k}"), flops, ms, "measured");
         group.bench_function(name, |b| b.iter_custom(|iters| common::time_gpu(&gpu, iters, &mut run)));
         if m <= 512 {
-            // The engine times the heuristic's candidates for decode shapes (Gemm::set_autotune).
-            let mut tuned = Gemm::new(&gpu).unwrap();
-            tuned.set_autotune(512);
-            let ms = GpuTimer::time_mean_ms(&gpu, 3, 20, || plain_matmul(&mut tuned, &gpu, &mut out, &x, &w)).unwrap();
-            let label = format!("gemm {name}_autotuned: M={m} N={n} K={k}");
-            common::report_tflops(&label, flops, ms, "measured");
+            // The engine times the heuristic's first 8 candidates for decode shapes
+            // (Gemm::set_autotune); the `_autotuned32` row asks the heuristic for 32 (split-k
+            // and stream-k algorithms rank lower in its list).
+            for (candidates, suffix) in [(AUTOTUNE_CANDIDATES, ""), (32, "32")] {
+                let mut tuned = Gemm::new(&gpu).unwrap();
+                tuned.set_autotune(512);
+                tuned.set_autotune_candidates(candidates);
+                let ms =
+                    GpuTimer::time_mean_ms(&gpu, 3, 20, || plain_matmul(&mut tuned, &gpu, &mut out, &x, &w)).unwrap();
+                let label = format!("gemm {name}_autotuned{suffix}: M={m} N={n} K={k}");
+                common::report_tflops(&label, flops, ms, "measured");
+            }
         }
     }
     group.finish();

@@ -14,7 +14,7 @@
 //!   that pool), with each kernel (mma.sync, wgmma 4-stage, wgmma 2-stage), in TFLOP/s of the
 //!   live pairs: printed lines only (`prefill_gemm ...`), from 20 timed runs after 3 warm-ups.
 //!
-//! `OCRVL_MOE_GEMM=mma|wgmma|wgmma2` replaces the grouped GEMM's automatic choice (the block
+//! `OCRVL_MOE_GEMM=mma|wgmma|wgmma2|wgmma-inflight|wgmma-inflight5` replaces the grouped GEMM's automatic choice (the block
 //! rows), for an A/B in the same call.
 //! `OCRVL_MOE_ROUTER_TILED=1` runs the router's tiled kernel at every size, for an A/B in the
 //! same call.
@@ -373,7 +373,7 @@ fn moe_benches(c: &mut Criterion) {
         let experts = pool * EXPERTS..(pool + 1) * EXPERTS;
         let (gu, d) = (pools[pool].0.view(), pools[pool].1.view());
         let pairs = (tokens * TOP_K) as f64;
-        for kernel in [GemmKernel::Mma, GemmKernel::Wgmma, GemmKernel::Wgmma2Stage] {
+        for kernel in std::iter::once(GemmKernel::Mma).chain(GemmKernel::WGMMA) {
             let mut gate_up = || {
                 moe::grouped_gemm_with(
                     &gpu,

@@ -3,7 +3,7 @@
 # criterion benches, then the bench binary. Full logs go to LOGDIR (default $OUT, else
 # ./logs); a short summary table is printed last. It writes 4 files (tests.log, benches.log,
 # bench.log, bench.json), since the device tool brings back 8 at most.
-#   bash target/gpu-bundle/run.sh [tests|benches|bench|baseline|async|sanitizer|soak|ab|checks|seeds|ernie|ernie-full|ernie-bench|vllm-ernie|moe-ab|attn-d80|ncu-paddle|wint8|round11-verify|round11-ab|round12|round12-ernie|all] [LOGDIR]
+#   bash target/gpu-bundle/run.sh [tests|benches|bench|baseline|async|sanitizer|soak|ab|checks|seeds|ernie|ernie-full|ernie-bench|vllm-ernie|moe-ab|attn-d80|ncu-paddle|wint8|round11-verify|round11-ab|round12|round12-ernie|round13|round13-ernie|all] [LOGDIR]
 # One device call runs at most 10 minutes, so the parts run as separate calls: `tests` (every
 # test executable, then the server check), `benches` (criterion benches and torch baselines),
 # `bench` (the bench binary's workloads, the full-size fidelity check and transformers'
@@ -188,7 +188,7 @@ if [ "$part" = ernie-bench ]; then
         --num-requests ${ERNIE_NUM_REQUESTS:-decode=512,image-qa=256,multi-image=128} --json "$logs/bench_ernie_full.json" \
         ${ERNIE_BENCH_ARGS:-}
     cp "$logs/bench_ernie_full.json" /tmp/ 2>/dev/null  # for vllm-ernie's prompt-count check, a later call
-    grep -E '^(\||flags: |workload |weights|ocrvl: weights|engine: |  [0-9] x |  [0-9]+ steps: |  engine host time)' "$logs/ernie_bench.log"
+    grep -E '^(\||flags: |workload |weights|ocrvl: weights|engine: |  [0-9] x |  [0-9]+ steps: |  engine host time|  GPU time)' "$logs/ernie_bench.log"
 fi
 if [ "$part" = vllm-ernie ]; then
     # vLLM 0.26 (the kit, installed in /tmp/site) on the same workloads and the same config,
@@ -298,6 +298,48 @@ if [ "$part" = round12-ernie ]; then
         timeout 200 "$bin/bench" --model /dev/shm/ernie-full --max-model-len 16384 --workload image-qa,multi-image \
         --num-requests image-qa=128,multi-image=64 --json "$logs/bench_ernie_mma.json" \
         && grep -E '^\| (image-qa|multi-image)|^workload ' "$logs/ernie_mma.log"
+fi
+if [ "$part" = round13 ]; then
+    # Round 13's first call: the grouped GEMM's tests (every wgmma kernel against f64: the
+    # 2- and 4-stage rings and the 4- and 5-stage rings keeping one wgmma group in flight),
+    # bench-moe's prefill rows (all five kernels in one run), then the whole GPU suite and the
+    # C ABI's tests.
+    run_step "test-gpu grouped_gemm" "$logs/tests.log" timeout 120 "$bin/test-gpu" --include-ignored \
+        --test-threads=1 grouped_gemm
+    grep -E '^test .*(ok|FAILED)$|^test result' "$logs/tests.log"
+    run_step "bench-moe" "$logs/moe.log" timeout 90 "$bin/bench-moe" --bench block_prefill
+    grep -E '^block_|^prefill_gemm' "$logs/moe.log"
+    run_step test-gpu "$logs/tests.log" timeout ${TEST_TIMEOUT:-330} "$bin/test-gpu" --include-ignored --test-threads=1 \
+        --skip ernie_full_size --skip grouped_gemm ${VERIFY_FILTER:-}
+    run_step test-ffi_c "$logs/tests.log" timeout 90 "$bin/test-ffi_c" --include-ignored --test-threads=1
+    grep -E '^test .*FAILED$|^test result|panicked' "$logs/tests.log" | head -20
+    # Decode-shape GEMMs autotuned over the heuristic's first 8 and first 32 candidates.
+    run_step "bench-gemm" "$logs/benches.log" timeout 120 "$bin/bench-gemm" --bench _b
+    grep -E '^gemm .*(b256|b128|b64)' "$logs/benches.log" | head -30
+    # PaddleOCR-VL's workloads with bench's new GPU-time split (vision, prefill, decode).
+    run_step "bench (PaddleOCR-VL)" "$logs/bench.log" timeout 150 "$bin/bench" --no-model-steps \
+        --workload page-1080p,crops,decode --num-requests page-1080p=256,crops=512,decode=512 --output-len 256 \
+        --json "$logs/bench.json"
+    grep -E '^\| (decode|page|crops)|^workload |^  GPU time' "$logs/bench.log"
+fi
+if [ "$part" = round13-ernie ]; then
+    # ERNIE-4.5-VL with each wgmma ring: the ERNIE and MoE tests with the in-flight ring forced
+    # everywhere (AUTO takes wgmma only from 4 tiles per expert, which the tests never reach),
+    # the full model (synthetic checkpoint in /dev/shm) with AUTO, then image-qa and
+    # multi-image again with RING_AB's kernels forced (the A/B in one call). bench prints where
+    # the GPU time goes (vision passes, steps with prefill, decode-only steps).
+    OCRVL_MOE_GEMM=${TEST_RING:-wgmma-inflight} run_step "test-gpu ernie + moe (${TEST_RING:-wgmma-inflight})" \
+        "$logs/tests_ernie.log" timeout 200 "$bin/test-gpu" --include-ignored --test-threads=1 --skip ernie_full_size ernie moe
+    grep -E '^test .*FAILED$|^test result|panicked' "$logs/tests_ernie.log" | head -20
+    ERNIE_WEIGHTS=synth ERNIE_NUM_REQUESTS=${ERNIE_NUM_REQUESTS:-decode=256,image-qa=128,multi-image=64} \
+        BENCH_TIMEOUT=240 bash "$0" ernie-bench "$logs"
+    cp "$logs/bench_ernie_full.json" "$logs/bench_ernie_auto.json"
+    for ring in ${RING_AB:-wgmma-inflight wgmma-inflight5}; do
+        OCRVL_MOE_GEMM=$ring run_step "bench (ERNIE full, OCRVL_MOE_GEMM=$ring)" "$logs/ernie_ab.log" \
+            timeout 150 "$bin/bench" --model /dev/shm/ernie-full --max-model-len 16384 --workload image-qa,multi-image \
+            --num-requests image-qa=128,multi-image=64 --json "$logs/bench_ernie_$ring.json"
+    done
+    grep -E '^=== |^\| (image-qa|multi-image)|^workload |^  GPU time' "$logs/ernie_ab.log"
 fi
 if [ "$part" = round11-verify ]; then
     # A round's verification in one call: the GPU suite (or the tests VERIFY_FILTER names),

@@ -45,12 +45,16 @@ extern "C" {
  *   WGMMA         sm_90a wgmma, 64 slots x 256 columns, a 4-stage ring (grouped_gemm_sm90.cuh)
  *   WGMMA_2STAGE  the same with a 2-stage ring, two blocks per SM (measured the faster one
  *                 at prefill on the H100: docs/notes/moe_kernels.md, version 5)
+ *   WGMMA_INFLIGHT   the 4-stage ring keeping one wgmma group in flight across k steps
+ *   WGMMA_INFLIGHT5  the same with a 5-stage ring (copies three steps ahead)
  * The WGMMA kernels need an sm_90 device, a build with sm_90a and n % 256 == 0: otherwise
  * OCRVL_STATUS_UNSUPPORTED (AUTO falls back to MMA). */
 #define OCRVL_MOE_GEMM_AUTO 0
 #define OCRVL_MOE_GEMM_MMA 1
 #define OCRVL_MOE_GEMM_WGMMA 2
 #define OCRVL_MOE_GEMM_WGMMA_2STAGE 3
+#define OCRVL_MOE_GEMM_WGMMA_INFLIGHT 4
+#define OCRVL_MOE_GEMM_WGMMA_INFLIGHT5 5
 #define OCRVL_MOE_WGMMA_MIN_TILES_PER_EXPERT 4
 
 /* ocrvl_moe_grouped_gemm's epilogues. */
@@ -127,10 +131,10 @@ int32_t ocrvl_moe_align(int32_t* sorted_pairs, int32_t* pair_slot, int32_t* tile
  * a      bf16, row stride a_stride, k columns: [num_tokens, k] when gathering, else slot rows
  * weight [expert_end - expert_begin, n, k] bf16, contiguous
  * Limits: n % BLOCK_N == 0, k % BLOCK_K == 0, 16-byte aligned pointers and strides.
- * The kernel is OCRVL_MOE_GEMM_AUTO's choice (OCRVL_MOE_GEMM=mma|wgmma|wgmma2 in the
- * environment replaces it, for A/B runs). MMA: grid (n / BLOCK_N, max_tiles), block (128),
- * 72 KiB dynamic shared memory. WGMMA: grid (n / 256, max_tiles), block (256), 161 KiB
- * (2-stage: 81 KiB). */
+ * The kernel is OCRVL_MOE_GEMM_AUTO's choice (OCRVL_MOE_GEMM=mma|wgmma|wgmma2|wgmma-inflight|
+ * wgmma-inflight5 in the environment replaces it, for A/B runs). MMA: grid (n / BLOCK_N,
+ * max_tiles), block (128), 72 KiB dynamic shared memory. WGMMA: grid (n / 256, max_tiles),
+ * block (256), 161 KiB (2-stage: 81 KiB; 5-stage: 201 KiB). */
 int32_t ocrvl_moe_grouped_gemm(void* out, int64_t out_stride, const void* a, int64_t a_stride,
                                const int32_t* sorted_pairs, int32_t gather_top_k, const void* weight,
                                const int32_t* tile_expert, int64_t max_tiles, int64_t expert_begin,

@@ -15,20 +15,23 @@
 // stage starts on a 1024-byte boundary (8-row atoms of 1024 bytes; descriptors: SBO 1024, a
 // k16 step adds 32 bytes).
 //
-// Per k step, one __syncthreads: wait for this warpgroup's wgmma of the previous step (its
-// stage is the one refilled next), wait for this thread's copies of the current stage, fence
-// them to the async proxy, barrier, issue the refill, then this step's 4 wgmmas. So a step's
-// MMAs run while the next step's copies land.
+// Per k step, one __syncthreads: wait until the wgmmas that read the stage refilled next are
+// done, wait for this thread's copies of the current stage, fence them to the async proxy,
+// barrier, issue the refill, then this step's 4 wgmmas (one commit group).
 //
-// kStages 4: 160 KiB, one block per SM. kStages 2: 80 KiB, two blocks per SM, one block's
-// epilogue and prologue hidden behind the other's mainloop. Both are built and tested; AUTO
-// takes the 2-stage ring, measured faster at prefill (H100, round 12: 399 against 379 TFLOP/s
-// for the text gate/up at 8192 tokens, 448 against 388 for the vision one; moe.cu). Both stay
-// at about half the bf16 rate: each k step waits for the previous step's wgmmas to retire and
-// for a block-wide barrier before it issues its own, so the tensor pipe drains once per step
-// (4 wgmmas of m64n128k16). Keeping one wgmma group in flight across steps (a deeper ring with
-// the refill one step later, or a producer warp with mbarriers and TMA for the weight while A
-// stays gathered through cp.async) is the next step.
+// kInFlight wgmma groups stay in flight across that barrier, and copies run
+// kLead = kStages - 1 - kInFlight steps ahead of their use:
+//   kStages 4, kInFlight 0 (WGMMA, 161 KiB, one block per SM): the refill targets the stage
+//     the previous step read, so each step waits for all its wgmmas: the tensor pipe drains
+//     once per step (4 wgmmas of m64n128k16).
+//   kStages 2, kInFlight 0 (WGMMA_2STAGE, 81 KiB, two blocks per SM): drains as well, but one
+//     block's drain, epilogue and prologue hide behind the other's mainloop. AUTO's choice:
+//     the faster of these two on the H100 (round 12: 399 against 379 TFLOP/s for the text
+//     gate/up at 8192 tokens, 448 against 388 for the vision one; moe.cu), both near half the
+//     bf16 rate.
+//   kStages 4 or 5, kInFlight 1 (WGMMA_INFLIGHT, WGMMA_INFLIGHT5; 161 / 201 KiB, one block
+//     per SM): the refill goes into the stage read two steps back, so step kt - 1's group is
+//     still running while step kt's is issued and the pipe need not drain.
 #pragma once
 #include <cuda_bf16.h>
 #include <stdint.h>
@@ -50,7 +53,7 @@ constexpr int kWgmmaStageB = kWgmmaN * OCRVL_MOE_BLOCK_K;
 // Dynamic shared memory: the stages plus 1 KiB to round the base up to 1024 bytes.
 constexpr int wgmma_smem_bytes(int stages) { return stages * (kWgmmaStageA + kWgmmaStageB) * 2 + 1024; }
 
-template <int kEpilogue, int kStages>
+template <int kEpilogue, int kStages, int kInFlight>
 __global__ void __launch_bounds__(kWgmmaThreads) grouped_gemm_wgmma_kernel(
     __nv_bfloat16* __restrict__ out, int64_t out_stride, const __nv_bfloat16* __restrict__ a, int64_t a_stride,
     const int32_t* __restrict__ sorted_pairs, int gather_top_k, const __nv_bfloat16* __restrict__ weight,
@@ -105,22 +108,25 @@ __global__ void __launch_bounds__(kWgmmaThreads) grouped_gemm_wgmma_kernel(
     float acc[64];
 #pragma unroll
     for (int i = 0; i < 64; ++i) acc[i] = 0.f;
+    static_assert(kInFlight == 0 || kStages >= 3, "a group in flight needs a stage of its own");
+    constexpr int kLead = kStages - 1 - kInFlight;  // k steps between a stage's copy and its use
     const int k_tiles = k / kK;
 #pragma unroll
-    for (int s = 0; s < kStages - 1; ++s) {
+    for (int s = 0; s < kLead; ++s) {
         if (s < k_tiles) load_stage(s, s);
         attn::cp_async_commit();
     }
     const uint32_t sa_addr = smem_u32(sa);
     const uint32_t sb_addr = smem_u32(sb) + wg * 128 * kK * 2;  // this warpgroup's 128 B rows
     for (int kt = 0; kt < k_tiles; ++kt) {
-        // Step kt - 1's wgmmas read the stage refilled below: they must be done, in both
-        // warpgroups (the barrier orders the other's wait before any thread's refill).
-        wgmma_wait<0>();
-        asm volatile("cp.async.wait_group %0;\n" ::"n"(kStages - 2));
+        // The stage refilled below was last read by step kt + kLead - kStages = kt - 1 -
+        // kInFlight: its wgmmas must be done in both warpgroups (each waits here, and the
+        // barrier orders both waits before any thread's refill).
+        wgmma_wait<kInFlight>();
+        asm volatile("cp.async.wait_group %0;\n" ::"n"(kLead - 1));  // step kt's copies landed
         fence_proxy_async();  // this thread's landed copies, visible to wgmma's operand reads
         __syncthreads();
-        const int next = kt + kStages - 1;
+        const int next = kt + kLead;
         if (next < k_tiles) load_stage(next % kStages, next);
         attn::cp_async_commit();
 

@@ -96,7 +96,7 @@ extern "C" int32_t ocrvl_moe_align(int32_t* sorted_pairs, int32_t* pair_slot, in
 
 namespace {
 
-// OCRVL_MOE_GEMM=mma|wgmma|wgmma2 replaces OCRVL_MOE_GEMM_AUTO's choice in every call: an A/B
+// OCRVL_MOE_GEMM=mma|wgmma|wgmma2|wgmma-inflight|wgmma-inflight5 replaces OCRVL_MOE_GEMM_AUTO's choice in every call: an A/B
 // switch for benches/moe.rs and the engine benches, read once per process. -1: not set.
 int32_t auto_override() {
     static const int32_t choice = [] {
@@ -106,6 +106,8 @@ int32_t auto_override() {
         if (s == "mma") return (int32_t)OCRVL_MOE_GEMM_MMA;
         if (s == "wgmma") return (int32_t)OCRVL_MOE_GEMM_WGMMA;
         if (s == "wgmma2") return (int32_t)OCRVL_MOE_GEMM_WGMMA_2STAGE;
+        if (s == "wgmma-inflight") return (int32_t)OCRVL_MOE_GEMM_WGMMA_INFLIGHT;
+        if (s == "wgmma-inflight5") return (int32_t)OCRVL_MOE_GEMM_WGMMA_INFLIGHT5;
         return -1;
     }();
     return choice;
@@ -126,6 +128,31 @@ int32_t auto_kernel(int64_t max_tiles, int64_t experts, int64_t n) {
                                                                        : OCRVL_MOE_GEMM_MMA;
 }
 
+// One wgmma kernel choice: the instantiation (ring depth, groups in flight, epilogue) and its
+// dynamic shared memory.
+struct WgmmaLaunch {
+    void (*kernel)(bf16*, int64_t, const bf16*, int64_t, const int32_t*, int, const bf16*, const int32_t*, int, int,
+                   int, int);
+    int smem;
+};
+
+template <int kStages, int kInFlight>
+WgmmaLaunch wgmma_instance(bool swiglu) {
+    using namespace ocrvl::moe;
+    return {swiglu ? grouped_gemm_wgmma_kernel<OCRVL_MOE_EPILOGUE_SWIGLU, kStages, kInFlight>
+                   : grouped_gemm_wgmma_kernel<OCRVL_MOE_EPILOGUE_NONE, kStages, kInFlight>,
+            wgmma_smem_bytes(kStages)};
+}
+
+WgmmaLaunch wgmma_launch(int32_t choice, bool swiglu) {
+    switch (choice) {
+        case OCRVL_MOE_GEMM_WGMMA_2STAGE: return wgmma_instance<2, 0>(swiglu);
+        case OCRVL_MOE_GEMM_WGMMA_INFLIGHT: return wgmma_instance<4, 1>(swiglu);
+        case OCRVL_MOE_GEMM_WGMMA_INFLIGHT5: return wgmma_instance<5, 1>(swiglu);
+        default: return wgmma_instance<4, 0>(swiglu);  // OCRVL_MOE_GEMM_WGMMA
+    }
+}
+
 // Checks the arguments both grouped GEMM entry points share, then launches the kernel for
 // (epilogue, weight type). scales is NULL for bf16 weights.
 template <bool kInt8>
@@ -138,7 +165,7 @@ int32_t launch_grouped_gemm(void* out, int64_t out_stride, const void* a, int64_
     OCRVL_CHECK_ARG(max_tiles >= 0 && max_tiles <= 65535 && n > 0 && k > 0 && gather_top_k >= 0);
     OCRVL_CHECK_ARG(expert_begin >= 0 && expert_end > expert_begin && expert_end <= OCRVL_MOE_MAX_EXPERTS);
     OCRVL_CHECK_ARG(epilogue == OCRVL_MOE_EPILOGUE_NONE || epilogue == OCRVL_MOE_EPILOGUE_SWIGLU);
-    OCRVL_CHECK_ARG(kernel_choice >= OCRVL_MOE_GEMM_AUTO && kernel_choice <= OCRVL_MOE_GEMM_WGMMA_2STAGE);
+    OCRVL_CHECK_ARG(kernel_choice >= OCRVL_MOE_GEMM_AUTO && kernel_choice <= OCRVL_MOE_GEMM_WGMMA_INFLIGHT5);
     const int64_t out_cols = epilogue == OCRVL_MOE_EPILOGUE_SWIGLU ? n / 2 : n;
     OCRVL_CHECK_ARG(a_stride >= k && out_stride >= out_cols);
     OCRVL_CHECK_ARG(n <= INT32_MAX && k <= INT32_MAX);
@@ -157,15 +184,10 @@ int32_t launch_grouped_gemm(void* out, int64_t out_stride, const void* a, int64_
     if (kInt8 && !aligned16(scales)) return OCRVL_STATUS_UNSUPPORTED;
     const bool swiglu = epilogue == OCRVL_MOE_EPILOGUE_SWIGLU;
     if (wgmma) {
-        const bool two = kernel_choice == OCRVL_MOE_GEMM_WGMMA_2STAGE;
-        const int smem = wgmma_smem_bytes(two ? 2 : 4);
-        auto kernel = two ? (swiglu ? grouped_gemm_wgmma_kernel<OCRVL_MOE_EPILOGUE_SWIGLU, 2>
-                                    : grouped_gemm_wgmma_kernel<OCRVL_MOE_EPILOGUE_NONE, 2>)
-                          : (swiglu ? grouped_gemm_wgmma_kernel<OCRVL_MOE_EPILOGUE_SWIGLU, 4>
-                                    : grouped_gemm_wgmma_kernel<OCRVL_MOE_EPILOGUE_NONE, 4>);
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+        const WgmmaLaunch l = wgmma_launch(kernel_choice, swiglu);
+        cudaFuncSetAttribute(l.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, l.smem);
         const dim3 grid((unsigned)(n / kWgmmaN), (unsigned)max_tiles);
-        kernel<<<grid, kWgmmaThreads, smem, as_cuda(stream)>>>(
+        l.kernel<<<grid, kWgmmaThreads, l.smem, as_cuda(stream)>>>(
             static_cast<bf16*>(out), out_stride, static_cast<const bf16*>(a), a_stride, sorted_pairs, gather_top_k,
             static_cast<const bf16*>(weight), tile_expert, (int)expert_begin, (int)expert_end, (int)n, (int)k);
         return ocrvl::launch_status();

@@ -74,8 +74,10 @@ pub(super) struct InFlight {
     readback: Option<usize>,
     /// The next step may be planned ahead of this one's tokens: no row uses penalties.
     pub can_plan_ahead: bool,
-    /// Timing events at the step's first command and after its last.
+    /// Timing events at the step's first command and after its last, and after its vision
+    /// pass when it has one.
     started: CudaEvent,
+    vision_ended: Option<CudaEvent>,
     pub ended: CudaEvent,
 }
 
@@ -234,18 +236,22 @@ impl ModelRunner {
         requests: &mut Requests,
         scheduler: &Scheduler,
     ) -> Result<InFlight> {
-        let event = || {
-            self.gpu
-                .context()
-                .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
-                .op("cuEventCreate")
-        };
+        let ctx = self.gpu.context().clone();
+        let event = || ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).op("cuEventCreate");
         let (started, ended) = (event()?, event()?);
         // The step's first command: the vision pass when there is one, else the upload.
         if !plan.encoder_inputs.is_empty() {
             started.record(self.gpu.stream()).op("cuEventRecord")?;
         }
         self.encode_images(&plan, requests)?;
+        let vision_ended = match plan.encoder_inputs.is_empty() {
+            true => None,
+            false => {
+                let e = event()?;
+                e.record(self.gpu.stream()).op("cuEventRecord")?;
+                Some(e)
+            }
+        };
         // A decode-only step runs in the smallest captured graph that holds it.
         let n = plan.scheduled.len();
         let graph_batch = if plan.scheduled.iter().all(|e| e.is_decode) {
@@ -298,6 +304,7 @@ impl ModelRunner {
             readback: sampling.readback,
             can_plan_ahead: sampling.can_plan_ahead,
             started,
+            vision_ended,
             ended,
         })
     }
@@ -523,6 +530,7 @@ impl ModelRunner {
             let idle_ms = prev_end.elapsed_ms(&step.started).op("cuEventElapsedTime")?;
             self.timings.gpu_idle_s += f64::from(idle_ms.max(0.0)) / 1e3;
         }
+        self.add_gpu_time(step)?;
         // A graph step's inputs are tokens the sampler drew, always in range; other steps
         // carry prompt tokens, which the gather checks on the device.
         if step.graph_batch.is_none() {
@@ -530,6 +538,31 @@ impl ModelRunner {
             take_embedding_error(&self.gpu, &mut self.embed_error.view_mut(), vocab)?;
         }
         Ok(s)
+    }
+
+    /// Adds the collected step's GPU time to its parts in the timings: its vision pass, then the
+    /// rest as a mixed or a decode-only step.
+    fn add_gpu_time(&mut self, step: &InFlight) -> Result<()> {
+        // The end event follows the readback the caller waited for; this returns at once.
+        step.ended.synchronize().op("cuEventSynchronize")?;
+        let secs = |a: &CudaEvent, b: &CudaEvent| -> Result<f64> {
+            Ok(f64::from(a.elapsed_ms(b).op("cuEventElapsedTime")?.max(0.0)) / 1e3)
+        };
+        let forward_from = match &step.vision_ended {
+            Some(v) => {
+                self.timings.vision_gpu_s += secs(&step.started, v)?;
+                v
+            }
+            None => &step.started,
+        };
+        let forward = secs(forward_from, &step.ended)?;
+        if step.plan.scheduled.iter().all(|e| e.is_decode) {
+            self.timings.decode_gpu_s += forward;
+        } else {
+            self.timings.mixed_gpu_s += forward;
+            self.timings.mixed_steps += 1;
+        }
+        Ok(())
     }
 
     /// Clears the device's out-of-range-token flag. A step planned ahead takes a failed row's

@@ -86,6 +86,14 @@ pub struct StepTimings {
     /// GPU time between the end of one step's work and the first command of the next
     /// (CUDA events; not counted across an idle engine): how long the GPU waited for the host.
     pub gpu_idle_s: f64,
+    /// The GPU's time in each part of the steps (CUDA events around them): vision passes,
+    /// then the forward and sampling of steps that carry prefill chunks (mixed steps), and of
+    /// decode-only steps (graph or eager).
+    pub vision_gpu_s: f64,
+    pub mixed_gpu_s: f64,
+    pub decode_gpu_s: f64,
+    /// Steps that carried prefill chunks.
+    pub mixed_steps: u64,
 }
 
 /// The engine's side of an admitted request (the scheduler's side is its `Sequence`): what

@@ -51,7 +51,7 @@ pub enum Epilogue {
 pub enum GemmKernel {
     /// The 2-stage wgmma kernel where it runs and the step is prefill-sized (at least
     /// [`WGMMA_MIN_TILES_PER_EXPERT`] tiles per expert of the range), else mma.sync. The
-    /// environment's `OCRVL_MOE_GEMM=mma|wgmma|wgmma2` replaces the choice (A/B runs).
+    /// environment's `OCRVL_MOE_GEMM=mma|wgmma|wgmma2|wgmma-inflight|wgmma-inflight5` replaces the choice (A/B runs).
     Auto,
     /// mma.sync over tiles of 64 slots x 128 columns: any CUDA GPU.
     Mma,
@@ -60,6 +60,20 @@ pub enum GemmKernel {
     Wgmma,
     /// As [`Self::Wgmma`] with a 2-stage ring (two blocks per SM).
     Wgmma2Stage,
+    /// As [`Self::Wgmma`], keeping one wgmma group in flight across k steps.
+    WgmmaInFlight,
+    /// As [`Self::WgmmaInFlight`] with a 5-stage ring (copies three k steps ahead).
+    WgmmaInFlight5,
+}
+
+impl GemmKernel {
+    /// Every wgmma kernel (tests and benches run each).
+    pub const WGMMA: [GemmKernel; 4] = [
+        GemmKernel::Wgmma,
+        GemmKernel::Wgmma2Stage,
+        GemmKernel::WgmmaInFlight,
+        GemmKernel::WgmmaInFlight5,
+    ];
 }
 
 /// [`GemmKernel::Auto`] takes the 2-stage wgmma kernel from this many tiles per expert.
@@ -367,8 +381,10 @@ where
         GemmKernel::Mma => sys::OCRVL_MOE_GEMM_MMA,
         GemmKernel::Wgmma => sys::OCRVL_MOE_GEMM_WGMMA,
         GemmKernel::Wgmma2Stage => sys::OCRVL_MOE_GEMM_WGMMA_2STAGE,
+        GemmKernel::WgmmaInFlight => sys::OCRVL_MOE_GEMM_WGMMA_INFLIGHT,
+        GemmKernel::WgmmaInFlight5 => sys::OCRVL_MOE_GEMM_WGMMA_INFLIGHT5,
     } as i32;
-    let wgmma = kernel == sys::OCRVL_MOE_GEMM_WGMMA as i32 || kernel == sys::OCRVL_MOE_GEMM_WGMMA_2STAGE as i32;
+    let wgmma = kernel != sys::OCRVL_MOE_GEMM_AUTO as i32 && kernel != sys::OCRVL_MOE_GEMM_MMA as i32;
     if matches!(weight, ExpertWeight::Int8 { .. }) && wgmma {
         return Err(Error::invalid(OP, "int8 expert weights have only the mma.sync kernel"));
     }

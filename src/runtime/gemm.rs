@@ -65,8 +65,9 @@ struct Plan {
     untimed: Vec<sys::cublasLtMatmulAlgo_t>,
 }
 
-/// Candidates the heuristic is asked for when autotuning.
-const AUTOTUNE_CANDIDATES: usize = 8;
+/// Candidates the heuristic is asked for when autotuning (the default of
+/// [`Gemm::set_autotune_candidates`]).
+pub const AUTOTUNE_CANDIDATES: usize = 8;
 
 impl Drop for Plan {
     fn drop(&mut self) {
@@ -87,6 +88,7 @@ pub struct Gemm {
     workspace: DeviceTensor,
     plans: HashMap<PlanKey, Plan>,
     autotune_max_m: usize,
+    autotune_candidates: usize,
 }
 
 impl Gemm {
@@ -109,6 +111,7 @@ impl Gemm {
             workspace,
             plans: HashMap::new(),
             autotune_max_m: 0,
+            autotune_candidates: AUTOTUNE_CANDIDATES,
         })
     }
 
@@ -119,6 +122,12 @@ impl Gemm {
     /// is being captured (the engine tunes in the warm-up run before each capture).
     pub fn set_autotune(&mut self, max_m: usize) {
         self.autotune_max_m = max_m;
+    }
+
+    /// How many of the heuristic's candidates autotuning times (1 to 64; default
+    /// [`AUTOTUNE_CANDIDATES`]), for plans made from now on. bench-gemm compares counts.
+    pub fn set_autotune_candidates(&mut self, n: usize) {
+        self.autotune_candidates = n.clamp(1, 64);
     }
 
     /// `out[M,N] = x[M,K] · w[N,K]ᵀ` with the epilogue; `accumulate` adds the old `out`.
@@ -344,7 +353,7 @@ impl Gemm {
                     &key.align[2],
                 )?;
                 let wanted = if key.m <= self.autotune_max_m {
-                    AUTOTUNE_CANDIDATES
+                    self.autotune_candidates
                 } else {
                     1
                 };

@@ -657,11 +657,11 @@ fn gemm_on_padding(
     )
 }
 
-/// Both wgmma rings when they run on this GPU (sm_90 with an sm_90a build); else none, after
-/// checking that they are refused as unsupported.
+/// Every wgmma kernel (the rings and their in-flight variants) when they run on this GPU (sm_90
+/// with an sm_90a build); else none, after checking that they are refused as unsupported.
 fn wgmma_kernels(g: &Gpu) -> &'static [GemmKernel] {
     if g.compute_capability() == (9, 0) && ocrvl::kernels::attention::fa3_built() {
-        return &[GemmKernel::Wgmma, GemmKernel::Wgmma2Stage];
+        return &GemmKernel::WGMMA;
     }
     let w = DeviceTensor::zeros(g, DType::BF16, &[1, 256, 64]).unwrap();
     let err = gemm_on_padding(g, GemmKernel::Wgmma, ExpertWeight::Bf16(&w.view()), 1, 0).unwrap_err();

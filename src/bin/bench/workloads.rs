@@ -536,6 +536,13 @@ pub(crate) fn engine_workload(
         t["ahead_steps"],
         ms("gpu_idle_ms")
     );
+    println!(
+        "  GPU time: vision passes {:.2} s, {} steps with prefill {:.2} s, decode-only steps {:.2} s (of {secs:.1} s)",
+        ms("vision_gpu_s"),
+        t["mixed_steps"],
+        ms("mixed_gpu_s"),
+        ms("decode_gpu_s")
+    );
     Ok(r)
 }
 
@@ -552,6 +559,11 @@ fn step_timings_json(before: &StepTimings, after: &StepTimings) -> Value {
         "update_ms": per_step(after.update_s, before.update_s),
         "ahead_steps": after.ahead_steps - before.ahead_steps,
         "gpu_idle_ms": per_step(after.gpu_idle_s, before.gpu_idle_s),
+        // GPU time over the window, in seconds: vision passes, mixed steps, decode-only steps.
+        "vision_gpu_s": after.vision_gpu_s - before.vision_gpu_s,
+        "mixed_gpu_s": after.mixed_gpu_s - before.mixed_gpu_s,
+        "decode_gpu_s": after.decode_gpu_s - before.decode_gpu_s,
+        "mixed_steps": after.mixed_steps - before.mixed_steps,
     })
 }
 
