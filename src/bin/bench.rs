@@ -48,6 +48,8 @@
 
 // The modules live in src/bin/bench/ and are named by path: a sibling file in src/bin/ would
 // be taken by cargo for another binary.
+#[path = "bench/decode_overlap.rs"]
+mod decode_overlap;
 #[path = "bench/model_steps.rs"]
 mod model_steps;
 #[path = "bench/workloads.rs"]

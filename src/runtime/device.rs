@@ -57,6 +57,16 @@ impl Gpu {
         })
     }
 
+    /// The same device with a new stream of its own: a second queue whose work may run beside
+    /// this one's. Ordering between the two is the caller's (events).
+    pub fn with_new_stream(&self) -> Result<Gpu> {
+        let stream = self.ctx.new_stream().op("cuStreamCreate")?;
+        Ok(Gpu {
+            stream,
+            ..self.clone()
+        })
+    }
+
     pub fn context(&self) -> &Arc<CudaContext> {
         &self.ctx
     }

@@ -19,6 +19,7 @@ use ocrvl::model::text::{self, KvCache};
 use ocrvl::model::vision::{self, VisionBatch, VisionBatchHost};
 use ocrvl::runtime::{DType, DeviceTensor, Gemm, Gpu, GpuTimer, Workspace};
 
+use crate::decode_overlap::decode_overlap;
 use crate::BenchArgs;
 
 /// The ceilings measured on the GPU host's H100 (GPU_WORKFLOW.md, KINDS.md).
@@ -160,9 +161,14 @@ pub(crate) fn model_steps(args: &BenchArgs, gpu: &Gpu, cfg: &ModelConfig, dir: &
     // The decode step's GEMMs tuned as the engine's decode graphs tune them (the warm-up
     // calls time the candidates; OCRVL_GEMM_AUTOTUNE as for the engine).
     gemm.set_autotune(if env.gemm_autotune { usize::MAX } else { 0 });
-    let decode_ms = time_step(&mut gemm, &chunks(b, c, true, block_size, vocab, &mut rng))?;
+    let decode_chunks = chunks(b, c, true, block_size, vocab, &mut rng);
+    let decode_ms = time_step(&mut gemm, &decode_chunks)?;
     gemm.set_autotune(0);
     let prefill_ms = time_step(&mut gemm, &chunks(prefill_seqs, c, false, block_size, vocab, &mut rng))?;
+    drop(ws);
+    // The same decode step as captured graphs: whole, and as two halves in turn or side by
+    // side on two streams.
+    let overlap = decode_overlap(gpu, cfg, &weights, &mut cache, &decode_chunks, block_size, env.gemm_autotune)?;
 
     let text_weight_bytes = weights
         .text
@@ -190,6 +196,18 @@ pub(crate) fn model_steps(args: &BenchArgs, gpu: &Gpu, cfg: &ModelConfig, dir: &
         "| decoder prefill step, {prefill_seqs} x {c} tokens | {prefill_ms:.3} ms | {:.0} tokens/s | |",
         prefill_tokens as f64 / (prefill_ms * 1e-3)
     );
+    let (h1, h2) = (b / 2, b - b / 2);
+    for (what, ms) in [
+        (format!("batch {b}, one graph"), overlap.whole_ms),
+        (format!("halves {h1} + {h2} in turn, one stream"), overlap.halves_serial_ms),
+        (format!("halves {h1} + {h2} side by side, two streams"), overlap.halves_parallel_ms),
+    ] {
+        println!(
+            "| decode step graph replay, {what} | {ms:.3} ms | {:.0} tokens/s | {:.0}% of the floor's speed |",
+            b as f64 / (ms * 1e-3),
+            100.0 * decode_floor_ms / ms
+        );
+    }
     println!("| weight load (open, validate, fuse, upload) | {load_s:.2} s | | |");
     Ok(json!({
         "max_num_seqs": b,
@@ -201,6 +219,9 @@ pub(crate) fn model_steps(args: &BenchArgs, gpu: &Gpu, cfg: &ModelConfig, dir: &
         "vision_tflops": vision_tflops,
         "decode_step_ms": decode_ms,
         "decode_step_floor_ms": decode_floor_ms,
+        "decode_graph_whole_ms": overlap.whole_ms,
+        "decode_graph_halves_serial_ms": overlap.halves_serial_ms,
+        "decode_graph_halves_parallel_ms": overlap.halves_parallel_ms,
         "decode_tokens_per_s": b as f64 / (decode_ms * 1e-3),
         "prefill_step_ms": prefill_ms,
         "prefill_tokens": prefill_tokens,
