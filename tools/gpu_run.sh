@@ -316,6 +316,10 @@ if [ "$part" = round13 ]; then
     # Decode-shape GEMMs autotuned over the heuristic's first 8 and first 32 candidates.
     run_step "bench-gemm" "$logs/benches.log" timeout 120 "$bin/bench-gemm" --bench _b
     grep -E '^gemm .*(b256|b128|b64)' "$logs/benches.log" | head -30
+    # bench's model steps: the decode step as captured graphs of the whole batch and of its two
+    # halves in turn or side by side on two streams (bench/decode_overlap.rs).
+    run_step "bench (model steps)" "$logs/bench.log" timeout 120 "$bin/bench" --workload none
+    grep -E '^\| (vision|decoder|decode step)' "$logs/bench.log"
     # PaddleOCR-VL's workloads with bench's new GPU-time split (vision, prefill, decode).
     run_step "bench (PaddleOCR-VL)" "$logs/bench.log" timeout 150 "$bin/bench" --no-model-steps \
         --workload page-1080p,crops,decode --num-requests page-1080p=256,crops=512,decode=512 --output-len 256 \
