@@ -61,10 +61,7 @@ impl Gpu {
     /// this one's. Ordering between the two is the caller's (events).
     pub fn with_new_stream(&self) -> Result<Gpu> {
         let stream = self.ctx.new_stream().op("cuStreamCreate")?;
-        Ok(Gpu {
-            stream,
-            ..self.clone()
-        })
+        Ok(Gpu { stream, ..self.clone() })
     }
 
     pub fn context(&self) -> &Arc<CudaContext> {

@@ -168,7 +168,15 @@ pub(crate) fn model_steps(args: &BenchArgs, gpu: &Gpu, cfg: &ModelConfig, dir: &
     drop(ws);
     // The same decode step as captured graphs: whole, and as two halves in turn or side by
     // side on two streams.
-    let overlap = decode_overlap(gpu, cfg, &weights, &mut cache, &decode_chunks, block_size, env.gemm_autotune)?;
+    let overlap = decode_overlap(
+        gpu,
+        cfg,
+        &weights,
+        &mut cache,
+        &decode_chunks,
+        block_size,
+        env.gemm_autotune,
+    )?;
 
     let text_weight_bytes = weights
         .text
@@ -199,8 +207,14 @@ pub(crate) fn model_steps(args: &BenchArgs, gpu: &Gpu, cfg: &ModelConfig, dir: &
     let (h1, h2) = (b / 2, b - b / 2);
     for (what, ms) in [
         (format!("batch {b}, one graph"), overlap.whole_ms),
-        (format!("halves {h1} + {h2} in turn, one stream"), overlap.halves_serial_ms),
-        (format!("halves {h1} + {h2} side by side, two streams"), overlap.halves_parallel_ms),
+        (
+            format!("halves {h1} + {h2} in turn, one stream"),
+            overlap.halves_serial_ms,
+        ),
+        (
+            format!("halves {h1} + {h2} side by side, two streams"),
+            overlap.halves_parallel_ms,
+        ),
     ] {
         println!(
             "| decode step graph replay, {what} | {ms:.3} ms | {:.0} tokens/s | {:.0}% of the floor's speed |",
