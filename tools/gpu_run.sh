@@ -3,7 +3,7 @@
 # criterion benches, then the bench binary. Full logs go to LOGDIR (default $OUT, else
 # ./logs); a short summary table is printed last. It writes 4 files (tests.log, benches.log,
 # bench.log, bench.json), since the device tool brings back 8 at most.
-#   bash target/gpu-bundle/run.sh [tests|benches|bench|baseline|async|sanitizer|soak|ab|checks|seeds|ernie|ernie-full|ernie-bench|vllm-ernie|moe-ab|attn-d80|ncu-paddle|wint8|round11-verify|round11-ab|round12|round12-ernie|round13|round13-ernie|all] [LOGDIR]
+#   bash target/gpu-bundle/run.sh [tests|benches|bench|baseline|async|sanitizer|soak|ab|checks|seeds|ernie|ernie-full|ernie-bench|vllm-ernie|moe-ab|attn-d80|ncu-paddle|wint8|round11-verify|round11-ab|round12|round12-ernie|round13|round13-ernie|round13-quick|all] [LOGDIR]
 # One device call runs at most 10 minutes, so the parts run as separate calls: `tests` (every
 # test executable, then the server check), `benches` (criterion benches and torch baselines),
 # `bench` (the bench binary's workloads, the full-size fidelity check and transformers'
@@ -342,6 +342,44 @@ if [ "$part" = round13-ernie ]; then
         OCRVL_MOE_GEMM=$ring run_step "bench (ERNIE full, OCRVL_MOE_GEMM=$ring)" "$logs/ernie_ab.log" \
             timeout 150 "$bin/bench" --model /dev/shm/ernie-full --max-model-len 16384 --workload image-qa,multi-image \
             --num-requests image-qa=128,multi-image=64 --json "$logs/bench_ernie_$ring.json"
+    done
+    grep -E '^=== |^\| (image-qa|multi-image)|^workload |^  GPU time' "$logs/ernie_ab.log"
+fi
+if [ "$part" = round13-quick ]; then
+    # Round 13 for a short device budget (about 6 minutes): the grouped GEMM's tests (every
+    # wgmma kernel against f64), bench-moe's prefill rows (all five kernels), bench's model
+    # steps (the decode overlap rows), the decode-shape GEMMs with 8 and 32 autotune
+    # candidates, then ERNIE-4.5-VL's image workloads with AUTO and with the wgmma kernel
+    # bench-moe measured fastest at 8192 tokens (both pools), printing the GPU-time split.
+    run_step "test-gpu grouped_gemm" "$logs/tests.log" timeout 120 "$bin/test-gpu" --include-ignored \
+        --test-threads=1 grouped_gemm
+    grep -E '^test .*(ok|FAILED)$|^test result' "$logs/tests.log"
+    run_step "bench-moe" "$logs/moe.log" timeout 90 "$bin/bench-moe" --bench block_prefill
+    grep -E '^block_prefill|^prefill_gemm pool . tokens 8192' "$logs/moe.log"
+    ring=$(python3 - "$logs/moe.log" <<'PY'
+import re, sys
+env = {"Wgmma": "wgmma", "Wgmma2Stage": "wgmma2", "WgmmaInFlight": "wgmma-inflight", "WgmmaInFlight5": "wgmma-inflight5"}
+total = {}
+for line in open(sys.argv[1]):
+    m = re.match(r"prefill_gemm pool \d tokens 8192 (\w+): gate/up ([\d.]+) us .*; down ([\d.]+) us", line)
+    if m and m.group(1) in env:
+        total[m.group(1)] = total.get(m.group(1), 0.0) + float(m.group(2)) + float(m.group(3))
+print(env[min(total, key=total.get)] if total else "wgmma-inflight")
+PY
+)
+    echo "fastest wgmma kernel at 8192 tokens: $ring"
+    run_step "bench (model steps)" "$logs/bench.log" timeout 120 "$bin/bench" --workload none
+    grep -E '^\| (vision|decoder|decode step)' "$logs/bench.log"
+    run_step "bench-gemm" "$logs/benches.log" timeout 120 "$bin/bench-gemm" --bench _b256
+    grep -E '^gemm .*(b256|b128|b64)' "$logs/benches.log" | head -30
+    cfgdir=/dev/shm/ernie-full
+    [ -e "$cfgdir/config.json" ] || run_step "synth-model ERNIE full" "$logs/ernie_ab.log" timeout 300 \
+        "$bin/synth-model" --arch ernie-4.5-vl-28b-a3b --out "$cfgdir"
+    for choice in auto $ring; do
+        env_ring=$([ $choice = auto ] && echo "" || echo $choice)
+        OCRVL_MOE_GEMM=$env_ring run_step "bench (ERNIE full, OCRVL_MOE_GEMM=$choice)" "$logs/ernie_ab.log" \
+            timeout 150 "$bin/bench" --model $cfgdir --max-model-len 16384 --workload image-qa,multi-image \
+            --num-requests image-qa=128,multi-image=64 --json "$logs/bench_ernie_$choice.json"
     done
     grep -E '^=== |^\| (image-qa|multi-image)|^workload |^  GPU time' "$logs/ernie_ab.log"
 fi
