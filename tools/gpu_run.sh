@@ -348,9 +348,9 @@ fi
 if [ "$part" = round13-quick ]; then
     # Round 13 for a short device budget (about 6 minutes): the grouped GEMM's tests (every
     # wgmma kernel against f64), bench-moe's prefill rows (all five kernels), bench's model
-    # steps (the decode overlap rows), the decode-shape GEMMs with 8 and 32 autotune
-    # candidates, then ERNIE-4.5-VL's image workloads with AUTO and with the wgmma kernel
-    # bench-moe measured fastest at 8192 tokens (both pools), printing the GPU-time split.
+    # steps (the decode overlap rows), ERNIE-4.5-VL's image workloads with AUTO and with the
+    # wgmma kernel bench-moe measured fastest at 8192 tokens (both pools), printing the
+    # GPU-time split, then the decode-shape GEMMs with 8 and 32 autotune candidates.
     run_step "test-gpu grouped_gemm" "$logs/tests.log" timeout 120 "$bin/test-gpu" --include-ignored \
         --test-threads=1 grouped_gemm
     grep -E '^test .*(ok|FAILED)$|^test result' "$logs/tests.log"
@@ -370,8 +370,6 @@ PY
     echo "fastest wgmma kernel at 8192 tokens: $ring"
     run_step "bench (model steps)" "$logs/bench.log" timeout 120 "$bin/bench" --workload none
     grep -E '^\| (vision|decoder|decode step)' "$logs/bench.log"
-    run_step "bench-gemm" "$logs/benches.log" timeout 120 "$bin/bench-gemm" --bench _b256
-    grep -E '^gemm .*(b256|b128|b64)' "$logs/benches.log" | head -30
     cfgdir=/dev/shm/ernie-full
     [ -e "$cfgdir/config.json" ] || run_step "synth-model ERNIE full" "$logs/ernie_ab.log" timeout 300 \
         "$bin/synth-model" --arch ernie-4.5-vl-28b-a3b --out "$cfgdir"
@@ -382,6 +380,8 @@ PY
             --num-requests image-qa=128,multi-image=64 --json "$logs/bench_ernie_$choice.json"
     done
     grep -E '^=== |^\| (image-qa|multi-image)|^workload |^  GPU time' "$logs/ernie_ab.log"
+    run_step "bench-gemm" "$logs/benches.log" timeout 120 "$bin/bench-gemm" --bench _b256
+    grep -E '^gemm .*(b256|b128|b64)' "$logs/benches.log" | head -30
 fi
 if [ "$part" = round11-verify ]; then
     # A round's verification in one call: the GPU suite (or the tests VERIFY_FILTER names),
