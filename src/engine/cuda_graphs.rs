@@ -3,13 +3,13 @@
 //! step at the start of the runner's `meta` buffer in the layout it was captured with and
 //! writes logits rows `0..batch`; padding rows decode on the scratch block.
 
-use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::CudaGraph;
 
 use super::model_runner::{ModelRunner, BLOCK_SIZE};
-use crate::error::{DriverResultExt, Error, Result};
+use crate::error::{Error, Result};
 use crate::kernels::decode::decode_num_splits;
 use crate::model::step::{HostStep, SeqChunk, StepLayout};
+use crate::runtime::capture_graph;
 
 /// A decode forward captured for one padded batch size.
 pub(super) struct DecodeGraph {
@@ -78,41 +78,15 @@ impl ModelRunner {
             self.table_width * BLOCK_SIZE,
             self.gpu.sm_count(),
         );
-        for capture in [false, true] {
-            if capture {
-                self.gpu.synchronize()?;
-                self.gpu
-                    .stream()
-                    .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-                    .op("cuStreamBeginCapture")?;
-            }
-            // The warm-up run times the decode GEMMs' candidate algorithms (never while
-            // capturing: timing synchronises). OCRVL_GEMM_AUTOTUNE=0 keeps the heuristic's.
-            let tune = !capture && self.gemm_autotune;
-            self.gemm.set_autotune(if tune { usize::MAX } else { 0 });
-            let run = self.eager_forward(&layout, None, batch, Some(splits));
-            self.gemm.set_autotune(0);
-            if capture {
-                // End the capture whatever happened, so the stream is usable afterwards.
-                let graph = self
-                    .gpu
-                    .stream()
-                    .end_capture(CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH)
-                    .op("cuStreamEndCapture");
-                run?;
-                let graph = graph?.ok_or_else(|| Error::invalid("capture", "the capture produced no graph"))?;
-                graph.upload().op("cuGraphUpload")?;
-                self.graphs.insert(
-                    batch,
-                    DecodeGraph {
-                        graph,
-                        layout: layout.clone(),
-                    },
-                );
-            } else {
-                run?;
-            }
-        }
+        // The warm-up run times the decode GEMMs' candidate algorithms (never while capturing:
+        // timing synchronises). OCRVL_GEMM_AUTOTUNE=0 keeps the heuristic's.
+        self.gemm.set_autotune(if self.gemm_autotune { usize::MAX } else { 0 });
+        let warm = self.eager_forward(&layout, None, batch, Some(splits));
+        self.gemm.set_autotune(0);
+        warm?;
+        let gpu = self.gpu.clone();
+        let graph = capture_graph(&gpu, || self.eager_forward(&layout, None, batch, Some(splits)))?;
+        self.graphs.insert(batch, DecodeGraph { graph, layout });
         self.gpu.synchronize()
     }
 }

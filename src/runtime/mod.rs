@@ -5,6 +5,7 @@
 pub mod device;
 pub mod dtype;
 pub mod gemm;
+mod graph;
 pub mod staging;
 pub mod tensor;
 pub mod timing;
@@ -13,6 +14,7 @@ pub mod workspace;
 pub use device::Gpu;
 pub use dtype::DType;
 pub use gemm::{Epilogue, Gemm};
+pub use graph::capture_graph;
 pub use staging::{PinnedReadback, PinnedStaging};
 pub use tensor::{DeviceTensor, Element, Shape, TensorView, TensorViewMut};
 pub use timing::GpuTimer;

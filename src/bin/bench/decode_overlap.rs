@@ -9,7 +9,6 @@
 //! idle while it waits on memory; the KV bytes read stay the same and the weights are read
 //! twice (27 MB a layer, ~9 us at the copy rate).
 
-use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::CudaGraph;
 
 use ocrvl::config::ModelConfig;
@@ -17,7 +16,7 @@ use ocrvl::error::{DriverResultExt, Error, Result};
 use ocrvl::model::gpu_weights::ModelWeights;
 use ocrvl::model::step::{DeviceStep, HostStep, SeqChunk};
 use ocrvl::model::text::{self, KvCache};
-use ocrvl::runtime::{DType, DeviceTensor, Gemm, Gpu, GpuTimer, Workspace};
+use ocrvl::runtime::{capture_graph, DType, DeviceTensor, Gemm, Gpu, GpuTimer, Workspace};
 
 /// One stream's share: its own cuBLASLt handle (and workspace), scratch, inputs and logits.
 struct Lane {
@@ -127,20 +126,9 @@ fn tune(gemm: &mut Gemm, tuning: bool, autotune: bool) {
 }
 
 /// Runs `body(true)` once eagerly (the tuning run: every GEMM plan made and timed), then
-/// captures `body(false)` on `gpu`'s stream. The capture ends whatever happened.
+/// captures `body(false)` on `gpu`'s stream.
 fn capture(gpu: &Gpu, mut body: impl FnMut(bool) -> Result<()>) -> Result<CudaGraph> {
     body(true)?;
-    gpu.context().synchronize().op("cuCtxSynchronize")?;
-    gpu.stream()
-        .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-        .op("cuStreamBeginCapture")?;
-    let run = body(false);
-    let graph = gpu
-        .stream()
-        .end_capture(CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH)
-        .op("cuStreamEndCapture");
-    run?;
-    let graph = graph?.ok_or_else(|| Error::invalid("capture", "the capture produced no graph"))?;
-    graph.upload().op("cuGraphUpload")?;
-    Ok(graph)
+    gpu.context().synchronize().op("cuCtxSynchronize")?; // the second stream's work too
+    capture_graph(gpu, || body(false))
 }
