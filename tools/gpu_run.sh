@@ -300,27 +300,13 @@ if [ "$part" = round12-ernie ]; then
         && grep -E '^\| (image-qa|multi-image)|^workload ' "$logs/ernie_mma.log"
 fi
 if [ "$part" = round13 ]; then
-    # Round 13's first call: the grouped GEMM's tests (every wgmma kernel against f64: the
-    # 2- and 4-stage rings and the 4- and 5-stage rings keeping one wgmma group in flight),
-    # bench-moe's prefill rows (all five kernels in one run), then the whole GPU suite and the
-    # C ABI's tests.
-    run_step "test-gpu grouped_gemm" "$logs/tests.log" timeout 120 "$bin/test-gpu" --include-ignored \
-        --test-threads=1 grouped_gemm
-    grep -E '^test .*(ok|FAILED)$|^test result' "$logs/tests.log"
-    run_step "bench-moe" "$logs/moe.log" timeout 90 "$bin/bench-moe" --bench block_prefill
-    grep -E '^block_|^prefill_gemm' "$logs/moe.log"
+    # Round 13's second call (after round13-quick): the whole GPU suite and the C ABI's
+    # tests, then PaddleOCR-VL's workloads with bench's GPU-time split (vision passes, steps
+    # with prefill, decode-only steps).
     run_step test-gpu "$logs/tests.log" timeout ${TEST_TIMEOUT:-330} "$bin/test-gpu" --include-ignored --test-threads=1 \
-        --skip ernie_full_size --skip grouped_gemm ${VERIFY_FILTER:-}
+        --skip ernie_full_size ${VERIFY_FILTER:-}
     run_step test-ffi_c "$logs/tests.log" timeout 90 "$bin/test-ffi_c" --include-ignored --test-threads=1
     grep -E '^test .*FAILED$|^test result|panicked' "$logs/tests.log" | head -20
-    # Decode-shape GEMMs autotuned over the heuristic's first 8 and first 32 candidates.
-    run_step "bench-gemm" "$logs/benches.log" timeout 120 "$bin/bench-gemm" --bench _b
-    grep -E '^gemm .*(b256|b128|b64)' "$logs/benches.log" | head -30
-    # bench's model steps: the decode step as captured graphs of the whole batch and of its two
-    # halves in turn or side by side on two streams (bench/decode_overlap.rs).
-    run_step "bench (model steps)" "$logs/bench.log" timeout 120 "$bin/bench" --workload none
-    grep -E '^\| (vision|decoder|decode step)' "$logs/bench.log"
-    # PaddleOCR-VL's workloads with bench's new GPU-time split (vision, prefill, decode).
     run_step "bench (PaddleOCR-VL)" "$logs/bench.log" timeout 150 "$bin/bench" --no-model-steps \
         --workload page-1080p,crops,decode --num-requests page-1080p=256,crops=512,decode=512 --output-len 256 \
         --json "$logs/bench.json"
