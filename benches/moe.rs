@@ -11,11 +11,11 @@
 //! - the text pool's gate/up and down grouped GEMMs alone at decode 128 and 256, in GB/s;
 //! - the router logits alone at 1 to 8192 tokens, in GB/s;
 //! - each pool's gate/up and down grouped GEMMs alone at prefill (1024 to 8192 tokens, all in
-//!   that pool), with each kernel (mma.sync, wgmma 4-stage, wgmma 2-stage), in TFLOP/s of the
+//!   that pool), with each kernel (mma.sync and the four wgmma rings), in TFLOP/s of the
 //!   live pairs: printed lines only (`prefill_gemm ...`), from 20 timed runs after 3 warm-ups.
 //!
-//! `OCRVL_MOE_GEMM=mma|wgmma|wgmma2|wgmma-inflight|wgmma-inflight5` replaces the grouped GEMM's automatic choice (the block
-//! rows), for an A/B in the same call.
+//! `OCRVL_MOE_GEMM=mma|wgmma|wgmma2|wgmma-inflight|wgmma-inflight5` replaces the grouped GEMM's
+//! automatic choice (the block rows), for an A/B in the same call.
 //! `OCRVL_MOE_ROUTER_TILED=1` runs the router's tiled kernel at every size, for an A/B in the
 //! same call.
 //!

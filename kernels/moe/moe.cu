@@ -96,8 +96,9 @@ extern "C" int32_t ocrvl_moe_align(int32_t* sorted_pairs, int32_t* pair_slot, in
 
 namespace {
 
-// OCRVL_MOE_GEMM=mma|wgmma|wgmma2|wgmma-inflight|wgmma-inflight5 replaces OCRVL_MOE_GEMM_AUTO's choice in every call: an A/B
-// switch for benches/moe.rs and the engine benches, read once per process. -1: not set.
+// OCRVL_MOE_GEMM=mma|wgmma|wgmma2|wgmma-inflight|wgmma-inflight5 replaces OCRVL_MOE_GEMM_AUTO's
+// choice in every call: an A/B switch for benches/moe.rs and the engine benches, read once per
+// process. -1: not set.
 int32_t auto_override() {
     static const int32_t choice = [] {
         const char* v = getenv("OCRVL_MOE_GEMM");

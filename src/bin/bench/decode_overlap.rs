@@ -95,7 +95,8 @@ pub(crate) fn decode_overlap(
         tune(&mut whole.gemm, tuning, autotune);
         whole.forward(cfg, weights, cache)
     })?;
-    // Both halves on the main stream: the second lane's handle and scratch, the first's stream.
+    // The halves in turn: the second half on the main stream too, with a handle and scratch of
+    // its own.
     let mut b_serial = Lane::new(gpu.clone(), cfg, second, block_size, autotune)?;
     let serial_graph = capture(gpu, |tuning| {
         tune(&mut a.gemm, tuning, autotune);

@@ -167,16 +167,19 @@ pub(crate) fn model_steps(args: &BenchArgs, gpu: &Gpu, cfg: &ModelConfig, dir: &
     let prefill_ms = time_step(&mut gemm, &chunks(prefill_seqs, c, false, block_size, vocab, &mut rng))?;
     drop(ws);
     // The same decode step as captured graphs: whole, and as two halves in turn or side by
-    // side on two streams.
-    let overlap = decode_overlap(
-        gpu,
-        cfg,
-        &weights,
-        &mut cache,
-        &decode_chunks,
-        block_size,
-        env.gemm_autotune,
-    )?;
+    // side on two streams (a batch of one has no halves).
+    let overlap = match b >= 2 {
+        true => Some(decode_overlap(
+            gpu,
+            cfg,
+            &weights,
+            &mut cache,
+            &decode_chunks,
+            block_size,
+            env.gemm_autotune,
+        )?),
+        false => None,
+    };
 
     let text_weight_bytes = weights
         .text
@@ -204,23 +207,25 @@ pub(crate) fn model_steps(args: &BenchArgs, gpu: &Gpu, cfg: &ModelConfig, dir: &
         "| decoder prefill step, {prefill_seqs} x {c} tokens | {prefill_ms:.3} ms | {:.0} tokens/s | |",
         prefill_tokens as f64 / (prefill_ms * 1e-3)
     );
-    let (h1, h2) = (b / 2, b - b / 2);
-    for (what, ms) in [
-        (format!("batch {b}, one graph"), overlap.whole_ms),
-        (
-            format!("halves {h1} + {h2} in turn, one stream"),
-            overlap.halves_serial_ms,
-        ),
-        (
-            format!("halves {h1} + {h2} side by side, two streams"),
-            overlap.halves_parallel_ms,
-        ),
-    ] {
-        println!(
-            "| decode step graph replay, {what} | {ms:.3} ms | {:.0} tokens/s | {:.0}% of the floor's speed |",
-            b as f64 / (ms * 1e-3),
-            100.0 * decode_floor_ms / ms
-        );
+    if let Some(overlap) = &overlap {
+        let (h1, h2) = (b / 2, b - b / 2);
+        for (what, ms) in [
+            (format!("batch {b}, one graph"), overlap.whole_ms),
+            (
+                format!("halves {h1} + {h2} in turn, one stream"),
+                overlap.halves_serial_ms,
+            ),
+            (
+                format!("halves {h1} + {h2} side by side, two streams"),
+                overlap.halves_parallel_ms,
+            ),
+        ] {
+            println!(
+                "| decode step graph replay, {what} | {ms:.3} ms | {:.0} tokens/s | {:.0}% of the floor's speed |",
+                b as f64 / (ms * 1e-3),
+                100.0 * decode_floor_ms / ms
+            );
+        }
     }
     println!("| weight load (open, validate, fuse, upload) | {load_s:.2} s | | |");
     Ok(json!({
@@ -233,9 +238,9 @@ pub(crate) fn model_steps(args: &BenchArgs, gpu: &Gpu, cfg: &ModelConfig, dir: &
         "vision_tflops": vision_tflops,
         "decode_step_ms": decode_ms,
         "decode_step_floor_ms": decode_floor_ms,
-        "decode_graph_whole_ms": overlap.whole_ms,
-        "decode_graph_halves_serial_ms": overlap.halves_serial_ms,
-        "decode_graph_halves_parallel_ms": overlap.halves_parallel_ms,
+        "decode_graph_whole_ms": overlap.as_ref().map(|o| o.whole_ms),
+        "decode_graph_halves_serial_ms": overlap.as_ref().map(|o| o.halves_serial_ms),
+        "decode_graph_halves_parallel_ms": overlap.as_ref().map(|o| o.halves_parallel_ms),
         "decode_tokens_per_s": b as f64 / (decode_ms * 1e-3),
         "prefill_step_ms": prefill_ms,
         "prefill_tokens": prefill_tokens,
