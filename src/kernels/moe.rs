@@ -51,7 +51,8 @@ pub enum Epilogue {
 pub enum GemmKernel {
     /// The 2-stage wgmma kernel where it runs and the step is prefill-sized (at least
     /// [`WGMMA_MIN_TILES_PER_EXPERT`] tiles per expert of the range), else mma.sync. The
-    /// environment's `OCRVL_MOE_GEMM=mma|wgmma|wgmma2|wgmma-inflight|wgmma-inflight5` replaces the choice (A/B runs).
+    /// environment's `OCRVL_MOE_GEMM=mma|wgmma|wgmma2|wgmma-inflight|wgmma-inflight5`
+    /// replaces the choice (A/B runs).
     Auto,
     /// mma.sync over tiles of 64 slots x 128 columns: any CUDA GPU.
     Mma,
